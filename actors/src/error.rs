@@ -1,0 +1,26 @@
+//! Error kinds shared by every actor.
+//!
+//! Each actor has its own `thiserror` enum; all of them implement [`DomainError`], which
+//! reduces them to an [`ErrorKind`] and a stable `snake_case` code. The web crate maps kinds to
+//! HTTP statuses in exactly one place, so the domain never speaks HTTP.
+
+/// What went wrong, coarse enough to pick a status from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Conflict,
+    Invalid,
+    TooLarge,
+    UnsupportedMedia,
+    Unauthorized,
+    Forbidden,
+    Unavailable,
+    Internal,
+}
+
+/// Implemented by every actor's error enum.
+pub trait DomainError: std::error::Error {
+    fn kind(&self) -> ErrorKind;
+    /// Stable `snake_case` code clients can match on.
+    fn code(&self) -> &'static str;
+}

@@ -1,0 +1,159 @@
+//! streamgate-actors: StreamGate's domain. It knows nothing of HTTP.
+//!
+//! Code map:
+//! - [`model`] — ids, media records, jobs.
+//! - [`store`] — repository traits and their sled implementation (the only sled user).
+//! - [`blobs`] — the blob store over `object_store` (local files by default).
+//! - [`supervise`] — starts actors so a panic restarts them, counting restarts.
+//! - [`upload`], [`transcode`], [`metadata`], [`auth`], [`monitor`] — one actor per domain.
+//! - [`error`] — [`ErrorKind`] and the [`DomainError`] trait every actor error implements.
+//!
+//! [`start`] opens the store and blobs and starts every actor, supervised, on the current arbiter.
+
+pub mod auth;
+pub mod blobs;
+pub mod config;
+pub mod error;
+pub mod metadata;
+pub mod model;
+pub mod monitor;
+pub mod names;
+pub mod sniff;
+pub mod store;
+pub mod supervise;
+pub mod transcode;
+pub mod upload;
+
+use std::sync::Arc;
+
+use actix::{Addr, Recipient};
+
+pub use error::{DomainError, ErrorKind};
+
+use crate::{
+    auth::AuthActor,
+    blobs::BlobStore,
+    config::ActorsConfig,
+    metadata::MetadataActor,
+    monitor::{Metrics, MonitorActor, MonitorDeps},
+    store::{SharedRepo, SledStore},
+    supervise::Ping,
+    transcode::TranscodeActor,
+    upload::UploadActor,
+};
+
+/// Addresses of the running actors plus the read-only handles the hot paths use directly.
+#[derive(Clone)]
+pub struct Actors {
+    pub upload: Addr<UploadActor>,
+    pub transcode: Addr<TranscodeActor>,
+    pub metadata: Addr<MetadataActor>,
+    pub auth: Addr<AuthActor>,
+    pub monitor: Addr<MonitorActor>,
+    /// Read handle for segment delivery; writes go through the actors.
+    pub blobs: BlobStore,
+    /// Hot-path metrics (request counters) are bumped directly, as atomics.
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot prepare {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("cannot open the record store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot open the blob store: {0}")]
+    Blobs(#[from] blobs::BlobError),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Opens storage under `storage.data_dir` and starts every actor, supervised. Must run inside an
+/// actix system.
+pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let data_dir = &config.storage.data_dir;
+    let work_dir = data_dir.join("work");
+    for dir in [data_dir, &work_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    let repo: SharedRepo = Arc::new(SledStore::open(&data_dir.join("db"))?);
+    let blobs = BlobStore::local(data_dir.join("blobs"))?;
+    let metrics = Metrics::new()?;
+    let restarts = |name: &str| metrics.actor_restarts.with_label_values(&[name]);
+
+    let metadata = supervise::start("metadata", restarts("metadata"), {
+        let (repo, blobs) = (repo.clone(), blobs.clone());
+        move |_| MetadataActor::new(repo, blobs)
+    });
+    let transcode = supervise::start("transcode", restarts("transcode"), {
+        let (config, repo, blobs, metadata, metrics) = (
+            config.transcode.clone(),
+            repo.clone(),
+            blobs.clone(),
+            metadata.clone(),
+            metrics.clone(),
+        );
+        move |_| TranscodeActor::new(config, repo, blobs, metadata, metrics, work_dir)
+    });
+    let upload = supervise::start("upload", restarts("upload"), {
+        let (config, blobs, metadata, transcode, metrics) = (
+            config.upload.clone(),
+            blobs.clone(),
+            metadata.clone(),
+            transcode.clone(),
+            metrics.clone(),
+        );
+        move |_| {
+            UploadActor::new(
+                config,
+                blobs,
+                metadata,
+                transcode,
+                metrics.uploads.clone(),
+                metrics.upload_bytes.clone(),
+            )
+        }
+    });
+    let auth = supervise::start("auth", restarts("auth"), {
+        let config = config.auth.clone();
+        move |_| AuthActor::new(&config)
+    });
+    let pinged: Vec<(&'static str, Recipient<Ping>)> = vec![
+        ("upload", upload.clone().recipient()),
+        ("transcode", transcode.clone().recipient()),
+        ("metadata", metadata.clone().recipient()),
+        ("auth", auth.clone().recipient()),
+    ];
+    let monitor = supervise::start("monitor", restarts("monitor"), {
+        let deps = MonitorDeps {
+            metrics: metrics.clone(),
+            repo,
+            blobs: blobs.clone(),
+            data_dir: data_dir.clone(),
+            min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
+            ffmpeg_path: config.transcode.ffmpeg_path.clone(),
+            actors: pinged,
+            config: config.monitor.clone(),
+        };
+        move |_| MonitorActor::new(deps)
+    });
+    for name in ["upload", "transcode", "metadata", "auth", "monitor"] {
+        // Export every series from the start, so rate() works before the first restart.
+        restarts(name).inc_by(0);
+    }
+    Ok(Actors {
+        upload,
+        transcode,
+        metadata,
+        auth,
+        monitor,
+        blobs,
+        metrics,
+    })
+}

@@ -1,0 +1,305 @@
+//! MetadataActor: the media records. Creates them for finished uploads, records what the
+//! transcoder produced, answers reads, validates edits, and deletes a media item with its blobs.
+//!
+//! Invariant: every read-modify-write of a record runs as an atomic response, so two writes to
+//! one record never interleave; plain reads run concurrently.
+
+use actix::{
+    Actor, AtomicResponse, Context, Handler, Message, ResponseFuture, Supervised, WrapFuture,
+};
+use time::OffsetDateTime;
+
+use crate::{
+    blobs::{BlobError, BlobStore},
+    error::{DomainError, ErrorKind},
+    model::{Media, MediaId, MediaState, Probe, Rendition},
+    store::{blocking, SharedRepo, StoreError},
+    supervise::supervised_basics,
+};
+
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_DESCRIPTION_CHARS: usize = 5000;
+pub const MAX_TAGS: usize = 20;
+pub const MAX_TAG_CHARS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("media {0} not found")]
+    NotFound(MediaId),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Blobs(#[from] BlobError),
+}
+
+impl DomainError for MetadataError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::Store(_) | Self::Blobs(_) => ErrorKind::Unavailable,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "media_not_found",
+            Self::Invalid(_) => "invalid_media",
+            Self::Store(_) => "store_unavailable",
+            Self::Blobs(_) => "blobs_unavailable",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Media, MetadataError>")]
+pub struct CreateMedia {
+    pub media: Media,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Media, MetadataError>")]
+pub struct GetMedia {
+    pub media_id: MediaId,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<Media>, MetadataError>")]
+pub struct ListMedia {
+    pub after: Option<MediaId>,
+    pub limit: usize,
+}
+
+/// An edit by the creator; `None` leaves a field as it is.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Media, MetadataError>")]
+pub struct UpdateMedia {
+    pub media_id: MediaId,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetadataError>")]
+pub struct DeleteMedia {
+    pub media_id: MediaId,
+}
+
+/// What a transcode run produced, or why it failed for good.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetadataError>")]
+pub struct RecordTranscode {
+    pub media_id: MediaId,
+    pub outcome: Result<(Probe, Vec<Rendition>), String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actor
+
+pub struct MetadataActor {
+    repo: SharedRepo,
+    blobs: BlobStore,
+}
+
+impl MetadataActor {
+    pub fn new(repo: SharedRepo, blobs: BlobStore) -> Self {
+        Self { repo, blobs }
+    }
+}
+
+impl Actor for MetadataActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for MetadataActor {}
+
+supervised_basics!(MetadataActor);
+
+impl Handler<CreateMedia> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<Media, MetadataError>>;
+
+    fn handle(&mut self, msg: CreateMedia, _: &mut Self::Context) -> Self::Result {
+        let repo = self.repo.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let media = msg.media;
+                validate_text(&media.title, &media.description, &media.tags)?;
+                let stored = media.clone();
+                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                Ok(media)
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<GetMedia> for MetadataActor {
+    type Result = ResponseFuture<Result<Media, MetadataError>>;
+
+    fn handle(&mut self, msg: GetMedia, _: &mut Self::Context) -> Self::Result {
+        let repo = self.repo.clone();
+        Box::pin(async move { load(&repo, msg.media_id).await })
+    }
+}
+
+impl Handler<ListMedia> for MetadataActor {
+    type Result = ResponseFuture<Result<Vec<Media>, MetadataError>>;
+
+    fn handle(&mut self, msg: ListMedia, _: &mut Self::Context) -> Self::Result {
+        let repo = self.repo.clone();
+        Box::pin(async move {
+            let limit = msg.limit.clamp(1, 100);
+            Ok(blocking(&repo, move |repo| repo.list_media(msg.after.as_ref(), limit)).await?)
+        })
+    }
+}
+
+impl Handler<UpdateMedia> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<Media, MetadataError>>;
+
+    fn handle(&mut self, msg: UpdateMedia, _: &mut Self::Context) -> Self::Result {
+        let repo = self.repo.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut media = load(&repo, msg.media_id).await?;
+                if let Some(title) = msg.title {
+                    media.title = title.trim().to_string();
+                }
+                if let Some(description) = msg.description {
+                    media.description = description;
+                }
+                if let Some(tags) = msg.tags {
+                    media.tags = normalize_tags(tags);
+                }
+                validate_text(&media.title, &media.description, &media.tags)?;
+                media.updated_at = OffsetDateTime::now_utc();
+                let stored = media.clone();
+                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                Ok(media)
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<DeleteMedia> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<(), MetadataError>>;
+
+    fn handle(&mut self, msg: DeleteMedia, _: &mut Self::Context) -> Self::Result {
+        let repo = self.repo.clone();
+        let blobs = self.blobs.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let media = load(&repo, msg.media_id).await?;
+                // Record first: once it is gone nothing serves the blobs, so a crash in between
+                // leaves only orphans for the cleanup job, never a record pointing at nothing.
+                let media_id = media.id.clone();
+                blocking(&repo, move |repo| repo.delete_media(&media_id)).await?;
+                blobs.delete_prefix(&BlobStore::media_prefix(&media.id)).await?;
+                blobs.delete(&media.source_key).await?;
+                Ok(())
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<RecordTranscode> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<(), MetadataError>>;
+
+    fn handle(&mut self, msg: RecordTranscode, _: &mut Self::Context) -> Self::Result {
+        let repo = self.repo.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut media = load(&repo, msg.media_id).await?;
+                match msg.outcome {
+                    Ok((probe, renditions)) => {
+                        media.state = MediaState::Ready;
+                        media.failure = None;
+                        media.duration_s = Some(probe.duration_s);
+                        media.width = Some(probe.width);
+                        media.height = Some(probe.height);
+                        media.video_codec = Some(probe.video_codec);
+                        media.renditions = renditions;
+                    }
+                    Err(reason) => {
+                        media.state = MediaState::Failed;
+                        media.failure = Some(reason);
+                    }
+                }
+                media.updated_at = OffsetDateTime::now_utc();
+                blocking(&repo, move |repo| repo.put_media(&media)).await?;
+                Ok(())
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+async fn load(repo: &SharedRepo, media_id: MediaId) -> Result<Media, MetadataError> {
+    let id = media_id.clone();
+    blocking(repo, move |repo| repo.get_media(&id))
+        .await?
+        .ok_or(MetadataError::NotFound(media_id))
+}
+
+/// Lower-cases, trims and de-duplicates tags, keeping their order.
+pub fn normalize_tags(tags: Vec<String>) -> Vec<String> {
+    let mut normalized: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let tag = tag.trim().to_lowercase();
+        if !tag.is_empty() && !normalized.contains(&tag) {
+            normalized.push(tag);
+        }
+    }
+    normalized
+}
+
+fn validate_text(title: &str, description: &str, tags: &[String]) -> Result<(), MetadataError> {
+    let invalid = |message: String| Err(MetadataError::Invalid(message));
+    if title.trim().is_empty() {
+        return invalid("title must not be empty".into());
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return invalid(format!("title is longer than {MAX_TITLE_CHARS} characters"));
+    }
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return invalid(format!("description is longer than {MAX_DESCRIPTION_CHARS} characters"));
+    }
+    if tags.len() > MAX_TAGS {
+        return invalid(format!("at most {MAX_TAGS} tags"));
+    }
+    for tag in tags {
+        let well_formed = tag.chars().count() <= MAX_TAG_CHARS
+            && tag.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_');
+        if !well_formed {
+            return invalid(format!(
+                "tag {tag:?}: at most {MAX_TAG_CHARS} letters, digits, '-' or '_'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_normalized_and_validated() {
+        let tags = normalize_tags(vec![" Rust ".into(), "rust".into(), "".into(), "Video".into()]);
+        assert_eq!(tags, vec!["rust".to_string(), "video".to_string()]);
+        assert!(validate_text("t", "", &tags).is_ok());
+        assert!(validate_text("t", "", &["no spaces".to_string()]).is_err());
+        assert!(validate_text(" ", "", &[]).is_err());
+        assert!(validate_text(&"x".repeat(MAX_TITLE_CHARS + 1), "", &[]).is_err());
+    }
+}

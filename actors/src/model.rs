@@ -1,0 +1,170 @@
+//! Domain model: identifiers, media records, jobs. Plain data, serialised only into the store;
+//! the web crate maps these to its own DTOs.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+macro_rules! id_type {
+    ($name:ident) => {
+        /// A UUIDv7 identifier: time ordered, so store keys sort by creation.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(uuid::Uuid);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self(uuid::Uuid::now_v7())
+            }
+            /// Parses a client-supplied id; `None` when it is not a UUID.
+            pub fn parse(text: &str) -> Option<Self> {
+                uuid::Uuid::try_parse(text).ok().map(Self)
+            }
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                self.0.as_bytes()
+            }
+            pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+                uuid::Uuid::from_slice(bytes).ok().map(Self)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.as_hyphenated().fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(MediaId);
+id_type!(JobId);
+id_type!(UploadId);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaState {
+    Uploading,
+    Processing,
+    Ready,
+    Failed,
+}
+
+impl MediaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uploading => "uploading",
+            Self::Processing => "processing",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One rung of the HLS ladder as it was actually produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rendition {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub video_bitrate_kbps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Media {
+    pub id: MediaId,
+    pub title: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    /// Wallet address of the creator; `None` until sessions exist.
+    pub owner: Option<String>,
+    pub state: MediaState,
+    /// Why processing failed, when `state` is `Failed`.
+    pub failure: Option<String>,
+    pub upload_id: UploadId,
+    pub filename: Option<String>,
+    pub size: u64,
+    pub sha256: String,
+    /// Blob key of the uploaded source file.
+    pub source_key: String,
+    pub duration_s: Option<f64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub video_codec: Option<String>,
+    pub renditions: Vec<Rendition>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Transcode,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transcode => "transcode",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub kind: JobKind,
+    pub media_id: MediaId,
+    pub state: JobState,
+    /// 0 (lowest) to 9 (highest).
+    pub priority: u8,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// 0–100.
+    pub progress: u8,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// What ffprobe told us about a source file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub duration_s: f64,
+    pub width: u32,
+    pub height: u32,
+    pub video_codec: String,
+    pub has_audio: bool,
+}

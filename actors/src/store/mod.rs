@@ -1,0 +1,66 @@
+//! Records: the narrow repository traits the actors use, and their sled implementation.
+//!
+//! Invariant: this module is the only code in the workspace that touches sled.
+//! Invariant: a `put_*`/`delete_*` returns only after sled has flushed it to disk, so anything an
+//! actor acknowledges to a client survives `kill -9`.
+//!
+//! The traits are synchronous; callers run them through [`blocking`] so sled's disk I/O never
+//! stalls an async worker thread. A Postgres backend implements the same traits.
+
+mod sled_store;
+
+use std::sync::Arc;
+
+pub use sled_store::SledStore;
+
+use crate::model::{Job, JobId, JobState, Media, MediaId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Backend(String),
+    #[error("stored record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("blocking task failed: {0}")]
+    Join(String),
+}
+
+pub trait MediaRepo: Send + Sync {
+    fn get_media(&self, media_id: &MediaId) -> Result<Option<Media>, StoreError>;
+    fn put_media(&self, media: &Media) -> Result<(), StoreError>;
+    fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError>;
+    /// Media in id (= creation) order, starting after `after`.
+    fn list_media(&self, after: Option<&MediaId>, limit: usize) -> Result<Vec<Media>, StoreError>;
+}
+
+pub trait JobRepo: Send + Sync {
+    fn get_job(&self, job_id: &JobId) -> Result<Option<Job>, StoreError>;
+    fn put_job(&self, job: &Job) -> Result<(), StoreError>;
+    /// Jobs in id (= submission) order, optionally only those in `state`.
+    fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
+}
+
+/// Everything the actors need from the record store.
+pub trait Repo: MediaRepo + JobRepo {
+    /// A cheap read that proves the store answers (for `/health`).
+    fn check(&self) -> Result<(), StoreError>;
+}
+
+pub type SharedRepo = Arc<dyn Repo>;
+
+/// Runs a repository call on tokio's blocking pool.
+pub async fn blocking<T, F>(repo: &SharedRepo, call: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Repo) -> Result<T, StoreError> + Send + 'static,
+{
+    let repo = Arc::clone(repo);
+    tokio::task::spawn_blocking(move || call(repo.as_ref()))
+        .await
+        .map_err(|join_error| StoreError::Join(join_error.to_string()))?
+}

@@ -1,0 +1,392 @@
+//! ffmpeg and ffprobe: probing a source, building the one-decode HLS ladder command, running it
+//! with progress, and killing it on demand. Everything here blocks; callers run it on the
+//! blocking pool, never on an actor's context.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use ffmpeg_sidecar::{
+    command::FfmpegCommand,
+    event::{FfmpegEvent, LogLevel},
+};
+use serde::Deserialize;
+
+use crate::{
+    config::{Rung, TranscodeConfig},
+    model::{Probe, Rendition},
+};
+
+/// Why a run failed. `permanent` failures (an input ffmpeg cannot decode) are not retried.
+#[derive(Debug, Clone)]
+pub struct RunFailure {
+    pub reason: String,
+    pub permanent: bool,
+}
+
+impl RunFailure {
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            permanent: true,
+        }
+    }
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            permanent: false,
+        }
+    }
+}
+
+/// Lets another thread kill the ffmpeg process a worker is running.
+#[derive(Debug, Clone, Default)]
+pub struct KillSwitch {
+    pid: Arc<Mutex<Option<u32>>>,
+    killed: Arc<AtomicBool>,
+}
+
+impl KillSwitch {
+    fn attach(&self, pid: u32) -> bool {
+        if let Ok(mut slot) = self.pid.lock() {
+            *slot = Some(pid);
+        }
+        !self.killed.load(Ordering::SeqCst)
+    }
+
+    fn detach(&self) {
+        if let Ok(mut slot) = self.pid.lock() {
+            *slot = None;
+        }
+    }
+
+    pub fn was_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    /// Kills the running process, if any, and every process started after this call.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        let pid = self.pid.lock().ok().and_then(|slot| *slot);
+        if let Some(pid) = pid.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ProbeOutput {
+    #[serde(default)]
+    streams: Vec<ProbeStream>,
+    format: Option<ProbeFormat>,
+}
+
+#[derive(Deserialize)]
+struct ProbeStream {
+    codec_type: Option<String>,
+    codec_name: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ProbeFormat {
+    duration: Option<String>,
+}
+
+/// Reads duration, size and codecs with ffprobe. A file ffprobe cannot read is a permanent failure.
+pub fn probe(ffprobe_path: &str, input: &Path) -> Result<Probe, RunFailure> {
+    let output = Command::new(ffprobe_path)
+        .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
+        .arg(input)
+        .output()
+        .map_err(|e| RunFailure::transient(format!("cannot run {ffprobe_path}: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(RunFailure::permanent(format!(
+            "not a decodable video: {}",
+            first_line(&stderr).unwrap_or("ffprobe failed")
+        )));
+    }
+    let parsed: ProbeOutput = serde_json::from_slice(&output.stdout)
+        .map_err(|e| RunFailure::permanent(format!("unreadable ffprobe output: {e}")))?;
+    let video = parsed
+        .streams
+        .iter()
+        .find(|s| s.codec_type.as_deref() == Some("video"))
+        .ok_or_else(|| RunFailure::permanent("not a decodable video: no video stream"))?;
+    let (width, height) = match (video.width, video.height) {
+        (Some(w), Some(h)) if w > 0 && h > 0 => (w, h),
+        _ => return Err(RunFailure::permanent("not a decodable video: no frame size")),
+    };
+    let duration_s = parsed
+        .format
+        .and_then(|f| f.duration)
+        .and_then(|d| d.parse::<f64>().ok())
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .ok_or_else(|| RunFailure::permanent("not a decodable video: unknown duration"))?;
+    Ok(Probe {
+        duration_s,
+        width,
+        height,
+        video_codec: video.codec_name.clone().unwrap_or_default(),
+        has_audio: parsed
+            .streams
+            .iter()
+            .any(|s| s.codec_type.as_deref() == Some("audio")),
+    })
+}
+
+fn first_line(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).find(|line| !line.is_empty())
+}
+
+/// The rungs to produce for a source: those not above its height. A source smaller than every
+/// rung gets the smallest rung at its own (even) height, so there is always one rendition.
+pub fn plan_ladder(ladder: &[Rung], source_height: u32) -> Vec<Rung> {
+    let mut rungs: Vec<Rung> = ladder
+        .iter()
+        .filter(|rung| rung.height <= source_height)
+        .cloned()
+        .collect();
+    if rungs.is_empty() {
+        if let Some(smallest) = ladder.iter().min_by_key(|rung| rung.height) {
+            rungs.push(Rung {
+                height: (source_height.max(2)) & !1,
+                ..smallest.clone()
+            });
+        }
+    }
+    rungs.sort_by_key(|rung| std::cmp::Reverse(rung.height));
+    rungs
+}
+
+/// Width for `height` keeping the source aspect ratio, rounded to even (as `scale=-2:h` does).
+fn scaled_width(probe: &Probe, height: u32) -> u32 {
+    let width = (u64::from(probe.width) * u64::from(height) + u64::from(probe.height) / 2)
+        / u64::from(probe.height.max(1));
+    let width = u32::try_from(width).unwrap_or(u32::MAX);
+    (width + 1) & !1
+}
+
+/// ffmpeg arguments that decode `input` once and write every rung as CMAF (fMP4) HLS into
+/// `out_dir`: `master.m3u8` plus `{rung}/index.m3u8`, `{rung}/init_N.mp4`, `{rung}/seg_NNNNN.m4s`.
+pub fn hls_arguments(
+    config: &TranscodeConfig,
+    input: &Path,
+    out_dir: &Path,
+    probe: &Probe,
+    rungs: &[Rung],
+) -> Vec<String> {
+    let mut args: Vec<String> = vec!["-hide_banner".into(), "-y".into(), "-i".into(), input.display().to_string()];
+    let mut filter = format!("[0:v]split={}", rungs.len());
+    for index in 0..rungs.len() {
+        filter.push_str(&format!("[s{index}]"));
+    }
+    for (index, rung) in rungs.iter().enumerate() {
+        filter.push_str(&format!(";[s{index}]scale=-2:{}[v{index}]", rung.height));
+    }
+    args.extend(["-filter_complex".into(), filter]);
+    let mut stream_map = Vec::new();
+    for (index, rung) in rungs.iter().enumerate() {
+        args.extend(["-map".into(), format!("[v{index}]")]);
+        if probe.has_audio {
+            args.extend(["-map".into(), "0:a:0".into()]);
+            stream_map.push(format!("v:{index},a:{index},name:{}", rung.name));
+        } else {
+            stream_map.push(format!("v:{index},name:{}", rung.name));
+        }
+        args.extend([
+            format!("-b:v:{index}"),
+            format!("{}k", rung.video_bitrate_kbps),
+            format!("-maxrate:v:{index}"),
+            format!("{}k", rung.video_bitrate_kbps * 107 / 100),
+            format!("-bufsize:v:{index}"),
+            format!("{}k", rung.video_bitrate_kbps * 3 / 2),
+        ]);
+    }
+    let segment = config.segment_seconds;
+    args.extend(
+        [
+            "-c:v", "libx264", "-preset", &config.x264_preset, "-profile:v", "high", "-pix_fmt", "yuv420p",
+            "-sc_threshold", "0",
+            // Keyframes exactly on segment boundaries, so every rung cuts at the same times.
+            "-force_key_frames", &format!("expr:gte(t,n_forced*{segment})"),
+        ]
+        .map(String::from),
+    );
+    if probe.has_audio {
+        args.extend(["-c:a", "aac", "-b:a", &format!("{}k", config.audio_bitrate_kbps), "-ac", "2"].map(String::from));
+    }
+    let out = |name: &str| out_dir.join(name).display().to_string();
+    args.extend(
+        [
+            "-f", "hls",
+            "-hls_time", &segment.to_string(),
+            "-hls_playlist_type", "vod",
+            "-hls_segment_type", "fmp4",
+            "-hls_flags", "independent_segments",
+            "-hls_fmp4_init_filename", "init.mp4",
+            "-hls_segment_filename", &out("%v/seg_%05d.m4s"),
+            "-master_pl_name", "master.m3u8",
+            "-var_stream_map", &stream_map.join(" "),
+            &out("%v/index.m3u8"),
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+/// Renditions as they will be written for `rungs`.
+pub fn renditions(probe: &Probe, rungs: &[Rung]) -> Vec<Rendition> {
+    rungs
+        .iter()
+        .map(|rung| Rendition {
+            name: rung.name.clone(),
+            width: scaled_width(probe, rung.height),
+            height: rung.height,
+            video_bitrate_kbps: rung.video_bitrate_kbps,
+        })
+        .collect()
+}
+
+/// Runs ffmpeg with `args`, reporting progress (0–100) against `duration_s`.
+pub fn run_ffmpeg(
+    ffmpeg_path: &str,
+    args: &[String],
+    duration_s: f64,
+    kill_switch: &KillSwitch,
+    mut on_progress: impl FnMut(u8),
+) -> Result<(), RunFailure> {
+    let mut child = FfmpegCommand::new_with_path(ffmpeg_path)
+        .args(args)
+        .spawn()
+        .map_err(|e| RunFailure::transient(format!("cannot start {ffmpeg_path}: {e}")))?;
+    if !kill_switch.attach(child.as_inner().id()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        kill_switch.detach();
+        return Err(RunFailure::transient("cancelled"));
+    }
+    let mut errors: Vec<String> = Vec::new();
+    let events = child
+        .iter()
+        .map_err(|e| RunFailure::transient(format!("cannot read ffmpeg output: {e}")))?;
+    for event in events {
+        match event {
+            FfmpegEvent::Progress(progress) => {
+                if let Some(seconds) = parse_clock(&progress.time) {
+                    let percent = (seconds / duration_s * 100.0).clamp(0.0, 99.0);
+                    on_progress(percent as u8);
+                }
+            }
+            FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) | FfmpegEvent::Error(line)
+                if errors.len() < 5 =>
+            {
+                errors.push(line);
+            }
+            _ => {}
+        }
+    }
+    let status = child.wait();
+    kill_switch.detach();
+    if kill_switch.was_killed() {
+        return Err(RunFailure::transient("cancelled"));
+    }
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(RunFailure::transient(format!(
+            "ffmpeg exited with {status}: {}",
+            errors.join("; ")
+        ))),
+        Err(e) => Err(RunFailure::transient(format!("ffmpeg wait failed: {e}"))),
+    }
+}
+
+/// A single JPEG frame from about a tenth into the video.
+pub fn thumbnail_arguments(input: &Path, output: &Path, probe: &Probe) -> Vec<String> {
+    let at = (probe.duration_s / 10.0).min(5.0);
+    [
+        "-hide_banner", "-y", "-ss", &format!("{at:.3}"), "-i", &input.display().to_string(),
+        "-frames:v", "1", "-vf", "scale=-2:360", "-q:v", "4", &output.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `HH:MM:SS.ss` → seconds.
+fn parse_clock(clock: &str) -> Option<f64> {
+    let mut seconds = 0.0;
+    for part in clock.trim().split(':') {
+        seconds = seconds * 60.0 + part.parse::<f64>().ok()?;
+    }
+    Some(seconds)
+}
+
+/// Every file under `dir`, as paths relative to it.
+pub fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+            } else if let Ok(relative) = path.strip_prefix(dir) {
+                found.push(relative.to_path_buf());
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ladder() -> Vec<Rung> {
+        [("1080p", 1080, 5000), ("720p", 720, 2800), ("480p", 480, 1400), ("360p", 360, 800)]
+            .map(|(name, height, kbps)| Rung {
+                name: name.into(),
+                height,
+                video_bitrate_kbps: kbps,
+            })
+            .to_vec()
+    }
+
+    #[test]
+    fn ladder_skips_rungs_above_the_source() {
+        let names = |h| plan_ladder(&ladder(), h).into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(names(720), ["720p", "480p", "360p"]);
+        assert_eq!(names(2160), ["1080p", "720p", "480p", "360p"]);
+        let tiny = plan_ladder(&ladder(), 241);
+        assert_eq!((tiny.len(), tiny[0].height), (1, 240));
+    }
+
+    #[test]
+    fn widths_keep_aspect_and_are_even() {
+        let probe = Probe {
+            duration_s: 1.0,
+            width: 1280,
+            height: 720,
+            video_codec: "h264".into(),
+            has_audio: false,
+        };
+        let rungs = plan_ladder(&ladder(), 720);
+        let widths: Vec<u32> = renditions(&probe, &rungs).iter().map(|r| r.width).collect();
+        assert_eq!(widths, [1280, 854, 640]);
+    }
+
+    #[test]
+    fn clock_parses() {
+        assert_eq!(parse_clock("00:01:02.50"), Some(62.5));
+        assert_eq!(parse_clock("N/A"), None);
+    }
+}

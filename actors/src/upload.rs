@@ -1,0 +1,376 @@
+//! UploadActor: turns received bytes into a stored source file, a media record and a queued
+//! transcode job.
+//!
+//! The bytes themselves do not pass through the mailbox: `BeginUpload` hands the caller an
+//! [`UploadSink`] that sniffs the container, enforces the size limit, hashes and streams into the
+//! blob store; `FinishUpload` then makes the decisions (record, job) inside the actor.
+//!
+//! Invariant: a 201 for an upload means the source blob, the media record and its transcode job
+//! are all durable.
+
+use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture, Supervised};
+use prometheus::{IntCounter, IntCounterVec};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::{
+    blobs::{BlobError, BlobStore, BlobWriter},
+    config::UploadConfig,
+    error::{DomainError, ErrorKind},
+    metadata::{normalize_tags, CreateMedia, MetadataActor, MetadataError},
+    model::{JobKind, Media, MediaId, MediaState, UploadId},
+    monitor::names::upload_outcome,
+    sniff::{sniff_container, SNIFF_BYTES},
+    supervise::supervised_basics,
+    transcode::{SubmitJob, TranscodeActor, TranscodeError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("not a video container (checked the file's first bytes)")]
+    NotAVideo,
+    #[error("upload is empty")]
+    Empty,
+    #[error(transparent)]
+    Blobs(#[from] BlobError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Transcode(#[from] TranscodeError),
+    #[error("{0} actor unavailable")]
+    Mailbox(&'static str),
+}
+
+impl DomainError for UploadError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::TooLarge { .. } => ErrorKind::TooLarge,
+            Self::NotAVideo => ErrorKind::UnsupportedMedia,
+            Self::Empty => ErrorKind::Invalid,
+            Self::Blobs(_) | Self::Mailbox(_) => ErrorKind::Unavailable,
+            Self::Metadata(inner) => inner.kind(),
+            Self::Transcode(inner) => inner.kind(),
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "upload_too_large",
+            Self::NotAVideo => "unsupported_container",
+            Self::Empty => "upload_empty",
+            Self::Blobs(_) => "blobs_unavailable",
+            Self::Mailbox(_) => "actor_unavailable",
+            Self::Metadata(inner) => inner.code(),
+            Self::Transcode(inner) => inner.code(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// Opens a sink for one upload. `declared_size` (e.g. from `Content-Length`) lets an oversized
+/// upload be refused before a byte is stored.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<UploadSink, UploadError>")]
+pub struct BeginUpload {
+    pub declared_size: Option<u64>,
+}
+
+/// Turns a finished sink into a media record and queues its transcode job.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<UploadReceipt, UploadError>")]
+pub struct FinishUpload {
+    pub file: ReceivedFile,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadReceipt {
+    pub media_id: MediaId,
+    pub upload_id: UploadId,
+    pub size: u64,
+    pub sha256: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actor
+
+pub struct UploadActor {
+    config: UploadConfig,
+    blobs: BlobStore,
+    metadata: Addr<MetadataActor>,
+    transcode: Addr<TranscodeActor>,
+    uploads: IntCounterVec,
+    upload_bytes: IntCounter,
+}
+
+impl UploadActor {
+    pub fn new(
+        config: UploadConfig,
+        blobs: BlobStore,
+        metadata: Addr<MetadataActor>,
+        transcode: Addr<TranscodeActor>,
+        uploads: IntCounterVec,
+        upload_bytes: IntCounter,
+    ) -> Self {
+        Self {
+            config,
+            blobs,
+            metadata,
+            transcode,
+            uploads,
+            upload_bytes,
+        }
+    }
+}
+
+impl Actor for UploadActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for UploadActor {}
+
+supervised_basics!(UploadActor);
+
+impl Handler<BeginUpload> for UploadActor {
+    type Result = ResponseFuture<Result<UploadSink, UploadError>>;
+
+    fn handle(&mut self, msg: BeginUpload, _: &mut Self::Context) -> Self::Result {
+        let limit = self.config.max_size_bytes;
+        let blobs = self.blobs.clone();
+        let rejected = self.uploads.with_label_values(&[upload_outcome::REJECTED]);
+        Box::pin(async move {
+            if msg.declared_size.is_some_and(|size| size > limit) {
+                rejected.inc();
+                return Err(UploadError::TooLarge { limit });
+            }
+            let upload_id = UploadId::new();
+            let key = BlobStore::source_key(&upload_id);
+            let writer = blobs.writer(&key).await?;
+            Ok(UploadSink {
+                upload_id,
+                key,
+                writer,
+                hasher: Sha256::new(),
+                size: 0,
+                limit,
+                head: Vec::with_capacity(SNIFF_BYTES),
+                container: None,
+                rejected,
+            })
+        })
+    }
+}
+
+impl Handler<FinishUpload> for UploadActor {
+    type Result = ResponseFuture<Result<UploadReceipt, UploadError>>;
+
+    fn handle(&mut self, msg: FinishUpload, _: &mut Self::Context) -> Self::Result {
+        let metadata = self.metadata.clone();
+        let transcode = self.transcode.clone();
+        let blobs = self.blobs.clone();
+        let finished = self.uploads.with_label_values(&[upload_outcome::FINISHED]);
+        let upload_bytes = self.upload_bytes.clone();
+        Box::pin(async move {
+            let file = msg.file;
+            let now = OffsetDateTime::now_utc();
+            let title = msg
+                .title
+                .filter(|title| !title.trim().is_empty())
+                .or_else(|| file.filename.as_deref().map(title_from_filename))
+                .unwrap_or_else(|| "Untitled".to_string());
+            let media = Media {
+                id: MediaId::new(),
+                title,
+                description: msg.description.unwrap_or_default(),
+                tags: normalize_tags(msg.tags),
+                owner: msg.owner,
+                state: MediaState::Processing,
+                failure: None,
+                upload_id: file.upload_id.clone(),
+                filename: file.filename.clone(),
+                size: file.size,
+                sha256: file.sha256.clone(),
+                source_key: file.key.clone(),
+                duration_s: None,
+                width: None,
+                height: None,
+                video_codec: None,
+                renditions: Vec::new(),
+                created_at: now,
+                updated_at: now,
+            };
+            let created = metadata
+                .send(CreateMedia { media })
+                .await
+                .map_err(|_| UploadError::Mailbox("metadata"));
+            let media = match created {
+                Ok(Ok(media)) => media,
+                Ok(Err(error)) => {
+                    // Nothing refers to the source blob yet; drop it rather than orphan it.
+                    blobs.delete(&file.key).await?;
+                    return Err(error.into());
+                }
+                Err(error) => {
+                    blobs.delete(&file.key).await?;
+                    return Err(error);
+                }
+            };
+            transcode
+                .send(SubmitJob {
+                    kind: JobKind::Transcode,
+                    media_id: media.id.clone(),
+                    priority: 5,
+                })
+                .await
+                .map_err(|_| UploadError::Mailbox("transcode"))??;
+            finished.inc();
+            upload_bytes.inc_by(file.size);
+            Ok(UploadReceipt {
+                media_id: media.id,
+                upload_id: file.upload_id,
+                size: file.size,
+                sha256: file.sha256,
+            })
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sink
+
+/// Receives one upload's bytes: sniffs the container from the first bytes, enforces the size
+/// limit, hashes with SHA-256 and streams into the blob store. Dropping it without `finish`
+/// leaves nothing behind.
+pub struct UploadSink {
+    upload_id: UploadId,
+    key: String,
+    writer: BlobWriter,
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+    /// The first bytes, held back until the container is known.
+    head: Vec<u8>,
+    container: Option<&'static str>,
+    rejected: IntCounter,
+}
+
+impl std::fmt::Debug for UploadSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadSink")
+            .field("upload_id", &self.upload_id)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// A completely stored upload.
+#[derive(Debug, Clone)]
+pub struct ReceivedFile {
+    pub upload_id: UploadId,
+    pub key: String,
+    pub filename: Option<String>,
+    pub container: &'static str,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl UploadSink {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), UploadError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            self.rejected.inc();
+            return Err(UploadError::TooLarge { limit: self.limit });
+        }
+        self.hasher.update(chunk);
+        if self.container.is_some() {
+            return Ok(self.writer.write(chunk).await?);
+        }
+        self.head.extend_from_slice(chunk);
+        if self.head.len() >= SNIFF_BYTES {
+            self.sniff()?;
+            let head = std::mem::take(&mut self.head);
+            self.writer.write(&head).await?;
+        }
+        Ok(())
+    }
+
+    fn sniff(&mut self) -> Result<(), UploadError> {
+        match sniff_container(&self.head) {
+            Some(container) => {
+                self.container = Some(container);
+                Ok(())
+            }
+            None => {
+                self.rejected.inc();
+                Err(UploadError::NotAVideo)
+            }
+        }
+    }
+
+    /// Completes the blob; only now does it become visible under its key.
+    pub async fn finish(mut self, filename: Option<String>) -> Result<ReceivedFile, UploadError> {
+        if self.size == 0 {
+            self.rejected.inc();
+            self.writer.abort().await?;
+            return Err(UploadError::Empty);
+        }
+        if self.container.is_none() {
+            if let Err(error) = self.sniff() {
+                self.writer.abort().await?;
+                return Err(error);
+            }
+            let head = std::mem::take(&mut self.head);
+            self.writer.write(&head).await?;
+        }
+        self.writer.finish().await?;
+        Ok(ReceivedFile {
+            upload_id: self.upload_id,
+            key: self.key,
+            filename: filename.map(|name| sanitize_filename(&name)),
+            container: self.container.unwrap_or("unknown"),
+            size: self.size,
+            sha256: hex::encode(self.hasher.finalize()),
+        })
+    }
+
+    /// Discards everything received so far.
+    pub async fn abort(self) -> Result<(), UploadError> {
+        Ok(self.writer.abort().await?)
+    }
+}
+
+/// Keeps the last path component and drops control characters.
+fn sanitize_filename(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    base.chars().filter(|c| !c.is_control()).take(255).collect()
+}
+
+fn title_from_filename(name: &str) -> String {
+    let base = sanitize_filename(name);
+    let stem = base.rsplit_once('.').map_or(base.as_str(), |(stem, _)| stem);
+    let stem = stem.trim();
+    if stem.is_empty() {
+        "Untitled".to_string()
+    } else {
+        stem.chars().take(crate::metadata::MAX_TITLE_CHARS).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_come_from_file_names_without_paths() {
+        assert_eq!(title_from_filename("../../etc/My Clip.mp4"), "My Clip");
+        assert_eq!(title_from_filename("C:\\videos\\a.b.mkv"), "a.b");
+        assert_eq!(title_from_filename(".mp4"), "Untitled");
+        assert_eq!(sanitize_filename("x\u{0}y/z\n.mp4"), "z.mp4");
+    }
+}
