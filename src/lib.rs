@@ -1,1 +1,75 @@
-pub fn x(){}
+//! StreamGate: a self-hostable video platform. This crate is the binary's library half: it loads
+//! configuration ([`config`]) and runs the platform on an already bound listener ([`start`],
+//! [`run`]), so tests can bind port 0 and run the real thing.
+
+pub mod config;
+
+use std::net::TcpListener;
+
+use actix_web::{dev::ServerHandle, middleware::from_fn, web, App, HttpServer};
+use streamgate_actors::{transcode::StopWorkers, Actors, StartError};
+use tracing_actix_web::TracingLogger;
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started platform: the HTTP server plus the actors behind it.
+pub struct Running {
+    pub handle: ServerHandle,
+    pub actors: Actors,
+    server: actix_web::dev::Server,
+}
+
+impl Running {
+    /// Runs until the server stops (SIGINT/SIGTERM or [`ServerHandle::stop`]), which drains
+    /// in-flight requests; then kills any running ffmpeg so no process outlives us.
+    pub async fn wait(self) -> Result<(), RunError> {
+        let served = self.server.await;
+        match self.actors.transcode.send(StopWorkers).await {
+            Ok(killed) if killed > 0 => tracing::info!(killed, "stopped running transcodes"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "transcode actor gone at shutdown"),
+        }
+        tracing::info!("stopped");
+        Ok(served?)
+    }
+}
+
+/// Starts the actors and the HTTP server on `listener`. Must run inside an actix system.
+pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError> {
+    let actors = streamgate_actors::start(config.actors())?;
+    let data = web::Data::new(actors.clone());
+    let address = listener.local_addr()?;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(streamgate_web::middleware::json_errors())
+            .wrap(from_fn(streamgate_web::middleware::observe))
+            .wrap(TracingLogger::default())
+            .configure(streamgate_web::configure)
+            .default_service(web::to(streamgate_web::not_found))
+    })
+    .shutdown_timeout(config.server.shutdown_timeout_s);
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    let server = server.listen(listener)?.run();
+    tracing::info!(%address, data_dir = %config.storage.data_dir.display(), "streamgate listening");
+    Ok(Running {
+        handle: server.handle(),
+        actors,
+        server,
+    })
+}
+
+/// [`start`], then [`Running::wait`].
+pub async fn run(config: Config, listener: TcpListener) -> Result<(), RunError> {
+    start(config, listener)?.wait().await
+}

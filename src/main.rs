@@ -1,1 +1,92 @@
-fn main(){}
+//! The `streamgate` binary: command line → configuration → logging → [`streamgate::run`].
+
+use std::{net::TcpListener, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use streamgate::config::{self, LogFormat, Sources};
+use tracing_subscriber::EnvFilter;
+
+/// A self-hostable video platform: upload, transcode to HLS, stream.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// A TOML file layered over the built-in defaults (config/default.toml lists every key).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (server.bind).
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// Where records and blobs live (storage.data_dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Any key as section.key=value; repeatable, applied last.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Print the effective configuration's validity and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut overrides = Vec::new();
+    if let Some(bind) = &cli.bind {
+        overrides.push(format!("server.bind={}", toml_string(bind)));
+    }
+    if let Some(dir) = &cli.data_dir {
+        overrides.push(format!(
+            "storage.data_dir={}",
+            toml_string(&dir.display().to_string())
+        ));
+    }
+    overrides.extend(cli.overrides.iter().cloned());
+    let sources = Sources {
+        file: cli.config.clone(),
+        overrides,
+        ..Sources::default()
+    }
+    .with_process_env();
+    let config = match config::load(&sources) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("streamgate: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.server.log_format, &config.server.log_level);
+    let listener = match TcpListener::bind(&config.server.bind) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "streamgate: cannot listen on {}: {error}",
+                config.server.bind
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = actix_rt::System::new().block_on(streamgate::run(config, listener));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("streamgate: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -27,6 +27,21 @@ pub enum BlobError {
     Backend(String),
 }
 
+impl crate::error::DomainError for BlobError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Self::NotFound(_) => crate::error::ErrorKind::NotFound,
+            Self::Backend(_) => crate::error::ErrorKind::Unavailable,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "blob_not_found",
+            Self::Backend(_) => "blobs_unavailable",
+        }
+    }
+}
+
 impl From<object_store::Error> for BlobError {
     fn from(error: object_store::Error) -> Self {
         match error {
@@ -114,7 +129,12 @@ impl BlobStore {
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
-        Ok(self.inner.get(&ObjectPath::from(key)).await?.bytes().await?)
+        Ok(self
+            .inner
+            .get(&ObjectPath::from(key))
+            .await?
+            .bytes()
+            .await?)
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, BlobError> {
@@ -201,7 +221,10 @@ mod tests {
         writer.write(b"world").await.unwrap();
         assert!(!blobs.exists("a/b").await.unwrap());
         writer.finish().await.unwrap();
-        assert_eq!(blobs.get("a/b").await.unwrap(), Bytes::from_static(b"hello world"));
+        assert_eq!(
+            blobs.get("a/b").await.unwrap(),
+            Bytes::from_static(b"hello world")
+        );
 
         let mut aborted = blobs.writer("a/c").await.unwrap();
         aborted.write(b"partial").await.unwrap();

@@ -80,7 +80,10 @@ impl ActorsConfig {
                 ));
             }
             if !crate::names::is_safe_name(&rung.name) {
-                return Err(format!("transcode.ladder rung {:?}: name must match [A-Za-z0-9_-]{{1,32}}", rung.name));
+                return Err(format!(
+                    "transcode.ladder rung {:?}: name must match [A-Za-z0-9_-]{{1,32}}",
+                    rung.name
+                ));
             }
         }
         if self.transcode.segment_seconds == 0 {

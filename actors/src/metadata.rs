@@ -154,7 +154,10 @@ impl Handler<ListMedia> for MetadataActor {
         let repo = self.repo.clone();
         Box::pin(async move {
             let limit = msg.limit.clamp(1, 100);
-            Ok(blocking(&repo, move |repo| repo.list_media(msg.after.as_ref(), limit)).await?)
+            Ok(blocking(&repo, move |repo| {
+                repo.list_media(msg.after.as_ref(), limit)
+            })
+            .await?)
         })
     }
 }
@@ -200,7 +203,9 @@ impl Handler<DeleteMedia> for MetadataActor {
                 // leaves only orphans for the cleanup job, never a record pointing at nothing.
                 let media_id = media.id.clone();
                 blocking(&repo, move |repo| repo.delete_media(&media_id)).await?;
-                blobs.delete_prefix(&BlobStore::media_prefix(&media.id)).await?;
+                blobs
+                    .delete_prefix(&BlobStore::media_prefix(&media.id))
+                    .await?;
                 blobs.delete(&media.source_key).await?;
                 Ok(())
             }
@@ -272,14 +277,18 @@ fn validate_text(title: &str, description: &str, tags: &[String]) -> Result<(), 
         return invalid(format!("title is longer than {MAX_TITLE_CHARS} characters"));
     }
     if description.chars().count() > MAX_DESCRIPTION_CHARS {
-        return invalid(format!("description is longer than {MAX_DESCRIPTION_CHARS} characters"));
+        return invalid(format!(
+            "description is longer than {MAX_DESCRIPTION_CHARS} characters"
+        ));
     }
     if tags.len() > MAX_TAGS {
         return invalid(format!("at most {MAX_TAGS} tags"));
     }
     for tag in tags {
         let well_formed = tag.chars().count() <= MAX_TAG_CHARS
-            && tag.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_');
+            && tag
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '_');
         if !well_formed {
             return invalid(format!(
                 "tag {tag:?}: at most {MAX_TAG_CHARS} letters, digits, '-' or '_'"
@@ -295,7 +304,12 @@ mod tests {
 
     #[test]
     fn tags_are_normalized_and_validated() {
-        let tags = normalize_tags(vec![" Rust ".into(), "rust".into(), "".into(), "Video".into()]);
+        let tags = normalize_tags(vec![
+            " Rust ".into(),
+            "rust".into(),
+            "".into(),
+            "Video".into(),
+        ]);
         assert_eq!(tags, vec!["rust".to_string(), "video".to_string()]);
         assert!(validate_text("t", "", &tags).is_ok());
         assert!(validate_text("t", "", &["no spaces".to_string()]).is_err());

@@ -25,10 +25,28 @@ mod tests {
 
     #[test]
     fn rejects_traversal_and_odd_names() {
-        for bad in ["", "..", "../x", "a/b", ".hidden", "a\\b", "%2e%2e", "é", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a\\b",
+            "%2e%2e",
+            "é",
+            &"a".repeat(33),
+        ] {
             assert!(!is_safe_name(bad), "{bad:?} accepted");
         }
-        for bad in ["../seg.m4s", "seg.m4s/..", ".m4s", "seg.txt", "seg", "a/seg.ts", "seg..m4s"] {
+        for bad in [
+            "../seg.m4s",
+            "seg.m4s/..",
+            ".m4s",
+            "seg.txt",
+            "seg",
+            "a/seg.ts",
+            "seg..m4s",
+        ] {
             assert!(!is_segment_name(bad), "{bad:?} accepted");
         }
         assert!(is_safe_name("720p"));

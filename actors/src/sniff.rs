@@ -10,7 +10,8 @@ pub fn sniff_container(head: &[u8]) -> Option<&'static str> {
     if at(4, b"ftyp") {
         // ISO BMFF: mp4, mov, m4v, 3gp. Reject still-image brands (HEIF/AVIF).
         let brand = head.get(8..12)?;
-        return (!matches!(brand, b"heic" | b"heix" | b"mif1" | b"msf1" | b"avif")).then_some("mp4");
+        return (!matches!(brand, b"heic" | b"heix" | b"mif1" | b"msf1" | b"avif"))
+            .then_some("mp4");
     }
     if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
         return Some("matroska");
@@ -49,7 +50,10 @@ mod tests {
         let mut heic = vec![0, 0, 0, 0x18];
         heic.extend_from_slice(b"ftypheic");
         assert_eq!(sniff_container(&heic), None);
-        assert_eq!(sniff_container(&[0x1A, 0x45, 0xDF, 0xA3, 1]), Some("matroska"));
+        assert_eq!(
+            sniff_container(&[0x1A, 0x45, 0xDF, 0xA3, 1]),
+            Some("matroska")
+        );
         let mut ts = vec![0u8; SNIFF_BYTES];
         ts[0] = 0x47;
         ts[188] = 0x47;

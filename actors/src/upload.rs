@@ -353,12 +353,16 @@ fn sanitize_filename(name: &str) -> String {
 
 fn title_from_filename(name: &str) -> String {
     let base = sanitize_filename(name);
-    let stem = base.rsplit_once('.').map_or(base.as_str(), |(stem, _)| stem);
+    let stem = base
+        .rsplit_once('.')
+        .map_or(base.as_str(), |(stem, _)| stem);
     let stem = stem.trim();
     if stem.is_empty() {
         "Untitled".to_string()
     } else {
-        stem.chars().take(crate::metadata::MAX_TITLE_CHARS).collect()
+        stem.chars()
+            .take(crate::metadata::MAX_TITLE_CHARS)
+            .collect()
     }
 }
 

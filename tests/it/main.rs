@@ -1,1 +1,12 @@
+//! StreamGate's one integration-test binary: every test runs the real server (real sled, real
+//! files, real ffmpeg) on 127.0.0.1 with port 0 and a temporary data directory.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod bad_input;
+mod config;
+mod e2e;
+mod server;
+mod shutdown;
+mod supervision;

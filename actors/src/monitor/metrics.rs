@@ -27,38 +27,68 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new(names::HTTP_REQUESTS_TOTAL, "HTTP requests answered, by route pattern, method and status."),
+            Opts::new(
+                names::HTTP_REQUESTS_TOTAL,
+                "HTTP requests answered, by route pattern, method and status.",
+            ),
             &["route", "method", "status"],
         )?;
         let http_duration = HistogramVec::new(
-            HistogramOpts::new(names::HTTP_REQUEST_DURATION_SECONDS, "Time to answer an HTTP request, by route pattern and method.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                names::HTTP_REQUEST_DURATION_SECONDS,
+                "Time to answer an HTTP request, by route pattern and method.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
             &["route", "method"],
         )?;
-        let http_in_flight = IntGauge::new(names::HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being answered right now.")?;
+        let http_in_flight = IntGauge::new(
+            names::HTTP_REQUESTS_IN_FLIGHT,
+            "HTTP requests being answered right now.",
+        )?;
         let actor_up = IntGaugeVec::new(
-            Opts::new(names::ACTOR_UP, "1 when the actor answered its last liveness ping, else 0."),
+            Opts::new(
+                names::ACTOR_UP,
+                "1 when the actor answered its last liveness ping, else 0.",
+            ),
             &["actor"],
         )?;
         let actor_restarts = IntCounterVec::new(
-            Opts::new(names::ACTOR_RESTARTS_TOTAL, "Times the supervisor restarted an actor after a panic or stop."),
+            Opts::new(
+                names::ACTOR_RESTARTS_TOTAL,
+                "Times the supervisor restarted an actor after a panic or stop.",
+            ),
             &["actor"],
         )?;
         let uploads = IntCounterVec::new(
             Opts::new(names::UPLOADS_TOTAL, "Uploads by outcome."),
             &["outcome"],
         )?;
-        let upload_bytes = IntCounter::new(names::UPLOAD_BYTES_TOTAL, "Bytes of uploaded files stored.")?;
+        let upload_bytes =
+            IntCounter::new(names::UPLOAD_BYTES_TOTAL, "Bytes of uploaded files stored.")?;
         let transcode_jobs = IntCounterVec::new(
-            Opts::new(names::TRANSCODE_JOBS_TOTAL, "Transcode jobs ended, by outcome."),
+            Opts::new(
+                names::TRANSCODE_JOBS_TOTAL,
+                "Transcode jobs ended, by outcome.",
+            ),
             &["outcome"],
         )?;
         let transcode_duration = HistogramVec::new(
-            HistogramOpts::new(names::TRANSCODE_DURATION_SECONDS, "Wall time of a transcode job run, by outcome.")
-                .buckets(vec![1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
+            HistogramOpts::new(
+                names::TRANSCODE_DURATION_SECONDS,
+                "Wall time of a transcode job run, by outcome.",
+            )
+            .buckets(vec![
+                1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+            ]),
             &["outcome"],
         )?;
-        let jobs = IntGaugeVec::new(Opts::new(names::JOBS, "Jobs by state, as the queue sees them."), &["state"])?;
+        let jobs = IntGaugeVec::new(
+            Opts::new(names::JOBS, "Jobs by state, as the queue sees them."),
+            &["state"],
+        )?;
 
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;

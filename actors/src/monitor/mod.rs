@@ -260,7 +260,11 @@ fn down(name: &'static str, detail: String) -> CheckResult {
 async fn ping_all(deps: &MonitorDeps) -> Vec<ActorStatus> {
     let timeout = Duration::from_millis(deps.config.ping_timeout_ms);
     let pings = deps.actors.iter().map(|(name, recipient)| {
-        let restarts = deps.metrics.actor_restarts.with_label_values(&[*name]).get();
+        let restarts = deps
+            .metrics
+            .actor_restarts
+            .with_label_values(&[*name])
+            .get();
         async move {
             let started = std::time::Instant::now();
             let answered = matches!(
@@ -298,7 +302,11 @@ fn check_disk(data_dir: &std::path::Path, min_free_bytes: u64) -> CheckResult {
     match rustix::fs::statvfs(data_dir) {
         Ok(stats) => {
             let free = stats.f_bavail.saturating_mul(stats.f_frsize);
-            let detail = format!("{} MiB free (minimum {} MiB)", free >> 20, min_free_bytes >> 20);
+            let detail = format!(
+                "{} MiB free (minimum {} MiB)",
+                free >> 20,
+                min_free_bytes >> 20
+            );
             if free >= min_free_bytes {
                 ok("disk", detail)
             } else {
@@ -321,7 +329,10 @@ async fn check_ffmpeg(ffmpeg_path: &str) -> Result<String, String> {
         .await
         .map_err(|e| format!("cannot run {ffmpeg_path}: {e}"))?;
     if !output.status.success() {
-        return Err(format!("{ffmpeg_path} -version exited with {}", output.status));
+        return Err(format!(
+            "{ffmpeg_path} -version exited with {}",
+            output.status
+        ));
     }
     let text = String::from_utf8_lossy(&output.stdout);
     Ok(text.lines().next().unwrap_or("ffmpeg").to_string())

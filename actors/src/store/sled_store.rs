@@ -19,16 +19,18 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(backend)?;
+        let db = sled::Config::new().path(path).open().map_err(backend)?;
         let media = db.open_tree(MEDIA_TREE).map_err(backend)?;
         let jobs = db.open_tree(JOBS_TREE).map_err(backend)?;
         Ok(Self { db, media, jobs })
     }
 
-    fn put<T: Serialize>(&self, tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), StoreError> {
+    fn put<T: Serialize>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))?;
         tree.insert(key, bytes).map_err(backend)?;
         // sled only fsyncs on its own every 500 ms; callers acknowledge after this returns.
@@ -50,10 +52,8 @@ impl SledStore {
         limit: usize,
     ) -> Result<Vec<T>, StoreError> {
         let range = match after {
-            Some(after) => tree.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(after) => tree
+                .range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => tree.iter(),
         };
         let mut found = Vec::new();
@@ -92,13 +92,22 @@ impl MediaRepo for SledStore {
     }
 
     fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError> {
-        let existed = self.media.remove(media_id.as_bytes()).map_err(backend)?.is_some();
+        let existed = self
+            .media
+            .remove(media_id.as_bytes())
+            .map_err(backend)?
+            .is_some();
         self.db.flush().map_err(backend)?;
         Ok(existed)
     }
 
     fn list_media(&self, after: Option<&MediaId>, limit: usize) -> Result<Vec<Media>, StoreError> {
-        Self::scan(&self.media, after.map(|id| id.as_bytes().as_slice()), |_: &Media| true, limit)
+        Self::scan(
+            &self.media,
+            after.map(|id| id.as_bytes().as_slice()),
+            |_: &Media| true,
+            limit,
+        )
     }
 }
 
@@ -213,7 +222,13 @@ mod tests {
                 })
                 .unwrap();
         }
-        assert_eq!(store.list_jobs(Some(JobState::Queued), None, 10).unwrap().len(), 2);
+        assert_eq!(
+            store
+                .list_jobs(Some(JobState::Queued), None, 10)
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!(store.list_jobs(None, None, 10).unwrap().len(), 3);
     }
 }

@@ -102,7 +102,14 @@ struct ProbeFormat {
 /// Reads duration, size and codecs with ffprobe. A file ffprobe cannot read is a permanent failure.
 pub fn probe(ffprobe_path: &str, input: &Path) -> Result<Probe, RunFailure> {
     let output = Command::new(ffprobe_path)
-        .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+        ])
         .arg(input)
         .output()
         .map_err(|e| RunFailure::transient(format!("cannot run {ffprobe_path}: {e}")))?;
@@ -122,7 +129,11 @@ pub fn probe(ffprobe_path: &str, input: &Path) -> Result<Probe, RunFailure> {
         .ok_or_else(|| RunFailure::permanent("not a decodable video: no video stream"))?;
     let (width, height) = match (video.width, video.height) {
         (Some(w), Some(h)) if w > 0 && h > 0 => (w, h),
-        _ => return Err(RunFailure::permanent("not a decodable video: no frame size")),
+        _ => {
+            return Err(RunFailure::permanent(
+                "not a decodable video: no frame size",
+            ))
+        }
     };
     let duration_s = parsed
         .format
@@ -183,7 +194,12 @@ pub fn hls_arguments(
     probe: &Probe,
     rungs: &[Rung],
 ) -> Vec<String> {
-    let mut args: Vec<String> = vec!["-hide_banner".into(), "-y".into(), "-i".into(), input.display().to_string()];
+    let mut args: Vec<String> = vec![
+        "-hide_banner".into(),
+        "-y".into(),
+        "-i".into(),
+        input.display().to_string(),
+    ];
     let mut filter = format!("[0:v]split={}", rungs.len());
     for index in 0..rungs.len() {
         filter.push_str(&format!("[s{index}]"));
@@ -213,28 +229,56 @@ pub fn hls_arguments(
     let segment = config.segment_seconds;
     args.extend(
         [
-            "-c:v", "libx264", "-preset", &config.x264_preset, "-profile:v", "high", "-pix_fmt", "yuv420p",
-            "-sc_threshold", "0",
+            "-c:v",
+            "libx264",
+            "-preset",
+            &config.x264_preset,
+            "-profile:v",
+            "high",
+            "-pix_fmt",
+            "yuv420p",
+            "-sc_threshold",
+            "0",
             // Keyframes exactly on segment boundaries, so every rung cuts at the same times.
-            "-force_key_frames", &format!("expr:gte(t,n_forced*{segment})"),
+            "-force_key_frames",
+            &format!("expr:gte(t,n_forced*{segment})"),
         ]
         .map(String::from),
     );
     if probe.has_audio {
-        args.extend(["-c:a", "aac", "-b:a", &format!("{}k", config.audio_bitrate_kbps), "-ac", "2"].map(String::from));
+        args.extend(
+            [
+                "-c:a",
+                "aac",
+                "-b:a",
+                &format!("{}k", config.audio_bitrate_kbps),
+                "-ac",
+                "2",
+            ]
+            .map(String::from),
+        );
     }
     let out = |name: &str| out_dir.join(name).display().to_string();
     args.extend(
         [
-            "-f", "hls",
-            "-hls_time", &segment.to_string(),
-            "-hls_playlist_type", "vod",
-            "-hls_segment_type", "fmp4",
-            "-hls_flags", "independent_segments",
-            "-hls_fmp4_init_filename", "init.mp4",
-            "-hls_segment_filename", &out("%v/seg_%05d.m4s"),
-            "-master_pl_name", "master.m3u8",
-            "-var_stream_map", &stream_map.join(" "),
+            "-f",
+            "hls",
+            "-hls_time",
+            &segment.to_string(),
+            "-hls_playlist_type",
+            "vod",
+            "-hls_segment_type",
+            "fmp4",
+            "-hls_flags",
+            "independent_segments",
+            "-hls_fmp4_init_filename",
+            "init.mp4",
+            "-hls_segment_filename",
+            &out("%v/seg_%05d.m4s"),
+            "-master_pl_name",
+            "master.m3u8",
+            "-var_stream_map",
+            &stream_map.join(" "),
             &out("%v/index.m3u8"),
         ]
         .map(String::from),
@@ -285,7 +329,8 @@ pub fn run_ffmpeg(
                     on_progress(percent as u8);
                 }
             }
-            FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) | FfmpegEvent::Error(line)
+            FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line)
+            | FfmpegEvent::Error(line)
                 if errors.len() < 5 =>
             {
                 errors.push(line);
@@ -312,8 +357,19 @@ pub fn run_ffmpeg(
 pub fn thumbnail_arguments(input: &Path, output: &Path, probe: &Probe) -> Vec<String> {
     let at = (probe.duration_s / 10.0).min(5.0);
     [
-        "-hide_banner", "-y", "-ss", &format!("{at:.3}"), "-i", &input.display().to_string(),
-        "-frames:v", "1", "-vf", "scale=-2:360", "-q:v", "4", &output.display().to_string(),
+        "-hide_banner",
+        "-y",
+        "-ss",
+        &format!("{at:.3}"),
+        "-i",
+        &input.display().to_string(),
+        "-frames:v",
+        "1",
+        "-vf",
+        "scale=-2:360",
+        "-q:v",
+        "4",
+        &output.display().to_string(),
     ]
     .map(String::from)
     .to_vec()
@@ -352,18 +408,28 @@ mod tests {
     use super::*;
 
     fn ladder() -> Vec<Rung> {
-        [("1080p", 1080, 5000), ("720p", 720, 2800), ("480p", 480, 1400), ("360p", 360, 800)]
-            .map(|(name, height, kbps)| Rung {
-                name: name.into(),
-                height,
-                video_bitrate_kbps: kbps,
-            })
-            .to_vec()
+        [
+            ("1080p", 1080, 5000),
+            ("720p", 720, 2800),
+            ("480p", 480, 1400),
+            ("360p", 360, 800),
+        ]
+        .map(|(name, height, kbps)| Rung {
+            name: name.into(),
+            height,
+            video_bitrate_kbps: kbps,
+        })
+        .to_vec()
     }
 
     #[test]
     fn ladder_skips_rungs_above_the_source() {
-        let names = |h| plan_ladder(&ladder(), h).into_iter().map(|r| r.name).collect::<Vec<_>>();
+        let names = |h| {
+            plan_ladder(&ladder(), h)
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(720), ["720p", "480p", "360p"]);
         assert_eq!(names(2160), ["1080p", "720p", "480p", "360p"]);
         let tiny = plan_ladder(&ladder(), 241);

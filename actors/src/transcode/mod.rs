@@ -193,9 +193,14 @@ impl TranscodeActor {
         };
         let started = Instant::now();
         let job_id = job.id.clone();
-        ctx.spawn(worker.run(job).into_actor(self).map(move |outcome, actor, ctx| {
-            actor.finish(job_id, outcome, started.elapsed(), ctx);
-        }));
+        ctx.spawn(
+            worker
+                .run(job)
+                .into_actor(self)
+                .map(move |outcome, actor, ctx| {
+                    actor.finish(job_id, outcome, started.elapsed(), ctx);
+                }),
+        );
     }
 
     /// Persists a finished run's outcome, retrying transient failures with backoff.
@@ -237,7 +242,9 @@ impl TranscodeActor {
                     job.state = JobState::Queued;
                     let exponent = job.attempts.saturating_sub(1).min(10);
                     retry_after = Some(Duration::from_millis(
-                        self.config.retry_base_delay_ms.saturating_mul(1 << exponent),
+                        self.config
+                            .retry_base_delay_ms
+                            .saturating_mul(1 << exponent),
                     ));
                 }
             }
@@ -337,7 +344,10 @@ impl Handler<RecoverJobs> for TranscodeActor {
                 match loaded {
                     Ok((recovered, queued)) => {
                         if !recovered.is_empty() {
-                            tracing::warn!(count = recovered.len(), "re-queued jobs interrupted while running");
+                            tracing::warn!(
+                                count = recovered.len(),
+                                "re-queued jobs interrupted while running"
+                            );
                         }
                         queued
                     }
@@ -367,7 +377,9 @@ impl Handler<Pump> for TranscodeActor {
         let mut picked = Vec::new();
         while picked.len() < idle && !self.stopping {
             match self.queue.pop() {
-                Some((_, Reverse(job_id))) if !self.running.contains_key(&job_id) => picked.push(job_id),
+                Some((_, Reverse(job_id))) if !self.running.contains_key(&job_id) => {
+                    picked.push(job_id)
+                }
                 Some(_) => {}
                 None => break,
             }
@@ -379,7 +391,9 @@ impl Handler<Pump> for TranscodeActor {
                     let mut started = Vec::new();
                     for job_id in picked {
                         // The store is the truth: a job may have been cancelled meanwhile.
-                        let Some(mut job) = repo.get_job(&job_id)? else { continue };
+                        let Some(mut job) = repo.get_job(&job_id)? else {
+                            continue;
+                        };
                         if job.state != JobState::Queued {
                             continue;
                         }
@@ -456,7 +470,10 @@ impl Handler<GetJob> for TranscodeActor {
 
     fn handle(&mut self, msg: GetJob, _: &mut Self::Context) -> Self::Result {
         // A running job's live progress is only in memory; persisting every tick would be waste.
-        let live = self.running.get(&msg.job_id).map(|running| running.job.clone());
+        let live = self
+            .running
+            .get(&msg.job_id)
+            .map(|running| running.job.clone());
         let repo = self.repo.clone();
         Box::pin(async move {
             if let Some(job) = live {
@@ -482,8 +499,10 @@ impl Handler<ListJobs> for TranscodeActor {
             .collect();
         Box::pin(async move {
             let limit = msg.limit.clamp(1, 100);
-            let mut jobs =
-                blocking(&repo, move |repo| repo.list_jobs(msg.state, msg.after.as_ref(), limit)).await?;
+            let mut jobs = blocking(&repo, move |repo| {
+                repo.list_jobs(msg.state, msg.after.as_ref(), limit)
+            })
+            .await?;
             for job in &mut jobs {
                 if let Some(progress) = live.get(&job.id) {
                     job.progress = *progress;
@@ -541,7 +560,9 @@ impl Worker {
             .await
             .map_err(|e| RunFailure::transient(format!("metadata actor unavailable: {e}")))?
             .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => RunFailure::permanent(format!("media {} no longer exists", job.media_id)),
+                ErrorKind::NotFound => {
+                    RunFailure::permanent(format!("media {} no longer exists", job.media_id))
+                }
                 _ => RunFailure::transient(e.to_string()),
             })?;
         let _ = tokio::fs::remove_dir_all(&self.work_dir).await;
@@ -559,7 +580,8 @@ impl Worker {
             .delete_prefix(&prefix)
             .await
             .map_err(|e| RunFailure::transient(e.to_string()))?;
-        let files = ffmpeg::files_under(&out_dir).map_err(|e| RunFailure::transient(e.to_string()))?;
+        let files =
+            ffmpeg::files_under(&out_dir).map_err(|e| RunFailure::transient(e.to_string()))?;
         for relative in files {
             let name = relative.to_string_lossy().replace('\\', "/");
             let key = if name == "thumbnail.jpg" {
@@ -617,17 +639,30 @@ impl Worker {
             let rungs = ffmpeg::plan_ladder(&config.ladder, probe.height);
             let args = ffmpeg::hls_arguments(&config, &input, &out_dir, &probe, &rungs);
             let mut last = None;
-            ffmpeg::run_ffmpeg(&config.ffmpeg_path, &args, probe.duration_s, &kill_switch, |progress| {
-                if last != Some(progress) {
-                    last = Some(progress);
-                    progress_to.do_send(JobProgressed {
-                        job_id: job_id.clone(),
-                        progress,
-                    });
-                }
-            })?;
-            let thumbnail = ffmpeg::thumbnail_arguments(&input, &out_dir.join("thumbnail.jpg"), &probe);
-            ffmpeg::run_ffmpeg(&config.ffmpeg_path, &thumbnail, probe.duration_s, &kill_switch, |_| {})?;
+            ffmpeg::run_ffmpeg(
+                &config.ffmpeg_path,
+                &args,
+                probe.duration_s,
+                &kill_switch,
+                |progress| {
+                    if last != Some(progress) {
+                        last = Some(progress);
+                        progress_to.do_send(JobProgressed {
+                            job_id: job_id.clone(),
+                            progress,
+                        });
+                    }
+                },
+            )?;
+            let thumbnail =
+                ffmpeg::thumbnail_arguments(&input, &out_dir.join("thumbnail.jpg"), &probe);
+            ffmpeg::run_ffmpeg(
+                &config.ffmpeg_path,
+                &thumbnail,
+                probe.duration_s,
+                &kill_switch,
+                |_| {},
+            )?;
             let renditions = ffmpeg::renditions(&probe, &rungs);
             Ok((probe, renditions))
         })

@@ -1,0 +1,261 @@
+//! Bad input gets a clear JSON 4xx and leaves nothing behind.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::server::{make_clip, TestServer};
+
+fn assert_error(status: u16, body: &Value, expected_status: u16, expected_code: &str) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["code"], expected_code, "{body}");
+    assert!(
+        !body["message"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
+}
+
+/// Nothing stored: no source blobs (not even staging files), no records.
+async fn assert_nothing_stored(server: &TestServer) {
+    assert!(
+        server.blob_files("uploads").is_empty(),
+        "{:?}",
+        server.blob_files("uploads")
+    );
+    let (_, page) = server.get_json("/api/v1/media").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_video_is_refused() {
+    let server = TestServer::start();
+    let (status, body) = server
+        .upload(
+            b"%PDF-1.7 this is a document, named like a video".repeat(20),
+            "movie.mp4",
+            None,
+        )
+        .await;
+    assert_error(status, &body, 415, "unsupported_container");
+    let (status, body) = server.upload(b"tiny".to_vec(), "tiny.mp4", None).await;
+    assert_error(status, &body, 415, "unsupported_container");
+    let (status, body) = server.upload(Vec::new(), "empty.mp4", None).await;
+    assert_error(status, &body, 400, "upload_empty");
+    assert_nothing_stored(&server).await;
+}
+
+#[tokio::test]
+async fn an_upload_over_the_size_limit_is_refused() {
+    let server = TestServer::start_with(|config| config.upload.max_size_bytes = 200_000);
+    let scratch = tempfile::tempdir().unwrap();
+    let clip = std::fs::read(make_clip(scratch.path(), "big.mp4", "640x360", 3)).unwrap();
+    assert!(clip.len() > 200_000, "the clip must exceed the limit");
+
+    // With a Content-Length, refused before anything is stored.
+    let (status, body) = server.upload(clip.clone(), "big.mp4", None).await;
+    assert_error(status, &body, 413, "upload_too_large");
+
+    // Chunked, with no length up front: refused once the limit is crossed.
+    let boundary = "streamgate-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.mp4\"\r\nContent-Type: video/mp4\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&clip);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let response = server
+        .client
+        .post(server.url("/api/v1/upload"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_error(status, &body, 413, "upload_too_large");
+
+    assert_nothing_stored(&server).await;
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"streamgate_uploads_total{outcome="rejected"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_upload_requests_get_400() {
+    let server = TestServer::start();
+    let form = reqwest::multipart::Form::new().text("title", "no file here");
+    let response = server
+        .client
+        .post(server.url("/api/v1/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_error(status, &response.json().await.unwrap(), 400, "missing_file");
+
+    let response = server
+        .client
+        .post(server.url("/api/v1/upload"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!((400..500).contains(&status), "not multipart: {status}");
+    assert_nothing_stored(&server).await;
+}
+
+#[tokio::test]
+async fn unknown_media_and_traversal_are_404() {
+    let server = TestServer::start();
+    let unknown = "01a201b6-5525-7120-9745-a4f5dcf83f70";
+    let (status, body) = server.get_json(&format!("/api/v1/media/{unknown}")).await;
+    assert_error(status, &body, 404, "media_not_found");
+    let (status, body) = server.get_json("/api/v1/media/not-a-uuid").await;
+    assert_error(status, &body, 404, "media_not_found");
+    let (status, body) = server
+        .get_json(&format!("/api/v1/media/{unknown}/hls/master.m3u8"))
+        .await;
+    assert_error(status, &body, 404, "media_not_found");
+    let (status, body) = server
+        .get_json("/api/v1/jobs/01a201b6-5525-7120-9745-a4f5dcf83f70")
+        .await;
+    assert_error(status, &body, 404, "job_not_found");
+
+    // A real file outside the media's prefix that traversal would reach.
+    std::fs::write(server.data_dir.join("blobs").join("secret.m4s"), b"secret").unwrap();
+    for path in [
+        format!("/api/v1/media/{unknown}/hls/360p/..%2F..%2F..%2Fsecret.m4s"),
+        format!("/api/v1/media/{unknown}/hls/..%2F..%2F..%2F/secret.m4s"),
+        format!("/api/v1/media/{unknown}/hls/360p/.hidden.m4s"),
+        format!("/api/v1/media/{unknown}/hls/360p/index.m3u8%00.m4s"),
+        "/api/v1/media/..%2F..%2F/hls/360p/secret.m4s".to_string(),
+    ] {
+        let response = server.get(&path).await;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body["code"].is_string(), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_get_json_errors() {
+    let server = TestServer::start();
+    let (status, body) = server.get_json("/no/such/path").await;
+    assert_error(status, &body, 404, "not_found");
+    let response = server
+        .client
+        .put(server.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_error(
+        status,
+        &response.json().await.unwrap(),
+        405,
+        "method_not_allowed",
+    );
+    let response = server
+        .client
+        .get(server.url("/api/v1/upload"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("x-request-id"));
+    let status = response.status().as_u16();
+    assert_error(
+        status,
+        &response.json().await.unwrap(),
+        405,
+        "method_not_allowed",
+    );
+    let (status, body) = server.get_json("/api/v1/media?limit=abc").await;
+    assert_error(status, &body, 400, "invalid_query");
+    let (status, body) = server.get_json("/api/v1/jobs?state=sleeping").await;
+    assert_error(status, &body, 400, "invalid_state");
+}
+
+#[tokio::test]
+async fn edits_fail_closed_without_the_admin_token() {
+    let server = TestServer::start_with(|config| config.auth.admin_token = "s3cret".into());
+    let unknown = "01a201b6-5525-7120-9745-a4f5dcf83f70";
+    let url = server.url(&format!("/api/v1/media/{unknown}"));
+    let response = server.client.delete(&url).send().await.unwrap();
+    let status = response.status().as_u16();
+    assert_error(
+        status,
+        &response.json().await.unwrap(),
+        401,
+        "admin_token_required",
+    );
+    let response = server
+        .client
+        .delete(&url)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = server
+        .client
+        .delete(&url)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_error(
+        status,
+        &response.json().await.unwrap(),
+        404,
+        "media_not_found",
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_video_ends_failed_with_a_reason() {
+    let server = TestServer::start();
+    // Right magic bytes, garbage after them.
+    let mut corrupt = vec![0, 0, 0, 0x20];
+    corrupt.extend_from_slice(b"ftypisom");
+    corrupt.extend((0..64 * 1024).map(|i| (i * 7 % 251) as u8));
+    let (status, receipt) = server.upload(corrupt, "broken.mp4", None).await;
+    assert_eq!(status, 201, "{receipt}");
+    let media_id = receipt["media_id"].as_str().unwrap();
+    let media = server
+        .wait_for_media(media_id, Duration::from_secs(60), |m| {
+            m["state"] != "processing"
+        })
+        .await;
+    assert_eq!(media["state"], "failed", "{media}");
+    assert!(
+        media["failure"]
+            .as_str()
+            .unwrap()
+            .contains("not a decodable video"),
+        "{media}"
+    );
+    let (_, jobs) = server.get_json("/api/v1/jobs?state=failed").await;
+    assert_eq!(
+        jobs["items"][0]["attempts"], 1,
+        "undecodable input is not retried: {jobs}"
+    );
+    assert!(
+        server.blob_files("media").is_empty(),
+        "no renditions for a failed transcode"
+    );
+}

@@ -1,0 +1,206 @@
+//! `TestServer`: the real app on 127.0.0.1:0 in its own actix system thread, plus helpers.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use actix_web::dev::ServerHandle;
+use serde_json::Value;
+use streamgate::config::{self, Config, Sources};
+use streamgate_actors::Actors;
+
+pub struct TestServer {
+    pub base: String,
+    pub actors: Actors,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    handle: ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _data: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = config::load(&Sources::default()).unwrap();
+        config.storage.data_dir = data.path().to_path_buf();
+        config.storage.min_free_disk_mb = 1;
+        config.monitor.sample_interval_ms = 200;
+        config.transcode.x264_preset = "ultrafast".into();
+        tweak(&mut config);
+        let data_dir = config.storage.data_dir.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                match streamgate::start(config, listener) {
+                    Ok(running) => {
+                        started_tx
+                            .send(Ok((running.handle.clone(), running.actors.clone())))
+                            .unwrap();
+                        running.wait().await.unwrap();
+                    }
+                    Err(error) => started_tx.send(Err(error.to_string())).unwrap(),
+                }
+            })
+        });
+        let (handle, actors) = started_rx.recv().unwrap().expect("server starts");
+        Self {
+            base: format!("http://{address}"),
+            actors,
+            client: reqwest::Client::new(),
+            data_dir,
+            handle,
+            thread: Some(thread),
+            _data: data,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.get(path).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Uploads a file through the one-shot endpoint.
+    pub async fn upload(
+        &self,
+        bytes: Vec<u8>,
+        filename: &str,
+        title: Option<&str>,
+    ) -> (u16, Value) {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string());
+        let mut form = reqwest::multipart::Form::new().part("file", part);
+        if let Some(title) = title {
+            form = form.text("title", title.to_string());
+        }
+        let response = self
+            .client
+            .post(self.url("/api/v1/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Polls a media record until `done` holds for it, failing after `deadline`.
+    pub async fn wait_for_media(
+        &self,
+        media_id: &str,
+        deadline: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let started = Instant::now();
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            ticks.tick().await;
+            let (status, media) = self.get_json(&format!("/api/v1/media/{media_id}")).await;
+            assert_eq!(status, 200, "{media}");
+            if done(&media) {
+                return media;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "media never reached the wanted state: {media}"
+            );
+        }
+    }
+
+    /// Every regular file under `blobs/{prefix}`, for "left nothing behind" checks.
+    pub fn blob_files(&self, prefix: &str) -> Vec<PathBuf> {
+        files_under(&self.data_dir.join("blobs").join(prefix))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // `stop` sends its command at once; the returned future only reports completion.
+        drop(self.handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Makes a real H.264/AAC clip with ffmpeg's lavfi sources.
+pub fn make_clip(dir: &Path, name: &str, size: &str, seconds: u32) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={size}:rate=30"))
+        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t"])
+        .arg(seconds.to_string())
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg is installed (apt-get install ffmpeg)");
+    assert!(status.success(), "ffmpeg could not make the test clip");
+    path
+}
+
+/// Runs `ffprobe` on a file or URL and returns its JSON report.
+pub fn ffprobe(target: &str) -> Value {
+    let output = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+            target,
+        ])
+        .output()
+        .expect("ffprobe is installed (apt-get install ffmpeg)");
+    assert!(
+        output.status.success(),
+        "ffprobe {target}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}

@@ -1,0 +1,201 @@
+//! The real binary: SIGTERM during a transcode drains, kills ffmpeg (no orphan), and a restart
+//! on the same data directory finishes the interrupted job.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::server::make_clip;
+
+struct Binary {
+    child: Child,
+    base: String,
+}
+
+impl Binary {
+    fn start(data_dir: &Path, preset: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--set", &format!("transcode.x264_preset=\"{preset}\"")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        poll(Duration::from_secs(30), "server ready", || async {
+            matches!(client.get(format!("{}/ready", self.base)).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn poll<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        ticks.tick().await;
+        if check().await {
+            return;
+        }
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+    }
+}
+
+/// Pids of `ffmpeg` processes whose parent is `parent`.
+fn ffmpeg_children(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Format: pid (comm) state ppid ...
+        let Some((comm_part, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = comm_part
+            .split_once('(')
+            .map(|(_, c)| c)
+            .unwrap_or_default();
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if comm == "ffmpeg" && ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn sigterm_kills_ffmpeg_and_a_restart_finishes_the_job() {
+    let data = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let clip = std::fs::read(make_clip(scratch.path(), "long.mp4", "1280x720", 20)).unwrap();
+    let client = reqwest::Client::new();
+
+    // A slow preset, so the transcode is surely still running when the signal arrives.
+    let mut server = Binary::start(data.path(), "veryslow");
+    server.wait_ready(&client).await;
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(clip).file_name("long.mp4"),
+    );
+    let response = client
+        .post(format!("{}/api/v1/upload", server.base))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let receipt: serde_json::Value = response.json().await.unwrap();
+    let media_id = receipt["media_id"].as_str().unwrap().to_string();
+
+    let server_pid = server.child.id();
+    poll(Duration::from_secs(30), "ffmpeg to start", || async {
+        !ffmpeg_children(server_pid).is_empty()
+    })
+    .await;
+    let ffmpeg = ffmpeg_children(server_pid);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    let exit = loop {
+        ticks.tick().await;
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not stop on SIGTERM"
+        );
+    };
+    assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
+    poll(Duration::from_secs(10), "ffmpeg to be gone", || {
+        let ffmpeg = ffmpeg.clone();
+        async move { ffmpeg.iter().all(|pid| !is_alive(*pid)) }
+    })
+    .await;
+
+    // Restart on the same data: the interrupted job runs again and the media becomes ready.
+    let server = Binary::start(data.path(), "ultrafast");
+    server.wait_ready(&client).await;
+    let media_url = format!("{}/api/v1/media/{media_id}", server.base);
+    let state = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    poll(
+        Duration::from_secs(180),
+        "media to be ready after restart",
+        || {
+            let (client, media_url, state) = (client.clone(), media_url.clone(), state.clone());
+            async move {
+                let media: serde_json::Value = client
+                    .get(&media_url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let now = media["state"].as_str().unwrap_or_default().to_string();
+                *state.lock().unwrap() = now.clone();
+                now == "ready" || now == "failed"
+            }
+        },
+    )
+    .await;
+    let state = state.lock().unwrap().clone();
+    assert_eq!(state, "ready");
+    let master = client
+        .get(format!(
+            "{}/api/v1/media/{media_id}/hls/master.m3u8",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(master.status(), 200);
+}

@@ -1,0 +1,151 @@
+//! The JSON shapes clients see. Model types are never serialised straight to clients.
+
+use serde::{Deserialize, Serialize};
+use streamgate_actors::model::{Job, Media, Rendition};
+use time::OffsetDateTime;
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+pub struct RenditionDto {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub video_bitrate_kbps: u32,
+}
+
+impl From<&Rendition> for RenditionDto {
+    fn from(rendition: &Rendition) -> Self {
+        Self {
+            name: rendition.name.clone(),
+            width: rendition.width,
+            height: rendition.height,
+            video_bitrate_kbps: rendition.video_bitrate_kbps,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct MediaDto {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub owner: Option<String>,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    pub filename: Option<String>,
+    pub duration_s: Option<f64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub video_codec: Option<String>,
+    pub size: u64,
+    pub sha256: String,
+    pub renditions: Vec<RenditionDto>,
+    /// Where to play it, once `state` is `ready`.
+    pub hls_url: Option<String>,
+    pub thumbnail_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Media> for MediaDto {
+    fn from(media: &Media) -> Self {
+        let ready = media.state == streamgate_actors::model::MediaState::Ready;
+        Self {
+            id: media.id.to_string(),
+            title: media.title.clone(),
+            description: media.description.clone(),
+            tags: media.tags.clone(),
+            owner: media.owner.clone(),
+            state: media.state.as_str(),
+            failure: media.failure.clone(),
+            filename: media.filename.clone(),
+            duration_s: media.duration_s,
+            width: media.width,
+            height: media.height,
+            video_codec: media.video_codec.clone(),
+            size: media.size,
+            sha256: media.sha256.clone(),
+            renditions: media.renditions.iter().map(RenditionDto::from).collect(),
+            hls_url: ready.then(|| format!("/api/v1/media/{}/hls/master.m3u8", media.id)),
+            thumbnail_url: ready.then(|| format!("/api/v1/media/{}/thumbnail.jpg", media.id)),
+            created_at: rfc3339(media.created_at),
+            updated_at: rfc3339(media.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMediaBody {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+pub struct UploadReceiptDto {
+    pub media_id: String,
+    pub upload_id: String,
+    pub size: u64,
+    pub sha256: String,
+    pub media_url: String,
+}
+
+#[derive(Serialize)]
+pub struct JobDto {
+    pub id: String,
+    pub kind: &'static str,
+    pub media_id: String,
+    pub state: &'static str,
+    pub priority: u8,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub progress: u8,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Job> for JobDto {
+    fn from(job: &Job) -> Self {
+        Self {
+            id: job.id.to_string(),
+            kind: job.kind.as_str(),
+            media_id: job.media_id.to_string(),
+            state: job.state.as_str(),
+            priority: job.priority,
+            attempts: job.attempts,
+            last_error: job.last_error.clone(),
+            progress: job.progress,
+            created_at: rfc3339(job.created_at),
+            updated_at: rfc3339(job.updated_at),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `ApiError`: the one place that maps domain error kinds to HTTP statuses.
+//!
+//! Every error leaves as `{"code": "snake_case", "message": "..."}`. Server-side failures keep
+//! their detail in the log and tell the client only what it can act on.
+
+use actix_web::{
+    body::BoxBody,
+    http::{header, StatusCode},
+    HttpResponse, ResponseError,
+};
+use serde::Serialize;
+use streamgate_actors::{DomainError, ErrorKind};
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+/// The status table.
+pub fn status_for(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// An actor's mailbox is closed or full: the service is briefly unable to answer.
+    pub fn mailbox(error: actix::MailboxError) -> Self {
+        tracing::error!(%error, "actor did not answer");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "actor_unavailable",
+            "the service is restarting a component; retry shortly",
+        )
+    }
+
+    pub fn domain<E: DomainError>(error: &E) -> Self {
+        let status = status_for(error.kind());
+        let message = if status.is_server_error() {
+            tracing::error!(code = error.code(), %error, "request failed");
+            match error.kind() {
+                ErrorKind::Unavailable => {
+                    "a storage component is unavailable; retry shortly".to_string()
+                }
+                _ => "internal error".to_string(),
+            }
+        } else {
+            error.to_string()
+        };
+        Self::new(status, error.code(), message)
+    }
+
+    pub fn body(code: &str, message: &str) -> String {
+        serde_json::to_string(&ErrorBody { code, message })
+            .unwrap_or_else(|_| r#"{"code":"internal","message":"internal error"}"#.to_string())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse<BoxBody> {
+        HttpResponse::build(self.status)
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .body(Self::body(self.code, &self.message))
+    }
+}
+
+macro_rules! from_domain {
+    ($($error:ty),+ $(,)?) => {$(
+        impl From<$error> for ApiError {
+            fn from(error: $error) -> Self {
+                Self::domain(&error)
+            }
+        }
+    )+};
+}
+
+from_domain!(
+    streamgate_actors::upload::UploadError,
+    streamgate_actors::metadata::MetadataError,
+    streamgate_actors::transcode::TranscodeError,
+    streamgate_actors::auth::AuthError,
+    streamgate_actors::monitor::MonitorError,
+);
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(error: actix::MailboxError) -> Self {
+        Self::mailbox(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_are_4xx_and_server_errors_hide_detail() {
+        let error = ApiError::from(streamgate_actors::upload::UploadError::NotAVideo);
+        assert_eq!(error.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(error.code, "unsupported_container");
+        let error = ApiError::from(streamgate_actors::metadata::MetadataError::Store(
+            streamgate_actors::store::StoreError::Backend("disk on fire at /secret/path".into()),
+        ));
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!error.message.contains("/secret/path"));
+    }
+}

@@ -1,0 +1,86 @@
+//! Media records: list, get, edit, delete.
+
+use actix_web::{web, HttpResponse};
+use streamgate_actors::{
+    metadata::{DeleteMedia, GetMedia, ListMedia, UpdateMedia},
+    model::MediaId,
+    Actors,
+};
+
+use super::media_id;
+use crate::{
+    dto::{MediaDto, Page, PageQuery, UpdateMediaBody},
+    error::ApiError,
+    extract::Admin,
+};
+
+const DEFAULT_PAGE: usize = 20;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/api/v1/media").route(web::get().to(list)))
+        .service(
+            web::resource("/api/v1/media/{media_id}")
+                .route(web::get().to(get))
+                .route(web::patch().to(update))
+                .route(web::delete().to(delete)),
+        );
+}
+
+async fn list(
+    query: web::Query<PageQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let after = match query.cursor.as_deref() {
+        Some(cursor) => Some(MediaId::parse(cursor).ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
+        })?),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, 100);
+    let items = actors.metadata.send(ListMedia { after, limit }).await??;
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|media| media.id.to_string()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(Page {
+        items: items.iter().map(MediaDto::from).collect(),
+        next_cursor,
+    }))
+}
+
+async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+    let media_id = media_id(&path)?;
+    let media = actors.metadata.send(GetMedia { media_id }).await??;
+    Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
+}
+
+/// Edits need the admin token until wallet sessions land: writes fail closed.
+async fn update(
+    _admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<UpdateMediaBody>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let media_id = media_id(&path)?;
+    let body = body.into_inner();
+    let media = actors
+        .metadata
+        .send(UpdateMedia {
+            media_id,
+            title: body.title,
+            description: body.description,
+            tags: body.tags,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
+}
+
+async fn delete(
+    _admin: Admin,
+    path: web::Path<String>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let media_id = media_id(&path)?;
+    actors.metadata.send(DeleteMedia { media_id }).await??;
+    Ok(HttpResponse::NoContent().finish())
+}

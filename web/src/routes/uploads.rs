@@ -1,0 +1,131 @@
+//! `POST /api/v1/upload`: the one-shot multipart upload (field `file`, optional `title`,
+//! `description`, `tags`). The body streams through an `UploadSink` into the blob store.
+
+use actix_multipart::{Field, Multipart};
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use futures_util::TryStreamExt;
+use streamgate_actors::{
+    upload::{BeginUpload, FinishUpload, UploadSink},
+    Actors,
+};
+
+use crate::{dto::UploadReceiptDto, error::ApiError};
+
+/// Longest accepted text field (title, description, tags), in bytes.
+const MAX_TEXT_FIELD: usize = 8 * 1024;
+/// Room for multipart boundaries and text fields on top of the file itself.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/api/v1/upload").route(web::post().to(upload)));
+}
+
+async fn upload(
+    req: HttpRequest,
+    mut multipart: Multipart,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    // A body larger than the limit plus overhead cannot hold an acceptable file.
+    let declared_size =
+        content_length(&req).map(|length| length.saturating_sub(MULTIPART_OVERHEAD));
+    let mut file: Option<(UploadSink, Option<String>)> = None;
+    let mut title = None;
+    let mut description = None;
+    let mut tags = Vec::new();
+
+    while let Some(field) = multipart.try_next().await.map_err(bad_multipart)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "file" if file.is_none() => {
+                let filename = field
+                    .content_disposition()
+                    .and_then(|disposition| disposition.get_filename())
+                    .map(str::to_string);
+                let mut sink = actors.upload.send(BeginUpload { declared_size }).await??;
+                if let Err(error) = pump(field, &mut sink).await {
+                    let _ = sink.abort().await;
+                    return Err(error);
+                }
+                file = Some((sink, filename));
+            }
+            "file" => {
+                return Err(ApiError::bad_request(
+                    "duplicate_file",
+                    "send exactly one `file` field",
+                ))
+            }
+            "title" => title = Some(text(field).await?),
+            "description" => description = Some(text(field).await?),
+            "tags" => tags = text(field).await?.split(',').map(str::to_string).collect(),
+            other => {
+                return Err(ApiError::bad_request(
+                    "unknown_field",
+                    format!(
+                        "unknown form field {other:?}; expected file, title, description, tags"
+                    ),
+                ))
+            }
+        }
+    }
+    let (sink, filename) =
+        file.ok_or_else(|| ApiError::bad_request("missing_file", "form field `file` is required"))?;
+    let received = sink.finish(filename).await?;
+    let receipt = actors
+        .upload
+        .send(FinishUpload {
+            file: received,
+            title,
+            description,
+            tags,
+            owner: None,
+        })
+        .await??;
+    let location = format!("/api/v1/media/{}", receipt.media_id);
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, location.clone()))
+        .json(UploadReceiptDto {
+            media_id: receipt.media_id.to_string(),
+            upload_id: receipt.upload_id.to_string(),
+            size: receipt.size,
+            sha256: receipt.sha256,
+            media_url: location,
+        }))
+}
+
+async fn pump(mut field: Field, sink: &mut UploadSink) -> Result<(), ApiError> {
+    while let Some(chunk) = field.try_next().await.map_err(bad_multipart)? {
+        sink.write(&chunk).await?;
+    }
+    Ok(())
+}
+
+async fn text(mut field: Field) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.try_next().await.map_err(bad_multipart)? {
+        if bytes.len() + chunk.len() > MAX_TEXT_FIELD {
+            return Err(ApiError::bad_request(
+                "field_too_long",
+                format!("text fields are limited to {MAX_TEXT_FIELD} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request("invalid_utf8", "text fields must be UTF-8"))
+}
+
+fn content_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn bad_multipart(error: actix_multipart::MultipartError) -> ApiError {
+    ApiError::bad_request(
+        "invalid_multipart",
+        format!("malformed multipart body: {error}"),
+    )
+}
