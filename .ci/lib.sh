@@ -1,0 +1,30 @@
+# Shared by .ci/serve and .ci/test: make sure the tools StreamGate needs are on this machine.
+# Debian packages are installed with apt when we are root (or have password-less sudo);
+# otherwise we stop and print the exact command to run.
+
+need_debian_packages() {
+  # Arguments: pairs of "command:package".
+  local missing=()
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local install="apt-get install -y --no-install-recommends ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "installing: ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive $install -qq >/dev/null
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    echo "installing: ${missing[*]}" >&2
+    sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive $install -qq >/dev/null
+  else
+    echo "missing: ${missing[*]}. Install with:  sudo apt-get update && sudo $install" >&2
+    exit 1
+  fi
+}
+
+need_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "missing: the Rust toolchain (1.95+). Install with:  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh" >&2
+    exit 1
+  fi
+}
