@@ -134,6 +134,10 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         // `stop` sends its command at once; the returned future only reports completion.
         drop(self.handle.stop(false));
+        if std::thread::panicking() {
+            // Report the failure now rather than wait on a server the failure may have wedged.
+            return;
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

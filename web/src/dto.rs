@@ -87,6 +87,38 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page of `items`; a full page (`limit` items) gets a cursor from its last item.
+    pub fn of<M>(
+        models: &[M],
+        limit: usize,
+        id_of: impl Fn(&M) -> String,
+        to_dto: impl Fn(&M) -> T,
+    ) -> Self {
+        let next_cursor = (models.len() == limit)
+            .then(|| models.last().map(&id_of))
+            .flatten();
+        Self {
+            items: models.iter().map(to_dto).collect(),
+            next_cursor,
+        }
+    }
+}
+
+/// Parses a `cursor` query value with the id type's parser.
+pub fn parse_cursor<I>(
+    cursor: Option<&str>,
+    parse: impl Fn(&str) -> Option<I>,
+) -> Result<Option<I>, crate::error::ApiError> {
+    cursor
+        .map(|text| {
+            parse(text).ok_or_else(|| {
+                crate::error::ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
+            })
+        })
+        .transpose()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {

@@ -8,7 +8,7 @@ use streamgate_actors::{
 };
 
 use crate::{
-    dto::{JobDto, JobsQuery, Page},
+    dto::{parse_cursor, JobDto, JobsQuery, Page},
     error::ApiError,
 };
 
@@ -25,12 +25,7 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let state = query.state.as_deref().map(parse_state).transpose()?;
-    let after = match query.cursor.as_deref() {
-        Some(cursor) => Some(JobId::parse(cursor).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-        })?),
-        None => None,
-    };
+    let after = parse_cursor(query.cursor.as_deref(), JobId::parse)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, 100);
     let items = actors
         .transcode
@@ -40,13 +35,12 @@ async fn list(
             limit,
         })
         .await??;
-    let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(|job| job.id.to_string()))
-        .flatten();
-    Ok(HttpResponse::Ok().json(Page {
-        items: items.iter().map(JobDto::from).collect(),
-        next_cursor,
-    }))
+    Ok(HttpResponse::Ok().json(Page::of(
+        &items,
+        limit,
+        |job| job.id.to_string(),
+        |job| JobDto::from(job),
+    )))
 }
 
 async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {

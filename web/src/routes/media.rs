@@ -9,7 +9,7 @@ use streamgate_actors::{
 
 use super::media_id;
 use crate::{
-    dto::{MediaDto, Page, PageQuery, UpdateMediaBody},
+    dto::{parse_cursor, MediaDto, Page, PageQuery, UpdateMediaBody},
     error::ApiError,
     extract::Admin,
 };
@@ -31,21 +31,15 @@ async fn list(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let after = match query.cursor.as_deref() {
-        Some(cursor) => Some(MediaId::parse(cursor).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-        })?),
-        None => None,
-    };
+    let after = parse_cursor(query.cursor.as_deref(), MediaId::parse)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, 100);
     let items = actors.metadata.send(ListMedia { after, limit }).await??;
-    let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(|media| media.id.to_string()))
-        .flatten();
-    Ok(HttpResponse::Ok().json(Page {
-        items: items.iter().map(MediaDto::from).collect(),
-        next_cursor,
-    }))
+    Ok(HttpResponse::Ok().json(Page::of(
+        &items,
+        limit,
+        |media| media.id.to_string(),
+        |media| MediaDto::from(media),
+    )))
 }
 
 async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {

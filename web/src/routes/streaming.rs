@@ -12,7 +12,7 @@ use actix_web::{
     web, HttpRequest, HttpResponse,
 };
 use streamgate_actors::{
-    blobs::BlobStore,
+    blobs::{BlobError, BlobStore},
     metadata::GetMedia,
     model::{MediaId, MediaState},
     names::{is_safe_name, is_segment_name},
@@ -143,13 +143,20 @@ async fn ready_media(actors: &Actors, text: &str) -> Result<MediaId, ApiError> {
     Ok(media.id)
 }
 
-async fn playlist(actors: &Actors, key: &str) -> Result<HttpResponse, ApiError> {
-    let bytes = actors.blobs.get(key).await.map_err(|error| match error {
-        streamgate_actors::blobs::BlobError::NotFound(_) => {
-            ApiError::not_found("playlist_not_found", "no such playlist")
-        }
+/// Maps a missing blob to a 404 with `code`; other blob errors keep their kind.
+fn missing_as(code: &'static str) -> impl Fn(BlobError) -> ApiError {
+    move |error| match error {
+        BlobError::NotFound(_) => ApiError::not_found(code, "no such file"),
         other => ApiError::domain(&other),
-    })?;
+    }
+}
+
+async fn playlist(actors: &Actors, key: &str) -> Result<HttpResponse, ApiError> {
+    let bytes = actors
+        .blobs
+        .get(key)
+        .await
+        .map_err(missing_as("playlist_not_found"))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/vnd.apple.mpegurl"))
         .insert_header(CacheControl(vec![

@@ -15,6 +15,8 @@ use crate::{dto::UploadReceiptDto, error::ApiError};
 const MAX_TEXT_FIELD: usize = 8 * 1024;
 /// Room for multipart boundaries and text fields on top of the file itself.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+/// How much of a refused body we still read so the client gets to see the refusal.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/api/v1/upload").route(web::post().to(upload)));
@@ -24,6 +26,23 @@ async fn upload(
     req: HttpRequest,
     mut multipart: Multipart,
     actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let outcome = receive(&req, &mut multipart, &actors).await;
+    if outcome
+        .as_ref()
+        .is_err_and(|error| error.status.is_client_error())
+    {
+        // Many HTTP clients (hyper/reqwest among them) report a reset instead of our answer when
+        // the server stops reading mid-body; read a bounded remainder so they see the 4xx.
+        drain(&mut multipart, DRAIN_LIMIT).await;
+    }
+    outcome
+}
+
+async fn receive(
+    req: &HttpRequest,
+    multipart: &mut Multipart,
+    actors: &Actors,
 ) -> Result<HttpResponse, ApiError> {
     // A body larger than the limit plus overhead cannot hold an acceptable file.
     let declared_size =
@@ -90,6 +109,19 @@ async fn upload(
             sha256: receipt.sha256,
             media_url: location,
         }))
+}
+
+/// Discards what is left of the body, up to `limit` bytes; past that the connection is closed.
+async fn drain(multipart: &mut Multipart, limit: u64) {
+    let mut drained = 0u64;
+    while let Ok(Some(mut field)) = multipart.try_next().await {
+        while let Ok(Some(chunk)) = field.try_next().await {
+            drained += chunk.len() as u64;
+            if drained > limit {
+                return;
+            }
+        }
+    }
 }
 
 async fn pump(mut field: Field, sink: &mut UploadSink) -> Result<(), ApiError> {
