@@ -15,6 +15,7 @@ use crate::{dto::UploadReceiptDto, error::ApiError};
 const MAX_TEXT_FIELD: usize = 8 * 1024;
 /// Room for multipart boundaries and text fields on top of the file itself.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+const INVALID_MULTIPART: &str = "invalid_multipart";
 /// How much of a refused body we still read so the client gets to see the refusal.
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
@@ -27,10 +28,11 @@ async fn upload(
     mut multipart: Multipart,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
+    // A multipart stream that failed must not be polled again: actix-multipart panics.
     let outcome = receive(&req, &mut multipart, &actors).await;
     if outcome
         .as_ref()
-        .is_err_and(|error| error.status.is_client_error())
+        .is_err_and(|error| error.status.is_client_error() && error.code != INVALID_MULTIPART)
     {
         // Many HTTP clients (hyper/reqwest among them) report a reset instead of our answer when
         // the server stops reading mid-body; read a bounded remainder so they see the 4xx.
@@ -45,8 +47,7 @@ async fn receive(
     actors: &Actors,
 ) -> Result<HttpResponse, ApiError> {
     // A body larger than the limit plus overhead cannot hold an acceptable file.
-    let declared_size =
-        content_length(&req).map(|length| length.saturating_sub(MULTIPART_OVERHEAD));
+    let declared_size = content_length(req).map(|length| length.saturating_sub(MULTIPART_OVERHEAD));
     let mut file: Option<(UploadSink, Option<String>)> = None;
     let mut title = None;
     let mut description = None;
@@ -157,7 +158,7 @@ fn content_length(req: &HttpRequest) -> Option<u64> {
 
 fn bad_multipart(error: actix_multipart::MultipartError) -> ApiError {
     ApiError::bad_request(
-        "invalid_multipart",
+        INVALID_MULTIPART,
         format!("malformed multipart body: {error}"),
     )
 }
