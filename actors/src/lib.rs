@@ -10,6 +10,7 @@
 //!
 //! [`start`] opens the store and blobs and starts every actor, supervised, on the current arbiter.
 
+pub mod audit;
 pub mod auth;
 pub mod blobs;
 pub mod config;
@@ -31,6 +32,7 @@ use actix::{Addr, Recipient};
 pub use error::{DomainError, ErrorKind};
 
 use crate::{
+    audit::AuditLog,
     auth::AuthActor,
     blobs::BlobStore,
     config::ActorsConfig,
@@ -54,6 +56,8 @@ pub struct Actors {
     pub blobs: BlobStore,
     /// Hot-path metrics (request counters) are bumped directly, as atomics.
     pub metrics: Metrics,
+    /// Appends to the audit log (rate-limit violations are recorded from the middleware).
+    pub audit: AuditLog,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,40 +89,34 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
     let repo: SharedRepo = Arc::new(SledStore::open(&data_dir.join("db"))?);
     let blobs = BlobStore::local(data_dir.join("blobs"))?;
     let metrics = Metrics::new()?;
+    let audit = AuditLog::new(repo.clone());
     let restarts = |name: &str| metrics.actor_restarts.with_label_values(&[name]);
 
     let metadata = supervise::start("metadata", restarts("metadata"), {
-        let (repo, blobs) = (repo.clone(), blobs.clone());
-        move |_| MetadataActor::new(repo, blobs)
+        let (repo, blobs, audit) = (repo.clone(), blobs.clone(), audit.clone());
+        move |_| MetadataActor::new(repo, blobs, audit)
     });
     let transcode = supervise::start("transcode", restarts("transcode"), {
-        let (config, repo, blobs, metadata, metrics) = (
+        let (config, repo, blobs, metadata, metrics, audit) = (
             config.transcode.clone(),
             repo.clone(),
             blobs.clone(),
             metadata.clone(),
             metrics.clone(),
+            audit.clone(),
         );
-        move |_| TranscodeActor::new(config, repo, blobs, metadata, metrics, work_dir)
+        move |_| TranscodeActor::new(config, repo, blobs, metadata, metrics, audit, work_dir)
     });
     let upload = supervise::start("upload", restarts("upload"), {
-        let (config, blobs, metadata, transcode, metrics) = (
+        let (config, blobs, metadata, transcode, metrics, audit) = (
             config.upload.clone(),
             blobs.clone(),
             metadata.clone(),
             transcode.clone(),
             metrics.clone(),
+            audit.clone(),
         );
-        move |_| {
-            UploadActor::new(
-                config,
-                blobs,
-                metadata,
-                transcode,
-                metrics.uploads.clone(),
-                metrics.upload_bytes.clone(),
-            )
-        }
+        move |_| UploadActor::new(config, blobs, metadata, transcode, &metrics, audit)
     });
     let auth = supervise::start("auth", restarts("auth"), {
         let config = config.auth.clone();
@@ -139,6 +137,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
             min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
             ffmpeg_path: config.transcode.ffmpeg_path.clone(),
             actors: pinged,
+            audit: audit.clone(),
             config: config.monitor.clone(),
         };
         move |_| MonitorActor::new(deps)
@@ -155,5 +154,6 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
         monitor,
         blobs,
         metrics,
+        audit,
     })
 }

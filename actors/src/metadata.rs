@@ -10,6 +10,7 @@ use actix::{
 use time::OffsetDateTime;
 
 use crate::{
+    audit::{action, AuditEvent, AuditLog},
     blobs::{BlobError, BlobStore},
     error::{DomainError, ErrorKind},
     model::{Media, MediaId, MediaState, Probe, Rendition},
@@ -82,12 +83,14 @@ pub struct UpdateMedia {
     pub title: Option<String>,
     pub description: Option<String>,
     pub tags: Option<Vec<String>>,
+    pub caller: String,
 }
 
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), MetadataError>")]
 pub struct DeleteMedia {
     pub media_id: MediaId,
+    pub caller: String,
 }
 
 /// What a transcode run produced, or why it failed for good.
@@ -104,11 +107,12 @@ pub struct RecordTranscode {
 pub struct MetadataActor {
     repo: SharedRepo,
     blobs: BlobStore,
+    audit: AuditLog,
 }
 
 impl MetadataActor {
-    pub fn new(repo: SharedRepo, blobs: BlobStore) -> Self {
-        Self { repo, blobs }
+    pub fn new(repo: SharedRepo, blobs: BlobStore, audit: AuditLog) -> Self {
+        Self { repo, blobs, audit }
     }
 }
 
@@ -167,6 +171,7 @@ impl Handler<UpdateMedia> for MetadataActor {
 
     fn handle(&mut self, msg: UpdateMedia, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
+        let audit = self.audit.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
@@ -183,6 +188,13 @@ impl Handler<UpdateMedia> for MetadataActor {
                 media.updated_at = OffsetDateTime::now_utc();
                 let stored = media.clone();
                 blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                audit
+                    .record(AuditEvent::ok(
+                        action::MEDIA_UPDATE,
+                        msg.caller,
+                        Some(media.id.to_string()),
+                    ))
+                    .await;
                 Ok(media)
             }
             .into_actor(self),
@@ -196,6 +208,7 @@ impl Handler<DeleteMedia> for MetadataActor {
     fn handle(&mut self, msg: DeleteMedia, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
         let blobs = self.blobs.clone();
+        let audit = self.audit.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let media = load(&repo, msg.media_id).await?;
@@ -207,6 +220,13 @@ impl Handler<DeleteMedia> for MetadataActor {
                     .delete_prefix(&BlobStore::media_prefix(&media.id))
                     .await?;
                 blobs.delete(&media.source_key).await?;
+                audit
+                    .record(AuditEvent::ok(
+                        action::MEDIA_DELETE,
+                        msg.caller,
+                        Some(media.id.to_string()),
+                    ))
+                    .await;
                 Ok(())
             }
             .into_actor(self),

@@ -44,6 +44,7 @@ macro_rules! id_type {
 id_type!(MediaId);
 id_type!(JobId);
 id_type!(UploadId);
+id_type!(AuditId);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -167,4 +168,21 @@ pub struct Probe {
     pub height: u32,
     pub video_codec: String,
     pub has_audio: bool,
+}
+
+/// One entry of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: AuditId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What happened, dotted `snake_case`: `upload.finish`, `job.submit`, `auth.login`, …
+    pub action: String,
+    /// Who did it: a wallet address, `admin`, or `ip:<address>` for anonymous callers.
+    pub actor: String,
+    /// What it was done to, e.g. a media or job id.
+    pub target: Option<String>,
+    /// `ok`, `denied` or `failed`.
+    pub outcome: String,
+    pub detail: Option<String>,
 }

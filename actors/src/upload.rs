@@ -14,12 +14,13 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::{
+    audit::{action, outcome, AuditEvent, AuditLog},
     blobs::{BlobError, BlobStore, BlobWriter},
     config::UploadConfig,
     error::{DomainError, ErrorKind},
     metadata::{normalize_tags, CreateMedia, MetadataActor, MetadataError},
     model::{JobKind, Media, MediaId, MediaState, UploadId},
-    monitor::names::upload_outcome,
+    monitor::{names::upload_outcome, Metrics},
     sniff::{sniff_container, SNIFF_BYTES},
     supervise::supervised_basics,
     transcode::{SubmitJob, TranscodeActor, TranscodeError},
@@ -76,6 +77,8 @@ impl DomainError for UploadError {
 #[rtype(result = "Result<UploadSink, UploadError>")]
 pub struct BeginUpload {
     pub declared_size: Option<u64>,
+    /// Who is uploading, for the audit log.
+    pub caller: String,
 }
 
 /// Turns a finished sink into a media record and queues its transcode job.
@@ -87,6 +90,7 @@ pub struct FinishUpload {
     pub description: Option<String>,
     pub tags: Vec<String>,
     pub owner: Option<String>,
+    pub caller: String,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +111,7 @@ pub struct UploadActor {
     transcode: Addr<TranscodeActor>,
     uploads: IntCounterVec,
     upload_bytes: IntCounter,
+    audit: AuditLog,
 }
 
 impl UploadActor {
@@ -115,16 +120,17 @@ impl UploadActor {
         blobs: BlobStore,
         metadata: Addr<MetadataActor>,
         transcode: Addr<TranscodeActor>,
-        uploads: IntCounterVec,
-        upload_bytes: IntCounter,
+        metrics: &Metrics,
+        audit: AuditLog,
     ) -> Self {
         Self {
             config,
             blobs,
             metadata,
             transcode,
-            uploads,
-            upload_bytes,
+            uploads: metrics.uploads.clone(),
+            upload_bytes: metrics.upload_bytes.clone(),
+            audit,
         }
     }
 }
@@ -144,10 +150,17 @@ impl Handler<BeginUpload> for UploadActor {
         let limit = self.config.max_size_bytes;
         let blobs = self.blobs.clone();
         let rejected = self.uploads.with_label_values(&[upload_outcome::REJECTED]);
+        let audit = self.audit.clone();
         Box::pin(async move {
+            let rejection = Rejection {
+                counter: rejected,
+                audit,
+                caller: msg.caller,
+            };
             if msg.declared_size.is_some_and(|size| size > limit) {
-                rejected.inc();
-                return Err(UploadError::TooLarge { limit });
+                let error = UploadError::TooLarge { limit };
+                rejection.record(&error).await;
+                return Err(error);
             }
             let upload_id = UploadId::new();
             let key = BlobStore::source_key(&upload_id);
@@ -161,7 +174,7 @@ impl Handler<BeginUpload> for UploadActor {
                 limit,
                 head: Vec::with_capacity(SNIFF_BYTES),
                 container: None,
-                rejected,
+                rejection,
             })
         })
     }
@@ -176,6 +189,7 @@ impl Handler<FinishUpload> for UploadActor {
         let blobs = self.blobs.clone();
         let finished = self.uploads.with_label_values(&[upload_outcome::FINISHED]);
         let upload_bytes = self.upload_bytes.clone();
+        let audit = self.audit.clone();
         Box::pin(async move {
             let file = msg.file;
             let now = OffsetDateTime::now_utc();
@@ -226,11 +240,19 @@ impl Handler<FinishUpload> for UploadActor {
                     kind: JobKind::Transcode,
                     media_id: media.id.clone(),
                     priority: 5,
+                    caller: msg.caller.clone(),
                 })
                 .await
                 .map_err(|_| UploadError::Mailbox("transcode"))??;
             finished.inc();
             upload_bytes.inc_by(file.size);
+            audit
+                .record(AuditEvent::ok(
+                    action::UPLOAD_FINISH,
+                    msg.caller,
+                    Some(media.id.to_string()),
+                ))
+                .await;
             Ok(UploadReceipt {
                 media_id: media.id,
                 upload_id: file.upload_id,
@@ -257,7 +279,23 @@ pub struct UploadSink {
     /// The first bytes, held back until the container is known.
     head: Vec<u8>,
     container: Option<&'static str>,
-    rejected: IntCounter,
+    rejection: Rejection,
+}
+
+/// Counts and audits a refused upload.
+struct Rejection {
+    counter: IntCounter,
+    audit: AuditLog,
+    caller: String,
+}
+
+impl Rejection {
+    async fn record(&self, error: &UploadError) {
+        self.counter.inc();
+        let event = AuditEvent::ok(action::UPLOAD_REJECT, self.caller.clone(), None)
+            .with_outcome(outcome::DENIED, error.code());
+        self.audit.record(event).await;
+    }
 }
 
 impl std::fmt::Debug for UploadSink {
@@ -284,8 +322,9 @@ impl UploadSink {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), UploadError> {
         self.size += chunk.len() as u64;
         if self.size > self.limit {
-            self.rejected.inc();
-            return Err(UploadError::TooLarge { limit: self.limit });
+            let error = UploadError::TooLarge { limit: self.limit };
+            self.rejection.record(&error).await;
+            return Err(error);
         }
         self.hasher.update(chunk);
         if self.container.is_some() {
@@ -293,21 +332,21 @@ impl UploadSink {
         }
         self.head.extend_from_slice(chunk);
         if self.head.len() >= SNIFF_BYTES {
-            self.sniff()?;
+            self.sniff().await?;
             let head = std::mem::take(&mut self.head);
             self.writer.write(&head).await?;
         }
         Ok(())
     }
 
-    fn sniff(&mut self) -> Result<(), UploadError> {
+    async fn sniff(&mut self) -> Result<(), UploadError> {
         match sniff_container(&self.head) {
             Some(container) => {
                 self.container = Some(container);
                 Ok(())
             }
             None => {
-                self.rejected.inc();
+                self.rejection.record(&UploadError::NotAVideo).await;
                 Err(UploadError::NotAVideo)
             }
         }
@@ -316,12 +355,12 @@ impl UploadSink {
     /// Completes the blob; only now does it become visible under its key.
     pub async fn finish(mut self, filename: Option<String>) -> Result<ReceivedFile, UploadError> {
         if self.size == 0 {
-            self.rejected.inc();
+            self.rejection.record(&UploadError::Empty).await;
             self.writer.abort().await?;
             return Err(UploadError::Empty);
         }
         if self.container.is_none() {
-            if let Err(error) = self.sniff() {
+            if let Err(error) = self.sniff().await {
                 self.writer.abort().await?;
                 return Err(error);
             }

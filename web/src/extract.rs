@@ -33,3 +33,12 @@ fn bearer_token(req: &HttpRequest) -> Option<String> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_string())
 }
+
+/// The caller as the audit log names it. Taken from the socket, never from a header the client
+/// sets: `ip:<address>` until wallet sessions exist.
+pub fn caller(req: &HttpRequest) -> String {
+    match req.peer_addr() {
+        Some(address) => format!("ip:{}", address.ip()),
+        None => "ip:unknown".to_string(),
+    }
+}

@@ -36,6 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::media::configure(cfg);
     routes::streaming::configure(cfg);
     routes::jobs::configure(cfg);
+    routes::audit::configure(cfg);
 }
 
 /// The answer for any path no route matches.

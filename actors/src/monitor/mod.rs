@@ -13,10 +13,13 @@ use actix::{
 pub use metrics::Metrics;
 
 use crate::{
+    audit::AuditLog,
     blobs::BlobStore,
     config::MonitorConfig,
     error::{DomainError, ErrorKind},
+    model::AuditEntry,
     store::{blocking, SharedRepo},
+    store::{AuditFilter, StoreError},
     supervise::{supervised_basics, Ping},
 };
 
@@ -24,14 +27,22 @@ use crate::{
 pub enum MonitorError {
     #[error("could not render metrics: {0}")]
     Render(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl DomainError for MonitorError {
     fn kind(&self) -> ErrorKind {
-        ErrorKind::Internal
+        match self {
+            Self::Render(_) => ErrorKind::Internal,
+            Self::Store(_) => ErrorKind::Unavailable,
+        }
     }
     fn code(&self) -> &'static str {
-        "metrics_unavailable"
+        match self {
+            Self::Render(_) => "metrics_unavailable",
+            Self::Store(_) => "store_unavailable",
+        }
     }
 }
 
@@ -42,6 +53,13 @@ impl DomainError for MonitorError {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<String, MonitorError>")]
 pub struct RenderMetrics;
+
+/// Reads the audit log.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<AuditEntry>, MonitorError>")]
+pub struct ListAudit {
+    pub filter: AuditFilter,
+}
 
 /// Runs every health check now.
 #[derive(Debug, Message)]
@@ -115,6 +133,7 @@ pub struct MonitorDeps {
     pub min_free_disk_bytes: u64,
     pub ffmpeg_path: String,
     pub actors: Vec<(&'static str, Recipient<Ping>)>,
+    pub audit: AuditLog,
     pub config: MonitorConfig,
 }
 
@@ -183,6 +202,19 @@ impl Handler<RenderMetrics> for MonitorActor {
             .metrics
             .render()
             .map_err(|e| MonitorError::Render(e.to_string()))
+    }
+}
+
+impl Handler<ListAudit> for MonitorActor {
+    type Result = ResponseFuture<Result<Vec<AuditEntry>, MonitorError>>;
+
+    fn handle(&mut self, msg: ListAudit, _: &mut Self::Context) -> Self::Result {
+        let audit = self.deps.audit.clone();
+        Box::pin(async move {
+            let mut filter = msg.filter;
+            filter.limit = filter.limit.clamp(1, 1000);
+            Ok(audit.list(filter).await?)
+        })
     }
 }
 

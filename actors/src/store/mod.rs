@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 pub use sled_store::SledStore;
 
-use crate::model::{Job, JobId, JobState, Media, MediaId};
+use crate::model::{AuditEntry, AuditId, Job, JobId, JobState, Media, MediaId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,8 +45,25 @@ pub trait JobRepo: Send + Sync {
     ) -> Result<Vec<Job>, StoreError>;
 }
 
+/// Which audit entries to list; every field narrows the result.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub since: Option<time::OffsetDateTime>,
+    pub after: Option<AuditId>,
+    pub limit: usize,
+}
+
+pub trait AuditRepo: Send + Sync {
+    /// Appends an entry; entries are never changed or removed.
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Entries in time order.
+    fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
 /// Everything the actors need from the record store.
-pub trait Repo: MediaRepo + JobRepo {
+pub trait Repo: MediaRepo + JobRepo + AuditRepo {
     /// A cheap read that proves the store answers (for `/health`).
     fn check(&self) -> Result<(), StoreError>;
 }

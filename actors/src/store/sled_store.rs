@@ -5,16 +5,18 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{JobRepo, MediaRepo, Repo, StoreError};
-use crate::model::{Job, JobId, JobState, Media, MediaId};
+use super::{AuditFilter, AuditRepo, JobRepo, MediaRepo, Repo, StoreError};
+use crate::model::{AuditEntry, Job, JobId, JobState, Media, MediaId};
 
 const MEDIA_TREE: &str = "media";
 const JOBS_TREE: &str = "jobs";
+const AUDIT_TREE: &str = "audit";
 
 pub struct SledStore {
     db: sled::Db,
     media: sled::Tree,
     jobs: sled::Tree,
+    audit: sled::Tree,
 }
 
 impl SledStore {
@@ -22,7 +24,13 @@ impl SledStore {
         let db = sled::Config::new().path(path).open().map_err(backend)?;
         let media = db.open_tree(MEDIA_TREE).map_err(backend)?;
         let jobs = db.open_tree(JOBS_TREE).map_err(backend)?;
-        Ok(Self { db, media, jobs })
+        let audit = db.open_tree(AUDIT_TREE).map_err(backend)?;
+        Ok(Self {
+            db,
+            media,
+            jobs,
+            audit,
+        })
     }
 
     fn put<T: Serialize>(
@@ -131,6 +139,31 @@ impl JobRepo for SledStore {
             after.map(|id| id.as_bytes().as_slice()),
             |job: &Job| state.is_none_or(|wanted| job.state == wanted),
             limit,
+        )
+    }
+}
+
+impl AuditRepo for SledStore {
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.put(&self.audit, entry.id.as_bytes(), entry)
+    }
+
+    fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        Self::scan(
+            &self.audit,
+            filter.after.as_ref().map(|id| id.as_bytes().as_slice()),
+            |entry: &AuditEntry| {
+                filter
+                    .action
+                    .as_ref()
+                    .is_none_or(|action| &entry.action == action)
+                    && filter
+                        .actor
+                        .as_ref()
+                        .is_none_or(|actor| &entry.actor == actor)
+                    && filter.since.is_none_or(|since| entry.at >= since)
+            },
+            filter.limit,
         )
     }
 }

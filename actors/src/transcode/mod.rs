@@ -25,6 +25,7 @@ use time::OffsetDateTime;
 
 use self::ffmpeg::{KillSwitch, RunFailure};
 use crate::{
+    audit::{action, AuditEvent, AuditLog},
     blobs::BlobStore,
     config::TranscodeConfig,
     error::{DomainError, ErrorKind},
@@ -72,6 +73,8 @@ pub struct SubmitJob {
     pub kind: JobKind,
     pub media_id: MediaId,
     pub priority: u8,
+    /// Who submitted it, for the audit log.
+    pub caller: String,
 }
 
 #[derive(Debug, Message)]
@@ -125,6 +128,7 @@ pub struct TranscodeActor {
     blobs: BlobStore,
     metadata: Addr<MetadataActor>,
     metrics: Metrics,
+    audit: AuditLog,
     work_dir: PathBuf,
     /// Highest priority first, then oldest (ids are time ordered).
     queue: BinaryHeap<(u8, Reverse<JobId>)>,
@@ -140,6 +144,7 @@ impl TranscodeActor {
         blobs: BlobStore,
         metadata: Addr<MetadataActor>,
         metrics: Metrics,
+        audit: AuditLog,
         work_dir: PathBuf,
     ) -> Self {
         Self {
@@ -148,6 +153,7 @@ impl TranscodeActor {
             blobs,
             metadata,
             metrics,
+            audit,
             work_dir,
             queue: BinaryHeap::new(),
             running: HashMap::new(),
@@ -429,6 +435,7 @@ impl Handler<SubmitJob> for TranscodeActor {
 
     fn handle(&mut self, msg: SubmitJob, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
+        let audit = self.audit.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 if msg.priority > 9 {
@@ -449,6 +456,13 @@ impl Handler<SubmitJob> for TranscodeActor {
                 };
                 let stored = job.clone();
                 blocking(&repo, move |repo| repo.put_job(&stored)).await?;
+                audit
+                    .record(AuditEvent::ok(
+                        action::JOB_SUBMIT,
+                        msg.caller,
+                        Some(job.id.to_string()),
+                    ))
+                    .await;
                 Ok(job)
             }
             .into_actor(self)

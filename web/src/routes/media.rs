@@ -15,6 +15,8 @@ use crate::{
 };
 
 const DEFAULT_PAGE: usize = 20;
+/// How the audit log names a caller holding the admin token.
+const ADMIN: &str = "admin";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/api/v1/media").route(web::get().to(list)))
@@ -64,6 +66,7 @@ async fn update(
             title: body.title,
             description: body.description,
             tags: body.tags,
+            caller: ADMIN.to_string(),
         })
         .await??;
     Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
@@ -75,6 +78,12 @@ async fn delete(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
-    actors.metadata.send(DeleteMedia { media_id }).await??;
+    actors
+        .metadata
+        .send(DeleteMedia {
+            media_id,
+            caller: ADMIN.to_string(),
+        })
+        .await??;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1,5 +1,6 @@
 //! Route modules, one per area of the API.
 
+pub mod audit;
 pub mod health;
 pub mod jobs;
 pub mod media;

@@ -9,7 +9,7 @@ use streamgate_actors::{
     Actors,
 };
 
-use crate::{dto::UploadReceiptDto, error::ApiError};
+use crate::{dto::UploadReceiptDto, error::ApiError, extract::caller};
 
 /// Longest accepted text field (title, description, tags), in bytes.
 const MAX_TEXT_FIELD: usize = 8 * 1024;
@@ -61,7 +61,13 @@ async fn receive(
                     .content_disposition()
                     .and_then(|disposition| disposition.get_filename())
                     .map(str::to_string);
-                let mut sink = actors.upload.send(BeginUpload { declared_size }).await??;
+                let mut sink = actors
+                    .upload
+                    .send(BeginUpload {
+                        declared_size,
+                        caller: caller(req),
+                    })
+                    .await??;
                 if let Err(error) = pump(field, &mut sink).await {
                     let _ = sink.abort().await;
                     return Err(error);
@@ -98,6 +104,7 @@ async fn receive(
             description,
             tags,
             owner: None,
+            caller: caller(req),
         })
         .await??;
     let location = format!("/api/v1/media/{}", receipt.media_id);
