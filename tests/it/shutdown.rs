@@ -199,3 +199,92 @@ async fn sigterm_kills_ffmpeg_and_a_restart_finishes_the_job() {
         .unwrap();
     assert_eq!(master.status(), 200);
 }
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_upload_finish() {
+    let data = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let clip = std::fs::read(make_clip(scratch.path(), "short.mp4", "320x240", 1)).unwrap();
+    let client = reqwest::Client::new();
+    let mut server = Binary::start(data.path(), "ultrafast");
+    server.wait_ready(&client).await;
+
+    // A multipart body we feed by hand, so the request is provably in flight at the signal.
+    let boundary = "drain-boundary";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"short.mp4\"\r\n\r\n"
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let (feed, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let request = client
+        .post(format!("{}/api/v1/upload", server.base))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(body)))
+        .send();
+    let in_flight = tokio::spawn(request);
+    let half = clip.len() / 2;
+    feed.send(Ok(head.into_bytes())).await.unwrap();
+    feed.send(Ok(clip[..half].to_vec())).await.unwrap();
+    // In flight for certain: the server counts it (plus the /metrics request asking).
+    let metrics_url = format!("{}/metrics", server.base);
+    poll(
+        Duration::from_secs(10),
+        "the upload to be in flight",
+        || {
+            let (client, metrics_url) = (client.clone(), metrics_url.clone());
+            async move {
+                let text = client
+                    .get(&metrics_url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                text.lines()
+                    .any(|line| line == "streamgate_http_requests_in_flight 2")
+            }
+        },
+    )
+    .await;
+
+    let server_pid = server.child.id();
+    let status = Command::new("kill")
+        .args(["-TERM", &server_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    feed.send(Ok(clip[half..].to_vec())).await.unwrap();
+    feed.send(Ok(tail.into_bytes())).await.unwrap();
+    drop(feed);
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(
+        response.status(),
+        201,
+        "the in-flight upload completes during the drain"
+    );
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        ticks.tick().await;
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            assert!(exit.success(), "{exit:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "server did not stop after draining"
+        );
+    }
+}
+
+/// A `Stream` over an mpsc receiver, for hand-fed request bodies.
+fn tokio_stream_from<T>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
