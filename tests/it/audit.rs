@@ -45,8 +45,9 @@ async fn uploads_rejections_and_jobs_are_audited_for_admins_only() {
     let finish = &all["items"][1];
     assert_eq!(finish["target"], receipt["media_id"]);
     assert_eq!(
-        finish["actor"], "ip:127.0.0.1",
-        "the caller comes from the socket"
+        finish["actor"],
+        crate::chain::ALICE.address,
+        "the caller is the session's wallet"
     );
     let rejected = read("?action=upload.reject").await;
     assert_eq!(rejected["items"].as_array().unwrap().len(), 1);
