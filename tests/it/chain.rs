@@ -23,9 +23,16 @@ fn node_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-node"))
 }
 
-/// A tool from the npm install; panics with the install line when it is missing.
+/// A tool from the npm install; panics with the install line when it is missing. The native
+/// binary is run directly: the npm shim would start it as a child that outlives a kill.
 pub fn tool(name: &str) -> PathBuf {
-    let path = node_dir().join("node_modules/.bin").join(name);
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let path = node_dir()
+        .join("node_modules/@foundry-rs")
+        .join(format!("{name}-linux-{arch}/bin/{name}"));
     assert!(
         path.exists(),
         "{} is missing; run `bash .ci/test`, or from the repository root: {INSTALL}",
@@ -61,7 +68,8 @@ pub struct Wallet {
     pub address: &'static str,
 }
 
-/// anvil's deterministic dev accounts (mnemonic "test test … junk").
+/// ALICE and BOB are anvil's funded dev accounts #0 and #1; CAROL is an unfunded key (she
+/// only receives tokens).
 pub const ALICE: Wallet = Wallet {
     key: "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     address: "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
@@ -72,7 +80,7 @@ pub const BOB: Wallet = Wallet {
 };
 pub const CAROL: Wallet = Wallet {
     key: "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9eb1744bbbb8c",
-    address: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+    address: "0x83931d56B8E787C83CA7551574E56CeB43CccA19",
 };
 
 impl Wallet {
