@@ -39,10 +39,10 @@ async fn uploads_rejections_and_jobs_are_audited_for_admins_only() {
         .collect();
     assert_eq!(
         actions,
-        ["job.submit", "upload.finish", "upload.reject"],
+        ["auth.login", "job.submit", "upload.finish", "upload.reject"],
         "{all}"
     );
-    let finish = &all["items"][1];
+    let finish = &all["items"][2];
     assert_eq!(finish["target"], receipt["media_id"]);
     assert_eq!(
         finish["actor"],
@@ -67,5 +67,5 @@ async fn uploads_rejections_and_jobs_are_audited_for_admins_only() {
         .json::<Value>()
         .await
         .unwrap();
-    assert_eq!(rest["items"][0]["action"], "upload.reject");
+    assert_eq!(rest["items"][0]["action"], "upload.finish");
 }
