@@ -28,3 +28,24 @@ need_rust() {
     exit 1
   fi
 }
+
+need_node_packages() {
+  # Arguments: npm package specs, installed into target/ci-node (not committed). Skips npm when
+  # the lock of what was installed already lists exactly these specs.
+  local prefix=target/ci-node stamp="target/ci-node/.installed"
+  local want="$*"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  local install="npm install --prefix $prefix --no-audit --no-fund $want"
+  if ! command -v npm >/dev/null 2>&1; then
+    need_debian_packages npm:npm
+  fi
+  mkdir -p "$prefix"
+  echo "installing: $want" >&2
+  if ! $install >/dev/null; then
+    echo "npm install failed. Run by hand:  $install" >&2
+    exit 1
+  fi
+  echo "$want" > "$stamp"
+}

@@ -20,6 +20,11 @@ pub mod action {
     pub const MEDIA_DELETE: &str = "media.delete";
     pub const JOB_SUBMIT: &str = "job.submit";
     pub const JOB_CANCEL: &str = "job.cancel";
+    pub const AUTH_LOGIN: &str = "auth.login";
+    pub const AUTH_REFRESH: &str = "auth.refresh";
+    pub const AUTH_LOGOUT: &str = "auth.logout";
+    pub const NFT_CHECK: &str = "auth.nft_check";
+    pub const MEDIA_GATE: &str = "media.gate";
 }
 
 /// Outcome values.

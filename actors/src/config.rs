@@ -44,6 +44,26 @@ pub struct TranscodeConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub admin_token: String,
+    pub domain: String,
+    pub uri: String,
+    pub allowed_chain_ids: Vec<u64>,
+    pub nonce_ttl_s: u64,
+    pub clock_skew_s: u64,
+    pub session_ttl_s: u64,
+    pub session_secret: String,
+    pub playback_token_ttl_s: u64,
+    pub nft_cache_ttl_ms: u64,
+    pub nft_cache_entries: usize,
+    pub rpc_timeout_ms: u64,
+    pub rpc: Vec<ChainRpc>,
+}
+
+/// The JSON-RPC endpoint used for ownership checks on one chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainRpc {
+    pub chain_id: u64,
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,8 +112,47 @@ impl ActorsConfig {
         if self.upload.max_size_bytes == 0 {
             return Err("upload.max_size_bytes must be at least 1".into());
         }
+        self.validate_auth()?;
         if self.monitor.sample_interval_ms < 100 {
             return Err("monitor.sample_interval_ms must be at least 100".into());
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), String> {
+        let auth = &self.auth;
+        if auth.domain.is_empty() || auth.domain.contains('/') {
+            return Err("auth.domain must be a host[:port], e.g. video.example.com".into());
+        }
+        if !(auth.uri.starts_with("http://") || auth.uri.starts_with("https://")) {
+            return Err("auth.uri must be an http(s) URL, e.g. https://video.example.com".into());
+        }
+        if auth.allowed_chain_ids.is_empty() {
+            return Err("auth.allowed_chain_ids must name at least one chain".into());
+        }
+        for (key, value) in [
+            ("nonce_ttl_s", auth.nonce_ttl_s),
+            ("session_ttl_s", auth.session_ttl_s),
+            ("playback_token_ttl_s", auth.playback_token_ttl_s),
+            ("rpc_timeout_ms", auth.rpc_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("auth.{key} must be at least 1"));
+            }
+        }
+        if !auth.session_secret.is_empty() && auth.session_secret.len() < 32 {
+            return Err(
+                "auth.session_secret must be empty (generated) or at least 32 bytes".into(),
+            );
+        }
+        for rpc in &auth.rpc {
+            // No TLS backend is compiled in: point this at your node or a local TLS proxy.
+            if !rpc.url.starts_with("http://") {
+                return Err(format!(
+                    "auth.rpc chain {}: url must be http:// (no TLS client is built in)",
+                    rpc.chain_id
+                ));
+            }
         }
         Ok(())
     }

@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Unauthorized,
     Forbidden,
     Unavailable,
+    /// A service we depend on (a chain RPC node) answered with something unusable.
+    Upstream,
     Internal,
 }
 

@@ -25,7 +25,7 @@ pub mod supervise;
 pub mod transcode;
 pub mod upload;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use actix::{Addr, Recipient};
 
@@ -33,7 +33,7 @@ pub use error::{DomainError, ErrorKind};
 
 use crate::{
     audit::AuditLog,
-    auth::AuthActor,
+    auth::{AuthActor, AuthDeps, Keys, NftChecker, NftMetrics, PlaybackGuard},
     blobs::BlobStore,
     config::ActorsConfig,
     metadata::MetadataActor,
@@ -58,6 +58,8 @@ pub struct Actors {
     pub metrics: Metrics,
     /// Appends to the audit log (rate-limit violations are recorded from the middleware).
     pub audit: AuditLog,
+    /// Read handle for gated delivery: which media are gated, and the playback-token check.
+    pub playback: PlaybackGuard,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,8 @@ pub enum StartError {
     Blobs(#[from] blobs::BlobError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot start wallet auth: {0}")]
+    Auth(#[from] auth::AuthError),
 }
 
 /// Opens storage under `storage.data_dir` and starts every actor, supervised. Must run inside an
@@ -118,9 +122,37 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
         );
         move |_| UploadActor::new(config, blobs, metadata, transcode, &metrics, audit)
     });
+    // Loaded before the server starts, so gated media are never served as public.
+    let keys = Keys::load_or_create(&config.auth.session_secret, &repo)?;
+    let playback = PlaybackGuard::new(keys.clone(), repo.list_gates()?.into_iter().collect());
+    let nft = NftChecker::new(
+        config
+            .auth
+            .rpc
+            .iter()
+            .map(|rpc| (rpc.chain_id, rpc.url.clone()))
+            .collect(),
+        Duration::from_millis(config.auth.nft_cache_ttl_ms),
+        config.auth.nft_cache_entries,
+        Duration::from_millis(config.auth.rpc_timeout_ms),
+        NftMetrics {
+            checks: metrics.nft_checks.clone(),
+            rpc_duration: metrics.nft_rpc_duration.clone(),
+        },
+    )?;
     let auth = supervise::start("auth", restarts("auth"), {
-        let config = config.auth.clone();
-        move |_| AuthActor::new(&config)
+        let deps = AuthDeps {
+            config: config.auth.clone(),
+            repo: repo.clone(),
+            keys,
+            playback: playback.clone(),
+            nft,
+            metadata: metadata.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            revoked: repo.list_revoked_sessions()?.into_iter().collect(),
+        };
+        move |_| AuthActor::new(deps)
     });
     let pinged: Vec<(&'static str, Recipient<Ping>)> = vec![
         ("upload", upload.clone().recipient()),
@@ -155,5 +187,6 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
         blobs,
         metrics,
         audit,
+        playback,
     })
 }

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use crate::{
     audit::{action, AuditEvent, AuditLog},
+    auth::Principal,
     blobs::{BlobError, BlobStore},
     error::{DomainError, ErrorKind},
     model::{Media, MediaId, MediaState, Probe, Rendition},
@@ -29,6 +30,8 @@ pub enum MetadataError {
     NotFound(MediaId),
     #[error("{0}")]
     Invalid(String),
+    #[error("only the media's owner (or an admin) may change it")]
+    NotOwner,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -40,6 +43,7 @@ impl DomainError for MetadataError {
         match self {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Invalid(_) => ErrorKind::Invalid,
+            Self::NotOwner => ErrorKind::Forbidden,
             Self::Store(_) | Self::Blobs(_) => ErrorKind::Unavailable,
         }
     }
@@ -47,6 +51,7 @@ impl DomainError for MetadataError {
         match self {
             Self::NotFound(_) => "media_not_found",
             Self::Invalid(_) => "invalid_media",
+            Self::NotOwner => "not_media_owner",
             Self::Store(_) => "store_unavailable",
             Self::Blobs(_) => "blobs_unavailable",
         }
@@ -83,14 +88,16 @@ pub struct UpdateMedia {
     pub title: Option<String>,
     pub description: Option<String>,
     pub tags: Option<Vec<String>>,
-    pub caller: String,
+    /// Must own the media, or be an admin.
+    pub principal: Principal,
 }
 
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), MetadataError>")]
 pub struct DeleteMedia {
     pub media_id: MediaId,
-    pub caller: String,
+    /// Must own the media, or be an admin.
+    pub principal: Principal,
 }
 
 /// What a transcode run produced, or why it failed for good.
@@ -175,6 +182,9 @@ impl Handler<UpdateMedia> for MetadataActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
+                if !msg.principal.may_manage(media.owner.as_deref()) {
+                    return Err(MetadataError::NotOwner);
+                }
                 if let Some(title) = msg.title {
                     media.title = title.trim().to_string();
                 }
@@ -191,7 +201,7 @@ impl Handler<UpdateMedia> for MetadataActor {
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_UPDATE,
-                        msg.caller,
+                        msg.principal.name(),
                         Some(media.id.to_string()),
                     ))
                     .await;
@@ -212,6 +222,9 @@ impl Handler<DeleteMedia> for MetadataActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let media = load(&repo, msg.media_id).await?;
+                if !msg.principal.may_manage(media.owner.as_deref()) {
+                    return Err(MetadataError::NotOwner);
+                }
                 // Record first: once it is gone nothing serves the blobs, so a crash in between
                 // leaves only orphans for the cleanup job, never a record pointing at nothing.
                 let media_id = media.id.clone();
@@ -223,7 +236,7 @@ impl Handler<DeleteMedia> for MetadataActor {
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_DELETE,
-                        msg.caller,
+                        msg.principal.name(),
                         Some(media.id.to_string()),
                     ))
                     .await;

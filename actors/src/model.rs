@@ -186,3 +186,53 @@ pub struct AuditEntry {
     pub outcome: String,
     pub detail: Option<String>,
 }
+
+/// Which token standard a gate checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenStandard {
+    Erc721,
+    Erc1155,
+}
+
+impl TokenStandard {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Erc721 => "erc721",
+            Self::Erc1155 => "erc1155",
+        }
+    }
+}
+
+/// A token-ownership requirement on one media item: the viewer's wallet must hold at least
+/// `min_balance` of the token (`token_id`) or of the collection (no `token_id`, ERC-721 only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gate {
+    pub chain_id: u64,
+    /// EIP-55 checksummed contract address.
+    pub contract: String,
+    pub standard: TokenStandard,
+    /// Decimal uint256.
+    pub token_id: Option<String>,
+    pub min_balance: u64,
+    /// Who set it: a wallet address or `admin`.
+    pub set_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub set_at: OffsetDateTime,
+}
+
+/// A login nonce we issued, bound to the address and chain it was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NonceRecord {
+    pub nonce: String,
+    /// EIP-55 checksummed.
+    pub address: String,
+    pub chain_id: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Set by the one login that consumed it; kept until expiry so a replay is told apart from
+    /// a nonce we never issued.
+    pub used: bool,
+}

@@ -39,14 +39,15 @@ async fn uploads_rejections_and_jobs_are_audited_for_admins_only() {
         .collect();
     assert_eq!(
         actions,
-        ["job.submit", "upload.finish", "upload.reject"],
+        ["auth.login", "job.submit", "upload.finish", "upload.reject"],
         "{all}"
     );
-    let finish = &all["items"][1];
+    let finish = &all["items"][2];
     assert_eq!(finish["target"], receipt["media_id"]);
     assert_eq!(
-        finish["actor"], "ip:127.0.0.1",
-        "the caller comes from the socket"
+        finish["actor"],
+        crate::chain::ALICE.address,
+        "the caller is the session's wallet"
     );
     let rejected = read("?action=upload.reject").await;
     assert_eq!(rejected["items"].as_array().unwrap().len(), 1);
@@ -66,5 +67,5 @@ async fn uploads_rejections_and_jobs_are_audited_for_admins_only() {
         .json::<Value>()
         .await
         .unwrap();
-    assert_eq!(rest["items"][0]["action"], "upload.reject");
+    assert_eq!(rest["items"][0]["action"], "upload.finish");
 }

@@ -68,6 +68,7 @@ async fn an_upload_over_the_size_limit_is_refused() {
     let response = server
         .client
         .post(server.url("/api/v1/upload"))
+        .bearer_auth(server.session().await)
         .header(
             "content-type",
             format!("multipart/form-data; boundary={boundary}"),
@@ -97,6 +98,7 @@ async fn malformed_upload_requests_get_400() {
     let response = server
         .client
         .post(server.url("/api/v1/upload"))
+        .bearer_auth(server.session().await)
         .multipart(form)
         .send()
         .await
@@ -107,6 +109,7 @@ async fn malformed_upload_requests_get_400() {
     let response = server
         .client
         .post(server.url("/api/v1/upload"))
+        .bearer_auth(server.session().await)
         .header("content-type", "application/json")
         .body("{}")
         .send()
@@ -190,7 +193,7 @@ async fn unknown_paths_and_wrong_methods_get_json_errors() {
 }
 
 #[tokio::test]
-async fn edits_fail_closed_without_the_admin_token() {
+async fn edits_fail_closed_without_a_session_or_the_admin_token() {
     let server = TestServer::start_with(|config| config.auth.admin_token = "s3cret".into());
     let unknown = "01a201b6-5525-7120-9745-a4f5dcf83f70";
     let url = server.url(&format!("/api/v1/media/{unknown}"));
@@ -200,12 +203,27 @@ async fn edits_fail_closed_without_the_admin_token() {
         status,
         &response.json().await.unwrap(),
         401,
-        "admin_token_required",
+        "session_required",
     );
     let response = server
         .client
         .delete(&url)
         .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_error(
+        status,
+        &response.json().await.unwrap(),
+        401,
+        "session_invalid",
+    );
+    // An identity header a client can set to anything is not identity.
+    let response = server
+        .client
+        .delete(&url)
+        .header("x-wallet-address", crate::chain::ALICE.address)
         .send()
         .await
         .unwrap();

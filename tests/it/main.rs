@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+mod auth;
 mod bad_input;
+mod chain;
 mod config;
 mod e2e;
 mod server;

@@ -12,12 +12,16 @@ use serde_json::Value;
 use streamgate::config::{self, Config, Sources};
 use streamgate_actors::Actors;
 
+use crate::chain::{Wallet, ALICE, CHAIN_ID};
+
 pub struct TestServer {
     pub base: String,
     pub actors: Actors,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     handle: ServerHandle,
+    /// ALICE's session, made on first use; uploads go out with it.
+    session: tokio::sync::OnceCell<String>,
     thread: Option<std::thread::JoinHandle<()>>,
     _data: tempfile::TempDir,
 }
@@ -34,6 +38,7 @@ impl TestServer {
         config.storage.min_free_disk_mb = 1;
         config.monitor.sample_interval_ms = 200;
         config.transcode.x264_preset = "ultrafast".into();
+        config.auth.allowed_chain_ids = vec![CHAIN_ID];
         tweak(&mut config);
         let data_dir = config.storage.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -59,6 +64,7 @@ impl TestServer {
             client: reqwest::Client::new(),
             data_dir,
             handle,
+            session: tokio::sync::OnceCell::new(),
             thread: Some(thread),
             _data: data,
         }
@@ -78,9 +84,73 @@ impl TestServer {
         (status, response.json().await.unwrap())
     }
 
-    /// Uploads a file through the one-shot endpoint.
+    /// Signs in with `wallet` (SIWE, signed by cast) and returns the session token.
+    pub async fn login(&self, wallet: &Wallet) -> String {
+        let (status, login) = self.try_login(wallet, |message| message).await;
+        assert_eq!(status, 200, "{login}");
+        login["token"].as_str().unwrap().to_string()
+    }
+
+    /// Asks for a challenge, lets `edit` change the message, signs it with `wallet`, logs in.
+    pub async fn try_login(
+        &self,
+        wallet: &Wallet,
+        edit: impl FnOnce(String) -> String,
+    ) -> (u16, Value) {
+        let message = edit(self.challenge(wallet).await);
+        let signature = wallet.sign(&message);
+        self.post_json(
+            "/api/v1/auth/login",
+            &serde_json::json!({"message": message, "signature": signature}),
+        )
+        .await
+    }
+
+    /// A fresh SIWE challenge message for `wallet` on the test chain.
+    pub async fn challenge(&self, wallet: &Wallet) -> String {
+        let (status, challenge) = self
+            .post_json(
+                "/api/v1/auth/challenge",
+                &serde_json::json!({"address": wallet.address, "chain_id": CHAIN_ID}),
+            )
+            .await;
+        assert_eq!(status, 200, "{challenge}");
+        challenge["message"].as_str().unwrap().to_string()
+    }
+
+    /// ALICE's session token (she uploads in most tests).
+    pub async fn session(&self) -> &str {
+        self.session.get_or_init(|| self.login(&ALICE)).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Uploads a file through the one-shot endpoint, as ALICE.
     pub async fn upload(
         &self,
+        bytes: Vec<u8>,
+        filename: &str,
+        title: Option<&str>,
+    ) -> (u16, Value) {
+        let session = self.session().await.to_string();
+        self.upload_as(Some(&session), bytes, filename, title).await
+    }
+
+    /// Uploads with the given bearer token, or none.
+    pub async fn upload_as(
+        &self,
+        bearer: Option<&str>,
         bytes: Vec<u8>,
         filename: &str,
         title: Option<&str>,
@@ -90,13 +160,11 @@ impl TestServer {
         if let Some(title) = title {
             form = form.text("title", title.to_string());
         }
-        let response = self
-            .client
-            .post(self.url("/api/v1/upload"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let mut request = self.client.post(self.url("/api/v1/upload")).multipart(form);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap())
     }

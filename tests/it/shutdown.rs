@@ -9,6 +9,9 @@ use std::{
 
 use crate::server::make_clip;
 
+/// Uploads need a principal; the admin token is one (sessions are tested in `auth`).
+const ADMIN_TOKEN: &str = "shutdown-admin-token";
+
 struct Binary {
     child: Child,
     base: String,
@@ -27,6 +30,7 @@ impl Binary {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--set", &format!("transcode.x264_preset=\"{preset}\"")])
+            .args(["--set", &format!("auth.admin_token=\"{ADMIN_TOKEN}\"")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -122,6 +126,7 @@ async fn sigterm_kills_ffmpeg_and_a_restart_finishes_the_job() {
     );
     let response = client
         .post(format!("{}/api/v1/upload", server.base))
+        .bearer_auth(ADMIN_TOKEN)
         .multipart(form)
         .send()
         .await

@@ -49,6 +49,8 @@ pub struct MediaDto {
     /// Where to play it, once `state` is `ready`.
     pub hls_url: Option<String>,
     pub thumbnail_url: Option<String>,
+    /// Playback needs a session whose wallet passes the gate (`GET …/gate` for its terms).
+    pub gated: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -74,6 +76,7 @@ impl From<&Media> for MediaDto {
             renditions: media.renditions.iter().map(RenditionDto::from).collect(),
             hls_url: ready.then(|| format!("/api/v1/media/{}/hls/master.m3u8", media.id)),
             thumbnail_url: ready.then(|| format!("/api/v1/media/{}/thumbnail.jpg", media.id)),
+            gated: false,
             created_at: rfc3339(media.created_at),
             updated_at: rfc3339(media.updated_at),
         }

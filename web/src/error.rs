@@ -35,6 +35,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -71,8 +72,14 @@ impl ApiError {
         let message = if status.is_server_error() {
             tracing::error!(code = error.code(), %error, "request failed");
             match error.kind() {
+                ErrorKind::Unavailable if error.code().starts_with("rpc_") => {
+                    "the chain's RPC node is unavailable, so ownership cannot be checked; retry shortly".to_string()
+                }
                 ErrorKind::Unavailable => {
                     "a storage component is unavailable; retry shortly".to_string()
+                }
+                ErrorKind::Upstream => {
+                    "the chain's RPC node gave an unusable answer; retry shortly".to_string()
                 }
                 _ => "internal error".to_string(),
             }

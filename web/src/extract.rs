@@ -1,9 +1,16 @@
 //! Extractors that ask the AuthActor who is calling.
+//!
+//! Invariant: identity comes only from `Authorization: Bearer <token>` verified by the
+//! AuthActor (the admin token or a signed session), or from the socket for the audit log;
+//! never from a header a client can set to any value it likes.
 
 use std::{future::Future, pin::Pin};
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
-use streamgate_actors::{auth::VerifyAdminToken, Actors};
+use streamgate_actors::{
+    auth::{Authenticate, Principal, VerifyAdminToken},
+    Actors,
+};
 
 use crate::error::ApiError;
 
@@ -26,7 +33,44 @@ impl FromRequest for Admin {
     }
 }
 
-fn bearer_token(req: &HttpRequest) -> Option<String> {
+/// A caller with a live wallet session or the admin token; 401 otherwise.
+pub struct Authenticated(pub Principal);
+
+impl FromRequest for Authenticated {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let token = bearer_token(req);
+        let actors = req.app_data::<web::Data<Actors>>().cloned();
+        Box::pin(async move {
+            let actors = actors.ok_or_else(|| ApiError::mailbox(actix::MailboxError::Closed))?;
+            let token = token.unwrap_or_default();
+            let principal = actors.auth.send(Authenticate { token }).await??;
+            Ok(Authenticated(principal))
+        })
+    }
+}
+
+/// Like [`Authenticated`], but a request with no `Authorization` header is `None` (public
+/// routes that serve more to a session). A header that is present must verify.
+pub struct MaybeAuthenticated(pub Option<Principal>);
+
+impl FromRequest for MaybeAuthenticated {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        if !req.headers().contains_key(header::AUTHORIZATION) {
+            return Box::pin(async { Ok(MaybeAuthenticated(None)) });
+        }
+        let authenticated = Authenticated::from_request(req, payload);
+        Box::pin(async move { Ok(MaybeAuthenticated(Some(authenticated.await?.0))) })
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, if the header has that form.
+pub fn bearer_token(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -34,8 +78,8 @@ fn bearer_token(req: &HttpRequest) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
-/// The caller as the audit log names it. Taken from the socket, never from a header the client
-/// sets: `ip:<address>` until wallet sessions exist.
+/// The caller as the audit log names it when no session says who: taken from the socket,
+/// never from a header the client sets (`ip:<address>`).
 pub fn caller(req: &HttpRequest) -> String {
     match req.peer_addr() {
         Some(address) => format!("ip:{}", address.ip()),

@@ -37,6 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::streaming::configure(cfg);
     routes::jobs::configure(cfg);
     routes::audit::configure(cfg);
+    routes::auth::configure(cfg);
 }
 
 /// The answer for any path no route matches.

@@ -21,6 +21,16 @@ pub struct Metrics {
     pub transcode_jobs: IntCounterVec,
     pub transcode_duration: HistogramVec,
     pub jobs: IntGaugeVec,
+    /// Login attempts by `outcome`: `ok` or the refusal's error code.
+    pub auth_logins: IntCounterVec,
+    /// `event`: refresh | logout.
+    pub auth_session_events: IntCounterVec,
+    pub nft_checks: IntCounterVec,
+    pub nft_rpc_duration: HistogramVec,
+    /// `change`: set | clear.
+    pub gate_changes: IntCounterVec,
+    /// Gated playlist or segment requests refused, by `reason` (an error code).
+    pub playback_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -89,6 +99,48 @@ impl Metrics {
             Opts::new(names::JOBS, "Jobs by state, as the queue sees them."),
             &["state"],
         )?;
+        let auth_logins = IntCounterVec::new(
+            Opts::new(
+                names::AUTH_LOGINS_TOTAL,
+                "SIWE login attempts, by outcome (ok or the refusal's code).",
+            ),
+            &["outcome"],
+        )?;
+        let auth_session_events = IntCounterVec::new(
+            Opts::new(
+                names::AUTH_SESSION_EVENTS_TOTAL,
+                "Session refreshes and logouts.",
+            ),
+            &["event"],
+        )?;
+        let nft_checks = IntCounterVec::new(
+            Opts::new(
+                names::NFT_CHECKS_TOTAL,
+                "Token ownership checks, by source (cache|rpc) and outcome (ok|error).",
+            ),
+            &["source", "outcome"],
+        )?;
+        let nft_rpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                names::NFT_RPC_DURATION_SECONDS,
+                "Latency of one eth_call for an ownership check, by method.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["method"],
+        )?;
+        let gate_changes = IntCounterVec::new(
+            Opts::new(names::GATE_CHANGES_TOTAL, "Media gates set or cleared."),
+            &["change"],
+        )?;
+        let playback_refused = IntCounterVec::new(
+            Opts::new(
+                names::PLAYBACK_REFUSED_TOTAL,
+                "Requests for gated playlists or segments refused, by reason.",
+            ),
+            &["reason"],
+        )?;
 
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
@@ -100,6 +152,12 @@ impl Metrics {
         registry.register(Box::new(transcode_jobs.clone()))?;
         registry.register(Box::new(transcode_duration.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
+        registry.register(Box::new(auth_logins.clone()))?;
+        registry.register(Box::new(auth_session_events.clone()))?;
+        registry.register(Box::new(nft_checks.clone()))?;
+        registry.register(Box::new(nft_rpc_duration.clone()))?;
+        registry.register(Box::new(gate_changes.clone()))?;
+        registry.register(Box::new(playback_refused.clone()))?;
 
         Ok(Self {
             registry,
@@ -113,6 +171,12 @@ impl Metrics {
             transcode_jobs,
             transcode_duration,
             jobs,
+            auth_logins,
+            auth_session_events,
+            nft_checks,
+            nft_rpc_duration,
+            gate_changes,
+            playback_refused,
         })
     }
 

@@ -10,6 +10,12 @@ pub const UPLOAD_BYTES_TOTAL: &str = "streamgate_upload_bytes_total";
 pub const TRANSCODE_JOBS_TOTAL: &str = "streamgate_transcode_jobs_total";
 pub const TRANSCODE_DURATION_SECONDS: &str = "streamgate_transcode_duration_seconds";
 pub const JOBS: &str = "streamgate_jobs";
+pub const AUTH_LOGINS_TOTAL: &str = "streamgate_auth_logins_total";
+pub const AUTH_SESSION_EVENTS_TOTAL: &str = "streamgate_auth_session_events_total";
+pub const NFT_CHECKS_TOTAL: &str = "streamgate_nft_checks_total";
+pub const NFT_RPC_DURATION_SECONDS: &str = "streamgate_nft_rpc_duration_seconds";
+pub const GATE_CHANGES_TOTAL: &str = "streamgate_gate_changes_total";
+pub const PLAYBACK_REFUSED_TOTAL: &str = "streamgate_playback_refused_total";
 
 /// Label values for [`UPLOADS_TOTAL`]'s `outcome`.
 pub mod upload_outcome {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 pub use sled_store::SledStore;
 
-use crate::model::{AuditEntry, AuditId, Job, JobId, JobState, Media, MediaId};
+use crate::model::{AuditEntry, AuditId, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,8 +62,42 @@ pub trait AuditRepo: Send + Sync {
     fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
+/// What [`AuthRepo::consume_nonce`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NonceUse {
+    /// We never issued it (or it expired and was pruned).
+    Unknown,
+    /// An earlier login consumed it.
+    AlreadyUsed(NonceRecord),
+    /// This call consumed it; the record as it was issued.
+    Consumed(NonceRecord),
+}
+
+/// Wallet-auth state: login nonces, revoked sessions, the session secret, media gates.
+pub trait AuthRepo: Send + Sync {
+    fn put_nonce(&self, record: &NonceRecord) -> Result<(), StoreError>;
+    /// Marks a nonce used, atomically: of many concurrent calls exactly one gets `Consumed`.
+    fn consume_nonce(&self, nonce: &str) -> Result<NonceUse, StoreError>;
+    /// Drops nonces that expired before `now`; returns how many.
+    fn prune_nonces(&self, now: time::OffsetDateTime) -> Result<usize, StoreError>;
+    /// Remembers a revoked session until `expires_at` (after which it is invalid anyway).
+    fn put_revoked_session(
+        &self,
+        session_id: &str,
+        expires_at: time::OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    fn list_revoked_sessions(&self) -> Result<Vec<(String, time::OffsetDateTime)>, StoreError>;
+    fn prune_revoked_sessions(&self, now: time::OffsetDateTime) -> Result<usize, StoreError>;
+    /// The generated session secret, if one was stored.
+    fn get_session_secret(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_session_secret(&self, secret: &[u8]) -> Result<(), StoreError>;
+    fn put_gate(&self, media_id: &MediaId, gate: &Gate) -> Result<(), StoreError>;
+    fn delete_gate(&self, media_id: &MediaId) -> Result<bool, StoreError>;
+    fn list_gates(&self) -> Result<Vec<(MediaId, Gate)>, StoreError>;
+}
+
 /// Everything the actors need from the record store.
-pub trait Repo: MediaRepo + JobRepo + AuditRepo {
+pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo {
     /// A cheap read that proves the store answers (for `/health`).
     fn check(&self) -> Result<(), StoreError>;
 }

@@ -5,18 +5,27 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{AuditFilter, AuditRepo, JobRepo, MediaRepo, Repo, StoreError};
-use crate::model::{AuditEntry, Job, JobId, JobState, Media, MediaId};
+use super::{AuditFilter, AuditRepo, AuthRepo, JobRepo, MediaRepo, NonceUse, Repo, StoreError};
+use crate::model::{AuditEntry, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord};
 
 const MEDIA_TREE: &str = "media";
 const JOBS_TREE: &str = "jobs";
 const AUDIT_TREE: &str = "audit";
+const NONCES_TREE: &str = "auth_nonces";
+const REVOKED_TREE: &str = "auth_revoked_sessions";
+const AUTH_META_TREE: &str = "auth_meta";
+const GATES_TREE: &str = "gates";
+const SESSION_SECRET_KEY: &[u8] = b"session_secret";
 
 pub struct SledStore {
     db: sled::Db,
     media: sled::Tree,
     jobs: sled::Tree,
     audit: sled::Tree,
+    nonces: sled::Tree,
+    revoked: sled::Tree,
+    auth_meta: sled::Tree,
+    gates: sled::Tree,
 }
 
 impl SledStore {
@@ -25,11 +34,19 @@ impl SledStore {
         let media = db.open_tree(MEDIA_TREE).map_err(backend)?;
         let jobs = db.open_tree(JOBS_TREE).map_err(backend)?;
         let audit = db.open_tree(AUDIT_TREE).map_err(backend)?;
+        let nonces = db.open_tree(NONCES_TREE).map_err(backend)?;
+        let revoked = db.open_tree(REVOKED_TREE).map_err(backend)?;
+        let auth_meta = db.open_tree(AUTH_META_TREE).map_err(backend)?;
+        let gates = db.open_tree(GATES_TREE).map_err(backend)?;
         Ok(Self {
             db,
             media,
             jobs,
             audit,
+            nonces,
+            revoked,
+            auth_meta,
+            gates,
         })
     }
 
@@ -168,6 +185,146 @@ impl AuditRepo for SledStore {
     }
 }
 
+impl SledStore {
+    /// Removes every entry of `tree` whose decoded expiry is before `now`.
+    fn prune_expired<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        now: time::OffsetDateTime,
+        expiry: impl Fn(&T) -> time::OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in tree.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            let value: T = decode(&key, &bytes)?;
+            if expiry(&value) < now {
+                tree.remove(&key).map_err(backend)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.db.flush().map_err(backend)?;
+        }
+        Ok(removed)
+    }
+}
+
+/// A revoked session, stored under its id until it would have expired anyway.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Revoked {
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: time::OffsetDateTime,
+}
+
+impl AuthRepo for SledStore {
+    fn put_nonce(&self, record: &NonceRecord) -> Result<(), StoreError> {
+        self.put(&self.nonces, record.nonce.as_bytes(), record)
+    }
+
+    fn consume_nonce(&self, nonce: &str) -> Result<NonceUse, StoreError> {
+        loop {
+            let Some(current) = self.nonces.get(nonce.as_bytes()).map_err(backend)? else {
+                return Ok(NonceUse::Unknown);
+            };
+            let record: NonceRecord = decode(nonce.as_bytes(), &current)?;
+            if record.used {
+                return Ok(NonceUse::AlreadyUsed(record));
+            }
+            let used = NonceRecord {
+                used: true,
+                ..record.clone()
+            };
+            let bytes =
+                serde_json::to_vec(&used).map_err(|e| StoreError::Backend(e.to_string()))?;
+            // Compare-and-swap: of two racing consumers only one replaces the unused record.
+            let swapped = self
+                .nonces
+                .compare_and_swap(nonce.as_bytes(), Some(current), Some(bytes))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                self.db.flush().map_err(backend)?;
+                return Ok(NonceUse::Consumed(record));
+            }
+        }
+    }
+
+    fn prune_nonces(&self, now: time::OffsetDateTime) -> Result<usize, StoreError> {
+        self.prune_expired(&self.nonces, now, |record: &NonceRecord| record.expires_at)
+    }
+
+    fn put_revoked_session(
+        &self,
+        session_id: &str,
+        expires_at: time::OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.put(
+            &self.revoked,
+            session_id.as_bytes(),
+            &Revoked { expires_at },
+        )
+    }
+
+    fn list_revoked_sessions(&self) -> Result<Vec<(String, time::OffsetDateTime)>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.revoked.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            let revoked: Revoked = decode(&key, &bytes)?;
+            found.push((
+                String::from_utf8_lossy(&key).into_owned(),
+                revoked.expires_at,
+            ));
+        }
+        Ok(found)
+    }
+
+    fn prune_revoked_sessions(&self, now: time::OffsetDateTime) -> Result<usize, StoreError> {
+        self.prune_expired(&self.revoked, now, |revoked: &Revoked| revoked.expires_at)
+    }
+
+    fn get_session_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .auth_meta
+            .get(SESSION_SECRET_KEY)
+            .map_err(backend)?
+            .map(|bytes| bytes.to_vec()))
+    }
+
+    fn put_session_secret(&self, secret: &[u8]) -> Result<(), StoreError> {
+        self.auth_meta
+            .insert(SESSION_SECRET_KEY, secret)
+            .map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn put_gate(&self, media_id: &MediaId, gate: &Gate) -> Result<(), StoreError> {
+        self.put(&self.gates, media_id.as_bytes(), gate)
+    }
+
+    fn delete_gate(&self, media_id: &MediaId) -> Result<bool, StoreError> {
+        let existed = self
+            .gates
+            .remove(media_id.as_bytes())
+            .map_err(backend)?
+            .is_some();
+        self.db.flush().map_err(backend)?;
+        Ok(existed)
+    }
+
+    fn list_gates(&self) -> Result<Vec<(MediaId, Gate)>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.gates.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            let media_id = MediaId::from_bytes(&key).ok_or_else(|| StoreError::Corrupt {
+                key: hex::encode(&key),
+                reason: "not a media id".into(),
+            })?;
+            found.push((media_id, decode(&key, &bytes)?));
+        }
+        Ok(found)
+    }
+}
+
 impl Repo for SledStore {
     fn check(&self) -> Result<(), StoreError> {
         self.media.first().map_err(backend)?;
@@ -232,6 +389,51 @@ mod tests {
         let rest = store.list_media(Some(&first[1].id), 10).unwrap();
         let ids: Vec<_> = first.iter().chain(&rest).map(|m| m.id.clone()).collect();
         assert_eq!(ids, all.iter().map(|m| m.id.clone()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_nonce_is_consumed_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let record = NonceRecord {
+            nonce: "abcdefgh12345678".into(),
+            address: "0x0000000000000000000000000000000000000001".into(),
+            chain_id: 1,
+            issued_at: now,
+            expires_at: now + time::Duration::minutes(5),
+            used: false,
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_nonce(&record).unwrap();
+            store
+                .put_revoked_session("s1", now + time::Duration::hours(1))
+                .unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.consume_nonce(&record.nonce).unwrap(),
+            NonceUse::Consumed(record.clone())
+        );
+        assert!(matches!(
+            store.consume_nonce(&record.nonce).unwrap(),
+            NonceUse::AlreadyUsed(_)
+        ));
+        assert_eq!(
+            store.consume_nonce("never-issued").unwrap(),
+            NonceUse::Unknown
+        );
+        assert_eq!(store.list_revoked_sessions().unwrap().len(), 1);
+        assert_eq!(
+            store
+                .prune_nonces(now + time::Duration::minutes(6))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store.consume_nonce(&record.nonce).unwrap(),
+            NonceUse::Unknown
+        );
     }
 
     #[test]

@@ -1,22 +1,25 @@
-//! Media records: list, get, edit, delete.
+//! Media records: list, get, edit, delete, and the token gate.
+//!
+//! Edits, deletes and gates need a session (or the admin token); only the owner's session may
+//! change a media item (the MetadataActor / AuthActor decide, 403 otherwise).
 
 use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
 use streamgate_actors::{
+    auth::{GateSpec, SetGate},
     metadata::{DeleteMedia, GetMedia, ListMedia, UpdateMedia},
-    model::MediaId,
+    model::{Gate, MediaId, TokenStandard},
     Actors,
 };
 
-use super::media_id;
+use super::{auth::TokenIdInput, media_id};
 use crate::{
     dto::{parse_cursor, MediaDto, Page, PageQuery, UpdateMediaBody},
     error::ApiError,
-    extract::Admin,
+    extract::Authenticated,
 };
 
 const DEFAULT_PAGE: usize = 20;
-/// How the audit log names a caller holding the admin token.
-const ADMIN: &str = "admin";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/api/v1/media").route(web::get().to(list)))
@@ -25,7 +28,126 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get))
                 .route(web::patch().to(update))
                 .route(web::delete().to(delete)),
+        )
+        .service(
+            web::resource("/api/v1/media/{media_id}/gate")
+                .route(web::get().to(get_gate))
+                .route(web::put().to(put_gate))
+                .route(web::delete().to(clear_gate)),
         );
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GateBody {
+    chain_id: u64,
+    contract: String,
+    standard: TokenStandard,
+    token_id: Option<TokenIdInput>,
+    /// Defaults to 1.
+    min_balance: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct GateDto {
+    pub chain_id: u64,
+    pub contract: String,
+    pub standard: &'static str,
+    pub token_id: Option<String>,
+    pub min_balance: u64,
+    pub set_by: String,
+    pub set_at: String,
+}
+
+impl From<&Gate> for GateDto {
+    fn from(gate: &Gate) -> Self {
+        Self {
+            chain_id: gate.chain_id,
+            contract: gate.contract.clone(),
+            standard: gate.standard.as_str(),
+            token_id: gate.token_id.clone(),
+            min_balance: gate.min_balance,
+            set_by: gate.set_by.clone(),
+            set_at: super::auth::rfc3339(gate.set_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct GateStateDto {
+    gated: bool,
+    gate: Option<GateDto>,
+}
+
+fn gate_state(gate: Option<&Gate>) -> GateStateDto {
+    GateStateDto {
+        gated: gate.is_some(),
+        gate: gate.map(GateDto::from),
+    }
+}
+
+async fn get_gate(
+    path: web::Path<String>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let media_id = media_id(&path)?;
+    let media = actors.metadata.send(GetMedia { media_id }).await??;
+    let gate = actors
+        .playback
+        .gate(&media.id)
+        .map_err(|_| gate_table_error())?;
+    Ok(HttpResponse::Ok().json(gate_state(gate.as_ref())))
+}
+
+/// `PUT` with a gate body sets it; `PUT` with `null` clears it, like `DELETE`.
+async fn put_gate(
+    Authenticated(principal): Authenticated,
+    path: web::Path<String>,
+    body: web::Json<Option<GateBody>>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let media_id = media_id(&path)?;
+    let gate = body.into_inner().map(|body| GateSpec {
+        chain_id: body.chain_id,
+        contract: body.contract,
+        standard: body.standard,
+        token_id: body.token_id.map(TokenIdInput::into_text),
+        min_balance: body.min_balance.unwrap_or(1),
+    });
+    let gate = actors
+        .auth
+        .send(SetGate {
+            media_id,
+            gate,
+            principal,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(gate_state(gate.as_ref())))
+}
+
+async fn clear_gate(
+    Authenticated(principal): Authenticated,
+    path: web::Path<String>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let media_id = media_id(&path)?;
+    let gate = actors
+        .auth
+        .send(SetGate {
+            media_id,
+            gate: None,
+            principal,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(gate_state(gate.as_ref())))
+}
+
+pub(crate) fn gate_table_error() -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        "gate_table_unavailable",
+        "access rules cannot be read right now; retry shortly",
+    )
 }
 
 async fn list(
@@ -40,19 +162,32 @@ async fn list(
         &items,
         limit,
         |media| media.id.to_string(),
-        |media| MediaDto::from(media),
+        |media| {
+            let mut dto = MediaDto::from(media);
+            // An unreadable gate table reports media as gated: fail closed.
+            dto.gated = actors
+                .playback
+                .gate(&media.id)
+                .map_or(true, |gate| gate.is_some());
+            dto
+        },
     )))
 }
 
 async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
     let media = actors.metadata.send(GetMedia { media_id }).await??;
-    Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
+    let gate = actors
+        .playback
+        .gate(&media.id)
+        .map_err(|_| gate_table_error())?;
+    let mut dto = MediaDto::from(&media);
+    dto.gated = gate.is_some();
+    Ok(HttpResponse::Ok().json(dto))
 }
 
-/// Edits need the admin token until wallet sessions land: writes fail closed.
 async fn update(
-    _admin: Admin,
+    Authenticated(principal): Authenticated,
     path: web::Path<String>,
     body: web::Json<UpdateMediaBody>,
     actors: web::Data<Actors>,
@@ -66,14 +201,14 @@ async fn update(
             title: body.title,
             description: body.description,
             tags: body.tags,
-            caller: ADMIN.to_string(),
+            principal,
         })
         .await??;
     Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
 }
 
 async fn delete(
-    _admin: Admin,
+    Authenticated(principal): Authenticated,
     path: web::Path<String>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
@@ -82,7 +217,7 @@ async fn delete(
         .metadata
         .send(DeleteMedia {
             media_id,
-            caller: ADMIN.to_string(),
+            principal,
         })
         .await??;
     Ok(HttpResponse::NoContent().finish())

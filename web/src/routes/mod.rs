@@ -1,6 +1,7 @@
 //! Route modules, one per area of the API.
 
 pub mod audit;
+pub mod auth;
 pub mod health;
 pub mod jobs;
 pub mod media;

@@ -5,22 +5,32 @@
 //! `If-None-Match` handled by actix-files, and never loaded whole into memory.
 //!
 //! Invariant: every name taken from the path is validated before it becomes part of a blob key.
+//!
+//! Gated media (see `PUT /api/v1/media/{id}/gate`): a playlist is served only to a session
+//! whose wallet passes the gate (the AuthActor decides), or with a playback token it minted;
+//! every URI inside a served playlist carries that token (`?token=`), so stock HLS players
+//! fetch segments without custom headers. Segments of gated media need a valid token for that
+//! media; ungated segments never touch an actor (one read of the gate table) and stay
+//! `public, immutable`. Gated responses are `private, no-store`.
+//! Invariant: fails closed — an unreadable gate table, a failed RPC or a bad token refuse.
 
 use actix_files::NamedFile;
 use actix_web::{
     http::header::{self, CacheControl, CacheDirective, ContentType},
     web, HttpRequest, HttpResponse,
 };
+use serde::Deserialize;
 use streamgate_actors::{
+    auth::{tokens::PlaybackTokenError, Authenticate, AuthorizePlayback},
     blobs::{BlobError, BlobStore},
     metadata::GetMedia,
-    model::{MediaId, MediaState},
+    model::{Media, MediaId, MediaState},
     names::{is_safe_name, is_segment_name},
     Actors,
 };
 
-use super::media_id;
-use crate::error::ApiError;
+use super::{media::gate_table_error, media_id};
+use crate::{error::ApiError, extract::bearer_token};
 
 const PLAYLIST_MAX_AGE_S: u32 = 10;
 const ONE_YEAR_S: u32 = 31_536_000;
@@ -42,26 +52,53 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// `?token=`: the playback token of a gated media item.
+#[derive(Deserialize)]
+struct PlaybackQuery {
+    token: Option<String>,
+}
+
+/// How a playlist or segment may be served.
+enum Access {
+    Public,
+    /// Gated, and this token (for this media) goes into every URI we hand out.
+    Gated {
+        token: String,
+    },
+}
+
 async fn master(
+    req: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<PlaybackQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    let media_id = ready_media(&actors, &path).await?;
-    playlist(&actors, &BlobStore::hls_key(&media_id, "master.m3u8")).await
+    let media = ready_media(&actors, &path).await?;
+    let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
+    playlist(
+        &actors,
+        &BlobStore::hls_key(&media.id, "master.m3u8"),
+        &access,
+    )
+    .await
 }
 
 async fn rendition_playlist(
+    req: HttpRequest,
     path: web::Path<(String, String)>,
+    query: web::Query<PlaybackQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, rendition) = path.into_inner();
-    let media_id = ready_media(&actors, &media_id).await?;
+    let media = ready_media(&actors, &media_id).await?;
     if !is_safe_name(&rendition) {
         return Err(not_found_name(&rendition));
     }
+    let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
     playlist(
         &actors,
-        &BlobStore::hls_key(&media_id, &format!("{rendition}/index.m3u8")),
+        &BlobStore::hls_key(&media.id, &format!("{rendition}/index.m3u8")),
+        &access,
     )
     .await
 }
@@ -69,6 +106,7 @@ async fn rendition_playlist(
 async fn segment(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
+    query: web::Query<PlaybackQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, rendition, segment) = path.into_inner();
@@ -79,6 +117,20 @@ async fn segment(
     if !is_segment_name(&segment) {
         return Err(not_found_name(&segment));
     }
+    let cache = match actors
+        .playback
+        .gate(&media_id)
+        .map_err(|_| gate_table_error())?
+    {
+        None => immutable(),
+        Some(_) => {
+            let token = query.token.as_deref();
+            if let Err(refused) = check_playback_token(&actors, &media_id, token) {
+                return Err(refuse(&actors, refused));
+            }
+            private_no_store()
+        }
+    };
     let key = BlobStore::hls_key(&media_id, &format!("{rendition}/{segment}"));
     let content_type = if segment.ends_with(".ts") {
         "video/mp2t"
@@ -87,7 +139,7 @@ async fn segment(
     } else {
         "video/mp4"
     };
-    serve_blob(&req, &actors, &key, content_type, immutable()).await
+    serve_blob(&req, &actors, &key, content_type, cache).await
 }
 
 async fn thumbnail(
@@ -110,6 +162,128 @@ async fn thumbnail(
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
+fn private_no_store() -> CacheControl {
+    CacheControl(vec![CacheDirective::Private, CacheDirective::NoStore])
+}
+
+/// Counts a refused gated request by its code, and passes the error on.
+fn refuse(actors: &Actors, error: ApiError) -> ApiError {
+    actors
+        .metrics
+        .playback_refused
+        .with_label_values(&[error.code])
+        .inc();
+    error
+}
+
+fn check_playback_token(
+    actors: &Actors,
+    media_id: &MediaId,
+    token: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(token) = token else {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "playback_token_required",
+            "this media is gated: use the URLs of a playlist served to your session",
+        ));
+    };
+    match actors.playback.check_token(media_id, token) {
+        Ok(_) => Ok(()),
+        Err(PlaybackTokenError::Expired) => Err(ApiError::new(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "playback_token_expired",
+            "the playback token has expired: fetch the playlist again",
+        )),
+        Err(PlaybackTokenError::Invalid) => Err(ApiError::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "playback_token_invalid",
+            "the playback token is not valid for this media",
+        )),
+    }
+}
+
+/// Public for ungated media. For gated media: a bearer session (or admin token) the AuthActor
+/// lets through mints a fresh token; else a valid `?token=` for this media is reused.
+async fn playlist_access(
+    req: &HttpRequest,
+    actors: &Actors,
+    media: &Media,
+    query_token: Option<&str>,
+) -> Result<Access, ApiError> {
+    let gate = actors
+        .playback
+        .gate(&media.id)
+        .map_err(|_| gate_table_error())?;
+    if gate.is_none() {
+        return Ok(Access::Public);
+    }
+    let decided = async {
+        if let Some(bearer) = bearer_token(req) {
+            let principal = actors.auth.send(Authenticate { token: bearer }).await??;
+            let grant = actors
+                .auth
+                .send(AuthorizePlayback {
+                    media_id: media.id.clone(),
+                    owner: media.owner.clone(),
+                    principal,
+                })
+                .await??;
+            return Ok(Access::Gated { token: grant.token });
+        }
+        if query_token.is_none() {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "session_required",
+                "this media is gated: send Authorization: Bearer <session token>",
+            ));
+        }
+        check_playback_token(actors, &media.id, query_token)?;
+        Ok(Access::Gated {
+            token: query_token.unwrap_or_default().to_string(),
+        })
+    }
+    .await;
+    decided.map_err(|error| refuse(actors, error))
+}
+
+/// Appends `token` to every URI of a playlist: plain URI lines and `URI="…"` attributes
+/// (`#EXT-X-MAP`, `#EXT-X-MEDIA`, …). Relative URIs keep resolving against the playlist.
+fn with_token(playlist: &str, token: &str) -> String {
+    let add = |uri: &str| {
+        let separator = if uri.contains('?') { '&' } else { '?' };
+        format!("{uri}{separator}token={token}")
+    };
+    let mut out = String::with_capacity(playlist.len() + 64);
+    for line in playlist.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            out.push_str(line);
+        } else if trimmed.starts_with('#') {
+            let mut rest = line;
+            while let Some(start) = rest.find("URI=\"") {
+                let (before, after) = rest.split_at(start + 5);
+                out.push_str(before);
+                match after.find('"') {
+                    Some(end) => {
+                        out.push_str(&add(&after[..end]));
+                        rest = &after[end..];
+                    }
+                    None => {
+                        rest = after;
+                        break;
+                    }
+                }
+            }
+            out.push_str(rest);
+        } else {
+            out.push_str(&add(trimmed));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn immutable() -> CacheControl {
     CacheControl(vec![
         CacheDirective::Public,
@@ -125,8 +299,8 @@ fn not_found_name(name: &str) -> ApiError {
     )
 }
 
-/// The media id, if that media exists and is ready to play.
-async fn ready_media(actors: &Actors, text: &str) -> Result<MediaId, ApiError> {
+/// The media, if it exists and is ready to play.
+async fn ready_media(actors: &Actors, text: &str) -> Result<Media, ApiError> {
     let media_id = media_id(text)?;
     let media = actors.metadata.send(GetMedia { media_id }).await??;
     if media.state != MediaState::Ready {
@@ -140,7 +314,7 @@ async fn ready_media(actors: &Actors, text: &str) -> Result<MediaId, ApiError> {
             ),
         ));
     }
-    Ok(media.id)
+    Ok(media)
 }
 
 /// Maps a missing blob to a 404 with `code`; other blob errors keep their kind.
@@ -151,19 +325,28 @@ fn missing_as(code: &'static str) -> impl Fn(BlobError) -> ApiError {
     }
 }
 
-async fn playlist(actors: &Actors, key: &str) -> Result<HttpResponse, ApiError> {
+async fn playlist(actors: &Actors, key: &str, access: &Access) -> Result<HttpResponse, ApiError> {
     let bytes = actors
         .blobs
         .get(key)
         .await
         .map_err(missing_as("playlist_not_found"))?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "application/vnd.apple.mpegurl"))
-        .insert_header(CacheControl(vec![
-            CacheDirective::Public,
-            CacheDirective::MaxAge(PLAYLIST_MAX_AGE_S),
-        ]))
-        .body(bytes))
+    let mut response = HttpResponse::Ok();
+    response.insert_header((header::CONTENT_TYPE, "application/vnd.apple.mpegurl"));
+    match access {
+        Access::Public => Ok(response
+            .insert_header(CacheControl(vec![
+                CacheDirective::Public,
+                CacheDirective::MaxAge(PLAYLIST_MAX_AGE_S),
+            ]))
+            .body(bytes)),
+        Access::Gated { token } => {
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(response
+                .insert_header(private_no_store())
+                .body(with_token(&text, token)))
+        }
+    }
 }
 
 /// Streams a blob: from disk with ranges and ETags on the local backend, else whole.
@@ -203,4 +386,19 @@ async fn serve_blob(
         .insert_header(ContentType(mime))
         .insert_header(cache)
         .body(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_uri_in_a_playlist_gets_the_token() {
+        let playlist = "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:6.0,\nseg_000.m4s\n\n360p/index.m3u8?x=1\n";
+        let rewritten = with_token(playlist, "T");
+        assert_eq!(
+            rewritten,
+            "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4?token=T\"\n#EXTINF:6.0,\nseg_000.m4s?token=T\n\n360p/index.m3u8?x=1&token=T\n"
+        );
+    }
 }

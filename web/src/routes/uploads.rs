@@ -5,11 +5,12 @@ use actix_multipart::{Field, Multipart};
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
 use streamgate_actors::{
+    auth::Principal,
     upload::{BeginUpload, FinishUpload, UploadSink},
     Actors,
 };
 
-use crate::{dto::UploadReceiptDto, error::ApiError, extract::caller};
+use crate::{dto::UploadReceiptDto, error::ApiError, extract::Authenticated};
 
 /// Longest accepted text field (title, description, tags), in bytes.
 const MAX_TEXT_FIELD: usize = 8 * 1024;
@@ -23,13 +24,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/api/v1/upload").route(web::post().to(upload)));
 }
 
+/// Needs a session (or the admin token): the session's wallet becomes the media's owner.
 async fn upload(
     req: HttpRequest,
+    authenticated: Result<Authenticated, ApiError>,
     mut multipart: Multipart,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    // A multipart stream that failed must not be polled again: actix-multipart panics.
-    let outcome = receive(&req, &mut multipart, &actors).await;
+    let outcome = match authenticated {
+        // A multipart stream that failed must not be polled again: actix-multipart panics.
+        Ok(Authenticated(principal)) => receive(&req, &principal, &mut multipart, &actors).await,
+        Err(refused) => Err(refused),
+    };
     if outcome
         .as_ref()
         .is_err_and(|error| error.status.is_client_error() && error.code != INVALID_MULTIPART)
@@ -43,6 +49,7 @@ async fn upload(
 
 async fn receive(
     req: &HttpRequest,
+    principal: &Principal,
     multipart: &mut Multipart,
     actors: &Actors,
 ) -> Result<HttpResponse, ApiError> {
@@ -65,7 +72,7 @@ async fn receive(
                     .upload
                     .send(BeginUpload {
                         declared_size,
-                        caller: caller(req),
+                        caller: principal.name().to_string(),
                     })
                     .await??;
                 if let Err(error) = pump(field, &mut sink).await {
@@ -103,8 +110,8 @@ async fn receive(
             title,
             description,
             tags,
-            owner: None,
-            caller: caller(req),
+            owner: principal.wallet().map(str::to_string),
+            caller: principal.name().to_string(),
         })
         .await??;
     let location = format!("/api/v1/media/{}", receipt.media_id);

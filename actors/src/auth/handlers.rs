@@ -1,0 +1,448 @@
+//! The AuthActor's session, ownership and gate handlers (the actor and its messages are in
+//! `mod.rs`).
+
+use actix::{ActorFutureExt, AtomicResponse, Handler, ResponseFuture, WrapFuture};
+use alloy_primitives::{Address, U256};
+use time::{Duration, OffsetDateTime};
+
+use super::{
+    login, AuthActor, AuthError, AuthorizePlayback, Challenge, CheckOwnership, GateSpec,
+    IssueChallenge, Login, Logout, NftChecker, Ownership, OwnershipQuery, PlaybackGrant, Principal,
+    RefreshSession, SessionGrant, SessionInfo, SetGate, VerifySession,
+};
+use crate::{
+    audit::{action, outcome, AuditEvent, AuditLog},
+    error::DomainError,
+    metadata::GetMedia,
+    model::{Gate, NonceRecord, TokenStandard},
+    store::{blocking, NonceUse},
+};
+
+impl Handler<IssueChallenge> for AuthActor {
+    type Result = ResponseFuture<Result<Challenge, AuthError>>;
+
+    fn handle(&mut self, msg: IssueChallenge, _: &mut Self::Context) -> Self::Result {
+        let prepared = (|| {
+            let address = login::parse_address(&msg.address)
+                .ok_or_else(|| AuthError::InvalidAddress(msg.address.clone()))?;
+            if !self.policy.allowed_chain_ids.contains(&msg.chain_id) {
+                return Err(AuthError::ChainNotAllowed(msg.chain_id));
+            }
+            let issued_at = OffsetDateTime::now_utc();
+            let expires_at = issued_at + Duration::seconds(self.deps.config.nonce_ttl_s as i64);
+            let nonce = siwe::generate_nonce();
+            let message = login::challenge_message(
+                &self.policy,
+                address,
+                msg.chain_id,
+                &nonce,
+                issued_at,
+                expires_at,
+            )?;
+            let record = NonceRecord {
+                nonce: nonce.clone(),
+                address: address.to_checksum(None),
+                chain_id: msg.chain_id,
+                issued_at,
+                expires_at,
+                used: false,
+            };
+            Ok((
+                record,
+                Challenge {
+                    nonce,
+                    message,
+                    expires_at,
+                },
+            ))
+        })();
+        let repo = self.deps.repo.clone();
+        Box::pin(async move {
+            let (record, challenge) = prepared?;
+            blocking(&repo, move |repo| repo.put_nonce(&record)).await?;
+            Ok(challenge)
+        })
+    }
+}
+
+impl Handler<Login> for AuthActor {
+    type Result = AtomicResponse<Self, Result<SessionGrant, AuthError>>;
+
+    fn handle(&mut self, msg: Login, _: &mut Self::Context) -> Self::Result {
+        let now = OffsetDateTime::now_utc();
+        let verified = login::verify_login(&self.policy, &msg.message, &msg.signature, now);
+        let repo = self.deps.repo.clone();
+        let audit = self.deps.audit.clone();
+        let metrics = self.deps.metrics.clone();
+        let caller = msg.caller;
+        AtomicResponse::new(Box::pin(
+            async move {
+                let verified = verified?;
+                let nonce = verified.nonce.clone();
+                let found = blocking(&repo, move |repo| repo.consume_nonce(&nonce)).await?;
+                let record = match found {
+                    NonceUse::Unknown => return Err(AuthError::NonceUnknown),
+                    NonceUse::AlreadyUsed(_) => return Err(AuthError::NonceUsed),
+                    NonceUse::Consumed(record) => record,
+                };
+                if record.expires_at <= now {
+                    return Err(AuthError::NonceExpired);
+                }
+                if record.address != verified.address || record.chain_id != verified.chain_id {
+                    return Err(AuthError::NonceMismatch);
+                }
+                Ok(verified)
+            }
+            .into_actor(self)
+            .then(move |verified, actor, _| {
+                let (who, outcome_label, result) = match verified {
+                    Ok(verified) => {
+                        let grant = actor.grant(verified.address.clone(), verified.chain_id);
+                        (verified.address, "ok", Ok(grant))
+                    }
+                    Err(error) => (caller, error.code(), Err(error)),
+                };
+                metrics
+                    .auth_logins
+                    .with_label_values(&[outcome_label])
+                    .inc();
+                let event = match &result {
+                    Ok(_) => AuditEvent::ok(action::AUTH_LOGIN, who, None),
+                    Err(error) => AuditEvent::ok(action::AUTH_LOGIN, who, None)
+                        .with_outcome(outcome::DENIED, error.code()),
+                };
+                async move {
+                    audit.record(event).await;
+                    result
+                }
+                .into_actor(actor)
+            }),
+        ))
+    }
+}
+
+impl Handler<VerifySession> for AuthActor {
+    type Result = Result<SessionInfo, AuthError>;
+
+    fn handle(&mut self, msg: VerifySession, _: &mut Self::Context) -> Self::Result {
+        let claims = self.session(&msg.token)?;
+        Ok(SessionInfo {
+            address: claims.sub,
+            chain_id: claims.chain_id,
+            session_id: claims.sid,
+            expires_at: OffsetDateTime::from_unix_timestamp(claims.exp)
+                .map_err(|_| AuthError::SessionInvalid)?,
+        })
+    }
+}
+
+impl Handler<RefreshSession> for AuthActor {
+    type Result = ResponseFuture<Result<SessionGrant, AuthError>>;
+
+    fn handle(&mut self, msg: RefreshSession, _: &mut Self::Context) -> Self::Result {
+        let claims = match self.session(&msg.token) {
+            Ok(claims) => claims,
+            Err(error) => return Box::pin(async move { Err(error) }),
+        };
+        let grant = self.grant(claims.sub.clone(), claims.chain_id);
+        let revoked = self.revoke(&claims);
+        let audit = self.deps.audit.clone();
+        self.deps
+            .metrics
+            .auth_session_events
+            .with_label_values(&["refresh"])
+            .inc();
+        Box::pin(async move {
+            revoked.await?;
+            audit
+                .record(AuditEvent::ok(action::AUTH_REFRESH, claims.sub, None))
+                .await;
+            Ok(grant)
+        })
+    }
+}
+
+impl Handler<Logout> for AuthActor {
+    type Result = ResponseFuture<Result<(), AuthError>>;
+
+    fn handle(&mut self, msg: Logout, _: &mut Self::Context) -> Self::Result {
+        let claims = match self.session(&msg.token) {
+            Ok(claims) => claims,
+            Err(error) => return Box::pin(async move { Err(error) }),
+        };
+        let revoked = self.revoke(&claims);
+        let audit = self.deps.audit.clone();
+        self.deps
+            .metrics
+            .auth_session_events
+            .with_label_values(&["logout"])
+            .inc();
+        Box::pin(async move {
+            revoked.await?;
+            audit
+                .record(AuditEvent::ok(action::AUTH_LOGOUT, claims.sub, None))
+                .await;
+            Ok(())
+        })
+    }
+}
+
+/// Parses a token id given as decimal or `0x` hex.
+fn parse_token_id(text: &str) -> Result<U256, AuthError> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => U256::from_str_radix(hex, 16),
+        None => U256::from_str_radix(text, 10),
+    };
+    parsed.map_err(|_| AuthError::InvalidQuery(format!("token_id {text:?} is not a uint256")))
+}
+
+fn parse_contract(text: &str) -> Result<Address, AuthError> {
+    login::parse_address(text).ok_or_else(|| AuthError::InvalidAddress(text.to_string()))
+}
+
+fn ownership_query(
+    nft: &NftChecker,
+    chain_id: u64,
+    contract: &str,
+    standard: TokenStandard,
+    token_id: Option<&str>,
+    holder: Address,
+) -> Result<OwnershipQuery, AuthError> {
+    if !nft.knows_chain(chain_id) {
+        return Err(AuthError::ChainNotConfigured(chain_id));
+    }
+    let token_id = token_id.map(parse_token_id).transpose()?;
+    if standard == TokenStandard::Erc1155 && token_id.is_none() {
+        return Err(AuthError::InvalidQuery(
+            "erc1155 needs a token_id".to_string(),
+        ));
+    }
+    Ok(OwnershipQuery {
+        chain_id,
+        contract: parse_contract(contract)?,
+        standard,
+        token_id,
+        holder,
+    })
+}
+
+/// Runs one ownership check and records it in the audit log.
+async fn checked_balance(
+    nft: &NftChecker,
+    audit: &AuditLog,
+    query: &OwnershipQuery,
+    actor: String,
+) -> Result<nft_result::Checked, AuthError> {
+    let target = format!(
+        "{}:{}:{}",
+        query.chain_id,
+        query.contract,
+        query
+            .token_id
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| "*".into())
+    );
+    let result = nft.balance(query).await;
+    let event = match &result {
+        Ok(holding) => AuditEvent::ok(action::NFT_CHECK, actor, Some(target)).with_outcome(
+            outcome::OK,
+            format!(
+                "holder {} balance {} ({})",
+                query.holder,
+                holding.balance,
+                if holding.cached { "cache" } else { "rpc" }
+            ),
+        ),
+        Err(error) => AuditEvent::ok(action::NFT_CHECK, actor, Some(target))
+            .with_outcome(outcome::FAILED, error.code()),
+    };
+    audit.record(event).await;
+    result.map(|holding| nft_result::Checked {
+        balance: holding.balance,
+        cached: holding.cached,
+    })
+}
+
+mod nft_result {
+    pub struct Checked {
+        pub balance: alloy_primitives::U256,
+        pub cached: bool,
+    }
+}
+
+impl Handler<CheckOwnership> for AuthActor {
+    type Result = ResponseFuture<Result<Ownership, AuthError>>;
+
+    fn handle(&mut self, msg: CheckOwnership, _: &mut Self::Context) -> Self::Result {
+        let nft = self.deps.nft.clone();
+        let audit = self.deps.audit.clone();
+        Box::pin(async move {
+            let holder = login::parse_address(&msg.address)
+                .ok_or_else(|| AuthError::InvalidAddress(msg.address.clone()))?;
+            let query = ownership_query(
+                &nft,
+                msg.chain_id,
+                &msg.contract,
+                msg.standard,
+                msg.token_id.as_deref(),
+                holder,
+            )?;
+            let checked = checked_balance(&nft, &audit, &query, msg.caller).await?;
+            Ok(Ownership {
+                owns: checked.balance >= U256::from(1),
+                balance: checked.balance,
+                cached: checked.cached,
+            })
+        })
+    }
+}
+
+impl Handler<SetGate> for AuthActor {
+    type Result = AtomicResponse<Self, Result<Option<Gate>, AuthError>>;
+
+    fn handle(&mut self, msg: SetGate, _: &mut Self::Context) -> Self::Result {
+        let metadata = self.deps.metadata.clone();
+        let repo = self.deps.repo.clone();
+        let audit = self.deps.audit.clone();
+        let metrics = self.deps.metrics.clone();
+        let playback = self.deps.playback.clone();
+        let validated = msg
+            .gate
+            .as_ref()
+            .map(|spec| validate_gate(&self.deps.nft, spec, &msg.principal))
+            .transpose();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let media = metadata
+                    .send(GetMedia {
+                        media_id: msg.media_id.clone(),
+                    })
+                    .await
+                    .map_err(|_| AuthError::Mailbox)??;
+                if !msg.principal.may_manage(media.owner.as_deref()) {
+                    return Err(AuthError::NotOwner);
+                }
+                let gate = validated?;
+                let media_id = media.id.clone();
+                let change = match &gate {
+                    Some(gate) => {
+                        let stored = gate.clone();
+                        let id = media_id.clone();
+                        blocking(&repo, move |repo| repo.put_gate(&id, &stored)).await?;
+                        "set"
+                    }
+                    None => {
+                        let id = media_id.clone();
+                        blocking(&repo, move |repo| repo.delete_gate(&id)).await?;
+                        "clear"
+                    }
+                };
+                // Durable first: a restart reloads exactly what was acknowledged.
+                playback.set(media_id.clone(), gate.clone());
+                metrics.gate_changes.with_label_values(&[change]).inc();
+                let detail = match &gate {
+                    Some(gate) => format!(
+                        "set {} chain {} contract {} token {} min {}",
+                        gate.standard.as_str(),
+                        gate.chain_id,
+                        gate.contract,
+                        gate.token_id.as_deref().unwrap_or("*"),
+                        gate.min_balance
+                    ),
+                    None => "clear".to_string(),
+                };
+                audit
+                    .record(
+                        AuditEvent::ok(
+                            action::MEDIA_GATE,
+                            msg.principal.name(),
+                            Some(media_id.to_string()),
+                        )
+                        .with_outcome(outcome::OK, detail),
+                    )
+                    .await;
+                Ok(gate)
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+fn validate_gate(
+    nft: &NftChecker,
+    spec: &GateSpec,
+    principal: &Principal,
+) -> Result<Gate, AuthError> {
+    // The holder does not matter for validation; any address will do.
+    let query = ownership_query(
+        nft,
+        spec.chain_id,
+        &spec.contract,
+        spec.standard,
+        spec.token_id.as_deref(),
+        Address::ZERO,
+    )?;
+    if spec.min_balance == 0 {
+        return Err(AuthError::InvalidQuery(
+            "min_balance must be at least 1".into(),
+        ));
+    }
+    if spec.standard == TokenStandard::Erc721 && query.token_id.is_some() && spec.min_balance > 1 {
+        return Err(AuthError::InvalidQuery(
+            "an ERC-721 token has one owner: min_balance must be 1 with a token_id".into(),
+        ));
+    }
+    Ok(Gate {
+        chain_id: spec.chain_id,
+        contract: query.contract.to_checksum(None),
+        standard: spec.standard,
+        token_id: query.token_id.map(|id| id.to_string()),
+        min_balance: spec.min_balance,
+        set_by: principal.name().to_string(),
+        set_at: OffsetDateTime::now_utc(),
+    })
+}
+
+impl Handler<AuthorizePlayback> for AuthActor {
+    type Result = ResponseFuture<Result<PlaybackGrant, AuthError>>;
+
+    fn handle(&mut self, msg: AuthorizePlayback, _: &mut Self::Context) -> Self::Result {
+        let nft = self.deps.nft.clone();
+        let audit = self.deps.audit.clone();
+        let playback = self.deps.playback.clone();
+        let ttl = Duration::seconds(self.deps.config.playback_token_ttl_s as i64);
+        Box::pin(async move {
+            let gate = playback
+                .gate(&msg.media_id)
+                .map_err(|_| AuthError::Config("gate table unavailable".into()))?;
+            let wallet = msg.principal.name().to_string();
+            let may_play = match (&msg.principal, &gate) {
+                (_, None) | (Principal::Admin, _) => true,
+                (principal, Some(_)) if principal.may_manage(msg.owner.as_deref()) => true,
+                (Principal::Wallet { address, .. }, Some(gate)) => {
+                    let holder = login::parse_address(address)
+                        .ok_or_else(|| AuthError::InvalidAddress(address.clone()))?;
+                    let query = ownership_query(
+                        &nft,
+                        gate.chain_id,
+                        &gate.contract,
+                        gate.standard,
+                        gate.token_id.as_deref(),
+                        holder,
+                    )?;
+                    let checked = checked_balance(&nft, &audit, &query, wallet.clone()).await?;
+                    checked.balance >= U256::from(gate.min_balance)
+                }
+            };
+            if !may_play {
+                return Err(AuthError::GateNotPassed);
+            }
+            let expires_at = OffsetDateTime::now_utc() + ttl;
+            let token =
+                playback
+                    .keys()
+                    .sign_playback(&msg.media_id, &wallet, expires_at.unix_timestamp());
+            Ok(PlaybackGrant { token, expires_at })
+        })
+    }
+}

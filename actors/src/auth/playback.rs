@@ -1,0 +1,67 @@
+//! The read handle the segment hot path uses: which media are gated (and how), and the key
+//! that checks playback tokens. The AuthActor writes it; `web` only reads it, without a
+//! message round trip, so ungated segments cost one uncontended read lock.
+//!
+//! Invariant: the table is loaded from the store before the HTTP server starts and is updated
+//! only after a gate change is durable, so a gated media item is never served as public
+//! (a set gate is visible here before it is acknowledged).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use time::OffsetDateTime;
+
+use super::tokens::{Keys, PlaybackClaims, PlaybackTokenError};
+use crate::model::{Gate, MediaId};
+
+#[derive(Clone)]
+pub struct PlaybackGuard {
+    keys: Keys,
+    gates: Arc<RwLock<HashMap<MediaId, Gate>>>,
+}
+
+/// Why the gate table could not answer; the caller fails closed.
+#[derive(Debug, Clone, Copy)]
+pub struct GateTableUnavailable;
+
+impl PlaybackGuard {
+    pub fn new(keys: Keys, gates: HashMap<MediaId, Gate>) -> Self {
+        Self {
+            keys,
+            gates: Arc::new(RwLock::new(gates)),
+        }
+    }
+
+    /// The gate on `media_id`, if any. A poisoned lock is an error, never "ungated".
+    pub fn gate(&self, media_id: &MediaId) -> Result<Option<Gate>, GateTableUnavailable> {
+        let gates = self.gates.read().map_err(|_| GateTableUnavailable)?;
+        Ok(gates.get(media_id).cloned())
+    }
+
+    pub fn check_token(
+        &self,
+        media_id: &MediaId,
+        token: &str,
+    ) -> Result<PlaybackClaims, PlaybackTokenError> {
+        self.keys
+            .check_playback(media_id, token, OffsetDateTime::now_utc())
+    }
+
+    pub(super) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub(super) fn set(&self, media_id: MediaId, gate: Option<Gate>) {
+        // A poisoned lock still holds a consistent map (inserts and removes cannot half-happen).
+        let mut gates = match self.gates.write() {
+            Ok(gates) => gates,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match gate {
+            Some(gate) => gates.insert(media_id, gate),
+            None => gates.remove(&media_id),
+        };
+    }
+}

@@ -1,0 +1,698 @@
+//! Wallet auth and NFT-gated streaming against a real chain (anvil) and real contracts
+//! (OpenZeppelin 4.9.6 presets), with signatures from a real wallet (`cast wallet sign`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+use crate::{
+    chain::{dead_rpc_url, Anvil, ALICE, BOB, CAROL, CHAIN_ID},
+    server::{make_clip, TestServer},
+};
+
+const READY_DEADLINE: Duration = Duration::from_secs(180);
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap()
+}
+
+/// Replaces the line starting with `prefix` (the whole line) with `line`.
+fn replace_line(message: &str, prefix: &str, line: &str) -> String {
+    let mut found = false;
+    let edited: Vec<String> = message
+        .lines()
+        .map(|l| {
+            if l.starts_with(prefix) {
+                found = true;
+                line.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(found, "no line starting with {prefix:?} in {message}");
+    edited.join("\n")
+}
+
+fn without_line(message: &str, prefix: &str) -> String {
+    message
+        .lines()
+        .filter(|l| !l.starts_with(prefix))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn assert_refused(status: u16, body: &Value, expected_status: u16, expected_code: &str) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["code"], expected_code, "{body}");
+}
+
+async fn bearer_get(server: &TestServer, url: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = server.client.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn post_bearer(server: &TestServer, path: &str, token: &str) -> (u16, Value) {
+    let response = server
+        .client
+        .post(server.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login
+
+#[tokio::test]
+async fn login_verify_refresh_logout_and_revocation_survives_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let (old_token, new_token) = {
+        let server = TestServer::start_with(|c| c.storage.data_dir = dir.clone());
+        let (status, login) = server.try_login(&ALICE, |m| m).await;
+        assert_eq!(status, 200, "{login}");
+        assert_eq!(login["address"], ALICE.address);
+        let token = login["token"].as_str().unwrap().to_string();
+
+        let (status, verified) = post_bearer(&server, "/api/v1/auth/verify", &token).await;
+        assert_eq!(status, 200, "{verified}");
+        assert_eq!(verified["valid"], true);
+        assert_eq!(verified["address"], ALICE.address);
+
+        let (status, refreshed) = post_bearer(&server, "/api/v1/auth/refresh", &token).await;
+        assert_eq!(status, 200, "{refreshed}");
+        let refreshed = refreshed["token"].as_str().unwrap().to_string();
+        assert_ne!(refreshed, token);
+        let (status, body) = post_bearer(&server, "/api/v1/auth/verify", &token).await;
+        assert_refused(status, &body, 401, "session_revoked");
+
+        let second = server.login(&ALICE).await;
+        let (status, _) = post_bearer(&server, "/api/v1/auth/logout", &second).await;
+        assert_eq!(status, 204);
+        let (status, body) = post_bearer(&server, "/api/v1/auth/verify", &second).await;
+        assert_refused(status, &body, 401, "session_revoked");
+
+        let (status, body) = post_bearer(&server, "/api/v1/auth/verify", "sg1.forged.token").await;
+        assert_refused(status, &body, 401, "session_invalid");
+
+        let metrics = server.get("/metrics").await.text().await.unwrap();
+        assert!(
+            metrics.contains(r#"streamgate_auth_logins_total{outcome="ok"} 2"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"streamgate_auth_session_events_total{event="logout"} 1"#),
+            "{metrics}"
+        );
+        (second, refreshed)
+    };
+    // Same data directory: the generated secret and the revocations are back.
+    let server = TestServer::start_with(|c| c.storage.data_dir = dir.clone());
+    let (status, body) = post_bearer(&server, "/api/v1/auth/verify", &old_token).await;
+    assert_refused(status, &body, 401, "session_revoked");
+    let (status, body) = post_bearer(&server, "/api/v1/auth/verify", &new_token).await;
+    assert_eq!(status, 200, "{body}");
+    drop(data);
+}
+
+#[tokio::test]
+async fn login_with_a_wrong_domain_is_refused() {
+    let server = TestServer::start();
+    let (status, body) = server
+        .try_login(&ALICE, |m| m.replacen("localhost:8080", "evil.example", 1))
+        .await;
+    assert_refused(status, &body, 401, "domain_mismatch");
+}
+
+#[tokio::test]
+async fn login_with_a_wrong_uri_is_refused() {
+    let server = TestServer::start();
+    let (status, body) = server
+        .try_login(&ALICE, |m| {
+            replace_line(&m, "URI: ", "URI: https://evil.example/login")
+        })
+        .await;
+    assert_refused(status, &body, 401, "uri_mismatch");
+}
+
+#[tokio::test]
+async fn login_on_a_chain_not_allowed_is_refused() {
+    let server = TestServer::start();
+    let (status, body) = server
+        .try_login(&ALICE, |m| replace_line(&m, "Chain ID: ", "Chain ID: 1"))
+        .await;
+    assert_refused(status, &body, 401, "chain_not_allowed");
+    let (status, body) = server
+        .post_json(
+            "/api/v1/auth/challenge",
+            &json!({"address": ALICE.address, "chain_id": 1}),
+        )
+        .await;
+    assert_refused(status, &body, 401, "chain_not_allowed");
+}
+
+#[tokio::test]
+async fn login_with_an_unknown_nonce_is_refused() {
+    let server = TestServer::start();
+    let (status, body) = server
+        .try_login(&ALICE, |m| {
+            replace_line(&m, "Nonce: ", "Nonce: notissuedbyus1234")
+        })
+        .await;
+    assert_refused(status, &body, 401, "nonce_unknown");
+}
+
+#[tokio::test]
+async fn login_with_a_reused_nonce_is_refused() {
+    let server = TestServer::start();
+    let message = server.challenge(&ALICE).await;
+    let signature = ALICE.sign(&message);
+    let body = json!({"message": message, "signature": signature});
+    let (status, first) = server.post_json("/api/v1/auth/login", &body).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, second) = server.post_json("/api/v1/auth/login", &body).await;
+    assert_refused(status, &second, 401, "nonce_used");
+}
+
+#[tokio::test]
+async fn concurrent_logins_with_one_nonce_exactly_one_succeeds() {
+    let server = TestServer::start();
+    let message = server.challenge(&ALICE).await;
+    let signature = ALICE.sign(&message);
+    let body = json!({"message": message, "signature": signature});
+    let attempts = (0..16).map(|_| server.post_json("/api/v1/auth/login", &body));
+    let results = futures_util::future::join_all(attempts).await;
+    let succeeded = results.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(succeeded, 1, "{results:?}");
+    for (status, body) in results.iter().filter(|(status, _)| *status != 200) {
+        assert_refused(*status, body, 401, "nonce_used");
+    }
+}
+
+#[tokio::test]
+async fn login_with_an_expired_nonce_is_refused() {
+    let server = TestServer::start_with(|c| c.auth.nonce_ttl_s = 1);
+    let (status, challenge) = server
+        .post_json(
+            "/api/v1/auth/challenge",
+            &json!({"address": ALICE.address, "chain_id": CHAIN_ID}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let expires_at =
+        OffsetDateTime::parse(challenge["expires_at"].as_str().unwrap(), &Rfc3339).unwrap();
+    // The message itself carries no expiry, so only the nonce's expiry can refuse it.
+    let message = without_line(challenge["message"].as_str().unwrap(), "Expiration Time: ");
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    while OffsetDateTime::now_utc() <= expires_at {
+        ticks.tick().await;
+    }
+    let signature = ALICE.sign(&message);
+    let (status, body) = server
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"message": message, "signature": signature}),
+        )
+        .await;
+    assert_refused(status, &body, 401, "nonce_expired");
+}
+
+#[tokio::test]
+async fn login_with_a_message_not_yet_valid_is_refused() {
+    let server = TestServer::start();
+    let later = rfc3339(OffsetDateTime::now_utc() + time::Duration::hours(1));
+    let (status, body) = server
+        .try_login(&ALICE, |m| format!("{m}\nNot Before: {later}"))
+        .await;
+    assert_refused(status, &body, 401, "message_not_yet_valid");
+}
+
+#[tokio::test]
+async fn login_with_an_expired_message_is_refused() {
+    let server = TestServer::start();
+    let earlier = rfc3339(OffsetDateTime::now_utc() - time::Duration::minutes(1));
+    let (status, body) = server
+        .try_login(&ALICE, |m| {
+            replace_line(
+                &m,
+                "Expiration Time: ",
+                &format!("Expiration Time: {earlier}"),
+            )
+        })
+        .await;
+    assert_refused(status, &body, 401, "message_expired");
+}
+
+#[tokio::test]
+async fn login_with_a_bad_signature_is_refused() {
+    let server = TestServer::start();
+    let message = server.challenge(&ALICE).await;
+    let mut signature = ALICE.sign(&message);
+    // Flip one nibble of r: still a well-formed signature, just not ALICE's.
+    let flipped = if &signature[10..11] == "a" { "b" } else { "a" };
+    signature.replace_range(10..11, flipped);
+    let (status, body) = server
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"message": message, "signature": signature}),
+        )
+        .await;
+    assert_refused(status, &body, 401, "signature_mismatch");
+    let (status, body) = server
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"message": message, "signature": "0x1234"}),
+        )
+        .await;
+    assert_refused(status, &body, 400, "invalid_signature");
+}
+
+#[tokio::test]
+async fn login_signed_by_a_different_key_is_refused() {
+    let server = TestServer::start();
+    let message = server.challenge(&ALICE).await;
+    let signature = BOB.sign(&message);
+    let (status, body) = server
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"message": message, "signature": signature}),
+        )
+        .await;
+    assert_refused(status, &body, 401, "signature_mismatch");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gated streaming
+
+struct Playable {
+    media_id: String,
+}
+
+async fn upload_ready(server: &TestServer, name: &str) -> Playable {
+    let scratch = tempfile::tempdir().unwrap();
+    let clip = std::fs::read(make_clip(scratch.path(), name, "320x240", 2)).unwrap();
+    let (status, receipt) = server.upload(clip, name, Some(name)).await;
+    assert_eq!(status, 201, "{receipt}");
+    let media_id = receipt["media_id"].as_str().unwrap().to_string();
+    let media = server
+        .wait_for_media(&media_id, READY_DEADLINE, |m| m["state"] != "processing")
+        .await;
+    assert_eq!(media["state"], "ready", "{media}");
+    assert_eq!(media["owner"], ALICE.address);
+    Playable { media_id }
+}
+
+async fn put_gate(server: &TestServer, media_id: &str, token: &str, gate: &Value) -> (u16, Value) {
+    let response = server
+        .client
+        .put(server.url(&format!("/api/v1/media/{media_id}/gate")))
+        .bearer_auth(token)
+        .json(gate)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Every URI line of a playlist.
+fn uris(playlist: &str) -> Vec<String> {
+    playlist
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn cache_control(response: &reqwest::Response) -> String {
+    response.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Fetches master → first media playlist → first segment with the tokens the server put in.
+async fn play(server: &TestServer, media_id: &str, session: &str) -> (String, String) {
+    let base = server.url(&format!("/api/v1/media/{media_id}/hls/"));
+    let response = bearer_get(server, &format!("{base}master.m3u8"), Some(session)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(cache_control(&response), "private, no-store");
+    let master = response.text().await.unwrap();
+    let variant = uris(&master)[0].clone();
+    assert!(variant.contains("?token="), "{master}");
+    let response = bearer_get(server, &format!("{base}{variant}"), None).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "a player follows the URI without headers"
+    );
+    let media_playlist = response.text().await.unwrap();
+    assert!(
+        media_playlist.contains("#EXT-X-MAP:URI=\"") && media_playlist.contains(".mp4?token="),
+        "the init segment carries the token too: {media_playlist}"
+    );
+    let rendition = variant.split('/').next().unwrap();
+    let segment = uris(&media_playlist)[0].clone();
+    assert!(segment.contains("?token="), "{media_playlist}");
+    let response = bearer_get(server, &format!("{base}{rendition}/{segment}"), None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(cache_control(&response), "private, no-store");
+    assert!(!response.bytes().await.unwrap().is_empty());
+    (format!("{base}{rendition}/"), segment)
+}
+
+#[tokio::test]
+async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
+    let chain = Anvil::start().await;
+    let erc721 = chain.deploy_erc721(&ALICE);
+    let erc1155 = chain.deploy_erc1155(&ALICE);
+    chain.mint_erc721(&ALICE, &erc721, BOB.address); // token 0 → BOB
+    chain.mint_erc1155(&ALICE, &erc1155, BOB.address, 7, 3);
+    chain.mint_erc1155(&ALICE, &erc1155, CAROL.address, 7, 1);
+    let rpc = chain.url.clone();
+    let server = TestServer::start_with(move |c| {
+        c.auth.admin_token = "admin-token".into();
+        c.auth.rpc = vec![streamgate_actors::config::ChainRpc {
+            chain_id: CHAIN_ID,
+            url: rpc,
+        }];
+    });
+    let alice = server.session().await.to_string();
+    let bob = server.login(&BOB).await;
+    let carol = server.login(&CAROL).await;
+
+    // Anonymous uploads are refused; ALICE's session owns what she uploads.
+    let (status, body) = server
+        .upload_as(None, b"\x00\x00\x00\x20ftypisom".repeat(10), "a.mp4", None)
+        .await;
+    assert_refused(status, &body, 401, "session_required");
+    let first = upload_ready(&server, "first.mp4").await;
+    let second = upload_ready(&server, "second.mp4").await;
+
+    // Ungated: public, immutable segments.
+    let base = server.url(&format!("/api/v1/media/{}/hls/", first.media_id));
+    let master = bearer_get(&server, &format!("{base}master.m3u8"), None).await;
+    assert_eq!(master.status(), 200);
+    let variant = uris(&master.text().await.unwrap())[0].clone();
+    let rendition = variant.split('/').next().unwrap().to_string();
+    let media_playlist = bearer_get(&server, &format!("{base}{variant}"), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let public_segment = format!("{base}{rendition}/{}", uris(&media_playlist)[0]);
+    let response = bearer_get(&server, &public_segment, None).await;
+    assert_eq!(response.status(), 200);
+    assert!(cache_control(&response).contains("immutable"));
+
+    // Only the owner sets gates.
+    let erc721_gate =
+        json!({"chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721", "min_balance": 1});
+    let (status, body) = put_gate(&server, &first.media_id, &bob, &erc721_gate).await;
+    assert_refused(status, &body, 403, "not_media_owner");
+    let (status, body) = put_gate(&server, &first.media_id, "nonsense", &erc721_gate).await;
+    assert_refused(status, &body, 401, "session_invalid");
+    let (status, body) = put_gate(&server, &first.media_id, &alice, &erc721_gate).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["gated"], true);
+    let bad_chain = json!({"chain_id": 5, "contract": erc721, "standard": "erc721"});
+    let (status, body) = put_gate(&server, &second.media_id, &alice, &bad_chain).await;
+    assert_refused(status, &body, 400, "chain_not_configured");
+    let erc1155_gate = json!({"chain_id": CHAIN_ID, "contract": erc1155, "standard": "erc1155", "token_id": "7", "min_balance": 2});
+    let (status, body) = put_gate(&server, &second.media_id, &alice, &erc1155_gate).await;
+    assert_eq!(status, 200, "{body}");
+    // Others may not edit or delete ALICE's media either.
+    let response = server
+        .client
+        .patch(server.url(&format!("/api/v1/media/{}", first.media_id)))
+        .bearer_auth(&bob)
+        .json(&json!({"title": "mine now"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = server
+        .client
+        .delete(server.url(&format!("/api/v1/media/{}", first.media_id)))
+        .bearer_auth(&carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+
+    // Gated now: the old public segment URL and anonymous playlists are refused.
+    let response = bearer_get(&server, &public_segment, None).await;
+    assert_eq!(response.status(), 401);
+    let response = bearer_get(&server, &format!("{base}master.m3u8"), None).await;
+    assert_eq!(response.status(), 401);
+    // CAROL holds no ERC-721 and only 1 of the 2 ERC-1155 tokens needed.
+    let response = bearer_get(&server, &format!("{base}master.m3u8"), Some(&carol)).await;
+    let status = response.status().as_u16();
+    assert_refused(
+        status,
+        &response.json().await.unwrap(),
+        403,
+        "gate_not_passed",
+    );
+    let second_master = server.url(&format!(
+        "/api/v1/media/{}/hls/master.m3u8",
+        second.media_id
+    ));
+    let response = bearer_get(&server, &second_master, Some(&carol)).await;
+    assert_eq!(response.status(), 403);
+
+    // BOB holds both: he plays, with tokens in every URI.
+    let (rendition_base, segment) = play(&server, &first.media_id, &bob).await;
+    let (_, second_segment) = play(&server, &second.media_id, &bob).await;
+    // The owner plays her own gated media without holding the token.
+    play(&server, &first.media_id, &alice).await;
+
+    // Segment tokens: missing, forged, or for other media are refused.
+    let bare = segment.split('?').next().unwrap();
+    let token = segment.split("token=").nth(1).unwrap();
+    let response = bearer_get(&server, &format!("{rendition_base}{bare}"), None).await;
+    let status = response.status().as_u16();
+    assert_refused(
+        status,
+        &response.json().await.unwrap(),
+        401,
+        "playback_token_required",
+    );
+    let (expires, rest) = token.split_once('.').unwrap();
+    let later: i64 = expires.parse::<i64>().unwrap() + 3600;
+    let forged = format!("{later}.{rest}");
+    let response = bearer_get(
+        &server,
+        &format!("{rendition_base}{bare}?token={forged}"),
+        None,
+    )
+    .await;
+    let status = response.status().as_u16();
+    assert_refused(
+        status,
+        &response.json().await.unwrap(),
+        403,
+        "playback_token_invalid",
+    );
+    let other_token = second_segment.split("token=").nth(1).unwrap();
+    let response = bearer_get(
+        &server,
+        &format!("{rendition_base}{bare}?token={other_token}"),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 403, "a token for other media");
+
+    // A stock player: ffprobe with only the session header, the rest from the rewritten URIs.
+    let master_url = server.url(&format!("/api/v1/media/{}/hls/master.m3u8", first.media_id));
+    let probe = ffprobe_with_session(&master_url, &bob);
+    let streams = probe["streams"].as_array().unwrap();
+    assert!(
+        streams.iter().any(|s| s["codec_type"] == "video"),
+        "{probe}"
+    );
+
+    // The ownership endpoint, and its cache.
+    let query = json!({"address": BOB.address, "chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721", "token_id": 0});
+    let (status, answer) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["owns"], true);
+    assert_eq!(answer["balance"], 1);
+    let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": erc1155, "standard": "erc1155", "token_id": "7"});
+    let (_, answer) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    assert_eq!(answer["balance"], 1, "{answer}");
+    let (_, again) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    assert_eq!(again["cached"], true, "{again}");
+
+    // Clearing the gate makes it public again.
+    let response = server
+        .client
+        .delete(server.url(&format!("/api/v1/media/{}/gate", first.media_id)))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = bearer_get(&server, &public_segment, None).await;
+    assert_eq!(response.status(), 200);
+    assert!(cache_control(&response).contains("immutable"));
+
+    // Audit and metrics saw it.
+    let audit: Value = server
+        .client
+        .get(server.url("/api/v1/audit?action=media.gate"))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
+    let audit: Value = server
+        .client
+        .get(server.url("/api/v1/audit?action=auth.nft_check"))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(audit["items"].as_array().unwrap().len() >= 4, "{audit}");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    for expected in [
+        r#"streamgate_gate_changes_total{change="set"} 2"#,
+        r#"streamgate_gate_changes_total{change="clear"} 1"#,
+        r#"streamgate_nft_checks_total{outcome="ok",source="cache"}"#,
+        r#"streamgate_nft_rpc_duration_seconds_count{method="erc721_balance_of"}"#,
+        r#"streamgate_playback_refused_total{reason="gate_not_passed"}"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
+    }
+}
+
+fn ffprobe_with_session(url: &str, session: &str) -> Value {
+    let output = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_streams"])
+        .args(["-headers", &format!("Authorization: Bearer {session}\r\n")])
+        .arg(url)
+        .output()
+        .expect("ffprobe is installed (apt-get install ffmpeg)");
+    assert!(
+        output.status.success(),
+        "ffprobe {url}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_transfer_revokes_access_after_the_cache_ttl_and_a_dead_rpc_fails_closed() {
+    let mut chain = Anvil::start().await;
+    let erc721 = chain.deploy_erc721(&ALICE);
+    chain.mint_erc721(&ALICE, &erc721, BOB.address); // token 0
+    let rpc = chain.url.clone();
+    let server = TestServer::start_with(move |c| {
+        c.auth.nft_cache_ttl_ms = 1000;
+        c.auth.playback_token_ttl_s = 2;
+        c.auth.rpc = vec![streamgate_actors::config::ChainRpc {
+            chain_id: CHAIN_ID,
+            url: rpc,
+        }];
+    });
+    let alice = server.session().await.to_string();
+    let bob = server.login(&BOB).await;
+    let carol = server.login(&CAROL).await;
+    let media = upload_ready(&server, "gated.mp4").await;
+    let gate =
+        json!({"chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721", "token_id": "0"});
+    let (status, body) = put_gate(&server, &media.media_id, &alice, &gate).await;
+    assert_eq!(status, 200, "{body}");
+    let master = server.url(&format!("/api/v1/media/{}/hls/master.m3u8", media.media_id));
+    let (rendition_base, segment) = play(&server, &media.media_id, &bob).await;
+
+    // Segment tokens are short-lived.
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        ticks.tick().await;
+        let response = bearer_get(&server, &format!("{rendition_base}{segment}"), None).await;
+        if response.status() == 401 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["code"], "playback_token_expired", "{body}");
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "token never expired"
+        );
+    }
+
+    // BOB gives the token to CAROL: once the cached answer expires, BOB is refused.
+    chain.transfer_erc721(&BOB, &erc721, CAROL.address, 0);
+    let started = Instant::now();
+    loop {
+        ticks.tick().await;
+        let response = bearer_get(&server, &master, Some(&bob)).await;
+        if response.status() == 403 {
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "access never revoked"
+        );
+    }
+    play(&server, &media.media_id, &carol).await;
+
+    // The node goes away: ownership cannot be checked, and that is not "does not own".
+    chain.kill();
+    let started = Instant::now();
+    loop {
+        ticks.tick().await;
+        let response = bearer_get(&server, &master, Some(&carol)).await;
+        let status = response.status().as_u16();
+        if status == 503 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["code"], "rpc_unavailable", "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "only the cached answer may still pass");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "cache never expired"
+        );
+    }
+    let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721"});
+    let (status, body) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    assert_refused(status, &body, 503, "rpc_unavailable");
+}
+
+#[tokio::test]
+async fn an_rpc_node_that_never_answered_fails_closed() {
+    let dead = dead_rpc_url();
+    let server = TestServer::start_with(move |c| {
+        c.auth.rpc = vec![streamgate_actors::config::ChainRpc {
+            chain_id: CHAIN_ID,
+            url: dead,
+        }];
+    });
+    let query = json!({"address": BOB.address, "chain_id": CHAIN_ID, "contract": ALICE.address, "standard": "erc721"});
+    let (status, body) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    assert_refused(status, &body, 503, "rpc_unavailable");
+    assert!(
+        !body["message"].as_str().unwrap().contains("127.0.0.1"),
+        "{body}"
+    );
+}

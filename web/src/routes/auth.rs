@@ -1,0 +1,206 @@
+//! Wallet auth: SIWE challenge and login, session verify/refresh/logout, and ownership checks.
+//!
+//! `POST /api/v1/auth/challenge`, `/login`, `/verify`, `/refresh`, `/logout`, `/nft/verify`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use streamgate_actors::{
+    auth::{
+        AuthError, CheckOwnership, IssueChallenge, Login, Logout, RefreshSession, SessionGrant,
+        VerifySession,
+    },
+    model::TokenStandard,
+    Actors,
+};
+use time::OffsetDateTime;
+
+use crate::{
+    error::ApiError,
+    extract::{bearer_token, caller},
+};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/api/v1/auth/challenge").route(web::post().to(challenge)))
+        .service(web::resource("/api/v1/auth/login").route(web::post().to(login)))
+        .service(web::resource("/api/v1/auth/verify").route(web::post().to(verify)))
+        .service(web::resource("/api/v1/auth/refresh").route(web::post().to(refresh)))
+        .service(web::resource("/api/v1/auth/logout").route(web::post().to(logout)))
+        .service(web::resource("/api/v1/auth/nft/verify").route(web::post().to(nft_verify)));
+}
+
+pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChallengeBody {
+    address: String,
+    chain_id: u64,
+}
+
+#[derive(Serialize)]
+struct ChallengeDto {
+    nonce: String,
+    message: String,
+    expires_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    message: String,
+    signature: String,
+}
+
+#[derive(Serialize)]
+struct SessionDto {
+    token: String,
+    address: String,
+    chain_id: u64,
+    expires_at: String,
+}
+
+impl From<SessionGrant> for SessionDto {
+    fn from(grant: SessionGrant) -> Self {
+        Self {
+            token: grant.token,
+            address: grant.address,
+            chain_id: grant.chain_id,
+            expires_at: rfc3339(grant.expires_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct VerifyDto {
+    valid: bool,
+    address: String,
+    chain_id: u64,
+    expires_at: String,
+}
+
+/// A token id as a JSON number or a decimal / `0x` hex string (uint256 exceeds JSON numbers).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum TokenIdInput {
+    Number(u64),
+    Text(String),
+}
+
+impl TokenIdInput {
+    pub(crate) fn into_text(self) -> String {
+        match self {
+            Self::Number(number) => number.to_string(),
+            Self::Text(text) => text,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NftVerifyBody {
+    address: String,
+    chain_id: u64,
+    contract: String,
+    standard: TokenStandard,
+    token_id: Option<TokenIdInput>,
+}
+
+#[derive(Serialize)]
+struct NftVerifyDto {
+    owns: bool,
+    /// Saturates at u64::MAX; `balance_exact` is the decimal uint256.
+    balance: u64,
+    balance_exact: String,
+    cached: bool,
+}
+
+async fn challenge(
+    body: web::Json<ChallengeBody>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let challenge = actors
+        .auth
+        .send(IssueChallenge {
+            address: body.address,
+            chain_id: body.chain_id,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(ChallengeDto {
+        nonce: challenge.nonce,
+        message: challenge.message,
+        expires_at: rfc3339(challenge.expires_at),
+    }))
+}
+
+async fn login(
+    req: HttpRequest,
+    body: web::Json<LoginBody>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let grant = actors
+        .auth
+        .send(Login {
+            message: body.message,
+            signature: body.signature,
+            caller: caller(&req),
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(SessionDto::from(grant)))
+}
+
+fn session_token(req: &HttpRequest) -> Result<String, ApiError> {
+    bearer_token(req).ok_or_else(|| ApiError::from(AuthError::SessionRequired))
+}
+
+async fn verify(req: HttpRequest, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+    let token = session_token(&req)?;
+    let session = actors.auth.send(VerifySession { token }).await??;
+    Ok(HttpResponse::Ok().json(VerifyDto {
+        valid: true,
+        address: session.address,
+        chain_id: session.chain_id,
+        expires_at: rfc3339(session.expires_at),
+    }))
+}
+
+async fn refresh(req: HttpRequest, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+    let token = session_token(&req)?;
+    let grant = actors.auth.send(RefreshSession { token }).await??;
+    Ok(HttpResponse::Ok().json(SessionDto::from(grant)))
+}
+
+async fn logout(req: HttpRequest, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+    let token = session_token(&req)?;
+    actors.auth.send(Logout { token }).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn nft_verify(
+    req: HttpRequest,
+    body: web::Json<NftVerifyBody>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let ownership = actors
+        .auth
+        .send(CheckOwnership {
+            chain_id: body.chain_id,
+            contract: body.contract,
+            standard: body.standard,
+            token_id: body.token_id.map(TokenIdInput::into_text),
+            address: body.address,
+            caller: caller(&req),
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(NftVerifyDto {
+        owns: ownership.owns,
+        balance: u64::try_from(ownership.balance).unwrap_or(u64::MAX),
+        balance_exact: ownership.balance.to_string(),
+        cached: ownership.cached,
+    }))
+}
