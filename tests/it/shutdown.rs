@@ -223,6 +223,7 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     let (feed, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let request = client
         .post(format!("{}/api/v1/upload", server.base))
+        .bearer_auth(ADMIN_TOKEN)
         .header(
             "content-type",
             format!("multipart/form-data; boundary={boundary}"),
@@ -267,10 +268,11 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     drop(feed);
 
     let response = in_flight.await.unwrap().unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
     assert_eq!(
-        response.status(),
-        201,
-        "the in-flight upload completes during the drain"
+        status, 201,
+        "the in-flight upload completes during the drain: {body}"
     );
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
