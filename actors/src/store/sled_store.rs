@@ -30,7 +30,14 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(backend)?;
+        // Every write flushes before it is acknowledged, so sled's background flusher adds no
+        // durability; without it no thread outlives the store holding the directory lock, and a
+        // restart on the same directory can open it at once.
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .open()
+            .map_err(backend)?;
         let media = db.open_tree(MEDIA_TREE).map_err(backend)?;
         let jobs = db.open_tree(JOBS_TREE).map_err(backend)?;
         let audit = db.open_tree(AUDIT_TREE).map_err(backend)?;
