@@ -20,6 +20,8 @@ pub mod action {
     pub const MEDIA_DELETE: &str = "media.delete";
     pub const JOB_SUBMIT: &str = "job.submit";
     pub const JOB_CANCEL: &str = "job.cancel";
+    /// A client went over a rate limit; target is the service.
+    pub const RATE_LIMIT_EXCEEDED: &str = "rate_limit.exceeded";
 }
 
 /// Outcome values.

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod health;
 pub mod jobs;
 pub mod media;
+pub mod monitor;
 pub mod streaming;
 pub mod uploads;
 
