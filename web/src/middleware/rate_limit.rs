@@ -235,6 +235,8 @@ pub async fn enforce(
         .with_outcome(outcome::DENIED, format!("{} {}", req.method(), req.path()));
         let audit = limits.inner.audit.clone();
         actix_web::rt::spawn(async move { audit.record(event).await });
+        // Logged as often as audited: once per client and service per interval.
+        tracing::warn!(%client, service, retry_after, "client went over its rate limit");
     }
     tracing::debug!(%client, service, retry_after, "rate limited");
     let mut response = HttpResponse::TooManyRequests()
