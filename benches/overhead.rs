@@ -15,7 +15,7 @@ use std::{net::TcpListener, process::Command, time::Duration};
 
 use streamgate::config::{self, Config, Sources};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const SECONDS: u32 = 5;
 const PATH: &str = "/api/v1/media?limit=10";
 

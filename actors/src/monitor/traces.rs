@@ -82,10 +82,24 @@ fn parse_traceparent(value: &str) -> Option<(String, String, bool)> {
     Some((trace_id.to_string(), parent.to_string(), sampled))
 }
 
+/// Random ids need to be unique, not secret: a per-thread xorshift generator seeded once from
+/// the OS keeps the hot path free of a getrandom call per request.
 fn random_hex(bytes: usize) -> String {
+    use std::{cell::Cell, fmt::Write as _};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+    }
     let mut out = String::with_capacity(bytes * 2);
     while out.len() < bytes * 2 {
-        out.push_str(&uuid::Uuid::new_v4().simple().to_string());
+        let word = STATE.with(|state| {
+            let mut x = state.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            state.set(x);
+            x
+        });
+        let _ = write!(out, "{word:016x}");
     }
     out.truncate(bytes * 2);
     out
