@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use streamgate_actors::config::{
-    ActorsConfig, AuthConfig, MonitorConfig, StorageConfig, TranscodeConfig, UploadConfig,
+    ActorsConfig, AuthConfig, HttpConfig, MonitorConfig, RateLimitConfig, StorageConfig,
+    TranscodeConfig, UploadConfig,
 };
 use toml::{Table, Value};
 
@@ -41,6 +42,8 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     pub auth: AuthConfig,
     pub monitor: MonitorConfig,
+    pub rate_limit: RateLimitConfig,
+    pub http: HttpConfig,
 }
 
 impl Config {
@@ -150,6 +153,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         .try_into()
         .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
     config.actors().validate().map_err(ConfigError::Invalid)?;
+    config.rate_limit.validate().map_err(ConfigError::Invalid)?;
     if config.server.bind.parse::<std::net::SocketAddr>().is_err() {
         return Err(ConfigError::Invalid(format!(
             "server.bind {:?} is not an address like 127.0.0.1:8080",

@@ -6,8 +6,15 @@ pub mod config;
 
 use std::net::TcpListener;
 
-use actix_web::{dev::ServerHandle, middleware::from_fn, web, App, HttpServer};
+use std::time::Duration;
+
+use actix_web::{
+    dev::ServerHandle,
+    middleware::{from_fn, Condition},
+    web, App, HttpServer,
+};
 use streamgate_actors::{transcode::StopWorkers, Actors, StartError};
+use streamgate_web::middleware::{self as mw, rate_limit::RateLimits};
 use tracing_actix_web::TracingLogger;
 
 pub use config::Config;
@@ -46,15 +53,40 @@ impl Running {
 pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError> {
     let actors = streamgate_actors::start(config.actors())?;
     let data = web::Data::new(actors.clone());
+    let rate_limits = RateLimits::new(
+        &config.rate_limit,
+        actors.metrics.clone(),
+        actors.audit.clone(),
+    );
+    actix_rt::spawn(
+        rate_limits
+            .clone()
+            .sweep_every(Duration::from_secs(config.rate_limit.cleanup_interval_s)),
+    );
+    let rate_limits = web::Data::new(rate_limits);
+    let limits_on = config.rate_limit.enabled;
+    let observed = config.monitor.http_middleware;
+    let http = config.http.clone();
+    let connection_metrics = actors.metrics.clone();
     let address = listener.local_addr()?;
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .wrap(streamgate_web::middleware::json_errors())
-            .wrap(from_fn(streamgate_web::middleware::observe))
-            .wrap(TracingLogger::default())
+            .app_data(rate_limits.clone())
+            .wrap(mw::json_errors())
+            .wrap(Condition::new(limits_on, from_fn(mw::rate_limit::enforce)))
+            .wrap(Condition::new(observed, from_fn(mw::observe)))
+            .wrap(from_fn(mw::security_headers))
+            .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))
+            .wrap(Condition::new(
+                observed,
+                TracingLogger::<mw::TracedRootSpan>::new(),
+            ))
             .configure(streamgate_web::configure)
             .default_service(web::to(streamgate_web::not_found))
+    })
+    .on_connect(move |_, extensions| {
+        extensions.insert(mw::ConnectionGuard::open(&connection_metrics));
     })
     .shutdown_timeout(config.server.shutdown_timeout_s);
     if config.server.workers > 0 {

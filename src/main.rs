@@ -4,7 +4,8 @@ use std::{net::TcpListener, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use streamgate::config::{self, LogFormat, Sources};
-use tracing_subscriber::EnvFilter;
+use streamgate_actors::monitor::logs::{level_from_str, LogRing};
+use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 
 /// A self-hostable video platform: upload, transcode to HLS, stream.
 #[derive(Debug, Parser)]
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    init_logging(config.server.log_format, &config.server.log_level);
+    init_logging(&config);
     let listener = match TcpListener::bind(&config.server.bind) {
         Ok(listener) => listener,
         Err(error) => {
@@ -82,11 +83,23 @@ fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs to stdout (text or JSON) and into the monitor's ring of recent events, which
+/// `/api/v1/monitor/logs` serves.
+fn init_logging(config: &config::Config) {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
+    let level = &config.server.log_level;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let ring = LogRing::global(config.monitor.log_ring_capacity);
+    let ring_level = level_from_str(&config.monitor.log_ring_level).unwrap_or(tracing::Level::INFO);
+    let fmt = match config.server.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(
+            ring.layer(ring_level)
+                .with_filter(LevelFilter::from_level(ring_level)),
+        )
+        .init();
 }

@@ -25,6 +25,8 @@ pub mod action {
     pub const AUTH_LOGOUT: &str = "auth.logout";
     pub const NFT_CHECK: &str = "auth.nft_check";
     pub const MEDIA_GATE: &str = "media.gate";
+    /// A client went over a rate limit; target is the service.
+    pub const RATE_LIMIT_EXCEEDED: &str = "rate_limit.exceeded";
 }
 
 /// Outcome values.

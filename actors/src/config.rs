@@ -1,9 +1,11 @@
 //! The configuration sections the domain owns. Defaults live in `config/default.toml` (the root
 //! crate's base layer), not here, so there is exactly one place that documents them.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
+
+use crate::monitor::alerts::AlertRule;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +73,70 @@ pub struct ChainRpc {
 pub struct MonitorConfig {
     pub sample_interval_ms: u64,
     pub ping_timeout_ms: u64,
+    /// Request metrics, tracing (request ids, `traceparent`) and security headers on HTTP.
+    pub http_middleware: bool,
+    pub alert_window_s: f64,
+    pub alert_history: usize,
+    pub alert_webhooks: Vec<String>,
+    pub webhook_timeout_ms: u64,
+    pub external_url: String,
+    pub log_ring_capacity: usize,
+    pub log_ring_level: String,
+    pub alert_rules: Vec<AlertRule>,
+}
+
+/// One token bucket: `capacity` requests at once, refilled by `refill_per_second`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    pub capacity: u32,
+    pub refill_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Peers whose `X-Forwarded-For` is believed (reverse proxies in front of us).
+    pub trusted_proxies: Vec<IpAddr>,
+    pub cleanup_interval_s: u64,
+    pub audit_interval_s: u64,
+    pub services: BTreeMap<String, BucketConfig>,
+}
+
+impl RateLimitConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for service in crate::monitor::names::SERVICES {
+            match self.services.get(service) {
+                None => return Err(format!("rate_limit.services.{service} is missing")),
+                Some(bucket) if bucket.capacity == 0 || bucket.refill_per_second == 0 => {
+                    return Err(format!(
+                        "rate_limit.services.{service}: capacity and refill_per_second must be at least 1"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(unknown) = self
+            .services
+            .keys()
+            .find(|name| !crate::monitor::names::SERVICES.contains(&name.as_str()))
+        {
+            return Err(format!("rate_limit.services.{unknown}: no such service"));
+        }
+        if self.cleanup_interval_s == 0 {
+            return Err("rate_limit.cleanup_interval_s must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Origins allowed to call the API from a browser; empty sends no CORS headers, `"*"` any.
+    pub cors_allowed_origins: Vec<String>,
+    pub cors_max_age_s: usize,
 }
 
 /// Everything [`crate::start`] needs.
@@ -115,6 +181,27 @@ impl ActorsConfig {
         self.validate_auth()?;
         if self.monitor.sample_interval_ms < 100 {
             return Err("monitor.sample_interval_ms must be at least 100".into());
+        }
+        if crate::monitor::logs::level_from_str(&self.monitor.log_ring_level).is_none() {
+            return Err("monitor.log_ring_level must be error, warn, info, debug or trace".into());
+        }
+        if self.monitor.alert_window_s <= 0.0 {
+            return Err("monitor.alert_window_s must be positive".into());
+        }
+        for rule in &self.monitor.alert_rules {
+            if rule.name.is_empty() || !rule.threshold.is_finite() || rule.for_s < 0.0 {
+                return Err(format!(
+                    "monitor.alert_rules {:?}: needs a name, a finite threshold and for_s >= 0",
+                    rule.name
+                ));
+            }
+        }
+        for url in &self.monitor.alert_webhooks {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(format!(
+                    "monitor.alert_webhooks: {url:?} is not an http(s) URL"
+                ));
+            }
         }
         Ok(())
     }

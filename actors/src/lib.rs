@@ -7,6 +7,7 @@
 //! - [`supervise`] — starts actors so a panic restarts them, counting restarts.
 //! - [`upload`], [`transcode`], [`metadata`], [`auth`], [`monitor`] — one actor per domain.
 //! - [`error`] — [`ErrorKind`] and the [`DomainError`] trait every actor error implements.
+//! - [`validate`] — EIP-55 addresses, emails, hex digests, bounded text.
 //!
 //! [`start`] opens the store and blobs and starts every actor, supervised, on the current arbiter.
 
@@ -24,6 +25,7 @@ pub mod store;
 pub mod supervise;
 pub mod transcode;
 pub mod upload;
+pub mod validate;
 
 use std::{sync::Arc, time::Duration};
 

@@ -32,6 +32,7 @@ impl TestServer {
     }
 
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        init_logging();
         let data = tempfile::tempdir().unwrap();
         let mut config = config::load(&Sources::default()).unwrap();
         config.storage.data_dir = data.path().to_path_buf();
@@ -210,6 +211,22 @@ impl Drop for TestServer {
             let _ = thread.join();
         }
     }
+}
+
+/// Routes log events into the monitor's ring, as the binary does, so `/api/v1/monitor/logs`
+/// has something to serve. Once per test process (the subscriber is global).
+fn init_logging() {
+    use streamgate_actors::monitor::logs::LogRing;
+    use tracing_subscriber::{filter::LevelFilter, layer::SubscriberExt, Layer};
+    static LOGGING: std::sync::Once = std::sync::Once::new();
+    LOGGING.call_once(|| {
+        let ring = LogRing::global(2000);
+        let subscriber = tracing_subscriber::registry().with(
+            ring.layer(tracing::Level::INFO)
+                .with_filter(LevelFilter::INFO),
+        );
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
 }
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {

@@ -5,7 +5,8 @@
 //! - [`routes`] — one module per area; handlers extract, `send` a message, map the reply.
 //! - [`dto`] — the JSON shapes clients see.
 //! - [`error`] — `ApiError`, the one kind → status table.
-//! - [`middleware`] — request metrics, request ids, JSON 404/405.
+//! - [`middleware`] — request metrics, trace context and request ids, security headers, CORS,
+//!   per-client rate limits, JSON 404/405.
 
 pub mod dto;
 pub mod error;
@@ -38,6 +39,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::jobs::configure(cfg);
     routes::audit::configure(cfg);
     routes::auth::configure(cfg);
+    routes::monitor::configure(cfg);
 }
 
 /// The answer for any path no route matches.

@@ -1,21 +1,34 @@
 //! The metrics registry. The monitor actor owns it; hot paths (the HTTP middleware, upload
 //! streaming) hold cheap clones of individual metrics and bump them directly, as atomics.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
 };
 
-use super::names;
+use prometheus::{
+    Counter, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use super::{names, traces::TraceStats};
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub http_duration_max: Gauge,
     pub http_in_flight: IntGauge,
+    pub http_response_bytes: IntCounterVec,
+    pub http_connections_active: IntGauge,
+    pub http_connections: IntCounter,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_tracked_clients: IntGauge,
     pub actor_up: IntGaugeVec,
     pub actor_restarts: IntCounterVec,
+    pub actor_ping: GaugeVec,
+    pub actor_heartbeat: GaugeVec,
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
     pub transcode_jobs: IntCounterVec,
@@ -31,58 +44,113 @@ pub struct Metrics {
     pub gate_changes: IntCounterVec,
     /// Gated playlist or segment requests refused, by `reason` (an error code).
     pub playback_refused: IntCounterVec,
+    /// Filled by the caches (hit/miss per cache); exported at zero until they exist.
+    pub cache_requests: IntCounterVec,
+    pub cache_evictions: IntCounterVec,
+    pub cache_entries: IntGaugeVec,
+    pub process_cpu_seconds: Counter,
+    pub process_resident_memory: IntGauge,
+    pub process_virtual_memory: IntGauge,
+    pub process_start_time: Gauge,
+    pub process_open_fds: IntGauge,
+    pub host_memory: IntGauge,
+    pub host_cpu_cores: IntGauge,
+    pub alerts_firing: IntGaugeVec,
+    pub alert_transitions: IntCounterVec,
+    /// Request counts, errors and durations for `/api/v1/monitor/traces` and the alert rules.
+    pub traces: TraceStats,
+    /// Longest request (µs, uploads excluded) since the monitor last sampled it.
+    window_max_micros: Arc<AtomicU64>,
+}
+
+const HTTP_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                names::HTTP_REQUESTS_TOTAL,
-                "HTTP requests answered, by route pattern, method and status.",
-            ),
-            &["route", "method", "status"],
+        let http_requests = counter_vec(
+            names::HTTP_REQUESTS_TOTAL,
+            "HTTP requests answered, by service, route pattern, method and status.",
+            &["service", "route", "method", "status"],
         )?;
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 names::HTTP_REQUEST_DURATION_SECONDS,
-                "Time to answer an HTTP request, by route pattern and method.",
+                "Time to answer an HTTP request, by service, route pattern and method.",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["route", "method"],
+            .buckets(HTTP_BUCKETS.to_vec()),
+            &["service", "route", "method"],
+        )?;
+        let http_duration_max = Gauge::new(
+            names::HTTP_REQUEST_DURATION_MAX_SECONDS,
+            "Longest HTTP request (uploads excluded) completed in the last monitor sample window.",
         )?;
         let http_in_flight = IntGauge::new(
             names::HTTP_REQUESTS_IN_FLIGHT,
             "HTTP requests being answered right now.",
         )?;
-        let actor_up = IntGaugeVec::new(
+        let http_response_bytes = counter_vec(
+            names::HTTP_RESPONSE_BYTES_TOTAL,
+            "Bytes of response bodies of known size sent, by service.",
+            &["service"],
+        )?;
+        let http_connections_active = IntGauge::new(
+            names::HTTP_CONNECTIONS_ACTIVE,
+            "Open client TCP connections.",
+        )?;
+        let http_connections = IntCounter::new(
+            names::HTTP_CONNECTIONS_TOTAL,
+            "Client TCP connections accepted.",
+        )?;
+        let rate_limited = counter_vec(
+            names::RATE_LIMITED_TOTAL,
+            "Requests refused with 429 by the per-client rate limits, by service.",
+            &["service"],
+        )?;
+        let rate_limit_tracked_clients = IntGauge::new(
+            names::RATE_LIMIT_TRACKED_CLIENTS,
+            "Client buckets the rate limiters hold, over every service.",
+        )?;
+        let actor_up = gauge_vec(
+            names::ACTOR_UP,
+            "1 when the actor answered its last liveness ping, else 0.",
+            &["actor"],
+        )?;
+        let actor_restarts = counter_vec(
+            names::ACTOR_RESTARTS_TOTAL,
+            "Times the supervisor restarted an actor after a panic or stop.",
+            &["actor"],
+        )?;
+        let actor_ping = GaugeVec::new(
             Opts::new(
-                names::ACTOR_UP,
-                "1 when the actor answered its last liveness ping, else 0.",
+                names::ACTOR_PING_SECONDS,
+                "Round trip of the last liveness ping; it queues behind the mailbox, so it grows with backlog.",
             ),
             &["actor"],
         )?;
-        let actor_restarts = IntCounterVec::new(
+        let actor_heartbeat = GaugeVec::new(
             Opts::new(
-                names::ACTOR_RESTARTS_TOTAL,
-                "Times the supervisor restarted an actor after a panic or stop.",
+                names::ACTOR_LAST_HEARTBEAT_SECONDS,
+                "Unix time the actor last answered a liveness ping.",
             ),
             &["actor"],
         )?;
-        let uploads = IntCounterVec::new(
-            Opts::new(names::UPLOADS_TOTAL, "Uploads by outcome."),
-            &["outcome"],
-        )?;
+        let uploads = counter_vec(names::UPLOADS_TOTAL, "Uploads by outcome.", &["outcome"])?;
         let upload_bytes =
             IntCounter::new(names::UPLOAD_BYTES_TOTAL, "Bytes of uploaded files stored.")?;
-        let transcode_jobs = IntCounterVec::new(
-            Opts::new(
-                names::TRANSCODE_JOBS_TOTAL,
-                "Transcode jobs ended, by outcome.",
-            ),
+        let transcode_jobs = counter_vec(
+            names::TRANSCODE_JOBS_TOTAL,
+            "Transcode jobs ended, by outcome.",
             &["outcome"],
         )?;
         let transcode_duration = HistogramVec::new(
@@ -95,8 +163,9 @@ impl Metrics {
             ]),
             &["outcome"],
         )?;
-        let jobs = IntGaugeVec::new(
-            Opts::new(names::JOBS, "Jobs by state, as the queue sees them."),
+        let jobs = gauge_vec(
+            names::JOBS,
+            "Jobs by state, as the queue sees them.",
             &["state"],
         )?;
         let auth_logins = IntCounterVec::new(
@@ -141,12 +210,65 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let cache_requests = counter_vec(
+            names::CACHE_REQUESTS_TOTAL,
+            "Cache lookups by cache and result (hit or miss).",
+            &["cache", "result"],
+        )?;
+        let cache_evictions = counter_vec(
+            names::CACHE_EVICTIONS_TOTAL,
+            "Entries evicted (LRU or TTL) by cache.",
+            &["cache"],
+        )?;
+        let cache_entries = gauge_vec(names::CACHE_ENTRIES, "Entries held by cache.", &["cache"])?;
+        let process_cpu_seconds = Counter::new(
+            names::PROCESS_CPU_SECONDS_TOTAL,
+            "User and system CPU time the process used.",
+        )?;
+        let process_resident_memory = IntGauge::new(
+            names::PROCESS_RESIDENT_MEMORY_BYTES,
+            "Resident memory of the process.",
+        )?;
+        let process_virtual_memory = IntGauge::new(
+            names::PROCESS_VIRTUAL_MEMORY_BYTES,
+            "Virtual memory size of the process.",
+        )?;
+        let process_start_time = Gauge::new(
+            names::PROCESS_START_TIME_SECONDS,
+            "Unix time the process started.",
+        )?;
+        let process_open_fds = IntGauge::new(
+            names::PROCESS_OPEN_FDS,
+            "File descriptors the process holds.",
+        )?;
+        let host_memory =
+            IntGauge::new(names::HOST_MEMORY_BYTES, "Memory of the host (MemTotal).")?;
+        let host_cpu_cores =
+            IntGauge::new(names::HOST_CPU_CORES, "CPU cores available to the process.")?;
+        let alerts_firing = gauge_vec(
+            names::ALERTS_FIRING,
+            "1 while the built-in alert rule is firing, else 0.",
+            &["alertname", "severity"],
+        )?;
+        let alert_transitions = counter_vec(
+            names::ALERT_TRANSITIONS_TOTAL,
+            "Alert state changes by rule and new state (pending, firing, resolved).",
+            &["alertname", "state"],
+        )?;
 
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(http_duration_max.clone()))?;
         registry.register(Box::new(http_in_flight.clone()))?;
+        registry.register(Box::new(http_response_bytes.clone()))?;
+        registry.register(Box::new(http_connections_active.clone()))?;
+        registry.register(Box::new(http_connections.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(rate_limit_tracked_clients.clone()))?;
         registry.register(Box::new(actor_up.clone()))?;
         registry.register(Box::new(actor_restarts.clone()))?;
+        registry.register(Box::new(actor_ping.clone()))?;
+        registry.register(Box::new(actor_heartbeat.clone()))?;
         registry.register(Box::new(uploads.clone()))?;
         registry.register(Box::new(upload_bytes.clone()))?;
         registry.register(Box::new(transcode_jobs.clone()))?;
@@ -158,14 +280,60 @@ impl Metrics {
         registry.register(Box::new(nft_rpc_duration.clone()))?;
         registry.register(Box::new(gate_changes.clone()))?;
         registry.register(Box::new(playback_refused.clone()))?;
+        registry.register(Box::new(cache_requests.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(process_cpu_seconds.clone()))?;
+        registry.register(Box::new(process_resident_memory.clone()))?;
+        registry.register(Box::new(process_virtual_memory.clone()))?;
+        registry.register(Box::new(process_start_time.clone()))?;
+        registry.register(Box::new(process_open_fds.clone()))?;
+        registry.register(Box::new(host_memory.clone()))?;
+        registry.register(Box::new(host_cpu_cores.clone()))?;
+        registry.register(Box::new(alerts_firing.clone()))?;
+        registry.register(Box::new(alert_transitions.clone()))?;
+
+        // Export every labelled series from the start, so dashboards and rate() have data
+        // before the first event of each kind.
+        for outcome in [
+            names::upload_outcome::FINISHED,
+            names::upload_outcome::REJECTED,
+        ] {
+            uploads.with_label_values(&[outcome]).inc_by(0);
+        }
+        for outcome in names::TRANSCODE_OUTCOMES {
+            transcode_jobs.with_label_values(&[outcome]).inc_by(0);
+        }
+        for state in names::JOB_STATES {
+            jobs.with_label_values(&[state]).add(0);
+        }
+        for cache in names::CACHES {
+            for result in ["hit", "miss"] {
+                cache_requests.with_label_values(&[cache, result]).inc_by(0);
+            }
+            cache_evictions.with_label_values(&[cache]).inc_by(0);
+            cache_entries.with_label_values(&[cache]).set(0);
+        }
+        for service in names::SERVICES {
+            rate_limited.with_label_values(&[service]).inc_by(0);
+            http_response_bytes.with_label_values(&[service]).inc_by(0);
+        }
 
         Ok(Self {
             registry,
             http_requests,
             http_duration,
+            http_duration_max,
             http_in_flight,
+            http_response_bytes,
+            http_connections_active,
+            http_connections,
+            rate_limited,
+            rate_limit_tracked_clients,
             actor_up,
             actor_restarts,
+            actor_ping,
+            actor_heartbeat,
             uploads,
             upload_bytes,
             transcode_jobs,
@@ -177,12 +345,63 @@ impl Metrics {
             nft_rpc_duration,
             gate_changes,
             playback_refused,
+            cache_requests,
+            cache_evictions,
+            cache_entries,
+            process_cpu_seconds,
+            process_resident_memory,
+            process_virtual_memory,
+            process_start_time,
+            process_open_fds,
+            host_memory,
+            host_cpu_cores,
+            alerts_firing,
+            alert_transitions,
+            traces: TraceStats::new(256),
+            window_max_micros: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Counts one answered request everywhere it belongs: the Prometheus families, the trace
+    /// stats and the latency window the alert rules read.
+    pub fn observe_request(&self, request: &super::traces::RequestRecord) {
+        let seconds = request.duration.as_secs_f64();
+        self.http_requests
+            .with_label_values(&[
+                request.service,
+                request.route.as_str(),
+                request.method.as_str(),
+                request.status_code(),
+            ])
+            .inc();
+        self.http_duration
+            .with_label_values(&[
+                request.service,
+                request.route.as_str(),
+                request.method.as_str(),
+            ])
+            .observe(seconds);
+        if let Some(bytes) = request.response_bytes {
+            self.http_response_bytes
+                .with_label_values(&[request.service])
+                .inc_by(bytes);
+        }
+        // An upload lasts as long as the client takes to send it: not a latency signal.
+        if request.service != "upload" {
+            let micros = u64::try_from(request.duration.as_micros()).unwrap_or(u64::MAX);
+            self.window_max_micros.fetch_max(micros, Ordering::Relaxed);
+        }
+        self.traces.record(request);
+    }
+
+    /// Takes the longest request since the last call, in seconds, and resets the window.
+    pub fn take_window_max_seconds(&self) -> f64 {
+        self.window_max_micros.swap(0, Ordering::Relaxed) as f64 / 1e6
     }
 
     /// The Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        let mut buffer = Vec::with_capacity(16 * 1024);
+        let mut buffer = Vec::with_capacity(64 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }

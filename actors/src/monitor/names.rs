@@ -2,9 +2,17 @@
 
 pub const HTTP_REQUESTS_TOTAL: &str = "streamgate_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "streamgate_http_request_duration_seconds";
+pub const HTTP_REQUEST_DURATION_MAX_SECONDS: &str = "streamgate_http_request_duration_max_seconds";
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "streamgate_http_requests_in_flight";
+pub const HTTP_RESPONSE_BYTES_TOTAL: &str = "streamgate_http_response_bytes_total";
+pub const HTTP_CONNECTIONS_ACTIVE: &str = "streamgate_http_connections_active";
+pub const HTTP_CONNECTIONS_TOTAL: &str = "streamgate_http_connections_total";
+pub const RATE_LIMITED_TOTAL: &str = "streamgate_rate_limited_total";
+pub const RATE_LIMIT_TRACKED_CLIENTS: &str = "streamgate_rate_limit_tracked_clients";
 pub const ACTOR_UP: &str = "streamgate_actor_up";
 pub const ACTOR_RESTARTS_TOTAL: &str = "streamgate_actor_restarts_total";
+pub const ACTOR_PING_SECONDS: &str = "streamgate_actor_ping_seconds";
+pub const ACTOR_LAST_HEARTBEAT_SECONDS: &str = "streamgate_actor_last_heartbeat_timestamp_seconds";
 pub const UPLOADS_TOTAL: &str = "streamgate_uploads_total";
 pub const UPLOAD_BYTES_TOTAL: &str = "streamgate_upload_bytes_total";
 pub const TRANSCODE_JOBS_TOTAL: &str = "streamgate_transcode_jobs_total";
@@ -16,9 +24,45 @@ pub const NFT_CHECKS_TOTAL: &str = "streamgate_nft_checks_total";
 pub const NFT_RPC_DURATION_SECONDS: &str = "streamgate_nft_rpc_duration_seconds";
 pub const GATE_CHANGES_TOTAL: &str = "streamgate_gate_changes_total";
 pub const PLAYBACK_REFUSED_TOTAL: &str = "streamgate_playback_refused_total";
+pub const CACHE_REQUESTS_TOTAL: &str = "streamgate_cache_requests_total";
+pub const CACHE_EVICTIONS_TOTAL: &str = "streamgate_cache_evictions_total";
+pub const CACHE_ENTRIES: &str = "streamgate_cache_entries";
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "streamgate_process_cpu_seconds_total";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "streamgate_process_resident_memory_bytes";
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "streamgate_process_virtual_memory_bytes";
+pub const PROCESS_START_TIME_SECONDS: &str = "streamgate_process_start_time_seconds";
+pub const PROCESS_OPEN_FDS: &str = "streamgate_process_open_fds";
+pub const HOST_MEMORY_BYTES: &str = "streamgate_host_memory_bytes";
+pub const HOST_CPU_CORES: &str = "streamgate_host_cpu_cores";
+pub const ALERTS_FIRING: &str = "streamgate_alerts_firing";
+pub const ALERT_TRANSITIONS_TOTAL: &str = "streamgate_alert_transitions_total";
 
 /// Label values for [`UPLOADS_TOTAL`]'s `outcome`.
 pub mod upload_outcome {
     pub const FINISHED: &str = "finished";
     pub const REJECTED: &str = "rejected";
 }
+
+/// Label values for [`TRANSCODE_JOBS_TOTAL`]'s `outcome` (final job states).
+pub const TRANSCODE_OUTCOMES: [&str; 3] = ["succeeded", "failed", "cancelled"];
+
+/// Label values for [`JOBS`]'s `state`.
+pub const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+/// The caches of SPEC.md, exported from the start so dashboards have series before the cache
+/// work fills them (label `cache` of the `CACHE_*` metrics).
+pub const CACHES: [&str; 4] = ["gateway", "upload", "streaming", "metadata"];
+
+/// The rate-limited services (label `service`); the route → service table is in
+/// `streamgate_web::middleware::rate_limit`.
+pub const SERVICES: [&str; 9] = [
+    "gateway",
+    "upload",
+    "streaming",
+    "metadata",
+    "cache",
+    "auth",
+    "worker",
+    "transcoder",
+    "monitor",
+];

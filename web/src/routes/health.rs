@@ -1,4 +1,5 @@
-//! `/health`, `/ready`, `/metrics` and `/api/v1/monitor/health`.
+//! `/health`, `/ready`, `/metrics` and `/api/v1/monitor/health` (per actor: alive, restarts,
+//! last heartbeat, ping round trip).
 
 use actix_web::{http::StatusCode, web, HttpResponse};
 use serde_json::{json, Map, Value};
@@ -74,6 +75,11 @@ fn actor_list(statuses: &[ActorStatus]) -> Value {
                     "alive": status.alive,
                     "restarts": status.restarts,
                     "ping_ms": status.ping_ms,
+                    "last_heartbeat": status.last_heartbeat.and_then(|at| {
+                        at.format(&time::format_description::well_known::Rfc3339).ok()
+                    }),
+                    // actix does not expose a mailbox's length; ping_ms is the queueing delay.
+                    "mailbox": null,
                 })
             })
             .collect(),

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod health;
 pub mod jobs;
 pub mod media;
+pub mod monitor;
 pub mod streaming;
 pub mod uploads;
 

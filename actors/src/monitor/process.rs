@@ -1,0 +1,99 @@
+//! Process and host figures read from Linux's /proc: CPU time, memory, descriptors.
+//! Plain file reads, cheap enough for the monitor's sample timer.
+
+use std::io;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessSample {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub start_time_seconds: Option<f64>,
+    pub open_fds: Option<u64>,
+}
+
+/// Reads `/proc/self/stat` (CPU time, start time, sizes) and counts `/proc/self/fd`.
+pub fn sample() -> io::Result<ProcessSample> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let mut sample = parse_stat(&stat, clock_ticks(), rustix::param::page_size() as u64)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat"))?;
+    if let (Some(start), Some(boot)) = (sample.start_time_seconds, boot_time_seconds()) {
+        sample.start_time_seconds = Some(boot + start);
+    }
+    sample.open_fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|entries| entries.count() as u64);
+    Ok(sample)
+}
+
+fn clock_ticks() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
+}
+
+/// Parses the fields after the command name (which may hold spaces and parentheses).
+/// `start_time_seconds` comes back relative to boot.
+fn parse_stat(stat: &str, ticks_per_second: f64, page_size: u64) -> Option<ProcessSample> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // fields[0] is field 3 (state) of proc(5).
+    let field = |number: usize| -> Option<u64> { fields.get(number - 3)?.parse().ok() };
+    let cpu_ticks = field(14)? + field(15)?;
+    Some(ProcessSample {
+        cpu_seconds: cpu_ticks as f64 / ticks_per_second,
+        resident_bytes: field(24)?.saturating_mul(page_size),
+        virtual_bytes: field(23)?,
+        start_time_seconds: field(22).map(|ticks| ticks as f64 / ticks_per_second),
+        open_fds: None,
+    })
+}
+
+fn boot_time_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|line| line.strip_prefix("btime "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+}
+
+/// The host's memory (MemTotal), the base of the memory-usage alert.
+pub fn host_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+pub fn cpu_cores() -> u64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 \
+                    9 0 12345 104857600 2560 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
+        let sample = parse_stat(stat, 100.0, 4096).unwrap();
+        assert!((sample.cpu_seconds - 3.0).abs() < 1e-9);
+        assert_eq!(sample.virtual_bytes, 104_857_600);
+        assert_eq!(sample.resident_bytes, 2560 * 4096);
+        assert_eq!(sample.start_time_seconds, Some(123.45));
+    }
+
+    #[test]
+    fn samples_this_process() {
+        let sample = sample().unwrap();
+        assert!(sample.resident_bytes > 1024 * 1024);
+        assert!(sample.open_fds.unwrap() >= 3);
+        assert!(host_memory_bytes().unwrap() > sample.resident_bytes);
+    }
+}

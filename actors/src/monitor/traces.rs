@@ -1,0 +1,390 @@
+//! Request tracing: W3C trace context (`traceparent`), the per-request record the HTTP
+//! middleware hands to [`super::Metrics::observe_request`], the trace statistics behind
+//! `/api/v1/monitor/traces`, and [`Traced`], the envelope that carries a trace into an actor.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// A W3C trace context: the trace a request belongs to and the span we opened for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits, never all zero.
+    pub trace_id: String,
+    /// Our span for this request: 16 lowercase hex digits.
+    pub span_id: String,
+    /// The caller's span, when it sent a valid `traceparent`.
+    pub parent_span_id: Option<String>,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Continues the caller's trace when `traceparent` is valid (version 00, non-zero ids),
+    /// otherwise starts a new one. Either way a fresh span id is ours.
+    pub fn continue_or_start(traceparent: Option<&str>) -> Self {
+        match traceparent.and_then(parse_traceparent) {
+            Some((trace_id, parent, sampled)) => Self {
+                trace_id,
+                span_id: random_hex(8),
+                parent_span_id: Some(parent),
+                sampled,
+            },
+            None => Self {
+                trace_id: random_hex(16),
+                span_id: random_hex(8),
+                parent_span_id: None,
+                sampled: true,
+            },
+        }
+    }
+
+    /// The `traceparent` header naming our span, for responses and outgoing calls.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{}",
+            self.trace_id,
+            self.span_id,
+            if self.sampled { "01" } else { "00" }
+        )
+    }
+}
+
+/// `version-traceid-parentid-flags`; only version 00 is understood, and future versions are
+/// read by their first four fields as the spec asks.
+fn parse_traceparent(value: &str) -> Option<(String, String, bool)> {
+    let value = value.trim();
+    let mut parts = value.split('-');
+    let (version, trace_id, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let is_hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !is_hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    if !is_hex(trace_id, 32) || !is_hex(parent, 16) || !is_hex(flags, 2) {
+        return None;
+    }
+    if trace_id.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    Some((trace_id.to_string(), parent.to_string(), sampled))
+}
+
+/// Random ids need to be unique, not secret: a per-thread xorshift generator seeded once from
+/// the OS keeps the hot path free of a getrandom call per request.
+fn random_hex(bytes: usize) -> String {
+    use std::{cell::Cell, fmt::Write as _};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+    }
+    let mut out = String::with_capacity(bytes * 2);
+    while out.len() < bytes * 2 {
+        let word = STATE.with(|state| {
+            let mut x = state.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            state.set(x);
+            x
+        });
+        let _ = write!(out, "{word:016x}");
+    }
+    out.truncate(bytes * 2);
+    out
+}
+
+/// One answered HTTP request, as the middleware saw it.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub service: &'static str,
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+    pub duration: Duration,
+    pub response_bytes: Option<u64>,
+    pub trace_id: Option<String>,
+}
+
+impl RequestRecord {
+    pub fn status_code(&self) -> &str {
+        // Three ASCII digits: no allocation for the label.
+        STATUS_LABELS
+            .get(usize::from(self.status.saturating_sub(100)))
+            .copied()
+            .unwrap_or("other")
+    }
+}
+
+static STATUS_LABELS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    (100u16..600)
+        .map(|code| &*Box::leak(code.to_string().into_boxed_str()))
+        .collect()
+});
+
+/// A finished request, for the recent list of `/api/v1/monitor/traces`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceSummary {
+    pub trace_id: Option<String>,
+    pub service: &'static str,
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// What `/api/v1/monitor/traces` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceReport {
+    pub count: u64,
+    /// Requests answered with a 5xx status.
+    pub errors: u64,
+    pub error_rate: f64,
+    pub duration_ms: DurationStats,
+    pub recent: Vec<TraceSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DurationStats {
+    /// Over every request since start.
+    pub avg: f64,
+    pub max: f64,
+    /// Over the recent requests.
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// Counters are atomics; the recent list is a short mutex-guarded ring.
+#[derive(Clone)]
+pub struct TraceStats {
+    inner: Arc<TraceInner>,
+}
+
+struct TraceInner {
+    count: AtomicU64,
+    errors: AtomicU64,
+    client_errors: AtomicU64,
+    duration_micros: AtomicU64,
+    max_micros: AtomicU64,
+    capacity: usize,
+    recent: Mutex<VecDeque<TraceSummary>>,
+}
+
+impl TraceStats {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(TraceInner {
+                count: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                client_errors: AtomicU64::new(0),
+                duration_micros: AtomicU64::new(0),
+                max_micros: AtomicU64::new(0),
+                capacity: capacity.max(1),
+                recent: Mutex::new(VecDeque::with_capacity(capacity.max(1))),
+            }),
+        }
+    }
+
+    pub fn record(&self, request: &RequestRecord) {
+        let micros = u64::try_from(request.duration.as_micros()).unwrap_or(u64::MAX);
+        let inner = &self.inner;
+        inner.count.fetch_add(1, Ordering::Relaxed);
+        if request.status >= 500 {
+            inner.errors.fetch_add(1, Ordering::Relaxed);
+        } else if request.status >= 400 {
+            inner.client_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.duration_micros.fetch_add(micros, Ordering::Relaxed);
+        inner.max_micros.fetch_max(micros, Ordering::Relaxed);
+        let summary = TraceSummary {
+            trace_id: request.trace_id.clone(),
+            service: request.service,
+            route: request.route.clone(),
+            method: request.method.clone(),
+            status: request.status,
+            duration_ms: micros as f64 / 1000.0,
+            at: OffsetDateTime::now_utc(),
+        };
+        if let Ok(mut recent) = inner.recent.lock() {
+            if recent.len() == inner.capacity {
+                recent.pop_front();
+            }
+            recent.push_back(summary);
+        }
+    }
+
+    /// (requests, 5xx errors) since start.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.inner.count.load(Ordering::Relaxed),
+            self.inner.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Requests answered with a 4xx status since start.
+    pub fn client_errors(&self) -> u64 {
+        self.inner.client_errors.load(Ordering::Relaxed)
+    }
+
+    pub fn report(&self, recent_limit: usize) -> TraceReport {
+        let (count, errors) = self.totals();
+        let total_ms = self.inner.duration_micros.load(Ordering::Relaxed) as f64 / 1000.0;
+        let recent: Vec<TraceSummary> = self
+            .inner
+            .recent
+            .lock()
+            .map(|recent| recent.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut durations: Vec<f64> = recent.iter().map(|t| t.duration_ms).collect();
+        durations.sort_by(f64::total_cmp);
+        let quantile = |q: f64| -> f64 {
+            if durations.is_empty() {
+                return 0.0;
+            }
+            let rank = ((durations.len() as f64 - 1.0) * q).round() as usize;
+            durations[rank.min(durations.len() - 1)]
+        };
+        TraceReport {
+            count,
+            errors,
+            error_rate: if count == 0 {
+                0.0
+            } else {
+                errors as f64 / count as f64
+            },
+            duration_ms: DurationStats {
+                avg: if count == 0 {
+                    0.0
+                } else {
+                    total_ms / count as f64
+                },
+                max: self.inner.max_micros.load(Ordering::Relaxed) as f64 / 1000.0,
+                p50: quantile(0.5),
+                p95: quantile(0.95),
+                p99: quantile(0.99),
+            },
+            recent: recent.into_iter().rev().take(recent_limit).collect(),
+        }
+    }
+}
+
+/// A message carrying the trace of the request that caused it. The receiving actor handles
+/// the inner message inside a span with the trace id, so its logs name the trace.
+/// Implemented per actor with [`traced_handlers!`](crate::monitor::traced_handlers).
+#[derive(Debug)]
+pub struct Traced<M> {
+    pub trace_id: String,
+    pub message: M,
+}
+
+impl<M: actix::Message> actix::Message for Traced<M> {
+    type Result = M::Result;
+}
+
+impl<M> Traced<M> {
+    pub fn new(trace: Option<&TraceContext>, message: M) -> Self {
+        Self {
+            trace_id: trace.map(|t| t.trace_id.clone()).unwrap_or_default(),
+            message,
+        }
+    }
+}
+
+/// Implements `Handler<Traced<M>>` for an actor and each listed message by delegating to
+/// `Handler<M>` inside a `actor_message` span that carries the trace id.
+macro_rules! traced_handlers {
+    ($actor:ty: $($message:ty),+ $(,)?) => {$(
+        impl actix::Handler<$crate::monitor::traces::Traced<$message>> for $actor {
+            type Result = <$actor as actix::Handler<$message>>::Result;
+            fn handle(
+                &mut self,
+                traced: $crate::monitor::traces::Traced<$message>,
+                ctx: &mut Self::Context,
+            ) -> Self::Result {
+                let span = tracing::info_span!(
+                    "actor_message",
+                    actor = stringify!($actor),
+                    message = stringify!($message),
+                    trace_id = %traced.trace_id,
+                );
+                let _entered = span.enter();
+                <$actor as actix::Handler<$message>>::handle(self, traced.message, ctx)
+            }
+        }
+    )+};
+}
+pub(crate) use traced_handlers;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_traceparent_is_continued_and_invalid_is_replaced() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace = TraceContext::continue_or_start(Some(caller));
+        assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_ne!(trace.span_id, "00f067aa0ba902b7");
+        assert!(trace
+            .traceparent()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(trace.traceparent().ends_with("-01"));
+
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            let trace = TraceContext::continue_or_start(Some(bad));
+            assert_ne!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert_eq!(trace.trace_id.len(), 32);
+            assert_eq!(trace.parent_span_id, None, "{bad}");
+        }
+        // A future version with extra fields is read by its first four.
+        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-more";
+        let trace = TraceContext::continue_or_start(Some(future));
+        assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(!trace.sampled);
+    }
+
+    #[test]
+    fn stats_count_errors_and_durations() {
+        let stats = TraceStats::new(4);
+        for (status, ms) in [(200, 10), (503, 30), (200, 20), (404, 40), (500, 50)] {
+            stats.record(&RequestRecord {
+                service: "gateway",
+                route: "/health".into(),
+                method: "GET".into(),
+                status,
+                duration: Duration::from_millis(ms),
+                response_bytes: None,
+                trace_id: None,
+            });
+        }
+        let report = stats.report(10);
+        assert_eq!((report.count, report.errors), (5, 2));
+        assert!((report.error_rate - 0.4).abs() < 1e-9);
+        assert!((report.duration_ms.avg - 30.0).abs() < 1e-6);
+        assert!((report.duration_ms.max - 50.0).abs() < 1e-6);
+        assert_eq!(report.recent.len(), 4, "the ring keeps its capacity");
+        assert_eq!(report.recent[0].status, 500, "newest first");
+    }
+}
