@@ -2,8 +2,8 @@
 //! streaming) hold cheap clones of individual metrics and bump them directly, as atomics.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::names;
@@ -18,6 +18,9 @@ pub struct Metrics {
     pub actor_restarts: IntCounterVec,
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
+    pub upload_received_bytes: IntCounter,
+    pub upload_checksum_failures: IntCounter,
+    pub upload_duration: Histogram,
     pub transcode_jobs: IntCounterVec,
     pub transcode_duration: HistogramVec,
     pub jobs: IntGaugeVec,
@@ -68,6 +71,23 @@ impl Metrics {
         )?;
         let upload_bytes =
             IntCounter::new(names::UPLOAD_BYTES_TOTAL, "Bytes of uploaded files stored.")?;
+        let upload_received_bytes = IntCounter::new(
+            names::UPLOAD_RECEIVED_BYTES_TOTAL,
+            "Bytes received in resumable-upload PATCHes and made durable.",
+        )?;
+        let upload_checksum_failures = IntCounter::new(
+            names::UPLOAD_CHECKSUM_FAILURES_TOTAL,
+            "Resumable-upload chunks discarded because they did not match Upload-Checksum.",
+        )?;
+        let upload_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                names::UPLOAD_DURATION_SECONDS,
+                "Time from creating a resumable upload to finishing it.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+            ]),
+        )?;
         let transcode_jobs = IntCounterVec::new(
             Opts::new(
                 names::TRANSCODE_JOBS_TOTAL,
@@ -97,6 +117,9 @@ impl Metrics {
         registry.register(Box::new(actor_restarts.clone()))?;
         registry.register(Box::new(uploads.clone()))?;
         registry.register(Box::new(upload_bytes.clone()))?;
+        registry.register(Box::new(upload_received_bytes.clone()))?;
+        registry.register(Box::new(upload_checksum_failures.clone()))?;
+        registry.register(Box::new(upload_duration.clone()))?;
         registry.register(Box::new(transcode_jobs.clone()))?;
         registry.register(Box::new(transcode_duration.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
@@ -110,6 +133,9 @@ impl Metrics {
             actor_restarts,
             uploads,
             upload_bytes,
+            upload_received_bytes,
+            upload_checksum_failures,
+            upload_duration,
             transcode_jobs,
             transcode_duration,
             jobs,

@@ -5,18 +5,20 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{AuditFilter, AuditRepo, JobRepo, MediaRepo, Repo, StoreError};
-use crate::model::{AuditEntry, Job, JobId, JobState, Media, MediaId};
+use super::{AuditFilter, AuditRepo, JobRepo, MediaRepo, Repo, StoreError, TusRepo};
+use crate::model::{AuditEntry, Job, JobId, JobState, Media, MediaId, TusUpload, UploadId};
 
 const MEDIA_TREE: &str = "media";
 const JOBS_TREE: &str = "jobs";
 const AUDIT_TREE: &str = "audit";
+const TUS_TREE: &str = "tus_uploads";
 
 pub struct SledStore {
     db: sled::Db,
     media: sled::Tree,
     jobs: sled::Tree,
     audit: sled::Tree,
+    tus: sled::Tree,
 }
 
 impl SledStore {
@@ -25,11 +27,13 @@ impl SledStore {
         let media = db.open_tree(MEDIA_TREE).map_err(backend)?;
         let jobs = db.open_tree(JOBS_TREE).map_err(backend)?;
         let audit = db.open_tree(AUDIT_TREE).map_err(backend)?;
+        let tus = db.open_tree(TUS_TREE).map_err(backend)?;
         Ok(Self {
             db,
             media,
             jobs,
             audit,
+            tus,
         })
     }
 
@@ -164,6 +168,39 @@ impl AuditRepo for SledStore {
                     && filter.since.is_none_or(|since| entry.at >= since)
             },
             filter.limit,
+        )
+    }
+}
+
+impl TusRepo for SledStore {
+    fn get_tus_upload(&self, upload_id: &UploadId) -> Result<Option<TusUpload>, StoreError> {
+        Self::get(&self.tus, upload_id.as_bytes())
+    }
+
+    fn put_tus_upload(&self, upload: &TusUpload) -> Result<(), StoreError> {
+        self.put(&self.tus, upload.id.as_bytes(), upload)
+    }
+
+    fn delete_tus_upload(&self, upload_id: &UploadId) -> Result<bool, StoreError> {
+        let existed = self
+            .tus
+            .remove(upload_id.as_bytes())
+            .map_err(backend)?
+            .is_some();
+        self.db.flush().map_err(backend)?;
+        Ok(existed)
+    }
+
+    fn list_tus_uploads(
+        &self,
+        after: Option<&UploadId>,
+        limit: usize,
+    ) -> Result<Vec<TusUpload>, StoreError> {
+        Self::scan(
+            &self.tus,
+            after.map(|id| id.as_bytes().as_slice()),
+            |_: &TusUpload| true,
+            limit,
         )
     }
 }

@@ -5,6 +5,7 @@ pub mod health;
 pub mod jobs;
 pub mod media;
 pub mod streaming;
+pub mod tus;
 pub mod uploads;
 
 use streamgate_actors::model::MediaId;
