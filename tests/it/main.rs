@@ -8,6 +8,8 @@ mod audit;
 mod bad_input;
 mod config;
 mod e2e;
+mod s3;
 mod server;
 mod shutdown;
 mod supervision;
+mod tus;

@@ -163,6 +163,11 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The Python venv `.ci/test` fills (tuspy, moto): `target/py` in the workspace.
+pub fn python_venv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py")
+}
+
 /// Makes a real H.264/AAC clip with ffmpeg's lavfi sources.
 pub fn make_clip(dir: &Path, name: &str, size: &str, seconds: u32) -> PathBuf {
     let path = dir.join(name);
