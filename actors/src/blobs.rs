@@ -242,6 +242,23 @@ impl BlobStore {
         })
     }
 
+    /// Streams a blob into a local file (fsynced), never holding it whole in memory: for tools
+    /// such as ffmpeg that need a path when the store is not local.
+    pub async fn download_to(&self, key: &str, file: &std::path::Path) -> Result<u64, BlobError> {
+        use tokio::io::AsyncWriteExt;
+        let io = |e: std::io::Error| BlobError::Backend(e.to_string());
+        let mut read = self.read(key, None, None).await?;
+        let mut out = tokio::fs::File::create(file).await.map_err(io)?;
+        let mut written = 0;
+        while let Some(bytes) = read.stream.next().await {
+            let bytes = bytes?;
+            out.write_all(&bytes).await.map_err(io)?;
+            written += bytes.len() as u64;
+        }
+        out.sync_all().await.map_err(io)?;
+        Ok(written)
+    }
+
     pub async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
         Ok(self
             .inner
@@ -387,6 +404,9 @@ mod tests {
             blobs.get("a/d/source").await.unwrap(),
             Bytes::from_static(b"adopted")
         );
+        let copy = dir.path().join("copy");
+        assert_eq!(blobs.download_to("a/d/source", &copy).await.unwrap(), 7);
+        assert_eq!(std::fs::read(&copy).unwrap(), b"adopted");
         assert_eq!(blobs.delete_prefix("a/d").await.unwrap(), 1);
         assert_eq!(blobs.delete_prefix("a").await.unwrap(), 1);
         assert!(blobs.list("a").await.unwrap().is_empty());

@@ -187,6 +187,15 @@ async fn tus_protocol_statuses_and_headers() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "upload_too_large");
 
+    // Empty uploads are not videos.
+    let response = raw
+        .request(Method::POST, "/api/v1/uploads")
+        .header("Upload-Length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
     let video = fake_video(300_000);
     let location = raw
         .create(video.len() as u64, &format!("filename {}", b64(b"a.mp4")))
@@ -404,16 +413,16 @@ async fn tus_protocol_statuses_and_headers() {
     }
 }
 
+type BodySender = tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>;
+type PendingResponse = tokio::task::JoinHandle<Result<Response, reqwest::Error>>;
+
 /// Opens a PATCH whose body the test feeds by hand; dropping the sender ends it abruptly.
 fn held_patch(
     client: &reqwest::Client,
     url: String,
     offset: u64,
     length: u64,
-) -> (
-    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    tokio::task::JoinHandle<Result<Response, reqwest::Error>>,
-) {
+) -> (BodySender, PendingResponse) {
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     let body = reqwest::Body::wrap_stream(tokio_stream_from(receiver));
     let request = client

@@ -467,10 +467,12 @@ impl Handler<CreateTusUpload> for UploadActor {
         let created = self.uploads.with_label_values(&[upload_outcome::CREATED]);
         let audit = self.audit.clone();
         Box::pin(async move {
-            if let Some(length) = msg.length {
-                if length > max_size {
-                    return Err(UploadError::TooLarge { limit: max_size });
+            match msg.length {
+                Some(0) => return Err(UploadError::Empty),
+                Some(length) if length > max_size => {
+                    return Err(UploadError::TooLarge { limit: max_size })
                 }
+                _ => {}
             }
             let metadata = TusMetadata {
                 tags: normalize_tags(msg.metadata.tags),
