@@ -312,10 +312,17 @@ pub struct TusSink {
     /// Bytes of `buffer` already on their way to the file start at `start + flushed`.
     flushed: u64,
     chunk: Option<(ChunkChecksum, ChunkHasher)>,
+    /// The running hash of the whole file; `None` when unknown (finishing then reads the file)
+    /// and while `in_flight` has it.
     whole: Option<Sha256>,
+    /// The previous buffer being hashed and written on the blocking pool while the next one
+    /// arrives; it hands the whole-file hasher back.
+    in_flight: Option<tokio::task::JoinHandle<std::io::Result<Option<Sha256>>>>,
     /// The file's first bytes, gathered until the container is known.
     head: Option<Vec<u8>>,
-    _lock: UploadLock,
+    /// Shared with the write in flight, so a dropped sink's last write cannot land after the
+    /// next PATCH has started.
+    lock: Arc<UploadLock>,
 }
 
 impl std::fmt::Debug for TusSink {
@@ -340,9 +347,6 @@ impl TusSink {
         if let Some((_, hasher)) = &mut self.chunk {
             hasher.update(chunk);
         }
-        if let Some(hasher) = &mut self.whole {
-            hasher.update(chunk);
-        }
         self.received += chunk.len() as u64;
         if let Some(head) = &mut self.head {
             let wanted = SNIFF_BYTES.saturating_sub(head.len()).min(chunk.len());
@@ -365,27 +369,52 @@ impl TusSink {
         Ok(())
     }
 
+    /// Sends the buffer to the blocking pool (hash, then positioned write); at most one buffer
+    /// is in flight, so receiving the next overlaps with writing this one.
     async fn flush(&mut self) -> Result<(), UploadError> {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        self.settle().await?;
         let bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(WRITE_BUFFER));
         let position = self.start + self.flushed;
         self.flushed += bytes.len() as u64;
-        let file = self.file.clone();
-        run_blocking(move || file.write_all_at(&bytes, position)).await
+        let (file, lock, mut whole) = (self.file.clone(), self.lock.clone(), self.whole.take());
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let _lock = lock;
+            if let Some(hasher) = &mut whole {
+                hasher.update(&bytes);
+            }
+            file.write_all_at(&bytes, position)?;
+            Ok(whole)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the write in flight and takes the hasher back.
+    async fn settle(&mut self) -> Result<(), UploadError> {
+        if let Some(task) = self.in_flight.take() {
+            self.whole = task
+                .await
+                .map_err(|e| UploadError::Disk(e.to_string()))?
+                .map_err(io_error)?;
+        }
+        Ok(())
     }
 
     /// Drops this PATCH's bytes: the file goes back to the acknowledged offset.
     async fn discard(&mut self) -> Result<(), UploadError> {
         self.buffer.clear();
+        let settled = self.settle().await;
         let (file, start) = (self.file.clone(), self.start);
-        run_blocking(move || file.set_len(start)).await
+        run_blocking(move || file.set_len(start)).await?;
+        settled
     }
 
     /// Makes every received byte durable.
     async fn sync(&mut self) -> Result<(), UploadError> {
         self.flush().await?;
+        self.settle().await?;
         let file = self.file.clone();
         run_blocking(move || file.sync_data()).await
     }
@@ -631,8 +660,9 @@ impl Handler<BeginTusPatch> for UploadActor {
                     .checksum
                     .map(|checksum| (checksum.clone(), ChunkHasher::new(checksum.algorithm))),
                 whole,
+                in_flight: None,
                 head,
-                _lock: lock,
+                lock: Arc::new(lock),
             })
         })
     }
