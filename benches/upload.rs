@@ -62,6 +62,9 @@ fn main() {
         // Keep the disk from filling up between rounds.
         let _ = std::fs::remove_dir_all(data_dir.join("blobs/uploads"));
     }
+    if !measuring {
+        print!("smoke run, not a measurement (use cargo bench): ");
+    }
     println!(
         "best of {ROUNDS}: {mib} MiB in {} MiB PATCHes: upload/dd throughput ratio = {:.2} \
          (dd {:.2}s, upload {:.2}s)",
