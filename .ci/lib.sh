@@ -49,3 +49,16 @@ need_node_packages() {
   fi
   echo "$want" > "$stamp"
 }
+
+need_python_tools() {
+  # The tus interop tests drive the server with tuspy; the S3 tests start moto_server. Both go
+  # into a venv under target/ (pip skips what is already installed, so re-runs are quick).
+  need_debian_packages python3:python3
+  if [ ! -x target/py/bin/pip ]; then
+    mkdir -p target
+    # Debian splits venv support into python3-venv; the pseudo-command forces its install.
+    python3 -m venv target/py 2>/dev/null ||
+      { need_debian_packages no-such-command:python3-venv && rm -rf target/py && python3 -m venv target/py; }
+  fi
+  target/py/bin/pip install -q --disable-pip-version-check 'tuspy==1.*' 'moto[server]==5.*'
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use streamgate_actors::config::{
-    ActorsConfig, AuthConfig, HttpConfig, MonitorConfig, RateLimitConfig, StorageConfig,
+    ActorsConfig, AuthConfig, HttpConfig, MonitorConfig, RateLimitConfig, S3Config, StorageConfig,
     TranscodeConfig, UploadConfig,
 };
 use toml::{Table, Value};
@@ -38,6 +38,7 @@ pub struct ServerConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
+    pub s3: S3Config,
     pub upload: UploadConfig,
     pub transcode: TranscodeConfig,
     pub auth: AuthConfig,
@@ -50,6 +51,7 @@ impl Config {
     pub fn actors(&self) -> ActorsConfig {
         ActorsConfig {
             storage: self.storage.clone(),
+            s3: self.s3.clone(),
             upload: self.upload.clone(),
             transcode: self.transcode.clone(),
             auth: self.auth.clone(),

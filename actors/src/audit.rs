@@ -14,7 +14,9 @@ use crate::{
 
 /// Stable action names, so the audit API can be filtered reliably.
 pub mod action {
+    pub const UPLOAD_CREATE: &str = "upload.create";
     pub const UPLOAD_FINISH: &str = "upload.finish";
+    pub const UPLOAD_TERMINATE: &str = "upload.terminate";
     pub const UPLOAD_REJECT: &str = "upload.reject";
     pub const MEDIA_UPDATE: &str = "media.update";
     pub const MEDIA_DELETE: &str = "media.delete";

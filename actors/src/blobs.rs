@@ -1,4 +1,5 @@
-//! Blobs: one interface over `object_store`, local filesystem by default.
+//! Blobs: one interface over `object_store`: the local filesystem by default, or an
+//! S3-compatible server (`storage.blobs = "s3"`).
 //!
 //! Key layout (all relative to the store root):
 //! - `uploads/{upload_id}/source` — an uploaded source file, as received
@@ -8,16 +9,19 @@
 //! Invariant: a blob becomes visible under its key only once it is complete (local writes go to a
 //! temporary file and are renamed; S3 multipart uploads complete atomically).
 
-use std::{path::PathBuf, sync::Arc};
+use std::{ops::Range, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{stream::BoxStream, StreamExt, TryStreamExt};
 use object_store::{
-    local::LocalFileSystem, path::Path as ObjectPath, ObjectStore, ObjectStoreExt, PutPayload,
-    WriteMultipart,
+    aws::AmazonS3Builder, local::LocalFileSystem, path::Path as ObjectPath, GetOptions, GetRange,
+    ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
 };
 
-use crate::model::{MediaId, UploadId};
+use crate::{
+    config::S3Config,
+    model::{MediaId, UploadId},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -25,6 +29,11 @@ pub enum BlobError {
     NotFound(String),
     #[error("blob store failed: {0}")]
     Backend(String),
+    /// The reader's copy (its `If-None-Match` ETag) is current.
+    #[error("blob {0} not modified")]
+    NotModified(String),
+    #[error("range not satisfiable for blob {0}")]
+    RangeNotSatisfiable(String),
 }
 
 impl crate::error::DomainError for BlobError {
@@ -32,12 +41,16 @@ impl crate::error::DomainError for BlobError {
         match self {
             Self::NotFound(_) => crate::error::ErrorKind::NotFound,
             Self::Backend(_) => crate::error::ErrorKind::Unavailable,
+            Self::NotModified(_) => crate::error::ErrorKind::Conflict,
+            Self::RangeNotSatisfiable(_) => crate::error::ErrorKind::Invalid,
         }
     }
     fn code(&self) -> &'static str {
         match self {
             Self::NotFound(_) => "blob_not_found",
             Self::Backend(_) => "blobs_unavailable",
+            Self::NotModified(_) => "not_modified",
+            Self::RangeNotSatisfiable(_) => "range_not_satisfiable",
         }
     }
 }
@@ -46,6 +59,7 @@ impl From<object_store::Error> for BlobError {
     fn from(error: object_store::Error) -> Self {
         match error {
             object_store::Error::NotFound { path, .. } => Self::NotFound(path),
+            object_store::Error::NotModified { path, .. } => Self::NotModified(path),
             other => Self::Backend(other.to_string()),
         }
     }
@@ -74,6 +88,27 @@ impl BlobStore {
         Ok(Self {
             inner: Arc::new(store),
             local_root: Some(root),
+        })
+    }
+
+    /// An S3-compatible store; every object lives in `config.bucket`, path-style requests.
+    pub fn s3(config: &S3Config) -> Result<Self, BlobError> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_allow_http(config.allow_http)
+            .with_virtual_hosted_style_request(false);
+        if !config.endpoint.is_empty() {
+            builder = builder.with_endpoint(&config.endpoint);
+        }
+        if !config.access_key.is_empty() {
+            builder = builder
+                .with_access_key_id(&config.access_key)
+                .with_secret_access_key(&config.secret_key);
+        }
+        Ok(Self {
+            inner: Arc::new(builder.build()?),
+            local_root: None,
         })
     }
 
@@ -126,6 +161,102 @@ impl BlobStore {
         Ok(BlobWriter {
             write: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
         })
+    }
+
+    /// Moves a complete, fsynced local file into the store under `key`: a rename on the local
+    /// backend (same disk), a streamed multipart upload elsewhere. The file is gone afterwards.
+    pub async fn adopt_file(&self, key: &str, file: &std::path::Path) -> Result<(), BlobError> {
+        let io = |e: std::io::Error| BlobError::Backend(e.to_string());
+        if let Some(target) = self.local_path(key) {
+            let source = file.to_path_buf();
+            return tokio::task::spawn_blocking(move || {
+                let parent = target
+                    .parent()
+                    .ok_or_else(|| BlobError::Backend("blob key has no parent".into()))?;
+                std::fs::create_dir_all(parent).map_err(io)?;
+                match std::fs::rename(&source, &target) {
+                    Ok(()) => {}
+                    // Cross-device: the partial directory is on another disk.
+                    Err(error) if error.raw_os_error() == Some(18) => {
+                        let copy = target.with_extension("adopting");
+                        std::fs::copy(&source, &copy).map_err(io)?;
+                        std::fs::File::open(&copy)
+                            .and_then(|f| f.sync_all())
+                            .map_err(io)?;
+                        std::fs::rename(&copy, &target).map_err(io)?;
+                        std::fs::remove_file(&source).map_err(io)?;
+                    }
+                    Err(error) => return Err(io(error)),
+                }
+                // The rename is durable only once the directory entry is.
+                std::fs::File::open(parent)
+                    .and_then(|dir| dir.sync_all())
+                    .map_err(io)
+            })
+            .await
+            .map_err(|e| BlobError::Backend(e.to_string()))?;
+        }
+        self.put_file(key, file).await?;
+        tokio::fs::remove_file(file).await.map_err(io)
+    }
+
+    /// Reads a blob or a byte range of it as a stream. `if_none_match` turns a current copy into
+    /// [`BlobError::NotModified`].
+    pub async fn read(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        if_none_match: Option<String>,
+    ) -> Result<BlobRead, BlobError> {
+        let options = GetOptions {
+            range: range.clone().map(|range| match range {
+                ByteRange::Bounded(range) => GetRange::Bounded(range),
+                ByteRange::From(start) => GetRange::Offset(start),
+                ByteRange::Suffix(length) => GetRange::Suffix(length),
+            }),
+            if_none_match,
+            ..GetOptions::default()
+        };
+        let result = match self.inner.get_opts(&ObjectPath::from(key), options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { path, .. }) => {
+                return Err(BlobError::NotFound(path))
+            }
+            Err(object_store::Error::NotModified { path, .. }) => {
+                return Err(BlobError::NotModified(path))
+            }
+            // The stores word a bad range differently; a ranged read failing on an existing
+            // object is the range's fault.
+            Err(_) if range.is_some() => return Err(BlobError::RangeNotSatisfiable(key.into())),
+            Err(other) => return Err(other.into()),
+        };
+        let size = result.meta.size;
+        let etag = result.meta.e_tag.clone();
+        let range = result.range.clone();
+        let stream = result.into_stream().map_err(BlobError::from).boxed();
+        Ok(BlobRead {
+            stream,
+            range,
+            size,
+            etag,
+        })
+    }
+
+    /// Streams a blob into a local file (fsynced), never holding it whole in memory: for tools
+    /// such as ffmpeg that need a path when the store is not local.
+    pub async fn download_to(&self, key: &str, file: &std::path::Path) -> Result<u64, BlobError> {
+        use tokio::io::AsyncWriteExt;
+        let io = |e: std::io::Error| BlobError::Backend(e.to_string());
+        let mut read = self.read(key, None, None).await?;
+        let mut out = tokio::fs::File::create(file).await.map_err(io)?;
+        let mut written = 0;
+        while let Some(bytes) = read.stream.next().await {
+            let bytes = bytes?;
+            out.write_all(&bytes).await.map_err(io)?;
+            written += bytes.len() as u64;
+        }
+        out.sync_all().await.map_err(io)?;
+        Ok(written)
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
@@ -183,6 +314,27 @@ impl BlobStore {
     }
 }
 
+/// A byte range as HTTP `Range` asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `start..end`, end exclusive.
+    Bounded(Range<u64>),
+    /// From an offset to the end.
+    From(u64),
+    /// The last n bytes.
+    Suffix(u64),
+}
+
+/// A blob being read: its bytes (or the asked range of them) as a stream.
+pub struct BlobRead {
+    pub stream: BoxStream<'static, Result<Bytes, BlobError>>,
+    /// Which bytes the stream carries.
+    pub range: Range<u64>,
+    /// The whole blob's size.
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
 /// A streamed write into the blob store.
 pub struct BlobWriter {
     write: WriteMultipart,
@@ -231,6 +383,31 @@ mod tests {
         aborted.abort().await.unwrap();
         assert!(!blobs.exists("a/c").await.unwrap());
         assert_eq!(blobs.list("a").await.unwrap(), vec!["a/b".to_string()]);
+        let read = blobs
+            .read("a/b", Some(ByteRange::Bounded(6..9)), None)
+            .await
+            .unwrap();
+        assert_eq!((read.range.clone(), read.size), (6..9, 11));
+        let bytes: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), b"wor");
+        let etag = blobs.read("a/b", None, None).await.unwrap().etag;
+        assert!(matches!(
+            blobs.read("a/b", None, etag).await,
+            Err(BlobError::NotModified(_))
+        ));
+
+        let partial = dir.path().join("partial");
+        std::fs::write(&partial, b"adopted").unwrap();
+        blobs.adopt_file("a/d/source", &partial).await.unwrap();
+        assert!(!partial.exists());
+        assert_eq!(
+            blobs.get("a/d/source").await.unwrap(),
+            Bytes::from_static(b"adopted")
+        );
+        let copy = dir.path().join("copy");
+        assert_eq!(blobs.download_to("a/d/source", &copy).await.unwrap(), 7);
+        assert_eq!(std::fs::read(&copy).unwrap(), b"adopted");
+        assert_eq!(blobs.delete_prefix("a/d").await.unwrap(), 1);
         assert_eq!(blobs.delete_prefix("a").await.unwrap(), 1);
         assert!(blobs.list("a").await.unwrap().is_empty());
     }

@@ -12,12 +12,51 @@ use crate::monitor::alerts::AlertRule;
 pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub min_free_disk_mb: u64,
+    /// Where blobs live: `local` (under `data_dir/blobs`) or `s3` (the `[s3]` section).
+    pub blobs: BlobBackend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    Local,
+    S3,
+}
+
+/// An S3-compatible object store (AWS, MinIO, Ceph, moto, …).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for S3Config {
+    // Keeps the secret out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("allow_http", &self.allow_http)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {
     pub max_size_bytes: u64,
+    /// Bytes one owner may hold in resumable uploads; 0 means no quota.
+    pub quota_bytes: u64,
+    /// Seconds an unfinished resumable upload lives after its last PATCH.
+    pub expiry_s: u64,
+    /// Seconds between sweeps that delete expired uploads.
+    pub cleanup_interval_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +182,7 @@ pub struct HttpConfig {
 #[derive(Debug, Clone)]
 pub struct ActorsConfig {
     pub storage: StorageConfig,
+    pub s3: S3Config,
     pub upload: UploadConfig,
     pub transcode: TranscodeConfig,
     pub auth: AuthConfig,
@@ -179,6 +219,12 @@ impl ActorsConfig {
             return Err("upload.max_size_bytes must be at least 1".into());
         }
         self.validate_auth()?;
+        if self.upload.expiry_s == 0 || self.upload.cleanup_interval_s == 0 {
+            return Err("upload.expiry_s and upload.cleanup_interval_s must be at least 1".into());
+        }
+        if self.storage.blobs == BlobBackend::S3 && self.s3.bucket.is_empty() {
+            return Err("storage.blobs = \"s3\" needs s3.bucket".into());
+        }
         if self.monitor.sample_interval_ms < 100 {
             return Err("monitor.sample_interval_ms must be at least 100".into());
         }

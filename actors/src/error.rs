@@ -12,6 +12,14 @@ pub enum ErrorKind {
     Invalid,
     TooLarge,
     UnsupportedMedia,
+    /// The resource existed but is gone for good (an expired upload).
+    Gone,
+    /// Someone else is working on the resource right now (a PATCH in progress).
+    Locked,
+    /// The request's own integrity check failed (a tus chunk checksum).
+    ChecksumMismatch,
+    /// The caller's storage quota would be exceeded.
+    QuotaExceeded,
     Unauthorized,
     Forbidden,
     Unavailable,

@@ -37,7 +37,7 @@ use crate::{
     audit::AuditLog,
     auth::{AuthActor, AuthDeps, Keys, NftChecker, NftMetrics, PlaybackGuard},
     blobs::BlobStore,
-    config::ActorsConfig,
+    config::{ActorsConfig, BlobBackend},
     metadata::MetadataActor,
     monitor::{Metrics, MonitorActor, MonitorDeps},
     store::{SharedRepo, SledStore},
@@ -86,14 +86,18 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
     config.validate().map_err(StartError::Config)?;
     let data_dir = &config.storage.data_dir;
     let work_dir = data_dir.join("work");
-    for dir in [data_dir, &work_dir] {
+    let partial_dir = data_dir.join("partials");
+    for dir in [data_dir, &work_dir, &partial_dir] {
         std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
     }
     let repo: SharedRepo = Arc::new(SledStore::open(&data_dir.join("db"))?);
-    let blobs = BlobStore::local(data_dir.join("blobs"))?;
+    let blobs = match config.storage.blobs {
+        BlobBackend::Local => BlobStore::local(data_dir.join("blobs"))?,
+        BlobBackend::S3 => BlobStore::s3(&config.s3)?,
+    };
     let metrics = Metrics::new()?;
     let audit = AuditLog::new(repo.clone());
     let restarts = |name: &str| metrics.actor_restarts.with_label_values(&[name]);
@@ -113,6 +117,11 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
         );
         move |_| TranscodeActor::new(config, repo, blobs, metadata, metrics, audit, work_dir)
     });
+    let tus = upload::tus::TusDeps {
+        repo: repo.clone(),
+        partial_dir,
+        shared: upload::tus::TusShared::default(),
+    };
     let upload = supervise::start("upload", restarts("upload"), {
         let (config, blobs, metadata, transcode, metrics, audit) = (
             config.upload.clone(),
@@ -122,7 +131,17 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
             metrics.clone(),
             audit.clone(),
         );
-        move |_| UploadActor::new(config, blobs, metadata, transcode, &metrics, audit)
+        move |_| {
+            UploadActor::new(
+                config,
+                blobs,
+                metadata,
+                transcode,
+                &metrics,
+                audit,
+                tus.clone(),
+            )
+        }
     });
     // Loaded before the server starts, so gated media are never served as public.
     let keys = Keys::load_or_create(&config.auth.session_secret, &repo)?;

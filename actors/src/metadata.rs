@@ -301,7 +301,11 @@ pub fn normalize_tags(tags: Vec<String>) -> Vec<String> {
     normalized
 }
 
-fn validate_text(title: &str, description: &str, tags: &[String]) -> Result<(), MetadataError> {
+pub(crate) fn validate_text(
+    title: &str,
+    description: &str,
+    tags: &[String],
+) -> Result<(), MetadataError> {
     let invalid = |message: String| Err(MetadataError::Invalid(message));
     if title.trim().is_empty() {
         return invalid("title must not be empty".into());

@@ -236,3 +236,60 @@ pub struct NonceRecord {
     /// a nonce we never issued.
     pub used: bool,
 }
+
+/// Where a resumable (tus) upload stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TusState {
+    /// Accepting PATCHes; the bytes live in a partial file outside the blob store.
+    Receiving,
+    /// Every byte arrived; the source blob, media record and job are being made. A restart
+    /// resumes from here, so the job is queued exactly once.
+    Finishing,
+    /// The media record exists and its transcode job is queued.
+    Finished,
+}
+
+impl TusState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receiving => "receiving",
+            Self::Finishing => "finishing",
+            Self::Finished => "finished",
+        }
+    }
+}
+
+/// What `Upload-Metadata` said about the file, decoded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TusMetadata {
+    pub filename: Option<String>,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// One resumable upload. `offset` counts only bytes that are durable on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TusUpload {
+    pub id: UploadId,
+    /// Who created it (the quota key): the caller identity string.
+    pub owner: String,
+    /// `None` while the length is deferred (`Upload-Defer-Length: 1`).
+    pub length: Option<u64>,
+    pub offset: u64,
+    pub metadata: TusMetadata,
+    /// The `Upload-Metadata` header as received, echoed on HEAD.
+    pub raw_metadata: Option<String>,
+    pub state: TusState,
+    pub container: Option<String>,
+    /// Set when finishing starts, so a restart creates the same media record.
+    pub media_id: Option<MediaId>,
+    /// SHA-256 of the whole file, known once finishing starts.
+    pub sha256: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// An unfinished upload not touched before this is deleted with its bytes.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}

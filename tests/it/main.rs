@@ -11,6 +11,8 @@ mod chain;
 mod config;
 mod e2e;
 mod monitor;
+mod s3;
 mod server;
 mod shutdown;
 mod supervision;
+mod tus;

@@ -124,6 +124,12 @@ impl TestServer {
         self.session.get_or_init(|| self.login(&ALICE)).await
     }
 
+    /// A client that sends ALICE's session on every request (for tus clients, which repeat
+    /// their headers on each request).
+    pub async fn alice_client(&self) -> reqwest::Client {
+        bearer_client(self.session().await)
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = self
             .client
@@ -248,6 +254,11 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The Python venv `.ci/test` fills (tuspy, moto): `target/py` in the workspace.
+pub fn python_venv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py")
+}
+
 /// Makes a real H.264/AAC clip with ffmpeg's lavfi sources.
 pub fn make_clip(dir: &Path, name: &str, size: &str, seconds: u32) -> PathBuf {
     let path = dir.join(name);
@@ -292,4 +303,17 @@ pub fn ffprobe(target: &str) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A reqwest client that sends `Authorization: Bearer <token>` on every request.
+pub fn bearer_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }

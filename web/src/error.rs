@@ -32,6 +32,11 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::Invalid => StatusCode::BAD_REQUEST,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::Gone => StatusCode::GONE,
+        ErrorKind::Locked => StatusCode::LOCKED,
+        // tus checksum extension: "460 Checksum Mismatch".
+        ErrorKind::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
+        ErrorKind::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -34,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }));
     routes::health::configure(cfg);
     routes::uploads::configure(cfg);
+    routes::tus::configure(cfg);
     routes::media::configure(cfg);
     routes::streaming::configure(cfg);
     routes::jobs::configure(cfg);

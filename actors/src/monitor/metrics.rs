@@ -7,8 +7,8 @@ use std::sync::{
 };
 
 use prometheus::{
-    Counter, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::{names, traces::TraceStats};
@@ -31,6 +31,9 @@ pub struct Metrics {
     pub actor_heartbeat: GaugeVec,
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
+    pub upload_received_bytes: IntCounter,
+    pub upload_checksum_failures: IntCounter,
+    pub upload_duration: Histogram,
     pub transcode_jobs: IntCounterVec,
     pub transcode_duration: HistogramVec,
     pub jobs: IntGaugeVec,
@@ -148,6 +151,23 @@ impl Metrics {
         let uploads = counter_vec(names::UPLOADS_TOTAL, "Uploads by outcome.", &["outcome"])?;
         let upload_bytes =
             IntCounter::new(names::UPLOAD_BYTES_TOTAL, "Bytes of uploaded files stored.")?;
+        let upload_received_bytes = IntCounter::new(
+            names::UPLOAD_RECEIVED_BYTES_TOTAL,
+            "Bytes received in resumable-upload PATCHes and made durable.",
+        )?;
+        let upload_checksum_failures = IntCounter::new(
+            names::UPLOAD_CHECKSUM_FAILURES_TOTAL,
+            "Resumable-upload chunks discarded because they did not match Upload-Checksum.",
+        )?;
+        let upload_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                names::UPLOAD_DURATION_SECONDS,
+                "Time from creating a resumable upload to finishing it.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+            ]),
+        )?;
         let transcode_jobs = counter_vec(
             names::TRANSCODE_JOBS_TOTAL,
             "Transcode jobs ended, by outcome.",
@@ -271,6 +291,9 @@ impl Metrics {
         registry.register(Box::new(actor_heartbeat.clone()))?;
         registry.register(Box::new(uploads.clone()))?;
         registry.register(Box::new(upload_bytes.clone()))?;
+        registry.register(Box::new(upload_received_bytes.clone()))?;
+        registry.register(Box::new(upload_checksum_failures.clone()))?;
+        registry.register(Box::new(upload_duration.clone()))?;
         registry.register(Box::new(transcode_jobs.clone()))?;
         registry.register(Box::new(transcode_duration.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
@@ -336,6 +359,9 @@ impl Metrics {
             actor_heartbeat,
             uploads,
             upload_bytes,
+            upload_received_bytes,
+            upload_checksum_failures,
+            upload_duration,
             transcode_jobs,
             transcode_duration,
             jobs,

@@ -15,6 +15,9 @@ pub const ACTOR_PING_SECONDS: &str = "streamgate_actor_ping_seconds";
 pub const ACTOR_LAST_HEARTBEAT_SECONDS: &str = "streamgate_actor_last_heartbeat_timestamp_seconds";
 pub const UPLOADS_TOTAL: &str = "streamgate_uploads_total";
 pub const UPLOAD_BYTES_TOTAL: &str = "streamgate_upload_bytes_total";
+pub const UPLOAD_RECEIVED_BYTES_TOTAL: &str = "streamgate_upload_received_bytes_total";
+pub const UPLOAD_DURATION_SECONDS: &str = "streamgate_upload_duration_seconds";
+pub const UPLOAD_CHECKSUM_FAILURES_TOTAL: &str = "streamgate_upload_checksum_failures_total";
 pub const TRANSCODE_JOBS_TOTAL: &str = "streamgate_transcode_jobs_total";
 pub const TRANSCODE_DURATION_SECONDS: &str = "streamgate_transcode_duration_seconds";
 pub const JOBS: &str = "streamgate_jobs";
@@ -41,6 +44,12 @@ pub const ALERT_TRANSITIONS_TOTAL: &str = "streamgate_alert_transitions_total";
 pub mod upload_outcome {
     pub const FINISHED: &str = "finished";
     pub const REJECTED: &str = "rejected";
+    /// A resumable upload was created.
+    pub const CREATED: &str = "created";
+    /// A resumable upload was deleted by its client.
+    pub const TERMINATED: &str = "terminated";
+    /// An unfinished resumable upload was deleted by the expiry sweep.
+    pub const EXPIRED: &str = "expired";
 }
 
 /// Label values for [`TRANSCODE_JOBS_TOTAL`]'s `outcome` (final job states).

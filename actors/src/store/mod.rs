@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 pub use sled_store::SledStore;
 
-use crate::model::{AuditEntry, AuditId, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord};
+use crate::model::{
+    AuditEntry, AuditId, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord, TusUpload,
+    UploadId,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -96,8 +99,21 @@ pub trait AuthRepo: Send + Sync {
     fn list_gates(&self) -> Result<Vec<(MediaId, Gate)>, StoreError>;
 }
 
+/// Resumable (tus) uploads: one record per upload, rewritten on every acknowledged PATCH.
+pub trait TusRepo: Send + Sync {
+    fn get_tus_upload(&self, upload_id: &UploadId) -> Result<Option<TusUpload>, StoreError>;
+    fn put_tus_upload(&self, upload: &TusUpload) -> Result<(), StoreError>;
+    fn delete_tus_upload(&self, upload_id: &UploadId) -> Result<bool, StoreError>;
+    /// Uploads in id (= creation) order, starting after `after`.
+    fn list_tus_uploads(
+        &self,
+        after: Option<&UploadId>,
+        limit: usize,
+    ) -> Result<Vec<TusUpload>, StoreError>;
+}
+
 /// Everything the actors need from the record store.
-pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo {
+pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo {
     /// A cheap read that proves the store answers (for `/health`).
     fn check(&self) -> Result<(), StoreError>;
 }

@@ -5,8 +5,12 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{AuditFilter, AuditRepo, AuthRepo, JobRepo, MediaRepo, NonceUse, Repo, StoreError};
-use crate::model::{AuditEntry, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord};
+use super::{
+    AuditFilter, AuditRepo, AuthRepo, JobRepo, MediaRepo, NonceUse, Repo, StoreError, TusRepo,
+};
+use crate::model::{
+    AuditEntry, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord, TusUpload, UploadId,
+};
 
 const MEDIA_TREE: &str = "media";
 const JOBS_TREE: &str = "jobs";
@@ -15,6 +19,7 @@ const NONCES_TREE: &str = "auth_nonces";
 const REVOKED_TREE: &str = "auth_revoked_sessions";
 const AUTH_META_TREE: &str = "auth_meta";
 const GATES_TREE: &str = "gates";
+const TUS_TREE: &str = "tus_uploads";
 const SESSION_SECRET_KEY: &[u8] = b"session_secret";
 
 pub struct SledStore {
@@ -26,6 +31,7 @@ pub struct SledStore {
     revoked: sled::Tree,
     auth_meta: sled::Tree,
     gates: sled::Tree,
+    tus: sled::Tree,
 }
 
 impl SledStore {
@@ -45,6 +51,7 @@ impl SledStore {
         let revoked = db.open_tree(REVOKED_TREE).map_err(backend)?;
         let auth_meta = db.open_tree(AUTH_META_TREE).map_err(backend)?;
         let gates = db.open_tree(GATES_TREE).map_err(backend)?;
+        let tus = db.open_tree(TUS_TREE).map_err(backend)?;
         Ok(Self {
             db,
             media,
@@ -54,6 +61,7 @@ impl SledStore {
             revoked,
             auth_meta,
             gates,
+            tus,
         })
     }
 
@@ -329,6 +337,39 @@ impl AuthRepo for SledStore {
             found.push((media_id, decode(&key, &bytes)?));
         }
         Ok(found)
+    }
+}
+
+impl TusRepo for SledStore {
+    fn get_tus_upload(&self, upload_id: &UploadId) -> Result<Option<TusUpload>, StoreError> {
+        Self::get(&self.tus, upload_id.as_bytes())
+    }
+
+    fn put_tus_upload(&self, upload: &TusUpload) -> Result<(), StoreError> {
+        self.put(&self.tus, upload.id.as_bytes(), upload)
+    }
+
+    fn delete_tus_upload(&self, upload_id: &UploadId) -> Result<bool, StoreError> {
+        let existed = self
+            .tus
+            .remove(upload_id.as_bytes())
+            .map_err(backend)?
+            .is_some();
+        self.db.flush().map_err(backend)?;
+        Ok(existed)
+    }
+
+    fn list_tus_uploads(
+        &self,
+        after: Option<&UploadId>,
+        limit: usize,
+    ) -> Result<Vec<TusUpload>, StoreError> {
+        Self::scan(
+            &self.tus,
+            after.map(|id| id.as_bytes().as_slice()),
+            |_: &TusUpload| true,
+            limit,
+        )
     }
 }
 

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod media;
 pub mod monitor;
 pub mod streaming;
+pub mod tus;
 pub mod uploads;
 
 use streamgate_actors::model::MediaId;

@@ -22,7 +22,7 @@ use actix_web::{
 use serde::Deserialize;
 use streamgate_actors::{
     auth::{tokens::PlaybackTokenError, Authenticate, AuthorizePlayback},
-    blobs::{BlobError, BlobStore},
+    blobs::{BlobError, BlobStore, ByteRange},
     metadata::GetMedia,
     model::{Media, MediaId, MediaState},
     names::{is_safe_name, is_segment_name},
@@ -349,7 +349,8 @@ async fn playlist(actors: &Actors, key: &str, access: &Access) -> Result<HttpRes
     }
 }
 
-/// Streams a blob: from disk with ranges and ETags on the local backend, else whole.
+/// Streams a blob: from disk through actix-files on the local backend, else through
+/// `object_store` (S3) — both with single `Range`s, `ETag` and `If-None-Match`.
 async fn serve_blob(
     req: &HttpRequest,
     actors: &Actors,
@@ -376,21 +377,110 @@ async fn serve_blob(
         );
         return Ok(response);
     }
-    let bytes = actors.blobs.get(key).await.map_err(|error| match error {
-        streamgate_actors::blobs::BlobError::NotFound(_) => {
-            ApiError::not_found("segment_not_found", "no such segment")
+    serve_from_store(req, actors, key, mime, cache).await
+}
+
+/// The non-local path: ranged, conditional reads through `object_store`, streamed.
+async fn serve_from_store(
+    req: &HttpRequest,
+    actors: &Actors,
+    key: &str,
+    mime: mime::Mime,
+    cache: CacheControl,
+) -> Result<HttpResponse, ApiError> {
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_range);
+    let if_none_match = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    let read = match actors.blobs.read(key, range.clone(), if_none_match).await {
+        Ok(read) => read,
+        Err(BlobError::NotFound(_)) => {
+            return Err(ApiError::not_found("segment_not_found", "no such segment"))
         }
-        other => ApiError::domain(&other),
-    })?;
-    Ok(HttpResponse::Ok()
+        Err(BlobError::NotModified(_)) => {
+            return Ok(HttpResponse::NotModified().insert_header(cache).finish())
+        }
+        Err(BlobError::RangeNotSatisfiable(_)) => {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                "the requested range is outside the file",
+            ))
+        }
+        Err(other) => return Err(ApiError::domain(&other)),
+    };
+    let mut response = if range.is_some() {
+        let mut partial = HttpResponse::PartialContent();
+        partial.insert_header((
+            header::CONTENT_RANGE,
+            format!(
+                "bytes {}-{}/{}",
+                read.range.start,
+                read.range.end.saturating_sub(1),
+                read.size
+            ),
+        ));
+        partial
+    } else {
+        HttpResponse::Ok()
+    };
+    response
         .insert_header(ContentType(mime))
         .insert_header(cache)
-        .body(bytes))
+        .insert_header((header::ACCEPT_RANGES, "bytes"));
+    if let Some(etag) = &read.etag {
+        let quoted = if etag.starts_with('"') || etag.starts_with("W/") {
+            etag.clone()
+        } else {
+            format!("\"{etag}\"")
+        };
+        response.insert_header((header::ETAG, quoted));
+    }
+    let length = read.range.end - read.range.start;
+    Ok(response.body(actix_web::body::SizedStream::new(length, read.stream)))
+}
+
+/// One `bytes=` range; anything else (several ranges, other units) is served whole.
+fn parse_range(value: &str) -> Option<ByteRange> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = (start.trim(), end.trim());
+    match (start.is_empty(), end.is_empty()) {
+        (true, false) => Some(ByteRange::Suffix(end.parse().ok()?)),
+        (false, true) => Some(ByteRange::From(start.parse().ok()?)),
+        (false, false) => {
+            let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
+            (end >= start).then(|| ByteRange::Bounded(start..end.saturating_add(1)))
+        }
+        (true, true) => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_parse_like_rfc_9110() {
+        assert_eq!(
+            parse_range("bytes=10-109"),
+            Some(ByteRange::Bounded(10..110))
+        );
+        assert_eq!(parse_range("bytes=5-"), Some(ByteRange::From(5)));
+        assert_eq!(parse_range("bytes=-20"), Some(ByteRange::Suffix(20)));
+        assert_eq!(parse_range("bytes=9-3"), None);
+        assert_eq!(parse_range("bytes=0-1,5-6"), None);
+        assert_eq!(parse_range("items=0-1"), None);
+    }
 
     #[test]
     fn every_uri_in_a_playlist_gets_the_token() {

@@ -1,5 +1,5 @@
 //! UploadActor: turns received bytes into a stored source file, a media record and a queued
-//! transcode job.
+//! transcode job — in one shot (this file) or resumably over tus 1.0.0 ([`tus`]).
 //!
 //! The bytes themselves do not pass through the mailbox: `BeginUpload` hands the caller an
 //! [`UploadSink`] that sniffs the container, enforces the size limit, hashes and streams into the
@@ -8,8 +8,10 @@
 //! Invariant: a 201 for an upload means the source blob, the media record and its transcode job
 //! are all durable.
 
+pub mod tus;
+
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture, Supervised};
-use prometheus::{IntCounter, IntCounterVec};
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -22,6 +24,7 @@ use crate::{
     model::{JobKind, Media, MediaId, MediaState, UploadId},
     monitor::{names::upload_outcome, Metrics},
     sniff::{sniff_container, SNIFF_BYTES},
+    store::StoreError,
     supervise::supervised_basics,
     transcode::{SubmitJob, TranscodeActor, TranscodeError},
 };
@@ -42,6 +45,30 @@ pub enum UploadError {
     Transcode(#[from] TranscodeError),
     #[error("{0} actor unavailable")]
     Mailbox(&'static str),
+    #[error("upload {0} not found")]
+    NotFound(UploadId),
+    #[error("upload {0} expired")]
+    Expired(UploadId),
+    #[error("upload {0} is complete")]
+    Finished(UploadId),
+    #[error("upload {0} belongs to someone else")]
+    NotOwner(UploadId),
+    #[error("Upload-Offset does not match the upload's offset {expected}")]
+    OffsetMismatch { expected: u64 },
+    #[error("another request is writing to this upload")]
+    Locked,
+    #[error("the chunk does not match its Upload-Checksum; it was discarded")]
+    ChecksumMismatch,
+    #[error("the upload quota of {quota} bytes would be exceeded")]
+    QuotaExceeded { quota: u64 },
+    #[error("{0}")]
+    InvalidLength(String),
+    #[error("the request body ended early")]
+    Interrupted,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("partial upload I/O failed: {0}")]
+    Disk(String),
 }
 
 impl DomainError for UploadError {
@@ -50,9 +77,19 @@ impl DomainError for UploadError {
             Self::TooLarge { .. } => ErrorKind::TooLarge,
             Self::NotAVideo => ErrorKind::UnsupportedMedia,
             Self::Empty => ErrorKind::Invalid,
-            Self::Blobs(_) | Self::Mailbox(_) => ErrorKind::Unavailable,
+            Self::Blobs(_) | Self::Mailbox(_) | Self::Store(_) | Self::Disk(_) => {
+                ErrorKind::Unavailable
+            }
             Self::Metadata(inner) => inner.kind(),
             Self::Transcode(inner) => inner.kind(),
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Expired(_) => ErrorKind::Gone,
+            Self::Finished(_) | Self::OffsetMismatch { .. } => ErrorKind::Conflict,
+            Self::Locked => ErrorKind::Locked,
+            Self::NotOwner(_) => ErrorKind::Forbidden,
+            Self::ChecksumMismatch => ErrorKind::ChecksumMismatch,
+            Self::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
+            Self::InvalidLength(_) | Self::Interrupted => ErrorKind::Invalid,
         }
     }
     fn code(&self) -> &'static str {
@@ -64,6 +101,18 @@ impl DomainError for UploadError {
             Self::Mailbox(_) => "actor_unavailable",
             Self::Metadata(inner) => inner.code(),
             Self::Transcode(inner) => inner.code(),
+            Self::NotFound(_) => "upload_not_found",
+            Self::Expired(_) => "upload_expired",
+            Self::Finished(_) => "upload_finished",
+            Self::NotOwner(_) => "not_upload_owner",
+            Self::OffsetMismatch { .. } => "offset_mismatch",
+            Self::Locked => "upload_locked",
+            Self::ChecksumMismatch => "checksum_mismatch",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::InvalidLength(_) => "invalid_length",
+            Self::Interrupted => "body_interrupted",
+            Self::Store(_) => "store_unavailable",
+            Self::Disk(_) => "disk_unavailable",
         }
     }
 }
@@ -111,7 +160,11 @@ pub struct UploadActor {
     transcode: Addr<TranscodeActor>,
     uploads: IntCounterVec,
     upload_bytes: IntCounter,
+    upload_received_bytes: IntCounter,
+    upload_checksum_failures: IntCounter,
+    upload_duration: Histogram,
     audit: AuditLog,
+    tus: tus::TusDeps,
 }
 
 impl UploadActor {
@@ -122,6 +175,7 @@ impl UploadActor {
         transcode: Addr<TranscodeActor>,
         metrics: &Metrics,
         audit: AuditLog,
+        tus: tus::TusDeps,
     ) -> Self {
         Self {
             config,
@@ -130,13 +184,34 @@ impl UploadActor {
             transcode,
             uploads: metrics.uploads.clone(),
             upload_bytes: metrics.upload_bytes.clone(),
+            upload_received_bytes: metrics.upload_received_bytes.clone(),
+            upload_checksum_failures: metrics.upload_checksum_failures.clone(),
+            upload_duration: metrics.upload_duration.clone(),
             audit,
+            tus,
+        }
+    }
+
+    fn finisher(&self) -> tus::Finisher {
+        tus::Finisher {
+            deps: self.tus.clone(),
+            blobs: self.blobs.clone(),
+            metadata: self.metadata.clone(),
+            transcode: self.transcode.clone(),
+            finished: self.uploads.with_label_values(&[upload_outcome::FINISHED]),
+            stored_bytes: self.upload_bytes.clone(),
+            duration: self.upload_duration.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
 
 impl Actor for UploadActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.start_resumable(ctx);
+    }
 }
 
 impl Supervised for UploadActor {}
@@ -192,33 +267,14 @@ impl Handler<FinishUpload> for UploadActor {
         let audit = self.audit.clone();
         Box::pin(async move {
             let file = msg.file;
-            let now = OffsetDateTime::now_utc();
-            let title = msg
-                .title
-                .filter(|title| !title.trim().is_empty())
-                .or_else(|| file.filename.as_deref().map(title_from_filename))
-                .unwrap_or_else(|| "Untitled".to_string());
-            let media = Media {
-                id: MediaId::new(),
-                title,
-                description: msg.description.unwrap_or_default(),
-                tags: normalize_tags(msg.tags),
-                owner: msg.owner,
-                state: MediaState::Processing,
-                failure: None,
-                upload_id: file.upload_id.clone(),
-                filename: file.filename.clone(),
-                size: file.size,
-                sha256: file.sha256.clone(),
-                source_key: file.key.clone(),
-                duration_s: None,
-                width: None,
-                height: None,
-                video_codec: None,
-                renditions: Vec::new(),
-                created_at: now,
-                updated_at: now,
-            };
+            let media = media_record(
+                MediaId::new(),
+                &file,
+                msg.title,
+                msg.description,
+                msg.tags,
+                msg.owner,
+            );
             let created = metadata
                 .send(CreateMedia { media })
                 .await
@@ -381,6 +437,43 @@ impl UploadSink {
     /// Discards everything received so far.
     pub async fn abort(self) -> Result<(), UploadError> {
         Ok(self.writer.abort().await?)
+    }
+}
+
+/// The record of a freshly uploaded file; the title falls back to the file name.
+fn media_record(
+    id: MediaId,
+    file: &ReceivedFile,
+    title: Option<String>,
+    description: Option<String>,
+    tags: Vec<String>,
+    owner: Option<String>,
+) -> Media {
+    let now = OffsetDateTime::now_utc();
+    let title = title
+        .filter(|title| !title.trim().is_empty())
+        .or_else(|| file.filename.as_deref().map(title_from_filename))
+        .unwrap_or_else(|| "Untitled".to_string());
+    Media {
+        id,
+        title,
+        description: description.unwrap_or_default(),
+        tags: normalize_tags(tags),
+        owner,
+        state: MediaState::Processing,
+        failure: None,
+        upload_id: file.upload_id.clone(),
+        filename: file.filename.as_deref().map(sanitize_filename),
+        size: file.size,
+        sha256: file.sha256.clone(),
+        source_key: file.key.clone(),
+        duration_s: None,
+        width: None,
+        height: None,
+        video_codec: None,
+        renditions: Vec::new(),
+        created_at: now,
+        updated_at: now,
     }
 }
 

@@ -1,0 +1,1024 @@
+//! Resumable uploads (tus 1.0.0): creation, PATCHes with optional chunk checksums, termination,
+//! expiry, and crash-safe finishing.
+//!
+//! The bytes of an unfinished upload live in a partial file under `data_dir/partials`, outside
+//! the blob store, so nothing half-received can be served or transcoded. As with the one-shot
+//! upload, bytes never pass through the mailbox: `BeginTusPatch` hands the handler a [`TusSink`]
+//! (it holds the upload's lock), the handler pumps the body into it and sends the sink back in
+//! `CommitTusPatch`, which makes the bytes durable and only then advances the stored offset.
+//!
+//! Invariant: the stored `offset` counts only fsynced bytes; bytes past it are truncated away
+//! before the next PATCH and at start-up, so a PATCH cut off by `kill -9` resumes cleanly.
+//! Invariant: at most one PATCH (or termination, or finishing) works on an upload at a time;
+//! the lock is released when the sink is dropped, even if the client vanished mid-body.
+//! Invariant: a finished upload creates its media record and queues its job exactly once: the
+//! `finishing` state is persisted first, and a restart that finds it checks what exists.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::Read,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use actix::{AsyncContext, Context, Handler, Message, ResponseFuture};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use super::{media_record, UploadActor, UploadError};
+use crate::{
+    audit::{action, AuditEvent},
+    blobs::BlobStore,
+    metadata::{normalize_tags, validate_text, CreateMedia, GetMedia, MetadataError},
+    model::{JobKind, MediaId, TusMetadata, TusState, TusUpload, UploadId},
+    monitor::names::upload_outcome,
+    sniff::{sniff_container, SNIFF_BYTES},
+    store::{blocking, SharedRepo},
+    transcode::{ListJobs, SubmitJob},
+};
+
+/// The protocol version we speak.
+pub const TUS_VERSION: &str = "1.0.0";
+/// The extensions we implement, for `Tus-Extension`.
+pub const TUS_EXTENSIONS: &str =
+    "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration";
+/// For `Tus-Checksum-Algorithm`.
+pub const TUS_CHECKSUM_ALGORITHMS: &str = "sha1,sha256";
+
+/// Received bytes are written in pieces of this size, off the async threads.
+const WRITE_BUFFER: usize = 1024 * 1024;
+/// Page size when the actor walks the upload records.
+const LIST_PAGE: usize = 500;
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// Creates an upload. `length` is `None` when the client defers it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<TusUpload, UploadError>")]
+pub struct CreateTusUpload {
+    pub length: Option<u64>,
+    pub metadata: TusMetadata,
+    pub raw_metadata: Option<String>,
+    /// The quota key.
+    pub owner: String,
+    pub caller: String,
+}
+
+/// The stored state of an upload; an unfinished upload past its expiry is `Expired`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<TusUpload, UploadError>")]
+pub struct GetTusUpload {
+    pub upload_id: UploadId,
+    /// Who asks (`Principal::name`): only the creator or an admin may see or touch an upload.
+    pub requester: String,
+}
+
+/// Locks an upload for one PATCH and opens a sink at `offset`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<TusSink, UploadError>")]
+pub struct BeginTusPatch {
+    pub upload_id: UploadId,
+    pub requester: String,
+    /// The client's `Upload-Offset`; must equal the stored offset.
+    pub offset: u64,
+    /// `Upload-Length`, which a PATCH may carry once for a deferred-length upload.
+    pub length: Option<u64>,
+    /// `Content-Length`, when known: a body that cannot fit is refused before it is read.
+    pub content_length: Option<u64>,
+    pub checksum: Option<ChunkChecksum>,
+}
+
+/// Ends a PATCH: keeps the chunk (durably) or discards it, then releases the lock. The reply is
+/// the upload as stored afterwards.
+#[derive(Message)]
+#[rtype(result = "Result<TusUpload, UploadError>")]
+pub struct CommitTusPatch {
+    pub sink: TusSink,
+    pub ending: PatchEnding,
+    pub caller: String,
+}
+
+/// How the body of a PATCH ended.
+#[derive(Debug)]
+pub enum PatchEnding {
+    /// The whole body arrived.
+    Complete,
+    /// The client went away mid-body: what arrived is kept, unless a checksum was promised.
+    Interrupted,
+    /// The sink refused a chunk (size, container): the whole chunk is discarded.
+    Refused(UploadError),
+}
+
+/// What clients may send (for `Tus-Max-Size`).
+#[derive(Debug, Message)]
+#[rtype(result = "UploadLimits")]
+pub struct GetUploadLimits;
+
+#[derive(Debug, Clone, Copy, actix::MessageResponse)]
+pub struct UploadLimits {
+    pub max_size_bytes: u64,
+}
+
+/// Deletes an unfinished upload and its bytes.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), UploadError>")]
+pub struct TerminateTusUpload {
+    pub upload_id: UploadId,
+    pub requester: String,
+    pub caller: String,
+}
+
+/// Deletes unfinished uploads past their expiry (sent on a timer).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<usize, UploadError>")]
+pub struct SweepExpiredUploads;
+
+/// Truncates partial files to their acknowledged offsets and resumes interrupted finishing.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(super) struct RecoverTusUploads;
+
+// ---------------------------------------------------------------------------------------------
+// Checksums
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumAlgorithm {
+    Sha1,
+    Sha256,
+}
+
+impl ChecksumAlgorithm {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sha1" => Some(Self::Sha1),
+            "sha256" => Some(Self::Sha256),
+            _ => None,
+        }
+    }
+}
+
+/// `Upload-Checksum`: the digest the client computed over this PATCH's body.
+#[derive(Debug, Clone)]
+pub struct ChunkChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub digest: Vec<u8>,
+}
+
+enum ChunkHasher {
+    Sha1(Sha1),
+    Sha256(Sha256),
+}
+
+impl ChunkHasher {
+    fn new(algorithm: ChecksumAlgorithm) -> Self {
+        match algorithm {
+            ChecksumAlgorithm::Sha1 => Self::Sha1(Sha1::new()),
+            ChecksumAlgorithm::Sha256 => Self::Sha256(Sha256::new()),
+        }
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha1(hasher) => hasher.update(bytes),
+            Self::Sha256(hasher) => hasher.update(bytes),
+        }
+    }
+    fn matches(&self, digest: &[u8]) -> bool {
+        match self {
+            Self::Sha1(hasher) => hasher.clone().finalize().as_slice() == digest,
+            Self::Sha256(hasher) => hasher.clone().finalize().as_slice() == digest,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state
+
+/// State shared by the actor and the sinks it hands out. It outlives an actor restart, so a
+/// restarted actor still sees which uploads are busy.
+#[derive(Clone, Default)]
+pub struct TusShared {
+    locks: Arc<Mutex<HashSet<UploadId>>>,
+    /// The running whole-file SHA-256 of uploads between PATCHes, with the offset it covers.
+    /// Lost on restart; finishing then hashes the file from disk.
+    hashes: Arc<Mutex<HashMap<UploadId, (u64, Sha256)>>>,
+}
+
+impl TusShared {
+    fn lock(&self, upload_id: &UploadId) -> Result<UploadLock, UploadError> {
+        let mut locks = self.locks.lock().map_err(|_| UploadError::Locked)?;
+        if !locks.insert(upload_id.clone()) {
+            return Err(UploadError::Locked);
+        }
+        Ok(UploadLock {
+            locks: self.locks.clone(),
+            upload_id: upload_id.clone(),
+        })
+    }
+
+    fn take_hash(&self, upload_id: &UploadId, offset: u64) -> Option<Sha256> {
+        let mut hashes = self.hashes.lock().ok()?;
+        match hashes.remove(upload_id) {
+            Some((covered, hasher)) if covered == offset => Some(hasher),
+            _ if offset == 0 => Some(Sha256::new()),
+            _ => None,
+        }
+    }
+
+    fn keep_hash(&self, upload_id: &UploadId, offset: u64, hasher: Sha256) {
+        if let Ok(mut hashes) = self.hashes.lock() {
+            hashes.insert(upload_id.clone(), (offset, hasher));
+        }
+    }
+
+    fn forget_hash(&self, upload_id: &UploadId) {
+        if let Ok(mut hashes) = self.hashes.lock() {
+            hashes.remove(upload_id);
+        }
+    }
+}
+
+/// Held while something works on an upload; dropping it unlocks.
+struct UploadLock {
+    locks: Arc<Mutex<HashSet<UploadId>>>,
+    upload_id: UploadId,
+}
+
+impl Drop for UploadLock {
+    fn drop(&mut self) {
+        if let Ok(mut locks) = self.locks.lock() {
+            locks.remove(&self.upload_id);
+        }
+    }
+}
+
+/// What the resumable half of the actor needs besides the one-shot's dependencies.
+#[derive(Clone)]
+pub struct TusDeps {
+    pub repo: SharedRepo,
+    /// Where partial uploads live (`data_dir/partials`).
+    pub partial_dir: PathBuf,
+    pub shared: TusShared,
+}
+
+fn partial_path(dir: &Path, upload_id: &UploadId) -> PathBuf {
+    dir.join(format!("{upload_id}.part"))
+}
+
+fn io_error(error: std::io::Error) -> UploadError {
+    UploadError::Disk(error.to_string())
+}
+
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| UploadError::Disk(e.to_string()))?
+        .map_err(io_error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sink
+
+/// Which limit a PATCH body runs into first.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// `Upload-Length` or the size limit.
+    Size(u64),
+    /// The owner's quota.
+    Quota(u64),
+}
+
+impl Limit {
+    fn error(self) -> UploadError {
+        match self {
+            Self::Size(limit) => UploadError::TooLarge { limit },
+            Self::Quota(quota) => UploadError::QuotaExceeded { quota },
+        }
+    }
+}
+
+/// Receives one PATCH body: hashes it, sniffs the container while the first bytes arrive,
+/// enforces the length, and writes into the partial file at the acknowledged offset.
+pub struct TusSink {
+    upload: TusUpload,
+    start: u64,
+    received: u64,
+    /// Most bytes this PATCH may carry, and what exceeding it means.
+    room: u64,
+    limit: Limit,
+    file: Arc<std::fs::File>,
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` already on their way to the file start at `start + flushed`.
+    flushed: u64,
+    chunk: Option<(ChunkChecksum, ChunkHasher)>,
+    /// The running hash of the whole file; `None` when unknown (finishing then reads the file)
+    /// and while `in_flight` has it.
+    whole: Option<Sha256>,
+    /// The previous buffer being hashed and written on the blocking pool while the next one
+    /// arrives; it hands the whole-file hasher back.
+    in_flight: Option<tokio::task::JoinHandle<std::io::Result<Option<Sha256>>>>,
+    /// The file's first bytes, gathered until the container is known.
+    head: Option<Vec<u8>>,
+    /// Shared with the write in flight, so a dropped sink's last write cannot land after the
+    /// next PATCH has started.
+    lock: Arc<UploadLock>,
+}
+
+impl std::fmt::Debug for TusSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TusSink")
+            .field("upload_id", &self.upload.id)
+            .field("start", &self.start)
+            .field("received", &self.received)
+            .finish()
+    }
+}
+
+impl TusSink {
+    pub fn upload_id(&self) -> &UploadId {
+        &self.upload.id
+    }
+
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), UploadError> {
+        if self.received + chunk.len() as u64 > self.room {
+            return Err(self.limit.error());
+        }
+        if let Some((_, hasher)) = &mut self.chunk {
+            hasher.update(chunk);
+        }
+        self.received += chunk.len() as u64;
+        if let Some(head) = &mut self.head {
+            let wanted = SNIFF_BYTES.saturating_sub(head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..wanted]);
+            if head.len() >= SNIFF_BYTES {
+                self.sniff()?;
+            }
+        }
+        self.buffer.extend_from_slice(chunk);
+        if self.buffer.len() >= WRITE_BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn sniff(&mut self) -> Result<(), UploadError> {
+        let head = self.head.take().unwrap_or_default();
+        let container = sniff_container(&head).ok_or(UploadError::NotAVideo)?;
+        self.upload.container = Some(container.to_string());
+        Ok(())
+    }
+
+    /// Sends the buffer to the blocking pool (hash, then positioned write); at most one buffer
+    /// is in flight, so receiving the next overlaps with writing this one.
+    async fn flush(&mut self) -> Result<(), UploadError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.settle().await?;
+        let bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(WRITE_BUFFER));
+        let position = self.start + self.flushed;
+        self.flushed += bytes.len() as u64;
+        let (file, lock, mut whole) = (self.file.clone(), self.lock.clone(), self.whole.take());
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let _lock = lock;
+            if let Some(hasher) = &mut whole {
+                hasher.update(&bytes);
+            }
+            file.write_all_at(&bytes, position)?;
+            Ok(whole)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the write in flight and takes the hasher back.
+    async fn settle(&mut self) -> Result<(), UploadError> {
+        if let Some(task) = self.in_flight.take() {
+            self.whole = task
+                .await
+                .map_err(|e| UploadError::Disk(e.to_string()))?
+                .map_err(io_error)?;
+        }
+        Ok(())
+    }
+
+    /// Drops this PATCH's bytes: the file goes back to the acknowledged offset.
+    async fn discard(&mut self) -> Result<(), UploadError> {
+        self.buffer.clear();
+        let settled = self.settle().await;
+        let (file, start) = (self.file.clone(), self.start);
+        run_blocking(move || file.set_len(start)).await?;
+        settled
+    }
+
+    /// Makes every received byte durable.
+    async fn sync(&mut self) -> Result<(), UploadError> {
+        self.flush().await?;
+        self.settle().await?;
+        let file = self.file.clone();
+        run_blocking(move || file.sync_data()).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+impl UploadActor {
+    fn expiry(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + Duration::from_secs(self.config.expiry_s)
+    }
+
+    /// Starts the expiry sweep and the start-up recovery.
+    pub(super) fn start_resumable(&mut self, ctx: &mut Context<Self>) {
+        ctx.notify(RecoverTusUploads);
+        let interval = Duration::from_secs(self.config.cleanup_interval_s);
+        ctx.run_interval(interval, |_, ctx| ctx.notify(SweepExpiredUploads));
+    }
+}
+
+/// Every upload record (the table is small: one record per upload, kept after finishing).
+async fn all_uploads(repo: &SharedRepo) -> Result<Vec<TusUpload>, UploadError> {
+    let mut found = Vec::new();
+    let mut after: Option<UploadId> = None;
+    loop {
+        let cursor = after.clone();
+        let page = blocking(repo, move |repo| {
+            repo.list_tus_uploads(cursor.as_ref(), LIST_PAGE)
+        })
+        .await?;
+        let done = page.len() < LIST_PAGE;
+        after = page.last().map(|upload| upload.id.clone());
+        found.extend(page);
+        if done {
+            return Ok(found);
+        }
+    }
+}
+
+/// Bytes `owner` holds in uploads other than `except`.
+async fn quota_used(
+    repo: &SharedRepo,
+    owner: &str,
+    except: Option<&UploadId>,
+) -> Result<u64, UploadError> {
+    Ok(all_uploads(repo)
+        .await?
+        .iter()
+        .filter(|upload| upload.owner == owner && Some(&upload.id) != except)
+        .map(|upload| upload.length.unwrap_or(upload.offset))
+        .sum())
+}
+
+async fn load(repo: &SharedRepo, upload_id: &UploadId) -> Result<TusUpload, UploadError> {
+    let id = upload_id.clone();
+    let upload = blocking(repo, move |repo| repo.get_tus_upload(&id))
+        .await?
+        .ok_or_else(|| UploadError::NotFound(upload_id.clone()))?;
+    if upload.state == TusState::Receiving && upload.expires_at <= OffsetDateTime::now_utc() {
+        return Err(UploadError::Expired(upload.id));
+    }
+    Ok(upload)
+}
+
+/// [`load`], for the upload's creator or an admin only.
+async fn load_owned(
+    repo: &SharedRepo,
+    upload_id: &UploadId,
+    requester: &str,
+) -> Result<TusUpload, UploadError> {
+    let upload = load(repo, upload_id).await?;
+    if upload.owner != requester && requester != crate::auth::ADMIN {
+        return Err(UploadError::NotOwner(upload.id));
+    }
+    Ok(upload)
+}
+
+/// The media owner for an upload's owner name: a wallet owns its media, an admin owns none.
+fn owner_wallet(owner: &str) -> Option<String> {
+    (owner != crate::auth::ADMIN).then(|| owner.to_string())
+}
+
+async fn save(repo: &SharedRepo, upload: &TusUpload) -> Result<(), UploadError> {
+    let stored = upload.clone();
+    blocking(repo, move |repo| repo.put_tus_upload(&stored)).await?;
+    Ok(())
+}
+
+impl Handler<CreateTusUpload> for UploadActor {
+    type Result = ResponseFuture<Result<TusUpload, UploadError>>;
+
+    fn handle(&mut self, msg: CreateTusUpload, _: &mut Self::Context) -> Self::Result {
+        let deps = self.tus.clone();
+        let (max_size, quota) = (self.config.max_size_bytes, self.config.quota_bytes);
+        let expires_at = self.expiry();
+        let created = self.uploads.with_label_values(&[upload_outcome::CREATED]);
+        let audit = self.audit.clone();
+        Box::pin(async move {
+            match msg.length {
+                Some(0) => return Err(UploadError::Empty),
+                Some(length) if length > max_size => {
+                    return Err(UploadError::TooLarge { limit: max_size })
+                }
+                _ => {}
+            }
+            let metadata = TusMetadata {
+                tags: normalize_tags(msg.metadata.tags),
+                ..msg.metadata
+            };
+            // Checked now, so a finished upload cannot fail on its metadata.
+            let title = metadata.title.clone().unwrap_or_else(|| "Untitled".into());
+            validate_text(
+                &title,
+                metadata.description.as_deref().unwrap_or_default(),
+                &metadata.tags,
+            )
+            .map_err(UploadError::Metadata)?;
+            if quota > 0 {
+                let used = quota_used(&deps.repo, &msg.owner, None).await?;
+                if used + msg.length.unwrap_or(0) > quota {
+                    return Err(UploadError::QuotaExceeded { quota });
+                }
+            }
+            let upload = TusUpload {
+                id: UploadId::new(),
+                owner: msg.owner,
+                length: msg.length,
+                offset: 0,
+                metadata,
+                raw_metadata: msg.raw_metadata,
+                state: TusState::Receiving,
+                container: None,
+                media_id: None,
+                sha256: None,
+                created_at: OffsetDateTime::now_utc(),
+                expires_at,
+            };
+            let path = partial_path(&deps.partial_dir, &upload.id);
+            run_blocking(move || std::fs::File::create(path).map(drop)).await?;
+            save(&deps.repo, &upload).await?;
+            created.inc();
+            audit
+                .record(AuditEvent::ok(
+                    action::UPLOAD_CREATE,
+                    msg.caller,
+                    Some(upload.id.to_string()),
+                ))
+                .await;
+            Ok(upload)
+        })
+    }
+}
+
+impl Handler<GetUploadLimits> for UploadActor {
+    type Result = UploadLimits;
+
+    fn handle(&mut self, _: GetUploadLimits, _: &mut Self::Context) -> UploadLimits {
+        UploadLimits {
+            max_size_bytes: self.config.max_size_bytes,
+        }
+    }
+}
+
+impl Handler<GetTusUpload> for UploadActor {
+    type Result = ResponseFuture<Result<TusUpload, UploadError>>;
+
+    fn handle(&mut self, msg: GetTusUpload, _: &mut Self::Context) -> Self::Result {
+        let repo = self.tus.repo.clone();
+        Box::pin(async move { load_owned(&repo, &msg.upload_id, &msg.requester).await })
+    }
+}
+
+impl Handler<BeginTusPatch> for UploadActor {
+    type Result = ResponseFuture<Result<TusSink, UploadError>>;
+
+    fn handle(&mut self, msg: BeginTusPatch, _: &mut Self::Context) -> Self::Result {
+        let deps = self.tus.clone();
+        let (max_size, quota) = (self.config.max_size_bytes, self.config.quota_bytes);
+        // Taken before the first await, so two racing PATCHes cannot both pass.
+        let lock = deps.shared.lock(&msg.upload_id);
+        Box::pin(async move {
+            let lock = lock?;
+            let mut upload = load_owned(&deps.repo, &msg.upload_id, &msg.requester).await?;
+            if upload.state != TusState::Receiving {
+                return Err(UploadError::Finished(upload.id));
+            }
+            if msg.offset != upload.offset {
+                return Err(UploadError::OffsetMismatch {
+                    expected: upload.offset,
+                });
+            }
+            match (upload.length, msg.length) {
+                (Some(known), Some(sent)) if known != sent => {
+                    return Err(UploadError::InvalidLength(format!(
+                        "Upload-Length is already {known}"
+                    )))
+                }
+                (None, Some(sent)) if sent < upload.offset => {
+                    return Err(UploadError::InvalidLength(format!(
+                        "Upload-Length {sent} is below the offset {}",
+                        upload.offset
+                    )))
+                }
+                (None, Some(sent)) if sent > max_size => {
+                    return Err(UploadError::TooLarge { limit: max_size })
+                }
+                (None, Some(sent)) => upload.length = Some(sent),
+                _ => {}
+            }
+            let (mut room, mut limit) = match upload.length {
+                Some(length) => (length - upload.offset, Limit::Size(length)),
+                None => (max_size - upload.offset, Limit::Size(max_size)),
+            };
+            if quota > 0 {
+                let used = quota_used(&deps.repo, &upload.owner, Some(&upload.id)).await?;
+                let allowed = quota.saturating_sub(used);
+                if upload.length.is_some_and(|length| length > allowed) {
+                    return Err(UploadError::QuotaExceeded { quota });
+                }
+                let quota_room = allowed.saturating_sub(upload.offset);
+                if quota_room < room {
+                    (room, limit) = (quota_room, Limit::Quota(quota));
+                }
+            }
+            if msg.content_length.is_some_and(|length| length > room) {
+                return Err(limit.error());
+            }
+            // The file is cut back to the acknowledged offset: whatever a crash or a refused
+            // chunk left beyond it is not part of the upload.
+            let path = partial_path(&deps.partial_dir, &upload.id);
+            let (offset, sniffed) = (upload.offset, upload.container.is_some());
+            let (file, head) = run_blocking(move || {
+                let mut file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)?;
+                file.set_len(offset)?;
+                let mut head = Vec::new();
+                if !sniffed {
+                    (&mut file)
+                        .take(SNIFF_BYTES as u64)
+                        .read_to_end(&mut head)?;
+                }
+                Ok((file, (!sniffed).then_some(head)))
+            })
+            .await?;
+            let whole = deps.shared.take_hash(&upload.id, upload.offset);
+            Ok(TusSink {
+                start: upload.offset,
+                upload,
+                received: 0,
+                room,
+                limit,
+                file: Arc::new(file),
+                buffer: Vec::with_capacity(WRITE_BUFFER),
+                flushed: 0,
+                chunk: msg
+                    .checksum
+                    .map(|checksum| (checksum.clone(), ChunkHasher::new(checksum.algorithm))),
+                whole,
+                in_flight: None,
+                head,
+                lock: Arc::new(lock),
+            })
+        })
+    }
+}
+
+impl Handler<CommitTusPatch> for UploadActor {
+    type Result = ResponseFuture<Result<TusUpload, UploadError>>;
+
+    fn handle(&mut self, msg: CommitTusPatch, _: &mut Self::Context) -> Self::Result {
+        let deps = self.tus.clone();
+        let finisher = self.finisher();
+        let expires_at = self.expiry();
+        let checksum_failures = self.upload_checksum_failures.clone();
+        let received_bytes = self.upload_received_bytes.clone();
+        Box::pin(async move {
+            let mut sink = msg.sink;
+            let refusal = match msg.ending {
+                PatchEnding::Refused(error) => Some(error),
+                PatchEnding::Interrupted if sink.chunk.is_some() => Some(UploadError::Interrupted),
+                PatchEnding::Interrupted => None,
+                PatchEnding::Complete => match sink.chunk.take() {
+                    Some((expected, hasher)) if !hasher.matches(&expected.digest) => {
+                        checksum_failures.inc();
+                        Some(UploadError::ChecksumMismatch)
+                    }
+                    _ => None,
+                },
+            };
+            let offset = sink.start + sink.received;
+            let complete = sink.upload.length == Some(offset);
+            let refusal = refusal.or_else(|| {
+                // A file shorter than the sniff window is judged once it is complete.
+                (complete && sink.head.is_some())
+                    .then(|| sink.sniff().err())
+                    .flatten()
+            });
+            if let Some(error) = refusal {
+                sink.discard().await?;
+                // Bytes the hash already saw are gone; finishing will hash the file instead.
+                deps.shared.forget_hash(&sink.upload.id);
+                return Err(error);
+            }
+            sink.sync().await?;
+            let mut upload = sink.upload.clone();
+            upload.offset = offset;
+            upload.expires_at = expires_at;
+            save(&deps.repo, &upload).await?;
+            received_bytes.inc_by(sink.received);
+            let whole = sink.whole.take();
+            if !complete {
+                if let Some(hasher) = whole {
+                    deps.shared.keep_hash(&upload.id, offset, hasher);
+                }
+                return Ok(upload);
+            }
+            // Still holding the sink (and so the lock) while finishing.
+            let finished = finisher.finish(upload, whole, msg.caller).await;
+            drop(sink);
+            finished
+        })
+    }
+}
+
+impl Handler<TerminateTusUpload> for UploadActor {
+    type Result = ResponseFuture<Result<(), UploadError>>;
+
+    fn handle(&mut self, msg: TerminateTusUpload, _: &mut Self::Context) -> Self::Result {
+        let deps = self.tus.clone();
+        let terminated = self
+            .uploads
+            .with_label_values(&[upload_outcome::TERMINATED]);
+        let audit = self.audit.clone();
+        let lock = deps.shared.lock(&msg.upload_id);
+        Box::pin(async move {
+            let _lock = lock?;
+            let upload = load_owned(&deps.repo, &msg.upload_id, &msg.requester).await?;
+            if upload.state != TusState::Receiving {
+                return Err(UploadError::Finished(upload.id));
+            }
+            remove_upload(&deps, &upload.id).await?;
+            terminated.inc();
+            audit
+                .record(AuditEvent::ok(
+                    action::UPLOAD_TERMINATE,
+                    msg.caller,
+                    Some(upload.id.to_string()),
+                ))
+                .await;
+            Ok(())
+        })
+    }
+}
+
+/// Deletes an upload's bytes, then its record.
+async fn remove_upload(deps: &TusDeps, upload_id: &UploadId) -> Result<(), UploadError> {
+    let path = partial_path(&deps.partial_dir, upload_id);
+    run_blocking(move || match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    })
+    .await?;
+    deps.shared.forget_hash(upload_id);
+    let id = upload_id.clone();
+    blocking(&deps.repo, move |repo| repo.delete_tus_upload(&id)).await?;
+    Ok(())
+}
+
+impl Handler<SweepExpiredUploads> for UploadActor {
+    type Result = ResponseFuture<Result<usize, UploadError>>;
+
+    fn handle(&mut self, _: SweepExpiredUploads, _: &mut Self::Context) -> Self::Result {
+        let deps = self.tus.clone();
+        let expired = self.uploads.with_label_values(&[upload_outcome::EXPIRED]);
+        Box::pin(async move {
+            let now = OffsetDateTime::now_utc();
+            let mut swept = 0;
+            for upload in all_uploads(&deps.repo).await? {
+                if upload.state != TusState::Receiving || upload.expires_at > now {
+                    continue;
+                }
+                // A PATCH in progress renews the expiry when it commits.
+                let Ok(_lock) = deps.shared.lock(&upload.id) else {
+                    continue;
+                };
+                remove_upload(&deps, &upload.id).await?;
+                expired.inc();
+                swept += 1;
+            }
+            if swept > 0 {
+                tracing::info!(swept, "deleted expired uploads");
+            }
+            Ok(swept)
+        })
+    }
+}
+
+impl Handler<RecoverTusUploads> for UploadActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: RecoverTusUploads, _: &mut Self::Context) -> Self::Result {
+        let deps = self.tus.clone();
+        let finisher = self.finisher();
+        Box::pin(async move {
+            let uploads = match all_uploads(&deps.repo).await {
+                Ok(uploads) => uploads,
+                Err(error) => {
+                    tracing::error!(%error, "cannot list resumable uploads to recover");
+                    return;
+                }
+            };
+            for upload in uploads {
+                let Ok(_lock) = deps.shared.lock(&upload.id) else {
+                    continue;
+                };
+                let upload_id = upload.id.clone();
+                let recovered = match upload.state {
+                    TusState::Receiving => {
+                        let path = partial_path(&deps.partial_dir, &upload.id);
+                        let offset = upload.offset;
+                        run_blocking(move || {
+                            match std::fs::OpenOptions::new().write(true).open(path) {
+                                Ok(file) => file.set_len(offset).and_then(|()| file.sync_all()),
+                                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                                    Ok(())
+                                }
+                                Err(error) => Err(error),
+                            }
+                        })
+                        .await
+                    }
+                    TusState::Finishing => finisher
+                        .finish(upload, None, "system:recovery".into())
+                        .await
+                        .map(drop),
+                    TusState::Finished => Ok(()),
+                };
+                if let Err(error) = recovered {
+                    tracing::error!(%error, %upload_id, "could not recover upload");
+                }
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finishing
+
+/// What finishing an upload needs, cloned out of the actor.
+pub(super) struct Finisher {
+    pub(super) deps: TusDeps,
+    pub(super) blobs: BlobStore,
+    pub(super) metadata: actix::Addr<crate::metadata::MetadataActor>,
+    pub(super) transcode: actix::Addr<crate::transcode::TranscodeActor>,
+    pub(super) finished: prometheus::IntCounter,
+    pub(super) stored_bytes: prometheus::IntCounter,
+    pub(super) duration: prometheus::Histogram,
+    pub(super) audit: crate::audit::AuditLog,
+}
+
+impl Finisher {
+    /// Turns a complete upload into a source blob, a media record and one queued job. Safe to
+    /// run again on an upload left `finishing` by a crash: every step checks what exists.
+    async fn finish(
+        &self,
+        mut upload: TusUpload,
+        whole: Option<Sha256>,
+        caller: String,
+    ) -> Result<TusUpload, UploadError> {
+        let partial = partial_path(&self.deps.partial_dir, &upload.id);
+        let resumed = upload.state == TusState::Finishing;
+        if !resumed {
+            let sha256 = match whole {
+                Some(hasher) => hex::encode(hasher.finalize()),
+                None => hash_file(partial.clone()).await?,
+            };
+            upload.state = TusState::Finishing;
+            upload.sha256 = Some(sha256);
+            upload.media_id = Some(MediaId::new());
+            save(&self.deps.repo, &upload).await?;
+        }
+        let media_id = upload
+            .media_id
+            .clone()
+            .ok_or_else(|| UploadError::Disk("finishing upload has no media id".into()))?;
+        let key = BlobStore::source_key(&upload.id);
+        if tokio::fs::try_exists(&partial).await.map_err(io_error)? {
+            self.blobs.adopt_file(&key, &partial).await?;
+        } else if !self.blobs.exists(&key).await? {
+            return Err(UploadError::Disk(format!(
+                "upload {} lost its bytes before finishing",
+                upload.id
+            )));
+        }
+        let exists = resumed && self.media_exists(&media_id).await?;
+        if !exists {
+            let metadata = &upload.metadata;
+            let media = media_record(
+                media_id.clone(),
+                &super::ReceivedFile {
+                    upload_id: upload.id.clone(),
+                    key,
+                    filename: metadata.filename.clone(),
+                    container: "",
+                    size: upload.offset,
+                    sha256: upload.sha256.clone().unwrap_or_default(),
+                },
+                metadata.title.clone(),
+                metadata.description.clone(),
+                metadata.tags.clone(),
+                owner_wallet(&upload.owner),
+            );
+            self.metadata
+                .send(CreateMedia { media })
+                .await
+                .map_err(|_| UploadError::Mailbox("metadata"))??;
+        }
+        if !(resumed && self.job_exists(&media_id).await?) {
+            self.transcode
+                .send(SubmitJob {
+                    kind: JobKind::Transcode,
+                    media_id: media_id.clone(),
+                    priority: 5,
+                    caller: caller.clone(),
+                })
+                .await
+                .map_err(|_| UploadError::Mailbox("transcode"))??;
+        }
+        upload.state = TusState::Finished;
+        save(&self.deps.repo, &upload).await?;
+        self.finished.inc();
+        self.stored_bytes.inc_by(upload.offset);
+        let took = OffsetDateTime::now_utc() - upload.created_at;
+        self.duration.observe(took.as_seconds_f64().max(0.0));
+        self.audit
+            .record(AuditEvent::ok(
+                action::UPLOAD_FINISH,
+                caller,
+                Some(media_id.to_string()),
+            ))
+            .await;
+        Ok(upload)
+    }
+
+    async fn media_exists(&self, media_id: &MediaId) -> Result<bool, UploadError> {
+        let found = self
+            .metadata
+            .send(GetMedia {
+                media_id: media_id.clone(),
+            })
+            .await
+            .map_err(|_| UploadError::Mailbox("metadata"))?;
+        match found {
+            Ok(_) => Ok(true),
+            Err(MetadataError::NotFound(_)) => Ok(false),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Walks the job list; only on the rare recovery path.
+    async fn job_exists(&self, media_id: &MediaId) -> Result<bool, UploadError> {
+        let mut after = None;
+        loop {
+            let page = self
+                .transcode
+                .send(ListJobs {
+                    state: None,
+                    after,
+                    limit: 100,
+                })
+                .await
+                .map_err(|_| UploadError::Mailbox("transcode"))??;
+            if page.iter().any(|job| &job.media_id == media_id) {
+                return Ok(true);
+            }
+            match page.last() {
+                Some(last) if page.len() == 100 => after = Some(last.id.clone()),
+                _ => return Ok(false),
+            }
+        }
+    }
+}
+
+async fn hash_file(path: PathBuf) -> Result<String, UploadError> {
+    run_blocking(move || {
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; WRITE_BUFFER];
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                return Ok(hex::encode(hasher.finalize()));
+            }
+            hasher.update(&buffer[..read]);
+        }
+    })
+    .await
+}

@@ -1,0 +1,858 @@
+//! tus 1.0.0 resumable uploads against the real server: the protocol's statuses and headers,
+//! racing PATCHes, quota and expiry, an independent client (tuspy) resuming in a second process,
+//! and `kill -9` of the real binary in the middle of a PATCH.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use reqwest::{header::HeaderMap, Method, Response};
+use serde_json::Value;
+use sha2::Digest;
+
+use crate::server::{make_clip, python_venv, TestServer};
+
+const TUS: &str = "1.0.0";
+const OCTETS: &str = "application/offset+octet-stream";
+
+/// Bytes that sniff as MP4 (an `ftyp` box) followed by a deterministic pattern.
+pub fn fake_video(length: usize) -> Vec<u8> {
+    let mut bytes = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2".to_vec();
+    let mut state: u32 = 0x9E37_79B9;
+    while bytes.len() < length {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(length);
+    bytes
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn header(response: &Response, name: &str) -> String {
+    header_of(response.headers(), name)
+}
+
+fn header_of(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|value| value.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// GET `url` as JSON with `client` (which carries a session).
+async fn get_json_as(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// A raw tus client on reqwest, for the statuses a stock client never provokes.
+struct Raw<'a> {
+    client: &'a reqwest::Client,
+    base: &'a str,
+}
+
+impl Raw<'_> {
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .header("Tus-Resumable", TUS)
+    }
+
+    async fn create(&self, length: u64, metadata: &str) -> String {
+        let response = self
+            .request(Method::POST, "/api/v1/uploads")
+            .header("Upload-Length", length.to_string())
+            .header("Upload-Metadata", metadata)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+        header(&response, "location")
+    }
+
+    async fn patch(&self, location: &str, offset: u64, body: Vec<u8>) -> Response {
+        self.request(Method::PATCH, location)
+            .header("Content-Type", OCTETS)
+            .header("Upload-Offset", offset.to_string())
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn offset(&self, location: &str) -> (u16, u64) {
+        let response = self.request(Method::HEAD, location).send().await.unwrap();
+        let offset = header(&response, "upload-offset").parse().unwrap_or(0);
+        (response.status().as_u16(), offset)
+    }
+}
+
+/// Uploads `bytes` through tus in `chunk`-sized PATCHes; returns the finished upload's status.
+pub async fn upload_via_tus(
+    client: &reqwest::Client,
+    base: &str,
+    bytes: &[u8],
+    filename: &str,
+    title: &str,
+    chunk: usize,
+) -> Value {
+    let raw = Raw { client, base };
+    let metadata = format!(
+        "filename {},title {}",
+        b64(filename.as_bytes()),
+        b64(title.as_bytes())
+    );
+    let location = raw.create(bytes.len() as u64, &metadata).await;
+    let mut offset = 0;
+    for piece in bytes.chunks(chunk) {
+        let response = raw.patch(&location, offset, piece.to_vec()).await;
+        assert_eq!(response.status(), 204, "{:?}", response.text().await);
+        offset = header(&response, "upload-offset").parse().unwrap();
+    }
+    let status: Value = client
+        .get(format!("{base}{location}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "finished", "{status}");
+    status
+}
+
+#[tokio::test]
+async fn tus_protocol_statuses_and_headers() {
+    let server = TestServer::start_with(|config| config.upload.max_size_bytes = 1_000_000);
+    let alice = server.alice_client().await;
+    let raw = Raw {
+        client: &alice,
+        base: &server.base,
+    };
+
+    // Capabilities, with CORS for browsers.
+    let options = server
+        .client
+        .request(Method::OPTIONS, server.url("/api/v1/uploads"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), 204);
+    assert_eq!(header(&options, "tus-version"), TUS);
+    assert_eq!(header(&options, "tus-resumable"), TUS);
+    assert_eq!(header(&options, "tus-max-size"), "1000000");
+    assert_eq!(header(&options, "tus-checksum-algorithm"), "sha1,sha256");
+    for extension in [
+        "creation",
+        "creation-with-upload",
+        "creation-defer-length",
+        "termination",
+        "checksum",
+        "expiration",
+    ] {
+        assert!(header(&options, "tus-extension")
+            .split(',')
+            .any(|e| e == extension));
+    }
+    assert_eq!(header(&options, "access-control-allow-origin"), "*");
+    assert!(header(&options, "access-control-expose-headers").contains("Upload-Offset"));
+
+    // Tus-Resumable is required; the answer names the version we speak.
+    let response = alice
+        .post(server.url("/api/v1/uploads"))
+        .header("Upload-Length", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 412);
+    assert_eq!(header(&response, "tus-version"), TUS);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "unsupported_tus_version");
+
+    // Too large at creation.
+    let response = raw
+        .request(Method::POST, "/api/v1/uploads")
+        .header("Upload-Length", "1000001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "upload_too_large");
+
+    // Empty uploads are not videos.
+    let response = raw
+        .request(Method::POST, "/api/v1/uploads")
+        .header("Upload-Length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    let video = fake_video(300_000);
+    let location = raw
+        .create(video.len() as u64, &format!("filename {}", b64(b"a.mp4")))
+        .await;
+    assert!(location.starts_with("/api/v1/uploads/"), "{location}");
+
+    // HEAD: offset, length, metadata echoed, expiry, never cached.
+    let head = raw.request(Method::HEAD, &location).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(header(&head, "upload-offset"), "0");
+    assert_eq!(header(&head, "upload-length"), "300000");
+    assert_eq!(
+        header(&head, "upload-metadata"),
+        format!("filename {}", b64(b"a.mp4"))
+    );
+    assert_eq!(header(&head, "cache-control"), "no-store");
+    assert!(header(&head, "upload-expires").ends_with(" GMT"));
+
+    // Wrong content type, wrong offset.
+    let response = raw
+        .request(Method::PATCH, &location)
+        .header("Content-Type", "application/octet-stream")
+        .header("Upload-Offset", "0")
+        .body(video[..100].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let response = raw.patch(&location, 5, video[..100].to_vec()).await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "offset_mismatch"
+    );
+
+    // A good chunk with a sha256 checksum, then a bad one with sha1: 460, offset unchanged.
+    let first = &video[..100_000];
+    let response = raw
+        .request(Method::PATCH, &location)
+        .header("Content-Type", OCTETS)
+        .header("Upload-Offset", "0")
+        .header(
+            "Upload-Checksum",
+            format!("sha256 {}", b64(&sha2::Sha256::digest(first))),
+        )
+        .body(first.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(header(&response, "upload-offset"), "100000");
+    assert!(header(&response, "upload-expires").ends_with(" GMT"));
+    let response = raw
+        .request(Method::PATCH, &location)
+        .header("Content-Type", OCTETS)
+        .header("Upload-Offset", "100000")
+        .header("Upload-Checksum", format!("sha1 {}", b64(&[0u8; 20])))
+        .body(video[100_000..200_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 460);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "checksum_mismatch"
+    );
+    assert_eq!(raw.offset(&location).await, (200, 100_000));
+    let response = raw
+        .request(Method::PATCH, &location)
+        .header("Content-Type", OCTETS)
+        .header("Upload-Offset", "100000")
+        .header("Upload-Checksum", "md5 AAAA")
+        .body(video[100_000..200_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // Bytes beyond Upload-Length are refused and discarded.
+    let mut too_much = video[100_000..].to_vec();
+    too_much.extend_from_slice(b"extra");
+    let response = raw.patch(&location, 100_000, too_much).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(raw.offset(&location).await, (200, 100_000));
+
+    // The JSON status while receiving; the partial is not a media record.
+    let (status, json) = get_json_as(&alice, &server.url(&location)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            json["offset"].as_u64(),
+            json["length"].as_u64(),
+            json["state"].as_str()
+        ),
+        (Some(100_000), Some(300_000), Some("receiving"))
+    );
+    assert!(json.get("media_id").is_none());
+    let (_, media) = server.get_json("/api/v1/media").await;
+    assert_eq!(media["items"].as_array().unwrap().len(), 0, "{media}");
+
+    // Termination: gone afterwards, bytes too.
+    let response = raw.request(Method::DELETE, &location).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(raw.offset(&location).await.0, 404);
+    assert!(crate::server::files_under(&server.data_dir.join("partials")).is_empty());
+
+    // Not a video: refused once the first bytes are in, and nothing is kept.
+    let location = raw.create(1000, "").await;
+    let response = raw.patch(&location, 0, vec![b'x'; 1000]).await;
+    assert_eq!(response.status(), 415);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "unsupported_container"
+    );
+    assert_eq!(raw.offset(&location).await, (200, 0));
+
+    // Deferred length with creation-with-upload, the length arriving with the last PATCH.
+    let response = raw
+        .request(Method::POST, "/api/v1/uploads")
+        .header("Upload-Defer-Length", "1")
+        .header("Upload-Metadata", format!("title {}", b64(b"Deferred")))
+        .header("Content-Type", OCTETS)
+        .body(video[..150_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(header(&response, "upload-offset"), "150000");
+    let location = header(&response, "location");
+    let head = raw.request(Method::HEAD, &location).send().await.unwrap();
+    assert_eq!(header(&head, "upload-defer-length"), "1");
+    let response = raw
+        .request(Method::PATCH, &location)
+        .header("Content-Type", OCTETS)
+        .header("Upload-Offset", "150000")
+        .header("Upload-Length", "300000")
+        .body(video[150_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(header(&response, "upload-offset"), "300000");
+    assert!(
+        header(&response, "upload-expires").is_empty(),
+        "finished uploads do not expire"
+    );
+
+    // Finished: a media record with the metadata and the whole file's hash, one job.
+    let (_, json) = get_json_as(&alice, &server.url(&location)).await;
+    assert_eq!(json["state"], "finished", "{json}");
+    let media_id = json["media_id"].as_str().unwrap().to_string();
+    let (status, media) = server.get_json(&format!("/api/v1/media/{media_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(media["title"], "Deferred");
+    assert_eq!(media["sha256"], sha256_hex(&video).as_str());
+    assert_eq!(media["size"], 300_000);
+    let (_, jobs) = server.get_json("/api/v1/jobs?limit=100").await;
+    let for_media = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|job| job["media_id"] == media_id.as_str())
+        .count();
+    assert_eq!(for_media, 1);
+    let stored = std::fs::read(server.data_dir.join(format!(
+        "blobs/uploads/{}/source",
+        location.rsplit('/').next().unwrap()
+    )))
+    .unwrap();
+    assert_eq!(sha256_hex(&stored), sha256_hex(&video));
+    // A finished upload takes no more bytes and cannot be terminated.
+    assert_eq!(raw.patch(&location, 300_000, vec![1]).await.status(), 409);
+    assert_eq!(
+        raw.request(Method::DELETE, &location)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+
+    // Unknown ids are 404 with our JSON.
+    let (status, body) = get_json_as(&alice, &server.url("/api/v1/uploads/not-an-id")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("upload_not_found"))
+    );
+
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    for line in [
+        r#"streamgate_uploads_total{outcome="created"} 3"#,
+        r#"streamgate_uploads_total{outcome="terminated"} 1"#,
+        r#"streamgate_uploads_total{outcome="finished"} 1"#,
+        "streamgate_upload_checksum_failures_total 1",
+        "streamgate_upload_duration_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    for (action, count) in [
+        ("upload.create", 3),
+        ("upload.terminate", 1),
+        ("upload.finish", 1),
+    ] {
+        let entries = server
+            .actors
+            .audit
+            .list(streamgate_actors::store::AuditFilter {
+                action: Some(action.into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), count, "{action}");
+    }
+}
+
+type BodySender = tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>;
+type PendingResponse = tokio::task::JoinHandle<Result<Response, reqwest::Error>>;
+
+/// Opens a PATCH whose body the test feeds by hand; dropping the sender ends it abruptly.
+fn held_patch(
+    client: &reqwest::Client,
+    url: String,
+    offset: u64,
+    length: u64,
+) -> (BodySender, PendingResponse) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(receiver));
+    let request = client
+        .patch(url)
+        .header("Tus-Resumable", TUS)
+        .header("Content-Type", OCTETS)
+        .header("Upload-Offset", offset.to_string())
+        .header("Content-Length", length.to_string())
+        .body(body);
+    (sender, tokio::spawn(request.send()))
+}
+
+fn tokio_stream_from(
+    mut receiver: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+async fn poll_until<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        ticks.tick().await;
+        if check().await {
+            return;
+        }
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+    }
+}
+
+#[tokio::test]
+async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
+    let server = TestServer::start();
+    let alice = server.alice_client().await;
+    let raw = Raw {
+        client: &alice,
+        base: &server.base,
+    };
+    let video = fake_video(400_000);
+    let location = raw.create(video.len() as u64, "").await;
+    let other = raw.create(video.len() as u64, "").await;
+
+    // The first PATCH holds the upload while its body trickles in.
+    let (sender, first) = held_patch(&alice, server.url(&location), 0, 200_000);
+    sender.send(Ok(video[..50_000].to_vec())).await.unwrap();
+    poll_until(
+        Duration::from_secs(10),
+        "the first PATCH to hold the lock",
+        || async {
+            // Offset 1 is wrong, so this probe can never take the upload itself: 409 until the
+            // first PATCH holds the lock, 423 after.
+            raw.patch(&location, 1, video[..10].to_vec()).await.status() == 423
+        },
+    )
+    .await;
+    let response = raw.patch(&location, 0, video[..100].to_vec()).await;
+    assert_eq!(response.status(), 423);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "upload_locked"
+    );
+    // Another upload is not held up.
+    assert_eq!(
+        raw.patch(&other, 0, video[..100_000].to_vec())
+            .await
+            .status(),
+        204
+    );
+
+    // The client vanishes mid-body: the lock is released and what arrived is kept.
+    sender
+        .send(Err(std::io::Error::other("client gone")))
+        .await
+        .unwrap();
+    drop(sender);
+    let _ = first.await.unwrap();
+    let offset = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+    poll_until(Duration::from_secs(10), "the lock to be released", || {
+        let offset = offset.clone();
+        let raw = &raw;
+        let location = &location;
+        async move {
+            let (status, now) = raw.offset(location).await;
+            assert_eq!(status, 200);
+            // A zero-byte PATCH at the right offset proves the lock is free.
+            let probe = raw.patch(location, now, Vec::new()).await.status();
+            *offset.lock().unwrap() = now;
+            probe == 204
+        }
+    })
+    .await;
+    let resumed_at = *offset.lock().unwrap();
+    assert!(
+        resumed_at <= 50_000,
+        "only bytes that arrived count: {resumed_at}"
+    );
+    let response = raw
+        .patch(&location, resumed_at, video[resumed_at as usize..].to_vec())
+        .await;
+    assert_eq!(response.status(), 204);
+    let (_, json) = get_json_as(&alice, &server.url(&location)).await;
+    assert_eq!(json["state"], "finished");
+    let stored = std::fs::read(server.data_dir.join(format!(
+        "blobs/uploads/{}/source",
+        location.rsplit('/').next().unwrap()
+    )))
+    .unwrap();
+    assert_eq!(sha256_hex(&stored), sha256_hex(&video));
+}
+
+#[tokio::test]
+async fn quota_is_per_owner_and_expired_uploads_are_swept() {
+    let server = TestServer::start_with(|config| {
+        config.upload.quota_bytes = 500_000;
+        config.upload.expiry_s = 2;
+        config.upload.cleanup_interval_s = 1;
+    });
+    let alice = server.alice_client().await;
+    let raw = Raw {
+        client: &alice,
+        base: &server.base,
+    };
+    let location = raw.create(300_000, "").await;
+    let response = raw
+        .request(Method::POST, "/api/v1/uploads")
+        .header("Upload-Length", "200001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 507);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "quota_exceeded"
+    );
+
+    // Deferred length: bytes past the quota are refused with 507 too.
+    let response = raw
+        .request(Method::POST, "/api/v1/uploads")
+        .header("Upload-Defer-Length", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let deferred = header(&response, "location");
+    let response = raw.patch(&deferred, 0, fake_video(200_001)).await;
+    assert_eq!(response.status(), 507);
+
+    // Some bytes, then silence: the sweep deletes the upload and its partial file.
+    assert_eq!(
+        raw.patch(&location, 0, fake_video(1000)).await.status(),
+        204
+    );
+    assert_eq!(
+        crate::server::files_under(&server.data_dir.join("partials")).len(),
+        2
+    );
+    poll_until(Duration::from_secs(15), "the upload to expire", || async {
+        raw.offset(&location).await.0 == 404
+    })
+    .await;
+    poll_until(Duration::from_secs(5), "partial files to go", || async {
+        crate::server::files_under(&server.data_dir.join("partials")).is_empty()
+    })
+    .await;
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"streamgate_uploads_total{outcome="expired"} 2"#),
+        "{metrics}"
+    );
+    // The quota is free again.
+    raw.create(500_000, "").await;
+}
+
+/// Runs the tuspy script; returns its last line (the upload URL) and the whole output.
+fn tuspy(
+    endpoint: &str,
+    token: &str,
+    file: &Path,
+    store: &Path,
+    stop_at: Option<u64>,
+) -> (String, String) {
+    let python = python_venv().join("bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tools/tus_upload.py");
+    let mut command = Command::new(&python);
+    command
+        .arg(&script)
+        .arg(endpoint)
+        .arg(file)
+        .arg(store)
+        .args(["--chunk", "65536", "--token", token]);
+    if let Some(stop_at) = stop_at {
+        command.args(["--stop-at", &stop_at.to_string()]);
+    }
+    let output = command.output().unwrap_or_else(|error| {
+        panic!(
+            "cannot run {} ({error}): `bash .ci/test` installs tuspy into target/py",
+            python.display()
+        )
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "tuspy failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let url = stdout.lines().last().unwrap_or_default().trim().to_string();
+    (url, stdout)
+}
+
+#[tokio::test]
+async fn tuspy_resumes_an_interrupted_upload_from_a_second_process() {
+    let server = TestServer::start();
+    let alice = server.alice_client().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let clip = make_clip(scratch.path(), "clip.mp4", "640x360", 3);
+    let bytes = std::fs::read(&clip).unwrap();
+    assert!(bytes.len() > 4 * 65536, "the clip spans several chunks");
+    let store = scratch.path().join("tus-urls.json");
+    let endpoint = server.url("/api/v1/uploads");
+    let token = server.session().await.to_string();
+
+    // The first client uploads three chunks and exits.
+    let (clip_, store_, endpoint_, token_) =
+        (clip.clone(), store.clone(), endpoint.clone(), token.clone());
+    let (first_url, first) = tokio::task::spawn_blocking(move || {
+        tuspy(&endpoint_, &token_, &clip_, &store_, Some(3 * 65536))
+    })
+    .await
+    .unwrap();
+    assert!(first.contains("resumed_from=0 offset=196608"), "{first}");
+    let (_, status) = get_json_as(&alice, &server.url(&url_path(&first_url))).await;
+    assert_eq!(
+        (status["offset"].as_u64(), status["state"].as_str()),
+        (Some(196_608), Some("receiving"))
+    );
+
+    // A second process finds the stored URL and finishes from the server's offset.
+    let (clip_, store_, endpoint_, token_) =
+        (clip.clone(), store.clone(), endpoint.clone(), token.clone());
+    let (second_url, second) =
+        tokio::task::spawn_blocking(move || tuspy(&endpoint_, &token_, &clip_, &store_, None))
+            .await
+            .unwrap();
+    assert_eq!(second_url, first_url, "the same upload was resumed");
+    assert!(second.contains("resumed_from=196608"), "{second}");
+
+    let (_, status) = get_json_as(&alice, &server.url(&url_path(&first_url))).await;
+    assert_eq!(status["state"], "finished", "{status}");
+    assert_eq!(status["offset"], bytes.len());
+    let media_id = status["media_id"].as_str().unwrap();
+    let (_, media) = server.get_json(&format!("/api/v1/media/{media_id}")).await;
+    assert_eq!(media["title"], "Interop clip");
+    assert_eq!(media["tags"], serde_json::json!(["tus", "interop"]));
+    assert_eq!(media["sha256"], sha256_hex(&bytes).as_str());
+    let upload_id = first_url.rsplit('/').next().unwrap();
+    let stored = std::fs::read(
+        server
+            .data_dir
+            .join(format!("blobs/uploads/{upload_id}/source")),
+    )
+    .unwrap();
+    assert_eq!(sha256_hex(&stored), sha256_hex(&bytes));
+    let media = server
+        .wait_for_media(media_id, Duration::from_secs(180), |m| {
+            m["state"] != "processing"
+        })
+        .await;
+    assert_eq!(media["state"], "ready", "{media}");
+}
+
+fn url_path(url: &str) -> String {
+    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    format!("/{}", without_scheme.split_once('/').unwrap().1)
+}
+
+/// The real binary, killable with SIGKILL.
+struct Binary {
+    child: Child,
+    base: String,
+}
+
+impl Binary {
+    fn start(data_dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            // The uploaded bytes are not a real clip; no transcode is wanted here.
+            .args(["--set", "transcode.ffprobe_path=\"/bin/false\""])
+            .args([
+                "--set",
+                &format!("auth.admin_token=\"{KILL_TEST_ADMIN_TOKEN}\""),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        poll_until(Duration::from_secs(30), "server ready", || async {
+            matches!(client.get(format!("{}/ready", self.base)).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Uploads need a principal; the admin token is one (sessions are tested in `auth`).
+const KILL_TEST_ADMIN_TOKEN: &str = "kill-test-admin-token";
+
+#[tokio::test]
+async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
+    let data = tempfile::tempdir().unwrap();
+    let client = crate::server::bearer_client(KILL_TEST_ADMIN_TOKEN);
+    let video = fake_video(3 * 1024 * 1024);
+    let chunk = 1024 * 1024;
+
+    let mut server = Binary::start(data.path());
+    server.wait_ready(&client).await;
+    let raw = Raw {
+        client: &client,
+        base: &server.base,
+    };
+    let location = raw.create(video.len() as u64, "").await;
+    let response = raw.patch(&location, 0, video[..chunk].to_vec()).await;
+    assert_eq!(response.status(), 204);
+
+    // A second PATCH is half-way through its body when the server dies.
+    let (sender, pending) = held_patch(
+        &client,
+        server.url(&location),
+        chunk as u64,
+        2 * chunk as u64,
+    );
+    sender
+        .send(Ok(video[chunk..chunk + 3 * chunk / 2].to_vec()))
+        .await
+        .unwrap();
+    let partial = data.path().join(format!(
+        "partials/{}.part",
+        location.rsplit('/').next().unwrap()
+    ));
+    poll_until(
+        Duration::from_secs(10),
+        "unacknowledged bytes to reach the disk",
+        || async { std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) > chunk as u64 },
+    )
+    .await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(sender);
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the PATCH was never acknowledged"
+    );
+
+    let server = Binary::start(data.path());
+    server.wait_ready(&client).await;
+    let raw = Raw {
+        client: &client,
+        base: &server.base,
+    };
+    let (status, offset) = raw.offset(&location).await;
+    assert_eq!(
+        (status, offset),
+        (200, chunk as u64),
+        "the acknowledged offset"
+    );
+    assert_eq!(
+        std::fs::metadata(&partial).unwrap().len(),
+        chunk as u64,
+        "unacknowledged bytes are cut off at start-up"
+    );
+    let mut offset = offset as usize;
+    while offset < video.len() {
+        let end = (offset + chunk).min(video.len());
+        let response = raw
+            .patch(&location, offset as u64, video[offset..end].to_vec())
+            .await;
+        assert_eq!(response.status(), 204);
+        offset = end;
+    }
+    let status: Value = client
+        .get(server.url(&location))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "finished", "{status}");
+    let stored = std::fs::read(data.path().join(format!(
+        "blobs/uploads/{}/source",
+        location.rsplit('/').next().unwrap()
+    )))
+    .unwrap();
+    assert_eq!(sha256_hex(&stored), sha256_hex(&video));
+    assert!(!partial.exists());
+}
+
+impl Binary {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
