@@ -856,3 +856,58 @@ impl Binary {
         format!("{}{path}", self.base)
     }
 }
+
+#[tokio::test]
+async fn tus_writes_need_a_session_and_only_the_creator_continues() {
+    let server = TestServer::start();
+    let anonymous = Raw {
+        client: &server.client,
+        base: &server.base,
+    };
+    let response = anonymous
+        .request(Method::POST, "/api/v1/uploads")
+        .header("Upload-Length", "1000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "session_required"
+    );
+
+    let alice = server.alice_client().await;
+    let location = Raw {
+        client: &alice,
+        base: &server.base,
+    }
+    .create(1000, "")
+    .await;
+    let bob_token = server.login(&crate::chain::BOB).await;
+    let bob = crate::server::bearer_client(&bob_token);
+    let bob_raw = Raw {
+        client: &bob,
+        base: &server.base,
+    };
+    let response = bob_raw.patch(&location, 0, fake_video(1000)).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "not_upload_owner"
+    );
+    let (status, _) = bob_raw.offset(&location).await;
+    assert_eq!(status, 403, "HEAD is the creator's too");
+    let response = bob_raw
+        .request(Method::DELETE, &location)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let (status, offset) = Raw {
+        client: &alice,
+        base: &server.base,
+    }
+    .offset(&location)
+    .await;
+    assert_eq!((status, offset), (200, 0), "nothing of Bob's was taken");
+}
