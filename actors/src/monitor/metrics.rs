@@ -19,7 +19,9 @@ pub struct Metrics {
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
     pub transcode_jobs: IntCounterVec,
-    pub transcode_duration: HistogramVec,
+    pub job_duration: HistogramVec,
+    pub ffmpeg_failures: IntCounterVec,
+    pub transcode_speed: prometheus::Histogram,
     pub jobs: IntGaugeVec,
 }
 
@@ -75,15 +77,31 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
-        let transcode_duration = HistogramVec::new(
+        let job_duration = HistogramVec::new(
             HistogramOpts::new(
-                names::TRANSCODE_DURATION_SECONDS,
-                "Wall time of a transcode job run, by outcome.",
+                names::JOB_DURATION_SECONDS,
+                "Wall time of one job run, by kind and outcome (succeeded, failed, retrying, cancelled, interrupted).",
             )
             .buckets(vec![
-                1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
             ]),
-            &["outcome"],
+            &["kind", "outcome"],
+        )?;
+        let ffmpeg_failures = IntCounterVec::new(
+            Opts::new(
+                names::FFMPEG_FAILURES_TOTAL,
+                "ffmpeg or ffprobe runs that failed, by reason (undecodable input or a failed run).",
+            ),
+            &["reason"],
+        )?;
+        let transcode_speed = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                names::TRANSCODE_SPEED_RATIO,
+                "Encode speed of finished transcodes: media seconds per wall second (× realtime).",
+            )
+            .buckets(vec![
+                0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
+            ]),
         )?;
         let jobs = IntGaugeVec::new(
             Opts::new(names::JOBS, "Jobs by state, as the queue sees them."),
@@ -98,7 +116,9 @@ impl Metrics {
         registry.register(Box::new(uploads.clone()))?;
         registry.register(Box::new(upload_bytes.clone()))?;
         registry.register(Box::new(transcode_jobs.clone()))?;
-        registry.register(Box::new(transcode_duration.clone()))?;
+        registry.register(Box::new(job_duration.clone()))?;
+        registry.register(Box::new(ffmpeg_failures.clone()))?;
+        registry.register(Box::new(transcode_speed.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
 
         Ok(Self {
@@ -111,7 +131,9 @@ impl Metrics {
             uploads,
             upload_bytes,
             transcode_jobs,
-            transcode_duration,
+            job_duration,
+            ffmpeg_failures,
+            transcode_speed,
             jobs,
         })
     }

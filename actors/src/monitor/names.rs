@@ -8,7 +8,9 @@ pub const ACTOR_RESTARTS_TOTAL: &str = "streamgate_actor_restarts_total";
 pub const UPLOADS_TOTAL: &str = "streamgate_uploads_total";
 pub const UPLOAD_BYTES_TOTAL: &str = "streamgate_upload_bytes_total";
 pub const TRANSCODE_JOBS_TOTAL: &str = "streamgate_transcode_jobs_total";
-pub const TRANSCODE_DURATION_SECONDS: &str = "streamgate_transcode_duration_seconds";
+pub const JOB_DURATION_SECONDS: &str = "streamgate_job_duration_seconds";
+pub const FFMPEG_FAILURES_TOTAL: &str = "streamgate_ffmpeg_failures_total";
+pub const TRANSCODE_SPEED_RATIO: &str = "streamgate_transcode_speed_ratio";
 pub const JOBS: &str = "streamgate_jobs";
 
 /// Label values for [`UPLOADS_TOTAL`]'s `outcome`.

@@ -39,7 +39,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/api/v1/media/{media_id}/thumbnail.jpg").route(web::get().to(thumbnail)),
+    )
+    .service(
+        web::resource("/api/v1/media/{media_id}/dash/manifest.mpd")
+            .route(web::get().to(dash_manifest)),
     );
+}
+
+/// The DASH manifest: it points at the same CMAF segments as the HLS playlists
+/// (`../hls/{rendition}/{segment}`), so segment delivery is shared.
+async fn dash_manifest(
+    path: web::Path<String>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let media_id = ready_media(&actors, &path).await?;
+    let key = streamgate_actors::transcode::dash::manifest_key(&media_id);
+    let mut response = playlist(&actors, &key).await?;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/dash+xml"),
+    );
+    Ok(response)
 }
 
 async fn master(
