@@ -8,6 +8,7 @@ mod audit;
 mod bad_input;
 mod config;
 mod e2e;
+mod jobs;
 mod server;
 mod shutdown;
 mod supervision;

@@ -9,13 +9,13 @@ use std::{
 
 use crate::server::make_clip;
 
-struct Binary {
-    child: Child,
-    base: String,
+pub(crate) struct Binary {
+    pub(crate) child: Child,
+    pub(crate) base: String,
 }
 
 impl Binary {
-    fn start(data_dir: &Path, preset: &str) -> Self {
+    pub(crate) fn start(data_dir: &Path, preset: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -37,7 +37,7 @@ impl Binary {
         }
     }
 
-    async fn wait_ready(&self, client: &reqwest::Client) {
+    pub(crate) async fn wait_ready(&self, client: &reqwest::Client) {
         poll(Duration::from_secs(30), "server ready", || async {
             matches!(client.get(format!("{}/ready", self.base)).send().await, Ok(r) if r.status() == 200)
         })
@@ -52,7 +52,7 @@ impl Drop for Binary {
     }
 }
 
-async fn poll<F, Fut>(deadline: Duration, what: &str, mut check: F)
+pub(crate) async fn poll<F, Fut>(deadline: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -69,7 +69,7 @@ where
 }
 
 /// Pids of `ffmpeg` processes whose parent is `parent`.
-fn ffmpeg_children(parent: u32) -> Vec<u32> {
+pub(crate) fn ffmpeg_children(parent: u32) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -97,7 +97,7 @@ fn ffmpeg_children(parent: u32) -> Vec<u32> {
     found
 }
 
-fn is_alive(pid: u32) -> bool {
+pub(crate) fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
             .rsplit_once(')')

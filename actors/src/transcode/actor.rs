@@ -20,8 +20,8 @@ use std::{
 };
 
 use actix::{
-    Actor, ActorFutureExt, Addr, AsyncContext, AtomicResponse, Context, Handler,
-    ResponseActFuture, ResponseFuture, SpawnHandle, Supervised, WrapFuture,
+    Actor, ActorFutureExt, Addr, AsyncContext, AtomicResponse, Context, Handler, ResponseActFuture,
+    ResponseFuture, SpawnHandle, Supervised, WrapFuture,
 };
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -663,11 +663,8 @@ impl Handler<CancelJob> for TranscodeActor {
                     Ok(Ok(job))
                 })
                 .await?;
-                let event = AuditEvent::ok(
-                    action::JOB_CANCEL,
-                    msg.caller,
-                    Some(msg.job_id.to_string()),
-                );
+                let event =
+                    AuditEvent::ok(action::JOB_CANCEL, msg.caller, Some(msg.job_id.to_string()));
                 match &cancelled {
                     Ok(job) => {
                         settle_media(&metadata, job).await;

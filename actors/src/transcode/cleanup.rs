@@ -103,10 +103,20 @@ impl Cleanup {
         let running = self.running.clone();
         let min_age = self.min_age;
         let (partial_writes, stale_work_dirs) = tokio::task::spawn_blocking(move || {
+            // Only where uploads and job output are written; other writers (the health probe)
+            // have their own short-lived staged files.
             let partial = blob_root
-                .map(|root| remove_partial_writes(&root, min_age))
+                .map(|root| {
+                    ["uploads", "media"]
+                        .iter()
+                        .map(|area| remove_partial_writes(&root.join(area), min_age))
+                        .sum()
+                })
                 .unwrap_or(0);
-            (partial, remove_stale_work_dirs(&work_dir, &running, min_age))
+            (
+                partial,
+                remove_stale_work_dirs(&work_dir, &running, min_age),
+            )
         })
         .await
         .map_err(|e| RunFailure::transient(format!("cleanup thread failed: {e}")))?;

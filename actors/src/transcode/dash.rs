@@ -239,11 +239,20 @@ mod tests {
         assert_eq!(playlist.init, "init_0.mp4");
         let variant = parse_master(MASTER).remove(0);
         let mpd = render(&[(variant, playlist)]);
-        assert!(mpd.contains(r#"mediaPresentationDuration="PT3.333S""#), "{mpd}");
+        assert!(
+            mpd.contains(r#"mediaPresentationDuration="PT3.333S""#),
+            "{mpd}"
+        );
         assert!(mpd.contains(r#"<S t="0" d="2000"/>"#), "{mpd}");
         assert!(mpd.contains(r#"<S t="2000" d="1333"/>"#), "{mpd}");
-        assert!(mpd.contains(r#"sourceURL="../hls/240p/init_0.mp4""#), "{mpd}");
-        assert!(mpd.contains(r#"media="../hls/240p/seg_00001.m4s""#), "{mpd}");
+        assert!(
+            mpd.contains(r#"sourceURL="../hls/240p/init_0.mp4""#),
+            "{mpd}"
+        );
+        assert!(
+            mpd.contains(r#"media="../hls/240p/seg_00001.m4s""#),
+            "{mpd}"
+        );
     }
 
     #[test]

@@ -435,7 +435,9 @@ pub fn kill_strays(work_dir: &Path) -> usize {
         .filter_map(|entry| {
             let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let mut args = cmdline.split(|byte| *byte == 0).map(String::from_utf8_lossy);
+            let mut args = cmdline
+                .split(|byte| *byte == 0)
+                .map(String::from_utf8_lossy);
             let program = args.next()?;
             let is_ffmpeg = Path::new(program.as_ref())
                 .file_name()
@@ -450,7 +452,9 @@ pub fn kill_strays(work_dir: &Path) -> usize {
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::time::Instant::now() < deadline
-        && strays.iter().any(|pid| is_running(pid.as_raw_nonzero().get()))
+        && strays
+            .iter()
+            .any(|pid| is_running(pid.as_raw_nonzero().get()))
     {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

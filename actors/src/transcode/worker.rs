@@ -139,7 +139,10 @@ impl Worker {
         // Segments first, the files that point at them last.
         files.sort_by_key(|file| {
             let name = file.to_string_lossy();
-            (name.ends_with(".m3u8") || name.ends_with(".mpd"), name == "master.m3u8")
+            (
+                name.ends_with(".m3u8") || name.ends_with(".mpd"),
+                name == "master.m3u8",
+            )
         });
         self.blobs
             .delete_prefix(&prefix)
@@ -165,8 +168,11 @@ impl Worker {
         let out_dir = Self::fresh_output(work_dir).await?;
         let input = self.source_path(&media, work_dir).await?;
         let output = out_dir.join("thumbnail.jpg");
-        let (config, kill_switch, target) =
-            (self.config.clone(), self.kill_switch.clone(), output.clone());
+        let (config, kill_switch, target) = (
+            self.config.clone(),
+            self.kill_switch.clone(),
+            output.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let probe = ffmpeg::probe(&config.ffprobe_path, &input)?;
             let args = ffmpeg::thumbnail_arguments(&input, &target, &probe);
@@ -255,8 +261,9 @@ impl Worker {
                     }
                 },
             )?;
-            let manifest = dash::manifest_from_hls(&out_dir)
-                .map_err(|e| RunFailure::transient(format!("cannot build the DASH manifest: {e}")))?;
+            let manifest = dash::manifest_from_hls(&out_dir).map_err(|e| {
+                RunFailure::transient(format!("cannot build the DASH manifest: {e}"))
+            })?;
             std::fs::write(out_dir.join(dash::MANIFEST_FILE), manifest)
                 .map_err(|e| RunFailure::transient(format!("cannot write manifest.mpd: {e}")))?;
             let thumbnail =

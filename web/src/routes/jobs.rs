@@ -58,7 +58,10 @@ async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let kind = JobKind::parse(&body.kind).ok_or_else(|| {
-        ApiError::bad_request("invalid_kind", "kind must be transcode, thumbnail or cleanup")
+        ApiError::bad_request(
+            "invalid_kind",
+            "kind must be transcode, thumbnail or cleanup",
+        )
     })?;
     let media_id = body
         .media_id
