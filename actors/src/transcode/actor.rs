@@ -308,7 +308,8 @@ impl TranscodeActor {
 }
 
 /// A transcode that ended without output leaves its media `failed` with the reason, unless an
-/// earlier transcode made it `ready` (and its output was not touched).
+/// earlier transcode made it `ready`: its output is untouched then (a failure after the old
+/// output was deleted has already marked it `failed`, see the worker), so it stays playable.
 async fn settle_media(metadata: &Addr<MetadataActor>, job: &Job) {
     if job.kind != JobKind::Transcode
         || !matches!(job.state, JobState::Failed | JobState::Cancelled)
@@ -322,7 +323,7 @@ async fn settle_media(metadata: &Addr<MetadataActor>, job: &Job) {
         metadata.send(GetMedia { media_id: media_id.clone() }).await,
         Ok(Ok(media)) if media.state == MediaState::Ready
     );
-    if job.state == JobState::Cancelled && ready {
+    if ready {
         return;
     }
     let reason = match job.state {
