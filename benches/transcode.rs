@@ -1,6 +1,8 @@
 //! Transcode overhead: wall time of a transcode job through the real server (HTTP submit →
 //! queue → worker → publish → `succeeded` observed over HTTP) against the same ffprobe + ladder +
 //! thumbnail ffmpeg commands run directly on the same input, in the same run, alternating.
+//! "direct" runs them as the worker does (`run_ffmpeg`: stdio piped, progress parsed) without
+//! the server; "plain child" runs them with stderr to /dev/null, for reference.
 //!
 //! `cargo bench --bench transcode` (optional: `TRANSCODE_BENCH_RUNS=5`, `TRANSCODE_BENCH_SECONDS=20`).
 //! Prints per-run times, medians and the ratio server / direct (target ≤ 1.05).
@@ -53,26 +55,41 @@ fn make_clip(path: &Path, seconds: u32) {
     assert!(status.success());
 }
 
-/// The worker's commands, run directly: ffprobe, the one-decode ladder, the thumbnail.
-fn direct_run(config: &streamgate_actors::config::TranscodeConfig, input: &Path, out: &Path) {
+/// The worker's commands, run directly: ffprobe, the one-decode ladder, the thumbnail. `piped`
+/// runs them the way the worker does (stdio piped, progress parsed, via `run_ffmpeg`), else as
+/// a plain child with stderr to /dev/null.
+fn direct_run(
+    config: &streamgate_actors::config::TranscodeConfig,
+    input: &Path,
+    out: &Path,
+    piped: bool,
+) {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
     let probe = ffmpeg::probe(&config.ffprobe_path, input).unwrap();
     let rungs = ffmpeg::plan_ladder(&config.ladder, &[], probe.height);
     let ladder = ffmpeg::hls_arguments(config, input, out, &probe, &rungs);
-    let status = Command::new(&config.ffmpeg_path)
-        .args(&ladder)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
     let thumbnail = ffmpeg::thumbnail_arguments(input, &out.join("thumbnail.jpg"), &probe);
-    let status = Command::new(&config.ffmpeg_path)
-        .args(&thumbnail)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    for args in [ladder, thumbnail] {
+        if piped {
+            let kill_switch = ffmpeg::KillSwitch::default();
+            ffmpeg::run_ffmpeg(
+                &config.ffmpeg_path,
+                &args,
+                probe.duration_s,
+                &kill_switch,
+                |_| {},
+            )
+            .unwrap();
+        } else {
+            let status = Command::new(&config.ffmpeg_path)
+                .args(&args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
 }
 
 async fn wait_succeeded(client: &reqwest::Client, url: &str) -> Value {
@@ -117,7 +134,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let client = reqwest::Client::new();
+    // No idle pooling: a direct run outlasts the server's keep-alive, and a reused dead
+    // connection would fail the next request.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     println!(
         "transcode bench: {seconds} s 1280x720 H.264/AAC clip, preset {}, {} runs each",
         transcode.x264_preset, runs
@@ -153,10 +175,16 @@ fn main() {
 
     let direct_out = scratch.path().join("direct");
     let (mut server_times, mut worker_times, mut direct_times) = (vec![], vec![], vec![]);
+    let mut plain_times = vec![];
     for run in 0..runs {
+        let plain = {
+            let started = Instant::now();
+            direct_run(&transcode, &clip, &direct_out, false);
+            started.elapsed().as_secs_f64()
+        };
         let direct = || {
             let started = Instant::now();
-            direct_run(&transcode, &clip, &direct_out);
+            direct_run(&transcode, &clip, &direct_out, true);
             started.elapsed().as_secs_f64()
         };
         let served = || {
@@ -196,9 +224,10 @@ fn main() {
             (direct(), s)
         };
         println!(
-            "run {run}: direct {d:.3} s, server {s:.3} s (worker {w:.3} s), ratio {:.3}",
+            "run {run}: direct {d:.3} s, server {s:.3} s (worker {w:.3} s), ratio {:.3}; plain child {plain:.3} s",
             s / d
         );
+        plain_times.push(plain);
         direct_times.push(d);
         server_times.push(s);
         worker_times.push(w);
@@ -208,8 +237,9 @@ fn main() {
         median(&mut server_times),
         median(&mut worker_times),
     );
+    let plain = median(&mut plain_times);
     println!(
-        "median: direct {d:.3} s, server {s:.3} s (worker {w:.3} s); ratio server/direct {:.3} (target ≤ 1.05), worker/direct {:.3}",
+        "median: direct {d:.3} s, server {s:.3} s (worker {w:.3} s); ratio server/direct {:.3} (target ≤ 1.05), worker/direct {:.3}; plain child (stderr to /dev/null) {plain:.3} s",
         s / d,
         w / d
     );
