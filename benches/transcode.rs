@@ -107,6 +107,12 @@ async fn wait_succeeded(client: &reqwest::Client, url: &str) -> Value {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench binaries too (without `--bench`): a minute of
+    // transcoding does not belong in the test command.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("transcode bench: measured only under `cargo bench --bench transcode`");
+        return;
+    }
     let runs = env_number("TRANSCODE_BENCH_RUNS", 3).max(1);
     let seconds = env_number("TRANSCODE_BENCH_SECONDS", 10);
     let scratch = tempfile::tempdir().unwrap();
