@@ -636,12 +636,13 @@ async fn a_transient_failure_retries_with_backoff_and_keeps_the_reason() {
         "{job}"
     );
 
-    // Gone for good: three attempts, then failed with the reason kept.
+    // Gone for good: three attempts, then failed with the reason kept; the media's earlier
+    // output was never touched, so it stays ready and whole.
     std::fs::rename(&source, &hidden).unwrap();
     let (_, job) = post(
         &server,
         "/api/v1/jobs",
-        Some(json!({"kind": "thumbnail", "media_id": media_id})),
+        Some(json!({"kind": "transcode", "media_id": media_id})),
     )
     .await;
     let job = wait_for_job(&server, job["id"].as_str().unwrap(), |j| {
@@ -656,16 +657,19 @@ async fn a_transient_failure_retries_with_backoff_and_keeps_the_reason() {
             .contains("cannot read the source file"),
         "{job}"
     );
+    let (_, media) = server.get_json(&format!("/api/v1/media/{media_id}")).await;
+    assert_eq!(media["state"], "ready", "{media}");
+    assert_whole_ladder(&server.client, &server.base, &server.data_dir, &media_id).await;
     let text = metrics(&server).await;
     assert!(
         text.contains(
-            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="retrying"} 2"#
+            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="retrying"} 4"#
         ),
         "{text}"
     );
     assert!(
         text.contains(
-            r#"streamgate_job_duration_seconds_count{kind="thumbnail",outcome="failed"} 1"#
+            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="failed"} 1"#
         ),
         "{text}"
     );
