@@ -1,8 +1,9 @@
 //! The transcode domain: a durable job queue and its ffmpeg worker pool.
 //!
-//! - [`actor`] — `TranscodeActor`: the queue (priority, `run_at`, retries with backoff),
-//!   bounded concurrency, cancel, recovery at start-up, live progress, stats.
-//! - [`worker`] — one job run off the actor's context: transcode, thumbnail or cleanup.
+//! - `actor` — `TranscodeActor`: the queue (priority, `run_at`, retries with backoff),
+//!   bounded concurrency, recovery at start-up; `actor/submit.rs` submit and cancel,
+//!   `actor/queries.rs` get, list, stats, profiles.
+//! - `worker` — one job run off the actor's context: transcode, thumbnail or cleanup.
 //! - [`ffmpeg`] — ffprobe, the one-decode ladder command, progress, `KillSwitch`, strays.
 //! - [`dash`] — the DASH manifest over the ladder's CMAF segments.
 //! - [`cleanup`] — the cleanup job's sweep.
