@@ -4,6 +4,7 @@
 //! Key layout (all relative to the store root):
 //! - `uploads/{upload_id}/source` — an uploaded source file, as received
 //! - `media/{media_id}/hls/master.m3u8`, `media/{media_id}/hls/{rendition}/{file}` — HLS output
+//! - `media/{media_id}/dash/manifest.mpd` — DASH manifest over the same CMAF segments
 //! - `media/{media_id}/thumbnail.jpg`
 //!
 //! Invariant: a blob becomes visible under its key only once it is complete (local writes go to a
@@ -302,6 +303,18 @@ impl BlobStore {
         let mut keys = Vec::new();
         while let Some(meta) = listing.next().await {
             keys.push(meta?.location.to_string());
+        }
+        Ok(keys)
+    }
+
+    /// Keys under `prefix` with their last-modified time (Unix seconds), for age-based cleanup.
+    pub async fn list_with_age(&self, prefix: &str) -> Result<Vec<(String, i64)>, BlobError> {
+        let prefix = ObjectPath::from(prefix);
+        let mut listing = self.inner.list(Some(&prefix));
+        let mut keys = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            keys.push((meta.location.to_string(), meta.last_modified.timestamp()));
         }
         Ok(keys)
     }

@@ -78,6 +78,7 @@ pub struct TranscodeConfig {
     pub segment_seconds: u32,
     pub x264_preset: String,
     pub audio_bitrate_kbps: u32,
+    pub cleanup_min_age_s: u64,
     pub ladder: Vec<Rung>,
 }
 

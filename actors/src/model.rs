@@ -106,14 +106,32 @@ pub struct Media {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
+    /// The full ladder (or `profiles` of it), DASH manifest and thumbnail of one media item.
     Transcode,
+    /// Only the thumbnail of one media item.
+    Thumbnail,
+    /// Removes orphaned blobs, abandoned partial writes and stale work directories.
+    Cleanup,
 }
 
 impl JobKind {
+    pub const ALL: [Self; 3] = [Self::Transcode, Self::Thumbnail, Self::Cleanup];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Transcode => "transcode",
+            Self::Thumbnail => "thumbnail",
+            Self::Cleanup => "cleanup",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// Whether jobs of this kind work on one media item.
+    pub fn needs_media(self) -> bool {
+        !matches!(self, Self::Cleanup)
     }
 }
 
@@ -137,6 +155,18 @@ impl JobState {
             Self::Cancelled => "cancelled",
         }
     }
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
@@ -146,7 +176,11 @@ impl JobState {
 pub struct Job {
     pub id: JobId,
     pub kind: JobKind,
-    pub media_id: MediaId,
+    /// The media item worked on; `None` for kinds that work on the whole store (cleanup).
+    pub media_id: Option<MediaId>,
+    /// Ladder rung names to produce (transcode only); empty means the whole ladder.
+    #[serde(default)]
+    pub profiles: Vec<String>,
     pub state: JobState,
     /// 0 (lowest) to 9 (highest).
     pub priority: u8,
@@ -154,6 +188,18 @@ pub struct Job {
     pub last_error: Option<String>,
     /// 0–100.
     pub progress: u8,
+    /// What a finished run did, e.g. what a cleanup removed.
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// Not before this time: a scheduled job, or the backoff before a retry.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub run_at: Option<OffsetDateTime>,
+    /// When the latest attempt started.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// When the job reached a final state.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

@@ -10,6 +10,7 @@ mod bad_input;
 mod chain;
 mod config;
 mod e2e;
+mod jobs;
 mod monitor;
 mod s3;
 mod server;

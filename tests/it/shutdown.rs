@@ -10,15 +10,15 @@ use std::{
 use crate::server::make_clip;
 
 /// Uploads need a principal; the admin token is one (sessions are tested in `auth`).
-const ADMIN_TOKEN: &str = "shutdown-admin-token";
+pub(crate) const ADMIN_TOKEN: &str = "shutdown-admin-token";
 
-struct Binary {
-    child: Child,
-    base: String,
+pub(crate) struct Binary {
+    pub(crate) child: Child,
+    pub(crate) base: String,
 }
 
 impl Binary {
-    fn start(data_dir: &Path, preset: &str) -> Self {
+    pub(crate) fn start(data_dir: &Path, preset: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -41,7 +41,7 @@ impl Binary {
         }
     }
 
-    async fn wait_ready(&self, client: &reqwest::Client) {
+    pub(crate) async fn wait_ready(&self, client: &reqwest::Client) {
         poll(Duration::from_secs(30), "server ready", || async {
             matches!(client.get(format!("{}/ready", self.base)).send().await, Ok(r) if r.status() == 200)
         })
@@ -56,7 +56,7 @@ impl Drop for Binary {
     }
 }
 
-async fn poll<F, Fut>(deadline: Duration, what: &str, mut check: F)
+pub(crate) async fn poll<F, Fut>(deadline: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -73,7 +73,7 @@ where
 }
 
 /// Pids of `ffmpeg` processes whose parent is `parent`.
-fn ffmpeg_children(parent: u32) -> Vec<u32> {
+pub(crate) fn ffmpeg_children(parent: u32) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -101,7 +101,7 @@ fn ffmpeg_children(parent: u32) -> Vec<u32> {
     found
 }
 
-fn is_alive(pid: u32) -> bool {
+pub(crate) fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
             .rsplit_once(')')

@@ -133,6 +133,7 @@ pub struct PageQuery {
 #[serde(deny_unknown_fields)]
 pub struct JobsQuery {
     pub state: Option<String>,
+    pub media_id: Option<String>,
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }
@@ -158,12 +159,18 @@ pub struct UploadReceiptDto {
 pub struct JobDto {
     pub id: String,
     pub kind: &'static str,
-    pub media_id: String,
+    pub media_id: Option<String>,
+    /// Ladder rungs asked for; empty means the whole ladder.
+    pub profiles: Vec<String>,
     pub state: &'static str,
     pub priority: u8,
     pub attempts: u32,
     pub last_error: Option<String>,
     pub progress: u8,
+    pub summary: Option<String>,
+    pub run_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -173,12 +180,17 @@ impl From<&Job> for JobDto {
         Self {
             id: job.id.to_string(),
             kind: job.kind.as_str(),
-            media_id: job.media_id.to_string(),
+            media_id: job.media_id.as_ref().map(ToString::to_string),
+            profiles: job.profiles.clone(),
             state: job.state.as_str(),
             priority: job.priority,
             attempts: job.attempts,
             last_error: job.last_error.clone(),
             progress: job.progress,
+            summary: job.summary.clone(),
+            run_at: job.run_at.map(rfc3339),
+            started_at: job.started_at.map(rfc3339),
+            finished_at: job.finished_at.map(rfc3339),
             created_at: rfc3339(job.created_at),
             updated_at: rfc3339(job.updated_at),
         }

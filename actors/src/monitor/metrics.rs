@@ -35,7 +35,9 @@ pub struct Metrics {
     pub upload_checksum_failures: IntCounter,
     pub upload_duration: Histogram,
     pub transcode_jobs: IntCounterVec,
-    pub transcode_duration: HistogramVec,
+    pub job_duration: HistogramVec,
+    pub ffmpeg_failures: IntCounterVec,
+    pub transcode_speed: prometheus::Histogram,
     pub jobs: IntGaugeVec,
     /// Login attempts by `outcome`: `ok` or the refusal's error code.
     pub auth_logins: IntCounterVec,
@@ -173,15 +175,31 @@ impl Metrics {
             "Transcode jobs ended, by outcome.",
             &["outcome"],
         )?;
-        let transcode_duration = HistogramVec::new(
+        let job_duration = HistogramVec::new(
             HistogramOpts::new(
-                names::TRANSCODE_DURATION_SECONDS,
-                "Wall time of a transcode job run, by outcome.",
+                names::JOB_DURATION_SECONDS,
+                "Wall time of one job run, by kind and outcome (succeeded, failed, retrying, cancelled, interrupted).",
             )
             .buckets(vec![
-                1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
             ]),
-            &["outcome"],
+            &["kind", "outcome"],
+        )?;
+        let ffmpeg_failures = IntCounterVec::new(
+            Opts::new(
+                names::FFMPEG_FAILURES_TOTAL,
+                "ffmpeg or ffprobe runs that failed, by reason (undecodable input or a failed run).",
+            ),
+            &["reason"],
+        )?;
+        let transcode_speed = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                names::TRANSCODE_SPEED_RATIO,
+                "Encode speed of finished transcodes: media seconds per wall second (× realtime).",
+            )
+            .buckets(vec![
+                0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
+            ]),
         )?;
         let jobs = gauge_vec(
             names::JOBS,
@@ -295,7 +313,9 @@ impl Metrics {
         registry.register(Box::new(upload_checksum_failures.clone()))?;
         registry.register(Box::new(upload_duration.clone()))?;
         registry.register(Box::new(transcode_jobs.clone()))?;
-        registry.register(Box::new(transcode_duration.clone()))?;
+        registry.register(Box::new(job_duration.clone()))?;
+        registry.register(Box::new(ffmpeg_failures.clone()))?;
+        registry.register(Box::new(transcode_speed.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(auth_logins.clone()))?;
         registry.register(Box::new(auth_session_events.clone()))?;
@@ -363,7 +383,9 @@ impl Metrics {
             upload_checksum_failures,
             upload_duration,
             transcode_jobs,
-            transcode_duration,
+            job_duration,
+            ffmpeg_failures,
+            transcode_speed,
             jobs,
             auth_logins,
             auth_session_events,

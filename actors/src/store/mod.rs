@@ -36,16 +36,31 @@ pub trait MediaRepo: Send + Sync {
     fn list_media(&self, after: Option<&MediaId>, limit: usize) -> Result<Vec<Media>, StoreError>;
 }
 
+/// Which jobs to list; every field narrows the result.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub media_id: Option<MediaId>,
+    pub after: Option<JobId>,
+    pub limit: usize,
+}
+
+impl JobFilter {
+    /// Every job in `state`.
+    pub fn all_in(state: JobState) -> Self {
+        Self {
+            state: Some(state),
+            limit: usize::MAX,
+            ..Self::default()
+        }
+    }
+}
+
 pub trait JobRepo: Send + Sync {
     fn get_job(&self, job_id: &JobId) -> Result<Option<Job>, StoreError>;
     fn put_job(&self, job: &Job) -> Result<(), StoreError>;
-    /// Jobs in id (= submission) order, optionally only those in `state`.
-    fn list_jobs(
-        &self,
-        state: Option<JobState>,
-        after: Option<&JobId>,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError>;
+    /// Jobs in id (= submission) order.
+    fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
 }
 
 /// Which audit entries to list; every field narrows the result.

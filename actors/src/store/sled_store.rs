@@ -6,10 +6,11 @@ use std::path::Path;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    AuditFilter, AuditRepo, AuthRepo, JobRepo, MediaRepo, NonceUse, Repo, StoreError, TusRepo,
+    AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo, MediaRepo, NonceUse, Repo, StoreError,
+    TusRepo,
 };
 use crate::model::{
-    AuditEntry, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord, TusUpload, UploadId,
+    AuditEntry, Gate, Job, JobId, Media, MediaId, NonceRecord, TusUpload, UploadId,
 };
 
 const MEDIA_TREE: &str = "media";
@@ -160,17 +161,18 @@ impl JobRepo for SledStore {
         self.put(&self.jobs, job.id.as_bytes(), job)
     }
 
-    fn list_jobs(
-        &self,
-        state: Option<JobState>,
-        after: Option<&JobId>,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
+    fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
         Self::scan(
             &self.jobs,
-            after.map(|id| id.as_bytes().as_slice()),
-            |job: &Job| state.is_none_or(|wanted| job.state == wanted),
-            limit,
+            filter.after.as_ref().map(|id| id.as_bytes().as_slice()),
+            |job: &Job| {
+                filter.state.is_none_or(|wanted| job.state == wanted)
+                    && filter
+                        .media_id
+                        .as_ref()
+                        .is_none_or(|wanted| job.media_id.as_ref() == Some(wanted))
+            },
+            filter.limit,
         )
     }
 }
@@ -383,7 +385,7 @@ impl Repo for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{JobKind, MediaState, UploadId};
+    use crate::model::{JobKind, JobState, MediaState, UploadId};
     use time::OffsetDateTime;
 
     fn media() -> Media {
@@ -489,29 +491,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let now = OffsetDateTime::now_utc();
-        for state in [JobState::Queued, JobState::Running, JobState::Queued] {
+        let media_id = MediaId::new();
+        for (state, media) in [
+            (JobState::Queued, Some(media_id.clone())),
+            (JobState::Running, Some(media_id.clone())),
+            (JobState::Queued, None),
+        ] {
             store
                 .put_job(&Job {
                     id: JobId::new(),
                     kind: JobKind::Transcode,
-                    media_id: MediaId::new(),
+                    media_id: media,
+                    profiles: vec![],
                     state,
                     priority: 5,
                     attempts: 0,
                     last_error: None,
                     progress: 0,
+                    summary: None,
+                    run_at: None,
+                    started_at: None,
+                    finished_at: None,
                     created_at: now,
                     updated_at: now,
                 })
                 .unwrap();
         }
+        let count = |filter: JobFilter| store.list_jobs(&filter).unwrap().len();
+        assert_eq!(count(JobFilter::all_in(JobState::Queued)), 2);
+        let all = JobFilter {
+            limit: 10,
+            ..JobFilter::default()
+        };
+        assert_eq!(count(all.clone()), 3);
+        let of_media = JobFilter {
+            media_id: Some(media_id),
+            ..all
+        };
+        assert_eq!(count(of_media.clone()), 2);
         assert_eq!(
-            store
-                .list_jobs(Some(JobState::Queued), None, 10)
-                .unwrap()
-                .len(),
-            2
+            count(JobFilter {
+                state: Some(JobState::Running),
+                ..of_media
+            }),
+            1
         );
-        assert_eq!(store.list_jobs(None, None, 10).unwrap().len(), 3);
     }
 }

@@ -22,24 +22,53 @@ use crate::{
     model::{Probe, Rendition},
 };
 
-/// Why a run failed. `permanent` failures (an input ffmpeg cannot decode) are not retried.
+/// What kind of failure ended a run; it decides whether the job is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// ffprobe/ffmpeg cannot read the input as video: retrying cannot help.
+    Undecodable,
+    /// The media item the job is for no longer exists.
+    Gone,
+    /// ffmpeg ran and failed (e.g. its output could not be written): may pass on a retry.
+    FfmpegFailed,
+    /// I/O or another component failed: may pass on a retry.
+    Transient,
+    /// The kill switch stopped the run (cancel or shutdown).
+    Killed,
+}
+
+/// Why a run failed. Permanent failures (an input ffmpeg cannot decode) are not retried.
 #[derive(Debug, Clone)]
 pub struct RunFailure {
     pub reason: String,
-    pub permanent: bool,
+    pub cause: Cause,
 }
 
 impl RunFailure {
-    pub fn permanent(reason: impl Into<String>) -> Self {
+    pub fn new(cause: Cause, reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
-            permanent: true,
+            cause,
         }
     }
+    pub fn undecodable(reason: impl Into<String>) -> Self {
+        Self::new(Cause::Undecodable, reason)
+    }
     pub fn transient(reason: impl Into<String>) -> Self {
-        Self {
-            reason: reason.into(),
-            permanent: false,
+        Self::new(Cause::Transient, reason)
+    }
+    pub fn killed() -> Self {
+        Self::new(Cause::Killed, "cancelled")
+    }
+    pub fn is_permanent(&self) -> bool {
+        matches!(self.cause, Cause::Undecodable | Cause::Gone)
+    }
+    /// The `reason` label of the ffmpeg failure counter, when ffmpeg or ffprobe is to blame.
+    pub fn ffmpeg_reason(&self) -> Option<&'static str> {
+        match self.cause {
+            Cause::Undecodable => Some("undecodable"),
+            Cause::FfmpegFailed => Some("run_failed"),
+            _ => None,
         }
     }
 }
@@ -101,6 +130,10 @@ struct ProbeFormat {
 
 /// Reads duration, size and codecs with ffprobe. A file ffprobe cannot read is a permanent failure.
 pub fn probe(ffprobe_path: &str, input: &Path) -> Result<Probe, RunFailure> {
+    // A missing or unreadable source is a storage problem, not bad input: ffprobe would report
+    // both the same way, so look first.
+    std::fs::File::open(input)
+        .map_err(|e| RunFailure::transient(format!("cannot read the source file: {e}")))?;
     let output = Command::new(ffprobe_path)
         .args([
             "-v",
@@ -115,22 +148,22 @@ pub fn probe(ffprobe_path: &str, input: &Path) -> Result<Probe, RunFailure> {
         .map_err(|e| RunFailure::transient(format!("cannot run {ffprobe_path}: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(RunFailure::permanent(format!(
+        return Err(RunFailure::undecodable(format!(
             "not a decodable video: {}",
             first_line(&stderr).unwrap_or("ffprobe failed")
         )));
     }
     let parsed: ProbeOutput = serde_json::from_slice(&output.stdout)
-        .map_err(|e| RunFailure::permanent(format!("unreadable ffprobe output: {e}")))?;
+        .map_err(|e| RunFailure::undecodable(format!("unreadable ffprobe output: {e}")))?;
     let video = parsed
         .streams
         .iter()
         .find(|s| s.codec_type.as_deref() == Some("video"))
-        .ok_or_else(|| RunFailure::permanent("not a decodable video: no video stream"))?;
+        .ok_or_else(|| RunFailure::undecodable("not a decodable video: no video stream"))?;
     let (width, height) = match (video.width, video.height) {
         (Some(w), Some(h)) if w > 0 && h > 0 => (w, h),
         _ => {
-            return Err(RunFailure::permanent(
+            return Err(RunFailure::undecodable(
                 "not a decodable video: no frame size",
             ))
         }
@@ -140,7 +173,7 @@ pub fn probe(ffprobe_path: &str, input: &Path) -> Result<Probe, RunFailure> {
         .and_then(|f| f.duration)
         .and_then(|d| d.parse::<f64>().ok())
         .filter(|d| d.is_finite() && *d > 0.0)
-        .ok_or_else(|| RunFailure::permanent("not a decodable video: unknown duration"))?;
+        .ok_or_else(|| RunFailure::undecodable("not a decodable video: unknown duration"))?;
     Ok(Probe {
         duration_s,
         width,
@@ -157,19 +190,24 @@ fn first_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).find(|line| !line.is_empty())
 }
 
-/// The rungs to produce for a source: those not above its height. A source smaller than every
-/// rung gets the smallest rung at its own (even) height, so there is always one rendition.
-pub fn plan_ladder(ladder: &[Rung], source_height: u32) -> Vec<Rung> {
+/// The rungs to produce for a source: those of `profiles` (every rung when empty) not above its
+/// height. A source smaller than every such rung gets the smallest of them at its own (even)
+/// height, so there is always one rendition.
+pub fn plan_ladder(ladder: &[Rung], profiles: &[String], source_height: u32) -> Vec<Rung> {
+    let ladder: Vec<&Rung> = ladder
+        .iter()
+        .filter(|rung| profiles.is_empty() || profiles.contains(&rung.name))
+        .collect();
     let mut rungs: Vec<Rung> = ladder
         .iter()
         .filter(|rung| rung.height <= source_height)
-        .cloned()
+        .map(|rung| (*rung).clone())
         .collect();
     if rungs.is_empty() {
         if let Some(smallest) = ladder.iter().min_by_key(|rung| rung.height) {
             rungs.push(Rung {
                 height: (source_height.max(2)) & !1,
-                ..smallest.clone()
+                ..(*smallest).clone()
             });
         }
     }
@@ -315,7 +353,7 @@ pub fn run_ffmpeg(
         let _ = child.kill();
         let _ = child.wait();
         kill_switch.detach();
-        return Err(RunFailure::transient("cancelled"));
+        return Err(RunFailure::killed());
     }
     let mut errors: Vec<String> = Vec::new();
     let events = child
@@ -341,14 +379,14 @@ pub fn run_ffmpeg(
     let status = child.wait();
     kill_switch.detach();
     if kill_switch.was_killed() {
-        return Err(RunFailure::transient("cancelled"));
+        return Err(RunFailure::killed());
     }
     match status {
         Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(RunFailure::transient(format!(
-            "ffmpeg exited with {status}: {}",
-            errors.join("; ")
-        ))),
+        Ok(status) => Err(RunFailure::new(
+            Cause::FfmpegFailed,
+            format!("ffmpeg exited with {status}: {}", errors.join("; ")),
+        )),
         Err(e) => Err(RunFailure::transient(format!("ffmpeg wait failed: {e}"))),
     }
 }
@@ -382,6 +420,54 @@ fn parse_clock(clock: &str) -> Option<f64> {
         seconds = seconds * 60.0 + part.parse::<f64>().ok()?;
     }
     Some(seconds)
+}
+
+/// Kills ffmpeg processes left writing under `work_dir` by an earlier run of this server that
+/// was killed (`kill -9` gives it no chance to stop them). Called at start-up, before any job
+/// of ours runs, so every match is a stray; waits until they are gone, so a rerun never shares
+/// its work directory with one. Linux only (`/proc`); elsewhere it finds nothing.
+pub fn kill_strays(work_dir: &Path) -> usize {
+    let marker = format!("{}/", work_dir.display());
+    let strays: Vec<rustix::process::Pid> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let mut args = cmdline
+                .split(|byte| *byte == 0)
+                .map(String::from_utf8_lossy);
+            let program = args.next()?;
+            let is_ffmpeg = Path::new(program.as_ref())
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("ffmpeg"));
+            (is_ffmpeg && args.any(|arg| arg.starts_with(&marker)))
+                .then(|| rustix::process::Pid::from_raw(pid))
+                .flatten()
+        })
+        .collect();
+    for pid in &strays {
+        let _ = rustix::process::kill_process(*pid, rustix::process::Signal::KILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline
+        && strays
+            .iter()
+            .any(|pid| is_running(pid.as_raw_nonzero().get()))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    strays.len()
+}
+
+/// Whether a process exists and is not a zombie.
+fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// Every file under `dir`, as paths relative to it.
@@ -425,15 +511,21 @@ mod tests {
     #[test]
     fn ladder_skips_rungs_above_the_source() {
         let names = |h| {
-            plan_ladder(&ladder(), h)
+            plan_ladder(&ladder(), &[], h)
                 .into_iter()
                 .map(|r| r.name)
                 .collect::<Vec<_>>()
         };
         assert_eq!(names(720), ["720p", "480p", "360p"]);
         assert_eq!(names(2160), ["1080p", "720p", "480p", "360p"]);
-        let tiny = plan_ladder(&ladder(), 241);
+        let tiny = plan_ladder(&ladder(), &[], 241);
         assert_eq!((tiny.len(), tiny[0].height), (1, 240));
+        let picked = plan_ladder(&ladder(), &["1080p".into(), "480p".into()], 720);
+        assert_eq!(
+            picked.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["480p"],
+            "profiles narrow the ladder, the source height still caps it"
+        );
     }
 
     #[test]
@@ -445,7 +537,7 @@ mod tests {
             video_codec: "h264".into(),
             has_audio: false,
         };
-        let rungs = plan_ladder(&ladder(), 720);
+        let rungs = plan_ladder(&ladder(), &[], 720);
         let widths: Vec<u32> = renditions(&probe, &rungs).iter().map(|r| r.width).collect();
         assert_eq!(widths, [1280, 854, 640]);
     }

@@ -983,27 +983,19 @@ impl Finisher {
         }
     }
 
-    /// Walks the job list; only on the rare recovery path.
+    /// Whether the media already has a job; only on the rare recovery path.
     async fn job_exists(&self, media_id: &MediaId) -> Result<bool, UploadError> {
-        let mut after = None;
-        loop {
-            let page = self
-                .transcode
-                .send(ListJobs {
-                    state: None,
-                    after,
-                    limit: 100,
-                })
-                .await
-                .map_err(|_| UploadError::Mailbox("transcode"))??;
-            if page.iter().any(|job| &job.media_id == media_id) {
-                return Ok(true);
-            }
-            match page.last() {
-                Some(last) if page.len() == 100 => after = Some(last.id.clone()),
-                _ => return Ok(false),
-            }
-        }
+        let jobs = self
+            .transcode
+            .send(ListJobs {
+                state: None,
+                media_id: Some(media_id.clone()),
+                after: None,
+                limit: 1,
+            })
+            .await
+            .map_err(|_| UploadError::Mailbox("transcode"))??;
+        Ok(!jobs.is_empty())
     }
 }
 

@@ -1,22 +1,107 @@
-//! Transcode jobs: list and get.
+//! Jobs: submit, list, get, cancel, stats, and the transcode profiles.
+//!
+//! Submitting and cancelling need the admin token until wallet sessions exist (they start or
+//! stop work on anyone's media); reading is open.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{http::header, web, HttpResponse};
+use serde::{Deserialize, Serialize};
 use streamgate_actors::{
-    model::{JobId, JobState},
-    transcode::{GetJob, ListJobs},
+    model::{JobId, JobKind, JobState, MediaId},
+    transcode::{
+        CancelJob, GetJob, GetJobStats, JobStats, ListJobs, ListProfiles, ScheduleJob,
+        TranscodeProfiles,
+    },
     Actors,
 };
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
     dto::{parse_cursor, JobDto, JobsQuery, Page},
     error::ApiError,
+    extract::Admin,
 };
 
 const DEFAULT_PAGE: usize = 20;
+const DEFAULT_PRIORITY: u8 = 5;
+/// How the audit log names a caller holding the admin token.
+const ADMIN: &str = "admin";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/jobs").route(web::get().to(list)))
-        .service(web::resource("/api/v1/jobs/{job_id}").route(web::get().to(get)));
+    cfg.service(
+        web::resource("/api/v1/jobs")
+            .route(web::get().to(list))
+            .route(web::post().to(submit)),
+    )
+    // Before `/jobs/{job_id}`, which would otherwise take "stats" for an id.
+    .service(web::resource("/api/v1/jobs/stats").route(web::get().to(stats)))
+    .service(web::resource("/api/v1/jobs/{job_id}").route(web::get().to(get)))
+    .service(web::resource("/api/v1/jobs/{job_id}/cancel").route(web::post().to(cancel)))
+    .service(web::resource("/api/v1/transcode/profiles").route(web::get().to(profiles)));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitJobBody {
+    kind: String,
+    media_id: Option<String>,
+    profiles: Option<Vec<String>>,
+    /// 0 (lowest) to 9 (highest); 5 when absent.
+    priority: Option<i64>,
+    /// RFC 3339; the job waits until then.
+    run_at: Option<String>,
+}
+
+async fn submit(
+    _: Admin,
+    body: web::Json<SubmitJobBody>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let kind = JobKind::parse(&body.kind).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_kind",
+            "kind must be transcode, thumbnail or cleanup",
+        )
+    })?;
+    let media_id = body
+        .media_id
+        .as_deref()
+        .map(|text| {
+            MediaId::parse(text).ok_or_else(|| {
+                ApiError::bad_request("unknown_media", format!("media {text} not found"))
+            })
+        })
+        .transpose()?;
+    let priority = match body.priority {
+        None => DEFAULT_PRIORITY,
+        Some(value) => u8::try_from(value)
+            .ok()
+            .filter(|priority| *priority <= 9)
+            .ok_or_else(|| ApiError::bad_request("invalid_priority", "priority must be 0..9"))?,
+    };
+    let run_at = body
+        .run_at
+        .as_deref()
+        .map(|text| {
+            OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+                ApiError::bad_request("invalid_run_at", "run_at must be an RFC 3339 time")
+            })
+        })
+        .transpose()?;
+    let job = actors
+        .transcode
+        .send(ScheduleJob {
+            kind,
+            media_id,
+            profiles: body.profiles.unwrap_or_default(),
+            priority,
+            run_at,
+            caller: ADMIN.to_string(),
+        })
+        .await??;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/api/v1/jobs/{}", job.id)))
+        .json(JobDto::from(&job)))
 }
 
 async fn list(
@@ -25,12 +110,22 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let state = query.state.as_deref().map(parse_state).transpose()?;
+    let media_id = query
+        .media_id
+        .as_deref()
+        .map(|text| {
+            MediaId::parse(text).ok_or_else(|| {
+                ApiError::bad_request("invalid_media_id", "media_id must be a media id")
+            })
+        })
+        .transpose()?;
     let after = parse_cursor(query.cursor.as_deref(), JobId::parse)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, 100);
     let items = actors
         .transcode
         .send(ListJobs {
             state,
+            media_id,
             after,
             limit,
         })
@@ -44,23 +139,120 @@ async fn list(
 }
 
 async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
-    let job_id = JobId::parse(&path)
-        .ok_or_else(|| ApiError::not_found("job_not_found", format!("job {path} not found")))?;
+    let job_id = job_id(&path)?;
     let job = actors.transcode.send(GetJob { job_id }).await??;
     Ok(HttpResponse::Ok().json(JobDto::from(&job)))
 }
 
+async fn cancel(
+    _: Admin,
+    path: web::Path<String>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let job_id = job_id(&path)?;
+    let job = actors
+        .transcode
+        .send(CancelJob {
+            job_id,
+            caller: ADMIN.to_string(),
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(JobDto::from(&job)))
+}
+
+#[derive(Serialize)]
+struct WorkersDto {
+    total: usize,
+    busy: usize,
+    idle: usize,
+}
+
+#[derive(Serialize)]
+struct JobStatsDto {
+    workers: WorkersDto,
+    queued: usize,
+    scheduled: usize,
+    processed: u64,
+    succeeded: u64,
+    failed: u64,
+    cancelled: u64,
+    mean_duration_s: Option<f64>,
+}
+
+impl From<JobStats> for JobStatsDto {
+    fn from(stats: JobStats) -> Self {
+        Self {
+            workers: WorkersDto {
+                total: stats.workers,
+                busy: stats.busy,
+                idle: stats.idle,
+            },
+            queued: stats.queued,
+            scheduled: stats.scheduled,
+            processed: stats.processed,
+            succeeded: stats.succeeded,
+            failed: stats.failed,
+            cancelled: stats.cancelled,
+            mean_duration_s: stats.mean_duration_s,
+        }
+    }
+}
+
+async fn stats(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+    let stats = actors.transcode.send(GetJobStats).await??;
+    Ok(HttpResponse::Ok().json(JobStatsDto::from(stats)))
+}
+
+#[derive(Serialize)]
+struct ProfileDto {
+    name: String,
+    height: u32,
+    video_bitrate_kbps: u32,
+    audio_bitrate_kbps: u32,
+    video_codec: &'static str,
+    audio_codec: &'static str,
+}
+
+#[derive(Serialize)]
+struct ProfilesDto {
+    profiles: Vec<ProfileDto>,
+    segment_seconds: u32,
+    container: &'static str,
+    x264_preset: String,
+}
+
+async fn profiles(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+    let TranscodeProfiles {
+        ladder,
+        segment_seconds,
+        audio_bitrate_kbps,
+        x264_preset,
+    } = actors.transcode.send(ListProfiles).await?;
+    Ok(HttpResponse::Ok().json(ProfilesDto {
+        profiles: ladder
+            .into_iter()
+            .map(|rung| ProfileDto {
+                name: rung.name,
+                height: rung.height,
+                video_bitrate_kbps: rung.video_bitrate_kbps,
+                audio_bitrate_kbps,
+                video_codec: "h264",
+                audio_codec: "aac",
+            })
+            .collect(),
+        segment_seconds,
+        container: "cmaf",
+        x264_preset,
+    }))
+}
+
+fn job_id(text: &str) -> Result<JobId, ApiError> {
+    JobId::parse(text)
+        .ok_or_else(|| ApiError::not_found("job_not_found", format!("job {text} not found")))
+}
+
 fn parse_state(text: &str) -> Result<JobState, ApiError> {
-    [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-    ]
-    .into_iter()
-    .find(|state| state.as_str() == text)
-    .ok_or_else(|| {
+    JobState::parse(text).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_state",
             "state must be queued, running, succeeded, failed or cancelled",

@@ -49,6 +49,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/api/v1/media/{media_id}/thumbnail.jpg").route(web::get().to(thumbnail)),
+    )
+    .service(
+        web::resource("/api/v1/media/{media_id}/dash/manifest.mpd")
+            .route(web::get().to(dash_manifest)),
     );
 }
 
@@ -81,6 +85,63 @@ async fn master(
         &access,
     )
     .await
+}
+
+/// The DASH manifest: it points at the same CMAF segments as the HLS playlists
+/// (`../hls/{rendition}/{segment}`), so segment delivery — and its gate check — is shared.
+async fn dash_manifest(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<PlaybackQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let media = ready_media(&actors, &path).await?;
+    let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
+    let key = streamgate_actors::transcode::dash::manifest_key(&media.id);
+    let bytes = actors
+        .blobs
+        .get(&key)
+        .await
+        .map_err(missing_as("manifest_not_found"))?;
+    let mut response = HttpResponse::Ok();
+    response.insert_header((header::CONTENT_TYPE, "application/dash+xml"));
+    match access {
+        Access::Public => Ok(response
+            .insert_header(CacheControl(vec![
+                CacheDirective::Public,
+                CacheDirective::MaxAge(PLAYLIST_MAX_AGE_S),
+            ]))
+            .body(bytes)),
+        Access::Gated { token } => {
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(response
+                .insert_header(private_no_store())
+                .body(mpd_with_token(&text, &token)))
+        }
+    }
+}
+
+/// Adds `token=` to every segment reference of a DASH manifest (`sourceURL`, `media`).
+fn mpd_with_token(mpd: &str, token: &str) -> String {
+    let mut out = mpd.to_string();
+    for attribute in ["sourceURL=\"", "media=\""] {
+        let mut rewritten = String::with_capacity(out.len() + 64);
+        let mut rest = out.as_str();
+        while let Some(start) = rest.find(attribute) {
+            let value_start = start + attribute.len();
+            let Some(length) = rest[value_start..].find('"') else {
+                break;
+            };
+            let value = &rest[value_start..value_start + length];
+            let separator = if value.contains('?') { "&amp;" } else { "?" };
+            rewritten.push_str(&rest[..value_start + length]);
+            rewritten.push_str(&format!("{separator}token={token}"));
+            rest = &rest[value_start + length..];
+        }
+        rewritten.push_str(rest);
+        out = rewritten;
+    }
+    out
 }
 
 async fn rendition_playlist(
@@ -480,6 +541,15 @@ mod tests {
         assert_eq!(parse_range("bytes=9-3"), None);
         assert_eq!(parse_range("bytes=0-1,5-6"), None);
         assert_eq!(parse_range("items=0-1"), None);
+    }
+
+    #[test]
+    fn every_segment_of_a_manifest_gets_the_token() {
+        let mpd = r#"<Initialization sourceURL="../hls/240p/init_0.mp4"/><SegmentURL media="../hls/240p/seg_00001.m4s"/>"#;
+        assert_eq!(
+            mpd_with_token(mpd, "T"),
+            r#"<Initialization sourceURL="../hls/240p/init_0.mp4?token=T"/><SegmentURL media="../hls/240p/seg_00001.m4s?token=T"/>"#
+        );
     }
 
     #[test]

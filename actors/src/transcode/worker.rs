@@ -1,0 +1,281 @@
+//! One job run, off the actor's context: ffmpeg on the blocking pool, blob writes on the async
+//! runtime. The actor owns the job's state; a worker only reports progress and its outcome.
+//!
+//! Invariant: output is built in the job's own work directory and published only after ffmpeg
+//! succeeded: the media's old output is deleted, every new file is written, playlists and the
+//! manifest last, then the media record turns `ready`. A failure after the old output was
+//! deleted marks the media `failed` at once, so a half-published ladder is never served.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use actix::Addr;
+
+use super::{
+    cleanup::Cleanup,
+    dash,
+    ffmpeg::{self, Cause, KillSwitch, RunFailure},
+    JobProgressed, TranscodeActor,
+};
+use crate::{
+    blobs::BlobStore,
+    config::TranscodeConfig,
+    error::{DomainError, ErrorKind},
+    metadata::{GetMedia, MetadataActor, RecordTranscode},
+    model::{Job, JobId, JobKind, Media, Probe, Rendition},
+    store::SharedRepo,
+};
+
+/// What a successful run reports back.
+#[derive(Debug, Default)]
+pub(super) struct RunReport {
+    pub summary: Option<String>,
+    /// Media seconds encoded per wall second.
+    pub speed: Option<f64>,
+}
+
+pub(super) struct Worker {
+    pub config: TranscodeConfig,
+    pub repo: SharedRepo,
+    pub blobs: BlobStore,
+    pub metadata: Addr<MetadataActor>,
+    /// Root of every job's work directory.
+    pub work_root: PathBuf,
+    /// Jobs running alongside this one (a cleanup leaves their work directories alone).
+    pub running: HashSet<JobId>,
+    pub progress_to: Addr<TranscodeActor>,
+    pub kill_switch: KillSwitch,
+}
+
+impl Worker {
+    pub async fn run(self, job: Job) -> Result<RunReport, RunFailure> {
+        let work_dir = self.work_root.join(job.id.to_string());
+        let result = match job.kind {
+            JobKind::Transcode => self.transcode(&job, &work_dir).await,
+            JobKind::Thumbnail => self.thumbnail(&job, &work_dir).await,
+            JobKind::Cleanup => self.cleanup().await,
+        };
+        let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        result
+    }
+
+    async fn media(&self, job: &Job) -> Result<Media, RunFailure> {
+        let media_id = job
+            .media_id
+            .clone()
+            .ok_or_else(|| RunFailure::new(Cause::Gone, "the job names no media"))?;
+        self.metadata
+            .send(GetMedia {
+                media_id: media_id.clone(),
+            })
+            .await
+            .map_err(|e| RunFailure::transient(format!("metadata actor unavailable: {e}")))?
+            .map_err(|e| match e.kind() {
+                ErrorKind::NotFound => {
+                    RunFailure::new(Cause::Gone, format!("media {media_id} no longer exists"))
+                }
+                _ => RunFailure::transient(e.to_string()),
+            })
+    }
+
+    /// A fresh, empty output directory: whatever an earlier attempt left is gone.
+    async fn fresh_output(work_dir: &Path) -> Result<PathBuf, RunFailure> {
+        let _ = tokio::fs::remove_dir_all(work_dir).await;
+        let out_dir = work_dir.join("out");
+        tokio::fs::create_dir_all(&out_dir)
+            .await
+            .map_err(|e| RunFailure::transient(format!("cannot create work dir: {e}")))?;
+        Ok(out_dir)
+    }
+
+    async fn transcode(&self, job: &Job, work_dir: &Path) -> Result<RunReport, RunFailure> {
+        let media = self.media(job).await?;
+        let out_dir = Self::fresh_output(work_dir).await?;
+        let input = self.source_path(&media, work_dir).await?;
+
+        let started = Instant::now();
+        let (probe, renditions) = self.encode(job, &input, &out_dir).await?;
+        let speed = probe.duration_s / started.elapsed().as_secs_f64().max(1e-3);
+        if self.kill_switch.was_killed() {
+            return Err(RunFailure::killed());
+        }
+
+        let published = self.publish(&media, &out_dir).await;
+        if let Err(failure) = &published {
+            // The old output may be gone already: make sure nothing half-written is served.
+            let _ = self
+                .metadata
+                .send(RecordTranscode {
+                    media_id: media.id.clone(),
+                    outcome: Err(failure.reason.clone()),
+                })
+                .await;
+        }
+        published?;
+        let names: Vec<&str> = renditions.iter().map(|r| r.name.as_str()).collect();
+        let summary = format!("renditions {}", names.join(", "));
+        self.metadata
+            .send(RecordTranscode {
+                media_id: media.id.clone(),
+                outcome: Ok((probe, renditions)),
+            })
+            .await
+            .map_err(|e| RunFailure::transient(format!("metadata actor unavailable: {e}")))?
+            .map_err(|e| RunFailure::transient(e.to_string()))?;
+        Ok(RunReport {
+            summary: Some(summary),
+            speed: Some(speed),
+        })
+    }
+
+    /// Replaces the media's output with the files under `out_dir`.
+    async fn publish(&self, media: &Media, out_dir: &Path) -> Result<(), RunFailure> {
+        let prefix = BlobStore::media_prefix(&media.id);
+        let mut files =
+            ffmpeg::files_under(out_dir).map_err(|e| RunFailure::transient(e.to_string()))?;
+        // Segments first, the files that point at them last.
+        files.sort_by_key(|file| {
+            let name = file.to_string_lossy();
+            (
+                name.ends_with(".m3u8") || name.ends_with(".mpd"),
+                name == "master.m3u8",
+            )
+        });
+        self.blobs
+            .delete_prefix(&prefix)
+            .await
+            .map_err(|e| RunFailure::transient(e.to_string()))?;
+        for relative in files {
+            let name = relative.to_string_lossy().replace('\\', "/");
+            let key = match name.as_str() {
+                "thumbnail.jpg" => format!("{prefix}/thumbnail.jpg"),
+                dash::MANIFEST_FILE => dash::manifest_key(&media.id),
+                _ => BlobStore::hls_key(&media.id, &name),
+            };
+            self.blobs
+                .put_file(&key, &out_dir.join(&relative))
+                .await
+                .map_err(|e| RunFailure::transient(format!("cannot publish {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn thumbnail(&self, job: &Job, work_dir: &Path) -> Result<RunReport, RunFailure> {
+        let media = self.media(job).await?;
+        let out_dir = Self::fresh_output(work_dir).await?;
+        let input = self.source_path(&media, work_dir).await?;
+        let output = out_dir.join("thumbnail.jpg");
+        let (config, kill_switch, target) = (
+            self.config.clone(),
+            self.kill_switch.clone(),
+            output.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let probe = ffmpeg::probe(&config.ffprobe_path, &input)?;
+            let args = ffmpeg::thumbnail_arguments(&input, &target, &probe);
+            ffmpeg::run_ffmpeg(
+                &config.ffmpeg_path,
+                &args,
+                probe.duration_s,
+                &kill_switch,
+                |_| {},
+            )
+        })
+        .await
+        .map_err(|e| RunFailure::transient(format!("worker thread failed: {e}")))??;
+        let key = format!("{}/thumbnail.jpg", BlobStore::media_prefix(&media.id));
+        self.blobs
+            .put_file(&key, &output)
+            .await
+            .map_err(|e| RunFailure::transient(e.to_string()))?;
+        Ok(RunReport::default())
+    }
+
+    async fn cleanup(&self) -> Result<RunReport, RunFailure> {
+        let report = Cleanup {
+            repo: self.repo.clone(),
+            blobs: self.blobs.clone(),
+            work_dir: self.work_root.clone(),
+            running: self.running.clone(),
+            min_age: Duration::from_secs(self.config.cleanup_min_age_s),
+        }
+        .run()
+        .await?;
+        Ok(RunReport {
+            summary: Some(report.to_string()),
+            speed: None,
+        })
+    }
+
+    /// The source as a local file: the blob itself on the local backend, else a download.
+    async fn source_path(&self, media: &Media, work_dir: &Path) -> Result<PathBuf, RunFailure> {
+        if let Some(path) = self.blobs.local_path(&media.source_key) {
+            return Ok(path);
+        }
+        // Streamed to disk: sources can be many gigabytes.
+        let path = work_dir.join("source");
+        self.blobs
+            .download_to(&media.source_key, &path)
+            .await
+            .map_err(|e| RunFailure::transient(e.to_string()))?;
+        Ok(path)
+    }
+
+    /// Probe, the one-decode ladder, the DASH manifest and the thumbnail, on the blocking pool.
+    async fn encode(
+        &self,
+        job: &Job,
+        input: &Path,
+        out_dir: &Path,
+    ) -> Result<(Probe, Vec<Rendition>), RunFailure> {
+        let config = self.config.clone();
+        let input = input.to_path_buf();
+        let out_dir = out_dir.to_path_buf();
+        let kill_switch = self.kill_switch.clone();
+        let progress_to = self.progress_to.clone();
+        let job_id = job.id.clone();
+        let profiles = job.profiles.clone();
+        tokio::task::spawn_blocking(move || {
+            let probe = ffmpeg::probe(&config.ffprobe_path, &input)?;
+            let rungs = ffmpeg::plan_ladder(&config.ladder, &profiles, probe.height);
+            let args = ffmpeg::hls_arguments(&config, &input, &out_dir, &probe, &rungs);
+            let mut last = None;
+            ffmpeg::run_ffmpeg(
+                &config.ffmpeg_path,
+                &args,
+                probe.duration_s,
+                &kill_switch,
+                |progress| {
+                    if last != Some(progress) {
+                        last = Some(progress);
+                        progress_to.do_send(JobProgressed {
+                            job_id: job_id.clone(),
+                            progress,
+                        });
+                    }
+                },
+            )?;
+            let manifest = dash::manifest_from_hls(&out_dir).map_err(|e| {
+                RunFailure::transient(format!("cannot build the DASH manifest: {e}"))
+            })?;
+            std::fs::write(out_dir.join(dash::MANIFEST_FILE), manifest)
+                .map_err(|e| RunFailure::transient(format!("cannot write manifest.mpd: {e}")))?;
+            let thumbnail =
+                ffmpeg::thumbnail_arguments(&input, &out_dir.join("thumbnail.jpg"), &probe);
+            ffmpeg::run_ffmpeg(
+                &config.ffmpeg_path,
+                &thumbnail,
+                probe.duration_s,
+                &kill_switch,
+                |_| {},
+            )?;
+            let renditions = ffmpeg::renditions(&probe, &rungs);
+            Ok((probe, renditions))
+        })
+        .await
+        .map_err(|e| RunFailure::transient(format!("worker thread failed: {e}")))?
+    }
+}
