@@ -463,6 +463,36 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
         403,
         "gate_not_passed",
     );
+    // DASH shares the gate: refused without a passing session; for a holder every segment
+    // reference in the manifest carries the playback token and is served with it.
+    let dash = server.url(&format!(
+        "/api/v1/media/{}/dash/manifest.mpd",
+        first.media_id
+    ));
+    assert_eq!(bearer_get(&server, &dash, None).await.status(), 401);
+    assert_eq!(bearer_get(&server, &dash, Some(&carol)).await.status(), 403);
+    let response = bearer_get(&server, &dash, Some(&bob)).await;
+    assert_eq!(response.status(), 200);
+    assert!(cache_control(&response).contains("no-store"));
+    let mpd = response.text().await.unwrap();
+    let segment = mpd
+        .split("media=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    assert!(segment.contains("?token="), "{mpd}");
+    let dash_base = server.url(&format!("/api/v1/media/{}/dash/", first.media_id));
+    let response = bearer_get(&server, &format!("{dash_base}{segment}"), None).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "the tokenised DASH segment URL plays"
+    );
+    let untokenised = segment.split('?').next().unwrap();
+    let response = bearer_get(&server, &format!("{dash_base}{untokenised}"), None).await;
+    assert_eq!(response.status(), 401);
+
     let second_master = server.url(&format!(
         "/api/v1/media/{}/hls/master.m3u8",
         second.media_id
