@@ -60,5 +60,5 @@ need_python_tools() {
     python3 -m venv target/py 2>/dev/null ||
       { need_debian_packages no-such-command:python3-venv && rm -rf target/py && python3 -m venv target/py; }
   fi
-  target/py/bin/pip install -q --disable-pip-version-check 'tuspy==1.*' 'moto[server]==5.*'
+  target/py/bin/pip install -q --disable-pip-version-check 'tuspy==1.*' 'moto[server]==5.*' 'openapi-spec-validator==0.7.*'
 }

@@ -12,6 +12,7 @@ mod config;
 mod e2e;
 mod jobs;
 mod monitor;
+mod openapi;
 mod s3;
 mod server;
 mod shutdown;

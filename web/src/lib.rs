@@ -12,6 +12,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 
 use actix_web::web;
@@ -39,6 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::streaming::configure(cfg);
     routes::jobs::configure(cfg);
     routes::audit::configure(cfg);
+    openapi::configure(cfg);
     routes::auth::configure(cfg);
     routes::monitor::configure(cfg);
 }
