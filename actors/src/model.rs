@@ -200,6 +200,9 @@ pub struct Job {
     /// When the job reached a final state.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// W3C trace id of the request that queued the job; the job's logs carry it.
+    #[serde(default)]
+    pub trace_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

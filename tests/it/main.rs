@@ -17,4 +17,5 @@ mod s3;
 mod server;
 mod shutdown;
 mod supervision;
+mod trace_context;
 mod tus;

@@ -86,3 +86,11 @@ pub fn caller(req: &HttpRequest) -> String {
         None => "ip:unknown".to_string(),
     }
 }
+
+/// The W3C trace id the tracing middleware gave this request, to hand on to background work.
+pub fn trace_id(req: &HttpRequest) -> Option<String> {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<streamgate_actors::monitor::traces::TraceContext>()
+        .map(|trace| trace.trace_id.clone())
+}

@@ -77,6 +77,8 @@ pub struct SubmitJob {
     pub priority: u8,
     /// Who submitted it, for the audit log.
     pub caller: String,
+    /// W3C trace id of the request behind it.
+    pub trace_id: Option<String>,
 }
 
 /// Queues a job with every option of the jobs API; the reply comes once the job is durable.
@@ -93,6 +95,8 @@ pub struct ScheduleJob {
     /// Not before this time; `None` means now.
     pub run_at: Option<OffsetDateTime>,
     pub caller: String,
+    /// W3C trace id of the request behind it.
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, Message)]

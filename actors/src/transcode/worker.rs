@@ -11,6 +11,7 @@ use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+use tracing::Instrument;
 
 use actix::Addr;
 
@@ -52,14 +53,31 @@ pub(super) struct Worker {
 
 impl Worker {
     pub async fn run(self, job: Job) -> Result<RunReport, RunFailure> {
-        let work_dir = self.work_root.join(job.id.to_string());
-        let result = match job.kind {
-            JobKind::Transcode => self.transcode(&job, &work_dir).await,
-            JobKind::Thumbnail => self.thumbnail(&job, &work_dir).await,
-            JobKind::Cleanup => self.cleanup().await,
-        };
-        let _ = tokio::fs::remove_dir_all(&work_dir).await;
-        result
+        // Every log line of the run (ffmpeg failures included) carries the trace of the request
+        // that queued the job.
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job.id,
+            kind = job.kind.as_str(),
+            trace_id = job.trace_id.as_deref().unwrap_or_default()
+        );
+        async move {
+            tracing::info!(attempt = job.attempts, "job run started");
+            let work_dir = self.work_root.join(job.id.to_string());
+            let result = match job.kind {
+                JobKind::Transcode => self.transcode(&job, &work_dir).await,
+                JobKind::Thumbnail => self.thumbnail(&job, &work_dir).await,
+                JobKind::Cleanup => self.cleanup().await,
+            };
+            let _ = tokio::fs::remove_dir_all(&work_dir).await;
+            match &result {
+                Ok(_) => tracing::info!("job run succeeded"),
+                Err(failure) => tracing::warn!(reason = %failure.reason, "job run failed"),
+            }
+            result
+        }
+        .instrument(span)
+        .await
     }
 
     async fn media(&self, job: &Job) -> Result<Media, RunFailure> {

@@ -140,6 +140,8 @@ pub struct FinishUpload {
     pub tags: Vec<String>,
     pub owner: Option<String>,
     pub caller: String,
+    /// W3C trace id of the upload request, handed on to the transcode job.
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +299,7 @@ impl Handler<FinishUpload> for UploadActor {
                     media_id: media.id.clone(),
                     priority: 5,
                     caller: msg.caller.clone(),
+                    trace_id: msg.trace_id.clone(),
                 })
                 .await
                 .map_err(|_| UploadError::Mailbox("transcode"))??;

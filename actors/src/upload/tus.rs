@@ -948,6 +948,7 @@ impl Finisher {
                     media_id: media_id.clone(),
                     priority: 5,
                     caller: caller.clone(),
+                    trace_id: None,
                 })
                 .await
                 .map_err(|_| UploadError::Mailbox("transcode"))??;

@@ -53,6 +53,7 @@ struct SubmitJobBody {
 
 async fn submit(
     _: Admin,
+    req: actix_web::HttpRequest,
     body: web::Json<SubmitJobBody>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
@@ -97,6 +98,7 @@ async fn submit(
             priority,
             run_at,
             caller: ADMIN.to_string(),
+            trace_id: crate::extract::trace_id(&req),
         })
         .await??;
     Ok(HttpResponse::Accepted()

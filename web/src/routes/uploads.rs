@@ -112,6 +112,7 @@ async fn receive(
             tags,
             owner: principal.wallet().map(str::to_string),
             caller: principal.name().to_string(),
+            trace_id: crate::extract::trace_id(req),
         })
         .await??;
     let location = format!("/api/v1/media/{}", receipt.media_id);

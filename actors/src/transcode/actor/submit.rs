@@ -31,6 +31,7 @@ impl Handler<SubmitJob> for TranscodeActor {
                 priority: msg.priority,
                 run_at: None,
                 caller: msg.caller,
+                trace_id: msg.trace_id,
             },
             ctx,
         )
@@ -107,6 +108,7 @@ impl Handler<ScheduleJob> for TranscodeActor {
                     run_at: msg.run_at,
                     started_at: None,
                     finished_at: None,
+                    trace_id: msg.trace_id.clone(),
                     created_at: now,
                     updated_at: now,
                 };
