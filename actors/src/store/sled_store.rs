@@ -512,6 +512,7 @@ mod tests {
                     run_at: None,
                     started_at: None,
                     finished_at: None,
+                    trace_id: None,
                     created_at: now,
                     updated_at: now,
                 })
