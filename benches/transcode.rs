@@ -158,6 +158,7 @@ fn main() {
         );
         let receipt: Value = client
             .post(format!("{base}/api/v1/upload"))
+            .bearer_auth(TOKEN)
             .multipart(form)
             .send()
             .await
