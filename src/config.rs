@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use streamgate_actors::config::{
-    ActorsConfig, AuthConfig, HttpConfig, MonitorConfig, RateLimitConfig, StorageConfig,
-    TranscodeConfig, UploadConfig,
+    ActorsConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, RateLimitConfig,
+    StorageConfig, TranscodeConfig, UploadConfig,
 };
 use toml::{Table, Value};
 
@@ -44,6 +44,7 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub rate_limit: RateLimitConfig,
     pub http: HttpConfig,
+    pub cache: CacheConfig,
 }
 
 impl Config {
@@ -54,6 +55,7 @@ impl Config {
             transcode: self.transcode.clone(),
             auth: self.auth.clone(),
             monitor: self.monitor.clone(),
+            cache: self.cache.clone(),
         }
     }
 }

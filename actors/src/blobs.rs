@@ -137,6 +137,34 @@ impl BlobStore {
             .await?)
     }
 
+    /// Size and entity tag of a blob, then a stream of `range` of it (all of it when `None`):
+    /// remote backends are read in chunks, never loaded whole.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<BlobStream, BlobError> {
+        let options = object_store::GetOptions {
+            range: range.map(object_store::GetRange::Bounded),
+            ..Default::default()
+        };
+        let result = self.inner.get_opts(&ObjectPath::from(key), options).await?;
+        Ok(BlobStream {
+            size: result.meta.size,
+            e_tag: result.meta.e_tag.clone(),
+            stream: result
+                .into_stream()
+                .map(|chunk| chunk.map_err(BlobError::from))
+                .boxed(),
+        })
+    }
+
+    /// Size and entity tag of a blob.
+    pub async fn head(&self, key: &str) -> Result<(u64, Option<String>), BlobError> {
+        let meta = self.inner.head(&ObjectPath::from(key)).await?;
+        Ok((meta.size, meta.e_tag))
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool, BlobError> {
         match self.inner.head(&ObjectPath::from(key)).await {
             Ok(_) => Ok(true),
@@ -181,6 +209,13 @@ impl BlobStore {
         self.put(key, Bytes::from_static(b"ok")).await?;
         self.delete(key).await
     }
+}
+
+/// A blob being read: its full size and entity tag, and the requested bytes as a stream.
+pub struct BlobStream {
+    pub size: u64,
+    pub e_tag: Option<String>,
+    pub stream: futures_util::stream::BoxStream<'static, Result<Bytes, BlobError>>,
 }
 
 /// A streamed write into the blob store.
