@@ -229,7 +229,11 @@ impl SearchIndex {
         if index.schema() != schema().0 {
             return Err("the index was built with another schema".into());
         }
-        // Opening reads only meta.json: touch every segment's files too.
+        // Opening reads only meta.json: check every live file's checksum, then open them all.
+        let damaged = index.validate_checksum().map_err(|e| e.to_string())?;
+        if !damaged.is_empty() {
+            return Err(format!("damaged files: {damaged:?}"));
+        }
         let reader = index.reader().map_err(|e| e.to_string())?;
         let searcher = reader.searcher();
         searcher

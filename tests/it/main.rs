@@ -10,6 +10,7 @@ mod bad_input;
 mod chain;
 mod config;
 mod e2e;
+mod media;
 mod monitor;
 mod server;
 mod shutdown;
