@@ -4,9 +4,10 @@
 //! Invariant: every read-modify-write of a record runs as an atomic response, so two writes to
 //! one record never interleave; plain reads run concurrently.
 //! Invariant: a write is in the store first, then the media's cache entries are dropped and the
-//! search index is updated, all before the reply: a client that got the reply reads the change
-//! from `GET /api/v1/media/{id}`, the playlists and search. (A failed index write is logged; the
-//! next start-up reconciles the index with the store.)
+//! change is staged in the search index, all before the reply: a client that got the reply reads
+//! the change from `GET /api/v1/media/{id}` and the playlists at once, and from search within
+//! one group commit (`search::COMMIT_INTERVAL`). A failed index write is logged; the next
+//! start-up reconciles the index with the store.
 
 use std::{sync::Arc, time::Duration};
 

@@ -199,8 +199,8 @@ async fn renditions_play_over_http_with_ranges_etags_and_invalidation() {
     assert_eq!(edited.status(), 200);
     let (_, after) = server.get_json(&format!("/api/v1/media/{id}")).await;
     assert_eq!(after["title"], "Harbour at dusk");
-    let (_, found) = server.get_json("/api/v1/media?q=dusk").await;
-    assert_eq!(found["items"][0]["id"], id.as_str(), "{found}");
+    // Search is near real time (group commits).
+    searchable(&server, "q=dusk", |ids| ids == [id.clone()]).await;
     let metrics = server.get("/metrics").await.text().await.unwrap();
     for series in [
         r#"streamgate_cache_requests_total{cache="metadata",result="hit"}"#,
@@ -231,8 +231,29 @@ async fn renditions_play_over_http_with_ranges_etags_and_invalidation() {
     assert_eq!(server.get(&master_path).await.status(), 404);
     assert_eq!(server.get(&segment_path).await.status(), 404);
     assert!(server.blob_files(&format!("media/{id}")).is_empty());
-    let (_, found) = server.get_json("/api/v1/media?q=harbour").await;
-    assert_eq!(found["items"], serde_json::json!([]), "{found}");
+    searchable(&server, "q=harbour", |ids| ids.is_empty()).await;
+}
+
+/// Polls a search until `done` holds for its ids: index writes become searchable with the next
+/// group commit.
+async fn searchable(
+    server: &TestServer,
+    query: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        ticks.tick().await;
+        let ids = walk(server, query).await;
+        if done(&ids) {
+            return ids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{query}: never matched, last {ids:?}"
+        );
+    }
 }
 
 fn record(title: &str, description: &str, tags: &[&str], owner: &str) -> Media {
@@ -327,6 +348,10 @@ async fn search_finds_by_word_tag_and_owner_and_pages_without_gaps() {
     }
 
     // Without q: creation order, every record exactly once.
+    searchable(&server, "q=xylophone", |_| {
+        server.actors.search.len() == created.len()
+    })
+    .await;
     let all = walk(&server, "limit=100").await;
     assert_eq!(all, created, "id order, no duplicates, no gaps");
     // With q: relevance order, walked in odd-sized pages.
@@ -368,7 +393,7 @@ async fn search_finds_by_word_tag_and_owner_and_pages_without_gaps() {
         (400, Some("invalid_cursor"))
     );
 
-    // Edits are searchable when the reply arrives.
+    // Edits are searchable after the next group commit.
     let response = server
         .client
         .patch(server.url(&format!("/api/v1/media/{}", created[3])))
@@ -378,11 +403,9 @@ async fn search_finds_by_word_tag_and_owner_and_pages_without_gaps() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(walk(&server, "q=zeppelin").await, vec![created[3].clone()]);
-    assert_eq!(
-        walk(&server, "tag=zeppelin").await,
-        vec![created[3].clone()]
-    );
+    let edited = vec![created[3].clone()];
+    searchable(&server, "q=zeppelin", |ids| ids == edited).await;
+    assert_eq!(walk(&server, "tag=zeppelin").await, edited);
 }
 
 #[tokio::test]
@@ -402,7 +425,7 @@ async fn the_search_index_is_rebuilt_when_missing_or_damaged() {
                 .await,
             );
         }
-        assert_eq!(walk(&server, "q=glacier&limit=100").await.len(), 30);
+        searchable(&server, "q=glacier&limit=100", |ids| ids.len() == 30).await;
     }
     let index_dir = data_dir.join("search");
     assert!(index_dir.join("meta.json").exists());
