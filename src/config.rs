@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use streamgate_actors::config::{
-    ActorsConfig, AuthConfig, HttpConfig, MonitorConfig, RateLimitConfig, S3Config, StorageConfig,
-    TranscodeConfig, UploadConfig,
+    ActorsConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, RateLimitConfig, S3Config,
+    StorageConfig, TranscodeConfig, UploadConfig,
 };
 use toml::{Table, Value};
 
@@ -45,6 +45,7 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub rate_limit: RateLimitConfig,
     pub http: HttpConfig,
+    pub cache: CacheConfig,
 }
 
 impl Config {
@@ -56,6 +57,7 @@ impl Config {
             transcode: self.transcode.clone(),
             auth: self.auth.clone(),
             monitor: self.monitor.clone(),
+            cache: self.cache.clone(),
         }
     }
 }

@@ -29,6 +29,10 @@ pub mod action {
     pub const MEDIA_GATE: &str = "media.gate";
     /// A client went over a rate limit; target is the service.
     pub const RATE_LIMIT_EXCEEDED: &str = "rate_limit.exceeded";
+    /// Admin cache operations (`/api/v1/cache`); target is the key.
+    pub const CACHE_PUT: &str = "cache.put";
+    pub const CACHE_DELETE: &str = "cache.delete";
+    pub const CACHE_CLEAR: &str = "cache.clear";
 }
 
 /// Outcome values.

@@ -179,6 +179,35 @@ pub struct HttpConfig {
     pub cors_max_age_s: usize,
 }
 
+/// LRU + TTL caches (SPEC.md): entries held at most, and seconds an entry lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub gateway_entries: usize,
+    pub gateway_ttl_s: u64,
+    pub streaming_entries: usize,
+    pub streaming_ttl_s: u64,
+    pub metadata_entries: usize,
+    pub metadata_ttl_s: u64,
+    pub purge_interval_s: u64,
+}
+
+impl CacheConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("gateway_entries", self.gateway_entries as u64),
+            ("streaming_entries", self.streaming_entries as u64),
+            ("metadata_entries", self.metadata_entries as u64),
+            ("purge_interval_s", self.purge_interval_s),
+        ] {
+            if value == 0 {
+                return Err(format!("cache.{key} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything [`crate::start`] needs.
 #[derive(Debug, Clone)]
 pub struct ActorsConfig {
@@ -188,6 +217,7 @@ pub struct ActorsConfig {
     pub transcode: TranscodeConfig,
     pub auth: AuthConfig,
     pub monitor: MonitorConfig,
+    pub cache: CacheConfig,
 }
 
 impl ActorsConfig {
@@ -226,6 +256,7 @@ impl ActorsConfig {
         if self.storage.blobs == BlobBackend::S3 && self.s3.bucket.is_empty() {
             return Err("storage.blobs = \"s3\" needs s3.bucket".into());
         }
+        self.cache.validate()?;
         if self.monitor.sample_interval_ms < 100 {
             return Err("monitor.sample_interval_ms must be at least 100".into());
         }

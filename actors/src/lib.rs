@@ -14,12 +14,14 @@
 pub mod audit;
 pub mod auth;
 pub mod blobs;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod metadata;
 pub mod model;
 pub mod monitor;
 pub mod names;
+pub mod search;
 pub mod sniff;
 pub mod store;
 pub mod supervise;
@@ -37,9 +39,11 @@ use crate::{
     audit::AuditLog,
     auth::{AuthActor, AuthDeps, Keys, NftChecker, NftMetrics, PlaybackGuard},
     blobs::BlobStore,
+    cache::Caches,
     config::{ActorsConfig, BlobBackend},
-    metadata::MetadataActor,
+    metadata::{MetadataActor, MetadataDeps},
     monitor::{Metrics, MonitorActor, MonitorDeps},
+    search::SearchIndex,
     store::{SharedRepo, SledStore},
     supervise::Ping,
     transcode::TranscodeActor,
@@ -62,6 +66,11 @@ pub struct Actors {
     pub audit: AuditLog,
     /// Read handle for gated delivery: which media are gated, and the playback-token check.
     pub playback: PlaybackGuard,
+    /// Read handle on the caches (playlists, media records, the admin cache); the actors that
+    /// change a media item invalidate its entries.
+    pub caches: Caches,
+    /// Read handle on the search index; the MetadataActor keeps it current.
+    pub search: SearchIndex,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +87,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot start wallet auth: {0}")]
     Auth(#[from] auth::AuthError),
+    #[error("cannot open the search index: {0}")]
+    Search(#[from] search::SearchError),
 }
 
 /// Opens storage under `storage.data_dir` and starts every actor, supervised. Must run inside an
@@ -102,9 +113,25 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
     let audit = AuditLog::new(repo.clone());
     let restarts = |name: &str| metrics.actor_restarts.with_label_values(&[name]);
 
+    let caches = Caches::new(&config.cache, &metrics, audit.clone());
+    // Before any actor runs: the index is rebuilt or reconciled with the store here.
+    let (search, report) = SearchIndex::open(&data_dir.join("search"), &repo)?;
+    tracing::info!(
+        rebuilt = report.rebuilt,
+        indexed = report.indexed,
+        dropped = report.dropped,
+        "search index ready"
+    );
     let metadata = supervise::start("metadata", restarts("metadata"), {
-        let (repo, blobs, audit) = (repo.clone(), blobs.clone(), audit.clone());
-        move |_| MetadataActor::new(repo, blobs, audit)
+        let deps = MetadataDeps {
+            repo: repo.clone(),
+            blobs: blobs.clone(),
+            audit: audit.clone(),
+            caches: caches.clone(),
+            search: search.clone(),
+            cache_purge_interval: Duration::from_secs(config.cache.purge_interval_s),
+        };
+        move |_| MetadataActor::new(deps)
     });
     let transcode = supervise::start("transcode", restarts("transcode"), {
         let (config, repo, blobs, metadata, metrics, audit) = (
@@ -167,6 +194,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
             repo: repo.clone(),
             keys,
             playback: playback.clone(),
+            caches: caches.clone(),
             nft,
             metadata: metadata.clone(),
             audit: audit.clone(),
@@ -209,5 +237,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
         metrics,
         audit,
         playback,
+        caches,
+        search,
     })
 }

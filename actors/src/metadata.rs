@@ -3,9 +3,17 @@
 //!
 //! Invariant: every read-modify-write of a record runs as an atomic response, so two writes to
 //! one record never interleave; plain reads run concurrently.
+//! Invariant: a write is in the store first, then the media's cache entries are dropped and the
+//! change is staged in the search index, all before the reply: a client that got the reply reads
+//! the change from `GET /api/v1/media/{id}` and the playlists at once, and from search within
+//! one group commit (`search::COMMIT_INTERVAL`). A failed index write is logged; the next
+//! start-up reconciles the index with the store.
+
+use std::{sync::Arc, time::Duration};
 
 use actix::{
-    Actor, AtomicResponse, Context, Handler, Message, ResponseFuture, Supervised, WrapFuture,
+    Actor, AsyncContext, AtomicResponse, Context, Handler, Message, ResponseFuture, Supervised,
+    WrapFuture,
 };
 use time::OffsetDateTime;
 
@@ -13,8 +21,10 @@ use crate::{
     audit::{action, AuditEvent, AuditLog},
     auth::Principal,
     blobs::{BlobError, BlobStore},
+    cache::Caches,
     error::{DomainError, ErrorKind},
     model::{Media, MediaId, MediaState, Probe, Rendition},
+    search::SearchIndex,
     store::{blocking, SharedRepo, StoreError},
     supervise::supervised_basics,
 };
@@ -111,20 +121,58 @@ pub struct RecordTranscode {
 // ---------------------------------------------------------------------------------------------
 // Actor
 
+/// What the MetadataActor works with.
+#[derive(Clone)]
+pub struct MetadataDeps {
+    pub repo: SharedRepo,
+    pub blobs: BlobStore,
+    pub audit: AuditLog,
+    pub caches: Caches,
+    pub search: SearchIndex,
+    /// How often expired cache entries are swept.
+    pub cache_purge_interval: Duration,
+}
+
 pub struct MetadataActor {
     repo: SharedRepo,
     blobs: BlobStore,
     audit: AuditLog,
+    /// The read side (records, playlists) that `web` holds too; this actor invalidates it.
+    caches: Caches,
+    search: SearchIndex,
+    cache_purge_interval: Duration,
 }
 
 impl MetadataActor {
-    pub fn new(repo: SharedRepo, blobs: BlobStore, audit: AuditLog) -> Self {
-        Self { repo, blobs, audit }
+    pub fn new(deps: MetadataDeps) -> Self {
+        Self {
+            repo: deps.repo,
+            blobs: deps.blobs,
+            audit: deps.audit,
+            caches: deps.caches,
+            search: deps.search,
+            cache_purge_interval: deps.cache_purge_interval,
+        }
     }
 }
 
 impl Actor for MetadataActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let caches = self.caches.clone();
+        ctx.run_interval(self.cache_purge_interval, move |_, _| {
+            caches.purge_expired();
+        });
+    }
+}
+
+/// Drops the media's cache entries and brings the index in line with the stored record.
+async fn publish_change(caches: &Caches, search: &SearchIndex, media: &Media) {
+    caches.invalidate_media(&media.id);
+    if let Err(error) = search.upsert_async(media.clone()).await {
+        tracing::error!(%error, media_id = %media.id, "search index not updated");
+    }
 }
 
 impl Supervised for MetadataActor {}
@@ -136,12 +184,14 @@ impl Handler<CreateMedia> for MetadataActor {
 
     fn handle(&mut self, msg: CreateMedia, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
+        let (caches, search) = (self.caches.clone(), self.search.clone());
         AtomicResponse::new(Box::pin(
             async move {
                 let media = msg.media;
                 validate_text(&media.title, &media.description, &media.tags)?;
                 let stored = media.clone();
                 blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                publish_change(&caches, &search, &media).await;
                 Ok(media)
             }
             .into_actor(self),
@@ -154,7 +204,17 @@ impl Handler<GetMedia> for MetadataActor {
 
     fn handle(&mut self, msg: GetMedia, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
-        Box::pin(async move { load(&repo, msg.media_id).await })
+        let cache = self.caches.metadata.clone();
+        Box::pin(async move {
+            if let Some(media) = cache.get(&msg.media_id) {
+                return Ok(Media::clone(&media));
+            }
+            // Taken before the read: a change that lands meanwhile keeps this copy out.
+            let epoch = cache.epoch();
+            let media = load(&repo, msg.media_id).await?;
+            cache.insert_if_unchanged(media.id.clone(), Arc::new(media.clone()), epoch);
+            Ok(media)
+        })
     }
 }
 
@@ -179,6 +239,7 @@ impl Handler<UpdateMedia> for MetadataActor {
     fn handle(&mut self, msg: UpdateMedia, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
         let audit = self.audit.clone();
+        let (caches, search) = (self.caches.clone(), self.search.clone());
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
@@ -198,6 +259,7 @@ impl Handler<UpdateMedia> for MetadataActor {
                 media.updated_at = OffsetDateTime::now_utc();
                 let stored = media.clone();
                 blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                publish_change(&caches, &search, &media).await;
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_UPDATE,
@@ -219,6 +281,7 @@ impl Handler<DeleteMedia> for MetadataActor {
         let repo = self.repo.clone();
         let blobs = self.blobs.clone();
         let audit = self.audit.clone();
+        let (caches, search) = (self.caches.clone(), self.search.clone());
         AtomicResponse::new(Box::pin(
             async move {
                 let media = load(&repo, msg.media_id).await?;
@@ -229,6 +292,10 @@ impl Handler<DeleteMedia> for MetadataActor {
                 // leaves only orphans for the cleanup job, never a record pointing at nothing.
                 let media_id = media.id.clone();
                 blocking(&repo, move |repo| repo.delete_media(&media_id)).await?;
+                caches.invalidate_media(&media.id);
+                if let Err(error) = search.remove_async(media.id.clone()).await {
+                    tracing::error!(%error, media_id = %media.id, "search index not updated");
+                }
                 blobs
                     .delete_prefix(&BlobStore::media_prefix(&media.id))
                     .await?;
@@ -252,6 +319,7 @@ impl Handler<RecordTranscode> for MetadataActor {
 
     fn handle(&mut self, msg: RecordTranscode, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
+        let (caches, search) = (self.caches.clone(), self.search.clone());
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
@@ -271,7 +339,10 @@ impl Handler<RecordTranscode> for MetadataActor {
                     }
                 }
                 media.updated_at = OffsetDateTime::now_utc();
-                blocking(&repo, move |repo| repo.put_media(&media)).await?;
+                let stored = media.clone();
+                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                // A rerun rewrote the playlists: cached copies of the old ones must go.
+                publish_change(&caches, &search, &media).await;
                 Ok(())
             }
             .into_actor(self),

@@ -11,6 +11,7 @@ mod chain;
 mod config;
 mod e2e;
 mod jobs;
+mod media;
 mod monitor;
 mod openapi;
 mod s3;

@@ -43,6 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     openapi::configure(cfg);
     routes::auth::configure(cfg);
     routes::monitor::configure(cfg);
+    routes::cache::configure(cfg);
 }
 
 /// The answer for any path no route matches.

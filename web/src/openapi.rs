@@ -392,6 +392,52 @@ pub const ROUTES: &[RouteDoc] = &[
         body = true
     ),
     route!(
+        "delete",
+        "/api/v1/cache",
+        "cache",
+        "Clear the admin cache",
+        Admin,
+        200,
+        JSON
+    ),
+    route!(
+        "get",
+        "/api/v1/cache/stats",
+        "cache",
+        "Hits, misses, evictions and size of the caches",
+        Admin,
+        200,
+        JSON
+    ),
+    route!(
+        "get",
+        "/api/v1/cache/{key}",
+        "cache",
+        "A cached value (404 cache_miss)",
+        Admin,
+        200,
+        "application/octet-stream"
+    ),
+    route!(
+        "put",
+        "/api/v1/cache/{key}",
+        "cache",
+        "Store a value (body with its Content-Type)",
+        Admin,
+        204,
+        EMPTY,
+        query = ["ttl_s"]
+    ),
+    route!(
+        "delete",
+        "/api/v1/cache/{key}",
+        "cache",
+        "Drop a cached value",
+        Admin,
+        204,
+        EMPTY
+    ),
+    route!(
         "get",
         "/api/v1/audit",
         "audit",

@@ -306,6 +306,7 @@ impl Handler<SetGate> for AuthActor {
         let audit = self.deps.audit.clone();
         let metrics = self.deps.metrics.clone();
         let playback = self.deps.playback.clone();
+        let caches = self.deps.caches.clone();
         let validated = msg
             .gate
             .as_ref()
@@ -339,6 +340,7 @@ impl Handler<SetGate> for AuthActor {
                 };
                 // Durable first: a restart reloads exactly what was acknowledged.
                 playback.set(media_id.clone(), gate.clone());
+                caches.invalidate_media(&media_id);
                 metrics.gate_changes.with_label_values(&[change]).inc();
                 let detail = match &gate {
                     Some(gate) => format!(

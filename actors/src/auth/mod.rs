@@ -342,6 +342,8 @@ pub struct AuthDeps {
     pub repo: SharedRepo,
     pub keys: Keys,
     pub playback: PlaybackGuard,
+    /// A gate change drops the media's cached records and playlists.
+    pub caches: crate::cache::Caches,
     pub nft: NftChecker,
     pub metadata: Addr<MetadataActor>,
     pub audit: AuditLog,

@@ -1,4 +1,8 @@
-//! Media records: list, get, edit, delete, and the token gate.
+//! Media records: search/list, get, edit, delete, and the token gate.
+//!
+//! `GET /api/v1/media?q=&tag=&owner=&limit=&cursor=` reads the search index's handle and
+//! `GET /api/v1/media/{id}` the metadata cache (a miss asks the MetadataActor, which fills it);
+//! writes go to the actors, which invalidate both before they reply.
 //!
 //! Edits, deletes and gates need a session (or the admin token); only the owner's session may
 //! change a media item (the MetadataActor / AuthActor decide, 403 otherwise).
@@ -7,14 +11,15 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
     auth::{GateSpec, SetGate},
-    metadata::{DeleteMedia, GetMedia, ListMedia, UpdateMedia},
-    model::{Gate, MediaId, TokenStandard},
+    metadata::{DeleteMedia, GetMedia, UpdateMedia},
+    model::{Gate, Media, TokenStandard},
+    search::SearchQuery,
     Actors,
 };
 
 use super::{auth::TokenIdInput, media_id};
 use crate::{
-    dto::{parse_cursor, MediaDto, Page, PageQuery, UpdateMediaBody},
+    dto::{MediaDto, Page, UpdateMediaBody},
     error::ApiError,
     extract::Authenticated,
 };
@@ -150,38 +155,77 @@ pub(crate) fn gate_table_error() -> ApiError {
     )
 }
 
+/// `?q=&tag=&owner=&limit=&cursor=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    q: Option<String>,
+    tag: Option<String>,
+    owner: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Longest `q` accepted (a title is at most 200 characters; a query needs no more).
+const MAX_QUERY_CHARS: usize = 500;
+
 async fn list(
-    query: web::Query<PageQuery>,
+    query: web::Query<SearchParams>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let after = parse_cursor(query.cursor.as_deref(), MediaId::parse)?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, 100);
-    let items = actors.metadata.send(ListMedia { after, limit }).await??;
-    Ok(HttpResponse::Ok().json(Page::of(
-        &items,
-        limit,
-        |media| media.id.to_string(),
-        |media| {
-            let mut dto = MediaDto::from(media);
-            // An unreadable gate table reports media as gated: fail closed.
-            dto.gated = actors
-                .playback
-                .gate(&media.id)
-                .map_or(true, |gate| gate.is_some());
-            dto
-        },
-    )))
+    if query
+        .q
+        .as_deref()
+        .is_some_and(|q| q.chars().count() > MAX_QUERY_CHARS)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("q is longer than {MAX_QUERY_CHARS} characters"),
+        ));
+    }
+    let page = actors
+        .search
+        .search_async(SearchQuery {
+            q: query.q,
+            tag: query.tag,
+            owner: query.owner,
+            cursor: query.cursor,
+            limit: query.limit.unwrap_or(DEFAULT_PAGE),
+        })
+        .await
+        .map_err(|error| ApiError::domain(&error))?;
+    Ok(HttpResponse::Ok().json(Page {
+        items: page
+            .items
+            .iter()
+            .map(|media| media_dto(&actors, media))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// The DTO with `gated` from the gate table; an unreadable table reports gated: fail closed.
+fn media_dto(actors: &Actors, media: &Media) -> MediaDto {
+    let mut dto = MediaDto::from(media);
+    dto.gated = actors
+        .playback
+        .gate(&media.id)
+        .map_or(true, |gate| gate.is_some());
+    dto
 }
 
 async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
-    let media = actors.metadata.send(GetMedia { media_id }).await??;
+    let media = match actors.caches.metadata.get(&media_id) {
+        Some(media) => media,
+        None => std::sync::Arc::new(actors.metadata.send(GetMedia { media_id }).await??),
+    };
     let gate = actors
         .playback
         .gate(&media.id)
         .map_err(|_| gate_table_error())?;
-    let mut dto = MediaDto::from(&media);
+    let mut dto = MediaDto::from(&*media);
     dto.gated = gate.is_some();
     Ok(HttpResponse::Ok().json(dto))
 }

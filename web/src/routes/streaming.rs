@@ -1,8 +1,13 @@
 //! HLS delivery: master and media playlists, CMAF segments, the thumbnail.
 //!
-//! Playlists are served only for `ready` media (the metadata actor decides). Segments are the
-//! hot path: they are read straight from the blob store's read handle, with `Range`, `ETag` and
-//! `If-None-Match` handled by actix-files, and never loaded whole into memory.
+//! Playlists are served only for `ready` media. The record comes from the metadata cache (the
+//! MetadataActor answers a miss and fills it) and the playlist bytes from the streaming cache
+//! (filled from the blob read handle), so a cached playlist never waits on an actor. Public
+//! playlists carry a strong `ETag` (304 on `If-None-Match`) and a short `max-age`.
+//! Segments are the hot path: local files go through actix-files (`Range`, `ETag`,
+//! `If-None-Match`, sendfile-style streaming); other backends are streamed in chunks with
+//! single `Range`s (206/416) and `ETag`s done here, never loaded whole into memory.
+//! A `Range` with several ranges is answered with the first one (actix-files behaves so too).
 //!
 //! Invariant: every name taken from the path is validated before it becomes part of a blob key.
 //!
@@ -23,6 +28,7 @@ use serde::Deserialize;
 use streamgate_actors::{
     auth::{tokens::PlaybackTokenError, Authenticate, AuthorizePlayback},
     blobs::{BlobError, BlobStore, ByteRange},
+    cache::Playlist,
     metadata::GetMedia,
     model::{Media, MediaId, MediaState},
     names::{is_safe_name, is_segment_name},
@@ -79,12 +85,7 @@ async fn master(
 ) -> Result<HttpResponse, ApiError> {
     let media = ready_media(&actors, &path).await?;
     let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
-    playlist(
-        &actors,
-        &BlobStore::hls_key(&media.id, "master.m3u8"),
-        &access,
-    )
-    .await
+    playlist(&req, &actors, &media.id, "master.m3u8", &access).await
 }
 
 /// The DASH manifest: it points at the same CMAF segments as the HLS playlists
@@ -156,12 +157,8 @@ async fn rendition_playlist(
         return Err(not_found_name(&rendition));
     }
     let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
-    playlist(
-        &actors,
-        &BlobStore::hls_key(&media.id, &format!("{rendition}/index.m3u8")),
-        &access,
-    )
-    .await
+    let file = format!("{rendition}/index.m3u8");
+    playlist(&req, &actors, &media.id, &file, &access).await
 }
 
 async fn segment(
@@ -361,9 +358,12 @@ fn not_found_name(name: &str) -> ApiError {
 }
 
 /// The media, if it exists and is ready to play.
-async fn ready_media(actors: &Actors, text: &str) -> Result<Media, ApiError> {
+async fn ready_media(actors: &Actors, text: &str) -> Result<std::sync::Arc<Media>, ApiError> {
     let media_id = media_id(text)?;
-    let media = actors.metadata.send(GetMedia { media_id }).await??;
+    let media = match actors.caches.metadata.get(&media_id) {
+        Some(media) => media,
+        None => std::sync::Arc::new(actors.metadata.send(GetMedia { media_id }).await??),
+    };
     if media.state != MediaState::Ready {
         return Err(ApiError::new(
             actix_web::http::StatusCode::CONFLICT,
@@ -386,28 +386,57 @@ fn missing_as(code: &'static str) -> impl Fn(BlobError) -> ApiError {
     }
 }
 
-async fn playlist(actors: &Actors, key: &str, access: &Access) -> Result<HttpResponse, ApiError> {
-    let bytes = actors
-        .blobs
-        .get(key)
+async fn playlist(
+    req: &HttpRequest,
+    actors: &Actors,
+    media_id: &MediaId,
+    file: &str,
+    access: &Access,
+) -> Result<HttpResponse, ApiError> {
+    let Playlist { bytes, etag } = actors
+        .caches
+        .playlist(&actors.blobs, media_id, file)
         .await
         .map_err(missing_as("playlist_not_found"))?;
-    let mut response = HttpResponse::Ok();
-    response.insert_header((header::CONTENT_TYPE, "application/vnd.apple.mpegurl"));
+    let content_type = (header::CONTENT_TYPE, "application/vnd.apple.mpegurl");
     match access {
-        Access::Public => Ok(response
-            .insert_header(CacheControl(vec![
+        Access::Public => {
+            let cache = CacheControl(vec![
                 CacheDirective::Public,
                 CacheDirective::MaxAge(PLAYLIST_MAX_AGE_S),
-            ]))
-            .body(bytes)),
+            ]);
+            if none_match(req, &etag) {
+                return Ok(HttpResponse::NotModified()
+                    .insert_header((header::ETAG, &*etag))
+                    .insert_header(cache)
+                    .finish());
+            }
+            Ok(HttpResponse::Ok()
+                .insert_header(content_type)
+                .insert_header((header::ETAG, &*etag))
+                .insert_header(cache)
+                .body(bytes))
+        }
+        // Tokens differ per viewer and request: no ETag, nothing kept by anyone in between.
         Access::Gated { token } => {
             let text = String::from_utf8_lossy(&bytes);
-            Ok(response
+            Ok(HttpResponse::Ok()
+                .insert_header(content_type)
                 .insert_header(private_no_store())
                 .body(with_token(&text, token)))
         }
     }
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, as RFC 9110 asks for GET) or `*`.
+fn none_match(req: &HttpRequest, etag: &str) -> bool {
+    let strip = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+    let ours = strip(etag);
+    req.headers()
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|tag| tag.trim() == "*" || strip(tag) == ours)
 }
 
 /// Streams a blob: from disk through actix-files on the local backend, else through
@@ -493,6 +522,7 @@ async fn serve_from_store(
     };
     response
         .insert_header(ContentType(mime))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header(cache)
         .insert_header((header::ACCEPT_RANGES, "bytes"));
     if let Some(etag) = &read.etag {

@@ -1,0 +1,178 @@
+//! The domain's caches (SPEC.md: gateway, streaming, metadata) and the read handle `web` holds.
+//!
+//! - `streaming`: untokenised playlist bytes + ETag by (media, file). Gated playlists get their
+//!   per-viewer tokens added per request, so one viewer's URLs never reach another.
+//! - `metadata`: media records by id, filled by the MetadataActor's reads.
+//! - `gateway`: the general-purpose admin cache behind `/api/v1/cache`.
+//!
+//! Invariant: entries of a media item are dropped by the actor that changes it (MetadataActor:
+//! update, delete, transcode recorded; AuthActor: gate set or cleared) after the store has the
+//! change and before it replies. Readers fill only through the epoch guard of [`TtlLru`].
+//!
+//! The admin cache is not an actor, like [`AuditLog`]: its operations are independent, each is
+//! one short lock, and every write is audited here.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{CacheMetrics, CacheStats, TtlLru};
+use crate::{
+    audit::{action, AuditEvent, AuditLog},
+    blobs::{BlobError, BlobStore},
+    config::CacheConfig,
+    model::{Media, MediaId},
+    monitor::Metrics,
+};
+
+/// A playlist as stored (no playback tokens) and its strong ETag.
+#[derive(Clone, Debug)]
+pub struct Playlist {
+    pub bytes: Bytes,
+    pub etag: Arc<str>,
+}
+
+impl Playlist {
+    pub fn new(bytes: Bytes) -> Self {
+        let digest = Sha256::digest(&bytes);
+        let etag = format!("\"{}\"", hex::encode(&digest[..12]));
+        Self {
+            bytes,
+            etag: etag.into(),
+        }
+    }
+}
+
+/// A value in the admin cache, with the content type it was stored with.
+#[derive(Clone, Debug)]
+pub struct AdminEntry {
+    pub value: Bytes,
+    pub content_type: Arc<str>,
+}
+
+/// Longest admin cache key, in bytes.
+pub const MAX_ADMIN_KEY_BYTES: usize = 256;
+
+/// Cheap-to-clone handle on every cache.
+#[derive(Clone)]
+pub struct Caches {
+    pub gateway: Arc<TtlLru<String, AdminEntry>>,
+    pub streaming: Arc<TtlLru<(MediaId, String), Playlist>>,
+    pub metadata: Arc<TtlLru<MediaId, Arc<Media>>>,
+    audit: AuditLog,
+}
+
+impl Caches {
+    pub fn new(config: &CacheConfig, metrics: &Metrics, audit: AuditLog) -> Self {
+        Self::with_metrics(config, |name| CacheMetrics::of(metrics, name), audit)
+    }
+
+    pub fn with_metrics(
+        config: &CacheConfig,
+        metrics: impl Fn(&str) -> CacheMetrics,
+        audit: AuditLog,
+    ) -> Self {
+        let secs = Duration::from_secs;
+        Self {
+            gateway: Arc::new(TtlLru::new(
+                config.gateway_entries,
+                secs(config.gateway_ttl_s),
+                metrics("gateway"),
+            )),
+            streaming: Arc::new(TtlLru::new(
+                config.streaming_entries,
+                secs(config.streaming_ttl_s),
+                metrics("streaming"),
+            )),
+            metadata: Arc::new(TtlLru::new(
+                config.metadata_entries,
+                secs(config.metadata_ttl_s),
+                metrics("metadata"),
+            )),
+            audit,
+        }
+    }
+
+    /// Drops everything cached about `media_id`: its record and its playlists.
+    pub fn invalidate_media(&self, media_id: &MediaId) {
+        self.metadata.remove(media_id);
+        self.streaming.remove_where(|(id, _)| id == media_id);
+    }
+
+    /// A playlist of `media_id` (`file` relative to its `hls/` folder), from the cache or the
+    /// blob store. Reads only: the files are written by the transcoder, and the MetadataActor
+    /// invalidates when it records a transcode.
+    pub async fn playlist(
+        &self,
+        blobs: &BlobStore,
+        media_id: &MediaId,
+        file: &str,
+    ) -> Result<Playlist, BlobError> {
+        let key = (media_id.clone(), file.to_string());
+        if let Some(playlist) = self.streaming.get(&key) {
+            return Ok(playlist);
+        }
+        let epoch = self.streaming.epoch();
+        let playlist = Playlist::new(blobs.get(&BlobStore::hls_key(media_id, file)).await?);
+        self.streaming
+            .insert_if_unchanged(key, playlist.clone(), epoch);
+        Ok(playlist)
+    }
+
+    /// Drops expired entries of every cache (run on a timer).
+    pub fn purge_expired(&self) -> usize {
+        self.gateway.purge_expired()
+            + self.streaming.purge_expired()
+            + self.metadata.purge_expired()
+    }
+
+    pub fn stats(&self) -> Vec<(&'static str, CacheStats)> {
+        vec![
+            ("gateway", self.gateway.stats()),
+            ("streaming", self.streaming.stats()),
+            ("metadata", self.metadata.stats()),
+        ]
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The admin cache: every write is audited with who did it.
+
+    pub fn admin_get(&self, key: &str) -> Option<AdminEntry> {
+        self.gateway.get(&key.to_string())
+    }
+
+    /// Stores `entry` under `key` for `ttl` (at most the gateway cache's TTL).
+    pub async fn admin_put(&self, key: String, entry: AdminEntry, ttl: Duration, actor: &str) {
+        let target = Some(key.clone());
+        self.gateway.insert_with_ttl(key, entry, ttl);
+        self.audit
+            .record(AuditEvent::ok(action::CACHE_PUT, actor, target))
+            .await;
+    }
+
+    /// Returns whether `key` held a value.
+    pub async fn admin_delete(&self, key: &str, actor: &str) -> bool {
+        let removed = self.gateway.remove(&key.to_string());
+        let event = AuditEvent::ok(action::CACHE_DELETE, actor, Some(key.to_string()));
+        let event = if removed {
+            event
+        } else {
+            event.with_outcome(crate::audit::outcome::OK, "no such key")
+        };
+        self.audit.record(event).await;
+        removed
+    }
+
+    /// Empties the admin cache; returns how many entries it held.
+    pub async fn admin_clear(&self, actor: &str) -> usize {
+        let removed = self.gateway.clear();
+        self.audit
+            .record(
+                AuditEvent::ok(action::CACHE_CLEAR, actor, None)
+                    .with_outcome(crate::audit::outcome::OK, format!("{removed} entries")),
+            )
+            .await;
+        removed
+    }
+}

@@ -1,0 +1,466 @@
+//! Delivery bench, all measured in one run on one machine:
+//! 1. segment GETs (2 MiB CMAF segments) at 64 connections: StreamGate vs nginx serving the
+//!    same files from the same directory — req/s and MB/s ratios (target ≥ 0.9);
+//! 2. cached playlist and media-record GETs through the full middleware stack vs a bare
+//!    actix-web handler returning the same bytes — req/s ratio (target ≥ 0.6) and p99 (< 5 ms);
+//! 3. search p99 over 100,000 records (in-process, the same index code the API uses).
+//!
+//! Run with `cargo bench --bench delivery` (needs Debian's `wrk` and `nginx-light`).
+//! Under `cargo test` (no `--bench`) it only says so. Rate limits are OFF in the StreamGate
+//! server (`rate_limit.enabled = false`): 64 connections from one IP would be refused by the
+//! default streaming bucket (1000 / 100 per s) within a second; request metrics, tracing,
+//! security headers and the rest of the middleware stay on. Both servers get one worker
+//! (StreamGate `server.workers = 1`, nginx `worker_processes 1`); wrk runs 2 threads.
+
+// Bench code: a failed unwrap is a failed bench.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use streamgate::config::{self, Sources};
+use streamgate_actors::{
+    metadata::CreateMedia,
+    model::{Media, MediaId, MediaState, Rendition, UploadId},
+    search::{SearchIndex, SearchQuery},
+    Actors,
+};
+use time::OffsetDateTime;
+
+const ROUNDS: usize = 3;
+const SECONDS: u32 = 5;
+const SEGMENT_BYTES: usize = 2 * 1024 * 1024;
+const SEARCH_ITEMS: usize = 100_000;
+
+struct StreamGate {
+    base: String,
+    actors: Actors,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    data: tempfile::TempDir,
+}
+
+impl Drop for StreamGate {
+    fn drop(&mut self) {
+        drop(self.handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn start_streamgate() -> StreamGate {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = config::load(&Sources::default()).unwrap();
+    config.storage.data_dir = data.path().to_path_buf();
+    config.storage.min_free_disk_mb = 1;
+    config.server.workers = 1;
+    config.rate_limit.enabled = false;
+    config.server.log_level = "warn".into();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let running = streamgate::start(config, listener).unwrap();
+            tx.send((running.handle.clone(), running.actors.clone()))
+                .unwrap();
+            running.wait().await.unwrap();
+        })
+    });
+    let (handle, actors) = rx.recv().unwrap();
+    StreamGate {
+        base: format!("http://{address}"),
+        actors,
+        handle,
+        thread: Some(thread),
+        data,
+    }
+}
+
+/// A bare actix-web server (one worker, no middleware) answering `/` with `body`.
+fn start_bare(body: Vec<u8>, content_type: &'static str) -> (String, actix_web::dev::ServerHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let body = web::Bytes::from(body);
+            let server = HttpServer::new(move || {
+                let body = body.clone();
+                App::new().route(
+                    "/",
+                    web::get().to(move || {
+                        let body = body.clone();
+                        async move {
+                            HttpResponse::Ok()
+                                .insert_header(("content-type", content_type))
+                                .body(body)
+                        }
+                    }),
+                )
+            })
+            .workers(1)
+            .listen(listener)
+            .unwrap()
+            .run();
+            tx.send(server.handle()).unwrap();
+            server.await.unwrap();
+        })
+    });
+    (format!("http://{address}/"), rx.recv().unwrap())
+}
+
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_nginx(root: &Path, scratch: &Path) -> (String, Nginx) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = scratch.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root;\nworker_processes 1;\npid {scratch}/nginx.pid;\nerror_log {scratch}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
+               types {{ video/iso.segment m4s; video/mp4 mp4; application/vnd.apple.mpegurl m3u8; }}\n\
+               client_body_temp_path {scratch}; proxy_temp_path {scratch}; fastcgi_temp_path {scratch};\n\
+               uwsgi_temp_path {scratch}; scgi_temp_path {scratch};\n\
+               server {{ listen 127.0.0.1:{port}; root {root}; etag on; }}\n}}\n",
+            scratch = scratch.display(),
+            root = root.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .args(["-e", &format!("{}/error.log", scratch.display()), "-p"])
+        .arg(scratch)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nginx is installed (apt-get install nginx-light)");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (base, Nginx(child))
+}
+
+struct Load {
+    requests_per_s: f64,
+    megabytes_per_s: f64,
+    p99_ms: f64,
+}
+
+fn wrk(url: &str, connections: u32, seconds: u32) -> Load {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "wrk failed: {text}");
+    assert!(
+        !text.contains("Non-2xx"),
+        "every request must succeed: {text}"
+    );
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(prefix))
+            .map(|value| value.trim().to_string())
+            .unwrap_or_else(|| panic!("no {prefix} in wrk output: {text}"))
+    };
+    Load {
+        requests_per_s: field("Requests/sec:").parse().unwrap(),
+        megabytes_per_s: with_unit(
+            &field("Transfer/sec:"),
+            &[("GB", 1e3), ("MB", 1.0), ("KB", 1e-3), ("B", 1e-6)],
+        ),
+        p99_ms: with_unit(&field("99%"), &[("us", 1e-3), ("ms", 1.0), ("s", 1e3)]),
+    }
+}
+
+/// "12.5MB" with units [("MB", 1.0), …] → 12.5 in the base unit.
+fn with_unit(text: &str, units: &[(&str, f64)]) -> f64 {
+    for (unit, factor) in units {
+        if let Some(number) = text.strip_suffix(unit) {
+            if let Ok(value) = number.trim().parse::<f64>() {
+                return value * factor;
+            }
+        }
+    }
+    panic!("cannot read {text:?}")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Measures `a` and `b` alternately for [`ROUNDS`] rounds; returns the medians.
+fn compare(a: &str, b: &str, connections: u32) -> (Load, Load) {
+    wrk(a, connections, 1);
+    wrk(b, connections, 1);
+    let mut runs: (Vec<Load>, Vec<Load>) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            runs.0.push(wrk(a, connections, SECONDS));
+            runs.1.push(wrk(b, connections, SECONDS));
+        } else {
+            runs.1.push(wrk(b, connections, SECONDS));
+            runs.0.push(wrk(a, connections, SECONDS));
+        }
+    }
+    let summarise = |loads: &[Load]| Load {
+        requests_per_s: median(loads.iter().map(|l| l.requests_per_s).collect()),
+        megabytes_per_s: median(loads.iter().map(|l| l.megabytes_per_s).collect()),
+        p99_ms: median(loads.iter().map(|l| l.p99_ms).collect()),
+    };
+    (summarise(&runs.0), summarise(&runs.1))
+}
+
+fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -> Media {
+    let now = OffsetDateTime::now_utc();
+    Media {
+        id: MediaId::new(),
+        title,
+        description: "A benchmark record with a few words of description.".into(),
+        tags,
+        owner: Some(owner.into()),
+        state,
+        failure: None,
+        upload_id: UploadId::new(),
+        filename: None,
+        size: SEGMENT_BYTES as u64,
+        sha256: String::new(),
+        source_key: String::new(),
+        duration_s: Some(12.0),
+        width: Some(1280),
+        height: Some(720),
+        video_codec: Some("h264".into()),
+        renditions: vec![Rendition {
+            name: "720p".into(),
+            width: 1280,
+            height: 720,
+            video_bitrate_kbps: 2800,
+        }],
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("delivery: a load bench; run it with `cargo bench --bench delivery`");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let server = start_streamgate();
+
+    // A ready media item whose HLS files are on disk where the transcoder would put them.
+    let record = media(
+        "Bench clip".into(),
+        vec!["bench".into()],
+        "0xbench",
+        MediaState::Ready,
+    );
+    let id = record.id.clone();
+    let hls = server.data.path().join(format!("blobs/media/{id}/hls"));
+    std::fs::create_dir_all(hls.join("720p")).unwrap();
+    let mut segment = vec![0u8; SEGMENT_BYTES];
+    for (n, byte) in segment.iter_mut().enumerate() {
+        *byte = (n.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    for n in 0..4 {
+        std::fs::write(hls.join(format!("720p/seg_{n:03}.m4s")), &segment).unwrap();
+    }
+    std::fs::write(
+        hls.join("master.m3u8"),
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=2928000,RESOLUTION=1280x720,CODECS=\"avc1.64001f,mp4a.40.2\"\n720p/index.m3u8\n",
+    )
+    .unwrap();
+    let mut playlist = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:6\n#EXT-X-MAP:URI=\"init.mp4\"\n",
+    );
+    for n in 0..4 {
+        playlist.push_str(&format!("#EXTINF:6.000,\nseg_{n:03}.m4s\n"));
+    }
+    playlist.push_str("#EXT-X-ENDLIST\n");
+    std::fs::write(hls.join("720p/index.m3u8"), &playlist).unwrap();
+    runtime.block_on(async {
+        server
+            .actors
+            .metadata
+            .send(CreateMedia { media: record })
+            .await
+            .unwrap()
+            .unwrap();
+    });
+
+    // 1. Segments vs nginx.
+    let (nginx_base, _nginx) = start_nginx(&hls, scratch.path());
+    let ours = format!("{}/api/v1/media/{id}/hls/720p/seg_001.m4s", server.base);
+    let theirs = format!("{nginx_base}/720p/seg_001.m4s");
+    let fetched = |url: &str| {
+        runtime.block_on(async { reqwest::get(url).await.unwrap().bytes().await.unwrap() })
+    };
+    assert_eq!(fetched(&ours).len(), SEGMENT_BYTES);
+    assert_eq!(fetched(&theirs).len(), SEGMENT_BYTES);
+    let (sg, nginx) = compare(&ours, &theirs, 64);
+    println!(
+        "segments (2 MiB, 64 connections), medians of {ROUNDS}x{SECONDS}s: streamgate {:.0} req/s {:.0} MB/s p99 {:.1} ms; nginx {:.0} req/s {:.0} MB/s p99 {:.1} ms; ratio req/s {:.3}, MB/s {:.3} (target >= 0.9)",
+        sg.requests_per_s, sg.megabytes_per_s, sg.p99_ms,
+        nginx.requests_per_s, nginx.megabytes_per_s, nginx.p99_ms,
+        sg.requests_per_s / nginx.requests_per_s,
+        sg.megabytes_per_s / nginx.megabytes_per_s,
+    );
+
+    // 2. Cached playlist and media record vs a bare handler with the same bytes.
+    for (name, path, content_type) in [
+        (
+            "playlist",
+            format!("/api/v1/media/{id}/hls/master.m3u8"),
+            "application/vnd.apple.mpegurl",
+        ),
+        (
+            "media record",
+            format!("/api/v1/media/{id}"),
+            "application/json",
+        ),
+    ] {
+        let url = format!("{}{path}", server.base);
+        let body = fetched(&url).to_vec();
+        let (bare_url, bare) = start_bare(body, content_type);
+        let (full, baseline) = compare(&url, &bare_url, 64);
+        drop(bare.stop(false));
+        println!(
+            "{name} (cached, 64 connections): full stack {:.0} req/s p99 {:.2} ms; bare handler {:.0} req/s p99 {:.2} ms; ratio {:.3} (target >= 0.6, p99 < 5 ms)",
+            full.requests_per_s, full.p99_ms, baseline.requests_per_s, baseline.p99_ms,
+            full.requests_per_s / baseline.requests_per_s,
+        );
+    }
+    let stats = server.actors.caches.stats();
+    for (name, stats) in &stats {
+        println!(
+            "cache {name}: hits {} misses {} size {}",
+            stats.hits, stats.misses, stats.size
+        );
+    }
+    drop(server);
+
+    // 3. Search over 100,000 records.
+    let index = SearchIndex::in_memory().unwrap();
+    let words = [
+        "river", "mountain", "city", "night", "ocean", "forest", "desert", "storm",
+    ];
+    let started = Instant::now();
+    let batch: Vec<Media> = (0..SEARCH_ITEMS)
+        .map(|n| {
+            let title = format!(
+                "{} {} walk number {n}",
+                words[n % words.len()],
+                words[(n / 8) % words.len()]
+            );
+            let tags = vec![format!("tag{}", n % 50)];
+            media(
+                title,
+                tags,
+                &format!("0xowner{}", n % 100),
+                MediaState::Ready,
+            )
+        })
+        .collect();
+    for chunk in batch.chunks(10_000) {
+        index.upsert(chunk).unwrap();
+    }
+    index.commit().unwrap();
+    println!(
+        "search: indexed {} records in {:.1} s",
+        index.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let queries: Vec<SearchQuery> = vec![
+        SearchQuery {
+            q: Some("river".into()),
+            limit: 20,
+            ..Default::default()
+        },
+        SearchQuery {
+            q: Some("ocean storm".into()),
+            limit: 20,
+            ..Default::default()
+        },
+        SearchQuery {
+            q: Some("number 4242".into()),
+            limit: 20,
+            ..Default::default()
+        },
+        SearchQuery {
+            tag: Some("tag7".into()),
+            limit: 20,
+            ..Default::default()
+        },
+        SearchQuery {
+            owner: Some("0xowner42".into()),
+            q: Some("city".into()),
+            limit: 20,
+            ..Default::default()
+        },
+        SearchQuery {
+            limit: 20,
+            ..Default::default()
+        },
+    ];
+    let mut timings = Vec::new();
+    for round in 0..300 {
+        for query in &queries {
+            let mut query = query.clone();
+            // Every third request is a later page, as a scrolling client would ask.
+            if round % 3 == 2 {
+                query.cursor = index.search(&query).unwrap().next_cursor;
+            }
+            let started = Instant::now();
+            let page = index.search(&query).unwrap();
+            timings.push(started.elapsed().as_secs_f64() * 1e3);
+            assert!(!page.items.is_empty());
+        }
+    }
+    timings.sort_by(f64::total_cmp);
+    let at = |q: f64| timings[((timings.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "search over {SEARCH_ITEMS} records, {} queries (words, tag, owner, no q; first and later pages): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        timings.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
