@@ -110,6 +110,14 @@ pub struct DeleteMedia {
     pub principal: Principal,
 }
 
+/// A rerun is about to replace a ready media's output: until `RecordTranscode` it is
+/// `processing`, so no playlist (cached or not) points at a half-replaced ladder.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetadataError>")]
+pub struct MarkRepublishing {
+    pub media_id: MediaId,
+}
+
 /// What a transcode run produced, or why it failed for good.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), MetadataError>")]
@@ -307,6 +315,30 @@ impl Handler<DeleteMedia> for MetadataActor {
                         Some(media.id.to_string()),
                     ))
                     .await;
+                Ok(())
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<MarkRepublishing> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<(), MetadataError>>;
+
+    fn handle(&mut self, msg: MarkRepublishing, _: &mut Self::Context) -> Self::Result {
+        let repo = self.repo.clone();
+        let (caches, search) = (self.caches.clone(), self.search.clone());
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut media = load(&repo, msg.media_id).await?;
+                if media.state != MediaState::Ready {
+                    return Ok(());
+                }
+                media.state = MediaState::Processing;
+                media.updated_at = OffsetDateTime::now_utc();
+                let stored = media.clone();
+                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                publish_change(&caches, &search, &media).await;
                 Ok(())
             }
             .into_actor(self),

@@ -861,3 +861,52 @@ async fn kill_9_mid_transcode_then_restart_finishes_the_job_with_a_whole_ladder(
         "no work left behind"
     );
 }
+
+#[tokio::test]
+async fn a_rerun_takes_ready_media_out_of_service_before_replacing_its_output() {
+    let server = start(|_| {});
+    let (media_id, _) = ready_clip(&server, 1).await;
+    let master = format!("/api/v1/media/{media_id}/hls/master.m3u8");
+    // Served, and now cached.
+    assert_eq!(server.get(&master).await.status(), 200);
+    assert_eq!(server.get(&master).await.status(), 200);
+
+    // What the worker sends before it deletes the old output.
+    server
+        .actors
+        .metadata
+        .send(streamgate_actors::metadata::MarkRepublishing {
+            media_id: streamgate_actors::model::MediaId::parse(&media_id).unwrap(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let response = server.get(&master).await;
+    assert_eq!(
+        response.status(),
+        409,
+        "no cached playlist outlives the change"
+    );
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "media_not_ready"
+    );
+    let (_, media) = server.get_json(&format!("/api/v1/media/{media_id}")).await;
+    assert_eq!(media["state"], "processing", "{media}");
+
+    // The rerun publishes and the media is served again.
+    let (status, job) = post(
+        &server,
+        "/api/v1/jobs",
+        Some(json!({"kind": "transcode", "media_id": media_id})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let job = wait_for_job(&server, job["id"].as_str().unwrap(), |j| {
+        j["state"] != "queued" && j["state"] != "running"
+    })
+    .await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(server.get(&master).await.status(), 200);
+    assert_whole_ladder(&server.client, &server.base, &server.data_dir, &media_id).await;
+}

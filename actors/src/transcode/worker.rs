@@ -25,7 +25,7 @@ use crate::{
     blobs::BlobStore,
     config::TranscodeConfig,
     error::{DomainError, ErrorKind},
-    metadata::{GetMedia, MetadataActor, RecordTranscode},
+    metadata::{GetMedia, MarkRepublishing, MetadataActor, RecordTranscode},
     model::{Job, JobId, JobKind, Media, Probe, Rendition},
     store::SharedRepo,
 };
@@ -162,6 +162,15 @@ impl Worker {
                 name == "master.m3u8",
             )
         });
+        // Ready media stops being served before its old output goes, so a player never follows
+        // a playlist into a half-replaced ladder (nor does a crash in between leave one).
+        self.metadata
+            .send(MarkRepublishing {
+                media_id: media.id.clone(),
+            })
+            .await
+            .map_err(|e| RunFailure::transient(format!("metadata actor unavailable: {e}")))?
+            .map_err(|e| RunFailure::transient(e.to_string()))?;
         self.blobs
             .delete_prefix(&prefix)
             .await
