@@ -15,7 +15,6 @@ use actix_web::{
 };
 use streamgate_actors::{transcode::StopWorkers, Actors, StartError};
 use streamgate_web::middleware::{self as mw, rate_limit::RateLimits};
-use tracing_actix_web::TracingLogger;
 
 pub use config::Config;
 
@@ -78,10 +77,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
             .wrap(Condition::new(observed, from_fn(mw::observe)))
             .wrap(from_fn(mw::security_headers))
             .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))
-            .wrap(Condition::new(
-                observed,
-                TracingLogger::<mw::TracedRootSpan>::new(),
-            ))
+            .wrap(Condition::new(observed, mw::TracedRootSpan))
             .configure(streamgate_web::configure)
             .default_service(web::to(streamgate_web::not_found))
     })

@@ -103,7 +103,10 @@ struct SpanIds {
 
 impl Visit for SpanIds {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.record_str(field, &format!("{value:?}"));
+        // A request's root span has ~17 fields: format only the two we keep.
+        if matches!(field.name(), "trace_id" | "request_id") {
+            self.record_str(field, &format!("{value:?}"));
+        }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {

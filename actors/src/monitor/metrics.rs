@@ -2,22 +2,28 @@
 //! streaming) hold cheap clones of individual metrics and bump them directly, as atomics.
 
 use std::sync::{
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicU64, AtomicUsize, Ordering},
     Arc,
 };
 
 use prometheus::{
-    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::{names, traces::TraceStats};
+use super::{
+    family::{CounterFamily, HistogramFamily},
+    names,
+    traces::TraceStats,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: IntCounterVec,
-    pub http_duration: HistogramVec,
+    /// Our own families (not in `registry`): one series per route, method and status, so
+    /// the fast renderer in [`super::family`] writes them.
+    pub http_requests: CounterFamily<4>,
+    pub http_duration: HistogramFamily<3>,
     pub http_duration_max: Gauge,
     pub http_in_flight: IntGauge,
     pub http_response_bytes: IntCounterVec,
@@ -66,7 +72,12 @@ pub struct Metrics {
     pub traces: TraceStats,
     /// Longest request (µs, uploads excluded) since the monitor last sampled it.
     window_max_micros: Arc<AtomicU64>,
+    /// Size of the last render plus slack.
+    render_capacity: Arc<AtomicUsize>,
 }
+
+/// Appends one of our own families to the exposition text.
+type RenderFamily<'m> = dyn Fn(&mut String) + 'm;
 
 const HTTP_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -83,19 +94,17 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntG
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let http_requests = counter_vec(
+        let http_requests = CounterFamily::new(
             names::HTTP_REQUESTS_TOTAL,
             "HTTP requests answered, by service, route pattern, method and status.",
-            &["service", "route", "method", "status"],
-        )?;
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                names::HTTP_REQUEST_DURATION_SECONDS,
-                "Time to answer an HTTP request, by service, route pattern and method.",
-            )
-            .buckets(HTTP_BUCKETS.to_vec()),
-            &["service", "route", "method"],
-        )?;
+            ["service", "route", "method", "status"],
+        );
+        let http_duration = HistogramFamily::new(
+            names::HTTP_REQUEST_DURATION_SECONDS,
+            "Time to answer an HTTP request, by service, route pattern and method.",
+            ["service", "route", "method"],
+            &HTTP_BUCKETS,
+        );
         let http_duration_max = Gauge::new(
             names::HTTP_REQUEST_DURATION_MAX_SECONDS,
             "Longest HTTP request (uploads excluded) completed in the last monitor sample window.",
@@ -294,8 +303,6 @@ impl Metrics {
             &["alertname", "state"],
         )?;
 
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(http_duration_max.clone()))?;
         registry.register(Box::new(http_in_flight.clone()))?;
         registry.register(Box::new(http_response_bytes.clone()))?;
@@ -407,28 +414,31 @@ impl Metrics {
             alert_transitions,
             traces: TraceStats::new(256),
             window_max_micros: Arc::new(AtomicU64::new(0)),
+            render_capacity: Arc::new(AtomicUsize::new(64 * 1024)),
         })
     }
 
     /// Counts one answered request everywhere it belongs: the Prometheus families, the trace
     /// stats and the latency window the alert rules read.
-    pub fn observe_request(&self, request: &super::traces::RequestRecord) {
+    pub fn observe_request(&self, request: super::traces::RequestRecord) {
         let seconds = request.duration.as_secs_f64();
-        self.http_requests
-            .with_label_values(&[
+        self.http_requests.inc_by(
+            &[
                 request.service,
                 request.route.as_str(),
                 request.method.as_str(),
                 request.status_code(),
-            ])
-            .inc();
-        self.http_duration
-            .with_label_values(&[
+            ],
+            1,
+        );
+        self.http_duration.observe(
+            &[
                 request.service,
                 request.route.as_str(),
                 request.method.as_str(),
-            ])
-            .observe(seconds);
+            ],
+            seconds,
+        );
         if let Some(bytes) = request.response_bytes {
             self.http_response_bytes
                 .with_label_values(&[request.service])
@@ -439,7 +449,7 @@ impl Metrics {
             let micros = u64::try_from(request.duration.as_micros()).unwrap_or(u64::MAX);
             self.window_max_micros.fetch_max(micros, Ordering::Relaxed);
         }
-        self.traces.record(request);
+        self.traces.record_owned(request);
     }
 
     /// Takes the longest request since the last call, in seconds, and resets the window.
@@ -447,10 +457,31 @@ impl Metrics {
         self.window_max_micros.swap(0, Ordering::Relaxed) as f64 / 1e6
     }
 
-    /// The Prometheus text exposition format, version 0.0.4.
+    /// The Prometheus text exposition format, version 0.0.4: every family sorted by name,
+    /// as `Registry::gather` orders them, ours merged in at their place.
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        let mut buffer = Vec::with_capacity(64 * 1024);
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
-        String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        let encoder = TextEncoder::new();
+        let mut out = String::with_capacity(self.render_capacity.load(Ordering::Relaxed));
+        let duration = |out: &mut String| self.http_duration.render_into(out);
+        let requests = |out: &mut String| self.http_requests.render_into(out);
+        let mut ours: [(&str, &RenderFamily); 2] = [
+            (self.http_duration.name(), &duration),
+            (self.http_requests.name(), &requests),
+        ];
+        ours.sort_by_key(|(name, _)| *name);
+        let mut ours = ours.into_iter().peekable();
+        for family in self.registry.gather() {
+            while let Some((_, render)) = ours.next_if(|(name, _)| *name < family.name()) {
+                render(&mut out);
+            }
+            encoder.encode_utf8(std::slice::from_ref(&family), &mut out)?;
+        }
+        for (_, render) in ours {
+            render(&mut out);
+        }
+        // The next render starts with room for this one: no regrowth while writing.
+        self.render_capacity
+            .store(out.len() + out.len() / 8, Ordering::Relaxed);
+        Ok(out)
     }
 }

@@ -7,6 +7,9 @@
 //! 429s are counted and carry the request id) and the root span sees every request.
 
 pub mod rate_limit;
+mod trace;
+
+pub use trace::{RequestId, SpanBody, TracedRootSpan};
 
 use std::time::Instant;
 
@@ -26,39 +29,11 @@ use streamgate_actors::{
     monitor::{traces::RequestRecord, traces::TraceContext, Metrics},
     Actors,
 };
-use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 
 use crate::error::ApiError;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
-
-/// The root span of every request (tracing-actix-web's fields plus `trace_id`). It also decides
-/// the request's [`TraceContext`]: a valid incoming `traceparent` is continued, an invalid or
-/// missing one replaced by a new trace; handlers find it in the request extensions.
-pub struct TracedRootSpan;
-
-impl RootSpanBuilder for TracedRootSpan {
-    fn on_request_start(request: &ServiceRequest) -> tracing::Span {
-        let trace = TraceContext::continue_or_start(
-            request
-                .headers()
-                .get(TRACEPARENT_HEADER)
-                .and_then(|value| value.to_str().ok()),
-        );
-        let span = tracing_actix_web::root_span!(request);
-        span.record("trace_id", trace.trace_id.as_str());
-        request.extensions_mut().insert(trace);
-        span
-    }
-
-    fn on_request_end<B: MessageBody>(
-        span: tracing::Span,
-        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
-    ) {
-        DefaultRootSpanBuilder::on_request_end(span, outcome);
-    }
-}
 
 /// Counts every request by service, route pattern (bounded cardinality: never the raw path),
 /// method and status, times it, feeds the trace stats, and returns the request id and our
@@ -73,8 +48,16 @@ pub async fn observe(
         .map(|actors| actors.metrics.clone());
     let service = rate_limit::service_for(req.path());
     let method = req.method().as_str().to_string();
-    let request_id = req.extensions().get::<RequestId>().map(|id| id.to_string());
-    let trace = req.extensions().get::<TraceContext>().cloned();
+    // Only what the response and the record need: the header now, the trace id as a string.
+    let (request_id, traceparent, trace_id) = {
+        let extensions = req.extensions();
+        let trace = extensions.get::<TraceContext>();
+        (
+            extensions.get::<RequestId>().copied(),
+            trace.and_then(|t| HeaderValue::from_str(&t.traceparent()).ok()),
+            trace.map(|t| t.trace_id.clone()),
+        )
+    };
     if let Some(metrics) = &metrics {
         metrics.http_in_flight.inc();
     }
@@ -99,26 +82,47 @@ pub async fn observe(
     };
     if let Some(metrics) = &metrics {
         metrics.http_in_flight.dec();
-        metrics.observe_request(&RequestRecord {
+        metrics.observe_request(RequestRecord {
             service,
             route,
             method,
             status: status.as_u16(),
             duration: started.elapsed(),
             response_bytes,
-            trace_id: trace.as_ref().map(|t| t.trace_id.clone()),
+            trace_id,
         });
     }
     let mut response = result?.map_into_boxed_body();
     let headers = response.headers_mut();
-    if let Some(value) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-        headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    if let Some(id) = request_id {
+        if let Ok(value) = HeaderValue::from_str(id.encode(&mut [0; 36])) {
+            headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+        }
     }
-    if let Some(value) = trace.and_then(|t| HeaderValue::from_str(&t.traceparent()).ok()) {
+    if let Some(value) = traceparent {
         headers.insert(HeaderName::from_static(TRACEPARENT_HEADER), value);
     }
     Ok(response)
 }
+
+/// Headers every response carries (built once: no validation per response).
+const SECURITY_HEADERS: [(HeaderName, HeaderValue); 4] = [
+    (
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ),
+    (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+    (
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    ),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    ),
+];
 
 /// Headers every response carries. The API serves JSON and media, never pages, so the content
 /// security policy forbids everything a browser could do with a response rendered as a page.
@@ -128,17 +132,9 @@ pub async fn security_headers(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let mut response = next.call(req).await?;
     let headers = response.headers_mut();
-    for (name, value) in [
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
-        ),
-    ] {
+    for (name, value) in SECURITY_HEADERS {
         if !headers.contains_key(&name) {
-            headers.insert(name, HeaderValue::from_static(value));
+            headers.insert(name, value);
         }
     }
     Ok(response)
