@@ -5,7 +5,7 @@
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use base64::Engine;
@@ -448,22 +448,6 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
-async fn poll_until<F, Fut>(deadline: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        ticks.tick().await;
-        if check().await {
-            return;
-        }
-        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
-    }
-}
-
 #[tokio::test]
 async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
     let server = TestServer::start();
@@ -479,7 +463,7 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
     // The first PATCH holds the upload while its body trickles in.
     let (sender, first) = held_patch(&alice, server.url(&location), 0, 200_000);
     sender.send(Ok(video[..50_000].to_vec())).await.unwrap();
-    poll_until(
+    crate::shutdown::poll(
         Duration::from_secs(10),
         "the first PATCH to hold the lock",
         || async {
@@ -511,7 +495,7 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
     drop(sender);
     let _ = first.await.unwrap();
     let offset = std::sync::Arc::new(std::sync::Mutex::new(0u64));
-    poll_until(Duration::from_secs(10), "the lock to be released", || {
+    crate::shutdown::poll(Duration::from_secs(10), "the lock to be released", || {
         let offset = offset.clone();
         let raw = &raw;
         let location = &location;
@@ -590,11 +574,11 @@ async fn quota_is_per_owner_and_expired_uploads_are_swept() {
         crate::server::files_under(&server.data_dir.join("partials")).len(),
         2
     );
-    poll_until(Duration::from_secs(15), "the upload to expire", || async {
+    crate::shutdown::poll(Duration::from_secs(15), "the upload to expire", || async {
         raw.offset(&location).await.0 == 404
     })
     .await;
-    poll_until(Duration::from_secs(5), "partial files to go", || async {
+    crate::shutdown::poll(Duration::from_secs(5), "partial files to go", || async {
         crate::server::files_under(&server.data_dir.join("partials")).is_empty()
     })
     .await;
@@ -744,7 +728,7 @@ impl Binary {
     }
 
     async fn wait_ready(&self, client: &reqwest::Client) {
-        poll_until(Duration::from_secs(30), "server ready", || async {
+        crate::shutdown::poll(Duration::from_secs(30), "server ready", || async {
             matches!(client.get(format!("{}/ready", self.base)).send().await, Ok(r) if r.status() == 200)
         })
         .await;
@@ -793,7 +777,7 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         "partials/{}.part",
         location.rsplit('/').next().unwrap()
     ));
-    poll_until(
+    crate::shutdown::poll(
         Duration::from_secs(10),
         "unacknowledged bytes to reach the disk",
         || async { std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) > chunk as u64 },
