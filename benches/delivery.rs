@@ -11,6 +11,12 @@
 //! default streaming bucket (1000 / 100 per s) within a second; request metrics, tracing,
 //! security headers and the rest of the middleware stay on. Both servers get one worker
 //! (StreamGate `server.workers = 1`, nginx `worker_processes 1`); wrk runs 2 threads.
+//!
+//! Arguments after `--`: `segments`, `small`, `search` run only those parts;
+//! `--no-http-middleware` sets `monitor.http_middleware = false` (issue 7's share vs the rest);
+//! `profile` starts the servers, prints their URLs on a `profile:` line and waits for stdin to
+//! close — for `valgrind --tool=callgrind --collect-atstart=no` and `callgrind_control`, so
+//! instructions per request can be counted (deterministic, unlike wall clock on a shared box).
 
 // Bench code: a failed unwrap is a failed bench.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -54,9 +60,10 @@ impl Drop for StreamGate {
     }
 }
 
-fn start_streamgate() -> StreamGate {
+fn start_streamgate(http_middleware: bool) -> StreamGate {
     let data = tempfile::tempdir().unwrap();
     let mut config = config::load(&Sources::default()).unwrap();
+    config.monitor.http_middleware = http_middleware;
     config.storage.data_dir = data.path().to_path_buf();
     config.storage.min_free_disk_mb = 1;
     config.server.workers = 1;
@@ -279,12 +286,17 @@ fn main() {
         println!("delivery: a load bench; run it with `cargo bench --bench delivery`");
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
+    let has = |name: &str| args.iter().any(|arg| arg == name);
+    let parts = ["segments", "small", "search"];
+    let only: Vec<&str> = parts.iter().copied().filter(|part| has(part)).collect();
+    let run = |part: &str| only.is_empty() || only.contains(&part);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let server = start_streamgate();
+    let server = start_streamgate(!has("--no-http-middleware"));
 
     // A ready media item whose HLS files are on disk where the transcoder would put them.
     let record = media(
@@ -326,26 +338,12 @@ fn main() {
             .unwrap();
     });
 
-    // 1. Segments vs nginx.
-    let (nginx_base, _nginx) = start_nginx(&hls, scratch.path());
-    let ours = format!("{}/api/v1/media/{id}/hls/720p/seg_001.m4s", server.base);
-    let theirs = format!("{nginx_base}/720p/seg_001.m4s");
     let fetched = |url: &str| {
         runtime.block_on(async { reqwest::get(url).await.unwrap().bytes().await.unwrap() })
     };
+    let ours = format!("{}/api/v1/media/{id}/hls/720p/seg_001.m4s", server.base);
     assert_eq!(fetched(&ours).len(), SEGMENT_BYTES);
-    assert_eq!(fetched(&theirs).len(), SEGMENT_BYTES);
-    let (sg, nginx) = compare(&ours, &theirs, 64);
-    println!(
-        "segments (2 MiB, 64 connections), medians of {ROUNDS}x{SECONDS}s: streamgate {:.0} req/s {:.0} MB/s p99 {:.1} ms; nginx {:.0} req/s {:.0} MB/s p99 {:.1} ms; ratio req/s {:.3}, MB/s {:.3} (target >= 0.9)",
-        sg.requests_per_s, sg.megabytes_per_s, sg.p99_ms,
-        nginx.requests_per_s, nginx.megabytes_per_s, nginx.p99_ms,
-        sg.requests_per_s / nginx.requests_per_s,
-        sg.megabytes_per_s / nginx.megabytes_per_s,
-    );
-
-    // 2. Cached playlist and media record vs a bare handler with the same bytes.
-    for (name, path, content_type) in [
+    let small = [
         (
             "playlist",
             format!("/api/v1/media/{id}/hls/master.m3u8"),
@@ -356,7 +354,42 @@ fn main() {
             format!("/api/v1/media/{id}"),
             "application/json",
         ),
-    ] {
+    ];
+    if has("profile") {
+        let mut line = format!("profile: segment={ours}");
+        let mut bare_servers = Vec::new();
+        for (name, path, content_type) in &small {
+            let url = format!("{}{path}", server.base);
+            let (bare_url, bare) = start_bare(fetched(&url).to_vec(), *content_type);
+            let name = name.replace(' ', "_");
+            line.push_str(&format!(" {name}={url} bare_{name}={bare_url}"));
+            bare_servers.push(bare);
+        }
+        println!("{line}");
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
+        for bare in bare_servers {
+            drop(bare.stop(false));
+        }
+        return;
+    }
+
+    // 1. Segments vs nginx.
+    if run("segments") {
+        let (nginx_base, _nginx) = start_nginx(&hls, scratch.path());
+        let theirs = format!("{nginx_base}/720p/seg_001.m4s");
+        assert_eq!(fetched(&theirs).len(), SEGMENT_BYTES);
+        let (sg, nginx) = compare(&ours, &theirs, 64);
+        println!(
+        "segments (2 MiB, 64 connections), medians of {ROUNDS}x{SECONDS}s: streamgate {:.0} req/s {:.0} MB/s p99 {:.1} ms; nginx {:.0} req/s {:.0} MB/s p99 {:.1} ms; ratio req/s {:.3}, MB/s {:.3} (target >= 0.9)",
+        sg.requests_per_s, sg.megabytes_per_s, sg.p99_ms,
+        nginx.requests_per_s, nginx.megabytes_per_s, nginx.p99_ms,
+        sg.requests_per_s / nginx.requests_per_s,
+        sg.megabytes_per_s / nginx.megabytes_per_s,
+    );
+    }
+
+    // 2. Cached playlist and media record vs a bare handler with the same bytes.
+    for (name, path, content_type) in small.into_iter().filter(|_| run("small")) {
         let url = format!("{}{path}", server.base);
         let body = fetched(&url).to_vec();
         let (bare_url, bare) = start_bare(body, content_type);
@@ -376,6 +409,9 @@ fn main() {
         );
     }
     drop(server);
+    if !run("search") {
+        return;
+    }
 
     // 3. Search over 100,000 records.
     let index = SearchIndex::in_memory().unwrap();
