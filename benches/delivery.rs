@@ -477,8 +477,9 @@ fn main() {
         },
     ];
     let mut timings = Vec::new();
+    let mut by_query: Vec<Vec<f64>> = vec![Vec::new(); queries.len()];
     for round in 0..300 {
-        for query in &queries {
+        for (kind, query) in queries.iter().enumerate() {
             let mut query = query.clone();
             // Every third request is a later page, as a scrolling client would ask.
             if round % 3 == 2 {
@@ -486,9 +487,22 @@ fn main() {
             }
             let started = Instant::now();
             let page = index.search(&query).unwrap();
-            timings.push(started.elapsed().as_secs_f64() * 1e3);
+            let elapsed = started.elapsed().as_secs_f64() * 1e3;
+            timings.push(elapsed);
+            by_query[kind].push(elapsed);
             assert!(!page.items.is_empty());
         }
+    }
+    for (query, mut times) in queries.iter().zip(by_query) {
+        times.sort_by(f64::total_cmp);
+        println!(
+            "  q={:?} tag={:?} owner={:?}: p50 {:.2} ms, p99 {:.2} ms",
+            query.q,
+            query.tag,
+            query.owner,
+            times[times.len() / 2],
+            times[(times.len() - 1) * 99 / 100]
+        );
     }
     timings.sort_by(f64::total_cmp);
     let at = |q: f64| timings[((timings.len() as f64 - 1.0) * q) as usize];

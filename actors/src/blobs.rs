@@ -24,6 +24,9 @@ use crate::{
     model::{MediaId, UploadId},
 };
 
+pub mod mapped;
+pub use mapped::MappedBlob;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     #[error("blob {0} not found")]
@@ -125,9 +128,21 @@ impl BlobStore {
         format!("media/{media_id}/hls/{file}")
     }
 
+    /// `media/{media_id}/hls`, the folder every [`Self::hls_key`] of the media is in.
+    pub fn hls_prefix(media_id: &MediaId) -> String {
+        format!("media/{media_id}/hls")
+    }
+
     /// Where a blob lives on disk, for the local backend only.
     pub fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.local_root.as_ref().map(|root| root.join(key))
+    }
+
+    /// The whole blob mapped into memory, for the local backend only (`None` elsewhere).
+    /// One blocking-pool round trip; see [`mapped`] for why mapping a blob is sound.
+    pub async fn map_local(&self, key: &str) -> Option<Result<MappedBlob, BlobError>> {
+        let path = self.local_path(key)?;
+        Some(mapped::map(path, key).await)
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {

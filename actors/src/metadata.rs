@@ -214,13 +214,17 @@ impl Handler<GetMedia> for MetadataActor {
         let repo = self.repo.clone();
         let cache = self.caches.metadata.clone();
         Box::pin(async move {
-            if let Some(media) = cache.get(&msg.media_id) {
-                return Ok(Media::clone(&media));
+            if let Some(cached) = cache.get(&msg.media_id) {
+                return Ok(cached.media.clone());
             }
             // Taken before the read: a change that lands meanwhile keeps this copy out.
             let epoch = cache.epoch();
             let media = load(&repo, msg.media_id).await?;
-            cache.insert_if_unchanged(media.id.clone(), Arc::new(media.clone()), epoch);
+            cache.insert_if_unchanged(
+                media.id.clone(),
+                Arc::new(crate::cache::CachedMedia::new(media.clone())),
+                epoch,
+            );
             Ok(media)
         })
     }

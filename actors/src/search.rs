@@ -24,8 +24,9 @@
 //! is missing or unreadable and reconciles (re-indexes or drops) every record whose stored
 //! `updated_at` differs, which covers a crash between a store write and its index commit.
 
+mod page;
+
 use std::{
-    cmp::Reverse,
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{
@@ -36,12 +37,10 @@ use std::{
 };
 
 use tantivy::{
-    collector::{Count, TopDocs},
-    columnar::ColumnValues,
+    collector::Count,
     query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery},
     schema::{Field, IndexRecordOption, Schema, Value, FAST, STORED, STRING, TEXT},
-    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentReader,
-    TantivyDocument, Term,
+    Index, IndexReader, IndexWriter, ReloadPolicy, Score, TantivyDocument, Term,
 };
 
 use crate::{
@@ -55,9 +54,6 @@ const WRITER_HEAP_BYTES: usize = 32_000_000;
 pub const MAX_PAGE: usize = 100;
 /// How often staged index writes are committed (and become searchable).
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
-
-/// (sorts after the cursor, score, id ascending): the order of results, best first.
-type SortKey = (bool, Score, Reverse<u128>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -185,8 +181,10 @@ pub struct SearchIndex {
 }
 
 struct Inner {
-    index: Index,
     reader: IndexReader,
+    /// Words over title, description and tags, all required; built once (it only reads the
+    /// schema and the tokenizers, which never change).
+    parser: QueryParser,
     writer: Mutex<IndexWriter>,
     fields: Fields,
     dir: PathBuf,
@@ -315,11 +313,17 @@ impl SearchIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES)?;
+        let fields = schema().1;
+        let mut parser = QueryParser::for_index(
+            &index,
+            vec![fields.title, fields.description, fields.tags_text],
+        );
+        parser.set_conjunction_by_default();
         let inner = Arc::new(Inner {
-            index,
             reader,
+            parser,
             writer: Mutex::new(writer),
-            fields: schema().1,
+            fields,
             dir: dir.to_path_buf(),
             dirty: AtomicBool::new(false),
         });
@@ -458,13 +462,8 @@ impl SearchIndex {
 
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         if let Some(words) = words {
-            let mut parser = QueryParser::for_index(
-                &self.inner.index,
-                vec![f.title, f.description, f.tags_text],
-            );
-            parser.set_conjunction_by_default();
             // Lenient: a stray quote or colon in what a user typed is not an error.
-            let (parsed, _) = parser.parse_query_lenient(words);
+            let (parsed, _) = self.inner.parser.parse_query_lenient(words);
             clauses.push((Occur::Must, parsed));
         }
         let term = |field: Field, text: &str| -> Box<dyn Query> {
@@ -485,44 +484,20 @@ impl SearchIndex {
             Box::new(BooleanQuery::new(clauses))
         };
 
-        // Sort key: (after the cursor?, score, id ascending). Docs at or before the cursor sort
-        // below every other doc and are dropped below; filters do not rank (score 0).
-        let collector = TopDocs::with_limit(limit).tweak_score(move |segment: &SegmentReader| {
-            let fast = segment.fast_fields();
-            let hi = fast
-                .u64("id_hi")
-                .map(|column| column.first_or_default_col(0))
-                .ok();
-            let lo = fast
-                .u64("id_lo")
-                .map(|column| column.first_or_default_col(0))
-                .ok();
-            move |doc, score: Score| {
-                let id = match (&hi, &lo) {
-                    (Some(hi), Some(lo)) => {
-                        (u128::from(hi.get_val(doc)) << 64) | u128::from(lo.get_val(doc))
-                    }
-                    _ => 0,
-                };
-                let score = if ranked { score } else { 0.0 };
-                let after = match cursor {
-                    None => true,
-                    Some(cursor) => {
-                        score < cursor.score || (score == cursor.score && id > cursor.id)
-                    }
-                };
-                (after, score, Reverse(id))
-            }
-        });
+        // Order: score descending, then id ascending (every score is 0 without `q`); the page
+        // is what sorts strictly after the cursor. Filters do not rank: scoring is off then.
         let searcher = self.inner.reader.searcher();
-        let hits: Vec<(SortKey, DocAddress)> = searcher.search(query.as_ref(), &collector)?;
+        let hits = searcher.search(
+            query.as_ref(),
+            &page::PageCollector {
+                ranked,
+                cursor,
+                limit,
+            },
+        )?;
         let mut items = Vec::with_capacity(hits.len());
-        let mut last = None;
-        for ((after, score, Reverse(id)), address) in hits {
-            if !after {
-                continue;
-            }
-            let doc: TantivyDocument = searcher.doc(address)?;
+        for hit in &hits {
+            let doc: TantivyDocument = searcher.doc(hit.address)?;
             let record = doc
                 .get_first(f.record)
                 .and_then(|value| value.as_bytes())
@@ -530,8 +505,11 @@ impl SearchIndex {
             let media: Media =
                 serde_json::from_slice(record).map_err(|e| SearchError::Index(e.to_string()))?;
             items.push(media);
-            last = Some(Cursor { score, id });
         }
+        let last = hits.last().map(|hit| Cursor {
+            score: hit.score,
+            id: hit.id,
+        });
         let next_cursor = (items.len() == limit)
             .then(|| last.map(|cursor| cursor.encode(ranked)))
             .flatten();

@@ -34,6 +34,12 @@ impl PlaybackGuard {
         }
     }
 
+    /// Whether `media_id` is gated, without copying the gate. Fails like [`Self::gate`].
+    pub fn is_gated(&self, media_id: &MediaId) -> Result<bool, GateTableUnavailable> {
+        let gates = self.gates.read().map_err(|_| GateTableUnavailable)?;
+        Ok(gates.contains_key(media_id))
+    }
+
     /// The gate on `media_id`, if any. A poisoned lock is an error, never "ungated".
     pub fn gate(&self, media_id: &MediaId) -> Result<Option<Gate>, GateTableUnavailable> {
         let gates = self.gates.read().map_err(|_| GateTableUnavailable)?;

@@ -2,7 +2,9 @@
 //!
 //! - `streaming`: untokenised playlist bytes + ETag by (media, file). Gated playlists get their
 //!   per-viewer tokens added per request, so one viewer's URLs never reach another.
-//! - `metadata`: media records by id, filled by the MetadataActor's reads.
+//! - `metadata`: media records by id, filled by the MetadataActor's reads. Each entry also
+//!   memoises the bytes a reader renders from it (the JSON `web` sends), so a hit is served
+//!   without building and serialising the DTO again; the memo goes with the entry.
 //! - `gateway`: the general-purpose admin cache behind `/api/v1/cache`.
 //!
 //! Invariant: entries of a media item are dropped by the actor that changes it (MetadataActor:
@@ -12,7 +14,10 @@
 //! The admin cache is not an actor, like [`AuditLog`]: its operations are independent, each is
 //! one short lock, and every write is audited here.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -44,6 +49,54 @@ impl Playlist {
     }
 }
 
+/// A media record in the metadata cache and, once a reader has made it, its rendering.
+#[derive(Debug)]
+pub struct CachedMedia {
+    pub media: Media,
+    rendered: OnceLock<Rendered>,
+}
+
+/// Bytes rendered from a cached record, and the gate state they were rendered with.
+#[derive(Debug)]
+struct Rendered {
+    gated: bool,
+    bytes: Bytes,
+}
+
+impl CachedMedia {
+    pub fn new(media: Media) -> Self {
+        Self {
+            media,
+            rendered: OnceLock::new(),
+        }
+    }
+
+    /// The record rendered for gate state `gated`: made by `render` once per entry, then
+    /// shared. The gate table changes independently of the record (the AuthActor drops the
+    /// entry, but a reader may fill a fresh one from the old table state just before), so a
+    /// memo made for the other gate state is not used.
+    pub fn rendered<E>(
+        &self,
+        gated: bool,
+        render: impl FnOnce(&Media) -> Result<Bytes, E>,
+    ) -> Result<Bytes, E> {
+        if let Some(made) = self.rendered.get() {
+            return if made.gated == gated {
+                Ok(made.bytes.clone())
+            } else {
+                render(&self.media)
+            };
+        }
+        let bytes = render(&self.media)?;
+        // A racing reader may have set it first; both rendered the same record.
+        let _ = self.rendered.set(Rendered {
+            gated,
+            bytes: bytes.clone(),
+        });
+        Ok(bytes)
+    }
+}
+
 /// A value in the admin cache, with the content type it was stored with.
 #[derive(Clone, Debug)]
 pub struct AdminEntry {
@@ -59,7 +112,7 @@ pub const MAX_ADMIN_KEY_BYTES: usize = 256;
 pub struct Caches {
     pub gateway: Arc<TtlLru<String, AdminEntry>>,
     pub streaming: Arc<TtlLru<(MediaId, String), Playlist>>,
-    pub metadata: Arc<TtlLru<MediaId, Arc<Media>>>,
+    pub metadata: Arc<TtlLru<MediaId, Arc<CachedMedia>>>,
     audit: AuditLog,
 }
 

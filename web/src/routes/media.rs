@@ -8,6 +8,7 @@
 //! change a media item (the MetadataActor / AuthActor decide, 403 otherwise).
 
 use actix_web::{web, HttpResponse};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
     auth::{GateSpec, SetGate},
@@ -215,19 +216,36 @@ fn media_dto(actors: &Actors, media: &Media) -> MediaDto {
     dto
 }
 
+/// A cache hit is served from the JSON memoised on the cache entry (rendered once per entry
+/// and gate state); a miss asks the MetadataActor, which fills the cache, and renders once.
 async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
-    let media = match actors.caches.metadata.get(&media_id) {
-        Some(media) => media,
-        None => std::sync::Arc::new(actors.metadata.send(GetMedia { media_id }).await??),
-    };
-    let gate = actors
+    let cached = actors.caches.metadata.get(&media_id);
+    let gated = actors
         .playback
-        .gate(&media.id)
+        .is_gated(&media_id)
         .map_err(|_| gate_table_error())?;
-    let mut dto = MediaDto::from(&*media);
-    dto.gated = gate.is_some();
-    Ok(HttpResponse::Ok().json(dto))
+    let render = |media: &Media| -> Result<Bytes, ApiError> {
+        let mut dto = MediaDto::from(media);
+        dto.gated = gated;
+        serde_json::to_vec(&dto).map(Bytes::from).map_err(|error| {
+            ApiError::new(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                error.to_string(),
+            )
+        })
+    };
+    let body = match cached {
+        Some(cached) => cached.rendered(gated, render)?,
+        None => render(&actors.metadata.send(GetMedia { media_id }).await??)?,
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::HeaderValue::from_static("application/json"),
+        ))
+        .body(body))
 }
 
 async fn update(

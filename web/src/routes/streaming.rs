@@ -19,16 +19,22 @@
 //! `public, immutable`. Gated responses are `private, no-store`.
 //! Invariant: fails closed — an unreadable gate table, a failed RPC or a bad token refuse.
 
-use actix_files::NamedFile;
+use std::{sync::Arc, time::SystemTime};
+
 use actix_web::{
-    http::header::{self, CacheControl, CacheDirective, ContentType},
-    web, HttpRequest, HttpResponse,
+    body::{BodySize, MessageBody},
+    http::{
+        header::{self, HeaderValue},
+        StatusCode,
+    },
+    web, HttpMessage, HttpRequest, HttpResponse,
 };
+use bytes::Bytes;
 use serde::Deserialize;
 use streamgate_actors::{
     auth::{tokens::PlaybackTokenError, Authenticate, AuthorizePlayback},
-    blobs::{BlobError, BlobStore, ByteRange},
-    cache::Playlist,
+    blobs::{BlobError, BlobStore, ByteRange, MappedBlob},
+    cache::{CachedMedia, Playlist},
     metadata::GetMedia,
     model::{Media, MediaId, MediaState},
     names::{is_safe_name, is_segment_name},
@@ -38,8 +44,11 @@ use streamgate_actors::{
 use super::{media::gate_table_error, media_id};
 use crate::{error::ApiError, extract::bearer_token};
 
-const PLAYLIST_MAX_AGE_S: u32 = 10;
-const ONE_YEAR_S: u32 = 31_536_000;
+// Cache-Control values, spelled out once: no directive list is built or formatted per response.
+const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10");
+const SEGMENT_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+const THUMBNAIL_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=3600");
+const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -83,7 +92,8 @@ async fn master(
     query: web::Query<PlaybackQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    let media = ready_media(&actors, &path).await?;
+    let cached = ready_media(&actors, &path).await?;
+    let media = &cached.media;
     let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
     playlist(&req, &actors, &media.id, "master.m3u8", &access).await
 }
@@ -96,7 +106,8 @@ async fn dash_manifest(
     query: web::Query<PlaybackQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    let media = ready_media(&actors, &path).await?;
+    let cached = ready_media(&actors, &path).await?;
+    let media = &cached.media;
     let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
     let key = streamgate_actors::transcode::dash::manifest_key(&media.id);
     let bytes = actors
@@ -108,15 +119,12 @@ async fn dash_manifest(
     response.insert_header((header::CONTENT_TYPE, "application/dash+xml"));
     match access {
         Access::Public => Ok(response
-            .insert_header(CacheControl(vec![
-                CacheDirective::Public,
-                CacheDirective::MaxAge(PLAYLIST_MAX_AGE_S),
-            ]))
+            .insert_header((header::CACHE_CONTROL, PLAYLIST_CACHE))
             .body(bytes)),
         Access::Gated { token } => {
             let text = String::from_utf8_lossy(&bytes);
             Ok(response
-                .insert_header(private_no_store())
+                .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))
                 .body(mpd_with_token(&text, &token)))
         }
     }
@@ -152,7 +160,8 @@ async fn rendition_playlist(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, rendition) = path.into_inner();
-    let media = ready_media(&actors, &media_id).await?;
+    let cached = ready_media(&actors, &media_id).await?;
+    let media = &cached.media;
     if !is_safe_name(&rendition) {
         return Err(not_found_name(&rendition));
     }
@@ -180,16 +189,16 @@ async fn segment(
         .gate(&media_id)
         .map_err(|_| gate_table_error())?
     {
-        None => immutable(),
+        None => SEGMENT_CACHE,
         Some(_) => {
             let token = query.token.as_deref();
             if let Err(refused) = check_playback_token(&actors, &media_id, token) {
                 return Err(refuse(&actors, refused));
             }
-            private_no_store()
+            PRIVATE_NO_STORE
         }
     };
-    let key = BlobStore::hls_key(&media_id, &format!("{rendition}/{segment}"));
+    let key = format!("{}/{rendition}/{segment}", BlobStore::hls_prefix(&media_id));
     let content_type = if segment.ends_with(".ts") {
         "video/mp2t"
     } else if segment.ends_with(".m4s") {
@@ -207,22 +216,11 @@ async fn thumbnail(
 ) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
     let key = format!("{}/thumbnail.jpg", BlobStore::media_prefix(&media_id));
-    serve_blob(
-        &req,
-        &actors,
-        &key,
-        "image/jpeg",
-        CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(3600)]),
-    )
-    .await
+    serve_blob(&req, &actors, &key, "image/jpeg", THUMBNAIL_CACHE).await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn private_no_store() -> CacheControl {
-    CacheControl(vec![CacheDirective::Private, CacheDirective::NoStore])
-}
 
 /// Counts a refused gated request by its code, and passes the error on.
 fn refuse(actors: &Actors, error: ApiError) -> ApiError {
@@ -342,14 +340,6 @@ fn with_token(playlist: &str, token: &str) -> String {
     out
 }
 
-fn immutable() -> CacheControl {
-    CacheControl(vec![
-        CacheDirective::Public,
-        CacheDirective::MaxAge(ONE_YEAR_S),
-        CacheDirective::Extension("immutable".into(), None),
-    ])
-}
-
 fn not_found_name(name: &str) -> ApiError {
     ApiError::not_found(
         "segment_not_found",
@@ -358,12 +348,15 @@ fn not_found_name(name: &str) -> ApiError {
 }
 
 /// The media, if it exists and is ready to play.
-async fn ready_media(actors: &Actors, text: &str) -> Result<std::sync::Arc<Media>, ApiError> {
+async fn ready_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, ApiError> {
     let media_id = media_id(text)?;
-    let media = match actors.caches.metadata.get(&media_id) {
-        Some(media) => media,
-        None => std::sync::Arc::new(actors.metadata.send(GetMedia { media_id }).await??),
+    let cached = match actors.caches.metadata.get(&media_id) {
+        Some(cached) => cached,
+        None => Arc::new(CachedMedia::new(
+            actors.metadata.send(GetMedia { media_id }).await??,
+        )),
     };
+    let media = &cached.media;
     if media.state != MediaState::Ready {
         return Err(ApiError::new(
             actix_web::http::StatusCode::CONFLICT,
@@ -375,7 +368,7 @@ async fn ready_media(actors: &Actors, text: &str) -> Result<std::sync::Arc<Media
             ),
         ));
     }
-    Ok(media)
+    Ok(cached)
 }
 
 /// Maps a missing blob to a 404 with `code`; other blob errors keep their kind.
@@ -398,13 +391,13 @@ async fn playlist(
         .playlist(&actors.blobs, media_id, file)
         .await
         .map_err(missing_as("playlist_not_found"))?;
-    let content_type = (header::CONTENT_TYPE, "application/vnd.apple.mpegurl");
+    let content_type = (
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.apple.mpegurl"),
+    );
     match access {
         Access::Public => {
-            let cache = CacheControl(vec![
-                CacheDirective::Public,
-                CacheDirective::MaxAge(PLAYLIST_MAX_AGE_S),
-            ]);
+            let cache = (header::CACHE_CONTROL, PLAYLIST_CACHE);
             if none_match(req, &etag) {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((header::ETAG, &*etag))
@@ -422,7 +415,7 @@ async fn playlist(
             let text = String::from_utf8_lossy(&bytes);
             Ok(HttpResponse::Ok()
                 .insert_header(content_type)
-                .insert_header(private_no_store())
+                .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))
                 .body(with_token(&text, token)))
         }
     }
@@ -430,7 +423,9 @@ async fn playlist(
 
 /// Whether `If-None-Match` names `etag` (weak comparison, as RFC 9110 asks for GET) or `*`.
 fn none_match(req: &HttpRequest, etag: &str) -> bool {
-    let strip = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+    fn strip(tag: &str) -> &str {
+        tag.trim().trim_start_matches("W/")
+    }
     let ours = strip(etag);
     req.headers()
         .get_all(header::IF_NONE_MATCH)
@@ -439,35 +434,163 @@ fn none_match(req: &HttpRequest, etag: &str) -> bool {
         .any(|tag| tag.trim() == "*" || strip(tag) == ours)
 }
 
-/// Streams a blob: from disk through actix-files on the local backend, else through
-/// `object_store` (S3) — both with single `Range`s, `ETag` and `If-None-Match`.
+/// Serves a blob: mapped from disk on the local backend, else streamed through `object_store`
+/// (S3) — both with single `Range`s, `ETag` and `If-None-Match`.
 async fn serve_blob(
     req: &HttpRequest,
     actors: &Actors,
     key: &str,
-    content_type: &str,
-    cache: CacheControl,
+    content_type: &'static str,
+    cache: HeaderValue,
 ) -> Result<HttpResponse, ApiError> {
-    let mime: mime::Mime = content_type
-        .parse()
-        .unwrap_or(mime::APPLICATION_OCTET_STREAM);
-    if let Some(path) = actors.blobs.local_path(key) {
-        let file = NamedFile::open_async(&path)
-            .await
-            .map_err(|_| ApiError::not_found("segment_not_found", "no such segment"))?;
-        let mut response = file
-            .set_content_type(mime)
-            .disable_content_disposition()
-            .use_last_modified(true)
-            .into_response(req);
-        response.headers_mut().insert(
-            header::CACHE_CONTROL,
-            header::HeaderValue::from_str(&cache.to_string())
-                .unwrap_or(header::HeaderValue::from_static("no-cache")),
-        );
-        return Ok(response);
+    match actors.blobs.map_local(key).await {
+        Some(Ok(blob)) => Ok(serve_mapped(req, blob, content_type, cache)),
+        Some(Err(BlobError::NotFound(_))) => {
+            Err(ApiError::not_found("segment_not_found", "no such segment"))
+        }
+        Some(Err(other)) => Err(ApiError::domain(&other)),
+        None => serve_from_store(req, actors, key, content_type, cache).await,
     }
-    serve_from_store(req, actors, key, mime, cache).await
+}
+
+/// Body slices handed to actix per poll: actix copies each into its write buffer (32 KiB
+/// high-water mark, released past 128 KiB), so slices this size keep that buffer small.
+const BODY_SLICE_BYTES: usize = 64 * 1024;
+
+/// A mapped blob as a response body: slices of the mapping, never a copy of the whole.
+struct MappedBody(Bytes);
+
+impl MessageBody for MappedBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Sized(self.0.len() as u64)
+    }
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+        let rest = &mut self.0;
+        if rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let slice = rest.split_to(rest.len().min(BODY_SLICE_BYTES));
+        std::task::Poll::Ready(Some(Ok(slice)))
+    }
+}
+
+/// The response for a mapped local blob, with actix-files' semantics (what this path used
+/// before): `If-Match`/`If-Unmodified-Since` → 412, `If-None-Match` (weak) or, without it,
+/// `If-Modified-Since` → 304, the first of the `Range`s → 206, an unsatisfiable one → 416
+/// with `Content-Range: bytes */{len}`; `ETag`, `Last-Modified`, `Accept-Ranges` throughout.
+fn serve_mapped(
+    req: &HttpRequest,
+    blob: MappedBlob,
+    content_type: &'static str,
+    cache: HeaderValue,
+) -> HttpResponse {
+    let size = blob.len();
+    let last_modified = blob.modified.map(header::HttpDate::from);
+    let etag = blob.etag.as_deref();
+    let unix_secs = |time: SystemTime| {
+        time.duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|since| since.as_secs())
+    };
+    let modified_secs = blob.modified.and_then(unix_secs);
+    let precondition_failed = !if_match(req, etag)
+        || match (modified_secs, req.get_header::<header::IfUnmodifiedSince>()) {
+            (Some(modified), Some(header::IfUnmodifiedSince(since))) => {
+                unix_secs(since.into()).is_some_and(|since| modified > since)
+            }
+            _ => false,
+        };
+    let not_modified = if req.headers().contains_key(header::IF_NONE_MATCH) {
+        etag.is_some_and(|etag| none_match(req, etag))
+    } else {
+        match (modified_secs, req.get_header::<header::IfModifiedSince>()) {
+            (Some(modified), Some(header::IfModifiedSince(since))) => {
+                unix_secs(since.into()).is_some_and(|since| modified <= since)
+            }
+            _ => false,
+        }
+    };
+
+    let mut response = HttpResponse::Ok();
+    response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(content_type)));
+    if let Some(last_modified) = last_modified {
+        response.insert_header((header::LAST_MODIFIED, last_modified));
+    }
+    if let Some(etag) = etag {
+        response.insert_header((header::ETAG, etag));
+    }
+    response.insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
+    response.insert_header((header::CACHE_CONTROL, cache));
+
+    let mut body = blob.bytes;
+    if let Some(range) = req.headers().get(header::RANGE) {
+        let Ok(range) = range.to_str() else {
+            return response.status(StatusCode::BAD_REQUEST).finish();
+        };
+        match actix_files::HttpRange::parse(range, size)
+            .ok()
+            .and_then(|ranges| ranges.first().copied())
+        {
+            Some(range) => {
+                // A player asking for a range must get the bytes as stored (actix-web#2815).
+                if req.headers().contains_key(header::ACCEPT_ENCODING) {
+                    response.insert_header((
+                        header::CONTENT_ENCODING,
+                        HeaderValue::from_static("identity"),
+                    ));
+                }
+                response.insert_header((
+                    header::CONTENT_RANGE,
+                    format!(
+                        "bytes {}-{}/{size}",
+                        range.start,
+                        range.start + range.length - 1
+                    ),
+                ));
+                // Within the mapping: `HttpRange::parse` clamps to `size`.
+                let start = usize::try_from(range.start)
+                    .unwrap_or(usize::MAX)
+                    .min(body.len());
+                let end = usize::try_from(range.start + range.length)
+                    .unwrap_or(usize::MAX)
+                    .min(body.len());
+                body = body.slice(start..end);
+                if !(precondition_failed || not_modified) && body.len() as u64 != size {
+                    response.status(StatusCode::PARTIAL_CONTENT);
+                }
+            }
+            None => {
+                response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
+                return response.status(StatusCode::RANGE_NOT_SATISFIABLE).finish();
+            }
+        }
+    }
+    if precondition_failed {
+        return response.status(StatusCode::PRECONDITION_FAILED).finish();
+    }
+    if not_modified {
+        return response.status(StatusCode::NOT_MODIFIED).finish();
+    }
+    response.body(MappedBody(body))
+}
+
+/// Whether `If-Match` is absent, `*`, or names `etag` (strong comparison, RFC 9110 §13.1.1).
+fn if_match(req: &HttpRequest, etag: Option<&str>) -> bool {
+    let mut values = req.headers().get_all(header::IF_MATCH).peekable();
+    if values.peek().is_none() {
+        return true;
+    }
+    values
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || (!tag.starts_with("W/") && Some(tag) == etag))
 }
 
 /// The non-local path: ranged, conditional reads through `object_store`, streamed.
@@ -475,8 +598,8 @@ async fn serve_from_store(
     req: &HttpRequest,
     actors: &Actors,
     key: &str,
-    mime: mime::Mime,
-    cache: CacheControl,
+    content_type: &'static str,
+    cache: HeaderValue,
 ) -> Result<HttpResponse, ApiError> {
     let range = req
         .headers()
@@ -494,7 +617,9 @@ async fn serve_from_store(
             return Err(ApiError::not_found("segment_not_found", "no such segment"))
         }
         Err(BlobError::NotModified(_)) => {
-            return Ok(HttpResponse::NotModified().insert_header(cache).finish())
+            return Ok(HttpResponse::NotModified()
+                .insert_header((header::CACHE_CONTROL, cache))
+                .finish())
         }
         Err(BlobError::RangeNotSatisfiable(_)) => {
             return Err(ApiError::new(
@@ -521,10 +646,9 @@ async fn serve_from_store(
         HttpResponse::Ok()
     };
     response
-        .insert_header(ContentType(mime))
-        .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header(cache)
-        .insert_header((header::ACCEPT_RANGES, "bytes"));
+        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(content_type)))
+        .insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")))
+        .insert_header((header::CACHE_CONTROL, cache));
     if let Some(etag) = &read.etag {
         let quoted = if etag.starts_with('"') || etag.starts_with("W/") {
             etag.clone()
