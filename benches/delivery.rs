@@ -360,7 +360,7 @@ fn main() {
         let mut bare_servers = Vec::new();
         for (name, path, content_type) in &small {
             let url = format!("{}{path}", server.base);
-            let (bare_url, bare) = start_bare(fetched(&url).to_vec(), *content_type);
+            let (bare_url, bare) = start_bare(fetched(&url).to_vec(), content_type);
             let name = name.replace(' ', "_");
             line.push_str(&format!(" {name}={url} bare_{name}={bare_url}"));
             bare_servers.push(bare);

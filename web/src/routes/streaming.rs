@@ -94,7 +94,7 @@ async fn master(
 ) -> Result<HttpResponse, ApiError> {
     let cached = ready_media(&actors, &path).await?;
     let media = &cached.media;
-    let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
+    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
     playlist(&req, &actors, &media.id, "master.m3u8", &access).await
 }
 
@@ -108,7 +108,7 @@ async fn dash_manifest(
 ) -> Result<HttpResponse, ApiError> {
     let cached = ready_media(&actors, &path).await?;
     let media = &cached.media;
-    let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
+    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
     let key = streamgate_actors::transcode::dash::manifest_key(&media.id);
     let bytes = actors
         .blobs
@@ -165,7 +165,7 @@ async fn rendition_playlist(
     if !is_safe_name(&rendition) {
         return Err(not_found_name(&rendition));
     }
-    let access = playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
+    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
     let file = format!("{rendition}/index.m3u8");
     playlist(&req, &actors, &media.id, &file, &access).await
 }
