@@ -493,6 +493,25 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     let response = bearer_get(&server, &format!("{dash_base}{untokenised}"), None).await;
     assert_eq!(response.status(), 401);
 
+    // The thumbnail shares the gate: refused anonymously and to non-holders.
+    let thumbnail = server.url(&format!("/api/v1/media/{}/thumbnail.jpg", first.media_id));
+    let response = bearer_get(&server, &thumbnail, None).await;
+    let status = response.status().as_u16();
+    assert_refused(
+        status,
+        &response.json().await.unwrap(),
+        401,
+        "session_required",
+    );
+    assert_eq!(
+        bearer_get(&server, &thumbnail, Some(&carol)).await.status(),
+        403
+    );
+    let response = bearer_get(&server, &thumbnail, Some(&bob)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(cache_control(&response), "private, no-store");
+    assert_eq!(&response.bytes().await.unwrap()[..2], &[0xFF, 0xD8]);
+
     let second_master = server.url(&format!(
         "/api/v1/media/{}/hls/master.m3u8",
         second.media_id
@@ -575,6 +594,9 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     let response = bearer_get(&server, &public_segment, None).await;
     assert_eq!(response.status(), 200);
     assert!(cache_control(&response).contains("immutable"));
+    let response = bearer_get(&server, &thumbnail, None).await;
+    assert_eq!(response.status(), 200);
+    assert!(cache_control(&response).contains("public"));
 
     // Audit and metrics saw it.
     let audit: Value = server

@@ -273,10 +273,11 @@ pub const ROUTES: &[RouteDoc] = &[
         "get",
         "/api/v1/media/{media_id}/thumbnail.jpg",
         "streaming",
-        "Thumbnail",
+        "Thumbnail (gated media: session passing the gate or ?token=)",
         Public,
         200,
-        "image/jpeg"
+        "image/jpeg",
+        query = ["token"]
     ),
     route!(
         "get",

@@ -17,6 +17,7 @@
 //! fetch segments without custom headers. Segments of gated media need a valid token for that
 //! media; ungated segments never touch an actor (one read of the gate table) and stay
 //! `public, immutable`. Gated responses are `private, no-store`.
+//! The thumbnail of gated media is gated the same way as its playlists.
 //! Invariant: fails closed — an unreadable gate table, a failed RPC or a bad token refuse.
 
 use actix_files::NamedFile;
@@ -200,21 +201,29 @@ async fn segment(
     serve_blob(&req, &actors, &key, content_type, cache).await
 }
 
+/// Public for ungated media. Gated media's thumbnail passes the same gate as its playlists: a
+/// session the AuthActor lets through, or a playback token for this media.
 async fn thumbnail(
     req: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<PlaybackQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
+    let gate = actors
+        .playback
+        .gate(&media_id)
+        .map_err(|_| gate_table_error())?;
+    let cache = match gate {
+        None => CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(3600)]),
+        Some(_) => {
+            let media = ready_media(&actors, &path).await?;
+            playlist_access(&req, &actors, &media, query.token.as_deref()).await?;
+            private_no_store()
+        }
+    };
     let key = format!("{}/thumbnail.jpg", BlobStore::media_prefix(&media_id));
-    serve_blob(
-        &req,
-        &actors,
-        &key,
-        "image/jpeg",
-        CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(3600)]),
-    )
-    .await
+    serve_blob(&req, &actors, &key, "image/jpeg", cache).await
 }
 
 // ---------------------------------------------------------------------------------------------
