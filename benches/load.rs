@@ -349,7 +349,7 @@ fn raise_open_files(count: usize) {
 
 /// `count` keep-alive connections, one request each, all held while the server's RSS is read
 /// and a fresh connection is served; then a sample of the held ones is reused.
-fn idle_connections(server: &Server, path: &str, count: usize) -> Row {
+fn idle_connections(server: &Server, path: &str, count: usize, when: &str) -> Row {
     server.reset_peak();
     let before = server.rss_mb();
     let started = Instant::now();
@@ -382,13 +382,13 @@ fn idle_connections(server: &Server, path: &str, count: usize) -> Row {
         }
     }
     println!(
-        "idle: {} of {count} connections opened and held in {:.1} s; server RSS {before:.0} → {holding:.0} MB; \
+        "idle ({when}): {} of {count} connections opened and held in {:.1} s; server RSS {before:.0} → {holding:.0} MB; \
          a new request meanwhile took {probe_ms:.2} ms; {reused} held connections reused afterwards",
         held.len(),
         opened_in.as_secs_f64()
     );
     Row {
-        scenario: format!("{count} idle keep-alive connections"),
+        scenario: format!("{count} idle keep-alive connections, {when}"),
         requests_per_s: None,
         megabytes_per_s: None,
         p50_ms: Some(probe_ms),
@@ -741,12 +741,24 @@ fn main() {
         &data_dir,
         &settings,
     ));
+    let record_path = format!("/api/v1/media/{clip}");
     rows.push(idle_connections(
         &server,
-        &format!("/api/v1/media/{clip}"),
+        &record_path,
         settings.idle,
+        "after the scenarios above",
     ));
     drop(server);
+    // The same on a fresh process: what holding the connections costs, without the heap the
+    // allocator kept from the upload and the loads before.
+    let fresh = Server::start(&config_file, &data_dir, &[]);
+    rows.push(idle_connections(
+        &fresh,
+        &record_path,
+        settings.idle,
+        "fresh server",
+    ));
+    drop(fresh);
 
     print_table(&rows);
     println!(
@@ -766,7 +778,12 @@ fn smoke(data_dir: &Path, config_file: &Path) {
     let data = seed(data_dir, 50);
     write_config(config_file, None);
     let server = Server::start(config_file, data_dir, &[]);
-    let row = idle_connections(&server, &format!("/api/v1/media/{}", data.clip), 100);
+    let row = idle_connections(
+        &server,
+        &format!("/api/v1/media/{}", data.clip),
+        100,
+        "smoke pass",
+    );
     assert_eq!(row.errors, 0);
     print_table(&[row]);
     println!("load bench: smoke pass only; measure with `cargo bench --bench load`");
