@@ -84,7 +84,11 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
     .on_connect(move |_, extensions| {
         extensions.insert(mw::ConnectionGuard::open(&connection_metrics));
     })
-    .shutdown_timeout(config.server.shutdown_timeout_s);
+    .shutdown_timeout(config.server.shutdown_timeout_s)
+    .keep_alive(match config.server.keep_alive_s {
+        0 => actix_web::http::KeepAlive::Disabled,
+        seconds => actix_web::http::KeepAlive::Timeout(Duration::from_secs(seconds)),
+    });
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }
