@@ -579,8 +579,27 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": erc1155, "standard": "erc1155", "token_id": "7"});
     let (_, answer) = server.post_json("/api/v1/auth/nft/verify", &query).await;
     assert_eq!(answer["balance"], 1, "{answer}");
+    let nft_checks_audited = || async {
+        let audit: Value = server
+            .client
+            .get(server.url("/api/v1/audit?action=auth.nft_check&limit=500"))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        audit["items"].as_array().unwrap().len()
+    };
+    let audited_before = nft_checks_audited().await;
     let (_, again) = server.post_json("/api/v1/auth/nft/verify", &query).await;
     assert_eq!(again["cached"], true, "{again}");
+    assert_eq!(
+        nft_checks_audited().await,
+        audited_before,
+        "a cached answer is not audited again"
+    );
 
     // Clearing the gate makes it public again.
     let response = server
