@@ -212,7 +212,8 @@ where
                 request_id: RequestId::generate(),
                 trace: TraceContext::continue_or_start(
                     req.headers()
-                        .get(TRACEPARENT_HEADER)
+                        // A `&str` key would be parsed into a name on every call.
+                        .get(&TRACEPARENT_NAME)
                         .map(HeaderValue::as_bytes),
                 ),
                 service,
