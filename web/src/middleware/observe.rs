@@ -241,8 +241,11 @@ where
         };
         let (call, refused) = match refusal {
             Some(response) => (None, Some(req.into_response(response))),
-            None if span.is_none() => (Some(self.service.call(req)), None),
-            None => (Some(span.in_scope(|| self.service.call(req))), None),
+            None if span.is_none() => (Some(Box::pin(self.service.call(req))), None),
+            None => (
+                Some(Box::pin(span.in_scope(|| self.service.call(req)))),
+                None,
+            ),
         };
         ObserveFuture {
             call,
@@ -256,8 +259,9 @@ where
 pin_project! {
     /// Polls the inner service inside the root span, then counts and labels the answer.
     pub struct ObserveFuture<F> {
-        #[pin]
-        call: Option<F>,
+        // Boxed: the inner chain's future is large, and this one is moved through every
+        // outer layer; a box costs less than copying it each time.
+        call: Option<Pin<Box<F>>>,
         refused: Option<ServiceResponse<BoxBody>>,
         observed: Option<Observed>,
         span: Span,
@@ -284,35 +288,45 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = match this.call.as_pin_mut() {
+        let span = this.span;
+        match this.call.as_mut() {
             Some(call) => {
-                let polled = if this.span.is_none() {
-                    call.poll(cx)
+                let polled = if span.is_none() {
+                    call.as_mut().poll(cx)
                 } else {
-                    this.span.in_scope(|| call.poll(cx))
+                    span.in_scope(|| call.as_mut().poll(cx))
                 };
-                let outcome = match polled {
+                let mut outcome = match polled {
                     Poll::Ready(outcome) => outcome,
                     Poll::Pending => return Poll::Pending,
                 };
-                if !this.span.is_disabled() {
-                    DefaultRootSpanBuilder::on_request_end(this.span.clone(), &outcome);
+                if !span.is_disabled() {
+                    DefaultRootSpanBuilder::on_request_end(span.clone(), &outcome);
                 }
-                outcome.map(ServiceResponse::map_into_left_body)
+                if let Some(observed) = this.observed.take() {
+                    finish(observed, &mut outcome);
+                }
+                let span = std::mem::replace(span, Span::none());
+                // One body mapping per answer: every move of a response is a copy.
+                Poll::Ready(outcome.map(|response| {
+                    response.map_body(|_, body| SpanBody::new(EitherBody::left(body), span))
+                }))
             }
-            None => match this.refused.take() {
-                Some(response) => Ok(response.map_into_right_body()),
-                None => Err(actix_web::error::ErrorInternalServerError(
-                    "request polled after it was answered",
-                )),
-            },
-        };
-        let result = match this.observed.take() {
-            Some(observed) => finish(observed, result),
-            None => result,
-        };
-        let span = std::mem::replace(this.span, Span::none());
-        Poll::Ready(result.map(|response| response.map_body(|_, body| SpanBody::new(body, span))))
+            None => {
+                let mut outcome = this.refused.take().ok_or_else(|| {
+                    actix_web::error::ErrorInternalServerError(
+                        "request polled after it was answered",
+                    )
+                });
+                if let Some(observed) = this.observed.take() {
+                    finish(observed, &mut outcome);
+                }
+                let span = std::mem::replace(span, Span::none());
+                Poll::Ready(outcome.map(|response| {
+                    response.map_body(|_, body| SpanBody::new(EitherBody::right(body), span))
+                }))
+            }
+        }
     }
 }
 
@@ -321,12 +335,9 @@ const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
 
 /// Counts the answer and gives it the request id and our `traceparent`.
-fn finish<B: MessageBody>(
-    observed: Observed,
-    mut result: Result<ServiceResponse<B>, Error>,
-) -> Result<ServiceResponse<B>, Error> {
+fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceResponse<B>, Error>) {
     let finished = Instant::now();
-    let (route, status, response_bytes) = match &result {
+    let (route, status, response_bytes) = match &*result {
         Ok(response) => (
             route_label(response.request()),
             response.status(),
@@ -386,7 +397,7 @@ fn finish<B: MessageBody>(
             error: status.is_server_error(),
         });
     }
-    if let Ok(response) = &mut result {
+    if let Ok(response) = result {
         let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(observed.request_id.encode(&mut [0; 36])) {
             headers.insert(REQUEST_ID_NAME, value);
@@ -396,7 +407,6 @@ fn finish<B: MessageBody>(
             headers.insert(TRACEPARENT_NAME, value);
         }
     }
-    result
 }
 
 /// The `method` label. Methods outside the standard set share one label: clients choose
