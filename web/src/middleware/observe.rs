@@ -1,9 +1,10 @@
 //! The one middleware for monitoring, tracing and rate limits: per request it opens the root
 //! span, gives the request its id and W3C trace context, checks the client's token bucket,
 //! and when the answer is ready counts it (metrics, trace stats) and sets `x-request-id` and
-//! `traceparent`. One hand-written service instead of a chain of `from_fn` middlewares: no
-//! boxed future, one request extension ([`RequestContext`]), labels resolved once per worker
-//! (see [`WorkerState::series`]), ids kept as integers until a header needs their text.
+//! `traceparent`. One hand-written service instead of a chain of `from_fn` middlewares: one
+//! box (the inner future) instead of one per layer, one request extension
+//! ([`RequestContext`]), labels resolved once per worker (see [`WorkerState::series`]), ids
+//! kept as integers until a header needs their text.
 
 use std::{
     cell::RefCell,
