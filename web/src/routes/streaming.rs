@@ -20,6 +20,7 @@
 //! The thumbnail of gated media is gated the same way as its playlists.
 //! Invariant: fails closed — an unreadable gate table, a failed RPC or a bad token refuse.
 
+use crate::middleware::RouteLabel;
 use actix_files::NamedFile;
 use actix_web::{
     http::header::{self, CacheControl, CacheDirective, ContentType},
@@ -44,21 +45,32 @@ const ONE_YEAR_S: u32 = 31_536_000;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/api/v1/media/{media_id}/hls/master.m3u8").route(web::get().to(master)),
+        web::resource("/api/v1/media/{media_id}/hls/master.m3u8")
+            .app_data(RouteLabel("/api/v1/media/{media_id}/hls/master.m3u8"))
+            .route(web::get().to(master)),
     )
     .service(
         web::resource("/api/v1/media/{media_id}/hls/{rendition}/index.m3u8")
+            .app_data(RouteLabel(
+                "/api/v1/media/{media_id}/hls/{rendition}/index.m3u8",
+            ))
             .route(web::get().to(rendition_playlist)),
     )
     .service(
         web::resource("/api/v1/media/{media_id}/hls/{rendition}/{segment}")
+            .app_data(RouteLabel(
+                "/api/v1/media/{media_id}/hls/{rendition}/{segment}",
+            ))
             .route(web::get().to(segment)),
     )
     .service(
-        web::resource("/api/v1/media/{media_id}/thumbnail.jpg").route(web::get().to(thumbnail)),
+        web::resource("/api/v1/media/{media_id}/thumbnail.jpg")
+            .app_data(RouteLabel("/api/v1/media/{media_id}/thumbnail.jpg"))
+            .route(web::get().to(thumbnail)),
     )
     .service(
         web::resource("/api/v1/media/{media_id}/dash/manifest.mpd")
+            .app_data(RouteLabel("/api/v1/media/{media_id}/dash/manifest.mpd"))
             .route(web::get().to(dash_manifest)),
     );
 }
