@@ -21,27 +21,30 @@
 // Bench code: a failed unwrap is a failed bench.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    net::TcpListener,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use std::{net::TcpListener, time::Instant};
+
+use common::{media, start_bare, start_nginx, write_hls, Load, WrkOptions, SEGMENT_BYTES};
 use streamgate::config::{self, Sources};
 use streamgate_actors::{
     metadata::CreateMedia,
-    model::{Media, MediaId, MediaState, Rendition, UploadId},
+    model::{Media, MediaState},
     search::{SearchIndex, SearchQuery},
     Actors,
 };
-use time::OffsetDateTime;
 
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 5;
-const SEGMENT_BYTES: usize = 2 * 1024 * 1024;
 const SEARCH_ITEMS: usize = 100_000;
+
+/// Medians of [`ROUNDS`] alternating runs; every request must succeed.
+fn compare(a: &str, b: &str, connections: u32) -> (Load, Load) {
+    let plain = WrkOptions::default();
+    let (ours, theirs) = common::compare((a, plain), (b, plain), connections, ROUNDS, SECONDS);
+    assert_eq!(ours.errors + theirs.errors, 0, "every request must succeed");
+    (ours, theirs)
+}
 
 struct StreamGate {
     base: String,
@@ -90,197 +93,6 @@ fn start_streamgate(http_middleware: bool) -> StreamGate {
     }
 }
 
-/// A bare actix-web server (one worker, no middleware) answering `/` with `body`.
-fn start_bare(body: Vec<u8>, content_type: &'static str) -> (String, actix_web::dev::ServerHandle) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            let body = web::Bytes::from(body);
-            let server = HttpServer::new(move || {
-                let body = body.clone();
-                App::new().route(
-                    "/",
-                    web::get().to(move || {
-                        let body = body.clone();
-                        async move {
-                            HttpResponse::Ok()
-                                .insert_header(("content-type", content_type))
-                                .body(body)
-                        }
-                    }),
-                )
-            })
-            .workers(1)
-            .listen(listener)
-            .unwrap()
-            .run();
-            tx.send(server.handle()).unwrap();
-            server.await.unwrap();
-        })
-    });
-    (format!("http://{address}/"), rx.recv().unwrap())
-}
-
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nginx(root: &Path, scratch: &Path) -> (String, Nginx) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = scratch.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "user root;\nworker_processes 1;\npid {scratch}/nginx.pid;\nerror_log {scratch}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
-               types {{ video/iso.segment m4s; video/mp4 mp4; application/vnd.apple.mpegurl m3u8; }}\n\
-               client_body_temp_path {scratch}; proxy_temp_path {scratch}; fastcgi_temp_path {scratch};\n\
-               uwsgi_temp_path {scratch}; scgi_temp_path {scratch};\n\
-               server {{ listen 127.0.0.1:{port}; root {root}; etag on; }}\n}}\n",
-            scratch = scratch.display(),
-            root = root.display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new("nginx")
-        .args(["-e", &format!("{}/error.log", scratch.display()), "-p"])
-        .arg(scratch)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("nginx is installed (apt-get install nginx-light)");
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (base, Nginx(child))
-}
-
-struct Load {
-    requests_per_s: f64,
-    megabytes_per_s: f64,
-    p99_ms: f64,
-}
-
-fn wrk(url: &str, connections: u32, seconds: u32) -> Load {
-    let output = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ])
-        .output()
-        .expect("wrk is installed (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "wrk failed: {text}");
-    assert!(
-        !text.contains("Non-2xx"),
-        "every request must succeed: {text}"
-    );
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|line| line.trim().strip_prefix(prefix))
-            .map(|value| value.trim().to_string())
-            .unwrap_or_else(|| panic!("no {prefix} in wrk output: {text}"))
-    };
-    Load {
-        requests_per_s: field("Requests/sec:").parse().unwrap(),
-        megabytes_per_s: with_unit(
-            &field("Transfer/sec:"),
-            &[("GB", 1e3), ("MB", 1.0), ("KB", 1e-3), ("B", 1e-6)],
-        ),
-        p99_ms: with_unit(&field("99%"), &[("us", 1e-3), ("ms", 1.0), ("s", 1e3)]),
-    }
-}
-
-/// "12.5MB" with units [("MB", 1.0), …] → 12.5 in the base unit.
-fn with_unit(text: &str, units: &[(&str, f64)]) -> f64 {
-    for (unit, factor) in units {
-        if let Some(number) = text.strip_suffix(unit) {
-            if let Ok(value) = number.trim().parse::<f64>() {
-                return value * factor;
-            }
-        }
-    }
-    panic!("cannot read {text:?}")
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Measures `a` and `b` alternately for [`ROUNDS`] rounds; returns the medians.
-fn compare(a: &str, b: &str, connections: u32) -> (Load, Load) {
-    wrk(a, connections, 1);
-    wrk(b, connections, 1);
-    let mut runs: (Vec<Load>, Vec<Load>) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        if round % 2 == 0 {
-            runs.0.push(wrk(a, connections, SECONDS));
-            runs.1.push(wrk(b, connections, SECONDS));
-        } else {
-            runs.1.push(wrk(b, connections, SECONDS));
-            runs.0.push(wrk(a, connections, SECONDS));
-        }
-    }
-    let summarise = |loads: &[Load]| Load {
-        requests_per_s: median(loads.iter().map(|l| l.requests_per_s).collect()),
-        megabytes_per_s: median(loads.iter().map(|l| l.megabytes_per_s).collect()),
-        p99_ms: median(loads.iter().map(|l| l.p99_ms).collect()),
-    };
-    (summarise(&runs.0), summarise(&runs.1))
-}
-
-fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -> Media {
-    let now = OffsetDateTime::now_utc();
-    Media {
-        id: MediaId::new(),
-        title,
-        description: "A benchmark record with a few words of description.".into(),
-        tags,
-        owner: Some(owner.into()),
-        state,
-        failure: None,
-        upload_id: UploadId::new(),
-        filename: None,
-        size: SEGMENT_BYTES as u64,
-        sha256: String::new(),
-        source_key: String::new(),
-        duration_s: Some(12.0),
-        width: Some(1280),
-        height: Some(720),
-        video_codec: Some("h264".into()),
-        renditions: vec![Rendition {
-            name: "720p".into(),
-            width: 1280,
-            height: 720,
-            video_bitrate_kbps: 2800,
-        }],
-        created_at: now,
-        updated_at: now,
-    }
-}
-
 fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         println!("delivery: a load bench; run it with `cargo bench --bench delivery`");
@@ -306,28 +118,7 @@ fn main() {
         MediaState::Ready,
     );
     let id = record.id.clone();
-    let hls = server.data.path().join(format!("blobs/media/{id}/hls"));
-    std::fs::create_dir_all(hls.join("720p")).unwrap();
-    let mut segment = vec![0u8; SEGMENT_BYTES];
-    for (n, byte) in segment.iter_mut().enumerate() {
-        *byte = (n.wrapping_mul(2_654_435_761) >> 13) as u8;
-    }
-    for n in 0..4 {
-        std::fs::write(hls.join(format!("720p/seg_{n:03}.m4s")), &segment).unwrap();
-    }
-    std::fs::write(
-        hls.join("master.m3u8"),
-        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=2928000,RESOLUTION=1280x720,CODECS=\"avc1.64001f,mp4a.40.2\"\n720p/index.m3u8\n",
-    )
-    .unwrap();
-    let mut playlist = String::from(
-        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:6\n#EXT-X-MAP:URI=\"init.mp4\"\n",
-    );
-    for n in 0..4 {
-        playlist.push_str(&format!("#EXTINF:6.000,\nseg_{n:03}.m4s\n"));
-    }
-    playlist.push_str("#EXT-X-ENDLIST\n");
-    std::fs::write(hls.join("720p/index.m3u8"), &playlist).unwrap();
+    let hls = write_hls(server.data.path(), &id);
     runtime.block_on(async {
         server
             .actors

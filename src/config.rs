@@ -29,6 +29,7 @@ pub struct ServerConfig {
     pub bind: String,
     pub workers: usize,
     pub shutdown_timeout_s: u64,
+    pub keep_alive_s: u64,
     pub log_format: LogFormat,
     pub log_level: String,
 }

@@ -13,7 +13,7 @@ use actix_web::{
     middleware::{from_fn, Condition},
     web, App, HttpServer,
 };
-use streamgate_actors::{transcode::StopWorkers, Actors, StartError};
+use streamgate_actors::{monitor::otlp::SpanExporter, transcode::StopWorkers, Actors, StartError};
 use streamgate_web::middleware::{self as mw, rate_limit::RateLimits};
 
 pub use config::Config;
@@ -62,29 +62,40 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
             .clone()
             .sweep_every(Duration::from_secs(config.rate_limit.cleanup_interval_s)),
     );
-    let rate_limits = web::Data::new(rate_limits);
-    let limits_on = config.rate_limit.enabled;
-    let observed = config.monitor.http_middleware;
+    let spans = SpanExporter::start(&config.monitor, &actors.metrics);
+    if let Some(exporter) = &spans {
+        actors.metrics.install_span_exporter(exporter.clone());
+    }
+    let observe = mw::Observe::new(
+        config
+            .monitor
+            .http_middleware
+            .then(|| actors.metrics.clone()),
+        config.rate_limit.enabled.then(|| rate_limits.clone()),
+    )
+    // Request spans are the middleware's: no monitoring, no request spans (jobs still).
+    .exporting_spans(spans.filter(|_| config.monitor.http_middleware));
     let http = config.http.clone();
     let connection_metrics = actors.metrics.clone();
     let address = listener.local_addr()?;
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .app_data(rate_limits.clone())
             .wrap(mw::json_errors())
-            .wrap(Condition::new(limits_on, from_fn(mw::rate_limit::enforce)))
-            .wrap(Condition::new(observed, from_fn(mw::observe)))
+            .wrap(Condition::new(observe.is_active(), observe.clone()))
             .wrap(from_fn(mw::security_headers))
             .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))
-            .wrap(Condition::new(observed, mw::TracedRootSpan))
             .configure(streamgate_web::configure)
             .default_service(web::to(streamgate_web::not_found))
     })
     .on_connect(move |_, extensions| {
         extensions.insert(mw::ConnectionGuard::open(&connection_metrics));
     })
-    .shutdown_timeout(config.server.shutdown_timeout_s);
+    .shutdown_timeout(config.server.shutdown_timeout_s)
+    .keep_alive(match config.server.keep_alive_s {
+        0 => actix_web::http::KeepAlive::Disabled,
+        seconds => actix_web::http::KeepAlive::Timeout(Duration::from_secs(seconds)),
+    });
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }

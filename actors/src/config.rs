@@ -113,7 +113,8 @@ pub struct ChainRpc {
 pub struct MonitorConfig {
     pub sample_interval_ms: u64,
     pub ping_timeout_ms: u64,
-    /// Request metrics, tracing (request ids, `traceparent`) and security headers on HTTP.
+    /// Request metrics, trace stats and tracing (root span, request ids, `traceparent`) on
+    /// HTTP. Security headers and CORS are hardening and stay on either way.
     pub http_middleware: bool,
     pub alert_window_s: f64,
     pub alert_history: usize,
@@ -123,6 +124,13 @@ pub struct MonitorConfig {
     pub log_ring_capacity: usize,
     pub log_ring_level: String,
     pub alert_rules: Vec<AlertRule>,
+    /// OTLP/HTTP collector base URL (`…/v1/traces` is appended); empty: no span export.
+    pub otlp_endpoint: String,
+    pub otlp_service_name: String,
+    pub otlp_queue_capacity: usize,
+    pub otlp_batch_size: usize,
+    pub otlp_flush_interval_ms: u64,
+    pub otlp_timeout_ms: u64,
 }
 
 /// One token bucket: `capacity` requests at once, refilled by `refill_per_second`.

@@ -493,6 +493,25 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     let response = bearer_get(&server, &format!("{dash_base}{untokenised}"), None).await;
     assert_eq!(response.status(), 401);
 
+    // The thumbnail shares the gate: refused anonymously and to non-holders.
+    let thumbnail = server.url(&format!("/api/v1/media/{}/thumbnail.jpg", first.media_id));
+    let response = bearer_get(&server, &thumbnail, None).await;
+    let status = response.status().as_u16();
+    assert_refused(
+        status,
+        &response.json().await.unwrap(),
+        401,
+        "session_required",
+    );
+    assert_eq!(
+        bearer_get(&server, &thumbnail, Some(&carol)).await.status(),
+        403
+    );
+    let response = bearer_get(&server, &thumbnail, Some(&bob)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(cache_control(&response), "private, no-store");
+    assert_eq!(&response.bytes().await.unwrap()[..2], &[0xFF, 0xD8]);
+
     let second_master = server.url(&format!(
         "/api/v1/media/{}/hls/master.m3u8",
         second.media_id
@@ -560,8 +579,27 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": erc1155, "standard": "erc1155", "token_id": "7"});
     let (_, answer) = server.post_json("/api/v1/auth/nft/verify", &query).await;
     assert_eq!(answer["balance"], 1, "{answer}");
+    let nft_checks_audited = || async {
+        let audit: Value = server
+            .client
+            .get(server.url("/api/v1/audit?action=auth.nft_check&limit=500"))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        audit["items"].as_array().unwrap().len()
+    };
+    let audited_before = nft_checks_audited().await;
     let (_, again) = server.post_json("/api/v1/auth/nft/verify", &query).await;
     assert_eq!(again["cached"], true, "{again}");
+    assert_eq!(
+        nft_checks_audited().await,
+        audited_before,
+        "a cached answer is not audited again"
+    );
 
     // Clearing the gate makes it public again.
     let response = server
@@ -575,6 +613,9 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     let response = bearer_get(&server, &public_segment, None).await;
     assert_eq!(response.status(), 200);
     assert!(cache_control(&response).contains("immutable"));
+    let response = bearer_get(&server, &thumbnail, None).await;
+    assert_eq!(response.status(), 200);
+    assert!(cache_control(&response).contains("public"));
 
     // Audit and metrics saw it.
     let audit: Value = server

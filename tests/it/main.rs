@@ -14,6 +14,7 @@ mod jobs;
 mod media;
 mod monitor;
 mod openapi;
+mod otlp;
 mod s3;
 mod server;
 mod shutdown;

@@ -91,6 +91,6 @@ pub fn caller(req: &HttpRequest) -> String {
 pub fn trace_id(req: &HttpRequest) -> Option<String> {
     use actix_web::HttpMessage;
     req.extensions()
-        .get::<streamgate_actors::monitor::traces::TraceContext>()
-        .map(|trace| trace.trace_id.clone())
+        .get::<crate::middleware::RequestContext>()
+        .map(|context| context.trace.trace_id_hex())
 }

@@ -5,6 +5,7 @@
 //! `web/src/routes/` and fails when a route is missing here (or listed here but not served), and
 //! validates the document with a real OpenAPI validator.
 
+use crate::middleware::RouteLabel;
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
@@ -273,10 +274,11 @@ pub const ROUTES: &[RouteDoc] = &[
         "get",
         "/api/v1/media/{media_id}/thumbnail.jpg",
         "streaming",
-        "Thumbnail",
+        "Thumbnail (gated media: session passing the gate or ?token=)",
         Public,
         200,
-        "image/jpeg"
+        "image/jpeg",
+        query = ["token"]
     ),
     route!(
         "get",
@@ -498,7 +500,11 @@ pub const ROUTES: &[RouteDoc] = &[
 ];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/openapi.json").route(web::get().to(document_handler)));
+    cfg.service(
+        web::resource("/api/v1/openapi.json")
+            .app_data(RouteLabel("/api/v1/openapi.json"))
+            .route(web::get().to(document_handler)),
+    );
 }
 
 async fn document_handler() -> HttpResponse {

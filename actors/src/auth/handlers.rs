@@ -243,20 +243,24 @@ async fn checked_balance(
             .unwrap_or_else(|| "*".into())
     );
     let result = nft.balance(query).await;
+    // A cached answer repeats a decision already audited when it was fetched (within the
+    // cache TTL); auditing it again would put a flushed store write on every gated playlist.
     let event = match &result {
-        Ok(holding) => AuditEvent::ok(action::NFT_CHECK, actor, Some(target)).with_outcome(
-            outcome::OK,
-            format!(
-                "holder {} balance {} ({})",
-                query.holder,
-                holding.balance,
-                if holding.cached { "cache" } else { "rpc" }
+        Ok(holding) if holding.cached => None,
+        Ok(holding) => Some(
+            AuditEvent::ok(action::NFT_CHECK, actor, Some(target)).with_outcome(
+                outcome::OK,
+                format!("holder {} balance {} (rpc)", query.holder, holding.balance),
             ),
         ),
-        Err(error) => AuditEvent::ok(action::NFT_CHECK, actor, Some(target))
-            .with_outcome(outcome::FAILED, error.code()),
+        Err(error) => Some(
+            AuditEvent::ok(action::NFT_CHECK, actor, Some(target))
+                .with_outcome(outcome::FAILED, error.code()),
+        ),
     };
-    audit.record(event).await;
+    if let Some(event) = event {
+        audit.record(event).await;
+    }
     result.map(|holding| nft_result::Checked {
         balance: holding.balance,
         cached: holding.cached,

@@ -3,7 +3,7 @@
 
 use std::sync::{
     atomic::{AtomicU64, AtomicUsize, Ordering},
-    Arc,
+    Arc, OnceLock,
 };
 
 use prometheus::{
@@ -12,8 +12,9 @@ use prometheus::{
 };
 
 use super::{
-    family::{CounterFamily, HistogramFamily},
+    family::{CounterFamily, CounterSeries, HistogramFamily, HistogramSeries},
     names,
+    otlp::{FinishedSpan, SpanExporter},
     traces::TraceStats,
 };
 
@@ -68,12 +69,26 @@ pub struct Metrics {
     pub host_cpu_cores: IntGauge,
     pub alerts_firing: IntGaugeVec,
     pub alert_transitions: IntCounterVec,
+    /// Spans sent to the OTLP collector, dropped on a full queue, lost in a failed POST.
+    pub otlp_spans_exported: IntCounter,
+    pub otlp_spans_dropped: IntCounter,
+    pub otlp_spans_failed: IntCounter,
+    /// The OTLP exporter, when `monitor.otlp_endpoint` is set (installed once at start), for
+    /// spans that do not come from the HTTP middleware (jobs).
+    span_exporter: Arc<OnceLock<SpanExporter>>,
     /// Request counts, errors and durations for `/api/v1/monitor/traces` and the alert rules.
     pub traces: TraceStats,
     /// Longest request (µs, uploads excluded) since the monitor last sampled it.
     window_max_micros: Arc<AtomicU64>,
     /// Size of the last render plus slack.
     render_capacity: Arc<AtomicUsize>,
+}
+
+/// The series one kind of HTTP request bumps (see [`Metrics::http_series`]).
+pub struct HttpSeries {
+    requests: CounterSeries,
+    duration: HistogramSeries,
+    response_bytes: IntCounter,
 }
 
 /// Appends one of our own families to the exposition text.
@@ -302,7 +317,22 @@ impl Metrics {
             "Alert state changes by rule and new state (pending, firing, resolved).",
             &["alertname", "state"],
         )?;
+        let otlp_spans_exported = IntCounter::new(
+            names::OTLP_SPANS_EXPORTED_TOTAL,
+            "Spans the OTLP collector accepted.",
+        )?;
+        let otlp_spans_dropped = IntCounter::new(
+            names::OTLP_SPANS_DROPPED_TOTAL,
+            "Spans dropped because the OTLP export queue was full.",
+        )?;
+        let otlp_spans_failed = IntCounter::new(
+            names::OTLP_SPANS_FAILED_TOTAL,
+            "Spans lost because their OTLP export POST failed.",
+        )?;
 
+        registry.register(Box::new(otlp_spans_exported.clone()))?;
+        registry.register(Box::new(otlp_spans_dropped.clone()))?;
+        registry.register(Box::new(otlp_spans_failed.clone()))?;
         registry.register(Box::new(http_duration_max.clone()))?;
         registry.register(Box::new(http_in_flight.clone()))?;
         registry.register(Box::new(http_response_bytes.clone()))?;
@@ -412,6 +442,10 @@ impl Metrics {
             host_cpu_cores,
             alerts_firing,
             alert_transitions,
+            otlp_spans_exported,
+            otlp_spans_dropped,
+            otlp_spans_failed,
+            span_exporter: Arc::default(),
             traces: TraceStats::new(256),
             window_max_micros: Arc::new(AtomicU64::new(0)),
             render_capacity: Arc::new(AtomicUsize::new(64 * 1024)),
@@ -420,36 +454,61 @@ impl Metrics {
 
     /// Counts one answered request everywhere it belongs: the Prometheus families, the trace
     /// stats and the latency window the alert rules read.
-    pub fn observe_request(&self, request: super::traces::RequestRecord) {
-        let seconds = request.duration.as_secs_f64();
-        self.http_requests.inc_by(
-            &[
-                request.service,
-                request.route.as_str(),
-                request.method.as_str(),
-                request.status_code(),
-            ],
-            1,
+    pub fn observe_request(&self, request: &super::traces::RequestRecord) {
+        let series = self.http_series(
+            request.service,
+            request.route,
+            request.method,
+            request.status_code(),
         );
-        self.http_duration.observe(
-            &[
-                request.service,
-                request.route.as_str(),
-                request.method.as_str(),
-            ],
-            seconds,
-        );
+        self.observe_with(&series, request);
+    }
+
+    /// The series one kind of request (service, route, method, status) bumps, resolved once:
+    /// the HTTP middleware keeps them per worker and skips the label lookups per request.
+    pub fn http_series(
+        &self,
+        service: &str,
+        route: &str,
+        method: &str,
+        status: &str,
+    ) -> HttpSeries {
+        HttpSeries {
+            requests: self
+                .http_requests
+                .with_label_values(&[service, route, method, status]),
+            duration: self
+                .http_duration
+                .with_label_values(&[service, route, method]),
+            response_bytes: self.http_response_bytes.with_label_values(&[service]),
+        }
+    }
+
+    /// [`Self::observe_request`] with the request's series already resolved.
+    pub fn observe_with(&self, series: &HttpSeries, request: &super::traces::RequestRecord) {
+        series.requests.inc();
+        series.duration.observe(request.duration.as_secs_f64());
         if let Some(bytes) = request.response_bytes {
-            self.http_response_bytes
-                .with_label_values(&[request.service])
-                .inc_by(bytes);
+            series.response_bytes.inc_by(bytes);
         }
         // An upload lasts as long as the client takes to send it: not a latency signal.
         if request.service != "upload" {
             let micros = u64::try_from(request.duration.as_micros()).unwrap_or(u64::MAX);
             self.window_max_micros.fetch_max(micros, Ordering::Relaxed);
         }
-        self.traces.record_owned(request);
+        self.traces.record(request);
+    }
+
+    /// Makes [`Self::export_span`] send to `exporter` (a second call is ignored).
+    pub fn install_span_exporter(&self, exporter: SpanExporter) {
+        let _ = self.span_exporter.set(exporter);
+    }
+
+    /// Queues a span for OTLP export; does nothing when export is off.
+    pub fn export_span(&self, span: impl FnOnce() -> FinishedSpan) {
+        if let Some(exporter) = self.span_exporter.get() {
+            exporter.export(span());
+        }
     }
 
     /// Takes the longest request since the last call, in seconds, and resets the window.

@@ -7,6 +7,7 @@ pub mod family;
 pub mod logs;
 pub mod metrics;
 pub mod names;
+pub mod otlp;
 pub mod process;
 pub mod traces;
 
@@ -20,7 +21,7 @@ use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture,
     ResponseFuture, Supervised, WrapFuture,
 };
-pub use metrics::Metrics;
+pub use metrics::{HttpSeries, Metrics};
 use serde::Serialize;
 use time::OffsetDateTime;
 pub(crate) use traces::traced_handlers;

@@ -8,142 +8,190 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
 use time::OffsetDateTime;
 
-/// A W3C trace context: the trace a request belongs to and the span we opened for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A W3C trace context: the trace a request belongs to and the span we opened for it. Ids are
+/// integers, formatted as hex only when a header, a log line or a report needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
-    /// 32 lowercase hex digits, never all zero.
-    pub trace_id: String,
-    /// Our span for this request: 16 lowercase hex digits.
-    pub span_id: String,
+    /// Never zero.
+    pub trace_id: u128,
+    /// Our span for this request; never zero.
+    pub span_id: u64,
     /// The caller's span, when it sent a valid `traceparent`.
-    pub parent_span_id: Option<String>,
+    pub parent_span_id: Option<u64>,
     pub sampled: bool,
+}
+
+/// Length of a version 00 `traceparent`.
+pub const TRACEPARENT_LEN: usize = 55;
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lowercase hex digits, two per byte, into the start of `out`.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(byte & 0xf)];
+    }
 }
 
 impl TraceContext {
     /// Continues the caller's trace when `traceparent` is valid (version 00, non-zero ids),
     /// otherwise starts a new one. Either way a fresh span id is ours.
-    pub fn continue_or_start(traceparent: Option<&str>) -> Self {
+    pub fn continue_or_start(traceparent: Option<&[u8]>) -> Self {
+        let [high, low, span_id] = random_words();
         match traceparent.and_then(parse_traceparent) {
             Some((trace_id, parent, sampled)) => Self {
                 trace_id,
-                span_id: random_hex(8),
+                span_id,
                 parent_span_id: Some(parent),
                 sampled,
             },
             None => Self {
-                trace_id: random_hex(16),
-                span_id: random_hex(8),
+                trace_id: u128::from(high) << 64 | u128::from(low),
+                span_id,
                 parent_span_id: None,
                 sampled: true,
             },
         }
     }
 
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        hex_trace_id(self.trace_id)
+    }
+
+    /// The `traceparent` header naming our span (ASCII), written into `buffer` without
+    /// allocating.
+    pub fn encode_traceparent<'b>(&self, buffer: &'b mut [u8; TRACEPARENT_LEN]) -> &'b [u8] {
+        buffer[..3].copy_from_slice(b"00-");
+        write_hex(&mut buffer[3..35], &self.trace_id.to_be_bytes());
+        buffer[35] = b'-';
+        write_hex(&mut buffer[36..52], &self.span_id.to_be_bytes());
+        buffer[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        buffer
+    }
+
     /// The `traceparent` header naming our span, for responses and outgoing calls.
     pub fn traceparent(&self) -> String {
-        // Built by hand: `format!` costs more than the rest of the header work together.
-        let mut out = String::with_capacity(3 + self.trace_id.len() + self.span_id.len() + 4);
-        out.push_str("00-");
-        out.push_str(&self.trace_id);
-        out.push('-');
-        out.push_str(&self.span_id);
-        out.push_str(if self.sampled { "-01" } else { "-00" });
-        out
+        String::from_utf8_lossy(self.encode_traceparent(&mut [0; TRACEPARENT_LEN])).into_owned()
     }
+}
+
+/// 32 lowercase hex digits.
+pub fn hex_trace_id(trace_id: u128) -> String {
+    format!("{trace_id:032x}")
+}
+
+/// 16 lowercase hex digits.
+pub fn hex_span_id(span_id: u64) -> String {
+    format!("{span_id:016x}")
+}
+
+/// Lowercase hex digits only (the spec forbids upper case) into an integer.
+fn parse_hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |value, digit| {
+        let nibble = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(nibble))
+    })
 }
 
 /// `version-traceid-parentid-flags`; only version 00 is understood, and future versions are
 /// read by their first four fields as the spec asks.
-fn parse_traceparent(value: &str) -> Option<(String, String, bool)> {
-    let value = value.trim();
-    let mut parts = value.split('-');
-    let (version, trace_id, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let is_hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    if !is_hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
+fn parse_traceparent(value: &[u8]) -> Option<(u128, u64, bool)> {
+    let value = value.trim_ascii();
+    if value.len() < TRACEPARENT_LEN || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return None;
     }
-    if !is_hex(trace_id, 32) || !is_hex(parent, 16) || !is_hex(flags, 2) {
+    let version = parse_hex(&value[..2])?;
+    if version == 0xff || (version == 0 && value.len() != TRACEPARENT_LEN) {
         return None;
     }
-    if trace_id.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+    // A future version may append fields, each after a dash.
+    if value.len() > TRACEPARENT_LEN && value[TRACEPARENT_LEN] != b'-' {
         return None;
     }
-    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    Some((trace_id.to_string(), parent.to_string(), sampled))
+    let trace_id = parse_hex(&value[3..35])?;
+    let parent = u64::try_from(parse_hex(&value[36..52])?).ok()?;
+    let flags = parse_hex(&value[53..55])?;
+    if trace_id == 0 || parent == 0 {
+        return None;
+    }
+    Some((trace_id, parent, flags & 1 == 1))
 }
 
 /// Random ids need to be unique, not secret: a per-thread xorshift generator seeded once from
-/// the OS keeps the hot path free of a getrandom call per request.
-fn next_random() -> u64 {
+/// the OS keeps the hot path free of a getrandom call per request. Never returns zero.
+pub fn next_random() -> u64 {
+    let [word] = random_words();
+    word
+}
+
+/// `N` draws from the per-thread generator, for one thread-local access.
+fn random_words<const N: usize>() -> [u64; N] {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
     }
     STATE.with(|state| {
         let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let words = std::array::from_fn(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        });
         state.set(x);
-        x
+        words
     })
 }
 
-fn random_hex(bytes: usize) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes * 2);
-    while out.len() < bytes * 2 {
-        let word = next_random();
-        for shift in (0..16).rev() {
-            if out.len() == bytes * 2 {
-                break;
-            }
-            let nibble = (word >> (shift * 4)) & 0xf;
-            out.push(char::from(DIGITS[nibble as usize]));
-        }
-    }
-    out
+fn random_u128() -> u128 {
+    let [high, low] = random_words();
+    u128::from(high) << 64 | u128::from(low)
 }
 
 /// A version 4 UUID from the per-thread generator: request ids, one per request.
 pub fn fast_uuid_v4() -> uuid::Uuid {
-    let high = u128::from(next_random()) << 64;
-    let random = high | u128::from(next_random());
-    uuid::Builder::from_random_bytes(random.to_be_bytes()).into_uuid()
+    uuid::Builder::from_random_bytes(random_u128().to_be_bytes()).into_uuid()
 }
 
-/// One answered HTTP request, as the middleware saw it.
-#[derive(Debug, Clone)]
+/// One answered HTTP request, as the middleware saw it. Labels are `'static`: the middleware
+/// resolves them from fixed tables, so recording a request copies no strings.
+#[derive(Debug, Clone, Copy)]
 pub struct RequestRecord {
     pub service: &'static str,
-    pub route: String,
-    pub method: String,
+    pub route: &'static str,
+    pub method: &'static str,
     pub status: u16,
     pub duration: Duration,
+    /// When the answer was ready (the report turns it into wall-clock time).
+    pub finished: Instant,
     pub response_bytes: Option<u64>,
-    pub trace_id: Option<String>,
+    pub trace_id: Option<u128>,
 }
 
 impl RequestRecord {
-    pub fn status_code(&self) -> &str {
-        // Three ASCII digits: no allocation for the label.
-        STATUS_LABELS
-            .get(usize::from(self.status.saturating_sub(100)))
-            .copied()
-            .unwrap_or("other")
+    pub fn status_code(&self) -> &'static str {
+        status_label(self.status)
     }
+}
+
+/// The status as a label: three ASCII digits, no allocation.
+pub fn status_label(status: u16) -> &'static str {
+    STATUS_LABELS
+        .get(usize::from(status.saturating_sub(100)))
+        .copied()
+        .unwrap_or("other")
 }
 
 static STATUS_LABELS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
@@ -157,8 +205,8 @@ static STATUS_LABELS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLo
 pub struct TraceSummary {
     pub trace_id: Option<String>,
     pub service: &'static str,
-    pub route: String,
-    pub method: String,
+    pub route: &'static str,
+    pub method: &'static str,
     pub status: u16,
     pub duration_ms: f64,
     #[serde(with = "time::serde::rfc3339")]
@@ -200,7 +248,8 @@ struct TraceInner {
     duration_micros: AtomicU64,
     max_micros: AtomicU64,
     capacity: usize,
-    recent: Mutex<VecDeque<TraceSummary>>,
+    /// Kept compact (no strings, no wall clock): formatted when a report asks.
+    recent: Mutex<VecDeque<RequestRecord>>,
 }
 
 impl TraceStats {
@@ -219,12 +268,6 @@ impl TraceStats {
     }
 
     pub fn record(&self, request: &RequestRecord) {
-        self.record_owned(request.clone());
-    }
-
-    /// [`Self::record`] for a record the caller no longer needs: its strings move into the
-    /// recent list instead of being copied.
-    pub fn record_owned(&self, request: RequestRecord) {
         let micros = u64::try_from(request.duration.as_micros()).unwrap_or(u64::MAX);
         let inner = &self.inner;
         inner.count.fetch_add(1, Ordering::Relaxed);
@@ -235,20 +278,11 @@ impl TraceStats {
         }
         inner.duration_micros.fetch_add(micros, Ordering::Relaxed);
         inner.max_micros.fetch_max(micros, Ordering::Relaxed);
-        let summary = TraceSummary {
-            trace_id: request.trace_id,
-            service: request.service,
-            route: request.route,
-            method: request.method,
-            status: request.status,
-            duration_ms: micros as f64 / 1000.0,
-            at: OffsetDateTime::now_utc(),
-        };
         if let Ok(mut recent) = inner.recent.lock() {
             if recent.len() == inner.capacity {
                 recent.pop_front();
             }
-            recent.push_back(summary);
+            recent.push_back(*request);
         }
     }
 
@@ -268,11 +302,25 @@ impl TraceStats {
     pub fn report(&self, recent_limit: usize) -> TraceReport {
         let (count, errors) = self.totals();
         let total_ms = self.inner.duration_micros.load(Ordering::Relaxed) as f64 / 1000.0;
+        let (now, wall_now) = (Instant::now(), OffsetDateTime::now_utc());
         let recent: Vec<TraceSummary> = self
             .inner
             .recent
             .lock()
-            .map(|recent| recent.iter().cloned().collect())
+            .map(|recent| {
+                recent
+                    .iter()
+                    .map(|request| TraceSummary {
+                        trace_id: request.trace_id.map(hex_trace_id),
+                        service: request.service,
+                        route: request.route,
+                        method: request.method,
+                        status: request.status,
+                        duration_ms: request.duration.as_micros() as f64 / 1000.0,
+                        at: wall_now - now.saturating_duration_since(request.finished),
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let mut durations: Vec<f64> = recent.iter().map(|t| t.duration_ms).collect();
         durations.sort_by(f64::total_cmp);
@@ -323,7 +371,7 @@ impl<M: actix::Message> actix::Message for Traced<M> {
 impl<M> Traced<M> {
     pub fn new(trace: Option<&TraceContext>, message: M) -> Self {
         Self {
-            trace_id: trace.map(|t| t.trace_id.clone()).unwrap_or_default(),
+            trace_id: trace.map(TraceContext::trace_id_hex).unwrap_or_default(),
             message,
         }
     }
@@ -361,10 +409,11 @@ mod tests {
     #[test]
     fn valid_traceparent_is_continued_and_invalid_is_replaced() {
         let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let trace = TraceContext::continue_or_start(Some(caller));
-        assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(trace.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
-        assert_ne!(trace.span_id, "00f067aa0ba902b7");
+        let trace = TraceContext::continue_or_start(Some(caller.as_bytes()));
+        assert_eq!(trace.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace.parent_span_id, Some(0x00f0_67aa_0ba9_02b7));
+        assert_ne!(trace.span_id, 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(trace.traceparent().len(), TRACEPARENT_LEN);
         assert!(trace
             .traceparent()
             .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
@@ -378,15 +427,19 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "garbage",
         ] {
-            let trace = TraceContext::continue_or_start(Some(bad));
-            assert_ne!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
-            assert_eq!(trace.trace_id.len(), 32);
+            let trace = TraceContext::continue_or_start(Some(bad.as_bytes()));
+            assert_ne!(
+                trace.trace_id_hex(),
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{bad}"
+            );
+            assert_ne!(trace.trace_id, 0);
             assert_eq!(trace.parent_span_id, None, "{bad}");
         }
         // A future version with extra fields is read by its first four.
         let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-more";
-        let trace = TraceContext::continue_or_start(Some(future));
-        assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let trace = TraceContext::continue_or_start(Some(future.as_bytes()));
+        assert_eq!(trace.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(!trace.sampled);
     }
 
@@ -396,10 +449,11 @@ mod tests {
         for (status, ms) in [(200, 10), (503, 30), (200, 20), (404, 40), (500, 50)] {
             stats.record(&RequestRecord {
                 service: "gateway",
-                route: "/health".into(),
-                method: "GET".into(),
+                route: "/health",
+                method: "GET",
                 status,
                 duration: Duration::from_millis(ms),
+                finished: Instant::now(),
                 response_bytes: None,
                 trace_id: None,
             });

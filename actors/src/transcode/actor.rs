@@ -40,7 +40,11 @@ use crate::{
     config::TranscodeConfig,
     metadata::{GetMedia, MetadataActor, RecordTranscode},
     model::{Job, JobId, JobKind, JobState, MediaState},
-    monitor::Metrics,
+    monitor::{
+        otlp::{AttributeValue, FinishedSpan, SpanKind},
+        traces::next_random,
+        Metrics,
+    },
     store::{blocking, JobFilter, SharedRepo},
     supervise::supervised_basics,
 };
@@ -267,6 +271,45 @@ impl TranscodeActor {
             .job_duration
             .with_label_values(&[job.kind.as_str(), run_label])
             .observe(took.as_secs_f64());
+        // One span per run, in the trace of the request that queued the job.
+        if let Some(trace_id) = job
+            .trace_id
+            .as_deref()
+            .and_then(|hex| u128::from_str_radix(hex, 16).ok())
+            .filter(|id| *id != 0)
+        {
+            self.metrics.export_span(|| {
+                let end = std::time::SystemTime::now();
+                FinishedSpan {
+                    trace_id,
+                    span_id: next_random(),
+                    parent_span_id: None,
+                    name: format!("job {}", job.kind.as_str()),
+                    kind: SpanKind::Internal,
+                    start: end.checked_sub(took).unwrap_or(end),
+                    end,
+                    attributes: vec![
+                        (
+                            "streamgate.job.id",
+                            AttributeValue::Text(job.id.to_string().into()),
+                        ),
+                        (
+                            "streamgate.job.kind",
+                            AttributeValue::Text(job.kind.as_str().into()),
+                        ),
+                        (
+                            "streamgate.job.outcome",
+                            AttributeValue::Text(run_label.into()),
+                        ),
+                        (
+                            "streamgate.job.attempt",
+                            AttributeValue::Int(i64::from(job.attempts)),
+                        ),
+                    ],
+                    error: run_label == "failed",
+                }
+            });
+        }
         if job.state.is_final() {
             job.finished_at = Some(now);
             if job.kind == JobKind::Transcode {

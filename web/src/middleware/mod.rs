@@ -1,108 +1,75 @@
-//! Middleware: request metrics and trace stats, W3C trace context and `x-request-id`, security
-//! headers, CORS, per-client rate limits ([`rate_limit`]), connection counting, and JSON bodies
-//! for the 404/405 responses actix produces on its own.
+//! Middleware: [`Observe`] (root span, `x-request-id`, W3C trace context, request metrics and
+//! trace stats, per-client rate limits from [`rate_limit`]), security headers, CORS,
+//! connection counting, and JSON bodies for the 404/405 responses actix produces on its own.
 //!
-//! Order in the app (outermost first): tracing root span → CORS → security headers → observe
-//! → rate limits → JSON 404/405 → routes. Rate-limited requests are therefore observed (their
-//! 429s are counted and carry the request id) and the root span sees every request.
+//! Order in the app (outermost first): CORS → security headers → observe → JSON 404/405 →
+//! routes. Rate-limited requests are therefore observed (their 429s are counted and carry the
+//! request id) and still get the security and CORS headers.
 
+mod observe;
 pub mod rate_limit;
 mod trace;
 
-pub use trace::{RequestId, SpanBody, TracedRootSpan};
+pub use observe::{Observe, RequestContext};
+pub use trace::{RequestId, SpanBody};
 
-use std::time::Instant;
+use std::sync::{Mutex, PoisonError};
 
 use actix_cors::Cors;
 use actix_web::{
-    body::{BodySize, BoxBody, MessageBody},
+    body::{BoxBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     http::{
         header::{self, HeaderName, HeaderValue},
         Method, StatusCode,
     },
     middleware::{ErrorHandlerResponse, ErrorHandlers, Next},
-    web, HttpMessage,
+    HttpRequest,
 };
-use streamgate_actors::{
-    config::HttpConfig,
-    monitor::{traces::RequestRecord, traces::TraceContext, Metrics},
-    Actors,
-};
+use streamgate_actors::{config::HttpConfig, monitor::Metrics};
 
 use crate::error::ApiError;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
-/// Counts every request by service, route pattern (bounded cardinality: never the raw path),
-/// method and status, times it, feeds the trace stats, and returns the request id and our
-/// `traceparent`.
-pub async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let started = Instant::now();
-    let metrics = req
-        .app_data::<web::Data<Actors>>()
-        .map(|actors| actors.metrics.clone());
-    let service = rate_limit::service_for(req.path());
-    let method = req.method().as_str().to_string();
-    // Only what the response and the record need: the header now, the trace id as a string.
-    let (request_id, traceparent, trace_id) = {
-        let extensions = req.extensions();
-        let trace = extensions.get::<TraceContext>();
-        (
-            extensions.get::<RequestId>().copied(),
-            trace.and_then(|t| HeaderValue::from_str(&t.traceparent()).ok()),
-            trace.map(|t| t.trace_id.clone()),
-        )
-    };
-    if let Some(metrics) = &metrics {
-        metrics.http_in_flight.inc();
+/// The `route` label of a resource: its full pattern, as `match_pattern()` would build it.
+/// Registered as the resource's app data (`web::resource(P).app_data(RouteLabel(P))`), so the
+/// middleware reads a `&'static str` instead of building a `String` per request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+/// The route pattern that answered, `"unmatched"` when none did. Resources without a
+/// [`RouteLabel`] fall back to `match_pattern()`, interned once per pattern.
+pub fn route_label(req: &HttpRequest) -> &'static str {
+    if let Some(RouteLabel(label)) = req.app_data::<RouteLabel>() {
+        debug_assert_eq!(
+            req.match_pattern().as_deref(),
+            Some(*label),
+            "RouteLabel differs from the resource's pattern"
+        );
+        return label;
     }
-    let result = next.call(req).await;
-    let (route, status, response_bytes) = match &result {
-        Ok(response) => (
-            response
-                .request()
-                .match_pattern()
-                .unwrap_or_else(|| "unmatched".to_string()),
-            response.status(),
-            match response.response().body().size() {
-                BodySize::Sized(bytes) => Some(bytes),
-                _ => None,
-            },
-        ),
-        Err(error) => (
-            "unmatched".to_string(),
-            error.as_response_error().status_code(),
-            None,
-        ),
-    };
-    if let Some(metrics) = &metrics {
-        metrics.http_in_flight.dec();
-        metrics.observe_request(RequestRecord {
-            service,
-            route,
-            method,
-            status: status.as_u16(),
-            duration: started.elapsed(),
-            response_bytes,
-            trace_id,
-        });
+    match req.match_pattern() {
+        Some(pattern) => intern_pattern(pattern),
+        None => "unmatched",
     }
-    let mut response = result?.map_into_boxed_body();
-    let headers = response.headers_mut();
-    if let Some(id) = request_id {
-        if let Ok(value) = HeaderValue::from_str(id.encode(&mut [0; 36])) {
-            headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
-        }
+}
+
+/// Route patterns come from the app's own registrations, so the table is as small as the
+/// route list; the cap only guards against a bug that would make patterns up.
+fn intern_pattern(pattern: String) -> &'static str {
+    static PATTERNS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut patterns = PATTERNS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = patterns.iter().find(|known| **known == pattern) {
+        return known;
     }
-    if let Some(value) = traceparent {
-        headers.insert(HeaderName::from_static(TRACEPARENT_HEADER), value);
+    if patterns.len() >= 1024 {
+        return "unmatched";
     }
-    Ok(response)
+    let leaked: &'static str = Box::leak(pattern.into_boxed_str());
+    patterns.push(leaked);
+    leaked
 }
 
 /// Headers every response carries (built once: no validation per response).

@@ -1,20 +1,20 @@
-//! Per-client-IP token buckets, one keyed `governor` limiter per service, behind our own
-//! `from_fn` middleware. Over the limit: 429 `{"code":"rate_limited"}` with `Retry-After`, a
+//! Per-client-IP token buckets, one keyed `governor` limiter per service, checked by the
+//! [`super::observe`] middleware. Over the limit: 429 `{"code":"rate_limited"}` with `Retry-After`, a
 //! `streamgate_rate_limited_total{service}` increment and an audit entry (at most one per
 //! client and service per `rate_limit.audit_interval_s`, so a flood cannot become a flood of
 //! store writes). [`RateLimits::sweep`] on a timer drops quiet clients, bounding memory.
 
-use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{hash::Hash, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use actix_web::{
-    body::{BoxBody, MessageBody},
-    dev::{ServiceRequest, ServiceResponse},
+    dev::ServiceRequest,
     http::header::{self, HeaderValue},
-    middleware::Next,
-    web, HttpMessage, HttpResponse,
+    HttpResponse,
 };
+use foldhash::fast::RandomState;
 use governor::{
     clock::{Clock, DefaultClock},
+    middleware::NoOpMiddleware,
     DefaultKeyedRateLimiter, Quota, RateLimiter,
 };
 use streamgate_actors::{
@@ -49,18 +49,25 @@ pub fn service_for(path: &str) -> &'static str {
             "gateway"
         };
     };
-    let mut segments = rest.split('/');
-    let first = segments.next().unwrap_or_default();
+    let (first, rest) = first_segment(rest);
     let Some((_, service)) = API_SERVICES.iter().find(|(segment, _)| *segment == first) else {
         return "gateway";
     };
     if *service == "metadata" {
-        let _media_id = segments.next();
-        if matches!(segments.next(), Some("hls" | "dash" | "thumbnail.jpg")) {
+        let (_media_id, rest) = first_segment(rest);
+        if matches!(first_segment(rest).0, "hls" | "dash" | "thumbnail.jpg") {
             return "streaming";
         }
     }
     service
+}
+
+/// `("a", "b/c")` for `"a/b/c"`: a byte scan, cheaper than `split` on every request.
+fn first_segment(path: &str) -> (&str, &str) {
+    match path.bytes().position(|byte| byte == b'/') {
+        Some(slash) => (&path[..slash], &path[slash + 1..]),
+        None => (path, ""),
+    }
 }
 
 /// The client as rate limits (and audit entries of refusals) see it: the socket's peer, unless
@@ -91,9 +98,18 @@ pub fn client_ip(req: &ServiceRequest, trusted_proxies: &[IpAddr]) -> Option<IpA
     Some(client)
 }
 
+/// A keyed limiter hashing with foldhash: clients pick their addresses, so the hash stays
+/// seeded per process, but it costs a fraction of the default SipHash per request.
+type KeyedLimiter<K> =
+    DefaultKeyedRateLimiter<K, NoOpMiddleware<<DefaultClock as Clock>::Instant>, RandomState>;
+
+fn keyed<K: Hash + Eq + Clone>(quota: Quota) -> KeyedLimiter<K> {
+    RateLimiter::dashmap_with_hasher(quota, RandomState::default())
+}
+
 struct ServiceLimiter {
     service: &'static str,
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: KeyedLimiter<IpAddr>,
 }
 
 /// Every service's limiter plus what a refusal needs. Shared by all HTTP workers.
@@ -105,7 +121,7 @@ pub struct RateLimits {
 struct Inner {
     services: Vec<ServiceLimiter>,
     /// One audit entry per (client, service) per interval.
-    audit_gate: DefaultKeyedRateLimiter<(IpAddr, &'static str)>,
+    audit_gate: KeyedLimiter<(IpAddr, &'static str)>,
     trusted_proxies: Vec<IpAddr>,
     metrics: Metrics,
     audit: AuditLog,
@@ -133,7 +149,7 @@ impl RateLimits {
                     });
                 ServiceLimiter {
                     service,
-                    limiter: RateLimiter::keyed(quota(bucket)),
+                    limiter: keyed(quota(bucket)),
                 }
             })
             .collect();
@@ -143,7 +159,7 @@ impl RateLimits {
         Self {
             inner: Arc::new(Inner {
                 services,
-                audit_gate: RateLimiter::keyed(audit_quota),
+                audit_gate: keyed(audit_quota),
                 trusted_proxies: config.trusted_proxies.clone(),
                 metrics,
                 audit,
@@ -153,14 +169,65 @@ impl RateLimits {
 
     /// Takes one token from `client`'s bucket of `service`; `Err` holds how long until the
     /// next token.
-    pub fn check(&self, service: &str, client: IpAddr) -> Result<(), Duration> {
-        let Some(limiter) = self.inner.services.iter().find(|l| l.service == service) else {
+    pub fn check(&self, service: &'static str, client: IpAddr) -> Result<(), Duration> {
+        // Services are the `'static` names of one table: compare addresses before text.
+        let Some(limiter) = self
+            .inner
+            .services
+            .iter()
+            .find(|l| std::ptr::eq(l.service, service))
+            .or_else(|| self.inner.services.iter().find(|l| l.service == service))
+        else {
             return Ok(());
         };
         limiter
             .limiter
             .check_key(&client)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    pub fn trusted_proxies(&self) -> &[IpAddr] {
+        &self.inner.trusted_proxies
+    }
+
+    /// The 429 for `client`, who must wait `wait` for `service`: counted, and audited and
+    /// logged at most once per client and service per `rate_limit.audit_interval_s`.
+    pub fn refuse(
+        &self,
+        req: &ServiceRequest,
+        service: &'static str,
+        client: IpAddr,
+        wait: Duration,
+    ) -> HttpResponse {
+        let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+        self.inner
+            .metrics
+            .rate_limited
+            .with_label_values(&[service])
+            .inc();
+        if self.inner.audit_gate.check_key(&(client, service)).is_ok() {
+            let event = AuditEvent::ok(
+                action::RATE_LIMIT_EXCEEDED,
+                format!("ip:{client}"),
+                Some(service.to_string()),
+            )
+            .with_outcome(outcome::DENIED, format!("{} {}", req.method(), req.path()));
+            let audit = self.inner.audit.clone();
+            actix_web::rt::spawn(async move { audit.record(event).await });
+            // Logged as often as audited: once per client and service per interval.
+            tracing::warn!(%client, service, retry_after, "client went over its rate limit");
+        }
+        tracing::debug!(%client, service, retry_after, "rate limited");
+        let mut response = HttpResponse::TooManyRequests()
+            .content_type("application/json")
+            .body(ApiError::body(
+                "rate_limited",
+                &format!("too many {service} requests; retry after {retry_after} s"),
+            ));
+        if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
     }
 
     /// Drops the buckets of clients whose buckets have refilled (they would start full
@@ -196,64 +263,6 @@ impl RateLimits {
         }
     }
 }
-
-/// The middleware. The app must carry `web::Data<RateLimits>`.
-pub async fn enforce(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let Some(limits) = req.app_data::<web::Data<RateLimits>>().cloned() else {
-        return Ok(next.call(req).await?.map_into_boxed_body());
-    };
-    let Some(client) = client_ip(&req, &limits.inner.trusted_proxies) else {
-        return Ok(next.call(req).await?.map_into_boxed_body());
-    };
-    req.extensions_mut().insert(ClientIp(client));
-    let service = service_for(req.path());
-    let wait = match limits.check(service, client) {
-        Ok(()) => return Ok(next.call(req).await?.map_into_boxed_body()),
-        Err(wait) => wait,
-    };
-    let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
-    limits
-        .inner
-        .metrics
-        .rate_limited
-        .with_label_values(&[service])
-        .inc();
-    if limits
-        .inner
-        .audit_gate
-        .check_key(&(client, service))
-        .is_ok()
-    {
-        let event = AuditEvent::ok(
-            action::RATE_LIMIT_EXCEEDED,
-            format!("ip:{client}"),
-            Some(service.to_string()),
-        )
-        .with_outcome(outcome::DENIED, format!("{} {}", req.method(), req.path()));
-        let audit = limits.inner.audit.clone();
-        actix_web::rt::spawn(async move { audit.record(event).await });
-        // Logged as often as audited: once per client and service per interval.
-        tracing::warn!(%client, service, retry_after, "client went over its rate limit");
-    }
-    tracing::debug!(%client, service, retry_after, "rate limited");
-    let mut response = HttpResponse::TooManyRequests()
-        .content_type("application/json")
-        .body(ApiError::body(
-            "rate_limited",
-            &format!("too many {service} requests; retry after {retry_after} s"),
-        ));
-    if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    Ok(req.into_response(response).map_into_boxed_body())
-}
-
-/// The client address rate limits used, for handlers that want the same view.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub IpAddr);
 
 #[cfg(test)]
 mod tests {

@@ -1,37 +1,32 @@
-//! The root span of every request, its request id and its W3C trace context. Our own
-//! middleware rather than `tracing_actix_web::TracingLogger`: that one draws a UUID from the OS
-//! (a `getrandom` system call) and computes the span's fields (route match, connection info,
-//! strings) for every request even when no subscriber wants the span. Here the id comes from a
-//! per-thread generator and the fields are computed only when the span is enabled. The span
-//! and its fields are the ones `tracing_actix_web::root_span!` declares, plus `trace_id`.
+//! The root span of every request and its request id, for [`super::observe`]. Our own rather
+//! than `tracing_actix_web::TracingLogger`: that one draws a UUID from the OS (a `getrandom`
+//! system call) and computes the span's fields (route match, connection info, strings) for
+//! every request even when no subscriber wants the span. Here the id comes from a per-thread
+//! generator and the fields are computed only when the span is enabled. The span and its
+//! fields are the ones `tracing_actix_web::root_span!` declares, plus `trace_id`.
 
 use std::{
     fmt,
-    future::{ready, Ready},
     pin::Pin,
     task::{Context, Poll},
 };
 
 use actix_web::{
-    body::{BodySize, BoxBody, MessageBody},
-    dev::{Service, ServiceRequest, ServiceResponse, Transform},
+    body::{BodySize, MessageBody},
+    dev::ServiceRequest,
     http::Version,
     web::Bytes,
-    Error, HttpMessage,
 };
-use futures_util::future::LocalBoxFuture;
+use pin_project_lite::pin_project;
 use streamgate_actors::monitor::traces::{self, TraceContext};
-use tracing::{field::Empty, Instrument, Span};
-use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
-
-use super::TRACEPARENT_HEADER;
+use tracing::{field::Empty, Span};
 
 /// The id of one request (a random UUID), in its extensions and in `x-request-id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestId(uuid::Uuid);
 
 impl RequestId {
-    fn generate() -> Self {
+    pub(super) fn generate() -> Self {
         Self(traces::fast_uuid_v4())
     }
 
@@ -47,76 +42,9 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// Opens the root span, gives the request its id and its [`TraceContext`] (a valid incoming
-/// `traceparent` is continued, an invalid or missing one replaced by a new trace); handlers
-/// find both in the request extensions. The span stays open until the body is sent.
-pub struct TracedRootSpan;
-
-impl<S, B> Transform<S, ServiceRequest> for TracedRootSpan
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    S::Future: 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<SpanBody>;
-    type Error = Error;
-    type Transform = TracedRootSpanService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(TracedRootSpanService { service }))
-    }
-}
-
-pub struct TracedRootSpanService<S> {
-    service: S,
-}
-
-impl<S, B> Service<ServiceRequest> for TracedRootSpanService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    S::Future: 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<SpanBody>;
-    type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    actix_web::dev::forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let request_id = RequestId::generate();
-        let trace = TraceContext::continue_or_start(
-            req.headers()
-                .get(TRACEPARENT_HEADER)
-                .and_then(|value| value.to_str().ok()),
-        );
-        let span = root_span(&req, request_id, &trace);
-        {
-            let mut extensions = req.extensions_mut();
-            extensions.insert(request_id);
-            extensions.insert(trace);
-        }
-        let future = span.in_scope(|| self.service.call(req));
-        Box::pin(async move {
-            let outcome = future.instrument(span.clone()).await;
-            if !span.is_disabled() {
-                DefaultRootSpanBuilder::on_request_end(span.clone(), &outcome);
-            }
-            outcome.map(|response| {
-                response.map_body(|_, body| SpanBody {
-                    body: body.boxed(),
-                    span,
-                })
-            })
-        })
-    }
-}
-
 /// The span, with the fields of `tracing_actix_web::root_span!`. Field values are computed
 /// by the macro only when some subscriber enables the span.
-fn root_span(req: &ServiceRequest, request_id: RequestId, trace: &TraceContext) -> Span {
+pub(super) fn root_span(req: &ServiceRequest, request_id: RequestId, trace: &TraceContext) -> Span {
     // With no subscriber installed at all, `tracing`'s `log` compatibility path would still
     // evaluate and format every field of the (disabled) span for a `log` logger, which
     // StreamGate never installs: skip the span entirely.
@@ -141,11 +69,20 @@ fn root_span(req: &ServiceRequest, request_id: RequestId, trace: &TraceContext) 
         otel.name = %OtelName(req),
         otel.kind = "server",
         otel.status_code = Empty,
-        trace_id = %trace.trace_id,
+        trace_id = %HexTraceId(trace.trace_id),
         request_id = %request_id,
         exception.message = Empty,
         exception.details = Empty,
     )
+}
+
+/// A trace id as 32 hex digits, formatted only if a subscriber records the field.
+struct HexTraceId(u128);
+
+impl fmt::Display for HexTraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
 }
 
 /// The matched route pattern, looked up only if a subscriber formats the field.
@@ -180,40 +117,46 @@ fn http_flavor(version: Version) -> &'static str {
     }
 }
 
-/// A response body that keeps the request's span open (and entered while polled) until the
-/// last byte is sent, so streaming bodies log inside their request's trace.
-pub struct SpanBody {
-    body: BoxBody,
-    span: Span,
+pin_project! {
+    /// A response body that keeps the request's span open (and entered while polled) until
+    /// the last byte is sent, so streaming bodies log inside their request's trace.
+    pub struct SpanBody<B> {
+        #[pin]
+        body: B,
+        span: Span,
+    }
 }
 
-impl MessageBody for SpanBody {
-    type Error = Box<dyn std::error::Error>;
+impl<B> SpanBody<B> {
+    pub(super) fn new(body: B, span: Span) -> Self {
+        Self { body, span }
+    }
+}
+
+impl<B: MessageBody> MessageBody for SpanBody<B> {
+    type Error = B::Error;
 
     fn size(&self) -> BodySize {
         self.body.size()
     }
 
     fn poll_next(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let this = &mut *self;
-        let span = &this.span;
-        let body = Pin::new(&mut this.body);
-        span.in_scope(|| body.poll_next(cx))
+        let this = self.project();
+        let body = this.body;
+        if this.span.is_disabled() {
+            return body.poll_next(cx);
+        }
+        this.span.in_scope(|| body.poll_next(cx))
     }
 
     fn try_into_bytes(self) -> Result<Bytes, Self>
     where
         Self: Sized,
     {
-        match self.body.try_into_bytes() {
-            Ok(bytes) => Ok(bytes),
-            Err(body) => Err(Self {
-                body,
-                span: self.span,
-            }),
-        }
+        let Self { body, span } = self;
+        body.try_into_bytes().map_err(|body| Self { body, span })
     }
 }

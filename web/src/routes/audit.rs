@@ -1,5 +1,6 @@
 //! `GET /api/v1/audit`: the append-only audit log, for admins.
 
+use crate::middleware::RouteLabel;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
@@ -19,7 +20,11 @@ use crate::{
 const DEFAULT_PAGE: usize = 100;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/audit").route(web::get().to(list)));
+    cfg.service(
+        web::resource("/api/v1/audit")
+            .app_data(RouteLabel("/api/v1/audit"))
+            .route(web::get().to(list)),
+    );
 }
 
 #[derive(Deserialize)]

@@ -2,6 +2,7 @@
 //!
 //! `POST /api/v1/auth/challenge`, `/login`, `/verify`, `/refresh`, `/logout`, `/nft/verify`.
 
+use crate::middleware::RouteLabel;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
@@ -20,12 +21,36 @@ use crate::{
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/auth/challenge").route(web::post().to(challenge)))
-        .service(web::resource("/api/v1/auth/login").route(web::post().to(login)))
-        .service(web::resource("/api/v1/auth/verify").route(web::post().to(verify)))
-        .service(web::resource("/api/v1/auth/refresh").route(web::post().to(refresh)))
-        .service(web::resource("/api/v1/auth/logout").route(web::post().to(logout)))
-        .service(web::resource("/api/v1/auth/nft/verify").route(web::post().to(nft_verify)));
+    cfg.service(
+        web::resource("/api/v1/auth/challenge")
+            .app_data(RouteLabel("/api/v1/auth/challenge"))
+            .route(web::post().to(challenge)),
+    )
+    .service(
+        web::resource("/api/v1/auth/login")
+            .app_data(RouteLabel("/api/v1/auth/login"))
+            .route(web::post().to(login)),
+    )
+    .service(
+        web::resource("/api/v1/auth/verify")
+            .app_data(RouteLabel("/api/v1/auth/verify"))
+            .route(web::post().to(verify)),
+    )
+    .service(
+        web::resource("/api/v1/auth/refresh")
+            .app_data(RouteLabel("/api/v1/auth/refresh"))
+            .route(web::post().to(refresh)),
+    )
+    .service(
+        web::resource("/api/v1/auth/logout")
+            .app_data(RouteLabel("/api/v1/auth/logout"))
+            .route(web::post().to(logout)),
+    )
+    .service(
+        web::resource("/api/v1/auth/nft/verify")
+            .app_data(RouteLabel("/api/v1/auth/nft/verify"))
+            .route(web::post().to(nft_verify)),
+    );
 }
 
 pub(crate) fn rfc3339(at: OffsetDateTime) -> String {

@@ -5,6 +5,7 @@
 //! `PUT …?ttl_s=` may shorten an entry's life). `stats` is a reserved key (the stats route).
 //! Writes are audited by the cache handle (`cache.put|delete|clear`).
 
+use crate::middleware::RouteLabel;
 use std::time::Duration;
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
@@ -22,15 +23,24 @@ const MAX_VALUE_BYTES: usize = 1024 * 1024;
 const ADMIN: &str = "admin";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/cache").route(web::delete().to(clear)))
-        .service(web::resource("/api/v1/cache/stats").route(web::get().to(stats)))
-        .service(
-            web::resource("/api/v1/cache/{key}")
-                .app_data(web::PayloadConfig::new(MAX_VALUE_BYTES))
-                .route(web::get().to(get))
-                .route(web::put().to(put))
-                .route(web::delete().to(delete)),
-        );
+    cfg.service(
+        web::resource("/api/v1/cache")
+            .app_data(RouteLabel("/api/v1/cache"))
+            .route(web::delete().to(clear)),
+    )
+    .service(
+        web::resource("/api/v1/cache/stats")
+            .app_data(RouteLabel("/api/v1/cache/stats"))
+            .route(web::get().to(stats)),
+    )
+    .service(
+        web::resource("/api/v1/cache/{key}")
+            .app_data(RouteLabel("/api/v1/cache/{key}"))
+            .app_data(web::PayloadConfig::new(MAX_VALUE_BYTES))
+            .route(web::get().to(get))
+            .route(web::put().to(put))
+            .route(web::delete().to(delete)),
+    );
 }
 
 #[derive(Serialize)]

@@ -1,6 +1,7 @@
 //! `/health`, `/ready`, `/metrics` and `/api/v1/monitor/health` (per actor: alive, restarts,
 //! last heartbeat, ping round trip).
 
+use crate::middleware::RouteLabel;
 use actix_web::{http::StatusCode, web, HttpResponse};
 use serde_json::{json, Map, Value};
 use streamgate_actors::{
@@ -11,10 +12,26 @@ use streamgate_actors::{
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/health").route(web::get().to(health)))
-        .service(web::resource("/ready").route(web::get().to(ready)))
-        .service(web::resource("/metrics").route(web::get().to(metrics)))
-        .service(web::resource("/api/v1/monitor/health").route(web::get().to(monitor_health)));
+    cfg.service(
+        web::resource("/health")
+            .app_data(RouteLabel("/health"))
+            .route(web::get().to(health)),
+    )
+    .service(
+        web::resource("/ready")
+            .app_data(RouteLabel("/ready"))
+            .route(web::get().to(ready)),
+    )
+    .service(
+        web::resource("/metrics")
+            .app_data(RouteLabel("/metrics"))
+            .route(web::get().to(metrics)),
+    )
+    .service(
+        web::resource("/api/v1/monitor/health")
+            .app_data(RouteLabel("/api/v1/monitor/health"))
+            .route(web::get().to(monitor_health)),
+    );
 }
 
 async fn health(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {

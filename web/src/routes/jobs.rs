@@ -3,6 +3,7 @@
 //! Submitting and cancelling need the admin token until wallet sessions exist (they start or
 //! stop work on anyone's media); reading is open.
 
+use crate::middleware::RouteLabel;
 use actix_web::{http::header, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
@@ -29,14 +30,31 @@ const ADMIN: &str = "admin";
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/api/v1/jobs")
+            .app_data(RouteLabel("/api/v1/jobs"))
             .route(web::get().to(list))
             .route(web::post().to(submit)),
     )
     // Before `/jobs/{job_id}`, which would otherwise take "stats" for an id.
-    .service(web::resource("/api/v1/jobs/stats").route(web::get().to(stats)))
-    .service(web::resource("/api/v1/jobs/{job_id}").route(web::get().to(get)))
-    .service(web::resource("/api/v1/jobs/{job_id}/cancel").route(web::post().to(cancel)))
-    .service(web::resource("/api/v1/transcode/profiles").route(web::get().to(profiles)));
+    .service(
+        web::resource("/api/v1/jobs/stats")
+            .app_data(RouteLabel("/api/v1/jobs/stats"))
+            .route(web::get().to(stats)),
+    )
+    .service(
+        web::resource("/api/v1/jobs/{job_id}")
+            .app_data(RouteLabel("/api/v1/jobs/{job_id}"))
+            .route(web::get().to(get)),
+    )
+    .service(
+        web::resource("/api/v1/jobs/{job_id}/cancel")
+            .app_data(RouteLabel("/api/v1/jobs/{job_id}/cancel"))
+            .route(web::post().to(cancel)),
+    )
+    .service(
+        web::resource("/api/v1/transcode/profiles")
+            .app_data(RouteLabel("/api/v1/transcode/profiles"))
+            .route(web::get().to(profiles)),
+    );
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@
 //! Edits, deletes and gates need a session (or the admin token); only the owner's session may
 //! change a media item (the MetadataActor / AuthActor decide, 403 otherwise).
 
+use crate::middleware::RouteLabel;
 use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -28,19 +29,25 @@ use crate::{
 const DEFAULT_PAGE: usize = 20;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/media").route(web::get().to(list)))
-        .service(
-            web::resource("/api/v1/media/{media_id}")
-                .route(web::get().to(get))
-                .route(web::patch().to(update))
-                .route(web::delete().to(delete)),
-        )
-        .service(
-            web::resource("/api/v1/media/{media_id}/gate")
-                .route(web::get().to(get_gate))
-                .route(web::put().to(put_gate))
-                .route(web::delete().to(clear_gate)),
-        );
+    cfg.service(
+        web::resource("/api/v1/media")
+            .app_data(RouteLabel("/api/v1/media"))
+            .route(web::get().to(list)),
+    )
+    .service(
+        web::resource("/api/v1/media/{media_id}")
+            .app_data(RouteLabel("/api/v1/media/{media_id}"))
+            .route(web::get().to(get))
+            .route(web::patch().to(update))
+            .route(web::delete().to(delete)),
+    )
+    .service(
+        web::resource("/api/v1/media/{media_id}/gate")
+            .app_data(RouteLabel("/api/v1/media/{media_id}/gate"))
+            .route(web::get().to(get_gate))
+            .route(web::put().to(put_gate))
+            .route(web::delete().to(clear_gate)),
+    );
 }
 
 #[derive(Deserialize)]

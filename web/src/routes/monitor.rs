@@ -1,6 +1,7 @@
 //! `/api/v1/monitor/metrics`, `/alerts`, `/logs` (admin) and `/traces`. The request's trace
 //! travels with each message (`Traced`), so the monitor's logs for it name the trace.
 
+use crate::middleware::RouteLabel;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -16,14 +17,32 @@ use streamgate_actors::{
 use crate::{error::ApiError, extract::Admin};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/monitor/metrics").route(web::get().to(summary)))
-        .service(web::resource("/api/v1/monitor/alerts").route(web::get().to(alerts)))
-        .service(web::resource("/api/v1/monitor/logs").route(web::get().to(logs)))
-        .service(web::resource("/api/v1/monitor/traces").route(web::get().to(traces)));
+    cfg.service(
+        web::resource("/api/v1/monitor/metrics")
+            .app_data(RouteLabel("/api/v1/monitor/metrics"))
+            .route(web::get().to(summary)),
+    )
+    .service(
+        web::resource("/api/v1/monitor/alerts")
+            .app_data(RouteLabel("/api/v1/monitor/alerts"))
+            .route(web::get().to(alerts)),
+    )
+    .service(
+        web::resource("/api/v1/monitor/logs")
+            .app_data(RouteLabel("/api/v1/monitor/logs"))
+            .route(web::get().to(logs)),
+    )
+    .service(
+        web::resource("/api/v1/monitor/traces")
+            .app_data(RouteLabel("/api/v1/monitor/traces"))
+            .route(web::get().to(traces)),
+    );
 }
 
 fn trace_of(req: &HttpRequest) -> Option<TraceContext> {
-    req.extensions().get::<TraceContext>().cloned()
+    req.extensions()
+        .get::<crate::middleware::RequestContext>()
+        .map(|context| context.trace)
 }
 
 async fn summary(req: HttpRequest, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {

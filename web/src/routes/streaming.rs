@@ -17,6 +17,7 @@
 //! fetch segments without custom headers. Segments of gated media need a valid token for that
 //! media; ungated segments never touch an actor (one read of the gate table) and stay
 //! `public, immutable`. Gated responses are `private, no-store`.
+//! The thumbnail of gated media is gated the same way as its playlists.
 //! Invariant: fails closed — an unreadable gate table, a failed RPC or a bad token refuse.
 
 use std::{sync::Arc, time::SystemTime};
@@ -42,7 +43,7 @@ use streamgate_actors::{
 };
 
 use super::{media::gate_table_error, media_id};
-use crate::{error::ApiError, extract::bearer_token};
+use crate::{error::ApiError, extract::bearer_token, middleware::RouteLabel};
 
 // Cache-Control values, spelled out once: no directive list is built or formatted per response.
 const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10");
@@ -52,21 +53,32 @@ const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-stor
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/api/v1/media/{media_id}/hls/master.m3u8").route(web::get().to(master)),
+        web::resource("/api/v1/media/{media_id}/hls/master.m3u8")
+            .app_data(RouteLabel("/api/v1/media/{media_id}/hls/master.m3u8"))
+            .route(web::get().to(master)),
     )
     .service(
         web::resource("/api/v1/media/{media_id}/hls/{rendition}/index.m3u8")
+            .app_data(RouteLabel(
+                "/api/v1/media/{media_id}/hls/{rendition}/index.m3u8",
+            ))
             .route(web::get().to(rendition_playlist)),
     )
     .service(
         web::resource("/api/v1/media/{media_id}/hls/{rendition}/{segment}")
+            .app_data(RouteLabel(
+                "/api/v1/media/{media_id}/hls/{rendition}/{segment}",
+            ))
             .route(web::get().to(segment)),
     )
     .service(
-        web::resource("/api/v1/media/{media_id}/thumbnail.jpg").route(web::get().to(thumbnail)),
+        web::resource("/api/v1/media/{media_id}/thumbnail.jpg")
+            .app_data(RouteLabel("/api/v1/media/{media_id}/thumbnail.jpg"))
+            .route(web::get().to(thumbnail)),
     )
     .service(
         web::resource("/api/v1/media/{media_id}/dash/manifest.mpd")
+            .app_data(RouteLabel("/api/v1/media/{media_id}/dash/manifest.mpd"))
             .route(web::get().to(dash_manifest)),
     );
 }
@@ -209,14 +221,29 @@ async fn segment(
     serve_blob(&req, &actors, &key, content_type, cache).await
 }
 
+/// Public for ungated media. Gated media's thumbnail passes the same gate as its playlists: a
+/// session the AuthActor lets through, or a playback token for this media.
 async fn thumbnail(
     req: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<PlaybackQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
+    let gate = actors
+        .playback
+        .gate(&media_id)
+        .map_err(|_| gate_table_error())?;
+    let cache = match gate {
+        None => THUMBNAIL_CACHE,
+        Some(_) => {
+            let cached = ready_media(&actors, &path).await?;
+            playlist_access(&req, &actors, &cached.media, query.token.as_deref()).await?;
+            PRIVATE_NO_STORE
+        }
+    };
     let key = format!("{}/thumbnail.jpg", BlobStore::media_prefix(&media_id));
-    serve_blob(&req, &actors, &key, "image/jpeg", THUMBNAIL_CACHE).await
+    serve_blob(&req, &actors, &key, "image/jpeg", cache).await
 }
 
 // ---------------------------------------------------------------------------------------------

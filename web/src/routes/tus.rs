@@ -6,6 +6,7 @@
 //! PATCH body is pumped into the `TusSink` the actor hands out and never held whole in memory.
 //! Errors keep our JSON body; the statuses are the ones tus prescribes (409, 412, 415, 460, …).
 
+use crate::middleware::RouteLabel;
 use actix_web::{
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
@@ -49,11 +50,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .wrap(from_fn(tus_headers))
             .service(
                 web::resource("")
+                    .app_data(RouteLabel("/api/v1/uploads"))
                     .route(web::method(Method::OPTIONS).to(options))
                     .route(web::post().to(create)),
             )
             .service(
                 web::resource("/{upload_id}")
+                    .app_data(RouteLabel("/api/v1/uploads/{upload_id}"))
                     .route(web::method(Method::OPTIONS).to(options))
                     .route(web::head().to(head))
                     .route(web::patch().to(patch))

@@ -1,6 +1,7 @@
 //! `POST /api/v1/upload`: the one-shot multipart upload (field `file`, optional `title`,
 //! `description`, `tags`). The body streams through an `UploadSink` into the blob store.
 
+use crate::middleware::RouteLabel;
 use actix_multipart::{Field, Multipart};
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
@@ -21,7 +22,11 @@ const INVALID_MULTIPART: &str = "invalid_multipart";
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/upload").route(web::post().to(upload)));
+    cfg.service(
+        web::resource("/api/v1/upload")
+            .app_data(RouteLabel("/api/v1/upload"))
+            .route(web::post().to(upload)),
+    );
 }
 
 /// Needs a session (or the admin token): the session's wallet becomes the media's owner.

@@ -1,0 +1,351 @@
+//! Shared by the load benches (`delivery.rs`, `load.rs`): the HLS data set on disk, nginx and a
+//! bare actix-web server as same-run baselines, and `wrk` with its output parsed.
+//!
+//! Each bench binary compiles its own copy and uses a different subset, hence the allow.
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use streamgate_actors::model::{Media, MediaId, MediaState, Rendition, UploadId};
+use time::OffsetDateTime;
+
+/// A 6 s segment at ~2.8 Mbit/s, the 720p rung's size.
+pub const SEGMENT_BYTES: usize = 2 * 1024 * 1024;
+/// Segments written per media item by [`write_hls`].
+pub const SEGMENTS: usize = 4;
+
+/// A ready media record of the shape the transcoder leaves behind (one 720p rendition).
+pub fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -> Media {
+    let now = OffsetDateTime::now_utc();
+    Media {
+        id: MediaId::new(),
+        title,
+        description: "A benchmark record with a few words of description.".into(),
+        tags,
+        owner: Some(owner.into()),
+        state,
+        failure: None,
+        upload_id: UploadId::new(),
+        filename: None,
+        size: SEGMENT_BYTES as u64,
+        sha256: String::new(),
+        source_key: String::new(),
+        duration_s: Some(24.0),
+        width: Some(1280),
+        height: Some(720),
+        video_codec: Some("h264".into()),
+        renditions: vec![Rendition {
+            name: "720p".into(),
+            width: 1280,
+            height: 720,
+            video_bitrate_kbps: 2800,
+        }],
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Writes the HLS files of `media_id` where the transcoder would put them under `data_dir`
+/// (master, 720p playlist, [`SEGMENTS`] segments of [`SEGMENT_BYTES`] incompressible bytes) and
+/// returns the `hls` directory, which nginx can serve as its root.
+pub fn write_hls(data_dir: &Path, media_id: &MediaId) -> std::path::PathBuf {
+    let hls = data_dir.join(format!("blobs/media/{media_id}/hls"));
+    std::fs::create_dir_all(hls.join("720p")).unwrap();
+    let mut segment = vec![0u8; SEGMENT_BYTES];
+    for (n, byte) in segment.iter_mut().enumerate() {
+        *byte = (n.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    for n in 0..SEGMENTS {
+        std::fs::write(hls.join(format!("720p/seg_{n:03}.m4s")), &segment).unwrap();
+    }
+    std::fs::write(
+        hls.join("master.m3u8"),
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=2928000,RESOLUTION=1280x720,CODECS=\"avc1.64001f,mp4a.40.2\"\n720p/index.m3u8\n",
+    )
+    .unwrap();
+    let mut playlist = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:6\n#EXT-X-MAP:URI=\"init.mp4\"\n",
+    );
+    for n in 0..SEGMENTS {
+        playlist.push_str(&format!("#EXTINF:6.000,\nseg_{n:03}.m4s\n"));
+    }
+    playlist.push_str("#EXT-X-ENDLIST\n");
+    std::fs::write(hls.join("720p/index.m3u8"), &playlist).unwrap();
+    hls
+}
+
+/// A bare actix-web server (one worker, no middleware) answering `/` with `body`.
+pub fn start_bare(
+    body: Vec<u8>,
+    content_type: &'static str,
+) -> (String, actix_web::dev::ServerHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let body = web::Bytes::from(body);
+            let server = HttpServer::new(move || {
+                let body = body.clone();
+                App::new().route(
+                    "/",
+                    web::get().to(move || {
+                        let body = body.clone();
+                        async move {
+                            HttpResponse::Ok()
+                                .insert_header(("content-type", content_type))
+                                .body(body)
+                        }
+                    }),
+                )
+            })
+            .workers(1)
+            .listen(listener)
+            .unwrap()
+            .run();
+            tx.send(server.handle()).unwrap();
+            server.await.unwrap();
+        })
+    });
+    (format!("http://{address}/"), rx.recv().unwrap())
+}
+
+/// A running nginx; killed on drop.
+pub struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx (one worker, sendfile, no access log) serving `root` on a free port.
+pub fn start_nginx(root: &Path, scratch: &Path) -> (String, Nginx) {
+    let port = free_port();
+    let conf = scratch.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root;\nworker_processes 1;\npid {scratch}/nginx.pid;\nerror_log {scratch}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
+               types {{ video/iso.segment m4s; video/mp4 mp4; application/vnd.apple.mpegurl m3u8; }}\n\
+               client_body_temp_path {scratch}; proxy_temp_path {scratch}; fastcgi_temp_path {scratch};\n\
+               uwsgi_temp_path {scratch}; scgi_temp_path {scratch};\n\
+               server {{ listen 127.0.0.1:{port}; root {root}; etag on; }}\n}}\n",
+            scratch = scratch.display(),
+            root = root.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .args(["-e", &format!("{}/error.log", scratch.display()), "-p"])
+        .arg(scratch)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nginx is installed (apt-get install nginx-light)");
+    let nginx = Nginx(child);
+    wait_for_port(port, "nginx");
+    (format!("http://127.0.0.1:{port}"), nginx)
+}
+
+/// A port that was free a moment ago (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port` (a child process starting up).
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One wrk run, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Load {
+    pub requests_per_s: f64,
+    pub megabytes_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Non-2xx/3xx responses plus socket errors (connect, read, write, timeout).
+    pub errors: u64,
+}
+
+/// What wrk should send besides a plain GET of the URL.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WrkOptions<'a> {
+    /// A Lua script (`-s`), e.g. from [`paths_script`].
+    pub script: Option<&'a Path>,
+    /// Extra headers (`-H "Name: value"`).
+    pub headers: &'a [String],
+}
+
+/// Runs wrk (2 threads, `--latency`) against `url` and parses its report.
+pub fn wrk(url: &str, connections: u32, seconds: u32, options: WrkOptions<'_>) -> Load {
+    let mut command = Command::new("wrk");
+    command.args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--timeout",
+        "10s",
+        "--latency",
+    ]);
+    for header in options.headers {
+        command.args(["-H", header]);
+    }
+    if let Some(script) = options.script {
+        command.arg("-s").arg(script);
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_wrk(&text)
+}
+
+/// Parses wrk's `--latency` report.
+pub fn parse_wrk(text: &str) -> Load {
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(prefix))
+            .map(|value| value.trim().to_string())
+            .unwrap_or_else(|| panic!("no {prefix} in wrk output: {text}"))
+    };
+    let latency =
+        |prefix: &str| with_unit(&field(prefix), &[("us", 1e-3), ("ms", 1.0), ("s", 1e3)]);
+    let non_2xx: u64 = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .map(|n| n.trim().parse().unwrap())
+        .unwrap_or(0);
+    // "Socket errors: connect 0, read 0, write 0, timeout 0"
+    let socket: u64 = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Socket errors:"))
+        .map(|rest| {
+            rest.split(',')
+                .map(|part| {
+                    part.split_whitespace()
+                        .last()
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    Load {
+        requests_per_s: field("Requests/sec:").parse().unwrap(),
+        megabytes_per_s: with_unit(
+            &field("Transfer/sec:"),
+            &[("GB", 1e3), ("MB", 1.0), ("KB", 1e-3), ("B", 1e-6)],
+        ),
+        p50_ms: latency("50%"),
+        p99_ms: latency("99%"),
+        errors: non_2xx + socket,
+    }
+}
+
+/// "12.5MB" with units [("MB", 1.0), …] → 12.5 in the base unit.
+pub fn with_unit(text: &str, units: &[(&str, f64)]) -> f64 {
+    for (unit, factor) in units {
+        if let Some(number) = text.strip_suffix(unit) {
+            if let Ok(value) = number.trim().parse::<f64>() {
+                return value * factor;
+            }
+        }
+    }
+    panic!("cannot read {text:?}")
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The medians of several runs; errors add up.
+pub fn summarise(loads: &[Load]) -> Load {
+    Load {
+        requests_per_s: median(loads.iter().map(|l| l.requests_per_s).collect()),
+        megabytes_per_s: median(loads.iter().map(|l| l.megabytes_per_s).collect()),
+        p50_ms: median(loads.iter().map(|l| l.p50_ms).collect()),
+        p99_ms: median(loads.iter().map(|l| l.p99_ms).collect()),
+        errors: loads.iter().map(|l| l.errors).sum(),
+    }
+}
+
+/// A 1 s warm-up of each, then `rounds` runs of `seconds` alternating which goes first, so
+/// neither side always meets the warmer (or busier) machine; returns the medians of each side.
+pub fn compare(
+    ours: (&str, WrkOptions<'_>),
+    baseline: (&str, WrkOptions<'_>),
+    connections: u32,
+    rounds: usize,
+    seconds: u32,
+) -> (Load, Load) {
+    wrk(ours.0, connections, 1, ours.1);
+    wrk(baseline.0, connections, 1, baseline.1);
+    let mut runs: (Vec<Load>, Vec<Load>) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            runs.0.push(wrk(ours.0, connections, seconds, ours.1));
+            runs.1
+                .push(wrk(baseline.0, connections, seconds, baseline.1));
+        } else {
+            runs.1
+                .push(wrk(baseline.0, connections, seconds, baseline.1));
+            runs.0.push(wrk(ours.0, connections, seconds, ours.1));
+        }
+    }
+    (summarise(&runs.0), summarise(&runs.1))
+}
+
+/// A wrk Lua script that cycles through `requests` (path, extra headers): weight a path by
+/// listing it several times. Each wrk thread starts at a different offset.
+pub fn paths_script(path: &Path, requests: &[(String, Vec<(String, String)>)]) {
+    let quote = |text: &str| format!("{text:?}");
+    let mut lua = String::from("local requests = {\n");
+    for (target, headers) in requests {
+        let headers: Vec<String> = headers
+            .iter()
+            .map(|(name, value)| format!("[{}] = {}", quote(name), quote(value)))
+            .collect();
+        lua.push_str(&format!(
+            "  {{ path = {}, headers = {{ {} }} }},\n",
+            quote(target),
+            headers.join(", ")
+        ));
+    }
+    lua.push_str(
+        "}\ncounter = 0\nlocal threads = 0\n\
+         function setup(thread)\n  thread:set(\"counter\", threads * 7919)\n  threads = threads + 1\nend\n\
+         function request()\n  counter = counter + 1\n  local r = requests[(counter % #requests) + 1]\n  \
+         return wrk.format(\"GET\", r.path, r.headers)\nend\n",
+    );
+    std::fs::write(path, lua).unwrap();
+}

@@ -1,0 +1,1283 @@
+//! The load bench (issue 8): the real `streamgate` binary on a temporary data set, driven over
+//! loopback by wrk, against baselines measured in the same run; prints one table.
+//!
+//! `cargo bench --bench load` (release build; needs `apt-get install wrk nginx-light ffmpeg` and
+//! anvil/cast/OpenZeppelin in target/ci-node, which `bash .ci/test` installs). Results never gate
+//! anything: the bench exits non-zero only when the harness breaks or a request fails.
+//! Under `cargo test` (no `--bench`) it runs a smoke pass that needs none of those tools: the
+//! real binary, the seeded data set and 100 held connections.
+//!
+//! Tunables (environment): LOAD_BENCH_SECONDS (per wrk run, 3), LOAD_BENCH_ROUNDS (2),
+//! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE
+//! (10000), LOAD_BENCH_CLIP_SECONDS (4), LOAD_BENCH_TRANSCODE_RUNS (2).
+//!
+//! Fairness: the server gets one HTTP worker (`server.workers = 1`), as do nginx
+//! (`worker_processes 1`) and the bare actix-web baseline; wrk runs 2 threads. Rate limits are
+//! off (64 connections from one address would be refused within a second); the rest of the
+//! middleware (metrics, tracing, security headers) stays on.
+
+// Bench code: a failed unwrap is a failed bench.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use alloy_primitives::{eip191_hash_message, Address, Signature};
+use common::{
+    compare, free_port, media, paths_script, start_bare, start_nginx, wait_for_port, write_hls,
+    wrk, Load, WrkOptions,
+};
+use serde_json::{json, Value};
+use streamgate_actors::{
+    model::{MediaId, MediaState},
+    store::{MediaRepo, SledStore},
+    transcode::ffmpeg,
+};
+
+const CONNECTIONS: u32 = 64;
+const ADMIN_TOKEN: &str = "load-bench-admin";
+const CHAIN_ID: u64 = 31337;
+/// Anvil's funded dev account #0: deploys the pass contract and mints.
+const DEPLOYER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+/// Wallets that hold a pass and sign in (keys derived in-process).
+const HOLDERS: usize = 8;
+const WORDS: [&str; 8] = [
+    "river", "mountain", "city", "night", "ocean", "forest", "desert", "storm",
+];
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Settings {
+    seconds: u32,
+    rounds: usize,
+    upload_mib: usize,
+    records: usize,
+    idle: usize,
+    clip_seconds: u64,
+    transcode_runs: usize,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Self {
+            seconds: env_number("LOAD_BENCH_SECONDS", 3) as u32,
+            rounds: env_number("LOAD_BENCH_ROUNDS", 2).max(1) as usize,
+            upload_mib: env_number("LOAD_BENCH_UPLOAD_MIB", 1024) as usize,
+            records: env_number("LOAD_BENCH_RECORDS", 5000) as usize,
+            idle: env_number("LOAD_BENCH_IDLE", 10_000) as usize,
+            clip_seconds: env_number("LOAD_BENCH_CLIP_SECONDS", 4),
+            transcode_runs: env_number("LOAD_BENCH_TRANSCODE_RUNS", 2).max(1) as usize,
+        }
+    }
+}
+
+/// The real binary as a child process; killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    port: u16,
+}
+
+impl Server {
+    fn start(config_file: &Path, data_dir: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_streamgate"));
+        command
+            .arg("--config")
+            .arg(config_file)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--set", "rate_limit.enabled=false"]);
+        for item in extra {
+            command.args(["--set", item]);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+        };
+        wait_for_port(port, "streamgate");
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn status_field(&self, name: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        kib / 1024.0
+    }
+
+    /// Starts a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM).
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+
+    /// VmHWM in MiB: the peak resident set since the last [`Server::reset_peak`].
+    fn peak_rss_mb(&self) -> f64 {
+        self.status_field("VmHWM:")
+    }
+
+    fn rss_mb(&self) -> f64 {
+        self.status_field("VmRSS:")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One line of the table.
+struct Row {
+    scenario: String,
+    requests_per_s: Option<f64>,
+    megabytes_per_s: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    peak_rss_mb: f64,
+    baseline: String,
+    ratio: Option<f64>,
+    target: &'static str,
+    errors: u64,
+}
+
+impl Row {
+    fn from_load(scenario: &str, load: &Load, peak_rss_mb: f64) -> Self {
+        Self {
+            scenario: scenario.into(),
+            requests_per_s: Some(load.requests_per_s),
+            megabytes_per_s: Some(load.megabytes_per_s),
+            p50_ms: Some(load.p50_ms),
+            p99_ms: Some(load.p99_ms),
+            peak_rss_mb,
+            baseline: "—".into(),
+            ratio: None,
+            target: "—",
+            errors: load.errors,
+        }
+    }
+
+    /// Compared by requests/s with `baseline`, described by `name`.
+    fn versus(mut self, name: &str, baseline: &Load, target: &'static str) -> Self {
+        self.baseline = format!("{name} {:.0} req/s", baseline.requests_per_s);
+        self.ratio = Some(self.requests_per_s.unwrap_or(0.0) / baseline.requests_per_s);
+        self.target = target;
+        self
+    }
+}
+
+fn number(value: Option<f64>, decimals: usize) -> String {
+    value.map_or("—".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn latency(value: Option<f64>) -> String {
+    match value {
+        None => "—".into(),
+        Some(ms) if ms >= 1000.0 => format!("{:.2} s", ms / 1000.0),
+        Some(ms) => format!("{ms:.2} ms"),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "| scenario | req/s | MB/s | p50 | p99 | peak RSS | baseline | ratio | target | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---|---:|---|---:|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.0} MB | {} | {} | {} | {} |",
+            row.scenario,
+            number(row.requests_per_s, 0),
+            number(row.megabytes_per_s, 1),
+            latency(row.p50_ms),
+            latency(row.p99_ms),
+            row.peak_rss_mb,
+            row.baseline,
+            number(row.ratio, 2),
+            row.target,
+            row.errors
+        );
+    }
+}
+
+/// The data set the server starts on: `records` searchable records, a ready clip with 2 MiB
+/// segments, and a second ready clip to gate. Written before the server opens the store.
+struct DataSet {
+    clip: MediaId,
+    gated: MediaId,
+    hls: PathBuf,
+}
+
+fn seed(data_dir: &Path, records: usize) -> DataSet {
+    let store = SledStore::open(&data_dir.join("db")).unwrap();
+    let clip = media(
+        "Bench clip".into(),
+        vec!["bench".into()],
+        "0xbench",
+        MediaState::Ready,
+    );
+    let gated = media(
+        "Gated clip".into(),
+        vec!["bench".into()],
+        "0xbench",
+        MediaState::Ready,
+    );
+    for record in [&clip, &gated] {
+        store.put_media(record).unwrap();
+    }
+    for n in 0..records {
+        let title = format!(
+            "{} {} walk number {n}",
+            WORDS[n % WORDS.len()],
+            WORDS[(n / 8) % WORDS.len()]
+        );
+        let record = media(
+            title,
+            vec![format!("tag{}", n % 50)],
+            &format!("0xowner{}", n % 100),
+            MediaState::Ready,
+        );
+        store.put_media(&record).unwrap();
+    }
+    drop(store);
+    let hls = write_hls(data_dir, &clip.id);
+    write_hls(data_dir, &gated.id);
+    DataSet {
+        clip: clip.id,
+        gated: gated.id,
+        hls,
+    }
+}
+
+fn search_paths() -> Vec<String> {
+    [
+        "q=river",
+        "q=ocean%20storm",
+        "q=number%204242",
+        "tag=tag7",
+        "owner=0xowner42&q=city",
+        "q=night",
+    ]
+    .iter()
+    .map(|query| format!("/api/v1/media?{query}&limit=20"))
+    .collect()
+}
+
+fn plain(headers: &[(String, String)], paths: &[String]) -> Vec<(String, Vec<(String, String)>)> {
+    paths
+        .iter()
+        .map(|path| (path.clone(), headers.to_vec()))
+        .collect()
+}
+
+/// A blocking HTTP/1.1 GET on an open connection; returns the status.
+fn get_on(stream: &mut TcpStream, path: &str) -> std::io::Result<u16> {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |value| value.trim().parse().unwrap_or(0));
+        if buffer.len() >= end + 4 + length {
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .unwrap_or(0);
+            return Ok(status);
+        }
+    }
+}
+
+/// Lets this process (and the server it starts afterwards) hold `count` sockets.
+fn raise_open_files(count: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = (count as u64 + 1024).min(limit.maximum.unwrap_or(u64::MAX));
+    if limit.current.is_some_and(|current| current < wanted) {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(wanted),
+                maximum: limit.maximum,
+            },
+        )
+        .unwrap();
+    }
+}
+
+/// `count` keep-alive connections, one request each, all held while the server's RSS is read
+/// and a fresh connection is served; then a sample of the held ones is reused.
+fn idle_connections(server: &Server, path: &str, count: usize, when: &str) -> Row {
+    server.reset_peak();
+    let before = server.rss_mb();
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(count);
+    let mut errors = 0u64;
+    for _ in 0..count {
+        match TcpStream::connect(("127.0.0.1", server.port)) {
+            Ok(mut stream) => match get_on(&mut stream, path) {
+                Ok(200) => held.push(stream),
+                _ => errors += 1,
+            },
+            Err(_) => errors += 1,
+        }
+    }
+    let opened_in = started.elapsed();
+    let holding = server.rss_mb();
+    let probe_started = Instant::now();
+    let mut probe = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let probe_ok = get_on(&mut probe, path).is_ok_and(|status| status == 200);
+    let probe_ms = probe_started.elapsed().as_secs_f64() * 1e3;
+    if !probe_ok {
+        errors += 1;
+    }
+    let step = (held.len() / 100).max(1);
+    let mut reused = 0;
+    for stream in held.iter_mut().step_by(step) {
+        match get_on(stream, path) {
+            Ok(200) => reused += 1,
+            _ => errors += 1,
+        }
+    }
+    println!(
+        "idle ({when}): {} of {count} connections opened and held in {:.1} s; server RSS {before:.0} → {holding:.0} MB; \
+         a new request meanwhile took {probe_ms:.2} ms; {reused} held connections reused afterwards",
+        held.len(),
+        opened_in.as_secs_f64()
+    );
+    Row {
+        scenario: format!("{count} idle keep-alive connections, {when}"),
+        requests_per_s: None,
+        megabytes_per_s: None,
+        p50_ms: Some(probe_ms),
+        p99_ms: None,
+        peak_rss_mb: server.peak_rss_mb().max(holding),
+        baseline: format!("RSS before {before:.0} MB, holding {holding:.0} MB"),
+        ratio: None,
+        target: "RSS < 150 MB",
+        errors,
+    }
+}
+
+/// The `[server]`, `[auth]`… layer every server of this run starts with.
+fn write_config(path: &Path, rpc_url: Option<&str>) {
+    let rpc = rpc_url.map_or(String::new(), |url| {
+        format!("{{ chain_id = {CHAIN_ID}, url = \"{url}\" }}")
+    });
+    std::fs::write(
+        path,
+        format!(
+            "[server]\nworkers = 1\nlog_level = \"warn\"\n\
+             # Idle connections must outlive the time it takes to open 10,000 of them.\n\
+             keep_alive_s = 600\n\
+             [storage]\nmin_free_disk_mb = 1\n\
+             [auth]\nadmin_token = \"{ADMIN_TOKEN}\"\nallowed_chain_ids = [{CHAIN_ID}]\nrpc = [{rpc}]\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn main() {
+    let measuring = std::env::args().any(|arg| arg == "--bench");
+    let settings = Settings::from_env();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data_dir = scratch.path().join("data");
+    let config_file = scratch.path().join("bench.toml");
+    if !measuring {
+        smoke(&data_dir, &config_file);
+        return;
+    }
+    raise_open_files(settings.idle + 2048);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // A chain with a pass contract, minted to every holder, before the server starts (the RPC
+    // URL is part of its configuration).
+    let anvil = chain::Anvil::start(&runtime);
+    let holders: Vec<k256::ecdsa::SigningKey> = (0..HOLDERS).map(signin::wallet).collect();
+    let contract = anvil.deploy_erc721();
+    for key in &holders {
+        anvil.mint(&contract, &Address::from_private_key(key).to_checksum(None));
+    }
+
+    let started = Instant::now();
+    let data = seed(&data_dir, settings.records);
+    println!(
+        "seeded {} records and two ready clips in {:.1} s",
+        settings.records + 2,
+        started.elapsed().as_secs_f64()
+    );
+    write_config(&config_file, Some(&anvil.url));
+    let server = Server::start(&config_file, &data_dir, &[]);
+    let client = reqwest::Client::new();
+    let fetch = |url: &str, bearer: Option<&str>| -> Vec<u8> {
+        runtime.block_on(async {
+            let mut request = client.get(url);
+            if let Some(token) = bearer {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            assert!(response.status().is_success(), "{url}: {response:?}");
+            response.bytes().await.unwrap().to_vec()
+        })
+    };
+    let (rounds, seconds) = (settings.rounds, settings.seconds);
+    let mut rows = Vec::new();
+    let clip = &data.clip;
+
+    // Segments vs nginx, the same four files.
+    {
+        let nginx_scratch = scratch.path().join("nginx");
+        std::fs::create_dir_all(&nginx_scratch).unwrap();
+        let (nginx_base, _nginx) = start_nginx(&data.hls, &nginx_scratch);
+        let segments: Vec<String> = (0..common::SEGMENTS)
+            .map(|n| format!("720p/seg_{n:03}.m4s"))
+            .collect();
+        let ours_script = scratch.path().join("segments.lua");
+        let theirs_script = scratch.path().join("nginx.lua");
+        let ours: Vec<String> = segments
+            .iter()
+            .map(|s| format!("/api/v1/media/{clip}/hls/{s}"))
+            .collect();
+        let theirs: Vec<String> = segments.iter().map(|s| format!("/{s}")).collect();
+        paths_script(&ours_script, &plain(&[], &ours));
+        paths_script(&theirs_script, &plain(&[], &theirs));
+        assert_eq!(
+            fetch(&server.url(&ours[1]), None).len(),
+            common::SEGMENT_BYTES
+        );
+        assert_eq!(
+            fetch(&format!("{nginx_base}{}", theirs[1]), None).len(),
+            common::SEGMENT_BYTES
+        );
+        server.reset_peak();
+        let (sg, nginx) = compare(
+            (
+                &server.base,
+                WrkOptions {
+                    script: Some(&ours_script),
+                    ..Default::default()
+                },
+            ),
+            (
+                &nginx_base,
+                WrkOptions {
+                    script: Some(&theirs_script),
+                    ..Default::default()
+                },
+            ),
+            CONNECTIONS,
+            rounds,
+            seconds,
+        );
+        let mut row = Row::from_load("segment GET (2 MiB, 64 conn)", &sg, server.peak_rss_mb())
+            .versus("nginx", &nginx, "≥ 0.9");
+        row.baseline = format!(
+            "nginx {:.0} req/s {:.0} MB/s",
+            nginx.requests_per_s, nginx.megabytes_per_s
+        );
+        rows.push(row);
+    }
+
+    // Small GETs through the full stack vs a bare handler with the same bytes.
+    let small: Vec<(&str, Vec<String>, &'static str)> = vec![
+        (
+            "playlist GET (master, cached)",
+            vec![format!("/api/v1/media/{clip}/hls/master.m3u8")],
+            "application/vnd.apple.mpegurl",
+        ),
+        (
+            "metadata record GET",
+            vec![format!("/api/v1/media/{clip}")],
+            "application/json",
+        ),
+        ("search GET (6 queries)", search_paths(), "application/json"),
+        (
+            "/metrics scrape",
+            vec!["/metrics".into()],
+            "text/plain; version=0.0.4",
+        ),
+    ];
+    for (name, paths, content_type) in small {
+        let script = scratch.path().join("small.lua");
+        paths_script(&script, &plain(&[], &paths));
+        let body = fetch(&server.url(&paths[0]), None);
+        let (bare_url, bare) = start_bare(body, content_type);
+        server.reset_peak();
+        let (full, baseline) = compare(
+            (
+                &server.base,
+                WrkOptions {
+                    script: Some(&script),
+                    ..Default::default()
+                },
+            ),
+            (&bare_url, WrkOptions::default()),
+            CONNECTIONS,
+            rounds,
+            seconds,
+        );
+        drop(bare.stop(false));
+        let target = if name.starts_with("/metrics") {
+            "—"
+        } else {
+            "≥ 0.6, p99 < 5 ms"
+        };
+        rows.push(
+            Row::from_load(&format!("{name}, 64 conn"), &full, server.peak_rss_mb()).versus(
+                "bare actix",
+                &baseline,
+                target,
+            ),
+        );
+    }
+
+    // Monitoring on/off: the record GET against a second server without the observing
+    // middleware, on a copy of the record.
+    {
+        let quiet_dir = scratch.path().join("quiet");
+        let store = SledStore::open(&quiet_dir.join("db")).unwrap();
+        let record = runtime.block_on(async {
+            client
+                .get(server.url(&format!("/api/v1/media/{clip}")))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(record.is_success());
+        let mut copy = media(
+            "Bench clip".into(),
+            vec!["bench".into()],
+            "0xbench",
+            MediaState::Ready,
+        );
+        copy.id = clip.clone();
+        store.put_media(&copy).unwrap();
+        drop(store);
+        let quiet = Server::start(&config_file, &quiet_dir, &["monitor.http_middleware=false"]);
+        let path = format!("/api/v1/media/{clip}");
+        server.reset_peak();
+        let (on, off) = compare(
+            (&server.url(&path), WrkOptions::default()),
+            (&quiet.url(&path), WrkOptions::default()),
+            CONNECTIONS,
+            rounds,
+            seconds,
+        );
+        rows.push(
+            Row::from_load(
+                "record GET, monitoring on vs off",
+                &on,
+                server.peak_rss_mb(),
+            )
+            .versus("monitoring off", &off, "≥ 0.97"),
+        );
+    }
+
+    // A viewer mix: 80 % segments, 10 % playlists, 5 % record, 5 % search.
+    {
+        let mut mix = Vec::new();
+        for n in 0..16 {
+            mix.push(format!(
+                "/api/v1/media/{clip}/hls/720p/seg_{:03}.m4s",
+                n % common::SEGMENTS
+            ));
+        }
+        mix.push(format!("/api/v1/media/{clip}/hls/master.m3u8"));
+        mix.push(format!("/api/v1/media/{clip}/hls/720p/index.m3u8"));
+        mix.push(format!("/api/v1/media/{clip}"));
+        mix.push(search_paths()[0].clone());
+        let script = scratch.path().join("mixed.lua");
+        paths_script(&script, &plain(&[], &mix));
+        server.reset_peak();
+        let load = wrk(
+            &server.base,
+            CONNECTIONS,
+            seconds * rounds as u32,
+            WrkOptions {
+                script: Some(&script),
+                ..Default::default()
+            },
+        );
+        rows.push(Row::from_load(
+            "mixed viewers (80% seg, 10% playlist, 10% record/search)",
+            &load,
+            server.peak_rss_mb(),
+        ));
+    }
+
+    // SIWE logins, then the gated playlist with their sessions.
+    {
+        let gate = json!({"chain_id": CHAIN_ID, "contract": contract, "standard": "erc721", "min_balance": 1});
+        runtime.block_on(async {
+            let response = client
+                .put(server.url(&format!("/api/v1/media/{}/gate", data.gated)))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&gate)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        });
+        server.reset_peak();
+        let (logins, sessions) = runtime.block_on(signin::login_load(
+            &client,
+            &server.base,
+            &holders,
+            Duration::from_secs(u64::from(seconds * rounds as u32)),
+        ));
+        rows.push(Row {
+            scenario: "SIWE login (challenge + sign + login, 16 clients)".into(),
+            requests_per_s: Some(logins.per_second),
+            megabytes_per_s: None,
+            p50_ms: Some(logins.p50_ms),
+            p99_ms: Some(logins.p99_ms),
+            peak_rss_mb: server.peak_rss_mb(),
+            baseline: "—".into(),
+            ratio: None,
+            target: "—",
+            errors: logins.errors,
+        });
+        let path = format!("/api/v1/media/{}/hls/master.m3u8", data.gated);
+        let requests: Vec<(String, Vec<(String, String)>)> = sessions
+            .iter()
+            .map(|token| {
+                (
+                    path.clone(),
+                    vec![("Authorization".into(), format!("Bearer {token}"))],
+                )
+            })
+            .collect();
+        let script = scratch.path().join("gated.lua");
+        paths_script(&script, &requests);
+        let body = fetch(&server.url(&path), Some(&sessions[0]));
+        assert!(String::from_utf8_lossy(&body).contains("token="));
+        let (bare_url, bare) = start_bare(body, "application/vnd.apple.mpegurl");
+        server.reset_peak();
+        let (gated, baseline) = compare(
+            (
+                &server.base,
+                WrkOptions {
+                    script: Some(&script),
+                    ..Default::default()
+                },
+            ),
+            (&bare_url, WrkOptions::default()),
+            CONNECTIONS,
+            rounds,
+            seconds,
+        );
+        drop(bare.stop(false));
+        rows.push(
+            Row::from_load(
+                &format!("gated playlist GET ({HOLDERS} sessions), 64 conn"),
+                &gated,
+                server.peak_rss_mb(),
+            )
+            .versus("bare actix", &baseline, "≥ 0.6, p99 < 5 ms"),
+        );
+    }
+
+    server.reset_peak();
+    rows.push(transcode(
+        &runtime,
+        &client,
+        &server,
+        &config_file,
+        scratch.path(),
+        &settings,
+    ));
+    server.reset_peak();
+    rows.push(upload(
+        &runtime,
+        &client,
+        &server,
+        scratch.path(),
+        &data_dir,
+        &settings,
+    ));
+    let record_path = format!("/api/v1/media/{clip}");
+    rows.push(idle_connections(
+        &server,
+        &record_path,
+        settings.idle,
+        "after the scenarios above",
+    ));
+    drop(server);
+    // The same on a fresh process: what holding the connections costs, without the heap the
+    // allocator kept from the upload and the loads before.
+    let fresh = Server::start(&config_file, &data_dir, &[]);
+    rows.push(idle_connections(
+        &fresh,
+        &record_path,
+        settings.idle,
+        "fresh server",
+    ));
+    drop(fresh);
+
+    print_table(&rows);
+    println!(
+        "\nsettings: {seconds} s per wrk run, {rounds} rounds alternating with the baseline (medians), \
+         {} search records, {} MiB upload, {} s clip; ratios are req/s (upload: MB/s; transcode: time).",
+        settings.records, settings.upload_mib, settings.clip_seconds
+    );
+    let errors: u64 = rows.iter().map(|row| row.errors).sum();
+    if errors > 0 {
+        eprintln!("load bench: {errors} failed requests");
+        std::process::exit(1);
+    }
+}
+
+/// Under `cargo test`: the harness end to end without wrk, nginx, ffmpeg or anvil.
+fn smoke(data_dir: &Path, config_file: &Path) {
+    let data = seed(data_dir, 50);
+    write_config(config_file, None);
+    let server = Server::start(config_file, data_dir, &[]);
+    let row = idle_connections(
+        &server,
+        &format!("/api/v1/media/{}", data.clip),
+        100,
+        "smoke pass",
+    );
+    assert_eq!(row.errors, 0);
+    print_table(&[row]);
+    println!("load bench: smoke pass only; measure with `cargo bench --bench load`");
+}
+
+/// A 1280x720 H.264/AAC test clip.
+fn make_clip(path: &Path, seconds: u64) {
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=1280x720:rate=30")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t"])
+        .arg(seconds.to_string())
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
+        .arg(path)
+        .status()
+        .expect("ffmpeg is installed (apt-get install ffmpeg)");
+    assert!(status.success());
+}
+
+/// The worker's commands (ffprobe, the one-decode ladder, the thumbnail) as plain children.
+fn bare_transcode(config: &streamgate_actors::config::TranscodeConfig, input: &Path, out: &Path) {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).unwrap();
+    let probe = ffmpeg::probe(&config.ffprobe_path, input).unwrap();
+    let rungs = ffmpeg::plan_ladder(&config.ladder, &[], probe.height);
+    let ladder = ffmpeg::hls_arguments(config, input, out, &probe, &rungs);
+    let thumbnail = ffmpeg::thumbnail_arguments(input, &out.join("thumbnail.jpg"), &probe);
+    for args in [ladder, thumbnail] {
+        let status = Command::new(&config.ffmpeg_path)
+            .args(&args)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+async fn job_done(client: &reqwest::Client, url: &str) -> Value {
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        ticks.tick().await;
+        let job: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        match job["state"].as_str() {
+            Some("succeeded") => return job,
+            Some("failed" | "cancelled") => panic!("job ended badly: {job}"),
+            _ => assert!(Instant::now() < deadline, "job too slow: {job}"),
+        }
+    }
+}
+
+/// A transcode job through the server (submit → `succeeded` seen over HTTP) vs the same
+/// ffmpeg commands run bare, alternating; the upload's own job is the warm-up.
+fn transcode(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    server: &Server,
+    config_file: &Path,
+    scratch: &Path,
+    settings: &Settings,
+) -> Row {
+    let clip = scratch.join("clip.mp4");
+    make_clip(&clip, settings.clip_seconds);
+    let config = streamgate::config::load(&streamgate::config::Sources {
+        file: Some(config_file.to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap();
+    let media_id = runtime.block_on(async {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(std::fs::read(&clip).unwrap()).file_name("clip.mp4"),
+        );
+        let receipt: Value = client
+            .post(server.url("/api/v1/upload"))
+            .bearer_auth(ADMIN_TOKEN)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let media_id = receipt["media_id"].as_str().unwrap().to_string();
+        let jobs: Value = client
+            .get(server.url(&format!("/api/v1/jobs?media_id={media_id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let job_id = jobs["items"][0]["id"].as_str().unwrap();
+        job_done(client, &server.url(&format!("/api/v1/jobs/{job_id}"))).await;
+        media_id
+    });
+    let out = scratch.join("bare-transcode");
+    let (mut served, mut bare) = (Vec::new(), Vec::new());
+    for run in 0..settings.transcode_runs {
+        let direct = || {
+            let started = Instant::now();
+            bare_transcode(&config.transcode, &clip, &out);
+            started.elapsed().as_secs_f64()
+        };
+        let through_server = || {
+            runtime.block_on(async {
+                let started = Instant::now();
+                let job: Value = client
+                    .post(server.url("/api/v1/jobs"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&json!({"kind": "transcode", "media_id": media_id}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let url = server.url(&format!("/api/v1/jobs/{}", job["id"].as_str().unwrap()));
+                job_done(client, &url).await;
+                started.elapsed().as_secs_f64()
+            })
+        };
+        if run % 2 == 0 {
+            bare.push(direct());
+            served.push(through_server());
+        } else {
+            served.push(through_server());
+            bare.push(direct());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let (served, bare) = (common::median(served), common::median(bare));
+    Row {
+        scenario: format!(
+            "transcode job ({} s 720p clip, {} runs; p50 = median job)",
+            settings.clip_seconds, settings.transcode_runs
+        ),
+        requests_per_s: None,
+        megabytes_per_s: None,
+        p50_ms: Some(served * 1e3),
+        p99_ms: None,
+        peak_rss_mb: server.peak_rss_mb(),
+        baseline: format!("bare ffmpeg {bare:.2} s"),
+        ratio: Some(served / bare),
+        target: "≤ 1.05",
+        errors: 0,
+    }
+}
+
+/// An MP4 header (so the sniffer accepts it) and pseudo-random bytes (so nothing compresses).
+fn write_source(path: &Path, size: usize) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let header = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2";
+    file.write_all(header).unwrap();
+    let mut written = header.len();
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1024 * 1024];
+    while written < size {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let take = block.len().min(size - written);
+        file.write_all(&block[..take]).unwrap();
+        written += take;
+    }
+    file.flush().unwrap();
+}
+
+const PATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// A tus upload in 8 MiB PATCHes vs `dd conv=fsync` of the same bytes to the same disk (every
+/// PATCH is acknowledged only after fsync); best of `rounds` each.
+fn upload(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    server: &Server,
+    scratch: &Path,
+    data_dir: &Path,
+    settings: &Settings,
+) -> Row {
+    let size = settings.upload_mib * 1024 * 1024;
+    let source = scratch.join("source.bin");
+    write_source(&source, size);
+    let mut best_dd = f64::MAX;
+    let mut best_upload = f64::MAX;
+    let mut patch_ms = Vec::new();
+    for _ in 0..settings.rounds {
+        let target = scratch.join("dd.out");
+        let started = Instant::now();
+        let status = Command::new("dd")
+            .arg(format!("if={}", source.display()))
+            .arg(format!("of={}", target.display()))
+            .args(["bs=8M", "conv=fsync", "status=none"])
+            .status()
+            .expect("dd is installed (coreutils)");
+        assert!(status.success());
+        best_dd = best_dd.min(started.elapsed().as_secs_f64());
+        std::fs::remove_file(&target).unwrap();
+        let (seconds, latencies) = runtime.block_on(tus_upload(client, server, &source, size));
+        best_upload = best_upload.min(seconds);
+        patch_ms.extend(latencies);
+        // Keep the disk from filling up between rounds.
+        let _ = std::fs::remove_dir_all(data_dir.join("blobs/uploads"));
+    }
+    let _ = std::fs::remove_file(&source);
+    patch_ms.sort_by(f64::total_cmp);
+    let at = |q: f64| patch_ms[((patch_ms.len() as f64 - 1.0) * q) as usize];
+    let megabytes = size as f64 / 1e6;
+    Row {
+        scenario: format!(
+            "tus upload ({} MiB in 8 MiB PATCHes, best of {})",
+            settings.upload_mib, settings.rounds
+        ),
+        requests_per_s: Some((size / PATCH_BYTES) as f64 / best_upload),
+        megabytes_per_s: Some(megabytes / best_upload),
+        p50_ms: Some(at(0.5)),
+        p99_ms: Some(at(0.99)),
+        peak_rss_mb: server.peak_rss_mb(),
+        baseline: format!("dd conv=fsync {:.0} MB/s", megabytes / best_dd),
+        ratio: Some(best_dd / best_upload),
+        target: "≥ 0.8",
+        errors: 0,
+    }
+}
+
+async fn tus_upload(
+    client: &reqwest::Client,
+    server: &Server,
+    source: &Path,
+    size: usize,
+) -> (f64, Vec<f64>) {
+    let mut file = std::fs::File::open(source).unwrap();
+    let started = Instant::now();
+    let created = client
+        .post(server.url("/api/v1/uploads"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", size.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let location = created.headers()["location"].to_str().unwrap().to_string();
+    let mut offset = 0;
+    let mut latencies = Vec::new();
+    while offset < size {
+        let length = PATCH_BYTES.min(size - offset);
+        let mut chunk = vec![0u8; length];
+        file.read_exact(&mut chunk).unwrap();
+        let patch_started = Instant::now();
+        let response = client
+            .patch(server.url(&location))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", offset.to_string())
+            .body(chunk)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204, "{:?}", response.text().await);
+        latencies.push(patch_started.elapsed().as_secs_f64() * 1e3);
+        offset += length;
+    }
+    (started.elapsed().as_secs_f64(), latencies)
+}
+
+/// anvil and cast from the npm install `.ci/test` makes in target/ci-node.
+mod chain {
+    use super::*;
+
+    const INSTALL: &str = "npm install --prefix target/ci-node @foundry-rs/anvil@1.7.1 @foundry-rs/cast@1.7.1 @openzeppelin/contracts@4.9.6 (or bash .ci/test)";
+
+    fn node_dir() -> PathBuf {
+        std::env::var_os("STREAMGATE_CI_NODE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-node"))
+    }
+
+    fn tool(name: &str) -> PathBuf {
+        let arch = match std::env::consts::ARCH {
+            "aarch64" => "arm64",
+            _ => "amd64",
+        };
+        let path = node_dir()
+            .join("node_modules/@foundry-rs")
+            .join(format!("{name}-linux-{arch}/bin/{name}"));
+        assert!(path.exists(), "{} is missing: {INSTALL}", path.display());
+        path
+    }
+
+    fn cast_send(url: &str, args: &[&str]) -> Value {
+        let output = Command::new(tool("cast"))
+            .args([
+                "send",
+                "--json",
+                "--rpc-url",
+                url,
+                "--private-key",
+                DEPLOYER_KEY,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cast send failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let receipt: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(receipt["status"], "0x1", "transaction failed: {receipt}");
+        receipt
+    }
+
+    /// A running anvil; killed on drop.
+    pub struct Anvil {
+        pub url: String,
+        child: Child,
+    }
+
+    impl Drop for Anvil {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Anvil {
+        pub fn start(runtime: &tokio::runtime::Runtime) -> Self {
+            let port = free_port();
+            let child = Command::new(tool("anvil"))
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let anvil = Self {
+                url: format!("http://127.0.0.1:{port}"),
+                child,
+            };
+            let client = reqwest::Client::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            runtime.block_on(async {
+                let mut ticks = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    ticks.tick().await;
+                    let answer = client
+                        .post(&anvil.url)
+                        .json(&json!({"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}))
+                        .send()
+                        .await;
+                    if answer.is_ok_and(|r| r.status().is_success()) {
+                        return;
+                    }
+                    assert!(Instant::now() < deadline, "anvil did not start");
+                }
+            });
+            anvil
+        }
+
+        /// OpenZeppelin's ERC721PresetMinterPauserAutoId; the deployer may mint.
+        pub fn deploy_erc721(&self) -> String {
+            let path = node_dir().join(
+                "node_modules/@openzeppelin/contracts/build/contracts/ERC721PresetMinterPauserAutoId.json",
+            );
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|_| panic!("{} is missing: {INSTALL}", path.display()));
+            let artifact: Value = serde_json::from_str(&text).unwrap();
+            let receipt = cast_send(
+                &self.url,
+                &[
+                    "--create",
+                    artifact["bytecode"].as_str().unwrap(),
+                    "constructor(string,string,string)",
+                    "Gate Pass",
+                    "PASS",
+                    "https://example.invalid/",
+                ],
+            );
+            receipt["contractAddress"].as_str().unwrap().to_string()
+        }
+
+        pub fn mint(&self, contract: &str, to: &str) {
+            cast_send(&self.url, &[contract, "mint(address)", to]);
+        }
+    }
+}
+
+/// Sign-In with Ethereum from the client side: wallets and EIP-191 signatures made in-process
+/// (k256), so the load is on the server, not on a signing subprocess.
+mod signin {
+    use super::*;
+    use k256::ecdsa::SigningKey;
+    use sha2::{Digest, Sha256};
+
+    /// A deterministic wallet.
+    pub fn wallet(n: usize) -> SigningKey {
+        let seed = Sha256::digest(format!("streamgate load bench wallet {n}"));
+        SigningKey::from_slice(&seed).unwrap()
+    }
+
+    /// An EIP-191 personal-message signature, 0x-hex r‖s‖v.
+    pub fn sign(key: &SigningKey, message: &str) -> String {
+        let hash = eip191_hash_message(message);
+        let (signature, recovery) = key.sign_prehash_recoverable(hash.as_slice()).unwrap();
+        Signature::from_signature_and_parity(signature, recovery.is_y_odd()).to_string()
+    }
+
+    pub struct Logins {
+        pub per_second: f64,
+        pub p50_ms: f64,
+        pub p99_ms: f64,
+        pub errors: u64,
+    }
+
+    async fn login(client: &reqwest::Client, base: &str, key: &SigningKey) -> Option<String> {
+        let address = Address::from_private_key(key).to_checksum(None);
+        let challenge: Value = client
+            .post(format!("{base}/api/v1/auth/challenge"))
+            .json(&json!({"address": address, "chain_id": CHAIN_ID}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let message = challenge["message"].as_str()?;
+        let signature = sign(key, message);
+        let response = client
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"message": message, "signature": signature}))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        body["token"].as_str().map(str::to_string)
+    }
+
+    /// 16 clients logging in with `wallets` in turn for `duration`; returns the rate and one
+    /// session per wallet.
+    pub async fn login_load(
+        client: &reqwest::Client,
+        base: &str,
+        wallets: &[SigningKey],
+        duration: Duration,
+    ) -> (Logins, Vec<String>) {
+        let started = Instant::now();
+        let clients = (0..16).map(|n| async move {
+            let (mut latencies, mut errors, mut sessions) = (Vec::new(), 0u64, Vec::new());
+            let mut turn = n;
+            while started.elapsed() < duration {
+                let key = &wallets[turn % wallets.len()];
+                let login_started = Instant::now();
+                match login(client, base, key).await {
+                    Some(token) => {
+                        latencies.push(login_started.elapsed().as_secs_f64() * 1e3);
+                        if n < wallets.len() && sessions.is_empty() {
+                            sessions.push(token);
+                        }
+                    }
+                    None => errors += 1,
+                }
+                turn += 16;
+            }
+            (latencies, errors, sessions)
+        });
+        let results = futures_util::future::join_all(clients).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut latencies: Vec<f64> = results.iter().flat_map(|r| r.0.clone()).collect();
+        let errors = results.iter().map(|r| r.1).sum();
+        let sessions: Vec<String> = results.into_iter().flat_map(|r| r.2).collect();
+        latencies.sort_by(f64::total_cmp);
+        assert!(!latencies.is_empty(), "no login succeeded");
+        let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+        let logins = Logins {
+            per_second: latencies.len() as f64 / elapsed,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            errors,
+        };
+        (logins, sessions)
+    }
+}

@@ -1,0 +1,431 @@
+//! The one middleware for monitoring, tracing and rate limits: per request it opens the root
+//! span, gives the request its id and W3C trace context, checks the client's token bucket,
+//! and when the answer is ready counts it (metrics, trace stats) and sets `x-request-id` and
+//! `traceparent`. One hand-written service instead of a chain of `from_fn` middlewares: one
+//! box (the inner future) instead of one per layer, one request extension
+//! ([`RequestContext`]), labels resolved once per worker (see [`WorkerState::series`]), ids
+//! kept as integers until a header needs their text.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    future::{ready, Future, Ready},
+    hash::{BuildHasherDefault, Hasher},
+    net::IpAddr,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+    time::{Instant, SystemTime},
+};
+
+use actix_web::{
+    body::{BodySize, BoxBody, EitherBody, MessageBody},
+    dev::{Service, ServiceRequest, ServiceResponse, Transform},
+    http::{
+        header::{HeaderName, HeaderValue},
+        Method,
+    },
+    Error, HttpMessage,
+};
+use pin_project_lite::pin_project;
+use streamgate_actors::monitor::{
+    otlp::{AttributeValue, FinishedSpan, SpanExporter, SpanKind},
+    traces::{status_label, RequestRecord, TraceContext, TRACEPARENT_LEN},
+    HttpSeries, Metrics,
+};
+use tracing::Span;
+use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
+
+use super::{
+    rate_limit::{self, RateLimits},
+    route_label,
+    trace::{root_span, RequestId, SpanBody},
+    REQUEST_ID_HEADER, TRACEPARENT_HEADER,
+};
+
+/// What the middleware learnt about a request, in its extensions for handlers (the trace to
+/// hand on to actors and jobs, the client address rate limits saw).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext {
+    pub request_id: RequestId,
+    pub trace: TraceContext,
+    /// Set when rate limits are on (they resolve it, trusted proxies included).
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The middleware. `metrics: None` turns monitoring and tracing off (no span, ids, headers or
+/// counts), `limits: None` turns rate limits off.
+/// `spans: Some` exports each request's span over OTLP (needs monitoring on).
+#[derive(Clone)]
+pub struct Observe {
+    metrics: Option<Metrics>,
+    limits: Option<RateLimits>,
+    spans: Option<SpanExporter>,
+}
+
+impl Observe {
+    pub fn new(metrics: Option<Metrics>, limits: Option<RateLimits>) -> Self {
+        Self {
+            metrics,
+            limits,
+            spans: None,
+        }
+    }
+
+    pub fn exporting_spans(mut self, spans: Option<SpanExporter>) -> Self {
+        self.spans = spans;
+        self
+    }
+
+    /// Whether it does anything at all (else leave it out of the app).
+    pub fn is_active(&self) -> bool {
+        self.metrics.is_some() || self.limits.is_some()
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Observe
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<SpanBody<EitherBody<B>>>;
+    type Error = Error;
+    type Transform = ObserveService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(ObserveService {
+            service,
+            state: Rc::new(WorkerState {
+                metrics: self.metrics.clone(),
+                limits: self.limits.clone(),
+                spans: self.spans.clone(),
+                series: RefCell::default(),
+            }),
+        }))
+    }
+}
+
+/// One per HTTP worker (actix builds the app once per worker thread): no sharing, no locks.
+pub struct WorkerState {
+    metrics: Option<Metrics>,
+    limits: Option<RateLimits>,
+    spans: Option<SpanExporter>,
+    /// The metric series each (service, route, method, status) bumps, keyed by the labels'
+    /// addresses: every label is a `'static` string from a fixed table, so the key is four
+    /// integers and the map stays as small as the app's routes × methods × statuses.
+    series: RefCell<HashMap<SeriesKey, HttpSeries, BuildHasherDefault<WordHasher>>>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct SeriesKey {
+    service: usize,
+    route: usize,
+    method: usize,
+    status: u16,
+}
+
+/// Multiply-rotate over whole words (FxHash's mix). The keys are our own label addresses,
+/// never client input, so a keyed hash would buy nothing.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+    fn write_u16(&mut self, word: u16) {
+        self.write_u64(u64::from(word));
+    }
+}
+
+impl WorkerState {
+    fn observe(&self, metrics: &Metrics, record: &RequestRecord) {
+        let key = SeriesKey {
+            service: record.service.as_ptr() as usize,
+            route: record.route.as_ptr() as usize,
+            method: record.method.as_ptr() as usize,
+            status: record.status,
+        };
+        let mut series = self.series.borrow_mut();
+        let series = series.entry(key).or_insert_with(|| {
+            metrics.http_series(
+                record.service,
+                record.route,
+                record.method,
+                status_label(record.status),
+            )
+        });
+        metrics.observe_with(series, record);
+    }
+}
+
+pub struct ObserveService<S> {
+    service: S,
+    state: Rc<WorkerState>,
+}
+
+/// What the answer needs from the start of the request, when monitoring is on.
+struct Observed {
+    state: Rc<WorkerState>,
+    started: Instant,
+    request_id: RequestId,
+    trace: TraceContext,
+    service: &'static str,
+    method: &'static str,
+}
+
+impl<S, B> Service<ServiceRequest> for ObserveService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<SpanBody<EitherBody<B>>>;
+    type Error = Error;
+    type Future = ObserveFuture<S::Future>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let state = &self.state;
+        let service = rate_limit::service_for(req.path());
+        let client_ip = state
+            .limits
+            .as_ref()
+            .and_then(|limits| rate_limit::client_ip(&req, limits.trusted_proxies()));
+        let observed = state.metrics.as_ref().map(|metrics| {
+            metrics.http_in_flight.inc();
+            Observed {
+                state: Rc::clone(state),
+                started: Instant::now(),
+                request_id: RequestId::generate(),
+                trace: TraceContext::continue_or_start(
+                    req.headers()
+                        // A `&str` key would be parsed into a name on every call.
+                        .get(&TRACEPARENT_NAME)
+                        .map(HeaderValue::as_bytes),
+                ),
+                service,
+                method: method_label(req.method()),
+            }
+        });
+        let span = match &observed {
+            Some(observed) => {
+                req.extensions_mut().insert(RequestContext {
+                    request_id: observed.request_id,
+                    trace: observed.trace,
+                    client_ip,
+                });
+                root_span(&req, observed.request_id, &observed.trace)
+            }
+            None => Span::none(),
+        };
+        let refusal = match (&state.limits, client_ip) {
+            (Some(limits), Some(client)) => limits
+                .check(service, client)
+                .err()
+                // Inside the span: the refusal's log line names the request's trace.
+                .map(|wait| span.in_scope(|| limits.refuse(&req, service, client, wait))),
+            _ => None,
+        };
+        let (call, refused) = match refusal {
+            Some(response) => (None, Some(req.into_response(response))),
+            None if span.is_none() => (Some(Box::pin(self.service.call(req))), None),
+            None => (
+                Some(Box::pin(span.in_scope(|| self.service.call(req)))),
+                None,
+            ),
+        };
+        ObserveFuture {
+            call,
+            refused,
+            observed,
+            span,
+        }
+    }
+}
+
+pin_project! {
+    /// Polls the inner service inside the root span, then counts and labels the answer.
+    pub struct ObserveFuture<F> {
+        // Boxed: the inner chain's future is large, and this one is moved through every
+        // outer layer; a box costs less than copying it each time.
+        call: Option<Pin<Box<F>>>,
+        refused: Option<ServiceResponse<BoxBody>>,
+        observed: Option<Observed>,
+        span: Span,
+    }
+
+    impl<F> PinnedDrop for ObserveFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped unanswered (the client went away): still leaves the in-flight gauge.
+            if let Some(observed) = this.project().observed.take() {
+                if let Some(metrics) = &observed.state.metrics {
+                    metrics.http_in_flight.dec();
+                }
+            }
+        }
+    }
+}
+
+impl<F, B> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+    B: MessageBody + 'static,
+{
+    type Output = Result<ServiceResponse<SpanBody<EitherBody<B>>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let span = this.span;
+        match this.call.as_mut() {
+            Some(call) => {
+                let polled = if span.is_none() {
+                    call.as_mut().poll(cx)
+                } else {
+                    span.in_scope(|| call.as_mut().poll(cx))
+                };
+                let mut outcome = match polled {
+                    Poll::Ready(outcome) => outcome,
+                    Poll::Pending => return Poll::Pending,
+                };
+                if !span.is_disabled() {
+                    DefaultRootSpanBuilder::on_request_end(span.clone(), &outcome);
+                }
+                if let Some(observed) = this.observed.take() {
+                    finish(observed, &mut outcome);
+                }
+                let span = std::mem::replace(span, Span::none());
+                // One body mapping per answer: every move of a response is a copy.
+                Poll::Ready(outcome.map(|response| {
+                    response.map_body(|_, body| SpanBody::new(EitherBody::left(body), span))
+                }))
+            }
+            None => {
+                let mut outcome = this.refused.take().ok_or_else(|| {
+                    actix_web::error::ErrorInternalServerError(
+                        "request polled after it was answered",
+                    )
+                });
+                if let Some(observed) = this.observed.take() {
+                    finish(observed, &mut outcome);
+                }
+                let span = std::mem::replace(span, Span::none());
+                Poll::Ready(outcome.map(|response| {
+                    response.map_body(|_, body| SpanBody::new(EitherBody::right(body), span))
+                }))
+            }
+        }
+    }
+}
+
+// Built at compile time: `from_static` at run time validates the name on every call.
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
+
+/// Counts the answer and gives it the request id and our `traceparent`.
+fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceResponse<B>, Error>) {
+    let finished = Instant::now();
+    let (route, status, response_bytes) = match &*result {
+        Ok(response) => (
+            route_label(response.request()),
+            response.status(),
+            match response.response().body().size() {
+                BodySize::Sized(bytes) => Some(bytes),
+                _ => None,
+            },
+        ),
+        Err(error) => ("unmatched", error.as_response_error().status_code(), None),
+    };
+    if let Some(metrics) = &observed.state.metrics {
+        metrics.http_in_flight.dec();
+        observed.state.observe(
+            metrics,
+            &RequestRecord {
+                service: observed.service,
+                route,
+                method: observed.method,
+                status: status.as_u16(),
+                duration: finished.saturating_duration_since(observed.started),
+                finished,
+                response_bytes,
+                trace_id: Some(observed.trace.trace_id),
+            },
+        );
+    }
+    if let Some(spans) = &observed.state.spans {
+        let end = SystemTime::now();
+        let duration = finished.saturating_duration_since(observed.started);
+        spans.export(FinishedSpan {
+            trace_id: observed.trace.trace_id,
+            span_id: observed.trace.span_id,
+            parent_span_id: observed.trace.parent_span_id,
+            name: format!("{} {route}", observed.method),
+            kind: SpanKind::Server,
+            start: end.checked_sub(duration).unwrap_or(end),
+            end,
+            attributes: vec![
+                (
+                    "http.request.method",
+                    AttributeValue::Text(observed.method.into()),
+                ),
+                ("http.route", AttributeValue::Text(route.into())),
+                (
+                    "http.response.status_code",
+                    AttributeValue::Int(i64::from(status.as_u16())),
+                ),
+                (
+                    "streamgate.service",
+                    AttributeValue::Text(observed.service.into()),
+                ),
+                (
+                    "streamgate.request_id",
+                    AttributeValue::Text(observed.request_id.to_string().into()),
+                ),
+            ],
+            error: status.is_server_error(),
+        });
+    }
+    if let Ok(response) = result {
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(observed.request_id.encode(&mut [0; 36])) {
+            headers.insert(REQUEST_ID_NAME, value);
+        }
+        let mut buffer = [0; TRACEPARENT_LEN];
+        if let Ok(value) = HeaderValue::from_bytes(observed.trace.encode_traceparent(&mut buffer)) {
+            headers.insert(TRACEPARENT_NAME, value);
+        }
+    }
+}
+
+/// The `method` label. Methods outside the standard set share one label: clients choose
+/// them, and a label value per invented method would let them grow the series without bound.
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    STANDARD
+        .iter()
+        .find(|(standard, _)| standard == method)
+        .map_or("other", |(_, label)| label)
+}
