@@ -180,10 +180,12 @@ impl RateLimits {
         else {
             return Ok(());
         };
+        // The limiter's own clock: a fresh `DefaultClock` probes the CPU's counters on
+        // creation (~50 µs in a VM), which a flood of refusals would pay per request.
         limiter
             .limiter
             .check_key(&client)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            .map_err(|not_until| not_until.wait_time_from(limiter.limiter.clock().now()))
     }
 
     pub fn trusted_proxies(&self) -> &[IpAddr] {
