@@ -197,6 +197,8 @@ pub struct CacheConfig {
     pub streaming_ttl_s: u64,
     pub metadata_entries: usize,
     pub metadata_ttl_s: u64,
+    pub search_entries: usize,
+    pub search_ttl_s: u64,
     pub purge_interval_s: u64,
 }
 
@@ -206,6 +208,7 @@ impl CacheConfig {
             ("gateway_entries", self.gateway_entries as u64),
             ("streaming_entries", self.streaming_entries as u64),
             ("metadata_entries", self.metadata_entries as u64),
+            ("search_entries", self.search_entries as u64),
             ("purge_interval_s", self.purge_interval_s),
         ] {
             if value == 0 {

@@ -30,7 +30,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, Weak,
     },
     time::Duration,
@@ -85,7 +85,7 @@ impl From<tantivy::TantivyError> for SearchError {
 }
 
 /// One search request; every filter narrows it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct SearchQuery {
     /// Words to find in title, description or tags (all must match); empty: everything.
     pub q: Option<String>,
@@ -93,6 +93,27 @@ pub struct SearchQuery {
     pub owner: Option<String>,
     pub cursor: Option<String>,
     pub limit: usize,
+}
+
+impl SearchQuery {
+    /// The query with everything [`SearchIndex::search`] ignores taken out: `q` trimmed (empty
+    /// is none), `tag` and `owner` trimmed and lower-cased, `limit` clamped. Two queries with
+    /// the same normal form return the same page.
+    pub fn normalised(&self) -> Self {
+        let exact = |text: &Option<String>| text.as_deref().map(|t| t.trim().to_lowercase());
+        Self {
+            q: self
+                .q
+                .as_deref()
+                .map(str::trim)
+                .filter(|q| !q.is_empty())
+                .map(str::to_string),
+            tag: exact(&self.tag),
+            owner: exact(&self.owner),
+            cursor: self.cursor.clone(),
+            limit: self.limit.clamp(1, MAX_PAGE),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +211,9 @@ struct Inner {
     dir: PathBuf,
     /// Writes staged since the last commit.
     dirty: AtomicBool,
+    /// Bumped after every reload that follows a commit: the only point where what searches
+    /// return changes (the reader reloads manually). Keys of the search page cache.
+    generation: AtomicU64,
 }
 
 impl Inner {
@@ -199,19 +223,28 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Commits staged writes, if any, and lets readers see them.
+    /// Commits staged writes, if any, and lets readers see them. The writer lock is held up to
+    /// the generation bump, so a caller that finds nothing staged knows that whoever took the
+    /// staged writes has made them searchable: [`SearchIndex::commit`] returning means searches
+    /// see every write staged before it was called.
     fn commit(&self) -> Result<(), SearchError> {
+        let mut writer = self.writer();
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let mut writer = self.writer();
         if let Err(error) = writer.commit() {
             // Keep them staged for the next try.
             self.dirty.store(true, Ordering::Release);
             return Err(error.into());
         }
+        if let Err(error) = self.reader.reload() {
+            // Committed but not visible: the next commit retries the reload.
+            self.dirty.store(true, Ordering::Release);
+            return Err(error.into());
+        }
+        // After the reload: a reader that sees the new generation searches the new segments.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         drop(writer);
-        self.reader.reload()?;
         Ok(())
     }
 }
@@ -326,6 +359,7 @@ impl SearchIndex {
             fields,
             dir: dir.to_path_buf(),
             dirty: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         });
         let committer = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -390,6 +424,12 @@ impl SearchIndex {
     /// Commits staged writes now, so searches see them when this returns. Blocking.
     pub fn commit(&self) -> Result<(), SearchError> {
         self.inner.commit()
+    }
+
+    /// Changes whenever committed writes become searchable. Read it *before* searching: a page
+    /// searched after reading generation `g` reflects every change of generations up to `g`.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// Number of indexed records.

@@ -408,6 +408,87 @@ async fn search_finds_by_word_tag_and_owner_and_pages_without_gaps() {
     assert_eq!(walk(&server, "tag=zeppelin").await, edited);
 }
 
+/// Commits staged index writes now (what the group commit does within ~200 ms).
+async fn commit_index(server: &TestServer) {
+    let search = server.actors.search.clone();
+    tokio::task::spawn_blocking(move || search.commit())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn as_set(ids: &[String]) -> HashSet<&str> {
+    ids.iter().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn cached_search_pages_are_never_served_after_a_change() {
+    let server = TestServer::start_with(with_admin);
+    let hits = || server.actors.caches.search.stats().hits;
+    let first = create(
+        &server,
+        record("Walrus parade", "", &["arctic"], ALICE.address),
+    )
+    .await;
+    commit_index(&server).await;
+
+    assert_eq!(walk(&server, "q=walrus").await, [first.as_str()]);
+    let before = hits();
+    assert_eq!(walk(&server, "q=walrus").await, [first.as_str()]);
+    // The same query in another spelling is the same page.
+    assert_eq!(walk(&server, "q=+walrus+&limit=20").await, [first.as_str()]);
+    assert_eq!(walk(&server, "tag=arctic").await, [first.as_str()]);
+    assert_eq!(walk(&server, "tag=ARCTIC").await, [first.as_str()]);
+    assert_eq!(hits(), before + 3, "repeated searches are cache hits");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let series = r#"streamgate_cache_requests_total{cache="search",result="hit"}"#;
+    let line = metrics.lines().find(|l| l.starts_with(series)).unwrap();
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value >= 3.0, "{line}");
+
+    // A new match appears on the very next search once the index committed it.
+    let second = create(
+        &server,
+        record("Walrus choir", "", &["Arctic"], BOB.address),
+    )
+    .await;
+    commit_index(&server).await;
+    let both = walk(&server, "q=walrus").await;
+    assert_eq!(
+        as_set(&both),
+        HashSet::from([first.as_str(), second.as_str()])
+    );
+    assert_eq!(walk(&server, "tag=arctic").await.len(), 2);
+
+    // An edit makes a match disappear on the very next search.
+    let edited = server
+        .client
+        .patch(server.url(&format!("/api/v1/media/{first}")))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"title": "Seal parade"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edited.status(), 200);
+    commit_index(&server).await;
+    assert_eq!(walk(&server, "q=walrus").await, [second.as_str()]);
+    assert_eq!(walk(&server, "q=seal").await, [first.as_str()]);
+
+    // So does a tag edit, for a filter page that was cached.
+    let retagged = server
+        .client
+        .patch(server.url(&format!("/api/v1/media/{second}")))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"tags": ["antarctic"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retagged.status(), 200);
+    commit_index(&server).await;
+    assert_eq!(walk(&server, "tag=arctic").await, [first.as_str()]);
+    assert_eq!(walk(&server, "tag=antarctic").await, [second.as_str()]);
+}
+
 #[tokio::test]
 async fn the_search_index_is_rebuilt_when_missing_or_damaged() {
     let data = tempfile::tempdir().unwrap();

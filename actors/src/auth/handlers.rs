@@ -344,7 +344,7 @@ impl Handler<SetGate> for AuthActor {
                 };
                 // Durable first: a restart reloads exactly what was acknowledged.
                 playback.set(media_id.clone(), gate.clone());
-                caches.invalidate_media(&media_id);
+                caches.invalidate_gate(&media_id);
                 metrics.gate_changes.with_label_values(&[change]).inc();
                 let detail = match &gate {
                     Some(gate) => format!(

@@ -5,11 +5,20 @@
 //! - `metadata`: media records by id, filled by the MetadataActor's reads. Each entry also
 //!   memoises the bytes a reader renders from it (the JSON `web` sends), so a hit is served
 //!   without building and serialising the DTO again; the memo goes with the entry.
+//! - `search`: rendered search pages (the JSON `web` sends) by [`SearchPageKey`]: the index
+//!   generation the page was searched at and the normalised query.
 //! - `gateway`: the general-purpose admin cache behind `/api/v1/cache`.
 //!
 //! Invariant: entries of a media item are dropped by the actor that changes it (MetadataActor:
 //! update, delete, transcode recorded; AuthActor: gate set or cleared) after the store has the
 //! change and before it replies. Readers fill only through the epoch guard of [`TtlLru`].
+//!
+//! Invariant: a search page is never served after a change that alters it. Index changes become
+//! searchable only at a commit, which bumps [`crate::search::SearchIndex::generation`] after
+//! the reader reloads; the page key holds the generation read before searching, so pages of
+//! older generations are unreachable (the LRU and TTL drop them). The gate table, rendered into
+//! pages as `gated`, is not in the index: a gate change empties the search cache (epoch bump),
+//! and readers fill through the epoch guard.
 //!
 //! The admin cache is not an actor, like [`AuditLog`]: its operations are independent, each is
 //! one short lock, and every write is audited here.
@@ -29,7 +38,25 @@ use crate::{
     config::CacheConfig,
     model::{Media, MediaId},
     monitor::Metrics,
+    search::SearchQuery,
 };
+
+/// A search page's cache key: the index generation read before searching and the query in
+/// normal form ([`SearchQuery::normalised`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SearchPageKey {
+    generation: u64,
+    query: SearchQuery,
+}
+
+impl SearchPageKey {
+    pub fn new(generation: u64, query: &SearchQuery) -> Self {
+        Self {
+            generation,
+            query: query.normalised(),
+        }
+    }
+}
 
 /// A playlist as stored (no playback tokens) and its strong ETag.
 #[derive(Clone, Debug)]
@@ -113,6 +140,7 @@ pub struct Caches {
     pub gateway: Arc<TtlLru<String, AdminEntry>>,
     pub streaming: Arc<TtlLru<(MediaId, String), Playlist>>,
     pub metadata: Arc<TtlLru<MediaId, Arc<CachedMedia>>>,
+    pub search: Arc<TtlLru<SearchPageKey, Bytes>>,
     audit: AuditLog,
 }
 
@@ -143,6 +171,11 @@ impl Caches {
                 secs(config.metadata_ttl_s),
                 metrics("metadata"),
             )),
+            search: Arc::new(TtlLru::new(
+                config.search_entries,
+                secs(config.search_ttl_s),
+                metrics("search"),
+            )),
             audit,
         }
     }
@@ -151,6 +184,13 @@ impl Caches {
     pub fn invalidate_media(&self, media_id: &MediaId) {
         self.metadata.remove(media_id);
         self.streaming.remove_where(|(id, _)| id == media_id);
+    }
+
+    /// A gate on `media_id` was set or cleared: its entries go, and so does every search page,
+    /// since pages show each item's `gated` (which pages hold the item is not tracked).
+    pub fn invalidate_gate(&self, media_id: &MediaId) {
+        self.invalidate_media(media_id);
+        self.search.clear();
     }
 
     /// A playlist of `media_id` (`file` relative to its `hls/` folder), from the cache or the
@@ -178,6 +218,7 @@ impl Caches {
         self.gateway.purge_expired()
             + self.streaming.purge_expired()
             + self.metadata.purge_expired()
+            + self.search.purge_expired()
     }
 
     pub fn stats(&self) -> Vec<(&'static str, CacheStats)> {
@@ -185,6 +226,7 @@ impl Caches {
             ("gateway", self.gateway.stats()),
             ("streaming", self.streaming.stats()),
             ("metadata", self.metadata.stats()),
+            ("search", self.search.stats()),
         ]
     }
 

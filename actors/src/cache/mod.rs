@@ -23,7 +23,7 @@ use std::{
 use lru::LruCache;
 use prometheus::{IntCounter, IntGauge};
 
-pub use caches::{AdminEntry, CachedMedia, Caches, Playlist};
+pub use caches::{AdminEntry, CachedMedia, Caches, Playlist, SearchPageKey};
 
 /// The Prometheus series of one cache (label `cache`).
 #[derive(Clone)]

@@ -65,7 +65,7 @@ pub const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "
 
 /// The caches of SPEC.md, exported from the start so dashboards have series before the cache
 /// work fills them (label `cache` of the `CACHE_*` metrics).
-pub const CACHES: [&str; 4] = ["gateway", "upload", "streaming", "metadata"];
+pub const CACHES: [&str; 5] = ["gateway", "upload", "streaming", "metadata", "search"];
 
 /// The rate-limited services (label `service`); the route → service table is in
 /// `streamgate_web::middleware::rate_limit`.

@@ -1,7 +1,7 @@
 //! Media records: search/list, get, edit, delete, and the token gate.
 //!
-//! `GET /api/v1/media?q=&tag=&owner=&limit=&cursor=` reads the search index's handle and
-//! `GET /api/v1/media/{id}` the metadata cache (a miss asks the MetadataActor, which fills it);
+//! `GET /api/v1/media?q=&tag=&owner=&limit=&cursor=` reads the search page cache (a miss, the
+//! search index's handle) and `GET /api/v1/media/{id}` the metadata cache (a miss asks the MetadataActor, which fills it);
 //! writes go to the actors, which invalidate both before they reply.
 //!
 //! Edits, deletes and gates need a session (or the admin token); only the owner's session may
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
     auth::{GateSpec, SetGate},
+    cache::SearchPageKey,
     metadata::{DeleteMedia, GetMedia, UpdateMedia},
     model::{Gate, Media, TokenStandard},
     search::SearchQuery,
@@ -177,6 +178,9 @@ struct SearchParams {
 /// Longest `q` accepted (a title is at most 200 characters; a query needs no more).
 const MAX_QUERY_CHARS: usize = 500;
 
+/// Pages are served from the search page cache, keyed by the index generation read *before*
+/// searching and the normalised query, so a commit makes older pages unreachable; a miss
+/// searches, renders once and fills through the epoch guard (a gate change empties the cache).
 async fn list(
     query: web::Query<SearchParams>,
     actors: web::Data<Actors>,
@@ -192,35 +196,65 @@ async fn list(
             format!("q is longer than {MAX_QUERY_CHARS} characters"),
         ));
     }
+    let query = SearchQuery {
+        q: query.q,
+        tag: query.tag,
+        owner: query.owner,
+        cursor: query.cursor,
+        limit: query.limit.unwrap_or(DEFAULT_PAGE),
+    };
+    let key = SearchPageKey::new(actors.search.generation(), &query);
+    if let Some(body) = actors.caches.search.get(&key) {
+        return Ok(json_bytes(body));
+    }
+    let epoch = actors.caches.search.epoch();
     let page = actors
         .search
-        .search_async(SearchQuery {
-            q: query.q,
-            tag: query.tag,
-            owner: query.owner,
-            cursor: query.cursor,
-            limit: query.limit.unwrap_or(DEFAULT_PAGE),
-        })
+        .search_async(query)
         .await
         .map_err(|error| ApiError::domain(&error))?;
-    Ok(HttpResponse::Ok().json(Page {
-        items: page
-            .items
-            .iter()
-            .map(|media| media_dto(&actors, media))
-            .collect(),
+    let mut gates_read = true;
+    let items = page
+        .items
+        .iter()
+        .map(|media| {
+            let mut dto = MediaDto::from(media);
+            // An unreadable gate table reports gated (fail closed), and the page is not kept.
+            dto.gated = actors.playback.is_gated(&media.id).unwrap_or_else(|_| {
+                gates_read = false;
+                true
+            });
+            dto
+        })
+        .collect();
+    let body = serde_json::to_vec(&Page {
+        items,
         next_cursor: page.next_cursor,
-    }))
+    })
+    .map(Bytes::from)
+    .map_err(|error| {
+        ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+    })?;
+    if gates_read {
+        actors
+            .caches
+            .search
+            .insert_if_unchanged(key, body.clone(), epoch);
+    }
+    Ok(json_bytes(body))
 }
 
-/// The DTO with `gated` from the gate table; an unreadable table reports gated: fail closed.
-fn media_dto(actors: &Actors, media: &Media) -> MediaDto {
-    let mut dto = MediaDto::from(media);
-    dto.gated = actors
-        .playback
-        .gate(&media.id)
-        .map_or(true, |gate| gate.is_some());
-    dto
+fn json_bytes(body: Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::HeaderValue::from_static("application/json"),
+        ))
+        .body(body)
 }
 
 /// A cache hit is served from the JSON memoised on the cache entry (rendered once per entry
@@ -247,12 +281,7 @@ async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpR
         Some(cached) => cached.rendered(gated, render)?,
         None => render(&actors.metadata.send(GetMedia { media_id }).await??)?,
     };
-    Ok(HttpResponse::Ok()
-        .insert_header((
-            actix_web::http::header::CONTENT_TYPE,
-            actix_web::http::header::HeaderValue::from_static("application/json"),
-        ))
-        .body(body))
+    Ok(json_bytes(body))
 }
 
 async fn update(
