@@ -1,7 +1,7 @@
 //! Delivery bench, all measured in one run on one machine:
 //! 1. segment GETs (2 MiB CMAF segments) at 64 connections: StreamGate vs nginx serving the
 //!    same files from the same directory — req/s and MB/s ratios (target ≥ 0.9);
-//! 2. cached playlist and media-record GETs through the full middleware stack vs a bare
+//! 2. cached playlist, media-record and search-page GETs through the full middleware stack vs a bare
 //!    actix-web handler returning the same bytes — req/s ratio (target ≥ 0.6) and p99 (< 5 ms);
 //! 3. search p99 over 100,000 records (in-process, the same index code the API uses).
 //!
@@ -145,7 +145,15 @@ fn main() {
             format!("/api/v1/media/{id}"),
             "application/json",
         ),
+        (
+            "search page",
+            "/api/v1/media?q=bench+clip".to_string(),
+            "application/json",
+        ),
     ];
+    // Searchable now, not after the next group commit: the bare handler serves the bytes of the
+    // first fetch.
+    server.actors.search.commit().unwrap();
     if has("profile") {
         let mut line = format!("profile: segment={ours}");
         let mut bare_servers = Vec::new();

@@ -324,6 +324,15 @@ async fn put_gate(server: &TestServer, media_id: &str, token: &str, gate: &Value
     (status, response.json().await.unwrap())
 }
 
+/// `gated` of the only search result for `word`.
+async fn searched_gated(server: &TestServer, word: &str) -> bool {
+    let (status, page) = server.get_json(&format!("/api/v1/media?q={word}")).await;
+    assert_eq!(status, 200, "{page}");
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    items[0]["gated"].as_bool().unwrap()
+}
+
 /// Every URI line of a playlist.
 fn uris(playlist: &str) -> Vec<String> {
     playlist
@@ -414,6 +423,17 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     assert_eq!(response.status(), 200);
     assert!(cache_control(&response).contains("immutable"));
 
+    // Search pages show `gated` and are cached: a gate change shows on the very next page.
+    let search = server.actors.search.clone();
+    tokio::task::spawn_blocking(move || search.commit())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!searched_gated(&server, "first").await);
+    let hits = server.actors.caches.search.stats().hits;
+    assert!(!searched_gated(&server, "first").await);
+    assert_eq!(server.actors.caches.search.stats().hits, hits + 1);
+
     // Only the owner sets gates.
     let erc721_gate =
         json!({"chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721", "min_balance": 1});
@@ -424,6 +444,7 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     let (status, body) = put_gate(&server, &first.media_id, &alice, &erc721_gate).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["gated"], true);
+    assert!(searched_gated(&server, "first").await);
     let bad_chain = json!({"chain_id": 5, "contract": erc721, "standard": "erc721"});
     let (status, body) = put_gate(&server, &second.media_id, &alice, &bad_chain).await;
     assert_refused(status, &body, 400, "chain_not_configured");
@@ -613,6 +634,7 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     let response = bearer_get(&server, &public_segment, None).await;
     assert_eq!(response.status(), 200);
     assert!(cache_control(&response).contains("immutable"));
+    assert!(!searched_gated(&server, "first").await);
     let response = bearer_get(&server, &thumbnail, None).await;
     assert_eq!(response.status(), 200);
     assert!(cache_control(&response).contains("public"));
