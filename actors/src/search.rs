@@ -624,6 +624,45 @@ mod tests {
     }
 
     #[test]
+    fn the_generation_moves_exactly_when_a_commit_makes_writes_searchable() {
+        let index = SearchIndex::in_memory().unwrap();
+        let start = index.generation();
+        index.commit().unwrap();
+        assert_eq!(index.generation(), start, "nothing staged, nothing changed");
+        index.upsert(&[media("otter", &[], "0xa")]).unwrap();
+        index.commit().unwrap();
+        assert_eq!(index.generation(), start + 1);
+        assert_eq!(index.len(), 1);
+        let spaced = SearchQuery {
+            q: Some("  otter ".into()),
+            tag: Some(" Fish".into()),
+            owner: Some("0xA".into()),
+            cursor: None,
+            limit: 500,
+        };
+        let plain = SearchQuery {
+            q: Some("otter".into()),
+            tag: Some("fish".into()),
+            owner: Some("0xa".into()),
+            cursor: None,
+            limit: MAX_PAGE,
+        };
+        assert_eq!(spaced.normalised(), plain.normalised());
+        let blank = SearchQuery {
+            q: Some(" ".into()),
+            limit: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            blank.normalised(),
+            SearchQuery {
+                limit: 1,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
     fn pages_walk_every_match_once_in_a_stable_order() {
         let index = SearchIndex::in_memory().unwrap();
         let items: Vec<Media> = (0..250)
