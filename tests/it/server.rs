@@ -62,7 +62,7 @@ impl TestServer {
         Self {
             base: format!("http://{address}"),
             actors,
-            client: reqwest::Client::new(),
+            client: client_builder().build().unwrap(),
             data_dir,
             handle,
             session: tokio::sync::OnceCell::new(),
@@ -312,8 +312,12 @@ pub fn bearer_client(token: &str) -> reqwest::Client {
         reqwest::header::AUTHORIZATION,
         reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
     );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
+    client_builder().default_headers(headers).build().unwrap()
+}
+
+/// A client that never reuses a connection the server may be closing: idle pooled connections
+/// are dropped well before the server's keep-alive timeout (5 s), so a request is never sent
+/// on a socket the server closes at the same moment (hyper's `IncompleteMessage`).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(2))
 }
