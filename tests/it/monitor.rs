@@ -208,7 +208,16 @@ async fn a_flooding_client_gets_429s_while_a_polite_one_sees_none() {
         let mut traces = HashSet::new();
         let mut retry_afters = Vec::new();
         for _ in 0..15 {
-            let batch = (0..10).map(|_| flooder.get(&url).send());
+            // The flood continues a caller's trace: responses return `traceparent` only then.
+            let batch = (0..10).map(|_| {
+                flooder
+                    .get(&url)
+                    .header(
+                        "traceparent",
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    )
+                    .send()
+            });
             for response in futures_util::future::join_all(batch).await {
                 let response = response.unwrap();
                 if response.status() == 429 {
@@ -457,6 +466,12 @@ async fn trace_context_request_ids_and_security_headers_on_every_response() {
         "{traces}"
     );
     assert!(recent.contains(&replaced.as_str()), "{traces}");
+
+    // No `traceparent` sent: a request id, and no `traceparent` back (not a response header
+    // the standard defines; only callers that take part in a trace get ours).
+    let response = server.get("/api/v1/monitor/metrics").await;
+    assert!(!response.headers()["x-request-id"].is_empty());
+    assert!(response.headers().get("traceparent").is_none());
 
     let (status, health) = server.get_json("/api/v1/monitor/health").await;
     assert_eq!(status, 200);

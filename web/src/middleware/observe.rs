@@ -1,7 +1,7 @@
 //! The one middleware for monitoring, tracing and rate limits: per request it opens the root
 //! span, gives the request its id and W3C trace context, checks the client's token bucket,
-//! and when the answer is ready counts it (metrics, trace stats) and sets `x-request-id` and
-//! `traceparent`. One hand-written service instead of a chain of `from_fn` middlewares: one
+//! and when the answer is ready counts it (metrics, trace stats) and sets `x-request-id` (and
+//! `traceparent` when the caller sent one). One hand-written service instead of a chain of `from_fn` middlewares: one
 //! box (the inner future) instead of one per layer, one request extension
 //! ([`RequestContext`]), labels resolved once per worker (see [`WorkerState::series`]), ids
 //! kept as integers until a header needs their text.
@@ -183,6 +183,10 @@ struct Observed {
     started: Instant,
     request_id: RequestId,
     trace: TraceContext,
+    /// The caller sent a `traceparent`, so it gets ours back (continued, or a fresh trace when
+    /// theirs was invalid). Not a standard response header: callers that sent none get none,
+    /// which saves its encoding, allocation and insert on most requests.
+    echo_traceparent: bool,
     service: &'static str,
     method: &'static str,
 }
@@ -207,16 +211,14 @@ where
             .and_then(|limits| rate_limit::client_ip(&req, limits.trusted_proxies()));
         let observed = state.metrics.as_ref().map(|metrics| {
             metrics.http_in_flight.inc();
+            // A `&str` key would be parsed into a name on every call.
+            let traceparent = req.headers().get(&TRACEPARENT_NAME);
             Observed {
                 state: Rc::clone(state),
                 started: Instant::now(),
                 request_id: RequestId::generate(),
-                trace: TraceContext::continue_or_start(
-                    req.headers()
-                        // A `&str` key would be parsed into a name on every call.
-                        .get(&TRACEPARENT_NAME)
-                        .map(HeaderValue::as_bytes),
-                ),
+                trace: TraceContext::continue_or_start(traceparent.map(HeaderValue::as_bytes)),
+                echo_traceparent: traceparent.is_some(),
                 service,
                 method: method_label(req.method()),
             }
@@ -335,7 +337,7 @@ where
 const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
 
-/// Counts the answer and gives it the request id and our `traceparent`.
+/// Counts the answer and gives it the request id (and our `traceparent` if the caller sent one).
 fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceResponse<B>, Error>) {
     let finished = Instant::now();
     let (route, status, response_bytes) = match &*result {
@@ -400,14 +402,31 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
     }
     if let Ok(response) = result {
         let headers = response.headers_mut();
-        if let Ok(value) = HeaderValue::from_str(observed.request_id.encode(&mut [0; 36])) {
-            headers.insert(REQUEST_ID_NAME, value);
-        }
-        let mut buffer = [0; TRACEPARENT_LEN];
-        if let Ok(value) = HeaderValue::from_bytes(observed.trace.encode_traceparent(&mut buffer)) {
-            headers.insert(TRACEPARENT_NAME, value);
+        headers.insert(
+            REQUEST_ID_NAME,
+            generated_header_value(observed.request_id.encode(&mut [0; 36]).as_bytes()),
+        );
+        if observed.echo_traceparent {
+            let mut buffer = [0; TRACEPARENT_LEN];
+            headers.insert(
+                TRACEPARENT_NAME,
+                generated_header_value(observed.trace.encode_traceparent(&mut buffer)),
+            );
         }
     }
+}
+
+/// A header value from text we wrote ourselves: hex digits and dashes only, so the byte-by-byte
+/// validation of `HeaderValue::from_bytes` (a few hundred instructions per header) is skipped.
+#[allow(unsafe_code)]
+fn generated_header_value(ascii: &[u8]) -> HeaderValue {
+    debug_assert!(ascii
+        .iter()
+        .all(|byte| byte.is_ascii_hexdigit() || *byte == b'-'));
+    // SAFETY: the only callers pass `RequestId::encode` (a hyphenated UUID) or
+    // `TraceContext::encode_traceparent` (`00-<hex>-<hex>-0x`): ASCII hex and dashes, which is
+    // valid UTF-8 and a valid header value (debug builds check both, http's included).
+    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes::Bytes::copy_from_slice(ascii)) }
 }
 
 /// The `method` label. Methods outside the standard set share one label: clients choose
