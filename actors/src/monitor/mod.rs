@@ -346,6 +346,7 @@ impl MonitorActor {
     }
 
     fn sample_process(&mut self, now: Instant, signals: &mut Signals) {
+        process::release_free_memory();
         let metrics = &self.deps.metrics;
         let sample = match process::sample() {
             Ok(sample) => sample,

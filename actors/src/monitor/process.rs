@@ -1,5 +1,6 @@
 //! Process and host figures read from Linux's /proc: CPU time, memory, descriptors.
-//! Plain file reads, cheap enough for the monitor's sample timer.
+//! Plain file reads, cheap enough for the monitor's sample timer. Also hands freed heap memory
+//! back to the OS ([`release_free_memory`]) before each sample.
 
 use std::io;
 
@@ -25,6 +26,23 @@ pub fn sample() -> io::Result<ProcessSample> {
         .map(|entries| entries.count() as u64);
     Ok(sample)
 }
+
+/// Returns freed heap memory to the OS. glibc keeps what a burst freed in its per-thread
+/// arenas (after a load test ~120 MB stayed resident with nothing using it), and only trims
+/// the top of the main heap on its own; `malloc_trim` releases free pages of every arena.
+/// Runs on the monitor's timer, off the request path.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_free_memory() {
+    // SAFETY: `malloc_trim` has no preconditions; it takes each arena's lock itself.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators return memory on their own.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() {}
 
 fn clock_ticks() -> f64 {
     rustix::param::clock_ticks_per_second() as f64
@@ -87,6 +105,34 @@ mod tests {
         assert_eq!(sample.virtual_bytes, 104_857_600);
         assert_eq!(sample.resident_bytes, 2560 * 4096);
         assert_eq!(sample.start_time_seconds, Some(123.45));
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn freed_memory_goes_back_to_the_os() {
+        // Many small blocks from a second thread, in its own arena. One in 50 stays alive, as
+        // long-lived allocations do among a burst's: the heap cannot shrink from its top, so
+        // glibc keeps the freed pages in between resident.
+        let (resident_with_blocks, survivors) = std::thread::spawn(|| {
+            let blocks: Vec<Vec<u8>> = (0..100_000).map(|i| vec![i as u8; 2000]).collect();
+            let resident = sample().unwrap().resident_bytes;
+            let survivors: Vec<Vec<u8>> = blocks.into_iter().step_by(50).collect();
+            (resident, survivors)
+        })
+        .join()
+        .unwrap();
+        release_free_memory();
+        let after_trim = sample().unwrap().resident_bytes;
+        assert!(
+            resident_with_blocks > 150 * 1024 * 1024,
+            "the blocks were resident: {resident_with_blocks}"
+        );
+        // Without the trim the freed pages stay resident (measured: 212 MB before and after).
+        assert!(
+            after_trim + 100 * 1024 * 1024 < resident_with_blocks,
+            "freed blocks stay resident: {resident_with_blocks} with them, {after_trim} after"
+        );
+        assert_eq!(survivors.len(), 2000);
     }
 
     #[test]
