@@ -2,8 +2,9 @@
 //! than `tracing_actix_web::TracingLogger`: that one draws a UUID from the OS (a `getrandom`
 //! system call) and computes the span's fields (route match, connection info, strings) for
 //! every request even when no subscriber wants the span. Here the id comes from a per-thread
-//! generator and the fields are computed only when the span is enabled. The span and its
-//! fields are the ones `tracing_actix_web::root_span!` declares, plus `trace_id`.
+//! generator and the fields are computed only when the span is enabled. The span carries the
+//! method, path, status, `trace_id` and `request_id`; the route, client and user agent are in
+//! the request metrics and the OTLP span, so log spans don't pay to format them again.
 
 use std::{
     fmt,
@@ -14,7 +15,6 @@ use std::{
 use actix_web::{
     body::{BodySize, MessageBody},
     dev::ServiceRequest,
-    http::Version,
     web::Bytes,
 };
 use pin_project_lite::pin_project;
@@ -51,24 +51,14 @@ pub(super) fn root_span(req: &ServiceRequest, request_id: RequestId, trace: &Tra
     if !tracing::dispatcher::has_been_set() {
         return Span::none();
     }
+    // Few and cheap fields on purpose: an enabled span's fields are formatted into a string
+    // per request by the fmt layer, and `connection_info()` (scheme, host, client IP) or the
+    // route match would parse headers and run the router a second time for every request.
     tracing::info_span!(
         "HTTP request",
         http.method = %req.method().as_str(),
-        http.route = %RoutePattern(req),
-        http.flavor = %http_flavor(req.version()),
-        http.scheme = %req.connection_info().scheme(),
-        http.host = %req.connection_info().host(),
-        http.client_ip = %req.connection_info().realip_remote_addr().unwrap_or(""),
-        http.user_agent = %req
-            .headers()
-            .get("User-Agent")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(""),
-        http.target = %req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+        http.target = %req.path(),
         http.status_code = Empty,
-        otel.name = %OtelName(req),
-        otel.kind = "server",
-        otel.status_code = Empty,
         trace_id = %HexTraceId(trace.trace_id),
         request_id = %request_id,
         exception.message = Empty,
@@ -82,38 +72,6 @@ struct HexTraceId(u128);
 impl fmt::Display for HexTraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:032x}", self.0)
-    }
-}
-
-/// The matched route pattern, looked up only if a subscriber formats the field.
-struct RoutePattern<'r>(&'r ServiceRequest);
-
-impl fmt::Display for RoutePattern<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.match_pattern() {
-            Some(pattern) => f.write_str(&pattern),
-            None => f.write_str("default"),
-        }
-    }
-}
-
-/// `METHOD route`, as OpenTelemetry names server spans.
-struct OtelName<'r>(&'r ServiceRequest);
-
-impl fmt::Display for OtelName<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.0.method().as_str(), RoutePattern(self.0))
-    }
-}
-
-fn http_flavor(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_09 => "0.9",
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_11 => "1.1",
-        Version::HTTP_2 => "2.0",
-        Version::HTTP_3 => "3.0",
-        _ => "unknown",
     }
 }
 
