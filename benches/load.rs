@@ -789,28 +789,6 @@ fn smoke(data_dir: &Path, config_file: &Path) {
     println!("load bench: smoke pass only; measure with `cargo bench --bench load`");
 }
 
-/// A 1280x720 H.264/AAC test clip.
-fn make_clip(path: &Path, seconds: u64) {
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=1280x720:rate=30")
-        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t"])
-        .arg(seconds.to_string())
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ])
-        .arg(path)
-        .status()
-        .expect("ffmpeg is installed (apt-get install ffmpeg)");
-    assert!(status.success());
-}
-
 /// The worker's commands (ffprobe, the one-decode ladder, the thumbnail) as plain children.
 fn bare_transcode(config: &streamgate_actors::config::TranscodeConfig, input: &Path, out: &Path) {
     let _ = std::fs::remove_dir_all(out);
@@ -854,7 +832,7 @@ fn transcode(
     settings: &Settings,
 ) -> Row {
     let clip = scratch.join("clip.mp4");
-    make_clip(&clip, settings.clip_seconds);
+    common::make_clip(&clip, settings.clip_seconds);
     let config = streamgate::config::load(&streamgate::config::Sources {
         file: Some(config_file.to_path_buf()),
         ..Default::default()
@@ -941,28 +919,6 @@ fn transcode(
     }
 }
 
-/// An MP4 header (so the sniffer accepts it) and pseudo-random bytes (so nothing compresses).
-fn write_source(path: &Path, size: usize) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let header = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2";
-    file.write_all(header).unwrap();
-    let mut written = header.len();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1024 * 1024];
-    while written < size {
-        for word in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let take = block.len().min(size - written);
-        file.write_all(&block[..take]).unwrap();
-        written += take;
-    }
-    file.flush().unwrap();
-}
-
 const PATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// A tus upload in 8 MiB PATCHes vs `dd conv=fsync` of the same bytes to the same disk (every
@@ -977,7 +933,7 @@ fn upload(
 ) -> Row {
     let size = settings.upload_mib * 1024 * 1024;
     let source = scratch.join("source.bin");
-    write_source(&source, size);
+    common::write_source(&source, size);
     let mut best_dd = f64::MAX;
     let mut best_upload = f64::MAX;
     let mut patch_ms = Vec::new();

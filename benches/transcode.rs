@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
     net::TcpListener,
     path::Path,
@@ -27,32 +29,6 @@ fn env_number(name: &str, default: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn make_clip(path: &Path, seconds: u32) {
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=1280x720:rate=30")
-        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t"])
-        .arg(seconds.to_string())
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ])
-        .arg(path)
-        .status()
-        .expect("ffmpeg is installed");
-    assert!(status.success());
 }
 
 /// The worker's commands, run directly: ffprobe, the one-decode ladder, the thumbnail. `piped`
@@ -117,7 +93,7 @@ fn main() {
     let seconds = env_number("TRANSCODE_BENCH_SECONDS", 10);
     let scratch = tempfile::tempdir().unwrap();
     let clip = scratch.path().join("clip.mp4");
-    make_clip(&clip, seconds);
+    common::make_clip(&clip, seconds.into());
 
     let mut config = config::load(&Sources::default()).unwrap();
     config.storage.data_dir = scratch.path().join("data");
@@ -240,11 +216,11 @@ fn main() {
         worker_times.push(w);
     }
     let (d, s, w) = (
-        median(&mut direct_times),
-        median(&mut server_times),
-        median(&mut worker_times),
+        common::median(direct_times.clone()),
+        common::median(server_times.clone()),
+        common::median(worker_times.clone()),
     );
-    let plain = median(&mut plain_times);
+    let plain = common::median(plain_times.clone());
     println!(
         "median: direct {d:.3} s, server {s:.3} s (worker {w:.3} s); ratio server/direct {:.3} (target ≤ 1.05), worker/direct {:.3}; plain child (stderr to /dev/null) {plain:.3} s",
         s / d,

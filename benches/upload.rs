@@ -9,8 +9,10 @@
 // Bench code: a failed unwrap is a failed bench.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
-    io::{Read, Write},
+    io::Read,
     net::TcpListener,
     path::Path,
     process::Command,
@@ -35,7 +37,7 @@ fn main() {
     // Everything on the one disk the target directory is on.
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let source = scratch.path().join("source.mp4");
-    write_source(&source, size);
+    common::write_source(&source, size);
 
     let data_dir = scratch.path().join("data");
     let (base, _server) = start_server(&data_dir);
@@ -83,29 +85,6 @@ fn main() {
         dd_best.as_secs_f64(),
         upload_best.as_secs_f64()
     );
-}
-
-/// An MP4 header (so the sniffer accepts it) and pseudo-random bytes (so nothing compresses).
-fn write_source(path: &Path, size: usize) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut written = 0;
-    let header = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2";
-    file.write_all(header).unwrap();
-    written += header.len();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1024 * 1024];
-    while written < size {
-        for word in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let take = block.len().min(size - written);
-        file.write_all(&block[..take]).unwrap();
-        written += take;
-    }
-    file.flush().unwrap();
 }
 
 fn run_dd(source: &Path, target: &Path) -> Duration {

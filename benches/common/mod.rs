@@ -1,10 +1,12 @@
-//! Shared by the load benches (`delivery.rs`, `load.rs`): the HLS data set on disk, nginx and a
-//! bare actix-web server as same-run baselines, and `wrk` with its output parsed.
+//! Shared by the benches (`delivery.rs`, `load.rs`, `transcode.rs`, `upload.rs`): the HLS data
+//! set on disk, test inputs (a clip, an incompressible upload source), nginx and a bare
+//! actix-web server as same-run baselines, and `wrk` with its output parsed.
 //!
 //! Each bench binary compiles its own copy and uses a different subset, hence the allow.
 #![allow(dead_code)]
 
 use std::{
+    io::Write,
     net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
@@ -348,4 +350,48 @@ pub fn paths_script(path: &Path, requests: &[(String, Vec<(String, String)>)]) {
          return wrk.format(\"GET\", r.path, r.headers)\nend\n",
     );
     std::fs::write(path, lua).unwrap();
+}
+
+/// A 1280x720 H.264/AAC test clip.
+pub fn make_clip(path: &Path, seconds: u64) {
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=1280x720:rate=30")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t"])
+        .arg(seconds.to_string())
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
+        .arg(path)
+        .status()
+        .expect("ffmpeg is installed (apt-get install ffmpeg)");
+    assert!(status.success());
+}
+
+/// An MP4 header (so the sniffer accepts it) and pseudo-random bytes (so nothing compresses).
+pub fn write_source(path: &Path, size: usize) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let header = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2";
+    file.write_all(header).unwrap();
+    let mut written = header.len();
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1024 * 1024];
+    while written < size {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let take = block.len().min(size - written);
+        file.write_all(&block[..take]).unwrap();
+        written += take;
+    }
+    file.flush().unwrap();
 }
