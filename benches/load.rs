@@ -496,20 +496,8 @@ fn main() {
         );
         server.reset_peak();
         let (sg, nginx) = compare(
-            (
-                &server.base,
-                WrkOptions {
-                    script: Some(&ours_script),
-                    ..Default::default()
-                },
-            ),
-            (
-                &nginx_base,
-                WrkOptions {
-                    script: Some(&theirs_script),
-                    ..Default::default()
-                },
-            ),
+            (&server.base, scripted(&ours_script)),
+            (&nginx_base, scripted(&theirs_script)),
             CONNECTIONS,
             rounds,
             seconds,
@@ -546,22 +534,7 @@ fn main() {
         let script = scratch.path().join("small.lua");
         paths_script(&script, &plain(&[], &paths));
         let body = fetch(&server.url(&paths[0]), None);
-        let (bare_url, bare) = start_bare(body, content_type);
-        server.reset_peak();
-        let (full, baseline) = compare(
-            (
-                &server.base,
-                WrkOptions {
-                    script: Some(&script),
-                    ..Default::default()
-                },
-            ),
-            (&bare_url, WrkOptions::default()),
-            CONNECTIONS,
-            rounds,
-            seconds,
-        );
-        drop(bare.stop(false));
+        let (full, baseline) = versus_bare(&server, &script, body, content_type, rounds, seconds);
         let target = if name.starts_with("/metrics") {
             "—"
         } else {
@@ -697,22 +670,14 @@ fn main() {
         paths_script(&script, &requests);
         let body = fetch(&server.url(&path), Some(&sessions[0]));
         assert!(String::from_utf8_lossy(&body).contains("token="));
-        let (bare_url, bare) = start_bare(body, "application/vnd.apple.mpegurl");
-        server.reset_peak();
-        let (gated, baseline) = compare(
-            (
-                &server.base,
-                WrkOptions {
-                    script: Some(&script),
-                    ..Default::default()
-                },
-            ),
-            (&bare_url, WrkOptions::default()),
-            CONNECTIONS,
+        let (gated, baseline) = versus_bare(
+            &server,
+            &script,
+            body,
+            "application/vnd.apple.mpegurl",
             rounds,
             seconds,
         );
-        drop(bare.stop(false));
         rows.push(
             Row::from_load(
                 &format!("gated playlist GET ({HOLDERS} sessions), 64 conn"),
@@ -771,6 +736,37 @@ fn main() {
         eprintln!("load bench: {errors} failed requests");
         std::process::exit(1);
     }
+}
+
+/// wrk options that run `script`.
+fn scripted(script: &Path) -> WrkOptions<'_> {
+    WrkOptions {
+        script: Some(script),
+        ..Default::default()
+    }
+}
+
+/// `script` against the server vs a bare actix-web handler answering `body`, same run; the
+/// server's peak RSS is reset first.
+fn versus_bare(
+    server: &Server,
+    script: &Path,
+    body: Vec<u8>,
+    content_type: &'static str,
+    rounds: usize,
+    seconds: u32,
+) -> (Load, Load) {
+    let (bare_url, bare) = start_bare(body, content_type);
+    server.reset_peak();
+    let loads = compare(
+        (&server.base, scripted(script)),
+        (&bare_url, WrkOptions::default()),
+        CONNECTIONS,
+        rounds,
+        seconds,
+    );
+    drop(bare.stop(false));
+    loads
 }
 
 /// Under `cargo test`: the harness end to end without wrk, nginx, ffmpeg or anvil.
