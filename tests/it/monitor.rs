@@ -12,10 +12,7 @@ use std::{
 
 use serde_json::Value;
 use streamgate_actors::monitor::alerts::{AlertLevel, AlertRule, Condition, Signal};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::mpsc,
-};
+use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 use crate::{e2e::promtool_check_metrics, server::TestServer};
 
@@ -37,26 +34,8 @@ async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<Value>) {
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let body = loop {
-                    let read = socket.read(&mut chunk).await.unwrap_or(0);
-                    if read == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..read]);
-                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buffer.len() >= end + 4 + length {
-                        break buffer[end + 4..end + 4 + length].to_vec();
-                    }
+                let Some((_, body)) = crate::server::read_request(&mut socket).await else {
+                    return;
                 };
                 let _ = socket
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")

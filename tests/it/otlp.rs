@@ -8,10 +8,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::mpsc,
-};
+use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 use crate::server::{make_clip, TestServer};
 
@@ -28,26 +25,8 @@ async fn otlp_receiver() -> (String, mpsc::UnboundedReceiver<(String, String, Va
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 8192];
-                let (head, body) = loop {
-                    let read = socket.read(&mut chunk).await.unwrap_or(0);
-                    if read == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..read]);
-                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buffer.len() >= end + 4 + length {
-                        break (head, buffer[end + 4..end + 4 + length].to_vec());
-                    }
+                let Some((head, body)) = crate::server::read_request(&mut socket).await else {
+                    return;
                 };
                 let request_line = head.lines().next().unwrap_or_default().to_string();
                 let content_type = head

@@ -321,3 +321,31 @@ pub fn bearer_client(token: &str) -> reqwest::Client {
 pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(2))
 }
+
+/// Reads one HTTP/1.1 request from `socket`: its head (lower-cased) and its
+/// `content-length` body; `None` if the peer closes first. For the test receivers (webhooks,
+/// OTLP) that stand in for an operator's services.
+pub async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let read = socket.read(&mut chunk).await.unwrap_or(0);
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buffer.len() >= end + 4 + length {
+            return Some((head, buffer[end + 4..end + 4 + length].to_vec()));
+        }
+    }
+}
