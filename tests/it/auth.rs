@@ -124,24 +124,38 @@ async fn login_verify_refresh_logout_and_revocation_survives_restart() {
     drop(data);
 }
 
+/// ALICE's login with her signed challenge message changed by `edit` is refused: 401 `code`.
+async fn assert_edited_login_refused(edit: impl FnOnce(String) -> String, code: &str) {
+    let server = TestServer::start();
+    let (status, body) = server.try_login(&ALICE, edit).await;
+    assert_refused(status, &body, 401, code);
+}
+
+async fn post_login(server: &TestServer, message: &str, signature: &str) -> (u16, Value) {
+    server
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"message": message, "signature": signature}),
+        )
+        .await
+}
+
 #[tokio::test]
 async fn login_with_a_wrong_domain_is_refused() {
-    let server = TestServer::start();
-    let (status, body) = server
-        .try_login(&ALICE, |m| m.replacen("localhost:8080", "evil.example", 1))
-        .await;
-    assert_refused(status, &body, 401, "domain_mismatch");
+    assert_edited_login_refused(
+        |m| m.replacen("localhost:8080", "evil.example", 1),
+        "domain_mismatch",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn login_with_a_wrong_uri_is_refused() {
-    let server = TestServer::start();
-    let (status, body) = server
-        .try_login(&ALICE, |m| {
-            replace_line(&m, "URI: ", "URI: https://evil.example/login")
-        })
-        .await;
-    assert_refused(status, &body, 401, "uri_mismatch");
+    assert_edited_login_refused(
+        |m| replace_line(&m, "URI: ", "URI: https://evil.example/login"),
+        "uri_mismatch",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -162,13 +176,11 @@ async fn login_on_a_chain_not_allowed_is_refused() {
 
 #[tokio::test]
 async fn login_with_an_unknown_nonce_is_refused() {
-    let server = TestServer::start();
-    let (status, body) = server
-        .try_login(&ALICE, |m| {
-            replace_line(&m, "Nonce: ", "Nonce: notissuedbyus1234")
-        })
-        .await;
-    assert_refused(status, &body, 401, "nonce_unknown");
+    assert_edited_login_refused(
+        |m| replace_line(&m, "Nonce: ", "Nonce: notissuedbyus1234"),
+        "nonce_unknown",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -217,39 +229,34 @@ async fn login_with_an_expired_nonce_is_refused() {
         ticks.tick().await;
     }
     let signature = ALICE.sign(&message);
-    let (status, body) = server
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"message": message, "signature": signature}),
-        )
-        .await;
+    let (status, body) = post_login(&server, &message, &signature).await;
     assert_refused(status, &body, 401, "nonce_expired");
 }
 
 #[tokio::test]
 async fn login_with_a_message_not_yet_valid_is_refused() {
-    let server = TestServer::start();
     let later = rfc3339(OffsetDateTime::now_utc() + time::Duration::hours(1));
-    let (status, body) = server
-        .try_login(&ALICE, |m| format!("{m}\nNot Before: {later}"))
-        .await;
-    assert_refused(status, &body, 401, "message_not_yet_valid");
+    assert_edited_login_refused(
+        |m| format!("{m}\nNot Before: {later}"),
+        "message_not_yet_valid",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn login_with_an_expired_message_is_refused() {
-    let server = TestServer::start();
     let earlier = rfc3339(OffsetDateTime::now_utc() - time::Duration::minutes(1));
-    let (status, body) = server
-        .try_login(&ALICE, |m| {
+    assert_edited_login_refused(
+        |m| {
             replace_line(
                 &m,
                 "Expiration Time: ",
                 &format!("Expiration Time: {earlier}"),
             )
-        })
-        .await;
-    assert_refused(status, &body, 401, "message_expired");
+        },
+        "message_expired",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -260,19 +267,9 @@ async fn login_with_a_bad_signature_is_refused() {
     // Flip one nibble of r: still a well-formed signature, just not ALICE's.
     let flipped = if &signature[10..11] == "a" { "b" } else { "a" };
     signature.replace_range(10..11, flipped);
-    let (status, body) = server
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"message": message, "signature": signature}),
-        )
-        .await;
+    let (status, body) = post_login(&server, &message, &signature).await;
     assert_refused(status, &body, 401, "signature_mismatch");
-    let (status, body) = server
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"message": message, "signature": "0x1234"}),
-        )
-        .await;
+    let (status, body) = post_login(&server, &message, "0x1234").await;
     assert_refused(status, &body, 400, "invalid_signature");
 }
 
@@ -281,12 +278,7 @@ async fn login_signed_by_a_different_key_is_refused() {
     let server = TestServer::start();
     let message = server.challenge(&ALICE).await;
     let signature = BOB.sign(&message);
-    let (status, body) = server
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"message": message, "signature": signature}),
-        )
-        .await;
+    let (status, body) = post_login(&server, &message, &signature).await;
     assert_refused(status, &body, 401, "signature_mismatch");
 }
 
