@@ -9,7 +9,8 @@
 //!
 //! Tunables (environment): LOAD_BENCH_SECONDS (per wrk run, 3), LOAD_BENCH_ROUNDS (2),
 //! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE
-//! (10000), LOAD_BENCH_CLIP_SECONDS (4), LOAD_BENCH_TRANSCODE_RUNS (2).
+//! (10000), LOAD_BENCH_CLIP_SECONDS (4), LOAD_BENCH_TRANSCODE_RUNS (2), LOAD_BENCH_ONLY (all;
+//! else a comma-separated subset of segments, small, onoff, mix, gated, transcode, upload, idle).
 //!
 //! Fairness: the server gets one HTTP worker (`server.workers = 1`), as do nginx
 //! (`worker_processes 1`) and the bare actix-web baseline; wrk runs 2 threads. Rate limits are
@@ -67,6 +68,8 @@ struct Settings {
     idle: usize,
     clip_seconds: u64,
     transcode_runs: usize,
+    /// Scenario keys to run; empty runs them all.
+    only: Vec<String>,
 }
 
 impl Settings {
@@ -79,7 +82,18 @@ impl Settings {
             idle: env_number("LOAD_BENCH_IDLE", 10_000) as usize,
             clip_seconds: env_number("LOAD_BENCH_CLIP_SECONDS", 4),
             transcode_runs: env_number("LOAD_BENCH_TRANSCODE_RUNS", 2).max(1) as usize,
+            only: std::env::var("LOAD_BENCH_ONLY")
+                .unwrap_or_default()
+                .split(',')
+                .map(|key| key.trim().to_string())
+                .filter(|key| !key.is_empty())
+                .collect(),
         }
+    }
+
+    /// Whether the scenario `key` is part of this run (a subset saves minutes while tuning).
+    fn runs(&self, key: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|only| only == key)
     }
 }
 
@@ -470,7 +484,7 @@ fn main() {
     let clip = &data.clip;
 
     // Segments vs nginx, the same four files.
-    {
+    if settings.runs("segments") {
         let nginx_scratch = scratch.path().join("nginx");
         std::fs::create_dir_all(&nginx_scratch).unwrap();
         let (nginx_base, _nginx) = start_nginx(&data.hls, &nginx_scratch);
@@ -530,7 +544,7 @@ fn main() {
             "text/plain; version=0.0.4",
         ),
     ];
-    for (name, paths, content_type) in small {
+    for (name, paths, content_type) in small.into_iter().filter(|_| settings.runs("small")) {
         let script = scratch.path().join("small.lua");
         paths_script(&script, &plain(&[], &paths));
         let body = fetch(&server.url(&paths[0]), None);
@@ -551,7 +565,7 @@ fn main() {
 
     // Monitoring on/off: the record GET against a second server without the observing
     // middleware, on a copy of the record.
-    {
+    if settings.runs("onoff") {
         let quiet_dir = scratch.path().join("quiet");
         let store = SledStore::open(&quiet_dir.join("db")).unwrap();
         let record = runtime.block_on(async {
@@ -593,7 +607,7 @@ fn main() {
     }
 
     // A viewer mix: 80 % segments, 10 % playlists, 5 % record, 5 % search.
-    {
+    if settings.runs("mix") {
         let mut mix = Vec::new();
         for n in 0..16 {
             mix.push(format!(
@@ -625,7 +639,7 @@ fn main() {
     }
 
     // SIWE logins, then the gated playlist with their sessions.
-    {
+    if settings.runs("gated") {
         let gate = json!({"chain_id": CHAIN_ID, "contract": contract, "standard": "erc721", "min_balance": 1});
         runtime.block_on(async {
             let response = client
@@ -688,42 +702,48 @@ fn main() {
         );
     }
 
-    server.reset_peak();
-    rows.push(transcode(
-        &runtime,
-        &client,
-        &server,
-        &config_file,
-        scratch.path(),
-        &settings,
-    ));
-    server.reset_peak();
-    rows.push(upload(
-        &runtime,
-        &client,
-        &server,
-        scratch.path(),
-        &data_dir,
-        &settings,
-    ));
-    let record_path = format!("/api/v1/media/{clip}");
-    rows.push(idle_connections(
-        &server,
-        &record_path,
-        settings.idle,
-        "after the scenarios above",
-    ));
-    drop(server);
-    // The same on a fresh process: what holding the connections costs, without the heap the
-    // allocator kept from the upload and the loads before.
-    let fresh = Server::start(&config_file, &data_dir, &[]);
-    rows.push(idle_connections(
-        &fresh,
-        &record_path,
-        settings.idle,
-        "fresh server",
-    ));
-    drop(fresh);
+    if settings.runs("transcode") {
+        server.reset_peak();
+        rows.push(transcode(
+            &runtime,
+            &client,
+            &server,
+            &config_file,
+            scratch.path(),
+            &settings,
+        ));
+    }
+    if settings.runs("upload") {
+        server.reset_peak();
+        rows.push(upload(
+            &runtime,
+            &client,
+            &server,
+            scratch.path(),
+            &data_dir,
+            &settings,
+        ));
+    }
+    if settings.runs("idle") {
+        let record_path = format!("/api/v1/media/{clip}");
+        rows.push(idle_connections(
+            &server,
+            &record_path,
+            settings.idle,
+            "after the scenarios above",
+        ));
+        drop(server);
+        // The same on a fresh process: what holding the connections costs, without the heap
+        // the allocator kept from the upload and the loads before.
+        let fresh = Server::start(&config_file, &data_dir, &[]);
+        rows.push(idle_connections(
+            &fresh,
+            &record_path,
+            settings.idle,
+            "fresh server",
+        ));
+        drop(fresh);
+    }
 
     print_table(&rows);
     println!(
