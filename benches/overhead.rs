@@ -1,5 +1,5 @@
 //! Load bench: requests/s through the full stack with monitoring (request metrics, trace
-//! stats), tracing (root span, request id, traceparent) and rate limiting on, against the same
+//! stats), tracing (request log scope, request id, traceparent) and rate limiting on, against the same
 //! build with them off (`monitor.http_middleware = false`, `rate_limit.enabled = false`), in
 //! the same run. Target: on/off ≥ 0.97. Load comes from Debian's `wrk`.
 //!

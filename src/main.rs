@@ -4,7 +4,7 @@ use std::{net::TcpListener, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use streamgate::config::{self, LogFormat, Sources};
-use streamgate_actors::monitor::logs::{level_from_str, LogRing};
+use streamgate_actors::monitor::logs::{level_from_str, LogRing, RequestTagged};
 use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 
 /// A self-hostable video platform: upload, transcode to HLS, stream.
@@ -91,9 +91,16 @@ fn init_logging(config: &config::Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ring = LogRing::global(config.monitor.log_ring_capacity);
     let ring_level = level_from_str(&config.monitor.log_ring_level).unwrap_or(tracing::Level::INFO);
+    // Lines logged while a request is polled get its ids (no span per request, see
+    // `RequestTagged`).
     let fmt = match config.server.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .map_event_format(RequestTagged)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .map_event_format(RequestTagged)
+            .boxed(),
     };
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))

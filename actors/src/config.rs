@@ -113,7 +113,7 @@ pub struct ChainRpc {
 pub struct MonitorConfig {
     pub sample_interval_ms: u64,
     pub ping_timeout_ms: u64,
-    /// Request metrics, trace stats and tracing (root span, request ids, `traceparent`) on
+    /// Request metrics, trace stats and tracing (request log scope, request ids, `traceparent`) on
     /// HTTP. Security headers and CORS are hardening and stay on either way.
     pub http_middleware: bool,
     pub alert_window_s: f64,

@@ -1,6 +1,8 @@
 //! A bounded in-memory ring of recent log events, filled by a `tracing` layer, read by
 //! `/api/v1/monitor/logs`. Each record names the trace and request ids of the span it was
-//! logged in, so a request's logs can be found from its `traceparent` or `x-request-id`.
+//! logged in, or else of the request the thread was polling ([`traces::in_request`]), so a
+//! request's logs can be found from its `traceparent` or `x-request-id`. [`RequestTagged`]
+//! adds the same ids to the stdout lines.
 
 use std::{
     collections::VecDeque,
@@ -14,7 +16,14 @@ use tracing::{
     field::{Field, Visit},
     span, Event, Level, Subscriber,
 };
-use tracing_subscriber::{layer::Context, registry::LookupSpan, Layer};
+use tracing_subscriber::{
+    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
+    layer::Context,
+    registry::LookupSpan,
+    Layer,
+};
+
+use super::traces::{self, hex_trace_id, RequestScope};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LogRecord {
@@ -103,7 +112,7 @@ struct SpanIds {
 
 impl Visit for SpanIds {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        // A request's root span has ~17 fields: format only the two we keep.
+        // A span may have many fields: format only the two we keep.
         if matches!(field.name(), "trace_id" | "request_id") {
             self.record_str(field, &format!("{value:?}"));
         }
@@ -190,6 +199,12 @@ where
                 }
             }
         }
+        if trace_id.is_none() && request_id.is_none() {
+            if let Some(scope) = traces::current_request() {
+                trace_id = Some(hex_trace_id(scope.trace_id));
+                request_id = Some(scope.request_id.hyphenated().to_string());
+            }
+        }
         self.ring.push(LogRecord {
             at: OffsetDateTime::now_utc(),
             level: level_name(*metadata.level()),
@@ -200,6 +215,60 @@ where
             request_id,
         });
     }
+}
+
+/// An event format for the stdout layer that adds `trace_id` and `request_id` to the lines
+/// logged while a request is polled ([`traces::in_request`]): as two more keys of a JSON line,
+/// or as `trace_id=… request_id=…` at the end of a text line. Lines outside a request are the
+/// inner format's, untouched. (Tagged text lines are formatted into a buffer first, so they
+/// come out without ANSI colours.)
+pub struct RequestTagged<F>(pub F);
+
+impl<S, N, F> FormatEvent<S, N> for RequestTagged<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(scope) = traces::current_request() else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        writer.write_str(&tag_line(line, scope))
+    }
+}
+
+/// `line` (one formatted event, JSON object or text, usually ending in a newline) with the
+/// request's ids added.
+fn tag_line(mut line: String, scope: RequestScope) -> String {
+    let trace_id = hex_trace_id(scope.trace_id);
+    let request_id = scope.request_id.hyphenated();
+    let body_end = line.trim_end().len();
+    if line.starts_with('{') && line[..body_end].ends_with('}') {
+        // Both values are hex digits and dashes: nothing to escape.
+        let separator = if line[..body_end - 1].trim_end().ends_with('{') {
+            ""
+        } else {
+            ","
+        };
+        line.insert_str(
+            body_end - 1,
+            &format!("{separator}\"trace_id\":\"{trace_id}\",\"request_id\":\"{request_id}\""),
+        );
+    } else {
+        line.insert_str(
+            body_end,
+            &format!(" trace_id={trace_id} request_id={request_id}"),
+        );
+    }
+    line
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -239,5 +308,70 @@ mod tests {
         let warnings = ring.recent(Level::WARN, 10);
         assert_eq!(warnings.len(), 2);
         assert_eq!(ring.recent(Level::TRACE, 1).len(), 1);
+    }
+
+    #[test]
+    fn events_in_a_request_scope_carry_its_ids_and_spans_win() {
+        let ring = LogRing::new(8);
+        let subscriber = tracing_subscriber::registry().with(ring.layer(Level::INFO));
+        let scope = RequestScope {
+            trace_id: 0xabc,
+            request_id: uuid::Uuid::from_u128(7),
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside");
+            traces::in_request(scope, || {
+                tracing::info!("inside");
+                let job = tracing::info_span!("job", trace_id = "from-span");
+                job.in_scope(|| tracing::info!("in a span"));
+            });
+            tracing::info!("after");
+        });
+        let records = ring.recent(Level::TRACE, 10);
+        let find = |message: &str| {
+            records
+                .iter()
+                .find(|record| record.message == message)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(find("outside").trace_id, None);
+        assert_eq!(find("after").request_id, None);
+        let inside = find("inside");
+        assert_eq!(
+            inside.trace_id.as_deref(),
+            Some("00000000000000000000000000000abc")
+        );
+        assert_eq!(
+            inside.request_id.as_deref(),
+            Some("00000000-0000-0000-0000-000000000007")
+        );
+        assert_eq!(find("in a span").trace_id.as_deref(), Some("from-span"));
+    }
+
+    #[test]
+    fn stdout_lines_in_a_request_get_its_ids() {
+        let scope = RequestScope {
+            trace_id: 1,
+            request_id: uuid::Uuid::from_u128(2),
+        };
+        let json = tag_line("{\"level\":\"WARN\",\"message\":\"x\"}\n".into(), scope);
+        let parsed: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(parsed["message"], "x");
+        assert_eq!(parsed["trace_id"], "00000000000000000000000000000001");
+        assert_eq!(parsed["request_id"], "00000000-0000-0000-0000-000000000002");
+        assert!(json.ends_with("}\n"));
+        let empty: serde_json::Value =
+            serde_json::from_str(tag_line("{}".into(), scope).as_str()).unwrap();
+        assert_eq!(empty["trace_id"], "00000000000000000000000000000001");
+        let text = tag_line(
+            "2026-11-22T10:00:00Z  WARN streamgate: slow\n".into(),
+            scope,
+        );
+        assert_eq!(
+            text,
+            "2026-11-22T10:00:00Z  WARN streamgate: slow trace_id=00000000000000000000000000000001 \
+             request_id=00000000-0000-0000-0000-000000000002\n"
+        );
     }
 }

@@ -165,6 +165,40 @@ pub fn fast_uuid_v4() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(random_u128().to_be_bytes()).into_uuid()
 }
 
+/// The request a thread is working on, for the log lines written while the request's future
+/// is polled. The log layers tag events with it ([`super::logs`]) instead of every request
+/// opening an enabled `tracing` span: a span costs a registry slot, its fields formatted into
+/// a string and enter/exit bookkeeping on every poll, for every request, although only the few
+/// requests that log anything need their ids. This costs two thread-local writes per poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestScope {
+    pub trace_id: u128,
+    pub request_id: uuid::Uuid,
+}
+
+thread_local! {
+    static CURRENT_REQUEST: std::cell::Cell<Option<RequestScope>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Runs `work` with `scope` as the thread's current request; the previous one (if any) comes
+/// back afterwards, also when `work` panics.
+pub fn in_request<R>(scope: RequestScope, work: impl FnOnce() -> R) -> R {
+    struct Restore(Option<RequestScope>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT_REQUEST.with(|current| current.set(self.0));
+        }
+    }
+    let _restore = Restore(CURRENT_REQUEST.with(|current| current.replace(Some(scope))));
+    work()
+}
+
+/// The request this thread is polling, if any (see [`in_request`]).
+pub fn current_request() -> Option<RequestScope> {
+    CURRENT_REQUEST.with(std::cell::Cell::get)
+}
+
 /// One answered HTTP request, as the middleware saw it. Labels are `'static`: the middleware
 /// resolves them from fixed tables, so recording a request copies no strings.
 #[derive(Debug, Clone, Copy)]

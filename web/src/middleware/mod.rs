@@ -1,4 +1,4 @@
-//! Middleware: [`Observe`] (root span, `x-request-id`, W3C trace context, request metrics and
+//! Middleware: [`Observe`] (request log scope, `x-request-id`, W3C trace context, request metrics and
 //! trace stats, per-client rate limits from [`rate_limit`]), security headers, CORS,
 //! connection counting, and JSON bodies for the 404/405 responses actix produces on its own.
 //!
@@ -11,7 +11,7 @@ pub mod rate_limit;
 mod trace;
 
 pub use observe::{Observe, RequestContext};
-pub use trace::{RequestId, SpanBody};
+pub use trace::{RequestId, ScopedBody};
 
 use std::sync::{Mutex, PoisonError};
 

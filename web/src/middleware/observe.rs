@@ -1,5 +1,5 @@
-//! The one middleware for monitoring, tracing and rate limits: per request it opens the root
-//! span, gives the request its id and W3C trace context, checks the client's token bucket,
+//! The one middleware for monitoring, tracing and rate limits: per request it gives the
+//! request its id, W3C trace context and log scope (see [`super::trace`]), checks the client's token bucket,
 //! and when the answer is ready counts it (metrics, trace stats) and sets `x-request-id` (and
 //! `traceparent` when the caller sent one). One hand-written service instead of a chain of `from_fn` middlewares: one
 //! box (the inner future) instead of one per layer, one request extension
@@ -30,16 +30,14 @@ use actix_web::{
 use pin_project_lite::pin_project;
 use streamgate_actors::monitor::{
     otlp::{AttributeValue, FinishedSpan, SpanExporter, SpanKind},
-    traces::{status_label, RequestRecord, TraceContext, TRACEPARENT_LEN},
+    traces::{self, status_label, RequestRecord, RequestScope, TraceContext, TRACEPARENT_LEN},
     HttpSeries, Metrics,
 };
-use tracing::Span;
-use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 
 use super::{
     rate_limit::{self, RateLimits},
     route_label,
-    trace::{root_span, RequestId, SpanBody},
+    trace::{RequestId, ScopedBody},
     REQUEST_ID_HEADER, TRACEPARENT_HEADER,
 };
 
@@ -53,7 +51,7 @@ pub struct RequestContext {
     pub client_ip: Option<IpAddr>,
 }
 
-/// The middleware. `metrics: None` turns monitoring and tracing off (no span, ids, headers or
+/// The middleware. `metrics: None` turns monitoring and tracing off (no log scope, ids, headers or
 /// counts), `limits: None` turns rate limits off.
 /// `spans: Some` exports each request's span over OTLP (needs monitoring on).
 #[derive(Clone)]
@@ -88,7 +86,7 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<SpanBody<EitherBody<B>>>;
+    type Response = ServiceResponse<ScopedBody<EitherBody<B>>>;
     type Error = Error;
     type Transform = ObserveService<S>;
     type InitError = ();
@@ -196,7 +194,7 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<SpanBody<EitherBody<B>>>;
+    type Response = ServiceResponse<ScopedBody<EitherBody<B>>>;
     type Error = Error;
     type Future = ObserveFuture<S::Future>;
 
@@ -223,30 +221,29 @@ where
                 method: method_label(req.method()),
             }
         });
-        let span = match &observed {
-            Some(observed) => {
-                req.extensions_mut().insert(RequestContext {
-                    request_id: observed.request_id,
-                    trace: observed.trace,
-                    client_ip,
-                });
-                root_span(&req, observed.request_id, &observed.trace)
+        let scope = observed.as_ref().map(|observed| {
+            req.extensions_mut().insert(RequestContext {
+                request_id: observed.request_id,
+                trace: observed.trace,
+                client_ip,
+            });
+            RequestScope {
+                trace_id: observed.trace.trace_id,
+                request_id: observed.request_id.uuid(),
             }
-            None => Span::none(),
-        };
+        });
         let refusal = match (&state.limits, client_ip) {
             (Some(limits), Some(client)) => limits
                 .check(service, client)
                 .err()
-                // Inside the span: the refusal's log line names the request's trace.
-                .map(|wait| span.in_scope(|| limits.refuse(&req, service, client, wait))),
+                // In the request's scope: the refusal's log line names the request's trace.
+                .map(|wait| scoped(scope, || limits.refuse(&req, service, client, wait))),
             _ => None,
         };
         let (call, refused) = match refusal {
             Some(response) => (None, Some(req.into_response(response))),
-            None if span.is_none() => (Some(Box::pin(self.service.call(req))), None),
             None => (
-                Some(Box::pin(span.in_scope(|| self.service.call(req)))),
+                Some(scoped(scope, || Box::pin(self.service.call(req)))),
                 None,
             ),
         };
@@ -254,20 +251,20 @@ where
             call,
             refused,
             observed,
-            span,
+            scope,
         }
     }
 }
 
 pin_project! {
-    /// Polls the inner service inside the root span, then counts and labels the answer.
+    /// Polls the inner service in the request's log scope, then counts and labels the answer.
     pub struct ObserveFuture<F> {
         // Boxed: the inner chain's future is large, and this one is moved through every
         // outer layer; a box costs less than copying it each time.
         call: Option<Pin<Box<F>>>,
         refused: Option<ServiceResponse<BoxBody>>,
         observed: Option<Observed>,
-        span: Span,
+        scope: Option<RequestScope>,
     }
 
     impl<F> PinnedDrop for ObserveFuture<F> {
@@ -287,32 +284,23 @@ where
     F: Future<Output = Result<ServiceResponse<B>, Error>>,
     B: MessageBody + 'static,
 {
-    type Output = Result<ServiceResponse<SpanBody<EitherBody<B>>>, Error>;
+    type Output = Result<ServiceResponse<ScopedBody<EitherBody<B>>>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let span = this.span;
+        let scope = *this.scope;
         match this.call.as_mut() {
             Some(call) => {
-                let polled = if span.is_none() {
-                    call.as_mut().poll(cx)
-                } else {
-                    span.in_scope(|| call.as_mut().poll(cx))
-                };
-                let mut outcome = match polled {
+                let mut outcome = match scoped(scope, || call.as_mut().poll(cx)) {
                     Poll::Ready(outcome) => outcome,
                     Poll::Pending => return Poll::Pending,
                 };
-                if !span.is_disabled() {
-                    DefaultRootSpanBuilder::on_request_end(span.clone(), &outcome);
-                }
                 if let Some(observed) = this.observed.take() {
                     finish(observed, &mut outcome);
                 }
-                let span = std::mem::replace(span, Span::none());
                 // One body mapping per answer: every move of a response is a copy.
                 Poll::Ready(outcome.map(|response| {
-                    response.map_body(|_, body| SpanBody::new(EitherBody::left(body), span))
+                    response.map_body(|_, body| ScopedBody::new(EitherBody::left(body), scope))
                 }))
             }
             None => {
@@ -324,12 +312,19 @@ where
                 if let Some(observed) = this.observed.take() {
                     finish(observed, &mut outcome);
                 }
-                let span = std::mem::replace(span, Span::none());
                 Poll::Ready(outcome.map(|response| {
-                    response.map_body(|_, body| SpanBody::new(EitherBody::right(body), span))
+                    response.map_body(|_, body| ScopedBody::new(EitherBody::right(body), scope))
                 }))
             }
         }
+    }
+}
+
+/// Runs `work` in the request's log scope, if monitoring gave it one.
+fn scoped<R>(scope: Option<RequestScope>, work: impl FnOnce() -> R) -> R {
+    match scope {
+        Some(scope) => traces::in_request(scope, work),
+        None => work(),
     }
 }
 
