@@ -350,6 +350,52 @@ mod tests {
     }
 
     #[test]
+    fn the_stdout_layer_tags_json_lines_logged_in_a_request() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .map_event_format(RequestTagged)
+                .with_writer(move || writer.clone()),
+        );
+        let scope = RequestScope {
+            trace_id: 0xfeed,
+            request_id: uuid::Uuid::from_u128(9),
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("before");
+            traces::in_request(scope, || tracing::warn!(status = 503, "inside"));
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let parsed: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0]["fields"]["message"], "before");
+        assert!(parsed[0].get("trace_id").is_none());
+        assert_eq!(parsed[1]["fields"]["message"], "inside");
+        assert_eq!(parsed[1]["fields"]["status"], 503);
+        assert_eq!(parsed[1]["trace_id"], "0000000000000000000000000000feed");
+        assert_eq!(
+            parsed[1]["request_id"],
+            "00000000-0000-0000-0000-000000000009"
+        );
+    }
+
+    #[test]
     fn stdout_lines_in_a_request_get_its_ids() {
         let scope = RequestScope {
             trace_id: 1,
