@@ -8,11 +8,7 @@ use std::net::TcpListener;
 
 use std::time::Duration;
 
-use actix_web::{
-    dev::ServerHandle,
-    middleware::{from_fn, Condition},
-    web, App, HttpServer,
-};
+use actix_web::{dev::ServerHandle, middleware::Condition, web, App, HttpServer};
 use streamgate_actors::{monitor::otlp::SpanExporter, transcode::StopWorkers, Actors, StartError};
 use streamgate_web::middleware::{self as mw, rate_limit::RateLimits};
 
@@ -83,7 +79,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
             .app_data(data.clone())
             .wrap(mw::json_errors())
             .wrap(Condition::new(observe.is_active(), observe.clone()))
-            .wrap(from_fn(mw::security_headers))
+            .wrap(mw::security_headers())
             .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))
             .configure(streamgate_web::configure)
             .default_service(web::to(streamgate_web::not_found))
