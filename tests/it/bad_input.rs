@@ -186,6 +186,23 @@ async fn unknown_paths_and_wrong_methods_get_json_errors() {
         405,
         "method_not_allowed",
     );
+    // Under the per-media scope too: an unknown sub-path and a wrong method.
+    let media_path = "/api/v1/media/01a202e5-0b80-7248-a7c3-e8739e6ef980";
+    let (status, body) = server.get_json(&format!("{media_path}/no/such")).await;
+    assert_error(status, &body, 404, "not_found");
+    let response = server
+        .client
+        .post(server.url(&format!("{media_path}/hls/master.m3u8")))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_error(
+        status,
+        &response.json().await.unwrap(),
+        405,
+        "method_not_allowed",
+    );
     let (status, body) = server.get_json("/api/v1/media?limit=abc").await;
     assert_error(status, &body, 400, "invalid_query");
     let (status, body) = server.get_json("/api/v1/jobs?state=sleeping").await;

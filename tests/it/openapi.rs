@@ -6,9 +6,15 @@ use std::{collections::BTreeSet, path::Path, process::Command};
 use crate::server::{python_venv, TestServer};
 
 /// (method, path) of every route registered in `web/src/` (`web::resource` under an optional
-/// `web::scope`, with its `.route(web::get()…)` / `web::method(Method::X)` lines).
+/// `web::scope`, with its `.route(web::get()…)` / `web::method(Method::X)` lines). Resources
+/// in a route file's `fn configure_item` live under `routes::MEDIA_ITEM_SCOPE`.
 fn registered_routes() -> BTreeSet<(String, String)> {
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/src");
+    let item_scope = quoted_after(
+        &std::fs::read_to_string(web.join("routes/mod.rs")).unwrap(),
+        "MEDIA_ITEM_SCOPE: &str =",
+    )
+    .unwrap();
     let mut files = vec![web.join("openapi.rs")];
     for entry in std::fs::read_dir(web.join("routes")).unwrap() {
         files.push(entry.unwrap().path());
@@ -16,11 +22,22 @@ fn registered_routes() -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
     for file in files {
         let source = std::fs::read_to_string(&file).unwrap();
-        let scope = quoted_after(&source, "web::scope(").unwrap_or_default();
+        let scope = if file.ends_with("mod.rs") {
+            String::new()
+        } else {
+            quoted_after(&source, "web::scope(").unwrap_or_default()
+        };
+        let item_routes_at = source.find("fn configure_item(").unwrap_or(source.len());
         let mut rest = source.as_str();
         while let Some(start) = rest.find("web::resource(") {
+            let at = source.len() - rest.len() + start;
             rest = &rest[start + "web::resource(".len()..];
-            let path = format!("{scope}{}", quoted_after(rest, "").unwrap());
+            let prefix = if at > item_routes_at {
+                &item_scope
+            } else {
+                &scope
+            };
+            let path = format!("{prefix}{}", quoted_after(rest, "").unwrap());
             let block_end = rest.find("web::resource(").unwrap_or(rest.len());
             let block = &rest[..block_end];
             for method in ["get", "post", "put", "patch", "delete", "head"] {

@@ -37,7 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::uploads::configure(cfg);
     routes::tus::configure(cfg);
     routes::media::configure(cfg);
-    routes::streaming::configure(cfg);
+    routes::configure_media_item(cfg);
     routes::jobs::configure(cfg);
     routes::audit::configure(cfg);
     openapi::configure(cfg);

@@ -34,16 +34,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/api/v1/media")
             .app_data(RouteLabel("/api/v1/media"))
             .route(web::get().to(list)),
-    )
-    .service(
-        web::resource("/api/v1/media/{media_id}")
+    );
+}
+
+/// The routes under [`super::MEDIA_ITEM_SCOPE`] (paths relative to it, labels in full).
+pub fn configure_item(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("")
             .app_data(RouteLabel("/api/v1/media/{media_id}"))
             .route(web::get().to(get))
             .route(web::patch().to(update))
             .route(web::delete().to(delete)),
     )
     .service(
-        web::resource("/api/v1/media/{media_id}/gate")
+        web::resource("/gate")
             .app_data(RouteLabel("/api/v1/media/{media_id}/gate"))
             .route(web::get().to(get_gate))
             .route(web::put().to(put_gate))

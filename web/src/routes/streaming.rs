@@ -51,33 +51,35 @@ const SEGMENT_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=315
 const THUMBNAIL_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=3600");
 const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// The routes under [`super::MEDIA_ITEM_SCOPE`] (paths relative to it, labels in full).
+/// Segments come after the playlists: their pattern would match an `index.m3u8` too.
+pub fn configure_item(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/api/v1/media/{media_id}/hls/master.m3u8")
+        web::resource("/hls/master.m3u8")
             .app_data(RouteLabel("/api/v1/media/{media_id}/hls/master.m3u8"))
             .route(web::get().to(master)),
     )
     .service(
-        web::resource("/api/v1/media/{media_id}/hls/{rendition}/index.m3u8")
+        web::resource("/hls/{rendition}/index.m3u8")
             .app_data(RouteLabel(
                 "/api/v1/media/{media_id}/hls/{rendition}/index.m3u8",
             ))
             .route(web::get().to(rendition_playlist)),
     )
     .service(
-        web::resource("/api/v1/media/{media_id}/hls/{rendition}/{segment}")
+        web::resource("/hls/{rendition}/{segment}")
             .app_data(RouteLabel(
                 "/api/v1/media/{media_id}/hls/{rendition}/{segment}",
             ))
             .route(web::get().to(segment)),
     )
     .service(
-        web::resource("/api/v1/media/{media_id}/thumbnail.jpg")
+        web::resource("/thumbnail.jpg")
             .app_data(RouteLabel("/api/v1/media/{media_id}/thumbnail.jpg"))
             .route(web::get().to(thumbnail)),
     )
     .service(
-        web::resource("/api/v1/media/{media_id}/dash/manifest.mpd")
+        web::resource("/dash/manifest.mpd")
             .app_data(RouteLabel("/api/v1/media/{media_id}/dash/manifest.mpd"))
             .route(web::get().to(dash_manifest)),
     );
