@@ -77,8 +77,9 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            // Innermost: it must wrap the router itself (see `Observe`).
+            .wrap(observe.clone())
             .wrap(mw::json_errors())
-            .wrap(Condition::new(observe.is_active(), observe.clone()))
             .wrap(mw::security_headers())
             .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))
             .configure(streamgate_web::configure)

@@ -9,6 +9,7 @@ use std::{future::Future, pin::Pin};
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use streamgate_actors::{
     auth::{Authenticate, Principal, VerifyAdminToken},
+    monitor::traces::{self, TraceContext},
     Actors,
 };
 
@@ -87,10 +88,14 @@ pub fn caller(req: &HttpRequest) -> String {
     }
 }
 
-/// The W3C trace id the tracing middleware gave this request, to hand on to background work.
-pub fn trace_id(req: &HttpRequest) -> Option<String> {
-    use actix_web::HttpMessage;
-    req.extensions()
-        .get::<crate::middleware::RequestContext>()
-        .map(|context| context.trace.trace_id_hex())
+/// The W3C trace the observing middleware gave the request being handled (the thread's
+/// request scope while the handler is polled), to hand on to actors and background work.
+/// `None` with monitoring off, or outside a handler's poll (e.g. in a spawned task).
+pub fn current_trace() -> Option<TraceContext> {
+    traces::current_request().map(|scope| scope.trace)
+}
+
+/// [`current_trace`]'s trace id as 32 hex digits.
+pub fn trace_id() -> Option<String> {
+    current_trace().map(|trace| trace.trace_id_hex())
 }

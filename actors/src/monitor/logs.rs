@@ -201,7 +201,7 @@ where
         }
         if trace_id.is_none() && request_id.is_none() {
             if let Some(scope) = traces::current_request() {
-                trace_id = Some(hex_trace_id(scope.trace_id));
+                trace_id = Some(hex_trace_id(scope.trace.trace_id));
                 request_id = Some(scope.request_id.hyphenated().to_string());
             }
         }
@@ -248,7 +248,7 @@ where
 /// `line` (one formatted event, JSON object or text, usually ending in a newline) with the
 /// request's ids added.
 fn tag_line(mut line: String, scope: RequestScope) -> String {
-    let trace_id = hex_trace_id(scope.trace_id);
+    let trace_id = hex_trace_id(scope.trace.trace_id);
     let request_id = scope.request_id.hyphenated();
     let body_end = line.trim_end().len();
     if line.starts_with('{') && line[..body_end].ends_with('}') {
@@ -286,6 +286,7 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
+    use crate::monitor::traces::TraceContext;
 
     #[test]
     fn captures_events_with_span_ids_bounded_and_filtered() {
@@ -310,12 +311,21 @@ mod tests {
         assert_eq!(ring.recent(Level::TRACE, 1).len(), 1);
     }
 
+    fn trace(trace_id: u128) -> TraceContext {
+        TraceContext {
+            trace_id,
+            span_id: 1,
+            parent_span_id: None,
+            sampled: true,
+        }
+    }
+
     #[test]
     fn events_in_a_request_scope_carry_its_ids_and_spans_win() {
         let ring = LogRing::new(8);
         let subscriber = tracing_subscriber::registry().with(ring.layer(Level::INFO));
         let scope = RequestScope {
-            trace_id: 0xabc,
+            trace: trace(0xabc),
             request_id: uuid::Uuid::from_u128(7),
         };
         tracing::subscriber::with_default(subscriber, || {
@@ -371,7 +381,7 @@ mod tests {
                 .with_writer(move || writer.clone()),
         );
         let scope = RequestScope {
-            trace_id: 0xfeed,
+            trace: trace(0xfeed),
             request_id: uuid::Uuid::from_u128(9),
         };
         tracing::subscriber::with_default(subscriber, || {
@@ -398,7 +408,7 @@ mod tests {
     #[test]
     fn stdout_lines_in_a_request_get_its_ids() {
         let scope = RequestScope {
-            trace_id: 1,
+            trace: trace(1),
             request_id: uuid::Uuid::from_u128(2),
         };
         let json = tag_line("{\"level\":\"WARN\",\"message\":\"x\"}\n".into(), scope);

@@ -165,14 +165,16 @@ pub fn fast_uuid_v4() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(random_u128().to_be_bytes()).into_uuid()
 }
 
-/// The request a thread is working on, for the log lines written while the request's future
-/// is polled. The log layers tag events with it ([`super::logs`]) instead of every request
-/// opening an enabled `tracing` span: a span costs a registry slot, its fields formatted into
-/// a string and enter/exit bookkeeping on every poll, for every request, although only the few
-/// requests that log anything need their ids. This costs two thread-local writes per poll.
+/// The request a thread is working on while the request's future is polled: its trace for
+/// handlers to hand on to actors and jobs, and its ids for the log lines written meanwhile.
+/// The log layers tag events with it ([`super::logs`]) instead of every request opening an
+/// enabled `tracing` span: a span costs a registry slot, its fields formatted into a string
+/// and enter/exit bookkeeping on every poll, for every request, although only the few requests
+/// that log anything need their ids. And handlers read it instead of a request extension
+/// (an allocation and a map insert per request). This costs two thread-local writes per poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestScope {
-    pub trace_id: u128,
+    pub trace: TraceContext,
     pub request_id: uuid::Uuid,
 }
 

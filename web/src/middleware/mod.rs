@@ -2,16 +2,17 @@
 //! trace stats, per-client rate limits from [`rate_limit`]), security headers, CORS,
 //! connection counting, and JSON bodies for the 404/405 responses actix produces on its own.
 //!
-//! Order in the app (outermost first): CORS → security headers → observe → JSON 404/405 →
-//! routes. Rate-limited requests are therefore observed (their 429s are counted and carry the
-//! request id) and still get the security and CORS headers.
+//! Order in the app (outermost first): CORS → security headers → JSON 404/405 → observe →
+//! routes. Observe sits directly on the router (see [`observe`] for why); rate-limited requests
+//! are observed (their 429s are counted and carry the request id) and still get the security
+//! and CORS headers.
 
 mod observe;
 pub mod rate_limit;
 mod trace;
 
-pub use observe::{Observe, RequestContext};
-pub use trace::{RequestId, ScopedBody};
+pub use observe::Observe;
+pub use trace::RequestId;
 
 use std::sync::{Mutex, PoisonError};
 

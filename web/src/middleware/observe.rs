@@ -1,17 +1,19 @@
 //! The one middleware for monitoring, tracing and rate limits: per request it gives the
 //! request its id, W3C trace context and log scope (see [`super::trace`]), checks the client's token bucket,
 //! and when the answer is ready counts it (metrics, trace stats) and sets `x-request-id` (and
-//! `traceparent` when the caller sent one). One hand-written service instead of a chain of `from_fn` middlewares: one
-//! box (the inner future) instead of one per layer, one request extension
-//! ([`RequestContext`]), labels resolved once per worker (see [`WorkerState::series`]), ids
-//! kept as integers until a header needs their text.
+//! `traceparent` when the caller sent one). One hand-written service instead of a chain of
+//! `from_fn` middlewares, and the innermost layer: it wraps actix's router directly, whose
+//! future is already boxed and whose body is `BoxBody`, so it adds no box, no body wrapper
+//! and no `EitherBody` for its own 429s. Handlers find the request's trace in the thread's
+//! [`RequestScope`] (no request extension), labels are resolved once per worker (see
+//! [`WorkerState::series`]), ids stay integers until a header needs their text. Turned off
+//! (no metrics, no rate limits) it only forwards.
 
 use std::{
     cell::RefCell,
     collections::HashMap,
     future::{ready, Future, Ready},
     hash::{BuildHasherDefault, Hasher},
-    net::IpAddr,
     pin::Pin,
     rc::Rc,
     task::{Context, Poll},
@@ -19,15 +21,14 @@ use std::{
 };
 
 use actix_web::{
-    body::{BodySize, BoxBody, EitherBody, MessageBody},
+    body::{BodySize, BoxBody, MessageBody},
     dev::{Service, ServiceRequest, ServiceResponse, Transform},
     http::{
         header::{HeaderName, HeaderValue},
         Method,
     },
-    Error, HttpMessage,
+    Error,
 };
-use pin_project_lite::pin_project;
 use streamgate_actors::monitor::{
     otlp::{AttributeValue, FinishedSpan, SpanExporter, SpanKind},
     traces::{self, status_label, RequestRecord, RequestScope, TraceContext, TRACEPARENT_LEN},
@@ -37,19 +38,9 @@ use streamgate_actors::monitor::{
 use super::{
     rate_limit::{self, RateLimits},
     route_label,
-    trace::{RequestId, ScopedBody},
+    trace::RequestId,
     REQUEST_ID_HEADER, TRACEPARENT_HEADER,
 };
-
-/// What the middleware learnt about a request, in its extensions for handlers (the trace to
-/// hand on to actors and jobs, the client address rate limits saw).
-#[derive(Debug, Clone, Copy)]
-pub struct RequestContext {
-    pub request_id: RequestId,
-    pub trace: TraceContext,
-    /// Set when rate limits are on (they resolve it, trusted proxies included).
-    pub client_ip: Option<IpAddr>,
-}
 
 /// The middleware. `metrics: None` turns monitoring and tracing off (no log scope, ids, headers or
 /// counts), `limits: None` turns rate limits off.
@@ -74,19 +65,15 @@ impl Observe {
         self.spans = spans;
         self
     }
-
-    /// Whether it does anything at all (else leave it out of the app).
-    pub fn is_active(&self) -> bool {
-        self.metrics.is_some() || self.limits.is_some()
-    }
 }
 
-impl<S, B> Transform<S, ServiceRequest> for Observe
+/// Observe wraps actix's router: its future is boxed (so `Unpin`) and its body is `BoxBody`.
+impl<S> Transform<S, ServiceRequest> for Observe
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = Error> + 'static,
+    S::Future: Unpin,
 {
-    type Response = ServiceResponse<ScopedBody<EitherBody<B>>>;
+    type Response = ServiceResponse<BoxBody>;
     type Error = Error;
     type Transform = ObserveService<S>;
     type InitError = ();
@@ -189,12 +176,12 @@ struct Observed {
     method: &'static str,
 }
 
-impl<S, B> Service<ServiceRequest> for ObserveService<S>
+impl<S> Service<ServiceRequest> for ObserveService<S>
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = Error> + 'static,
+    S::Future: Unpin,
 {
-    type Response = ServiceResponse<ScopedBody<EitherBody<B>>>;
+    type Response = ServiceResponse<BoxBody>;
     type Error = Error;
     type Future = ObserveFuture<S::Future>;
 
@@ -202,6 +189,14 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let state = &self.state;
+        if state.metrics.is_none() && state.limits.is_none() {
+            return ObserveFuture {
+                call: Some(self.service.call(req)),
+                refused: None,
+                observed: None,
+                scope: None,
+            };
+        }
         let service = rate_limit::service_for(req.path());
         let client_ip = state
             .limits
@@ -221,16 +216,9 @@ where
                 method: method_label(req.method()),
             }
         });
-        let scope = observed.as_ref().map(|observed| {
-            req.extensions_mut().insert(RequestContext {
-                request_id: observed.request_id,
-                trace: observed.trace,
-                client_ip,
-            });
-            RequestScope {
-                trace_id: observed.trace.trace_id,
-                request_id: observed.request_id.uuid(),
-            }
+        let scope = observed.as_ref().map(|observed| RequestScope {
+            trace: observed.trace,
+            request_id: observed.request_id.uuid(),
         });
         let refusal = match (&state.limits, client_ip) {
             (Some(limits), Some(client)) => limits
@@ -240,83 +228,67 @@ where
                 .map(|wait| scoped(scope, || limits.refuse(&req, service, client, wait))),
             _ => None,
         };
-        let (call, refused) = match refusal {
-            Some(response) => (None, Some(req.into_response(response))),
-            None => (
-                Some(scoped(scope, || Box::pin(self.service.call(req)))),
-                None,
-            ),
-        };
-        ObserveFuture {
-            call,
-            refused,
-            observed,
-            scope,
+        match refusal {
+            Some(response) => ObserveFuture {
+                call: None,
+                refused: Some(req.into_response(response)),
+                observed,
+                scope,
+            },
+            None => ObserveFuture {
+                call: Some(scoped(scope, || self.service.call(req))),
+                refused: None,
+                observed,
+                scope,
+            },
         }
     }
 }
 
-pin_project! {
-    /// Polls the inner service in the request's log scope, then counts and labels the answer.
-    pub struct ObserveFuture<F> {
-        // Boxed: the inner chain's future is large, and this one is moved through every
-        // outer layer; a box costs less than copying it each time.
-        call: Option<Pin<Box<F>>>,
-        refused: Option<ServiceResponse<BoxBody>>,
-        observed: Option<Observed>,
-        scope: Option<RequestScope>,
-    }
+/// Polls the inner service in the request's scope, then counts and labels the answer.
+pub struct ObserveFuture<F> {
+    /// The router's future (boxed by actix, 16 bytes); `None` once answered or when refused.
+    call: Option<F>,
+    refused: Option<ServiceResponse<BoxBody>>,
+    observed: Option<Observed>,
+    scope: Option<RequestScope>,
+}
 
-    impl<F> PinnedDrop for ObserveFuture<F> {
-        fn drop(this: Pin<&mut Self>) {
-            // Dropped unanswered (the client went away): still leaves the in-flight gauge.
-            if let Some(observed) = this.project().observed.take() {
-                if let Some(metrics) = &observed.state.metrics {
-                    metrics.http_in_flight.dec();
-                }
+impl<F> Drop for ObserveFuture<F> {
+    fn drop(&mut self) {
+        // Dropped unanswered (the client went away): still leaves the in-flight gauge.
+        if let Some(observed) = self.observed.take() {
+            if let Some(metrics) = &observed.state.metrics {
+                metrics.http_in_flight.dec();
             }
         }
     }
 }
 
-impl<F, B> Future for ObserveFuture<F>
+impl<F> Future for ObserveFuture<F>
 where
-    F: Future<Output = Result<ServiceResponse<B>, Error>>,
-    B: MessageBody + 'static,
+    F: Future<Output = Result<ServiceResponse<BoxBody>, Error>> + Unpin,
 {
-    type Output = Result<ServiceResponse<ScopedBody<EitherBody<B>>>, Error>;
+    type Output = Result<ServiceResponse<BoxBody>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let scope = *this.scope;
-        match this.call.as_mut() {
-            Some(call) => {
-                let mut outcome = match scoped(scope, || call.as_mut().poll(cx)) {
-                    Poll::Ready(outcome) => outcome,
-                    Poll::Pending => return Poll::Pending,
-                };
-                if let Some(observed) = this.observed.take() {
-                    finish(observed, &mut outcome);
+        let this = self.get_mut();
+        let mut outcome = match this.call.as_mut() {
+            Some(call) => match scoped(this.scope, || Pin::new(call).poll(cx)) {
+                Poll::Ready(outcome) => {
+                    this.call = None;
+                    outcome
                 }
-                // One body mapping per answer: every move of a response is a copy.
-                Poll::Ready(outcome.map(|response| {
-                    response.map_body(|_, body| ScopedBody::new(EitherBody::left(body), scope))
-                }))
-            }
-            None => {
-                let mut outcome = this.refused.take().ok_or_else(|| {
-                    actix_web::error::ErrorInternalServerError(
-                        "request polled after it was answered",
-                    )
-                });
-                if let Some(observed) = this.observed.take() {
-                    finish(observed, &mut outcome);
-                }
-                Poll::Ready(outcome.map(|response| {
-                    response.map_body(|_, body| ScopedBody::new(EitherBody::right(body), scope))
-                }))
-            }
+                Poll::Pending => return Poll::Pending,
+            },
+            None => this.refused.take().ok_or_else(|| {
+                actix_web::error::ErrorInternalServerError("request polled after it was answered")
+            }),
+        };
+        if let Some(observed) = this.observed.take() {
+            finish(observed, &mut outcome);
         }
+        Poll::Ready(outcome)
     }
 }
 

@@ -71,7 +71,6 @@ struct SubmitJobBody {
 
 async fn submit(
     _: Admin,
-    req: actix_web::HttpRequest,
     body: web::Json<SubmitJobBody>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
@@ -116,7 +115,7 @@ async fn submit(
             priority,
             run_at,
             caller: ADMIN.to_string(),
-            trace_id: crate::extract::trace_id(&req),
+            trace_id: crate::extract::trace_id(),
         })
         .await??;
     Ok(HttpResponse::Accepted()

@@ -2,14 +2,13 @@
 //! travels with each message (`Traced`), so the monitor's logs for it name the trace.
 
 use crate::middleware::RouteLabel;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use streamgate_actors::{
     monitor::{
-        logs::level_from_str,
-        traces::{TraceContext, Traced},
-        GetMonitorSummary, GetTraceStats, ListAlerts, ListLogs,
+        logs::level_from_str, traces::Traced, GetMonitorSummary, GetTraceStats, ListAlerts,
+        ListLogs,
     },
     Actors,
 };
@@ -39,14 +38,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-fn trace_of(req: &HttpRequest) -> Option<TraceContext> {
-    req.extensions()
-        .get::<crate::middleware::RequestContext>()
-        .map(|context| context.trace)
-}
-
-async fn summary(req: HttpRequest, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
-    let trace = trace_of(&req);
+async fn summary(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+    let trace = crate::extract::current_trace();
     let summary = actors
         .monitor
         .send(Traced::new(trace.as_ref(), GetMonitorSummary))
@@ -60,11 +53,10 @@ struct LimitQuery {
 }
 
 async fn alerts(
-    req: HttpRequest,
     actors: web::Data<Actors>,
     query: web::Query<LimitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let trace = trace_of(&req);
+    let trace = crate::extract::current_trace();
     let limit = query.limit.unwrap_or(50);
     let report = actors
         .monitor
@@ -81,7 +73,6 @@ struct LogsQuery {
 
 async fn logs(
     _: Admin,
-    req: HttpRequest,
     actors: web::Data<Actors>,
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -94,7 +85,7 @@ async fn logs(
             )
         })?,
     };
-    let trace = trace_of(&req);
+    let trace = crate::extract::current_trace();
     let limit = query.limit.unwrap_or(100);
     let records = actors
         .monitor
@@ -109,11 +100,10 @@ struct TracesQuery {
 }
 
 async fn traces(
-    req: HttpRequest,
     actors: web::Data<Actors>,
     query: web::Query<TracesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let trace = trace_of(&req);
+    let trace = crate::extract::current_trace();
     let recent = query.recent.unwrap_or(20);
     let report = actors
         .monitor

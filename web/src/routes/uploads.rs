@@ -117,7 +117,7 @@ async fn receive(
             tags,
             owner: principal.wallet().map(str::to_string),
             caller: principal.name().to_string(),
-            trace_id: crate::extract::trace_id(req),
+            trace_id: crate::extract::trace_id(),
         })
         .await??;
     let location = format!("/api/v1/media/{}", receipt.media_id);
