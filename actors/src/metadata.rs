@@ -308,10 +308,18 @@ impl Handler<DeleteMedia> for MetadataActor {
                 if let Err(error) = search.remove_async(media.id.clone()).await {
                     tracing::error!(%error, media_id = %media.id, "search index not updated");
                 }
-                blobs
-                    .delete_prefix(&BlobStore::media_prefix(&media.id))
-                    .await?;
-                blobs.delete(&media.source_key).await?;
+                // The record is gone and the answer is "deleted" either way: blobs a failure leaves
+                // behind are orphans, which the cleanup job removes, so a retry (a 404 now) is
+                // not what the client needs. A record made without a source has no key to delete.
+                let rendered = BlobStore::media_prefix(&media.id);
+                if let Err(error) = blobs.delete_prefix(&rendered).await {
+                    tracing::warn!(%error, media_id = %media.id, "rendered blobs left for cleanup");
+                }
+                if !media.source_key.is_empty() {
+                    if let Err(error) = blobs.delete(&media.source_key).await {
+                        tracing::warn!(%error, media_id = %media.id, "source blob left for cleanup");
+                    }
+                }
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_DELETE,

@@ -234,6 +234,26 @@ async fn renditions_play_over_http_with_ranges_etags_and_invalidation() {
     searchable(&server, "q=harbour", |ids| ids.is_empty()).await;
 }
 
+#[tokio::test]
+async fn a_record_without_a_source_blob_deletes_cleanly() {
+    let server = TestServer::start();
+    let id = create(
+        &server,
+        record("Made by hand", "", &["manual"], ALICE.address),
+    )
+    .await;
+    let deleted = server
+        .client
+        .delete(server.url(&format!("/api/v1/media/{id}")))
+        .bearer_auth(server.session().await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let (status, body) = server.get_json(&format!("/api/v1/media/{id}")).await;
+    assert_eq!(status, 404, "{body}");
+}
+
 /// Polls a search until `done` holds for its ids: index writes become searchable with the next
 /// group commit.
 async fn searchable(
