@@ -12,9 +12,12 @@
 //! Invariant: every name taken from the path is validated before it becomes part of a blob key.
 //!
 //! Gated media (see `PUT /api/v1/media/{id}/gate`): a playlist is served only to a session
-//! whose wallet passes the gate (the AuthActor decides), or with a playback token it minted;
-//! every URI inside a served playlist carries that token (`?token=`), so stock HLS players
-//! fetch segments without custom headers. Segments of gated media need a valid token for that
+//! whose wallet passes the gate (the AuthActor decides, and its decision is remembered per
+//! session and media in the `PlaybackGuard`'s grants, so a repeat GET needs no message), or
+//! with a playback token it minted; every URI inside a served playlist carries that token
+//! (`?token=`), so stock HLS players fetch segments without custom headers. The tokenised
+//! playlist bytes are cached by (media, file, token), looked up only after the gate table and
+//! the token or grant were checked for this request. Segments of gated media need a valid token for that
 //! media; ungated segments never touch an actor (one read of the gate table) and stay
 //! `public, immutable`. Gated responses are `private, no-store`.
 //! The thumbnail of gated media is gated the same way as its playlists.
@@ -33,7 +36,7 @@ use actix_web::{
 use bytes::Bytes;
 use serde::Deserialize;
 use streamgate_actors::{
-    auth::{tokens::PlaybackTokenError, Authenticate, AuthorizePlayback},
+    auth::{tokens::PlaybackTokenError, AuthorizeSessionPlayback, SessionDigest},
     blobs::{BlobError, BlobStore, ByteRange, MappedBlob},
     cache::{CachedMedia, Playlist},
     metadata::GetMedia,
@@ -94,7 +97,7 @@ enum Access {
     Public,
     /// Gated, and this token (for this media) goes into every URI we hand out.
     Gated {
-        token: String,
+        token: Arc<str>,
     },
 }
 
@@ -303,13 +306,17 @@ async fn playlist_access(
     }
     let decided = async {
         if let Some(bearer) = bearer_token(req) {
-            let principal = actors.auth.send(Authenticate { token: bearer }).await??;
+            // The gate was just read above: a remembered grant only stands in for the decision.
+            let session = SessionDigest::of(&bearer);
+            if let Some(token) = actors.playback.granted(&session, &media.id) {
+                return Ok(Access::Gated { token });
+            }
             let grant = actors
                 .auth
-                .send(AuthorizePlayback {
+                .send(AuthorizeSessionPlayback {
+                    token: bearer,
                     media_id: media.id.clone(),
                     owner: media.owner.clone(),
-                    principal,
                 })
                 .await??;
             return Ok(Access::Gated { token: grant.token });
@@ -323,7 +330,7 @@ async fn playlist_access(
         }
         check_playback_token(actors, &media.id, query_token)?;
         Ok(Access::Gated {
-            token: query_token.unwrap_or_default().to_string(),
+            token: Arc::from(query_token.unwrap_or_default()),
         })
     }
     .await;
@@ -413,17 +420,17 @@ async fn playlist(
     file: &str,
     access: &Access,
 ) -> Result<HttpResponse, ApiError> {
-    let Playlist { bytes, etag } = actors
-        .caches
-        .playlist(&actors.blobs, media_id, file)
-        .await
-        .map_err(missing_as("playlist_not_found"))?;
     let content_type = (
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/vnd.apple.mpegurl"),
     );
     match access {
         Access::Public => {
+            let Playlist { bytes, etag } = actors
+                .caches
+                .playlist(&actors.blobs, media_id, file)
+                .await
+                .map_err(missing_as("playlist_not_found"))?;
             let cache = (header::CACHE_CONTROL, PLAYLIST_CACHE);
             if none_match(req, &etag) {
                 return Ok(HttpResponse::NotModified()
@@ -439,11 +446,17 @@ async fn playlist(
         }
         // Tokens differ per viewer and request: no ETag, nothing kept by anyone in between.
         Access::Gated { token } => {
-            let text = String::from_utf8_lossy(&bytes);
+            let bytes = actors
+                .caches
+                .tokenised_playlist(&actors.blobs, media_id, file, token, |bytes, token| {
+                    Bytes::from(with_token(&String::from_utf8_lossy(bytes), token))
+                })
+                .await
+                .map_err(missing_as("playlist_not_found"))?;
             Ok(HttpResponse::Ok()
                 .insert_header(content_type)
                 .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))
-                .body(with_token(&text, token)))
+                .body(bytes))
         }
     }
 }
