@@ -313,3 +313,69 @@ impl Caches {
         removed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cache::CacheMetrics, store::SledStore};
+
+    fn caches(dir: &std::path::Path) -> Caches {
+        let config = CacheConfig {
+            gateway_entries: 10,
+            gateway_ttl_s: 60,
+            streaming_entries: 10,
+            streaming_ttl_s: 60,
+            metadata_entries: 10,
+            metadata_ttl_s: 60,
+            search_entries: 10,
+            search_ttl_s: 60,
+            tokenised_entries: 10,
+            tokenised_ttl_s: 60,
+            purge_interval_s: 60,
+        };
+        let repo: crate::store::SharedRepo = Arc::new(SledStore::open(&dir.join("db")).unwrap());
+        Caches::with_metrics(&config, |_| CacheMetrics::detached(), AuditLog::new(repo))
+    }
+
+    #[tokio::test]
+    async fn tokenised_playlists_are_cached_per_token_and_dropped_with_their_media() {
+        let dir = tempfile::tempdir().unwrap();
+        let caches = caches(dir.path());
+        let blobs = BlobStore::local(dir.path().join("blobs")).unwrap();
+        let (media, other) = (MediaId::new(), MediaId::new());
+        for id in [&media, &other] {
+            let key = BlobStore::hls_key(id, "master.m3u8");
+            blobs.put(&key, Bytes::from_static(b"v1")).await.unwrap();
+        }
+        let rewrite = |bytes: &[u8], token: &str| {
+            Bytes::from(format!("{}?{token}", String::from_utf8_lossy(bytes)))
+        };
+        let (first, second): (Arc<str>, Arc<str>) = (Arc::from("t1"), Arc::from("t2"));
+        let get = |id: &MediaId, token: &Arc<str>| {
+            let (caches, blobs, id, token) = (&caches, &blobs, id.clone(), token.clone());
+            async move {
+                caches
+                    .tokenised_playlist(blobs, &id, "master.m3u8", &token, rewrite)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(get(&media, &first).await, "v1?t1");
+        assert_eq!(get(&media, &second).await, "v1?t2", "one entry per token");
+        assert_eq!(get(&media, &first).await, "v1?t1");
+        assert_eq!(get(&other, &first).await, "v1?t1");
+        let stats = caches.tokenised.stats();
+        assert_eq!((stats.hits, stats.misses, stats.size), (1, 3, 3));
+
+        // The media changes: its tokenised copies go with its other entries.
+        let key = BlobStore::hls_key(&media, "master.m3u8");
+        blobs.put(&key, Bytes::from_static(b"v2")).await.unwrap();
+        caches.invalidate_media(&media);
+        assert_eq!(
+            caches.tokenised.stats().size,
+            1,
+            "the other media's entry stays"
+        );
+        assert_eq!(get(&media, &first).await, "v2?t1");
+    }
+}

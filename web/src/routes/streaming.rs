@@ -17,9 +17,9 @@
 //! with a playback token it minted; every URI inside a served playlist carries that token
 //! (`?token=`), so stock HLS players fetch segments without custom headers. The tokenised
 //! playlist bytes are cached by (media, file, token), looked up only after the gate table and
-//! the token or grant were checked for this request. Segments of gated media need a valid token for that
-//! media; ungated segments never touch an actor (one read of the gate table) and stay
-//! `public, immutable`. Gated responses are `private, no-store`.
+//! the token or grant were checked for this request. Segments of gated media need a valid
+//! token for that media; ungated segments never touch an actor (one read of the gate table)
+//! and stay `public, immutable`. Gated responses are `private, no-store`.
 //! The thumbnail of gated media is gated the same way as its playlists.
 //! Invariant: fails closed — an unreadable gate table, a failed RPC or a bad token refuse.
 
@@ -444,7 +444,7 @@ async fn playlist(
                 .insert_header(cache)
                 .body(bytes))
         }
-        // Tokens differ per viewer and request: no ETag, nothing kept by anyone in between.
+        // Tokens differ per viewer: no ETag, nothing kept by anyone in between.
         Access::Gated { token } => {
             let bytes = actors
                 .caches
