@@ -46,7 +46,7 @@ use streamgate_actors::{
 };
 
 use super::{media::gate_table_error, media_id};
-use crate::{error::ApiError, extract::bearer_token, middleware::RouteLabel};
+use crate::{error::ApiError, extract::bearer_str, middleware::RouteLabel};
 
 // Cache-Control values, spelled out once: no directive list is built or formatted per response.
 const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10");
@@ -297,24 +297,25 @@ async fn playlist_access(
     media: &Media,
     query_token: Option<&str>,
 ) -> Result<Access, ApiError> {
-    let gate = actors
+    // Whether it is gated is all `web` needs; the AuthActor reads the gate itself.
+    let gated = actors
         .playback
-        .gate(&media.id)
+        .is_gated(&media.id)
         .map_err(|_| gate_table_error())?;
-    if gate.is_none() {
+    if !gated {
         return Ok(Access::Public);
     }
     let decided = async {
-        if let Some(bearer) = bearer_token(req) {
+        if let Some(bearer) = bearer_str(req) {
             // The gate was just read above: a remembered grant only stands in for the decision.
-            let session = SessionDigest::of(&bearer);
+            let session = SessionDigest::of(bearer);
             if let Some(token) = actors.playback.granted(&session, &media.id) {
                 return Ok(Access::Gated { token });
             }
             let grant = actors
                 .auth
                 .send(AuthorizeSessionPlayback {
-                    token: bearer,
+                    token: bearer.to_string(),
                     media_id: media.id.clone(),
                     owner: media.owner.clone(),
                 })
