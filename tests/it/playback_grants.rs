@@ -146,7 +146,8 @@ async fn an_expired_session_is_refused_although_its_grant_was_remembered() {
     let rpc = chain.url.clone();
     let server = TestServer::start_with(move |c| {
         c.auth.admin_token = ADMIN.into();
-        c.auth.session_ttl_s = 3;
+        // Long enough for a few GETs on a loaded machine, short enough to wait for.
+        c.auth.session_ttl_s = 10;
         c.auth.rpc = vec![ChainRpc {
             chain_id: CHAIN_ID,
             url: rpc,
@@ -165,7 +166,7 @@ async fn an_expired_session_is_refused_although_its_grant_was_remembered() {
         OffsetDateTime::parse(login["expires_at"].as_str().unwrap(), &Rfc3339).unwrap();
     let hits = grant_hits(&server);
     let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
     let mut served = 0;
     loop {
         ticks.tick().await;
@@ -182,7 +183,7 @@ async fn an_expired_session_is_refused_although_its_grant_was_remembered() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(20),
+            started.elapsed() < Duration::from_secs(60),
             "session never expired"
         );
     }
