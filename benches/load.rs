@@ -107,7 +107,18 @@ struct Server {
 impl Server {
     fn start(config_file: &Path, data_dir: &Path, extra: &[&str]) -> Self {
         let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_streamgate"));
+        let mut command = match callgrind_out() {
+            // Counted from the start; the gated scenario zeroes the counters before its run.
+            Some(out) => {
+                let mut command = Command::new("valgrind");
+                command
+                    .args(["--tool=callgrind", "--quiet"])
+                    .arg(format!("--callgrind-out-file={out}"))
+                    .arg(env!("CARGO_BIN_EXE_streamgate"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_streamgate")),
+        };
         command
             .arg("--config")
             .arg(config_file)
@@ -713,6 +724,10 @@ fn main() {
         paths_script(&script, &requests);
         let body = fetch(&server.url(&path), Some(&sessions[0]));
         assert!(String::from_utf8_lossy(&body).contains("token="));
+        if callgrind_out().is_some() {
+            callgrind_gated(&server, &script, seconds);
+            return;
+        }
         let (gated, baseline) = versus_bare(
             &server,
             &script,
@@ -793,6 +808,37 @@ fn scripted(script: &Path) -> WrkOptions<'_> {
         script: Some(script),
         ..Default::default()
     }
+}
+
+/// `LOAD_BENCH_CALLGRIND=<file>`: the server runs under `valgrind --tool=callgrind` writing
+/// `<file>`; only the gated scenario is measured (see [`callgrind_gated`]).
+fn callgrind_out() -> Option<String> {
+    std::env::var("LOAD_BENCH_CALLGRIND")
+        .ok()
+        .filter(|out| !out.is_empty())
+}
+
+/// Under callgrind: a warm-up, counters zeroed, `seconds` of wrk (8 connections), a dump; prints
+/// the request count to divide the dump's instruction total by.
+fn callgrind_gated(server: &Server, script: &Path, seconds: u32) {
+    let control = |flag: &str| {
+        let status = Command::new("callgrind_control")
+            .args([flag, &server.child.id().to_string()])
+            .output()
+            .expect("callgrind_control (valgrind) is installed");
+        assert!(status.status.success(), "callgrind_control {flag} failed");
+    };
+    let load = |seconds| {
+        let load = wrk(&server.base, 8, seconds, scripted(script));
+        assert_eq!(load.errors, 0, "{load:?}");
+        load
+    };
+    load(2);
+    control("-z");
+    let measured = load(seconds);
+    let requests = (measured.requests_per_s * f64::from(seconds)).round();
+    control("-d");
+    println!("callgrind gated playlist: ~{requests} requests in the dump ({measured:?})");
 }
 
 /// `script` against the server vs a bare actix-web handler answering `body`, same run; the

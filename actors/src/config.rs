@@ -94,6 +94,11 @@ pub struct AuthConfig {
     pub session_ttl_s: u64,
     pub session_secret: String,
     pub playback_token_ttl_s: u64,
+    /// How long a minted playback token is handed out again to the same session (capped at
+    /// half the token's lifetime); see `auth::grants`.
+    pub playback_grant_reuse_s: u64,
+    /// At most this many remembered (session, media) playback grants.
+    pub playback_grant_entries: usize,
     pub nft_cache_ttl_ms: u64,
     pub nft_cache_entries: usize,
     pub rpc_timeout_ms: u64,
@@ -199,6 +204,8 @@ pub struct CacheConfig {
     pub metadata_ttl_s: u64,
     pub search_entries: usize,
     pub search_ttl_s: u64,
+    pub tokenised_entries: usize,
+    pub tokenised_ttl_s: u64,
     pub purge_interval_s: u64,
 }
 
@@ -209,6 +216,7 @@ impl CacheConfig {
             ("streaming_entries", self.streaming_entries as u64),
             ("metadata_entries", self.metadata_entries as u64),
             ("search_entries", self.search_entries as u64),
+            ("tokenised_entries", self.tokenised_entries as u64),
             ("purge_interval_s", self.purge_interval_s),
         ] {
             if value == 0 {
@@ -310,6 +318,7 @@ impl ActorsConfig {
             ("nonce_ttl_s", auth.nonce_ttl_s),
             ("session_ttl_s", auth.session_ttl_s),
             ("playback_token_ttl_s", auth.playback_token_ttl_s),
+            ("playback_grant_entries", auth.playback_grant_entries as u64),
             ("rpc_timeout_ms", auth.rpc_timeout_ms),
         ] {
             if value == 0 {

@@ -37,9 +37,9 @@ pub use error::{DomainError, ErrorKind};
 
 use crate::{
     audit::AuditLog,
-    auth::{AuthActor, AuthDeps, Keys, NftChecker, NftMetrics, PlaybackGuard},
+    auth::{AuthActor, AuthDeps, Keys, NftChecker, NftMetrics, PlaybackGrants, PlaybackGuard},
     blobs::BlobStore,
-    cache::Caches,
+    cache::{CacheMetrics, Caches},
     config::{ActorsConfig, BlobBackend},
     metadata::{MetadataActor, MetadataDeps},
     monitor::{Metrics, MonitorActor, MonitorDeps},
@@ -172,7 +172,15 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
     });
     // Loaded before the server starts, so gated media are never served as public.
     let keys = Keys::load_or_create(&config.auth.session_secret, &repo)?;
-    let playback = PlaybackGuard::new(keys.clone(), repo.list_gates()?.into_iter().collect());
+    let grants = PlaybackGrants::new(
+        config.auth.playback_grant_entries,
+        CacheMetrics::of(&metrics, monitor::names::PLAYBACK_GRANTS_CACHE),
+    );
+    let playback = PlaybackGuard::new(
+        keys.clone(),
+        repo.list_gates()?.into_iter().collect(),
+        grants,
+    );
     let nft = NftChecker::new(
         config
             .auth

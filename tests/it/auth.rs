@@ -43,12 +43,16 @@ fn without_line(message: &str, prefix: &str) -> String {
         .join("\n")
 }
 
-fn assert_refused(status: u16, body: &Value, expected_status: u16, expected_code: &str) {
+pub(crate) fn assert_refused(status: u16, body: &Value, expected_status: u16, expected_code: &str) {
     assert_eq!(status, expected_status, "{body}");
     assert_eq!(body["code"], expected_code, "{body}");
 }
 
-async fn bearer_get(server: &TestServer, url: &str, token: Option<&str>) -> reqwest::Response {
+pub(crate) async fn bearer_get(
+    server: &TestServer,
+    url: &str,
+    token: Option<&str>,
+) -> reqwest::Response {
     let mut request = server.client.get(url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -285,11 +289,11 @@ async fn login_signed_by_a_different_key_is_refused() {
 // ---------------------------------------------------------------------------------------------
 // Gated streaming
 
-struct Playable {
-    media_id: String,
+pub(crate) struct Playable {
+    pub(crate) media_id: String,
 }
 
-async fn upload_ready(server: &TestServer, name: &str) -> Playable {
+pub(crate) async fn upload_ready(server: &TestServer, name: &str) -> Playable {
     let scratch = tempfile::tempdir().unwrap();
     let clip = std::fs::read(make_clip(scratch.path(), name, "320x240", 2)).unwrap();
     let (status, receipt) = server.upload(clip, name, Some(name)).await;
@@ -303,7 +307,12 @@ async fn upload_ready(server: &TestServer, name: &str) -> Playable {
     Playable { media_id }
 }
 
-async fn put_gate(server: &TestServer, media_id: &str, token: &str, gate: &Value) -> (u16, Value) {
+pub(crate) async fn put_gate(
+    server: &TestServer,
+    media_id: &str,
+    token: &str,
+    gate: &Value,
+) -> (u16, Value) {
     let response = server
         .client
         .put(server.url(&format!("/api/v1/media/{media_id}/gate")))
@@ -326,7 +335,7 @@ async fn searched_gated(server: &TestServer, word: &str) -> bool {
 }
 
 /// Every URI line of a playlist.
-fn uris(playlist: &str) -> Vec<String> {
+pub(crate) fn uris(playlist: &str) -> Vec<String> {
     playlist
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
@@ -342,7 +351,7 @@ fn cache_control(response: &reqwest::Response) -> String {
 }
 
 /// Fetches master → first media playlist → first segment with the tokens the server put in.
-async fn play(server: &TestServer, media_id: &str, session: &str) -> (String, String) {
+pub(crate) async fn play(server: &TestServer, media_id: &str, session: &str) -> (String, String) {
     let base = server.url(&format!("/api/v1/media/{media_id}/hls/"));
     let response = bearer_get(server, &format!("{base}master.m3u8"), Some(session)).await;
     assert_eq!(response.status(), 200);

@@ -15,6 +15,7 @@ mod media;
 mod monitor;
 mod openapi;
 mod otlp;
+mod playback_grants;
 mod s3;
 mod server;
 mod shutdown;

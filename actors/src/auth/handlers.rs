@@ -6,9 +6,9 @@ use alloy_primitives::{Address, U256};
 use time::{Duration, OffsetDateTime};
 
 use super::{
-    login, AuthActor, AuthError, AuthorizePlayback, Challenge, CheckOwnership, GateSpec,
-    IssueChallenge, Login, Logout, NftChecker, Ownership, OwnershipQuery, PlaybackGrant, Principal,
-    RefreshSession, SessionGrant, SessionInfo, SetGate, VerifySession,
+    login, AuthActor, AuthError, Challenge, CheckOwnership, GateSpec, IssueChallenge, Login,
+    Logout, NftChecker, Ownership, OwnershipQuery, Principal, RefreshSession, SessionGrant,
+    SessionInfo, SetGate, VerifySession,
 };
 use crate::{
     audit::{action, outcome, AuditEvent, AuditLog},
@@ -200,7 +200,7 @@ fn parse_contract(text: &str) -> Result<Address, AuthError> {
     login::parse_address(text).ok_or_else(|| AuthError::InvalidAddress(text.to_string()))
 }
 
-fn ownership_query(
+pub(super) fn ownership_query(
     nft: &NftChecker,
     chain_id: u64,
     contract: &str,
@@ -227,7 +227,7 @@ fn ownership_query(
 }
 
 /// Runs one ownership check and records it in the audit log.
-async fn checked_balance(
+pub(super) async fn checked_balance(
     nft: &NftChecker,
     audit: &AuditLog,
     query: &OwnershipQuery,
@@ -264,13 +264,16 @@ async fn checked_balance(
     result.map(|holding| nft_result::Checked {
         balance: holding.balance,
         cached: holding.cached,
+        fresh_until: holding.fresh_until,
     })
 }
 
-mod nft_result {
+pub(super) mod nft_result {
     pub struct Checked {
         pub balance: alloy_primitives::U256,
         pub cached: bool,
+        /// When the answer leaves the ownership cache.
+        pub fresh_until: std::time::Instant,
     }
 }
 
@@ -407,48 +410,4 @@ fn validate_gate(
         set_by: principal.name().to_string(),
         set_at: OffsetDateTime::now_utc(),
     })
-}
-
-impl Handler<AuthorizePlayback> for AuthActor {
-    type Result = ResponseFuture<Result<PlaybackGrant, AuthError>>;
-
-    fn handle(&mut self, msg: AuthorizePlayback, _: &mut Self::Context) -> Self::Result {
-        let nft = self.deps.nft.clone();
-        let audit = self.deps.audit.clone();
-        let playback = self.deps.playback.clone();
-        let ttl = Duration::seconds(self.deps.config.playback_token_ttl_s as i64);
-        Box::pin(async move {
-            let gate = playback
-                .gate(&msg.media_id)
-                .map_err(|_| AuthError::Config("gate table unavailable".into()))?;
-            let wallet = msg.principal.name().to_string();
-            let may_play = match (&msg.principal, &gate) {
-                (_, None) | (Principal::Admin, _) => true,
-                (principal, Some(_)) if principal.may_manage(msg.owner.as_deref()) => true,
-                (Principal::Wallet { address, .. }, Some(gate)) => {
-                    let holder = login::parse_address(address)
-                        .ok_or_else(|| AuthError::InvalidAddress(address.clone()))?;
-                    let query = ownership_query(
-                        &nft,
-                        gate.chain_id,
-                        &gate.contract,
-                        gate.standard,
-                        gate.token_id.as_deref(),
-                        holder,
-                    )?;
-                    let checked = checked_balance(&nft, &audit, &query, wallet.clone()).await?;
-                    checked.balance >= U256::from(gate.min_balance)
-                }
-            };
-            if !may_play {
-                return Err(AuthError::GateNotPassed);
-            }
-            let expires_at = OffsetDateTime::now_utc() + ttl;
-            let token =
-                playback
-                    .keys()
-                    .sign_playback(&msg.media_id, &wallet, expires_at.unix_timestamp());
-            Ok(PlaybackGrant { token, expires_at })
-        })
-    }
 }

@@ -7,14 +7,19 @@
 //!   is stored, so it survives restarts).
 //! - Token ownership over JSON-RPC with a TTL cache ([`nft`]): `CheckOwnership`.
 //! - Media gates: `SetGate` (owner or admin), `AuthorizePlayback` (mints the playback token
-//!   carried by gated playlist and segment URLs); the [`PlaybackGuard`] read handle lets the
-//!   segment path check tokens without a message.
+//!   carried by gated playlist and segment URLs), `AuthorizeSessionPlayback` (bearer token →
+//!   playback token in one message, remembered per session and media in [`grants`]); the
+//!   [`PlaybackGuard`] read handle lets the segment path check tokens, and the playlist path
+//!   reuse remembered grants, without a message.
 //!
 //! Invariant: logins run one at a time (atomic responses), and a nonce is consumed with a
 //! compare-and-swap in the store, so of concurrent logins with one nonce exactly one succeeds.
 //! Invariant: every failure to establish identity or ownership is a refusal or an error; an
 //! RPC failure is never read as "does not own".
+//! Invariant: a revocation (logout, refresh) purges the session's playback grants before it is
+//! acknowledged; a gate change purges the media's (in [`PlaybackGuard`]).
 
+pub mod grants;
 pub mod login;
 pub mod nft;
 pub mod playback;
@@ -28,6 +33,7 @@ use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
 pub use self::{
+    grants::{PlaybackGrants, SessionDigest},
     login::LoginPolicy,
     nft::{NftChecker, NftMetrics, OwnershipQuery},
     playback::PlaybackGuard,
@@ -327,9 +333,21 @@ pub struct AuthorizePlayback {
     pub principal: Principal,
 }
 
+/// A bearer token (session or admin) and gated `media_id` → a playback token: authenticates
+/// and decides like [`AuthorizePlayback`] in one message, and remembers a wallet session's
+/// grant in the [`PlaybackGrants`] the [`PlaybackGuard`] serves.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<PlaybackGrant, AuthError>")]
+pub struct AuthorizeSessionPlayback {
+    pub token: String,
+    pub media_id: MediaId,
+    /// The media's owner, who may always play it.
+    pub owner: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct PlaybackGrant {
-    pub token: String,
+    pub token: std::sync::Arc<str>,
     pub expires_at: OffsetDateTime,
 }
 
@@ -404,6 +422,22 @@ impl AuthActor {
         Ok(claims)
     }
 
+    /// The admin token or a live session → who is calling, and the session's claims.
+    fn bearer(&self, token: &str) -> Result<(Principal, Option<tokens::SessionClaims>), AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::SessionRequired);
+        }
+        if self.is_admin_token(token) {
+            return Ok((Principal::Admin, None));
+        }
+        let claims = self.session(token)?;
+        let principal = Principal::Wallet {
+            address: claims.sub.clone(),
+            session_id: claims.sid.clone(),
+        };
+        Ok((principal, Some(claims)))
+    }
+
     fn grant(&self, address: String, chain_id: u64) -> SessionGrant {
         let now = OffsetDateTime::now_utc();
         let expires_at = now + Duration::seconds(self.deps.config.session_ttl_s as i64);
@@ -430,6 +464,7 @@ impl AuthActor {
         let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
             .unwrap_or_else(|_| OffsetDateTime::now_utc());
         self.deps.revoked.insert(claims.sid.clone(), expires_at);
+        self.deps.playback.grants().purge_session(&claims.sid);
         let repo = self.deps.repo.clone();
         let sid = claims.sid.clone();
         async move {
@@ -452,6 +487,7 @@ impl Actor for AuthActor {
                 .deps
                 .revoked
                 .retain(|_, expires_at| *expires_at >= now);
+            actor.deps.playback.grants().purge_expired();
             let repo = actor.deps.repo.clone();
             ctx.spawn(
                 async move {
@@ -489,18 +525,9 @@ impl Handler<Authenticate> for AuthActor {
     type Result = Result<Principal, AuthError>;
 
     fn handle(&mut self, msg: Authenticate, _: &mut Self::Context) -> Self::Result {
-        if msg.token.is_empty() {
-            return Err(AuthError::SessionRequired);
-        }
-        if self.is_admin_token(&msg.token) {
-            return Ok(Principal::Admin);
-        }
-        let claims = self.session(&msg.token)?;
-        Ok(Principal::Wallet {
-            address: claims.sub,
-            session_id: claims.sid,
-        })
+        self.bearer(&msg.token).map(|(principal, _)| principal)
     }
 }
 
+mod authorize;
 mod handlers;

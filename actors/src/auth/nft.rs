@@ -45,6 +45,8 @@ pub struct Holding {
     pub balance: U256,
     /// Answered from the cache rather than the chain.
     pub cached: bool,
+    /// When this answer leaves the cache: nothing decided with it may outlive this.
+    pub fresh_until: Instant,
 }
 
 /// Metric handles the checker bumps (names in `monitor/names.rs`).
@@ -94,7 +96,7 @@ impl NftChecker {
 
     /// The holder's balance of the token (or, for ERC-721 without a token id, of the collection).
     pub async fn balance(&self, query: &OwnershipQuery) -> Result<Holding, AuthError> {
-        if let Some(balance) = self.cached(query) {
+        if let Some((balance, fresh_until)) = self.cached(query) {
             self.metrics
                 .checks
                 .with_label_values(&["cache", "ok"])
@@ -102,6 +104,7 @@ impl NftChecker {
             return Ok(Holding {
                 balance,
                 cached: true,
+                fresh_until,
             });
         }
         let fetched = self.fetch(query).await;
@@ -111,19 +114,22 @@ impl NftChecker {
             .with_label_values(&["rpc", outcome])
             .inc();
         let balance = fetched?;
+        let fetched_at = Instant::now();
         if let Ok(mut cache) = self.cache.lock() {
-            cache.put(query.clone(), (balance, Instant::now()));
+            cache.put(query.clone(), (balance, fetched_at));
         }
         Ok(Holding {
             balance,
             cached: false,
+            fresh_until: fetched_at + self.ttl,
         })
     }
 
-    fn cached(&self, query: &OwnershipQuery) -> Option<U256> {
+    /// A cached balance still within its TTL, and when it stops being so.
+    fn cached(&self, query: &OwnershipQuery) -> Option<(U256, Instant)> {
         let mut cache = self.cache.lock().ok()?;
         match cache.get(query) {
-            Some((balance, at)) if at.elapsed() < self.ttl => Some(*balance),
+            Some((balance, at)) if at.elapsed() < self.ttl => Some((*balance, *at + self.ttl)),
             Some(_) => {
                 cache.pop(query);
                 None

@@ -1,7 +1,10 @@
 //! The domain's caches (SPEC.md: gateway, streaming, metadata) and the read handle `web` holds.
 //!
-//! - `streaming`: untokenised playlist bytes + ETag by (media, file). Gated playlists get their
-//!   per-viewer tokens added per request, so one viewer's URLs never reach another.
+//! - `streaming`: untokenised playlist bytes + ETag by (media, file).
+//! - `tokenised`: gated playlists with a playback token written into every URI, by (media,
+//!   file, token). The token is part of the key, so one viewer's URLs never reach another;
+//!   `web` looks an entry up only with a token it has just checked (a valid `?token=`, or the
+//!   grant the AuthActor made for the caller's session).
 //! - `metadata`: media records by id, filled by the MetadataActor's reads. Each entry also
 //!   memoises the bytes a reader renders from it (the JSON `web` sends), so a hit is served
 //!   without building and serialising the DTO again; the memo goes with the entry.
@@ -134,11 +137,15 @@ pub struct AdminEntry {
 /// Longest admin cache key, in bytes.
 pub const MAX_ADMIN_KEY_BYTES: usize = 256;
 
+/// A tokenised playlist's key: media, file (relative to `hls/`), playback token.
+pub type TokenisedKey = (MediaId, String, Arc<str>);
+
 /// Cheap-to-clone handle on every cache.
 #[derive(Clone)]
 pub struct Caches {
     pub gateway: Arc<TtlLru<String, AdminEntry>>,
     pub streaming: Arc<TtlLru<(MediaId, String), Playlist>>,
+    pub tokenised: Arc<TtlLru<TokenisedKey, Bytes>>,
     pub metadata: Arc<TtlLru<MediaId, Arc<CachedMedia>>>,
     pub search: Arc<TtlLru<SearchPageKey, Bytes>>,
     audit: AuditLog,
@@ -166,6 +173,11 @@ impl Caches {
                 secs(config.streaming_ttl_s),
                 metrics("streaming"),
             )),
+            tokenised: Arc::new(TtlLru::new(
+                config.tokenised_entries,
+                secs(config.tokenised_ttl_s),
+                metrics(crate::monitor::names::TOKENISED_PLAYLISTS_CACHE),
+            )),
             metadata: Arc::new(TtlLru::new(
                 config.metadata_entries,
                 secs(config.metadata_ttl_s),
@@ -180,10 +192,11 @@ impl Caches {
         }
     }
 
-    /// Drops everything cached about `media_id`: its record and its playlists.
+    /// Drops everything cached about `media_id`: its record and its playlists, tokenised too.
     pub fn invalidate_media(&self, media_id: &MediaId) {
         self.metadata.remove(media_id);
         self.streaming.remove_where(|(id, _)| id == media_id);
+        self.tokenised.remove_where(|(id, _, _)| id == media_id);
     }
 
     /// A gate on `media_id` was set or cleared: its entries go, and so does every search page,
@@ -213,10 +226,35 @@ impl Caches {
         Ok(playlist)
     }
 
+    /// A playlist of `media_id` with `token` written into its URIs by `rewrite`, from the cache
+    /// or made from [`Self::playlist`]. The caller has checked `token` for this media (or for
+    /// the caller's session) just before: the cache never decides access.
+    pub async fn tokenised_playlist(
+        &self,
+        blobs: &BlobStore,
+        media_id: &MediaId,
+        file: &str,
+        token: &Arc<str>,
+        rewrite: impl FnOnce(&[u8], &str) -> Bytes,
+    ) -> Result<Bytes, BlobError> {
+        let key = (media_id.clone(), file.to_string(), Arc::clone(token));
+        if let Some(bytes) = self.tokenised.get(&key) {
+            return Ok(bytes);
+        }
+        // Before the untokenised read: an invalidation from here on keeps this fill out.
+        let epoch = self.tokenised.epoch();
+        let playlist = self.playlist(blobs, media_id, file).await?;
+        let bytes = rewrite(&playlist.bytes, token);
+        self.tokenised
+            .insert_if_unchanged(key, bytes.clone(), epoch);
+        Ok(bytes)
+    }
+
     /// Drops expired entries of every cache (run on a timer).
     pub fn purge_expired(&self) -> usize {
         self.gateway.purge_expired()
             + self.streaming.purge_expired()
+            + self.tokenised.purge_expired()
             + self.metadata.purge_expired()
             + self.search.purge_expired()
     }
@@ -225,6 +263,10 @@ impl Caches {
         vec![
             ("gateway", self.gateway.stats()),
             ("streaming", self.streaming.stats()),
+            (
+                crate::monitor::names::TOKENISED_PLAYLISTS_CACHE,
+                self.tokenised.stats(),
+            ),
             ("metadata", self.metadata.stats()),
             ("search", self.search.stats()),
         ]
@@ -269,5 +311,71 @@ impl Caches {
             )
             .await;
         removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cache::CacheMetrics, store::SledStore};
+
+    fn caches(dir: &std::path::Path) -> Caches {
+        let config = CacheConfig {
+            gateway_entries: 10,
+            gateway_ttl_s: 60,
+            streaming_entries: 10,
+            streaming_ttl_s: 60,
+            metadata_entries: 10,
+            metadata_ttl_s: 60,
+            search_entries: 10,
+            search_ttl_s: 60,
+            tokenised_entries: 10,
+            tokenised_ttl_s: 60,
+            purge_interval_s: 60,
+        };
+        let repo: crate::store::SharedRepo = Arc::new(SledStore::open(&dir.join("db")).unwrap());
+        Caches::with_metrics(&config, |_| CacheMetrics::detached(), AuditLog::new(repo))
+    }
+
+    #[tokio::test]
+    async fn tokenised_playlists_are_cached_per_token_and_dropped_with_their_media() {
+        let dir = tempfile::tempdir().unwrap();
+        let caches = caches(dir.path());
+        let blobs = BlobStore::local(dir.path().join("blobs")).unwrap();
+        let (media, other) = (MediaId::new(), MediaId::new());
+        for id in [&media, &other] {
+            let key = BlobStore::hls_key(id, "master.m3u8");
+            blobs.put(&key, Bytes::from_static(b"v1")).await.unwrap();
+        }
+        let rewrite = |bytes: &[u8], token: &str| {
+            Bytes::from(format!("{}?{token}", String::from_utf8_lossy(bytes)))
+        };
+        let (first, second): (Arc<str>, Arc<str>) = (Arc::from("t1"), Arc::from("t2"));
+        let get = |id: &MediaId, token: &Arc<str>| {
+            let (caches, blobs, id, token) = (&caches, &blobs, id.clone(), token.clone());
+            async move {
+                caches
+                    .tokenised_playlist(blobs, &id, "master.m3u8", &token, rewrite)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(get(&media, &first).await, "v1?t1");
+        assert_eq!(get(&media, &second).await, "v1?t2", "one entry per token");
+        assert_eq!(get(&media, &first).await, "v1?t1");
+        assert_eq!(get(&other, &first).await, "v1?t1");
+        let stats = caches.tokenised.stats();
+        assert_eq!((stats.hits, stats.misses, stats.size), (1, 3, 3));
+
+        // The media changes: its tokenised copies go with its other entries.
+        let key = BlobStore::hls_key(&media, "master.m3u8");
+        blobs.put(&key, Bytes::from_static(b"v2")).await.unwrap();
+        caches.invalidate_media(&media);
+        assert_eq!(
+            caches.tokenised.stats().size,
+            1,
+            "the other media's entry stays"
+        );
+        assert_eq!(get(&media, &first).await, "v2?t1");
     }
 }

@@ -63,9 +63,23 @@ pub const TRANSCODE_OUTCOMES: [&str; 3] = ["succeeded", "failed", "cancelled"];
 /// Label values for [`JOBS`]'s `state`.
 pub const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
-/// The caches of SPEC.md, exported from the start so dashboards have series before the cache
-/// work fills them (label `cache` of the `CACHE_*` metrics).
-pub const CACHES: [&str; 5] = ["gateway", "upload", "streaming", "metadata", "search"];
+/// Label `cache` of the remembered playback grants (session, media) → playback token
+/// (`auth::grants`): hits are gated playlist GETs answered without an AuthActor message.
+pub const PLAYBACK_GRANTS_CACHE: &str = "playback_grants";
+/// Label `cache` of gated playlists with a viewer's token written in.
+pub const TOKENISED_PLAYLISTS_CACHE: &str = "tokenised_playlists";
+
+/// The caches of SPEC.md and ours, exported from the start so dashboards have series before
+/// the cache work fills them (label `cache` of the `CACHE_*` metrics).
+pub const CACHES: [&str; 7] = [
+    "gateway",
+    "upload",
+    "streaming",
+    "metadata",
+    "search",
+    PLAYBACK_GRANTS_CACHE,
+    TOKENISED_PLAYLISTS_CACHE,
+];
 
 /// The rate-limited services (label `service`); the route → service table is in
 /// `streamgate_web::middleware::rate_limit`.

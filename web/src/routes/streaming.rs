@@ -12,11 +12,14 @@
 //! Invariant: every name taken from the path is validated before it becomes part of a blob key.
 //!
 //! Gated media (see `PUT /api/v1/media/{id}/gate`): a playlist is served only to a session
-//! whose wallet passes the gate (the AuthActor decides), or with a playback token it minted;
-//! every URI inside a served playlist carries that token (`?token=`), so stock HLS players
-//! fetch segments without custom headers. Segments of gated media need a valid token for that
-//! media; ungated segments never touch an actor (one read of the gate table) and stay
-//! `public, immutable`. Gated responses are `private, no-store`.
+//! whose wallet passes the gate (the AuthActor decides, and its decision is remembered per
+//! session and media in the `PlaybackGuard`'s grants, so a repeat GET needs no message), or
+//! with a playback token it minted; every URI inside a served playlist carries that token
+//! (`?token=`), so stock HLS players fetch segments without custom headers. The tokenised
+//! playlist bytes are cached by (media, file, token), looked up only after the gate table and
+//! the token or grant were checked for this request. Segments of gated media need a valid
+//! token for that media; ungated segments never touch an actor (one read of the gate table)
+//! and stay `public, immutable`. Gated responses are `private, no-store`.
 //! The thumbnail of gated media is gated the same way as its playlists.
 //! Invariant: fails closed — an unreadable gate table, a failed RPC or a bad token refuse.
 
@@ -33,7 +36,7 @@ use actix_web::{
 use bytes::Bytes;
 use serde::Deserialize;
 use streamgate_actors::{
-    auth::{tokens::PlaybackTokenError, Authenticate, AuthorizePlayback},
+    auth::{tokens::PlaybackTokenError, AuthorizeSessionPlayback, SessionDigest},
     blobs::{BlobError, BlobStore, ByteRange, MappedBlob},
     cache::{CachedMedia, Playlist},
     metadata::GetMedia,
@@ -43,7 +46,7 @@ use streamgate_actors::{
 };
 
 use super::{media::gate_table_error, media_id};
-use crate::{error::ApiError, extract::bearer_token, middleware::RouteLabel};
+use crate::{error::ApiError, extract::bearer_str, middleware::RouteLabel};
 
 // Cache-Control values, spelled out once: no directive list is built or formatted per response.
 const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10");
@@ -96,7 +99,7 @@ enum Access {
     Public,
     /// Gated, and this token (for this media) goes into every URI we hand out.
     Gated {
-        token: String,
+        token: Arc<str>,
     },
 }
 
@@ -296,22 +299,27 @@ async fn playlist_access(
     media: &Media,
     query_token: Option<&str>,
 ) -> Result<Access, ApiError> {
-    let gate = actors
+    // Whether it is gated is all `web` needs; the AuthActor reads the gate itself.
+    let gated = actors
         .playback
-        .gate(&media.id)
+        .is_gated(&media.id)
         .map_err(|_| gate_table_error())?;
-    if gate.is_none() {
+    if !gated {
         return Ok(Access::Public);
     }
     let decided = async {
-        if let Some(bearer) = bearer_token(req) {
-            let principal = actors.auth.send(Authenticate { token: bearer }).await??;
+        if let Some(bearer) = bearer_str(req) {
+            // The gate was just read above: a remembered grant only stands in for the decision.
+            let session = SessionDigest::of(bearer);
+            if let Some(token) = actors.playback.granted(&session, &media.id) {
+                return Ok(Access::Gated { token });
+            }
             let grant = actors
                 .auth
-                .send(AuthorizePlayback {
+                .send(AuthorizeSessionPlayback {
+                    token: bearer.to_string(),
                     media_id: media.id.clone(),
                     owner: media.owner.clone(),
-                    principal,
                 })
                 .await??;
             return Ok(Access::Gated { token: grant.token });
@@ -325,7 +333,7 @@ async fn playlist_access(
         }
         check_playback_token(actors, &media.id, query_token)?;
         Ok(Access::Gated {
-            token: query_token.unwrap_or_default().to_string(),
+            token: Arc::from(query_token.unwrap_or_default()),
         })
     }
     .await;
@@ -415,17 +423,17 @@ async fn playlist(
     file: &str,
     access: &Access,
 ) -> Result<HttpResponse, ApiError> {
-    let Playlist { bytes, etag } = actors
-        .caches
-        .playlist(&actors.blobs, media_id, file)
-        .await
-        .map_err(missing_as("playlist_not_found"))?;
     let content_type = (
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/vnd.apple.mpegurl"),
     );
     match access {
         Access::Public => {
+            let Playlist { bytes, etag } = actors
+                .caches
+                .playlist(&actors.blobs, media_id, file)
+                .await
+                .map_err(missing_as("playlist_not_found"))?;
             let cache = (header::CACHE_CONTROL, PLAYLIST_CACHE);
             if none_match(req, &etag) {
                 return Ok(HttpResponse::NotModified()
@@ -439,13 +447,19 @@ async fn playlist(
                 .insert_header(cache)
                 .body(bytes))
         }
-        // Tokens differ per viewer and request: no ETag, nothing kept by anyone in between.
+        // Tokens differ per viewer: no ETag, nothing kept by anyone in between.
         Access::Gated { token } => {
-            let text = String::from_utf8_lossy(&bytes);
+            let bytes = actors
+                .caches
+                .tokenised_playlist(&actors.blobs, media_id, file, token, |bytes, token| {
+                    Bytes::from(with_token(&String::from_utf8_lossy(bytes), token))
+                })
+                .await
+                .map_err(missing_as("playlist_not_found"))?;
             Ok(HttpResponse::Ok()
                 .insert_header(content_type)
                 .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))
-                .body(with_token(&text, token)))
+                .body(bytes))
         }
     }
 }
