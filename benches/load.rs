@@ -10,7 +10,9 @@
 //! Tunables (environment): LOAD_BENCH_SECONDS (per wrk run, 3), LOAD_BENCH_ROUNDS (2),
 //! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE
 //! (10000), LOAD_BENCH_CLIP_SECONDS (4), LOAD_BENCH_TRANSCODE_RUNS (2), LOAD_BENCH_ONLY (all;
-//! else a comma-separated subset of segments, small, onoff, mix, gated, transcode, upload, idle).
+//! else a comma-separated subset of segments, small, onoff, mix, gated, transcode, upload, idle),
+//! LOAD_BENCH_SMAPS_DIR (unset; else the server's /proc/<pid>/smaps before and while holding
+//! the idle connections are copied there).
 //!
 //! Fairness: the server gets one HTTP worker (`server.workers = 1`), as do nginx
 //! (`worker_processes 1`) and the bare actix-web baseline; wrk runs 2 threads. Rate limits are
@@ -171,6 +173,29 @@ impl Server {
 
     fn rss_mb(&self) -> f64 {
         self.status_field("VmRSS:")
+    }
+
+    /// Where the resident set is: heap and stacks (anonymous), mapped files (the binary, search
+    /// index, segments), shared memory; and the thread count (each thread may own a malloc arena).
+    fn memory_breakdown(&self) -> String {
+        let threads = std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .map_or(0, |tasks| tasks.count());
+        format!(
+            "anon {:.0} MB, file {:.0} MB, shmem {:.0} MB, {threads} threads",
+            self.status_field("RssAnon:"),
+            self.status_field("RssFile:"),
+            self.status_field("RssShmem:"),
+        )
+    }
+
+    /// With LOAD_BENCH_SMAPS_DIR set, keeps a copy of the server's /proc/<pid>/smaps as
+    /// `<label>.smaps` there (which mapping holds the resident set).
+    fn keep_smaps(&self, label: &str) {
+        if let Ok(dir) = std::env::var("LOAD_BENCH_SMAPS_DIR") {
+            let smaps = std::fs::read(format!("/proc/{}/smaps", self.child.id())).unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(Path::new(&dir).join(format!("{label}.smaps")), smaps).unwrap();
+        }
     }
 }
 
@@ -377,6 +402,9 @@ fn raise_open_files(count: usize) {
 fn idle_connections(server: &Server, path: &str, count: usize, when: &str) -> Row {
     server.reset_peak();
     let before = server.rss_mb();
+    let before_breakdown = server.memory_breakdown();
+    let label = when.replace(' ', "-");
+    server.keep_smaps(&format!("{label}-before"));
     let started = Instant::now();
     let mut held = Vec::with_capacity(count);
     let mut errors = 0u64;
@@ -391,6 +419,11 @@ fn idle_connections(server: &Server, path: &str, count: usize, when: &str) -> Ro
     }
     let opened_in = started.elapsed();
     let holding = server.rss_mb();
+    println!(
+        "idle ({when}): before {before_breakdown}; holding {}",
+        server.memory_breakdown()
+    );
+    server.keep_smaps(&format!("{label}-holding"));
     let probe_started = Instant::now();
     let mut probe = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let probe_ok = get_on(&mut probe, path).is_ok_and(|status| status == 200);
@@ -478,6 +511,13 @@ fn main() {
     );
     write_config(&config_file, Some(&anvil.url));
     let server = Server::start(&config_file, &data_dir, &[]);
+    // The first start also builds the search index of the seeded records; the fresh server at
+    // the end opens the built one.
+    println!(
+        "server started: RSS {:.0} MB ({})",
+        server.rss_mb(),
+        server.memory_breakdown()
+    );
     let client = reqwest::Client::new();
     let fetch = |url: &str, bearer: Option<&str>| -> Vec<u8> {
         runtime.block_on(async {
