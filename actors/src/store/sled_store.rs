@@ -388,6 +388,24 @@ mod tests {
     use crate::model::{JobKind, JobState, MediaState, UploadId};
     use time::OffsetDateTime;
 
+    /// Opens `path` again after a store on it was dropped. sled's own threads may still hold
+    /// the directory lock for a moment after the drop (longer on a loaded machine), so only
+    /// that error is retried, until a deadline.
+    fn reopen(path: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match SledStore::open(path) {
+                Err(error)
+                    if error.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened.unwrap(),
+            }
+        }
+    }
+
     fn media() -> Media {
         let now = OffsetDateTime::now_utc();
         Media {
@@ -421,7 +439,7 @@ mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             store.put_media(&stored).unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.get_media(&stored.id).unwrap(), Some(stored.clone()));
         assert!(store.delete_media(&stored.id).unwrap());
         assert_eq!(store.get_media(&stored.id).unwrap(), None);
@@ -460,7 +478,7 @@ mod tests {
                 .put_revoked_session("s1", now + time::Duration::hours(1))
                 .unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(
             store.consume_nonce(&record.nonce).unwrap(),
             NonceUse::Consumed(record.clone())
