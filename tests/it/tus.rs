@@ -837,7 +837,10 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
     server.child.wait().unwrap();
     drop((plain_sender, checked_sender));
     assert!(plain_pending.await.unwrap().is_err(), "never acknowledged");
-    assert!(checked_pending.await.unwrap().is_err(), "never acknowledged");
+    assert!(
+        checked_pending.await.unwrap().is_err(),
+        "never acknowledged"
+    );
 
     let server = Binary::start(data.path());
     server.wait_ready(&client).await;
@@ -965,4 +968,34 @@ async fn tus_writes_need_a_session_and_only_the_creator_continues() {
     .offset(&location)
     .await;
     assert_eq!((status, offset), (200, 0), "nothing of Bob's was taken");
+}
+
+#[tokio::test]
+async fn sync_every_patch_keeps_the_protocol_and_the_bytes() {
+    let server = TestServer::start_with(|config| config.upload.sync_every_patch = true);
+    let alice = server.alice_client().await;
+    let video = fake_video(2_500_000);
+    let status = upload_via_tus(
+        &alice,
+        &server.base,
+        &video,
+        "clip.mp4",
+        "Synced",
+        1_000_000,
+    )
+    .await;
+    let media: Value = alice
+        .get(format!(
+            "{}/api/v1/media/{}",
+            server.base,
+            status["media_id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(media["sha256"], sha256_hex(&video), "{media}");
+    assert_eq!(media["size"], video.len() as u64, "{media}");
 }

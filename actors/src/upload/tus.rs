@@ -783,7 +783,8 @@ impl Handler<BeginTusPatch> for UploadActor {
             if msg.checksum.is_some() {
                 upload.unverified_from = Some(upload.offset);
             }
-            if (length_was_deferred && upload.length.is_some()) || upload.unverified_from.is_some() {
+            if (length_was_deferred && upload.length.is_some()) || upload.unverified_from.is_some()
+            {
                 save(&deps.repo, &upload).await?;
             }
             let whole = deps.shared.take_hash(&upload.id, upload.offset);
@@ -1019,7 +1020,11 @@ async fn recover_receiving(
     let path = partial_path(&deps.partial_dir, &upload.id);
     let (cut_to, sniffed) = (upload.unverified_from, upload.container.is_some());
     let found = run_blocking(move || {
-        let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
             Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(error),
