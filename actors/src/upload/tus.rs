@@ -881,6 +881,10 @@ impl Handler<CommitTusPatch> for UploadActor {
                 if unverified {
                     let mut upload = sink.upload.clone();
                     upload.unverified_from = None;
+                    if sink.sniffed {
+                        // Sniffed from the bytes just discarded.
+                        upload.container = None;
+                    }
                     save(&deps.repo, &upload).await?;
                 }
                 return Err(error);
