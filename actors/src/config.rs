@@ -57,6 +57,9 @@ pub struct UploadConfig {
     pub expiry_s: u64,
     /// Seconds between sweeps that delete expired uploads.
     pub cleanup_interval_s: u64,
+    /// fsync every tus PATCH before acknowledging it (durable against power loss), instead of
+    /// once when the upload completes (acknowledged bytes then survive `kill -9` only).
+    pub sync_every_patch: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -318,7 +318,8 @@ pub struct TusMetadata {
     pub tags: Vec<String>,
 }
 
-/// One resumable upload. `offset` counts only bytes that are durable on disk.
+/// One resumable upload. While `receiving`, the partial file's length is the authority for the
+/// offset; the stored `offset` is what it was when the record was last written (see `upload::tus`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TusUpload {
     pub id: UploadId,
@@ -341,4 +342,8 @@ pub struct TusUpload {
     /// An unfinished upload not touched before this is deleted with its bytes.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// Set while a PATCH with an `Upload-Checksum` writes from this offset: its bytes are not
+    /// part of the upload until verified, so a crash mid-PATCH cuts the file back to here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified_from: Option<u64>,
 }

@@ -430,16 +430,33 @@ fn held_patch(
     offset: u64,
     length: u64,
 ) -> (BodySender, PendingResponse) {
+    held_patch_with(client, url, offset, length, None)
+}
+
+/// [`held_patch`] with an optional `Upload-Checksum` header.
+fn held_patch_with(
+    client: &reqwest::Client,
+    url: String,
+    offset: u64,
+    length: u64,
+    checksum: Option<String>,
+) -> (BodySender, PendingResponse) {
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     let body = reqwest::Body::wrap_stream(tokio_stream_from(receiver));
-    let request = client
+    let mut request = client
         .patch(url)
         .header("Tus-Resumable", TUS)
         .header("Content-Type", OCTETS)
         .header("Upload-Offset", offset.to_string())
-        .header("Content-Length", length.to_string())
-        .body(body);
-    (sender, tokio::spawn(request.send()))
+        .header("Content-Length", length.to_string());
+    if let Some(checksum) = checksum {
+        request = request.header("Upload-Checksum", checksum);
+    }
+    (sender, tokio::spawn(request.body(body).send()))
+}
+
+fn sha256_header(bytes: &[u8]) -> String {
+    format!("sha256 {}", b64(&sha2::Sha256::digest(bytes)))
 }
 
 fn tokio_stream_from(
@@ -749,8 +766,11 @@ const KILL_TEST_ADMIN_TOKEN: &str = "kill-test-admin-token";
 async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
     let data = tempfile::tempdir().unwrap();
     let client = crate::server::bearer_client(KILL_TEST_ADMIN_TOKEN);
-    let video = fake_video(3 * 1024 * 1024);
+    let video = fake_video(6 * 1024 * 1024);
+    // PATCHes of one MiB, and held PATCHes of two with one and a half sent: past the server's
+    // write batch, so some unacknowledged bytes are in the file when it dies.
     let chunk = 1024 * 1024;
+    let (held, sent) = (2 * chunk, 3 * chunk / 2);
 
     let mut server = Binary::start(data.path());
     server.wait_ready(&client).await;
@@ -758,37 +778,68 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         client: &client,
         base: &server.base,
     };
-    let location = raw.create(video.len() as u64, "").await;
-    let response = raw.patch(&location, 0, video[..chunk].to_vec()).await;
-    assert_eq!(response.status(), 204);
-
-    // A second PATCH is half-way through its body when the server dies.
-    let (sender, pending) = held_patch(
-        &client,
-        server.url(&location),
-        chunk as u64,
-        2 * chunk as u64,
-    );
-    sender
-        .send(Ok(video[chunk..chunk + 3 * chunk / 2].to_vec()))
+    // `plain` has two acknowledged PATCHes, then one half-way through its body; `checked` has
+    // one acknowledged checksummed PATCH, then a checksummed one half-way through.
+    let plain = raw.create(video.len() as u64, "").await;
+    for start in [0, chunk] {
+        let response = raw
+            .patch(&plain, start as u64, video[start..start + chunk].to_vec())
+            .await;
+        assert_eq!(response.status(), 204);
+    }
+    let checked = raw.create(video.len() as u64, "").await;
+    let response = raw
+        .request(Method::PATCH, &checked)
+        .header("Content-Type", OCTETS)
+        .header("Upload-Offset", "0")
+        .header("Upload-Checksum", sha256_header(&video[..chunk]))
+        .body(video[..chunk].to_vec())
+        .send()
         .await
         .unwrap();
-    let partial = data.path().join(format!(
-        "partials/{}.part",
-        location.rsplit('/').next().unwrap()
-    ));
-    crate::shutdown::poll(
-        Duration::from_secs(10),
-        "unacknowledged bytes to reach the disk",
-        || async { std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) > chunk as u64 },
-    )
-    .await;
+    assert_eq!(response.status(), 204);
+
+    let partial_of = |location: &str| {
+        data.path().join(format!(
+            "partials/{}.part",
+            location.rsplit('/').next().unwrap()
+        ))
+    };
+    let (plain_sender, plain_pending) =
+        held_patch(&client, server.url(&plain), 2 * chunk as u64, held as u64);
+    plain_sender
+        .send(Ok(video[2 * chunk..2 * chunk + sent].to_vec()))
+        .await
+        .unwrap();
+    let (checked_sender, checked_pending) = held_patch_with(
+        &client,
+        server.url(&checked),
+        chunk as u64,
+        held as u64,
+        Some(sha256_header(&video[chunk..chunk + held])),
+    );
+    checked_sender
+        .send(Ok(video[chunk..chunk + sent].to_vec()))
+        .await
+        .unwrap();
+    for (location, acknowledged) in [(&plain, 2 * chunk), (&checked, chunk)] {
+        let partial = partial_of(location);
+        crate::shutdown::poll(
+            Duration::from_secs(10),
+            "unacknowledged bytes to reach the file",
+            || async {
+                std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) > acknowledged as u64
+            },
+        )
+        .await;
+    }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    drop(sender);
+    drop((plain_sender, checked_sender));
+    assert!(plain_pending.await.unwrap().is_err(), "never acknowledged");
     assert!(
-        pending.await.unwrap().is_err(),
-        "the PATCH was never acknowledged"
+        checked_pending.await.unwrap().is_err(),
+        "never acknowledged"
     );
 
     let server = Binary::start(data.path());
@@ -797,42 +848,65 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         client: &client,
         base: &server.base,
     };
-    let (status, offset) = raw.offset(&location).await;
-    assert_eq!(
-        (status, offset),
-        (200, chunk as u64),
-        "the acknowledged offset"
+    // Written bytes survive the kill: the offset is at least what was acknowledged, and what
+    // it covers is exactly the client's bytes.
+    let (status, offset) = raw.offset(&plain).await;
+    assert_eq!(status, 200);
+    assert!(
+        (2 * chunk as u64..=(2 * chunk + sent) as u64).contains(&offset),
+        "offset {offset} covers the acknowledged bytes and at most what was sent"
     );
+    let kept = std::fs::read(partial_of(&plain)).unwrap();
+    assert_eq!(kept.len() as u64, offset, "the file's length is the offset");
+    assert_eq!(sha256_hex(&kept), sha256_hex(&video[..kept.len()]));
+    // An unverified checksummed PATCH is cut back to its start.
+    assert_eq!(raw.offset(&checked).await, (200, chunk as u64));
     assert_eq!(
-        std::fs::metadata(&partial).unwrap().len(),
+        std::fs::metadata(partial_of(&checked)).unwrap().len(),
         chunk as u64,
-        "unacknowledged bytes are cut off at start-up"
+        "unverified bytes are cut off at start-up"
     );
-    let mut offset = offset as usize;
-    while offset < video.len() {
-        let end = (offset + chunk).min(video.len());
-        let response = raw
-            .patch(&location, offset as u64, video[offset..end].to_vec())
-            .await;
-        assert_eq!(response.status(), 204);
-        offset = end;
-    }
-    let status: Value = client
-        .get(server.url(&location))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
+
+    for (location, offset) in [(&plain, offset as usize), (&checked, chunk)] {
+        let mut offset = offset;
+        while offset < video.len() {
+            let end = (offset + chunk).min(video.len());
+            let response = raw
+                .patch(location, offset as u64, video[offset..end].to_vec())
+                .await;
+            assert_eq!(response.status(), 204);
+            offset = end;
+        }
+        let status: Value = client
+            .get(server.url(location))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["state"], "finished", "{status}");
+        let stored = std::fs::read(data.path().join(format!(
+            "blobs/uploads/{}/source",
+            location.rsplit('/').next().unwrap()
+        )))
         .unwrap();
-    assert_eq!(status["state"], "finished", "{status}");
-    let stored = std::fs::read(data.path().join(format!(
-        "blobs/uploads/{}/source",
-        location.rsplit('/').next().unwrap()
-    )))
-    .unwrap();
-    assert_eq!(sha256_hex(&stored), sha256_hex(&video));
-    assert!(!partial.exists());
+        assert_eq!(sha256_hex(&stored), sha256_hex(&video));
+        // The whole-file hash survives the restart (rehashed from the file).
+        let media: Value = client
+            .get(server.url(&format!(
+                "/api/v1/media/{}",
+                status["media_id"].as_str().unwrap()
+            )))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(media["sha256"], sha256_hex(&video), "{media}");
+        assert!(!partial_of(location).exists());
+    }
 }
 
 impl Binary {
@@ -894,4 +968,34 @@ async fn tus_writes_need_a_session_and_only_the_creator_continues() {
     .offset(&location)
     .await;
     assert_eq!((status, offset), (200, 0), "nothing of Bob's was taken");
+}
+
+#[tokio::test]
+async fn sync_every_patch_keeps_the_protocol_and_the_bytes() {
+    let server = TestServer::start_with(|config| config.upload.sync_every_patch = true);
+    let alice = server.alice_client().await;
+    let video = fake_video(2_500_000);
+    let status = upload_via_tus(
+        &alice,
+        &server.base,
+        &video,
+        "clip.mp4",
+        "Synced",
+        1_000_000,
+    )
+    .await;
+    let media: Value = alice
+        .get(format!(
+            "{}/api/v1/media/{}",
+            server.base,
+            status["media_id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(media["sha256"], sha256_hex(&video), "{media}");
+    assert_eq!(media["size"], video.len() as u64, "{media}");
 }

@@ -5,10 +5,22 @@
 //! the blob store, so nothing half-received can be served or transcoded. As with the one-shot
 //! upload, bytes never pass through the mailbox: `BeginTusPatch` hands the handler a [`TusSink`]
 //! (it holds the upload's lock), the handler pumps the body into it and sends the sink back in
-//! `CommitTusPatch`, which makes the bytes durable and only then advances the stored offset.
+//! `CommitTusPatch`, which keeps the bytes or cuts them off before the reply.
 //!
-//! Invariant: the stored `offset` counts only fsynced bytes; bytes past it are truncated away
-//! before the next PATCH and at start-up, so a PATCH cut off by `kill -9` resumes cleanly.
+//! Invariant: while an upload is `receiving`, the partial file's length is its offset (as in
+//! tusd's filestore). A PATCH is acknowledged once its bytes are written to the file, with no
+//! store write, so a `kill -9` at any moment loses no acknowledged byte: written bytes sit in the
+//! kernel's page cache, not in the process. Bytes that must not count (a PATCH refused or failed,
+//! one that does not match its `Upload-Checksum` or was cut off while carrying one) are
+//! truncated away before the reply; a checksummed PATCH stores its start (`unverified_from`,
+//! flushed) before writing, so a crash in its middle cuts the file back to that start.
+//! Durability trade-off: the file is fsynced once, when the upload is complete and before it is
+//! finished. A power loss (not a crash) can leave the file shorter than what was acknowledged;
+//! HEAD then reports the real length and the client resumes from there, as tus clients do.
+//! `upload.sync_every_patch` fsyncs every PATCH before its reply, for operators who need
+//! acknowledged bytes to survive power loss too.
+//! Expiry: every write renews an upload, so it expires `expiry_s` after the later of the stored
+//! `expires_at` and the partial file's mtime.
 //! Invariant: at most one PATCH (or termination, or finishing) works on an upload at a time;
 //! the lock is released when the sink is dropped, even if the client vanished mid-body.
 //! Invariant: a finished upload creates its media record and queues its job exactly once: the
@@ -16,14 +28,14 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::Read,
-    os::unix::fs::FileExt,
+    io::{IoSlice, Read, Write},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use actix::{AsyncContext, Context, Handler, Message, ResponseFuture};
+use bytes::Bytes;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -48,7 +60,7 @@ pub const TUS_EXTENSIONS: &str =
 /// For `Tus-Checksum-Algorithm`.
 pub const TUS_CHECKSUM_ALGORITHMS: &str = "sha1,sha256";
 
-/// Received bytes are written in pieces of this size, off the async threads.
+/// Received bytes are hashed and written in batches of this size, off the async threads.
 const WRITE_BUFFER: usize = 1024 * 1024;
 /// Page size when the actor walks the upload records.
 const LIST_PAGE: usize = 500;
@@ -137,7 +149,8 @@ pub struct TerminateTusUpload {
 #[rtype(result = "Result<usize, UploadError>")]
 pub struct SweepExpiredUploads;
 
-/// Truncates partial files to their acknowledged offsets and resumes interrupted finishing.
+/// Cuts unverified PATCHes off partial files and finishes uploads a crash left complete or
+/// `finishing`.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(super) struct RecoverTusUploads;
@@ -311,9 +324,13 @@ pub struct TusSink {
     /// Most bytes this PATCH may carry, and what exceeding it means.
     room: u64,
     limit: Limit,
+    /// Opened for appending: the file ends at `start` when the PATCH begins.
     file: Arc<std::fs::File>,
-    buffer: Vec<u8>,
-    /// Bytes of `buffer` already on their way to the file start at `start + flushed`.
+    /// Received chunks not yet handed to the blocking pool; the HTTP layer's own buffers, so
+    /// the body is never copied before the kernel copies it into the page cache.
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+    /// Bytes of this PATCH handed to the blocking pool; the next batch lands at `start + flushed`.
     flushed: u64,
     chunk: Option<(ChunkChecksum, ChunkHasher)>,
     /// The running hash of the whole file; `None` when unknown (finishing then reads the file)
@@ -324,6 +341,8 @@ pub struct TusSink {
     in_flight: Option<tokio::task::JoinHandle<std::io::Result<Option<Sha256>>>>,
     /// The file's first bytes, gathered until the container is known.
     head: Option<Vec<u8>>,
+    /// The container became known during this PATCH, so the record must learn it.
+    sniffed: bool,
     /// Shared with the write in flight, so a dropped sink's last write cannot land after the
     /// next PATCH has started.
     lock: Arc<UploadLock>,
@@ -344,12 +363,12 @@ impl TusSink {
         &self.upload.id
     }
 
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), UploadError> {
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), UploadError> {
         if self.received + chunk.len() as u64 > self.room {
             return Err(self.limit.error());
         }
         if let Some((_, hasher)) = &mut self.chunk {
-            hasher.update(chunk);
+            hasher.update(&chunk);
         }
         self.received += chunk.len() as u64;
         if let Some(head) = &mut self.head {
@@ -359,8 +378,9 @@ impl TusSink {
                 self.sniff()?;
             }
         }
-        self.buffer.extend_from_slice(chunk);
-        if self.buffer.len() >= WRITE_BUFFER {
+        self.pending_bytes += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_bytes >= WRITE_BUFFER {
             self.flush().await?;
         }
         Ok(())
@@ -370,26 +390,31 @@ impl TusSink {
         let head = self.head.take().unwrap_or_default();
         let container = sniff_container(&head).ok_or(UploadError::NotAVideo)?;
         self.upload.container = Some(container.to_string());
+        self.sniffed = true;
         Ok(())
     }
 
-    /// Sends the buffer to the blocking pool (hash, then positioned write); at most one buffer
-    /// is in flight, so receiving the next overlaps with writing this one.
+    /// Sends the pending chunks to the blocking pool (hash, then one gathered append); at most
+    /// one batch is in flight, so receiving the next overlaps with writing this one.
     async fn flush(&mut self) -> Result<(), UploadError> {
-        if self.buffer.is_empty() {
+        if self.pending.is_empty() {
             return Ok(());
         }
         self.settle().await?;
-        let bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(WRITE_BUFFER));
-        let position = self.start + self.flushed;
-        self.flushed += bytes.len() as u64;
+        let chunks = std::mem::take(&mut self.pending);
+        let (position, length) = (self.start + self.flushed, self.pending_bytes);
+        self.flushed += length as u64;
+        self.pending_bytes = 0;
         let (file, lock, mut whole) = (self.file.clone(), self.lock.clone(), self.whole.take());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let _lock = lock;
             if let Some(hasher) = &mut whole {
-                hasher.update(&bytes);
+                for chunk in &chunks {
+                    hasher.update(chunk);
+                }
             }
-            file.write_all_at(&bytes, position)?;
+            append_all(&file, &chunks)?;
+            start_writeback(&file, position, length);
             Ok(whole)
         }));
         Ok(())
@@ -406,30 +431,88 @@ impl TusSink {
         Ok(())
     }
 
-    /// Drops this PATCH's bytes: the file goes back to the acknowledged offset.
+    /// Drops this PATCH's bytes: the file goes back to where the PATCH began. The cut is made
+    /// durable (refusals are rare) so a power loss cannot bring the bytes back.
     async fn discard(&mut self) -> Result<(), UploadError> {
-        self.buffer.clear();
+        self.pending.clear();
+        self.pending_bytes = 0;
         let settled = self.settle().await;
         let (file, start) = (self.file.clone(), self.start);
-        run_blocking(move || file.set_len(start)).await?;
+        run_blocking(move || file.set_len(start).and_then(|()| file.sync_all())).await?;
         settled
     }
 
-    /// Makes every received byte durable.
-    async fn sync(&mut self) -> Result<(), UploadError> {
+    /// Writes every received byte to the file (the page cache): from here a crash of the
+    /// process cannot lose them.
+    async fn write_out(&mut self) -> Result<(), UploadError> {
         self.flush().await?;
-        self.settle().await?;
-        let file = self.file.clone();
-        run_blocking(move || file.sync_data()).await
+        self.settle().await
     }
+
+    /// fsyncs the file. `with_mtime` also syncs the metadata the expiry is derived from.
+    async fn sync(&self, with_mtime: bool) -> Result<(), UploadError> {
+        let file = self.file.clone();
+        run_blocking(move || {
+            if with_mtime {
+                file.sync_all()
+            } else {
+                file.sync_data()
+            }
+        })
+        .await
+    }
+}
+
+/// Starts writing a batch just appended to the disk, without waiting for it: otherwise the page
+/// cache holds the whole upload until the fsync on completion, which then pays for all of it
+/// after the last byte arrived instead of while the next ones arrive.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, position: u64, length: usize) {
+    use std::os::fd::AsRawFd;
+    let (Ok(position), Ok(length)) = (i64::try_from(position), i64::try_from(length)) else {
+        return;
+    };
+    // SAFETY: a syscall on a descriptor `file` keeps open; it reads no memory of ours. Advisory:
+    // if it fails, the fsync on completion still writes everything.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            position,
+            length,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &std::fs::File, _: u64, _: usize) {}
+
+/// Appends `chunks` in as few `writev` calls as the kernel allows.
+fn append_all(mut file: &std::fs::File, chunks: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|chunk| IoSlice::new(chunk)).collect();
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        match file.write_vectored(remaining) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut remaining, written),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
 impl UploadActor {
+    fn expiry_window(&self) -> Duration {
+        Duration::from_secs(self.config.expiry_s)
+    }
+
     fn expiry(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc() + Duration::from_secs(self.config.expiry_s)
+        OffsetDateTime::now_utc() + self.expiry_window()
     }
 
     /// Starts the expiry sweep and the start-up recovery.
@@ -461,23 +544,63 @@ async fn all_uploads(repo: &SharedRepo) -> Result<Vec<TusUpload>, UploadError> {
 
 /// Bytes `owner` holds in uploads other than `except`.
 async fn quota_used(
-    repo: &SharedRepo,
+    deps: &TusDeps,
     owner: &str,
     except: Option<&UploadId>,
+    expiry: Duration,
 ) -> Result<u64, UploadError> {
-    Ok(all_uploads(repo)
-        .await?
-        .iter()
-        .filter(|upload| upload.owner == owner && Some(&upload.id) != except)
-        .map(|upload| upload.length.unwrap_or(upload.offset))
-        .sum())
+    let mut used = 0;
+    for upload in all_uploads(&deps.repo).await? {
+        if upload.owner != owner || Some(&upload.id) == except {
+            continue;
+        }
+        used += match upload.length {
+            Some(length) => length,
+            None => observe(&deps.partial_dir, upload, expiry).await?.offset,
+        };
+    }
+    Ok(used)
 }
 
-async fn load(repo: &SharedRepo, upload_id: &UploadId) -> Result<TusUpload, UploadError> {
+/// Fills in what the partial file says about a `receiving` upload: its offset (the file's
+/// length, short of an unverified PATCH) and its expiry (every write renews it). A missing file
+/// holds no bytes.
+async fn observe(
+    partial_dir: &Path,
+    mut upload: TusUpload,
+    expiry: Duration,
+) -> Result<TusUpload, UploadError> {
+    if upload.state != TusState::Receiving {
+        return Ok(upload);
+    }
+    let path = partial_path(partial_dir, &upload.id);
+    let found = run_blocking(move || match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some((meta.len(), meta.modified()?))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    })
+    .await?;
+    let length = found.map_or(0, |(length, _)| length);
+    upload.offset = upload
+        .unverified_from
+        .map_or(length, |start| length.min(start));
+    if let Some((_, modified)) = found {
+        let renewed = OffsetDateTime::from(modified) + expiry;
+        upload.expires_at = upload.expires_at.max(renewed);
+    }
+    Ok(upload)
+}
+
+async fn load(
+    deps: &TusDeps,
+    upload_id: &UploadId,
+    expiry: Duration,
+) -> Result<TusUpload, UploadError> {
     let id = upload_id.clone();
-    let upload = blocking(repo, move |repo| repo.get_tus_upload(&id))
+    let upload = blocking(&deps.repo, move |repo| repo.get_tus_upload(&id))
         .await?
         .ok_or_else(|| UploadError::NotFound(upload_id.clone()))?;
+    let upload = observe(&deps.partial_dir, upload, expiry).await?;
     if upload.state == TusState::Receiving && upload.expires_at <= OffsetDateTime::now_utc() {
         return Err(UploadError::Expired(upload.id));
     }
@@ -486,11 +609,12 @@ async fn load(repo: &SharedRepo, upload_id: &UploadId) -> Result<TusUpload, Uplo
 
 /// [`load`], for the upload's creator or an admin only.
 async fn load_owned(
-    repo: &SharedRepo,
+    deps: &TusDeps,
     upload_id: &UploadId,
     requester: &str,
+    expiry: Duration,
 ) -> Result<TusUpload, UploadError> {
-    let upload = load(repo, upload_id).await?;
+    let upload = load(deps, upload_id, expiry).await?;
     if upload.owner != requester && requester != crate::auth::ADMIN {
         return Err(UploadError::NotOwner(upload.id));
     }
@@ -514,7 +638,8 @@ impl Handler<CreateTusUpload> for UploadActor {
     fn handle(&mut self, msg: CreateTusUpload, _: &mut Self::Context) -> Self::Result {
         let deps = self.tus.clone();
         let (max_size, quota) = (self.config.max_size_bytes, self.config.quota_bytes);
-        let expires_at = self.expiry();
+        let (expiry, expires_at) = (self.expiry_window(), self.expiry());
+        let sync_every_patch = self.config.sync_every_patch;
         let created = self.uploads.with_label_values(&[upload_outcome::CREATED]);
         let audit = self.audit.clone();
         Box::pin(async move {
@@ -538,7 +663,7 @@ impl Handler<CreateTusUpload> for UploadActor {
             )
             .map_err(UploadError::Metadata)?;
             if quota > 0 {
-                let used = quota_used(&deps.repo, &msg.owner, None).await?;
+                let used = quota_used(&deps, &msg.owner, None, expiry).await?;
                 if used + msg.length.unwrap_or(0) > quota {
                     return Err(UploadError::QuotaExceeded { quota });
                 }
@@ -556,9 +681,21 @@ impl Handler<CreateTusUpload> for UploadActor {
                 sha256: None,
                 created_at: OffsetDateTime::now_utc(),
                 expires_at,
+                unverified_from: None,
             };
-            let path = partial_path(&deps.partial_dir, &upload.id);
-            run_blocking(move || std::fs::File::create(path).map(drop)).await?;
+            let (dir, path) = (
+                deps.partial_dir.clone(),
+                partial_path(&deps.partial_dir, &upload.id),
+            );
+            run_blocking(move || {
+                std::fs::File::create(path)?;
+                // Otherwise a power loss can take the file, and the PATCHes synced into it, away.
+                if sync_every_patch {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            })
+            .await?;
             save(&deps.repo, &upload).await?;
             created.inc();
             audit
@@ -587,8 +724,8 @@ impl Handler<GetTusUpload> for UploadActor {
     type Result = ResponseFuture<Result<TusUpload, UploadError>>;
 
     fn handle(&mut self, msg: GetTusUpload, _: &mut Self::Context) -> Self::Result {
-        let repo = self.tus.repo.clone();
-        Box::pin(async move { load_owned(&repo, &msg.upload_id, &msg.requester).await })
+        let (deps, expiry) = (self.tus.clone(), self.expiry_window());
+        Box::pin(async move { load_owned(&deps, &msg.upload_id, &msg.requester, expiry).await })
     }
 }
 
@@ -598,19 +735,44 @@ impl Handler<BeginTusPatch> for UploadActor {
     fn handle(&mut self, msg: BeginTusPatch, _: &mut Self::Context) -> Self::Result {
         let deps = self.tus.clone();
         let (max_size, quota) = (self.config.max_size_bytes, self.config.quota_bytes);
+        let expiry = self.expiry_window();
         // Taken before the first await, so two racing PATCHes cannot both pass.
         let lock = deps.shared.lock(&msg.upload_id);
         Box::pin(async move {
             let lock = lock?;
-            let mut upload = load_owned(&deps.repo, &msg.upload_id, &msg.requester).await?;
+            let mut upload = load_owned(&deps, &msg.upload_id, &msg.requester, expiry).await?;
             if upload.state != TusState::Receiving {
                 return Err(UploadError::Finished(upload.id));
+            }
+            let path = partial_path(&deps.partial_dir, &upload.id);
+            let (cut_to, sniffed) = (upload.unverified_from, upload.container.is_some());
+            let (file, offset, head) = run_blocking(move || {
+                let mut file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .open(path)?;
+                cut_back(&file, cut_to)?;
+                let offset = file.metadata()?.len();
+                let mut head = Vec::new();
+                if !sniffed {
+                    (&mut file)
+                        .take(SNIFF_BYTES as u64)
+                        .read_to_end(&mut head)?;
+                }
+                Ok((file, offset, (!sniffed).then_some(head)))
+            })
+            .await?;
+            upload.offset = offset;
+            if upload.unverified_from.take().is_some() {
+                save(&deps.repo, &upload).await?;
             }
             if msg.offset != upload.offset {
                 return Err(UploadError::OffsetMismatch {
                     expected: upload.offset,
                 });
             }
+            let length_was_deferred = upload.length.is_none();
             match (upload.length, msg.length) {
                 (Some(known), Some(sent)) if known != sent => {
                     return Err(UploadError::InvalidLength(format!(
@@ -629,12 +791,13 @@ impl Handler<BeginTusPatch> for UploadActor {
                 (None, Some(sent)) => upload.length = Some(sent),
                 _ => {}
             }
+
             let (mut room, mut limit) = match upload.length {
                 Some(length) => (length - upload.offset, Limit::Size(length)),
                 None => (max_size - upload.offset, Limit::Size(max_size)),
             };
             if quota > 0 {
-                let used = quota_used(&deps.repo, &upload.owner, Some(&upload.id)).await?;
+                let used = quota_used(&deps, &upload.owner, Some(&upload.id), expiry).await?;
                 let allowed = quota.saturating_sub(used);
                 if upload.length.is_some_and(|length| length > allowed) {
                     return Err(UploadError::QuotaExceeded { quota });
@@ -647,27 +810,13 @@ impl Handler<BeginTusPatch> for UploadActor {
             if msg.content_length.is_some_and(|length| length > room) {
                 return Err(limit.error());
             }
-            // The file is cut back to the acknowledged offset: whatever a crash or a refused
-            // chunk left beyond it is not part of the upload.
-            let path = partial_path(&deps.partial_dir, &upload.id);
-            let (offset, sniffed) = (upload.offset, upload.container.is_some());
-            let (file, head) = run_blocking(move || {
-                let mut file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)?;
-                file.set_len(offset)?;
-                let mut head = Vec::new();
-                if !sniffed {
-                    (&mut file)
-                        .take(SNIFF_BYTES as u64)
-                        .read_to_end(&mut head)?;
-                }
-                Ok((file, (!sniffed).then_some(head)))
-            })
-            .await?;
+            if msg.checksum.is_some() {
+                upload.unverified_from = Some(upload.offset);
+            }
+            if (length_was_deferred && upload.length.is_some()) || upload.unverified_from.is_some()
+            {
+                save(&deps.repo, &upload).await?;
+            }
             let whole = deps.shared.take_hash(&upload.id, upload.offset);
             Ok(TusSink {
                 start: upload.offset,
@@ -676,7 +825,8 @@ impl Handler<BeginTusPatch> for UploadActor {
                 room,
                 limit,
                 file: Arc::new(file),
-                buffer: Vec::with_capacity(WRITE_BUFFER),
+                pending: Vec::new(),
+                pending_bytes: 0,
                 flushed: 0,
                 chunk: msg
                     .checksum
@@ -684,6 +834,7 @@ impl Handler<BeginTusPatch> for UploadActor {
                 whole,
                 in_flight: None,
                 head,
+                sniffed: false,
                 lock: Arc::new(lock),
             })
         })
@@ -697,6 +848,7 @@ impl Handler<CommitTusPatch> for UploadActor {
         let deps = self.tus.clone();
         let finisher = self.finisher();
         let expires_at = self.expiry();
+        let sync_every_patch = self.config.sync_every_patch;
         let checksum_failures = self.upload_checksum_failures.clone();
         let received_bytes = self.upload_received_bytes.clone();
         Box::pin(async move {
@@ -721,17 +873,36 @@ impl Handler<CommitTusPatch> for UploadActor {
                     .then(|| sink.sniff().err())
                     .flatten()
             });
+            let unverified = sink.upload.unverified_from.is_some();
             if let Some(error) = refusal {
                 sink.discard().await?;
                 // Bytes the hash already saw are gone; finishing will hash the file instead.
                 deps.shared.forget_hash(&sink.upload.id);
+                if unverified {
+                    let mut upload = sink.upload.clone();
+                    upload.unverified_from = None;
+                    if sink.sniffed {
+                        // Sniffed from the bytes just discarded.
+                        upload.container = None;
+                    }
+                    save(&deps.repo, &upload).await?;
+                }
                 return Err(error);
             }
-            sink.sync().await?;
+            sink.write_out().await?;
+            // A complete upload is made durable before it is finished and acknowledged.
+            if complete || sync_every_patch {
+                sink.sync(sync_every_patch).await?;
+            }
             let mut upload = sink.upload.clone();
             upload.offset = offset;
             upload.expires_at = expires_at;
-            save(&deps.repo, &upload).await?;
+            upload.unverified_from = None;
+            // The offset itself lives in the file's length; the record changes only when it
+            // learns something the file cannot tell.
+            if unverified || sink.sniffed {
+                save(&deps.repo, &upload).await?;
+            }
             received_bytes.inc_by(sink.received);
             let whole = sink.whole.take();
             if !complete {
@@ -757,10 +928,11 @@ impl Handler<TerminateTusUpload> for UploadActor {
             .uploads
             .with_label_values(&[upload_outcome::TERMINATED]);
         let audit = self.audit.clone();
+        let expiry = self.expiry_window();
         let lock = deps.shared.lock(&msg.upload_id);
         Box::pin(async move {
             let _lock = lock?;
-            let upload = load_owned(&deps.repo, &msg.upload_id, &msg.requester).await?;
+            let upload = load_owned(&deps, &msg.upload_id, &msg.requester, expiry).await?;
             if upload.state != TusState::Receiving {
                 return Err(UploadError::Finished(upload.id));
             }
@@ -776,6 +948,17 @@ impl Handler<TerminateTusUpload> for UploadActor {
             Ok(())
         })
     }
+}
+
+/// Cuts off, durably, what an unverified PATCH left past `start` (a crash in its middle).
+fn cut_back(file: &std::fs::File, start: Option<u64>) -> std::io::Result<()> {
+    if let Some(start) = start {
+        if file.metadata()?.len() > start {
+            file.set_len(start)?;
+            file.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes an upload's bytes, then its record.
@@ -798,6 +981,7 @@ impl Handler<SweepExpiredUploads> for UploadActor {
     fn handle(&mut self, _: SweepExpiredUploads, _: &mut Self::Context) -> Self::Result {
         let deps = self.tus.clone();
         let expired = self.uploads.with_label_values(&[upload_outcome::EXPIRED]);
+        let expiry = self.expiry_window();
         Box::pin(async move {
             let now = OffsetDateTime::now_utc();
             let mut swept = 0;
@@ -805,10 +989,14 @@ impl Handler<SweepExpiredUploads> for UploadActor {
                 if upload.state != TusState::Receiving || upload.expires_at > now {
                     continue;
                 }
-                // A PATCH in progress renews the expiry when it commits.
+                // A PATCH in progress renews the expiry as it writes.
                 let Ok(_lock) = deps.shared.lock(&upload.id) else {
                     continue;
                 };
+                let upload = observe(&deps.partial_dir, upload, expiry).await?;
+                if upload.expires_at > now {
+                    continue;
+                }
                 remove_upload(&deps, &upload.id).await?;
                 expired.inc();
                 swept += 1;
@@ -841,20 +1029,7 @@ impl Handler<RecoverTusUploads> for UploadActor {
                 };
                 let upload_id = upload.id.clone();
                 let recovered = match upload.state {
-                    TusState::Receiving => {
-                        let path = partial_path(&deps.partial_dir, &upload.id);
-                        let offset = upload.offset;
-                        run_blocking(move || {
-                            match std::fs::OpenOptions::new().write(true).open(path) {
-                                Ok(file) => file.set_len(offset).and_then(|()| file.sync_all()),
-                                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                                    Ok(())
-                                }
-                                Err(error) => Err(error),
-                            }
-                        })
-                        .await
-                    }
+                    TusState::Receiving => recover_receiving(&deps, &finisher, upload).await,
                     TusState::Finishing => finisher
                         .finish(upload, None, "system:recovery".into())
                         .await
@@ -867,6 +1042,61 @@ impl Handler<RecoverTusUploads> for UploadActor {
             }
         })
     }
+}
+
+/// Cuts an unverified PATCH off the partial file, and finishes an upload whose last PATCH was
+/// written whole but died before its reply finished it (the client's HEAD would otherwise see a
+/// complete offset on an upload that never becomes media).
+async fn recover_receiving(
+    deps: &TusDeps,
+    finisher: &Finisher,
+    mut upload: TusUpload,
+) -> Result<(), UploadError> {
+    let path = partial_path(&deps.partial_dir, &upload.id);
+    let (cut_to, sniffed) = (upload.unverified_from, upload.container.is_some());
+    let found = run_blocking(move || {
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        cut_back(&file, cut_to)?;
+        let length = file.metadata()?.len();
+        let mut head = Vec::new();
+        if !sniffed {
+            (&mut file)
+                .take(SNIFF_BYTES as u64)
+                .read_to_end(&mut head)?;
+        }
+        Ok(Some((file, length, (!sniffed).then_some(head))))
+    })
+    .await?;
+    let Some((file, length, head)) = found else {
+        return Ok(());
+    };
+    upload.offset = length;
+    if upload.unverified_from.take().is_some() {
+        save(&deps.repo, &upload).await?;
+    }
+    if upload.length != Some(length) {
+        return Ok(());
+    }
+    if let Some(head) = head {
+        // Not a video: left to expire, as the PATCH would have refused it.
+        let Some(container) = sniff_container(&head) else {
+            return Ok(());
+        };
+        upload.container = Some(container.to_string());
+    }
+    run_blocking(move || file.sync_data()).await?;
+    finisher
+        .finish(upload, None, "system:recovery".into())
+        .await
+        .map(drop)
 }
 
 // ---------------------------------------------------------------------------------------------

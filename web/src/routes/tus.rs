@@ -308,7 +308,7 @@ async fn pump(payload: &mut web::Payload, sink: &mut TusSink) -> PatchEnding {
         let Ok(chunk) = chunk else {
             return PatchEnding::Interrupted;
         };
-        if let Err(error) = sink.write(&chunk).await {
+        if let Err(error) = sink.write(chunk).await {
             return PatchEnding::Refused(error);
         }
     }
