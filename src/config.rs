@@ -30,6 +30,7 @@ pub struct ServerConfig {
     pub workers: usize,
     pub shutdown_timeout_s: u64,
     pub keep_alive_s: u64,
+    pub write_buffer_kib: usize,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -159,6 +160,12 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
     config.actors().validate().map_err(ConfigError::Invalid)?;
     config.rate_limit.validate().map_err(ConfigError::Invalid)?;
+    if config.server.write_buffer_kib < 8 {
+        return Err(ConfigError::Invalid(format!(
+            "server.write_buffer_kib must be at least 8, got {}",
+            config.server.write_buffer_kib
+        )));
+    }
     if config.server.bind.parse::<std::net::SocketAddr>().is_err() {
         return Err(ConfigError::Invalid(format!(
             "server.bind {:?} is not an address like 127.0.0.1:8080",
@@ -338,6 +345,10 @@ mod tests {
             error.contains("server.workers") && error.contains("integer"),
             "{error}"
         );
+        let error = load(&env("STREAMGATE__SERVER__WRITE_BUFFER_KIB", "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("server.write_buffer_kib"), "{error}");
         let error = load(&env("STREAMGATE__SERVER__LOG_FORMAT", "xml"))
             .unwrap_err()
             .to_string();

@@ -89,6 +89,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
         extensions.insert(mw::ConnectionGuard::open(&connection_metrics));
     })
     .shutdown_timeout(config.server.shutdown_timeout_s)
+    .h1_write_buffer_size(config.server.write_buffer_kib * 1024)
     .keep_alive(match config.server.keep_alive_s {
         0 => actix_web::http::KeepAlive::Disabled,
         seconds => actix_web::http::KeepAlive::Timeout(Duration::from_secs(seconds)),
