@@ -1,0 +1,353 @@
+//! The byte side of a tus PATCH: chunk checksums, the per-upload lock and running hash shared
+//! by the actor's handlers, and [`TusSink`], which appends a PATCH's body to the partial file
+//! off the async threads (see the invariants in [`super`]).
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Checksums
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumAlgorithm {
+    Sha1,
+    Sha256,
+}
+
+impl ChecksumAlgorithm {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sha1" => Some(Self::Sha1),
+            "sha256" => Some(Self::Sha256),
+            _ => None,
+        }
+    }
+}
+
+/// `Upload-Checksum`: the digest the client computed over this PATCH's body.
+#[derive(Debug, Clone)]
+pub struct ChunkChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub digest: Vec<u8>,
+}
+
+pub(super) enum ChunkHasher {
+    Sha1(Sha1),
+    Sha256(Sha256),
+}
+
+impl ChunkHasher {
+    pub(super) fn new(algorithm: ChecksumAlgorithm) -> Self {
+        match algorithm {
+            ChecksumAlgorithm::Sha1 => Self::Sha1(Sha1::new()),
+            ChecksumAlgorithm::Sha256 => Self::Sha256(Sha256::new()),
+        }
+    }
+    pub(super) fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha1(hasher) => hasher.update(bytes),
+            Self::Sha256(hasher) => hasher.update(bytes),
+        }
+    }
+    pub(super) fn matches(&self, digest: &[u8]) -> bool {
+        match self {
+            Self::Sha1(hasher) => hasher.clone().finalize().as_slice() == digest,
+            Self::Sha256(hasher) => hasher.clone().finalize().as_slice() == digest,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state
+
+/// State shared by the actor and the sinks it hands out. It outlives an actor restart, so a
+/// restarted actor still sees which uploads are busy.
+#[derive(Clone, Default)]
+pub struct TusShared {
+    pub(super) locks: Arc<Mutex<HashSet<UploadId>>>,
+    /// The running whole-file SHA-256 of uploads between PATCHes, with the offset it covers.
+    /// Lost on restart; finishing then hashes the file from disk.
+    pub(super) hashes: Arc<Mutex<HashMap<UploadId, (u64, Sha256)>>>,
+}
+
+impl TusShared {
+    pub(super) fn lock(&self, upload_id: &UploadId) -> Result<UploadLock, UploadError> {
+        let mut locks = self.locks.lock().map_err(|_| UploadError::Locked)?;
+        if !locks.insert(upload_id.clone()) {
+            return Err(UploadError::Locked);
+        }
+        Ok(UploadLock {
+            locks: self.locks.clone(),
+            upload_id: upload_id.clone(),
+        })
+    }
+
+    pub(super) fn take_hash(&self, upload_id: &UploadId, offset: u64) -> Option<Sha256> {
+        let mut hashes = self.hashes.lock().ok()?;
+        match hashes.remove(upload_id) {
+            Some((covered, hasher)) if covered == offset => Some(hasher),
+            _ if offset == 0 => Some(Sha256::new()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn keep_hash(&self, upload_id: &UploadId, offset: u64, hasher: Sha256) {
+        if let Ok(mut hashes) = self.hashes.lock() {
+            hashes.insert(upload_id.clone(), (offset, hasher));
+        }
+    }
+
+    pub(super) fn forget_hash(&self, upload_id: &UploadId) {
+        if let Ok(mut hashes) = self.hashes.lock() {
+            hashes.remove(upload_id);
+        }
+    }
+}
+
+/// Held while something works on an upload; dropping it unlocks.
+pub(super) struct UploadLock {
+    pub(super) locks: Arc<Mutex<HashSet<UploadId>>>,
+    pub(super) upload_id: UploadId,
+}
+
+impl Drop for UploadLock {
+    fn drop(&mut self) {
+        if let Ok(mut locks) = self.locks.lock() {
+            locks.remove(&self.upload_id);
+        }
+    }
+}
+
+/// What the resumable half of the actor needs besides the one-shot's dependencies.
+#[derive(Clone)]
+pub struct TusDeps {
+    pub repo: SharedRepo,
+    /// Where partial uploads live (`data_dir/partials`).
+    pub partial_dir: PathBuf,
+    pub shared: TusShared,
+}
+
+pub(super) fn partial_path(dir: &Path, upload_id: &UploadId) -> PathBuf {
+    dir.join(format!("{upload_id}.part"))
+}
+
+pub(super) fn io_error(error: std::io::Error) -> UploadError {
+    UploadError::Disk(error.to_string())
+}
+
+pub(super) async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| UploadError::Disk(e.to_string()))?
+        .map_err(io_error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sink
+
+/// Which limit a PATCH body runs into first.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Limit {
+    /// `Upload-Length` or the size limit.
+    Size(u64),
+    /// The owner's quota.
+    Quota(u64),
+}
+
+impl Limit {
+    pub(super) fn error(self) -> UploadError {
+        match self {
+            Self::Size(limit) => UploadError::TooLarge { limit },
+            Self::Quota(quota) => UploadError::QuotaExceeded { quota },
+        }
+    }
+}
+
+/// Receives one PATCH body: hashes it, sniffs the container while the first bytes arrive,
+/// enforces the length, and writes into the partial file at the acknowledged offset.
+pub struct TusSink {
+    pub(super) upload: TusUpload,
+    pub(super) start: u64,
+    pub(super) received: u64,
+    /// Most bytes this PATCH may carry, and what exceeding it means.
+    pub(super) room: u64,
+    pub(super) limit: Limit,
+    /// Opened for appending: the file ends at `start` when the PATCH begins.
+    pub(super) file: Arc<std::fs::File>,
+    /// Received chunks not yet handed to the blocking pool; the HTTP layer's own buffers, so
+    /// the body is never copied before the kernel copies it into the page cache.
+    pub(super) pending: Vec<Bytes>,
+    pub(super) pending_bytes: usize,
+    /// Bytes of this PATCH handed to the blocking pool; the next batch lands at `start + flushed`.
+    pub(super) flushed: u64,
+    pub(super) chunk: Option<(ChunkChecksum, ChunkHasher)>,
+    /// The running hash of the whole file; `None` when unknown (finishing then reads the file)
+    /// and while `in_flight` has it.
+    pub(super) whole: Option<Sha256>,
+    /// The previous buffer being hashed and written on the blocking pool while the next one
+    /// arrives; it hands the whole-file hasher back.
+    pub(super) in_flight: Option<tokio::task::JoinHandle<std::io::Result<Option<Sha256>>>>,
+    /// The file's first bytes, gathered until the container is known.
+    pub(super) head: Option<Vec<u8>>,
+    /// The container became known during this PATCH, so the record must learn it.
+    pub(super) sniffed: bool,
+    /// Shared with the write in flight, so a dropped sink's last write cannot land after the
+    /// next PATCH has started.
+    pub(super) lock: Arc<UploadLock>,
+}
+
+impl std::fmt::Debug for TusSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TusSink")
+            .field("upload_id", &self.upload.id)
+            .field("start", &self.start)
+            .field("received", &self.received)
+            .finish()
+    }
+}
+
+impl TusSink {
+    pub fn upload_id(&self) -> &UploadId {
+        &self.upload.id
+    }
+
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), UploadError> {
+        if self.received + chunk.len() as u64 > self.room {
+            return Err(self.limit.error());
+        }
+        if let Some((_, hasher)) = &mut self.chunk {
+            hasher.update(&chunk);
+        }
+        self.received += chunk.len() as u64;
+        if let Some(head) = &mut self.head {
+            let wanted = SNIFF_BYTES.saturating_sub(head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..wanted]);
+            if head.len() >= SNIFF_BYTES {
+                self.sniff()?;
+            }
+        }
+        self.pending_bytes += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_bytes >= WRITE_BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn sniff(&mut self) -> Result<(), UploadError> {
+        let head = self.head.take().unwrap_or_default();
+        let container = sniff_container(&head).ok_or(UploadError::NotAVideo)?;
+        self.upload.container = Some(container.to_string());
+        self.sniffed = true;
+        Ok(())
+    }
+
+    /// Sends the pending chunks to the blocking pool (hash, then one gathered append); at most
+    /// one batch is in flight, so receiving the next overlaps with writing this one.
+    pub(super) async fn flush(&mut self) -> Result<(), UploadError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.settle().await?;
+        let chunks = std::mem::take(&mut self.pending);
+        let (position, length) = (self.start + self.flushed, self.pending_bytes);
+        self.flushed += length as u64;
+        self.pending_bytes = 0;
+        let (file, lock, mut whole) = (self.file.clone(), self.lock.clone(), self.whole.take());
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let _lock = lock;
+            if let Some(hasher) = &mut whole {
+                for chunk in &chunks {
+                    hasher.update(chunk);
+                }
+            }
+            append_all(&file, &chunks)?;
+            start_writeback(&file, position, length);
+            Ok(whole)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the write in flight and takes the hasher back.
+    pub(super) async fn settle(&mut self) -> Result<(), UploadError> {
+        if let Some(task) = self.in_flight.take() {
+            self.whole = task
+                .await
+                .map_err(|e| UploadError::Disk(e.to_string()))?
+                .map_err(io_error)?;
+        }
+        Ok(())
+    }
+
+    /// Drops this PATCH's bytes: the file goes back to where the PATCH began. The cut is made
+    /// durable (refusals are rare) so a power loss cannot bring the bytes back.
+    pub(super) async fn discard(&mut self) -> Result<(), UploadError> {
+        self.pending.clear();
+        self.pending_bytes = 0;
+        let settled = self.settle().await;
+        let (file, start) = (self.file.clone(), self.start);
+        run_blocking(move || file.set_len(start).and_then(|()| file.sync_all())).await?;
+        settled
+    }
+
+    /// Writes every received byte to the file (the page cache): from here a crash of the
+    /// process cannot lose them.
+    pub(super) async fn write_out(&mut self) -> Result<(), UploadError> {
+        self.flush().await?;
+        self.settle().await
+    }
+
+    /// fsyncs the file. `with_mtime` also syncs the metadata the expiry is derived from.
+    pub(super) async fn sync(&self, with_mtime: bool) -> Result<(), UploadError> {
+        let file = self.file.clone();
+        run_blocking(move || {
+            if with_mtime {
+                file.sync_all()
+            } else {
+                file.sync_data()
+            }
+        })
+        .await
+    }
+}
+
+/// Starts writing a batch just appended to the disk, without waiting for it: otherwise the page
+/// cache holds the whole upload until the fsync on completion, which then pays for all of it
+/// after the last byte arrived instead of while the next ones arrive.
+#[cfg(target_os = "linux")]
+pub(super) fn start_writeback(file: &std::fs::File, position: u64, length: usize) {
+    use std::os::fd::AsRawFd;
+    let (Ok(position), Ok(length)) = (i64::try_from(position), i64::try_from(length)) else {
+        return;
+    };
+    // SAFETY: a syscall on a descriptor `file` keeps open; it reads no memory of ours. Advisory:
+    // if it fails, the fsync on completion still writes everything.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            position,
+            length,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn start_writeback(_: &std::fs::File, _: u64, _: usize) {}
+
+/// Appends `chunks` in as few `writev` calls as the kernel allows.
+pub(super) fn append_all(mut file: &std::fs::File, chunks: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|chunk| IoSlice::new(chunk)).collect();
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        match file.write_vectored(remaining) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut remaining, written),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
