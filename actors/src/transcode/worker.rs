@@ -14,6 +14,7 @@ use std::{
 use tracing::Instrument;
 
 use actix::Addr;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
     cleanup::Cleanup,
@@ -29,6 +30,9 @@ use crate::{
     model::{Job, JobId, JobKind, Media, Probe, Rendition},
     store::SharedRepo,
 };
+
+/// Output files of one tier written at once when a run publishes.
+const PUBLISH_CONCURRENCY: usize = 8;
 
 /// What a successful run reports back.
 #[derive(Debug, Default)]
@@ -175,19 +179,51 @@ impl Worker {
             .delete_prefix(&prefix)
             .await
             .map_err(|e| RunFailure::transient(e.to_string()))?;
-        for relative in files {
-            let name = relative.to_string_lossy().replace('\\', "/");
-            let key = match name.as_str() {
-                "thumbnail.jpg" => format!("{prefix}/thumbnail.jpg"),
-                dash::MANIFEST_FILE => dash::manifest_key(&media.id),
-                _ => BlobStore::hls_key(&media.id, &name),
-            };
-            self.blobs
-                .put_file(&key, &out_dir.join(&relative))
-                .await
-                .map_err(|e| RunFailure::transient(format!("cannot publish {name}: {e}")))?;
+        // Each tier goes up as a whole before the next: segments, then what points at them.
+        // Within a tier the files go up concurrently: on S3 each put is a round trip, and
+        // locally each ends in an fsync, which concurrent puts share (the journal commits them
+        // together). For a 4 s clip on the local disk the difference is within the noise.
+        let tier = |file: &PathBuf| {
+            let name = file.to_string_lossy();
+            (
+                name.ends_with(".m3u8") || name.ends_with(".mpd"),
+                name == "master.m3u8",
+            )
+        };
+        let mut start = 0;
+        while start < files.len() {
+            let end = files[start..]
+                .iter()
+                .position(|file| tier(file) != tier(&files[start]))
+                .map_or(files.len(), |offset| start + offset);
+            futures_util::stream::iter(&files[start..end])
+                .map(|relative| self.publish_file(media, &prefix, out_dir, relative))
+                .buffer_unordered(PUBLISH_CONCURRENCY)
+                .try_collect::<()>()
+                .await?;
+            start = end;
         }
         Ok(())
+    }
+
+    /// Puts one output file under its key.
+    async fn publish_file(
+        &self,
+        media: &Media,
+        prefix: &str,
+        out_dir: &Path,
+        relative: &Path,
+    ) -> Result<(), RunFailure> {
+        let name = relative.to_string_lossy().replace('\\', "/");
+        let key = match name.as_str() {
+            "thumbnail.jpg" => format!("{prefix}/thumbnail.jpg"),
+            dash::MANIFEST_FILE => dash::manifest_key(&media.id),
+            _ => BlobStore::hls_key(&media.id, &name),
+        };
+        self.blobs
+            .put_file(&key, &out_dir.join(relative))
+            .await
+            .map_err(|e| RunFailure::transient(format!("cannot publish {name}: {e}")))
     }
 
     async fn thumbnail(&self, job: &Job, work_dir: &Path) -> Result<RunReport, RunFailure> {
