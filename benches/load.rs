@@ -9,7 +9,7 @@
 //!
 //! Tunables (environment): LOAD_BENCH_SECONDS (per wrk run, 3), LOAD_BENCH_ROUNDS (2),
 //! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE
-//! (10000), LOAD_BENCH_CLIP_SECONDS (4), LOAD_BENCH_TRANSCODE_RUNS (2), LOAD_BENCH_ONLY (all;
+//! (10000), LOAD_BENCH_CLIP_SECONDS (4), LOAD_BENCH_TRANSCODE_RUNS (5), LOAD_BENCH_ONLY (all;
 //! else a comma-separated subset of segments, small, onoff, mix, gated, transcode, upload, idle),
 //! LOAD_BENCH_SMAPS_DIR (unset; else the server's /proc/<pid>/smaps before and while holding
 //! the idle connections are copied there).
@@ -83,7 +83,7 @@ impl Settings {
             records: env_number("LOAD_BENCH_RECORDS", 5000) as usize,
             idle: env_number("LOAD_BENCH_IDLE", 10_000) as usize,
             clip_seconds: env_number("LOAD_BENCH_CLIP_SECONDS", 4),
-            transcode_runs: env_number("LOAD_BENCH_TRANSCODE_RUNS", 2).max(1) as usize,
+            transcode_runs: env_number("LOAD_BENCH_TRANSCODE_RUNS", 5).max(1) as usize,
             only: std::env::var("LOAD_BENCH_ONLY")
                 .unwrap_or_default()
                 .split(',')
