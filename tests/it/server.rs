@@ -265,6 +265,11 @@ fn init_logging() {
     });
 }
 
+/// GETs `url` with `client` and parses the body as JSON, whatever the status.
+pub async fn fetch_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];

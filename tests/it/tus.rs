@@ -122,14 +122,7 @@ pub async fn upload_via_tus(
         assert_eq!(response.status(), 204, "{:?}", response.text().await);
         offset = header(&response, "upload-offset").parse().unwrap();
     }
-    let status: Value = client
-        .get(format!("{base}{location}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = crate::server::fetch_json(client, format!("{base}{location}")).await;
     assert_eq!(status["state"], "finished", "{status}");
     status
 }
@@ -877,14 +870,7 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
             assert_eq!(response.status(), 204);
             offset = end;
         }
-        let status: Value = client
-            .get(server.url(location))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = crate::server::fetch_json(&client, server.url(location)).await;
         assert_eq!(status["state"], "finished", "{status}");
         let stored = std::fs::read(data.path().join(format!(
             "blobs/uploads/{}/source",
@@ -893,17 +879,8 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         .unwrap();
         assert_eq!(sha256_hex(&stored), sha256_hex(&video));
         // The whole-file hash survives the restart (rehashed from the file).
-        let media: Value = client
-            .get(server.url(&format!(
-                "/api/v1/media/{}",
-                status["media_id"].as_str().unwrap()
-            )))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let media_path = format!("/api/v1/media/{}", status["media_id"].as_str().unwrap());
+        let media: Value = crate::server::fetch_json(&client, server.url(&media_path)).await;
         assert_eq!(media["sha256"], sha256_hex(&video), "{media}");
         assert!(!partial_of(location).exists());
     }
@@ -984,18 +961,15 @@ async fn sync_every_patch_keeps_the_protocol_and_the_bytes() {
         1_000_000,
     )
     .await;
-    let media: Value = alice
-        .get(format!(
+    let media: Value = crate::server::fetch_json(
+        &alice,
+        format!(
             "{}/api/v1/media/{}",
             server.base,
             status["media_id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(media["sha256"], sha256_hex(&video), "{media}");
     assert_eq!(media["size"], video.len() as u64, "{media}");
 }
