@@ -154,30 +154,9 @@ async fn unknown_media_and_traversal_are_404() {
     }
 }
 
-#[tokio::test]
-async fn unknown_paths_and_wrong_methods_get_json_errors() {
-    let server = TestServer::start();
-    let (status, body) = server.get_json("/no/such/path").await;
-    assert_error(status, &body, 404, "not_found");
-    let response = server
-        .client
-        .put(server.url("/health"))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    assert_error(
-        status,
-        &response.json().await.unwrap(),
-        405,
-        "method_not_allowed",
-    );
-    let response = server
-        .client
-        .get(server.url("/api/v1/upload"))
-        .send()
-        .await
-        .unwrap();
+/// Sends `request`: a 405 with our JSON error body and the request id every answer carries.
+async fn assert_method_not_allowed(request: reqwest::RequestBuilder) {
+    let response = request.send().await.unwrap();
     assert!(response.headers().contains_key("x-request-id"));
     let status = response.status().as_u16();
     assert_error(
@@ -186,23 +165,21 @@ async fn unknown_paths_and_wrong_methods_get_json_errors() {
         405,
         "method_not_allowed",
     );
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_get_json_errors() {
+    let server = TestServer::start();
+    let (status, body) = server.get_json("/no/such/path").await;
+    assert_error(status, &body, 404, "not_found");
+    assert_method_not_allowed(server.client.put(server.url("/health"))).await;
+    assert_method_not_allowed(server.client.get(server.url("/api/v1/upload"))).await;
     // Under the per-media scope too: an unknown sub-path and a wrong method.
     let media_path = "/api/v1/media/01a202e5-0b80-7248-a7c3-e8739e6ef980";
     let (status, body) = server.get_json(&format!("{media_path}/no/such")).await;
     assert_error(status, &body, 404, "not_found");
-    let response = server
-        .client
-        .post(server.url(&format!("{media_path}/hls/master.m3u8")))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    assert_error(
-        status,
-        &response.json().await.unwrap(),
-        405,
-        "method_not_allowed",
-    );
+    let master = server.url(&format!("{media_path}/hls/master.m3u8"));
+    assert_method_not_allowed(server.client.post(master)).await;
     let (status, body) = server.get_json("/api/v1/media?limit=abc").await;
     assert_error(status, &body, 400, "invalid_query");
     let (status, body) = server.get_json("/api/v1/jobs?state=sleeping").await;

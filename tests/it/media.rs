@@ -219,14 +219,7 @@ async fn renditions_play_over_http_with_ranges_etags_and_invalidation() {
         server.actors.caches.streaming.get(&key).is_some()
     };
     assert!(cached_playlists(), "the master playlist is cached");
-    let deleted = server
-        .client
-        .delete(server.url(&format!("/api/v1/media/{id}")))
-        .bearer_auth(server.session().await)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(delete_as_alice(&server, &id).await, 204);
     assert!(!cached_playlists(), "delete dropped the cached playlist");
     assert_eq!(server.get(&master_path).await.status(), 404);
     assert_eq!(server.get(&segment_path).await.status(), 404);
@@ -242,16 +235,21 @@ async fn a_record_without_a_source_blob_deletes_cleanly() {
         record("Made by hand", "", &["manual"], ALICE.address),
     )
     .await;
-    let deleted = server
+    assert_eq!(delete_as_alice(&server, &id).await, 204);
+    let (status, body) = server.get_json(&format!("/api/v1/media/{id}")).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+/// `DELETE /api/v1/media/{id}` with ALICE's session; the status.
+async fn delete_as_alice(server: &TestServer, id: &str) -> reqwest::StatusCode {
+    server
         .client
         .delete(server.url(&format!("/api/v1/media/{id}")))
         .bearer_auth(server.session().await)
         .send()
         .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
-    let (status, body) = server.get_json(&format!("/api/v1/media/{id}")).await;
-    assert_eq!(status, 404, "{body}");
+        .unwrap()
+        .status()
 }
 
 /// Polls a search until `done` holds for its ids: index writes become searchable with the next
