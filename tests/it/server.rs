@@ -42,45 +42,8 @@ impl TestServer {
         config.auth.allowed_chain_ids = vec![CHAIN_ID];
         tweak(&mut config);
         let data_dir = config.storage.data_dir.clone();
-        // A test that restarts on the same data dir may get here while the previous server's
-        // last threads (blocking tasks, sled's flusher) still hold the store's file lock: that
-        // one error is retried until the lock is free, within a deadline.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (address, handle, actors, thread) = loop {
-            match Self::spawn(config.clone()) {
-                Err(error)
-                    if error.contains("could not acquire lock") && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                started => break started.expect("server starts"),
-            }
-        };
-        Self {
-            base: format!("http://{address}"),
-            actors,
-            client: client_builder().build().unwrap(),
-            data_dir,
-            handle,
-            session: tokio::sync::OnceCell::new(),
-            thread: Some(thread),
-            _data: data,
-        }
-    }
-
-    /// The app on its own thread and actix system, on a fresh loopback port.
-    #[allow(clippy::type_complexity)]
-    fn spawn(
-        config: Config,
-    ) -> Result<
-        (
-            std::net::SocketAddr,
-            ServerHandle,
-            Actors,
-            std::thread::JoinHandle<()>,
-        ),
-        String,
-    > {
+        // A restart on the same data dir waits in `SledStore::open` for the previous server's
+        // store lock to go.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -97,8 +60,17 @@ impl TestServer {
                 }
             })
         });
-        let (handle, actors) = started_rx.recv().unwrap()?;
-        Ok((address, handle, actors, thread))
+        let (handle, actors) = started_rx.recv().unwrap().expect("server starts");
+        Self {
+            base: format!("http://{address}"),
+            actors,
+            client: client_builder().build().unwrap(),
+            data_dir,
+            handle,
+            session: tokio::sync::OnceCell::new(),
+            thread: Some(thread),
+            _data: data,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

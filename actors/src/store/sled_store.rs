@@ -1,7 +1,7 @@
 //! sled implementation of the repository traits: one tree per relation, JSON values keyed by
 //! the 16 id bytes (UUIDv7, so key order is creation order).
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -35,11 +35,14 @@ pub struct SledStore {
     tus: sled::Tree,
 }
 
+/// How long [`SledStore::open`] waits for an earlier holder of the store's lock to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        wait_for_lock(path);
         // Every write flushes before it is acknowledged, so sled's background flusher adds no
-        // durability; without it no thread outlives the store holding the directory lock, and a
-        // restart on the same directory can open it at once.
+        // durability; without it fewer threads outlive the store holding the directory lock.
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(None)
@@ -382,29 +385,40 @@ impl Repo for SledStore {
     }
 }
 
+/// Waits, up to [`LOCK_WAIT`], until nothing holds the lock sled takes on `path/db`. A store
+/// that was just dropped can keep it a moment longer (sled's own threads let go last), and so
+/// can a previous process that is still exiting; sled itself only tries once. The wait blocks
+/// in the kernel on the lock, on its own thread, so it ends the moment the lock is released;
+/// after the deadline `open` goes ahead and reports sled's lock error. A store that does not
+/// exist yet has no lock to wait for.
+fn wait_for_lock(path: &Path) {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path.join("db"))
+    else {
+        return;
+    };
+    if file.try_lock().is_ok() {
+        let _ = file.unlock();
+        return;
+    }
+    tracing::info!(path = %path.display(), "waiting for the record store's lock");
+    let (released, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if file.lock().is_ok() {
+            let _ = file.unlock();
+        }
+        let _ = released.send(());
+    });
+    let _ = wait.recv_timeout(LOCK_WAIT);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{JobKind, JobState, MediaState, UploadId};
     use time::OffsetDateTime;
-
-    /// Opens `path` again after a store on it was dropped. sled's own threads may still hold
-    /// the directory lock for a moment after the drop (longer on a loaded machine), so only
-    /// that error is retried, until a deadline.
-    fn reopen(path: &Path) -> SledStore {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            match SledStore::open(path) {
-                Err(error)
-                    if error.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                opened => return opened.unwrap(),
-            }
-        }
-    }
 
     fn media() -> Media {
         let now = OffsetDateTime::now_utc();
@@ -439,7 +453,7 @@ mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             store.put_media(&stored).unwrap();
         }
-        let store = reopen(dir.path());
+        let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.get_media(&stored.id).unwrap(), Some(stored.clone()));
         assert!(store.delete_media(&stored.id).unwrap());
         assert_eq!(store.get_media(&stored.id).unwrap(), None);
@@ -457,6 +471,24 @@ mod tests {
         let rest = store.list_media(Some(&first[1].id), 10).unwrap();
         let ids: Vec<_> = first.iter().chain(&rest).map(|m| m.id.clone()).collect();
         assert_eq!(ids, all.iter().map(|m| m.id.clone()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn open_waits_for_a_store_that_is_still_held_to_be_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = SledStore::open(dir.path()).unwrap();
+        let record = media();
+        held.put_media(&record).unwrap();
+        let path = dir.path().to_path_buf();
+        let (opening_tx, opening) = std::sync::mpsc::channel();
+        let second = std::thread::spawn(move || {
+            opening_tx.send(()).unwrap();
+            SledStore::open(&path)
+        });
+        opening.recv().unwrap();
+        drop(held);
+        let second = second.join().unwrap().unwrap();
+        assert_eq!(second.get_media(&record.id).unwrap(), Some(record));
     }
 
     #[test]
@@ -478,7 +510,7 @@ mod tests {
                 .put_revoked_session("s1", now + time::Duration::hours(1))
                 .unwrap();
         }
-        let store = reopen(dir.path());
+        let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(
             store.consume_nonce(&record.nonce).unwrap(),
             NonceUse::Consumed(record.clone())
