@@ -12,6 +12,8 @@ use crate::{
 };
 
 const READY_DEADLINE: Duration = Duration::from_secs(180);
+/// The admin token of the gated-media end-to-end test, which reads the audit log with it.
+const GATE_TEST_ADMIN_TOKEN: &str = "admin-token";
 
 fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap()
@@ -390,12 +392,13 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     chain.mint_erc1155(&ALICE, &erc1155, CAROL.address, 7, 1);
     let rpc = chain.url.clone();
     let server = TestServer::start_with(move |c| {
-        c.auth.admin_token = "admin-token".into();
+        c.auth.admin_token = GATE_TEST_ADMIN_TOKEN.into();
         c.auth.rpc = vec![streamgate_actors::config::ChainRpc {
             chain_id: CHAIN_ID,
             url: rpc,
         }];
     });
+    let admin = crate::server::bearer_client(GATE_TEST_ADMIN_TOKEN);
     let alice = server.session().await.to_string();
     let bob = server.login(&BOB).await;
     let carol = server.login(&CAROL).await;
@@ -602,16 +605,11 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     let (_, answer) = server.post_json("/api/v1/auth/nft/verify", &query).await;
     assert_eq!(answer["balance"], 1, "{answer}");
     let nft_checks_audited = || async {
-        let audit: Value = server
-            .client
-            .get(server.url("/api/v1/audit?action=auth.nft_check&limit=500"))
-            .bearer_auth("admin-token")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let audit: Value = crate::server::fetch_json(
+            &admin,
+            server.url("/api/v1/audit?action=auth.nft_check&limit=500"),
+        )
+        .await;
         audit["items"].as_array().unwrap().len()
     };
     let audited_before = nft_checks_audited().await;
@@ -641,27 +639,11 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     assert!(cache_control(&response).contains("public"));
 
     // Audit and metrics saw it.
-    let audit: Value = server
-        .client
-        .get(server.url("/api/v1/audit?action=media.gate"))
-        .bearer_auth("admin-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value =
+        crate::server::fetch_json(&admin, server.url("/api/v1/audit?action=media.gate")).await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
-    let audit: Value = server
-        .client
-        .get(server.url("/api/v1/audit?action=auth.nft_check"))
-        .bearer_auth("admin-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value =
+        crate::server::fetch_json(&admin, server.url("/api/v1/audit?action=auth.nft_check")).await;
     assert!(audit["items"].as_array().unwrap().len() >= 4, "{audit}");
     let metrics = server.get("/metrics").await.text().await.unwrap();
     for expected in [
