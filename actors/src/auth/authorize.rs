@@ -20,9 +20,8 @@ use time::{Duration, OffsetDateTime};
 
 use super::{
     grants::{GrantFill, SessionDigest},
-    handlers::{checked_balance, ownership_query},
-    login, AuthActor, AuthError, AuthorizePlayback, AuthorizeSessionPlayback, PlaybackGrant,
-    Principal,
+    handlers::{checked_balance, ownership_query, parse_address},
+    AuthActor, AuthError, AuthorizePlayback, AuthorizeSessionPlayback, PlaybackGrant, Principal,
 };
 use crate::model::MediaId;
 
@@ -57,8 +56,7 @@ impl AuthActor {
                 (_, None) | (Principal::Admin, _) => true,
                 (principal, Some(_)) if principal.may_manage(owner.as_deref()) => true,
                 (Principal::Wallet { address, .. }, Some(gate)) => {
-                    let holder = login::parse_address(address)
-                        .ok_or_else(|| AuthError::InvalidAddress(address.clone()))?;
+                    let holder = parse_address(address)?;
                     let query = ownership_query(
                         &nft,
                         gate.chain_id,

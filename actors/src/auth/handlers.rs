@@ -23,8 +23,7 @@ impl Handler<IssueChallenge> for AuthActor {
 
     fn handle(&mut self, msg: IssueChallenge, _: &mut Self::Context) -> Self::Result {
         let prepared = (|| {
-            let address = login::parse_address(&msg.address)
-                .ok_or_else(|| AuthError::InvalidAddress(msg.address.clone()))?;
+            let address = parse_address(&msg.address)?;
             if !self.policy.allowed_chain_ids.contains(&msg.chain_id) {
                 return Err(AuthError::ChainNotAllowed(msg.chain_id));
             }
@@ -196,7 +195,8 @@ fn parse_token_id(text: &str) -> Result<U256, AuthError> {
     parsed.map_err(|_| AuthError::InvalidQuery(format!("token_id {text:?} is not a uint256")))
 }
 
-fn parse_contract(text: &str) -> Result<Address, AuthError> {
+/// An address from a request or a session (contract or holder), checked.
+pub(super) fn parse_address(text: &str) -> Result<Address, AuthError> {
     login::parse_address(text).ok_or_else(|| AuthError::InvalidAddress(text.to_string()))
 }
 
@@ -219,7 +219,7 @@ pub(super) fn ownership_query(
     }
     Ok(OwnershipQuery {
         chain_id,
-        contract: parse_contract(contract)?,
+        contract: parse_address(contract)?,
         standard,
         token_id,
         holder,
@@ -284,8 +284,7 @@ impl Handler<CheckOwnership> for AuthActor {
         let nft = self.deps.nft.clone();
         let audit = self.deps.audit.clone();
         Box::pin(async move {
-            let holder = login::parse_address(&msg.address)
-                .ok_or_else(|| AuthError::InvalidAddress(msg.address.clone()))?;
+            let holder = parse_address(&msg.address)?;
             let query = ownership_query(
                 &nft,
                 msg.chain_id,
