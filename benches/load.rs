@@ -12,7 +12,9 @@
 //! (10000), LOAD_BENCH_CLIP_SECONDS (4), LOAD_BENCH_TRANSCODE_RUNS (5), LOAD_BENCH_ONLY (all;
 //! else a comma-separated subset of segments, small, onoff, mix, gated, transcode, upload, idle),
 //! LOAD_BENCH_SMAPS_DIR (unset; else the server's /proc/<pid>/smaps before and while holding
-//! the idle connections are copied there).
+//! the idle connections are copied there), LOAD_BENCH_MASSIF (unset; else a directory: every
+//! server runs under `valgrind --tool=massif` and a detailed heap snapshot is written there
+//! at the same moments as the smaps copies, named `<moment>.massif`; read with `ms_print`).
 //!
 //! Fairness: the server gets one HTTP worker (`server.workers = 1`), as do nginx
 //! (`worker_processes 1`) and the bare actix-web baseline; wrk runs 2 threads. Rate limits are
@@ -119,7 +121,17 @@ impl Server {
                     .arg(env!("CARGO_BIN_EXE_streamgate"));
                 command
             }
-            None => Command::new(env!("CARGO_BIN_EXE_streamgate")),
+            None => match std::env::var("LOAD_BENCH_MASSIF") {
+                Ok(dir) if !dir.is_empty() => {
+                    let mut command = Command::new("valgrind");
+                    command
+                        .args(["--tool=massif", "--quiet", "--vgdb=yes", "--threshold=0.05"])
+                        .arg(format!("--massif-out-file={dir}/massif.%p"))
+                        .arg(env!("CARGO_BIN_EXE_streamgate"));
+                    command
+                }
+                _ => Command::new(env!("CARGO_BIN_EXE_streamgate")),
+            },
         };
         command
             .arg("--config")
@@ -142,7 +154,27 @@ impl Server {
             port,
         };
         wait_for_port(port, "streamgate");
+        server.wait_ready();
         server
+    }
+
+    /// Until `/ready` answers 200. The listener is bound before the actors start (the kernel
+    /// accepts connections meanwhile), so an open port alone would let the bench read a
+    /// "fresh" RSS mid-startup.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = TcpStream::connect(("127.0.0.1", self.port))
+                .and_then(|mut stream| get_on(&mut stream, "/ready"));
+            if matches!(status, Ok(200)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "streamgate never became ready: {status:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -195,6 +227,15 @@ impl Server {
             let smaps = std::fs::read(format!("/proc/{}/smaps", self.child.id())).unwrap();
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(Path::new(&dir).join(format!("{label}.smaps")), smaps).unwrap();
+        }
+        if let Ok(dir) = std::env::var("LOAD_BENCH_MASSIF") {
+            let status = Command::new("vgdb")
+                .arg(format!("--pid={}", self.child.id()))
+                .arg("detailed_snapshot")
+                .arg(format!("{dir}/{label}.massif"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "vgdb detailed_snapshot failed");
         }
     }
 }
