@@ -298,16 +298,26 @@ impl SearchIndex {
                 Index::create_in_dir(dir, schema().0)?
             }
         };
-        let search = Self::from_index(index, dir)?;
+        let mut search = Self::unstarted(index.clone(), dir)?;
         let (indexed, dropped) = search.reconcile(repo)?;
         report.indexed = indexed;
         report.dropped = dropped;
+        if indexed + dropped > 0 {
+            // A writer keeps what its last batch needed (a scoring weight per replaced record,
+            // buffers sized by the batch): after a rebuild of thousands of records that is
+            // megabytes held for the life of the process. A new writer starts empty.
+            drop(search);
+            search = Self::unstarted(index, dir)?;
+        }
+        search.start_group_commits()?;
         Ok((search, report))
     }
 
     /// An index in memory only (benches, tests).
     pub fn in_memory() -> Result<Self, SearchError> {
-        Self::from_index(Index::create_in_ram(schema().0), Path::new(""))
+        let search = Self::unstarted(Index::create_in_ram(schema().0), Path::new(""))?;
+        search.start_group_commits()?;
+        Ok(search)
     }
 
     fn open_existing(dir: &Path) -> Result<Index, String> {
@@ -340,7 +350,9 @@ impl SearchIndex {
         Ok(index)
     }
 
-    fn from_index(index: Index, dir: &Path) -> Result<Self, SearchError> {
+    /// Reader and writer, without the group-commit thread: dropping it drops the writer at
+    /// once, releasing the index's writer lock.
+    fn unstarted(index: Index, dir: &Path) -> Result<Self, SearchError> {
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -361,12 +373,16 @@ impl SearchIndex {
             dirty: AtomicBool::new(false),
             generation: AtomicU64::new(0),
         });
-        let committer = Arc::downgrade(&inner);
+        Ok(Self { inner })
+    }
+
+    fn start_group_commits(&self) -> Result<(), SearchError> {
+        let committer = Arc::downgrade(&self.inner);
         std::thread::Builder::new()
             .name("search-commit".into())
             .spawn(move || group_commits(committer))
-            .map_err(|e| SearchError::Index(e.to_string()))?;
-        Ok(Self { inner })
+            .map(drop)
+            .map_err(|e| SearchError::Index(e.to_string()))
     }
 
     pub fn dir(&self) -> &Path {

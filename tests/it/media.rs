@@ -536,6 +536,15 @@ async fn the_search_index_is_rebuilt_when_missing_or_damaged() {
         let found = walk(&server, "q=glacier&limit=7").await;
         assert_eq!(found.len(), 30);
         assert_eq!(walk(&server, "limit=100").await, created);
+        // The writer that replaces the rebuild's own still takes writes.
+        created.push(
+            create(
+                &server,
+                record("Glacier walk 30", "", &["ice"], ALICE.address),
+            )
+            .await,
+        );
+        searchable(&server, "q=glacier&limit=100", |ids| ids.len() == 31).await;
     }
 
     // Damaged: meta.json is garbage, and a segment file is truncated.
@@ -551,7 +560,7 @@ async fn the_search_index_is_rebuilt_when_missing_or_damaged() {
         }
     }
     let server = TestServer::start_with(on_data_dir);
-    assert_eq!(walk(&server, "q=walk&limit=100").await.len(), 30);
+    assert_eq!(walk(&server, "q=walk&limit=100").await.len(), 31);
 }
 
 #[tokio::test]
