@@ -22,6 +22,7 @@ use tokio_util::codec::{Decoder as _, Encoder as _};
 use tracing::{error, trace};
 
 use super::{
+    idle_buffers,
     codec::Codec,
     decoder::MAX_BUFFER_SIZE,
     payload::{Payload, PayloadSender, PayloadStatus},
@@ -38,6 +39,14 @@ use crate::{
 
 const LW_BUFFER_SIZE: usize = 1024;
 const HW_BUFFER_SIZE: usize = 1024 * 8;
+
+/// StreamGate patch: gives `write_buf` its buffer back from the pool before a response is
+/// written into it (see idle_buffers).
+fn with_write_buf(write_buf: &mut BytesMut) {
+    if write_buf.capacity() == 0 {
+        *write_buf = idle_buffers::take(HW_BUFFER_SIZE);
+    }
+}
 const MAX_PIPELINED_MESSAGES: usize = 16;
 
 /// Write buffer capacity at which we reallocate it after flushing.
@@ -304,8 +313,9 @@ where
                     graceful_shutdown: config.graceful_shutdown(),
 
                     io: Some(io),
-                    read_buf: BytesMut::with_capacity(HW_BUFFER_SIZE),
-                    write_buf: BytesMut::with_capacity(HW_BUFFER_SIZE),
+                    // StreamGate patch: taken from the pool when bytes arrive (see idle_buffers).
+                    read_buf: BytesMut::new(),
+                    write_buf: BytesMut::new(),
                     h1_write_buffer_size: config.h1_write_buffer_size(),
                     write_buf_needs_reset: false,
                     codec: Codec::new(config),
@@ -476,6 +486,7 @@ where
 
         let size = body.size();
 
+        with_write_buf(this.write_buf);
         this.codec
             .encode(Message::Item((res, size)), this.write_buf)
             .map_err(|err| {
@@ -590,9 +601,9 @@ where
     }
 
     fn send_continue(self: Pin<&mut Self>) {
-        self.project()
-            .write_buf
-            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let write_buf = self.project().write_buf;
+        with_write_buf(write_buf);
+        write_buf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
     }
 
     fn poll_response(
@@ -802,6 +813,7 @@ where
                         // expect resolved. write continue to buffer and set InnerDispatcher state
                         // to service call.
                         Poll::Ready(Ok(req)) => {
+                            with_write_buf(this.write_buf);
                             this.write_buf
                                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                             let fut = this.flow.service.call(req);
@@ -1236,7 +1248,10 @@ where
 
             // grow buffer if necessary.
             let remaining = this.read_buf.capacity() - this.read_buf.len();
-            if remaining < LW_BUFFER_SIZE {
+            if this.read_buf.capacity() == 0 {
+                // StreamGate patch: an idle connection gave its buffer back (see idle_buffers).
+                *this.read_buf = idle_buffers::take(HW_BUFFER_SIZE);
+            } else if remaining < LW_BUFFER_SIZE {
                 this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
             }
 
@@ -1481,6 +1496,22 @@ where
                         if inner_p.flags.contains(Flags::SHUTDOWN) {
                             return self.poll(cx);
                         }
+                    }
+
+                    // StreamGate patch: an idle keep-alive connection (answered, nothing read
+                    // ahead, nothing left to write) holds no buffers until bytes arrive again.
+                    if state_is_none
+                        && inner_p.flags.contains(Flags::KEEP_ALIVE)
+                        && !inner_p.flags.intersects(Flags::SHUTDOWN | Flags::READ_DISCONNECT)
+                        && inner_p.payload.is_none()
+                        && inner_p.messages.is_empty()
+                        && inner_p.read_buf.is_empty()
+                        && inner_p.write_buf.is_empty()
+                    {
+                        // Write first: the pool is a stack, so the next request's read takes
+                        // this read buffer back, and its response this write buffer.
+                        idle_buffers::give_back(inner_p.write_buf, HW_BUFFER_SIZE);
+                        idle_buffers::give_back(inner_p.read_buf, HW_BUFFER_SIZE);
                     }
 
                     trace_timer_states(

@@ -9,6 +9,7 @@ mod decoder;
 mod dispatcher;
 mod encoder;
 mod expect;
+mod idle_buffers;
 mod payload;
 mod service;
 mod timer;

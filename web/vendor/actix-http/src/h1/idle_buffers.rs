@@ -1,0 +1,83 @@
+//! StreamGate patch: the HTTP/1 dispatcher's read and write buffers come from, and go back to,
+//! a small pool per worker thread, so a keep-alive connection holds no buffer while it idles.
+//!
+//! As released, every connection keeps an 8 KiB read and an 8 KiB write buffer for its whole
+//! life. Their first pages are touched by the first request and response, so 10,000 idle
+//! keep-alive connections held ~105 MB of resident memory in buffers alone. With the pool, a
+//! connection takes its buffers when bytes arrive and gives them back once the response is
+//! written and nothing else is pending; a busy worker recycles the same few buffers.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+/// Buffers kept per worker thread between requests. Enough for the connections one worker
+/// serves at once under load; past it, given-back buffers return to the allocator.
+const POOLED_PER_THREAD: usize = 128;
+
+thread_local! {
+    static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer with room for at least `capacity` bytes: a pooled one if the thread has one.
+pub(crate) fn take(capacity: usize) -> BytesMut {
+    let pooled = POOL.with(|pool| pool.borrow_mut().pop());
+    match pooled {
+        Some(mut buffer) => {
+            // A read buffer comes back pointing past the request it held; with its allocation
+            // unshared, `reserve` moves it back to the start instead of allocating.
+            buffer.reserve(capacity);
+            buffer
+        }
+        None => BytesMut::with_capacity(capacity),
+    }
+}
+
+/// Leaves `buffer` empty and without an allocation; what it held goes to the pool (or to the
+/// allocator when the pool is full). A buffer grown past `pooled_capacity` by a large message
+/// stays where it is: the connection keeps it as it would unpatched (within the dispatcher's
+/// own retention limit), so a connection streaming large responses does not grow a fresh
+/// buffer for each one.
+pub(crate) fn give_back(buffer: &mut BytesMut, pooled_capacity: usize) {
+    if buffer.capacity() == 0 || buffer.capacity() > pooled_capacity {
+        return;
+    }
+    let mut buffer = std::mem::take(buffer);
+    buffer.clear();
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOLED_PER_THREAD {
+            pool.push(buffer);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_back_buffer_is_taken_again_with_the_room_asked_for() {
+        let mut buffer = take(8192);
+        assert!(buffer.capacity() >= 8192);
+        buffer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let head = buffer.split_to(18);
+        let address = buffer.as_ptr();
+        drop(head);
+        give_back(&mut buffer, 8192);
+        assert_eq!(buffer.capacity(), 0, "the connection holds nothing while idle");
+        let again = take(8192);
+        assert!(again.capacity() >= 8192);
+        assert!(again.is_empty());
+        // The same allocation, moved back to its start rather than a new one.
+        assert_eq!(again.as_ptr(), address.wrapping_sub(18));
+    }
+
+    #[test]
+    fn a_buffer_grown_by_a_large_message_stays_with_its_connection() {
+        let mut big = BytesMut::with_capacity(1 << 20);
+        give_back(&mut big, 8192);
+        assert!(big.capacity() >= 1 << 20);
+        POOL.with(|pool| assert!(pool.borrow().iter().all(|b| b.capacity() <= 8192)));
+    }
+}
