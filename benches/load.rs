@@ -158,6 +158,33 @@ impl Server {
         server
     }
 
+    /// Until the server holds no connection but the one asking: the scenario before has
+    /// finished writing its responses (a segment response keeps its file mapped until then),
+    /// so what is resident next belongs to what is measured next.
+    fn wait_quiet(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut metrics = String::new();
+            let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+            write!(
+                stream,
+                "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            stream.read_to_string(&mut metrics).unwrap();
+            let active = metrics
+                .lines()
+                .find_map(|line| line.strip_prefix("streamgate_http_connections_active "))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .expect("/metrics has streamgate_http_connections_active");
+            if active <= 1.0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{active} connections still open");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Until `/ready` answers 200. The listener is bound before the actors start (the kernel
     /// accepts connections meanwhile), so an open port alone would let the bench read a
     /// "fresh" RSS mid-startup.
@@ -444,6 +471,7 @@ fn raise_open_files(count: usize) {
 /// `count` keep-alive connections, one request each, all held while the server's RSS is read
 /// and a fresh connection is served; then a sample of the held ones is reused.
 fn idle_connections(server: &Server, path: &str, count: usize, when: &str) -> Row {
+    server.wait_quiet();
     server.reset_peak();
     let before = server.rss_mb();
     let before_breakdown = server.memory_breakdown();
@@ -563,7 +591,11 @@ fn main() {
         server.rss_mb(),
         server.memory_breakdown()
     );
-    let client = reqwest::Client::new();
+    // No idle pooled connections: the idle step waits for the server to hold none but its own.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let fetch = |url: &str, bearer: Option<&str>| -> Vec<u8> {
         runtime.block_on(async {
             let mut request = client.get(url);
