@@ -1247,11 +1247,12 @@ where
             }
 
             // grow buffer if necessary.
-            let remaining = this.read_buf.capacity() - this.read_buf.len();
             if this.read_buf.capacity() == 0 {
                 // StreamGate patch: an idle connection gave its buffer back (see idle_buffers).
                 *this.read_buf = idle_buffers::take(HW_BUFFER_SIZE);
-            } else if remaining < LW_BUFFER_SIZE {
+            }
+            let remaining = this.read_buf.capacity() - this.read_buf.len();
+            if remaining < LW_BUFFER_SIZE {
                 this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
             }
 
