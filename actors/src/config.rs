@@ -12,6 +12,8 @@ use crate::monitor::alerts::AlertRule;
 pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub min_free_disk_mb: u64,
+    /// Memory for sled's cache of record pages, in MiB (sled's own default is 1 GiB).
+    pub record_cache_mb: u64,
     /// Where blobs live: `local` (under `data_dir/blobs`) or `s3` (the `[s3]` section).
     pub blobs: BlobBackend,
 }

@@ -104,7 +104,10 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
             reason: e.to_string(),
         })?;
     }
-    let repo: SharedRepo = Arc::new(SledStore::open(&data_dir.join("db"))?);
+    let repo: SharedRepo = Arc::new(SledStore::open_with_cache(
+        &data_dir.join("db"),
+        config.storage.record_cache_mb.max(1) * 1024 * 1024,
+    )?);
     let blobs = match config.storage.blobs {
         BlobBackend::Local => BlobStore::local(data_dir.join("blobs"))?,
         BlobBackend::S3 => BlobStore::s3(&config.s3)?,

@@ -38,13 +38,22 @@ pub struct SledStore {
 /// How long [`SledStore::open`] waits for an earlier holder of the store's lock to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// sled's page cache when the caller names none (tests, benches): the configuration's default.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with sled's page cache bounded to about `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         wait_for_lock(path);
         // Every write flushes before it is acknowledged, so sled's background flusher adds no
         // durability; without it fewer threads outlive the store holding the directory lock.
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(None)
             .open()
             .map_err(backend)?;
@@ -457,6 +466,28 @@ mod tests {
         assert_eq!(store.get_media(&stored.id).unwrap(), Some(stored.clone()));
         assert!(store.delete_media(&stored.id).unwrap());
         assert_eq!(store.get_media(&stored.id).unwrap(), None);
+    }
+
+    #[test]
+    fn records_outgrowing_a_small_cache_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = Vec::new();
+        {
+            let store = SledStore::open_with_cache(dir.path(), 1024 * 1024).unwrap();
+            for n in 0..1500 {
+                let mut item = media();
+                item.description = format!("{n} {}", "x".repeat(2000));
+                store.put_media(&item).unwrap();
+                all.push(item);
+            }
+            // Three times the cache: early records were evicted and come back from disk.
+            for item in &all {
+                assert_eq!(store.get_media(&item.id).unwrap().as_ref(), Some(item));
+            }
+        }
+        let store = SledStore::open_with_cache(dir.path(), 1024 * 1024).unwrap();
+        let listed = store.list_media(None, 2000).unwrap();
+        assert_eq!(listed, all);
     }
 
     #[test]
