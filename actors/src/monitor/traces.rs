@@ -178,17 +178,6 @@ pub struct RequestScope {
     pub request_id: uuid::Uuid,
 }
 
-impl RequestScope {
-    /// A new request's scope: its trace (see [`TraceContext::continue_or_start`]) and a fresh
-    /// version 4 UUID as its id.
-    pub fn start(traceparent: Option<&[u8]>) -> Self {
-        Self {
-            trace: TraceContext::continue_or_start(traceparent),
-            request_id: fast_uuid_v4(),
-        }
-    }
-}
-
 thread_local! {
     static CURRENT_REQUEST: std::cell::Cell<Option<RequestScope>> =
         const { std::cell::Cell::new(None) };

@@ -31,7 +31,7 @@ use actix_web::{
 };
 use streamgate_actors::monitor::{
     otlp::{AttributeValue, FinishedSpan, SpanExporter, SpanKind},
-    traces::{self, status_label, RequestRecord, RequestScope, TRACEPARENT_LEN},
+    traces::{self, status_label, RequestRecord, RequestScope, TraceContext, TRACEPARENT_LEN},
     HttpSeries, Metrics,
 };
 
@@ -217,7 +217,10 @@ where
             Observed {
                 state: Rc::clone(state),
                 started,
-                scope: RequestScope::start(traceparent.map(HeaderValue::as_bytes)),
+                scope: RequestScope {
+                    trace: TraceContext::continue_or_start(traceparent.map(HeaderValue::as_bytes)),
+                    request_id: traces::fast_uuid_v4(),
+                },
                 echo_traceparent: traceparent.is_some(),
                 service,
                 method: method_label(req.method()),
