@@ -405,8 +405,8 @@ fn generated_header_value(ascii: bytes::Bytes) -> HeaderValue {
     debug_assert!(ascii
         .iter()
         .all(|byte| byte.is_ascii_hexdigit() || *byte == b'-'));
-    // SAFETY: the only callers pass `RequestId::encode` (a hyphenated UUID) or
-    // `TraceContext::encode_traceparent` (`00-<hex>-<hex>-0x`): ASCII hex and dashes, which is
+    // SAFETY: the only callers pass `RequestIdText::text` (`RequestId::encode`'s hyphenated
+    // UUID) or `TraceContext::encode_traceparent` (`00-<hex>-<hex>-0x`): ASCII hex and dashes, which is
     // valid UTF-8 and a valid header value (debug builds check both, http's included).
     unsafe { HeaderValue::from_maybe_shared_unchecked(ascii) }
 }
