@@ -7,6 +7,7 @@
 //! are observed (their 429s are counted and carry the request id) and still get the security
 //! and CORS headers.
 
+mod buckets;
 mod observe;
 pub mod rate_limit;
 mod trace;

@@ -36,9 +36,9 @@ use streamgate_actors::monitor::{
 };
 
 use super::{
-    rate_limit::{self, RateLimits},
+    rate_limit::{self, RateLimits, ServiceId},
     route_label,
-    trace::RequestId,
+    trace::{RequestId, RequestIdText},
     REQUEST_ID_HEADER, TRACEPARENT_HEADER,
 };
 
@@ -87,6 +87,7 @@ where
                 limits: self.limits.clone(),
                 spans: self.spans.clone(),
                 series: RefCell::default(),
+                request_ids: RefCell::default(),
             }),
         }))
     }
@@ -101,6 +102,7 @@ pub struct WorkerState {
     /// addresses: every label is a `'static` string from a fixed table, so the key is four
     /// integers and the map stays as small as the app's routes × methods × statuses.
     series: RefCell<HashMap<SeriesKey, HttpSeries, BuildHasherDefault<WordHasher>>>,
+    request_ids: RefCell<RequestIdText>,
 }
 
 #[derive(PartialEq, Eq, Hash)]
@@ -145,6 +147,11 @@ impl WorkerState {
             status: record.status,
         };
         let mut series = self.series.borrow_mut();
+        // `get` first: `entry` would make room for an insert on every request.
+        if let Some(series) = series.get(&key) {
+            metrics.observe_with(series, record);
+            return;
+        }
         let series = series.entry(key).or_insert_with(|| {
             metrics.http_series(
                 record.service,
@@ -166,13 +173,13 @@ pub struct ObserveService<S> {
 struct Observed {
     state: Rc<WorkerState>,
     started: Instant,
-    request_id: RequestId,
-    trace: TraceContext,
+    /// The request's trace and id, the thread's current request while it is polled.
+    scope: RequestScope,
     /// The caller sent a `traceparent`, so it gets ours back (continued, or a fresh trace when
     /// theirs was invalid). Not a standard response header: callers that sent none get none,
     /// which saves its encoding, allocation and insert on most requests.
     echo_traceparent: bool,
-    service: &'static str,
+    service: ServiceId,
     method: &'static str,
 }
 
@@ -194,10 +201,11 @@ where
                 call: Some(self.service.call(req)),
                 refused: None,
                 observed: None,
-                scope: None,
             };
         }
         let service = rate_limit::service_for(req.path());
+        // One clock read for the bucket check and the request's duration.
+        let started = Instant::now();
         let client_ip = state
             .limits
             .as_ref()
@@ -208,21 +216,20 @@ where
             let traceparent = req.headers().get(&TRACEPARENT_NAME);
             Observed {
                 state: Rc::clone(state),
-                started: Instant::now(),
-                request_id: RequestId::generate(),
-                trace: TraceContext::continue_or_start(traceparent.map(HeaderValue::as_bytes)),
+                started,
+                scope: RequestScope {
+                    trace: TraceContext::continue_or_start(traceparent.map(HeaderValue::as_bytes)),
+                    request_id: traces::fast_uuid_v4(),
+                },
                 echo_traceparent: traceparent.is_some(),
                 service,
                 method: method_label(req.method()),
             }
         });
-        let scope = observed.as_ref().map(|observed| RequestScope {
-            trace: observed.trace,
-            request_id: observed.request_id.uuid(),
-        });
+        let scope = observed.as_ref().map(|observed| observed.scope);
         let refusal = match (&state.limits, client_ip) {
             (Some(limits), Some(client)) => limits
-                .check(service, client)
+                .check_at(service, client, started)
                 .err()
                 // In the request's scope: the refusal's log line names the request's trace.
                 .map(|wait| scoped(scope, || limits.refuse(&req, service, client, wait))),
@@ -231,15 +238,15 @@ where
         match refusal {
             Some(response) => ObserveFuture {
                 call: None,
-                refused: Some(req.into_response(response)),
+                refused: Some(Box::new(req.into_response(response))),
                 observed,
-                scope,
             },
+            // Outside the scope: the router only picks the handler here, which runs (and
+            // logs) when the future is polled, in the scope.
             None => ObserveFuture {
-                call: Some(scoped(scope, || self.service.call(req))),
+                call: Some(self.service.call(req)),
                 refused: None,
                 observed,
-                scope,
             },
         }
     }
@@ -249,9 +256,9 @@ where
 pub struct ObserveFuture<F> {
     /// The router's future (boxed by actix, 16 bytes); `None` once answered or when refused.
     call: Option<F>,
-    refused: Option<ServiceResponse<BoxBody>>,
+    /// Boxed: rare, and the future is moved a few times on every request.
+    refused: Option<Box<ServiceResponse<BoxBody>>>,
     observed: Option<Observed>,
-    scope: Option<RequestScope>,
 }
 
 impl<F> Drop for ObserveFuture<F> {
@@ -274,14 +281,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let mut outcome = match this.call.as_mut() {
-            Some(call) => match scoped(this.scope, || Pin::new(call).poll(cx)) {
+            Some(call) => match scoped(this.observed.as_ref().map(|o| o.scope), || {
+                Pin::new(call).poll(cx)
+            }) {
                 Poll::Ready(outcome) => {
                     this.call = None;
                     outcome
                 }
                 Poll::Pending => return Poll::Pending,
             },
-            None => this.refused.take().ok_or_else(|| {
+            None => this.refused.take().map(|refused| *refused).ok_or_else(|| {
                 actix_web::error::ErrorInternalServerError("request polled after it was answered")
             }),
         };
@@ -323,24 +332,25 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
         observed.state.observe(
             metrics,
             &RequestRecord {
-                service: observed.service,
+                service: observed.service.label(),
                 route,
                 method: observed.method,
                 status: status.as_u16(),
                 duration: finished.saturating_duration_since(observed.started),
                 finished,
                 response_bytes,
-                trace_id: Some(observed.trace.trace_id),
+                trace_id: Some(observed.scope.trace.trace_id),
             },
         );
     }
     if let Some(spans) = &observed.state.spans {
         let end = SystemTime::now();
         let duration = finished.saturating_duration_since(observed.started);
+        let trace = observed.scope.trace;
         spans.export(FinishedSpan {
-            trace_id: observed.trace.trace_id,
-            span_id: observed.trace.span_id,
-            parent_span_id: observed.trace.parent_span_id,
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent_span_id: trace.parent_span_id,
             name: format!("{} {route}", observed.method),
             kind: SpanKind::Server,
             start: end.checked_sub(duration).unwrap_or(end),
@@ -357,11 +367,15 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
                 ),
                 (
                     "streamgate.service",
-                    AttributeValue::Text(observed.service.into()),
+                    AttributeValue::Text(observed.service.label().into()),
                 ),
                 (
                     "streamgate.request_id",
-                    AttributeValue::Text(observed.request_id.to_string().into()),
+                    AttributeValue::Text(
+                        RequestId::from_uuid(observed.scope.request_id)
+                            .to_string()
+                            .into(),
+                    ),
                 ),
             ],
             error: status.is_server_error(),
@@ -369,15 +383,16 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
     }
     if let Ok(response) = result {
         let headers = response.headers_mut();
-        headers.insert(
-            REQUEST_ID_NAME,
-            generated_header_value(observed.request_id.encode(&mut [0; 36]).as_bytes()),
-        );
+        let request_id = RequestId::from_uuid(observed.scope.request_id);
+        let text = observed.state.request_ids.borrow_mut().text(request_id);
+        headers.insert(REQUEST_ID_NAME, generated_header_value(text));
         if observed.echo_traceparent {
             let mut buffer = [0; TRACEPARENT_LEN];
             headers.insert(
                 TRACEPARENT_NAME,
-                generated_header_value(observed.trace.encode_traceparent(&mut buffer)),
+                generated_header_value(bytes::Bytes::copy_from_slice(
+                    observed.scope.trace.encode_traceparent(&mut buffer),
+                )),
             );
         }
     }
@@ -386,14 +401,14 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
 /// A header value from text we wrote ourselves: hex digits and dashes only, so the byte-by-byte
 /// validation of `HeaderValue::from_bytes` (a few hundred instructions per header) is skipped.
 #[allow(unsafe_code)]
-fn generated_header_value(ascii: &[u8]) -> HeaderValue {
+fn generated_header_value(ascii: bytes::Bytes) -> HeaderValue {
     debug_assert!(ascii
         .iter()
         .all(|byte| byte.is_ascii_hexdigit() || *byte == b'-'));
-    // SAFETY: the only callers pass `RequestId::encode` (a hyphenated UUID) or
-    // `TraceContext::encode_traceparent` (`00-<hex>-<hex>-0x`): ASCII hex and dashes, which is
+    // SAFETY: the only callers pass `RequestIdText::text` (`RequestId::encode`'s hyphenated
+    // UUID) or `TraceContext::encode_traceparent` (`00-<hex>-<hex>-0x`): ASCII hex and dashes, which is
     // valid UTF-8 and a valid header value (debug builds check both, http's included).
-    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes::Bytes::copy_from_slice(ascii)) }
+    unsafe { HeaderValue::from_maybe_shared_unchecked(ascii) }
 }
 
 /// The `method` label. Methods outside the standard set share one label: clients choose

@@ -1,10 +1,16 @@
-//! Per-client-IP token buckets, one keyed `governor` limiter per service, checked by the
+//! Per-client-IP token buckets, one [`BucketTable`] per service, checked by the
 //! [`super::observe`] middleware. Over the limit: 429 `{"code":"rate_limited"}` with `Retry-After`, a
 //! `streamgate_rate_limited_total{service}` increment and an audit entry (at most one per
 //! client and service per `rate_limit.audit_interval_s`, so a flood cannot become a flood of
 //! store writes). [`RateLimits::sweep`] on a timer drops quiet clients, bounding memory.
 
-use std::{hash::Hash, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    hash::Hash,
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix_web::{
     dev::ServiceRequest,
@@ -23,40 +29,103 @@ use streamgate_actors::{
     monitor::{names, Metrics},
 };
 
+use super::buckets::BucketTable;
 use crate::error::ApiError;
+
+/// A service of [`names::SERVICES`] by its position there: the `service` label and the bucket
+/// table without comparing strings per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceId(u8);
+
+impl ServiceId {
+    pub const GATEWAY: Self = Self::named("gateway");
+    pub const UPLOAD: Self = Self::named("upload");
+    pub const STREAMING: Self = Self::named("streaming");
+    pub const METADATA: Self = Self::named("metadata");
+    pub const CACHE: Self = Self::named("cache");
+    pub const AUTH: Self = Self::named("auth");
+    pub const WORKER: Self = Self::named("worker");
+    pub const TRANSCODER: Self = Self::named("transcoder");
+    pub const MONITOR: Self = Self::named("monitor");
+
+    /// Resolved at compile time: a name missing from [`names::SERVICES`] fails the build.
+    const fn named(name: &str) -> Self {
+        let mut index = 0;
+        while index < names::SERVICES.len() {
+            if const_str_eq(names::SERVICES[index], name) {
+                return Self(index as u8);
+            }
+            index += 1;
+        }
+        panic!("not in names::SERVICES")
+    }
+
+    /// The service with this label, if it is one.
+    pub fn from_label(label: &str) -> Option<Self> {
+        let index = names::SERVICES.iter().position(|name| *name == label)?;
+        u8::try_from(index).ok().map(Self)
+    }
+
+    pub fn label(self) -> &'static str {
+        names::SERVICES
+            .get(usize::from(self.0))
+            .copied()
+            .unwrap_or("gateway")
+    }
+
+    fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut index = 0;
+    while index < a.len() {
+        if a[index] != b[index] {
+            return false;
+        }
+        index += 1;
+    }
+    true
+}
 
 /// The route → service table: the first path segment after `/api/v1/`. Media sub-resources
 /// that deliver video (`hls`, `dash`, `thumbnail.jpg`) are `streaming`, the rest `metadata`;
 /// `/metrics` is `monitor`; everything else (`/health`, `/ready`, unknown paths) `gateway`.
-const API_SERVICES: [(&str, &str); 9] = [
-    ("upload", "upload"),
-    ("uploads", "upload"),
-    ("media", "metadata"),
-    ("cache", "cache"),
-    ("auth", "auth"),
-    ("jobs", "worker"),
-    ("transcode", "transcoder"),
-    ("monitor", "monitor"),
-    ("audit", "monitor"),
-];
+fn api_service(first_segment: &str) -> Option<ServiceId> {
+    Some(match first_segment {
+        "upload" | "uploads" => ServiceId::UPLOAD,
+        "media" => ServiceId::METADATA,
+        "cache" => ServiceId::CACHE,
+        "auth" => ServiceId::AUTH,
+        "jobs" => ServiceId::WORKER,
+        "transcode" => ServiceId::TRANSCODER,
+        "monitor" | "audit" => ServiceId::MONITOR,
+        _ => return None,
+    })
+}
 
 /// The service a request path belongs to (the `service` label and the bucket it draws from).
-pub fn service_for(path: &str) -> &'static str {
+pub fn service_for(path: &str) -> ServiceId {
     let Some(rest) = path.strip_prefix("/api/v1/") else {
         return if path == "/metrics" {
-            "monitor"
+            ServiceId::MONITOR
         } else {
-            "gateway"
+            ServiceId::GATEWAY
         };
     };
     let (first, rest) = first_segment(rest);
-    let Some((_, service)) = API_SERVICES.iter().find(|(segment, _)| *segment == first) else {
-        return "gateway";
+    let Some(service) = api_service(first) else {
+        return ServiceId::GATEWAY;
     };
-    if *service == "metadata" {
+    if service == ServiceId::METADATA {
         let (_media_id, rest) = first_segment(rest);
         if matches!(first_segment(rest).0, "hls" | "dash" | "thumbnail.jpg") {
-            return "streaming";
+            return ServiceId::STREAMING;
         }
     }
     service
@@ -98,18 +167,13 @@ pub fn client_ip(req: &ServiceRequest, trusted_proxies: &[IpAddr]) -> Option<IpA
     Some(client)
 }
 
-/// A keyed limiter hashing with foldhash: clients pick their addresses, so the hash stays
-/// seeded per process, but it costs a fraction of the default SipHash per request.
+/// The audit gate's limiter (consulted on refusals only), hashing with foldhash: clients pick
+/// their addresses, so the hash stays seeded per process.
 type KeyedLimiter<K> =
     DefaultKeyedRateLimiter<K, NoOpMiddleware<<DefaultClock as Clock>::Instant>, RandomState>;
 
 fn keyed<K: Hash + Eq + Clone>(quota: Quota) -> KeyedLimiter<K> {
     RateLimiter::dashmap_with_hasher(quota, RandomState::default())
-}
-
-struct ServiceLimiter {
-    service: &'static str,
-    limiter: KeyedLimiter<IpAddr>,
 }
 
 /// Every service's limiter plus what a refusal needs. Shared by all HTTP workers.
@@ -119,18 +183,13 @@ pub struct RateLimits {
 }
 
 struct Inner {
-    services: Vec<ServiceLimiter>,
+    /// One bucket table per service, in [`names::SERVICES`] order (indexed by [`ServiceId`]).
+    services: Vec<BucketTable>,
     /// One audit entry per (client, service) per interval.
     audit_gate: KeyedLimiter<(IpAddr, &'static str)>,
     trusted_proxies: Vec<IpAddr>,
     metrics: Metrics,
     audit: AuditLog,
-}
-
-fn quota(bucket: BucketConfig) -> Quota {
-    let refill = NonZeroU32::new(bucket.refill_per_second).unwrap_or(NonZeroU32::MIN);
-    let capacity = NonZeroU32::new(bucket.capacity).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(refill).allow_burst(capacity)
 }
 
 impl RateLimits {
@@ -147,10 +206,7 @@ impl RateLimits {
                         capacity: 1000,
                         refill_per_second: 100,
                     });
-                ServiceLimiter {
-                    service,
-                    limiter: keyed(quota(bucket)),
-                }
+                BucketTable::new(bucket.capacity, bucket.refill_per_second)
             })
             .collect();
         let audit_interval = Duration::from_secs(config.audit_interval_s.max(1));
@@ -169,23 +225,24 @@ impl RateLimits {
 
     /// Takes one token from `client`'s bucket of `service`; `Err` holds how long until the
     /// next token.
-    pub fn check(&self, service: &'static str, client: IpAddr) -> Result<(), Duration> {
-        // Services are the `'static` names of one table: compare addresses before text.
-        let Some(limiter) = self
-            .inner
-            .services
-            .iter()
-            .find(|l| std::ptr::eq(l.service, service))
-            .or_else(|| self.inner.services.iter().find(|l| l.service == service))
-        else {
-            return Ok(());
-        };
-        // The limiter's own clock: a fresh `DefaultClock` probes the CPU's counters on
-        // creation (~50 µs in a VM), which a flood of refusals would pay per request.
-        limiter
-            .limiter
-            .check_key(&client)
-            .map_err(|not_until| not_until.wait_time_from(limiter.limiter.clock().now()))
+    pub fn check(&self, service: &str, client: IpAddr) -> Result<(), Duration> {
+        match ServiceId::from_label(service) {
+            Some(service) => self.check_at(service, client, Instant::now()),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::check`] at `now` (the middleware has already read the clock for the request).
+    pub fn check_at(
+        &self,
+        service: ServiceId,
+        client: IpAddr,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        match self.inner.services.get(service.index()) {
+            Some(buckets) => buckets.check(client, now),
+            None => Ok(()),
+        }
     }
 
     pub fn trusted_proxies(&self) -> &[IpAddr] {
@@ -197,10 +254,11 @@ impl RateLimits {
     pub fn refuse(
         &self,
         req: &ServiceRequest,
-        service: &'static str,
+        service: ServiceId,
         client: IpAddr,
         wait: Duration,
     ) -> HttpResponse {
+        let service = service.label();
         let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
         self.inner
             .metrics
@@ -235,12 +293,13 @@ impl RateLimits {
     /// Drops the buckets of clients whose buckets have refilled (they would start full
     /// anyway), frees the memory, and publishes how many remain.
     pub fn sweep(&self) -> usize {
-        let mut tracked = 0;
-        for limiter in &self.inner.services {
-            limiter.limiter.retain_recent();
-            limiter.limiter.shrink_to_fit();
-            tracked += limiter.limiter.len();
-        }
+        let now = Instant::now();
+        let tracked = self
+            .inner
+            .services
+            .iter()
+            .map(|buckets| buckets.sweep(now))
+            .sum::<usize>();
         self.inner.audit_gate.retain_recent();
         self.inner.audit_gate.shrink_to_fit();
         self.inner
@@ -252,7 +311,7 @@ impl RateLimits {
 
     /// Client buckets held now, over every service.
     pub fn tracked_clients(&self) -> usize {
-        self.inner.services.iter().map(|l| l.limiter.len()).sum()
+        self.inner.services.iter().map(BucketTable::len).sum()
     }
 
     /// Sweeps every `interval` until the actix system stops.
@@ -291,7 +350,7 @@ mod tests {
             ("/api/v1/audit", "monitor"),
             ("/api/v1/nothing", "gateway"),
         ] {
-            assert_eq!(service_for(path), service, "{path}");
+            assert_eq!(service_for(path).label(), service, "{path}");
         }
     }
 }

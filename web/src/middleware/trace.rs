@@ -12,29 +12,104 @@
 
 use std::fmt;
 
-use streamgate_actors::monitor::traces;
+use bytes::BytesMut;
 
-/// The id of one request (a random UUID), in its extensions and in `x-request-id`.
+/// The id of one request (a random UUID), in its log scope and in `x-request-id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestId(uuid::Uuid);
 
+/// Length of the hyphenated form.
+pub const REQUEST_ID_LEN: usize = 36;
+
+/// Two lowercase hex digits per byte value: one table load per byte instead of two nibble
+/// lookups and shifts.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
+
 impl RequestId {
-    pub(super) fn generate() -> Self {
-        Self(traces::fast_uuid_v4())
+    pub(super) fn from_uuid(uuid: uuid::Uuid) -> Self {
+        Self(uuid)
     }
 
     pub fn uuid(&self) -> uuid::Uuid {
         self.0
     }
 
-    /// The hyphenated form, without allocating.
-    pub fn encode<'b>(&self, buffer: &'b mut [u8; 36]) -> &'b str {
-        self.0.hyphenated().encode_lower(buffer)
+    /// The hyphenated form (ASCII hex digits and dashes), without allocating.
+    pub fn encode(&self, buffer: &mut [u8; REQUEST_ID_LEN]) {
+        /// Where each byte's two digits go: groups of 4, 2, 2, 2 and 6 bytes, dash-separated.
+        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+        for (at, byte) in AT.into_iter().zip(self.0.as_bytes()) {
+            buffer[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
+        }
+        for dash in [8, 13, 18, 23] {
+            buffer[dash] = b'-';
+        }
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Ids this many at a time share one buffer.
+const IDS_PER_BUFFER: usize = 128;
+
+/// The text of request ids, written one after the other into a shared buffer: each response's
+/// `x-request-id` is a reference-counted slice of it instead of an allocation of its own.
+/// A buffer is freed when the last response using it is gone. One per HTTP worker.
+#[derive(Default)]
+pub(super) struct RequestIdText {
+    buffer: BytesMut,
+}
+
+impl RequestIdText {
+    /// `id`'s hyphenated text, as bytes a header value can share.
+    pub(super) fn text(&mut self, id: RequestId) -> bytes::Bytes {
+        if self.buffer.capacity() < REQUEST_ID_LEN {
+            self.buffer = BytesMut::with_capacity(REQUEST_ID_LEN * IDS_PER_BUFFER);
+        }
+        let mut text = [0; REQUEST_ID_LEN];
+        id.encode(&mut text);
+        self.buffer.extend_from_slice(&text);
+        self.buffer.split().freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use streamgate_actors::monitor::traces;
+
+    use super::*;
+
+    #[test]
+    fn ids_are_hyphenated_uuids_sharing_buffers() {
+        let mut texts = RequestIdText::default();
+        let ids: Vec<RequestId> = (0..IDS_PER_BUFFER * 2 + 3)
+            .map(|_| RequestId::from_uuid(traces::fast_uuid_v4()))
+            .collect();
+        let encoded: Vec<bytes::Bytes> = ids.iter().map(|id| texts.text(*id)).collect();
+        for (id, text) in ids.iter().zip(&encoded) {
+            assert_eq!(text.as_ref(), id.to_string().as_bytes());
+            assert_eq!(uuid::Uuid::try_parse_ascii(text).ok(), Some(id.uuid()));
+        }
+        let unique: std::collections::HashSet<_> = encoded.iter().collect();
+        assert_eq!(unique.len(), encoded.len());
+        let fixed = RequestId::from_uuid(uuid::Uuid::from_u128(
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ));
+        let mut buffer = [0; REQUEST_ID_LEN];
+        fixed.encode(&mut buffer);
+        assert_eq!(&buffer, b"01234567-89ab-cdef-fedc-ba9876543210");
     }
 }
