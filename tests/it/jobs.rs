@@ -53,7 +53,10 @@ async fn post(server: &TestServer, path: &str, body: Option<Value>) -> (u16, Val
 
 async fn wait_for_job(server: &TestServer, job_id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    // Under the worker bucket's refill (10/s), so a slow job on a busy machine cannot run this
+    // client's bucket dry; late ticks are not made up in a burst.
+    let mut ticks = tokio::time::interval(Duration::from_millis(150));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let (status, job) = server.get_json(&format!("/api/v1/jobs/{job_id}")).await;
