@@ -23,9 +23,10 @@ struct Series<V> {
     value: V,
 }
 
-/// The keys are already FNV hashes: hashing them again would be wasted work.
+/// For keys that are already hashes (here FNV hashes of label values; the rate limiter's
+/// keys carry a seeded hash): hashing them again would be wasted work.
 #[derive(Default)]
-struct PassThrough(u64);
+pub struct PassThrough(u64);
 
 impl Hasher for PassThrough {
     fn finish(&self) -> u64 {

@@ -19,6 +19,7 @@ use std::{
 };
 
 use foldhash::fast::RandomState;
+use streamgate_actors::monitor::family::PassThrough;
 
 /// 64 shards: enough that HTTP workers rarely meet on one lock, few enough to sweep quickly.
 const SHARD_BITS: u32 = 6;
@@ -33,24 +34,6 @@ struct Key {
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);
-    }
-}
-
-/// Hands the precomputed hash through (keys hash themselves as one `u64`).
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
-        }
-    }
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
     }
 }
 
