@@ -607,11 +607,7 @@ fn main() {
         server.rss_mb(),
         server.memory_breakdown()
     );
-    // No idle pooled connections: the idle step waits for the server to hold none but its own.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let client = reqwest::Client::new();
     let fetch = |url: &str, bearer: Option<&str>| -> Vec<u8> {
         runtime.block_on(async {
             let mut request = client.get(url);
@@ -904,12 +900,17 @@ fn main() {
         server.reset_peak();
         rows.push(upload(
             &runtime,
+            &client,
             &server,
             scratch.path(),
             &data_dir,
             &settings,
         ));
     }
+    // The scenarios' HTTP client ends here: dropping its runtime closes every connection it
+    // still holds (pooled ones, and dropped ones whose socket closes when the runtime next runs).
+    drop(client);
+    drop(runtime);
     if settings.runs("idle") {
         let record_path = format!("/api/v1/media/{clip}");
         rows.push(idle_connections(
@@ -1174,6 +1175,7 @@ const PATCH_BYTES: usize = 8 * 1024 * 1024;
 /// `kill -9`). The upload's time runs from creation to the last 204, finishing included.
 fn upload(
     runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
     server: &Server,
     scratch: &Path,
     data_dir: &Path,
@@ -1185,8 +1187,6 @@ fn upload(
     let mut best_dd = f64::MAX;
     let mut best_upload = f64::MAX;
     let mut patch_ms = Vec::new();
-    // Keep-alive between PATCHes, as tus clients do (the shared client pools nothing).
-    let uploader = reqwest::Client::new();
     for _ in 0..settings.rounds {
         let target = scratch.join("dd.out");
         let started = Instant::now();
@@ -1199,7 +1199,7 @@ fn upload(
         assert!(status.success());
         best_dd = best_dd.min(started.elapsed().as_secs_f64());
         std::fs::remove_file(&target).unwrap();
-        let (seconds, latencies) = runtime.block_on(tus_upload(&uploader, server, &source, size));
+        let (seconds, latencies) = runtime.block_on(tus_upload(client, server, &source, size));
         best_upload = best_upload.min(seconds);
         patch_ms.extend(latencies);
         // Keep the disk from filling up between rounds.
