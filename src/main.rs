@@ -29,6 +29,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    streamgate_actors::monitor::process::tune_allocator();
     let cli = Cli::parse();
     let mut overrides = Vec::new();
     if let Some(bind) = &cli.bind {
