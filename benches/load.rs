@@ -5,16 +5,17 @@
 //! anvil/cast/OpenZeppelin in target/ci-node, which `bash .ci/test` installs). Results never gate
 //! anything: the bench exits non-zero only when the harness breaks or a request fails.
 //! Under `cargo test` (no `--bench`) it runs a smoke pass that needs none of those tools: the
-//! real binary, the seeded data set and 100 held connections.
+//! real binary, the seeded data set and 2,000 held connections (failing above 6 KB each).
 //!
 //! Tunables (environment): LOAD_BENCH_SECONDS (per wrk run, 3), LOAD_BENCH_ROUNDS (2),
-//! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE
-//! (10000), LOAD_BENCH_CLIP_SECONDS (4), LOAD_BENCH_TRANSCODE_RUNS (5), LOAD_BENCH_ONLY (all;
-//! else a comma-separated subset of segments, small, onoff, mix, gated, transcode, upload, idle),
-//! LOAD_BENCH_SMAPS_DIR (unset; else the server's /proc/<pid>/smaps before and while holding
-//! the idle connections are copied there), LOAD_BENCH_MASSIF (unset; else a directory: every
-//! server runs under `valgrind --tool=massif` and a detailed heap snapshot is written there
-//! at the same moments as the smaps copies, named `<moment>.massif`; read with `ms_print`).
+//! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_PATCH_MIB (8; 0 = the whole upload in one PATCH),
+//! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
+//! (4), LOAD_BENCH_TRANSCODE_RUNS (5), LOAD_BENCH_ONLY (all; else a comma-separated subset of
+//! segments, small, onoff, mix, gated, transcode, upload, idle), LOAD_BENCH_SMAPS_DIR (unset;
+//! else the server's /proc/<pid>/smaps before and while holding the idle connections are copied
+//! there), LOAD_BENCH_MASSIF (unset; else a directory: every server runs under
+//! `valgrind --tool=massif` and a detailed heap snapshot is written there at the same moments
+//! as the smaps copies, named `<moment>.massif`; read with `ms_print`).
 //!
 //! Fairness: the server gets one HTTP worker (`server.workers = 1`), as do nginx
 //! (`worker_processes 1`) and the bare actix-web baseline; wrk runs 2 threads. Rate limits are
@@ -68,6 +69,8 @@ struct Settings {
     seconds: u32,
     rounds: usize,
     upload_mib: usize,
+    /// 0: the whole upload in one PATCH (tus-js-client's and Uppy's default chunk size).
+    patch_mib: usize,
     records: usize,
     idle: usize,
     clip_seconds: u64,
@@ -82,6 +85,7 @@ impl Settings {
             seconds: env_number("LOAD_BENCH_SECONDS", 3) as u32,
             rounds: env_number("LOAD_BENCH_ROUNDS", 2).max(1) as usize,
             upload_mib: env_number("LOAD_BENCH_UPLOAD_MIB", 1024) as usize,
+            patch_mib: env_number("LOAD_BENCH_PATCH_MIB", 8) as usize,
             records: env_number("LOAD_BENCH_RECORDS", 5000) as usize,
             idle: env_number("LOAD_BENCH_IDLE", 10_000) as usize,
             clip_seconds: env_number("LOAD_BENCH_CLIP_SECONDS", 4),
@@ -1166,8 +1170,6 @@ fn transcode(
     }
 }
 
-const PATCH_BYTES: usize = 8 * 1024 * 1024;
-
 /// A tus upload in 8 MiB PATCHes vs `dd bs=8M conv=fsync` of the same bytes to the same disk;
 /// best of `rounds` each. Both sides fsync once, at the end: the server fsyncs the partial file
 /// when the last PATCH completes it, before finishing and the final 204 (the default
@@ -1182,6 +1184,10 @@ fn upload(
     settings: &Settings,
 ) -> Row {
     let size = settings.upload_mib * 1024 * 1024;
+    let patch_bytes = match settings.patch_mib {
+        0 => size,
+        mib => mib * 1024 * 1024,
+    };
     let source = scratch.join("source.bin");
     common::write_source(&source, size);
     let mut best_dd = f64::MAX;
@@ -1199,7 +1205,8 @@ fn upload(
         assert!(status.success());
         best_dd = best_dd.min(started.elapsed().as_secs_f64());
         std::fs::remove_file(&target).unwrap();
-        let (seconds, latencies) = runtime.block_on(tus_upload(client, server, &source, size));
+        let (seconds, latencies) =
+            runtime.block_on(tus_upload(client, server, &source, size, patch_bytes));
         best_upload = best_upload.min(seconds);
         patch_ms.extend(latencies);
         // Keep the disk from filling up between rounds.
@@ -1211,10 +1218,12 @@ fn upload(
     let megabytes = size as f64 / 1e6;
     Row {
         scenario: format!(
-            "tus upload ({} MiB in 8 MiB PATCHes, best of {})",
-            settings.upload_mib, settings.rounds
+            "tus upload ({} MiB in {} MiB PATCHes, best of {})",
+            settings.upload_mib,
+            patch_bytes / (1024 * 1024),
+            settings.rounds
         ),
-        requests_per_s: Some((size / PATCH_BYTES) as f64 / best_upload),
+        requests_per_s: Some(size.div_ceil(patch_bytes) as f64 / best_upload),
         megabytes_per_s: Some(megabytes / best_upload),
         p50_ms: Some(at(0.5)),
         p99_ms: Some(at(0.99)),
@@ -1251,6 +1260,7 @@ async fn tus_upload(
     server: &Server,
     source: &Path,
     size: usize,
+    patch_bytes: usize,
 ) -> (f64, Vec<f64>) {
     let started = Instant::now();
     let created = client
@@ -1266,7 +1276,7 @@ async fn tus_upload(
     let mut offset = 0;
     let mut latencies = Vec::new();
     while offset < size {
-        let length = PATCH_BYTES.min(size - offset);
+        let length = patch_bytes.min(size - offset);
         let patch_started = Instant::now();
         let response = client
             .patch(server.url(&location))
