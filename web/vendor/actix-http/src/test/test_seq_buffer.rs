@@ -224,12 +224,4 @@ mod tests {
         assert_ready_ok!(Pin::new(&mut buffer).poll_flush(&mut cx));
         assert_ready_ok!(Pin::new(&mut buffer).poll_shutdown(&mut cx));
     }
-
-    #[test]
-    #[should_panic(expected = "Tried to extend the read buffer")]
-    fn extend_read_buf_after_close_panics() {
-        let mut buffer = TestSeqBuffer::empty();
-        buffer.close_read();
-        buffer.extend_read_buf("data");
-    }
 }

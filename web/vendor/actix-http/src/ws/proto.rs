@@ -296,12 +296,6 @@ mod test {
     }
 
     #[test]
-    #[should_panic]
-    fn test_from_opcode_debug() {
-        opcode_from!(OpCode::Bad => 99);
-    }
-
-    #[test]
     fn test_from_opcode_display() {
         assert_eq!(format!("{}", OpCode::Continue), "CONTINUE");
         assert_eq!(format!("{}", OpCode::Text), "TEXT");

@@ -230,16 +230,4 @@ mod tests {
             assert!(q(x as f32 / 1000.0).to_string().len() <= 5);
         }
     }
-
-    #[test]
-    #[should_panic]
-    fn negative_quality() {
-        q(-1.0);
-    }
-
-    #[test]
-    #[should_panic]
-    fn quality_out_of_bounds() {
-        q(2.0);
-    }
 }
