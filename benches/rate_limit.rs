@@ -1,4 +1,4 @@
-//! Criterion benches for the per-client rate limiter (`RateLimits::check`, run on every request
+//! Criterion benches for the per-client rate limiter (`RateLimits::check_at`, run on every request
 //! when limits are on): one client within its bucket, one client refused, and 10,000 clients
 //! in turn. Only the limiter's public API. Run with `cargo bench --bench rate_limit`.
 
@@ -9,12 +9,13 @@ use std::{
     hint::black_box,
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
+    time::Instant,
 };
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use streamgate::config::{self, Sources};
 use streamgate_actors::{audit::AuditLog, monitor::Metrics, store::SledStore};
-use streamgate_web::middleware::rate_limit::RateLimits;
+use streamgate_web::middleware::rate_limit::{RateLimits, ServiceId};
 
 fn limits(overrides: &[&str], store: Arc<SledStore>) -> RateLimits {
     let config = config::load(&Sources {
@@ -39,19 +40,35 @@ fn rate_limit(c: &mut Criterion) {
         &["rate_limit.services.streaming={ capacity = 4000000000, refill_per_second = 4000000000 }"],
         store.clone(),
     );
-    assert!(roomy.check("streaming", client).is_ok());
+    assert!(roomy
+        .check_at(ServiceId::STREAMING, client, Instant::now())
+        .is_ok());
     c.bench_function("rate_limit/check_allowed", |b| {
-        b.iter(|| roomy.check(black_box("streaming"), black_box(client)))
+        b.iter(|| {
+            roomy.check_at(
+                black_box(ServiceId::STREAMING),
+                black_box(client),
+                Instant::now(),
+            )
+        })
     });
 
     let tight = limits(
         &["rate_limit.services.auth={ capacity = 1, refill_per_second = 1 }"],
         store.clone(),
     );
-    let _ = tight.check("auth", client);
-    assert!(tight.check("auth", client).is_err());
+    let _ = tight.check_at(ServiceId::AUTH, client, Instant::now());
+    assert!(tight
+        .check_at(ServiceId::AUTH, client, Instant::now())
+        .is_err());
     c.bench_function("rate_limit/check_refused", |b| {
-        b.iter(|| tight.check(black_box("auth"), black_box(client)))
+        b.iter(|| {
+            tight.check_at(
+                black_box(ServiceId::AUTH),
+                black_box(client),
+                Instant::now(),
+            )
+        })
     });
 
     let clients: Vec<IpAddr> = (0..10_000u32)
@@ -61,7 +78,11 @@ fn rate_limit(c: &mut Criterion) {
     c.bench_function("rate_limit/check_10k_clients", |b| {
         b.iter(|| {
             turn = (turn + 1) % clients.len();
-            roomy.check(black_box("streaming"), clients[turn])
+            roomy.check_at(
+                black_box(ServiceId::STREAMING),
+                clients[turn],
+                Instant::now(),
+            )
         })
     });
 }

@@ -60,12 +60,6 @@ impl ServiceId {
         panic!("not in names::SERVICES")
     }
 
-    /// The service with this label, if it is one.
-    pub fn from_label(label: &str) -> Option<Self> {
-        let index = names::SERVICES.iter().position(|name| *name == label)?;
-        u8::try_from(index).ok().map(Self)
-    }
-
     pub fn label(self) -> &'static str {
         names::SERVICES
             .get(usize::from(self.0))
@@ -223,16 +217,8 @@ impl RateLimits {
         }
     }
 
-    /// Takes one token from `client`'s bucket of `service`; `Err` holds how long until the
-    /// next token.
-    pub fn check(&self, service: &str, client: IpAddr) -> Result<(), Duration> {
-        match ServiceId::from_label(service) {
-            Some(service) => self.check_at(service, client, Instant::now()),
-            None => Ok(()),
-        }
-    }
-
-    /// [`Self::check`] at `now` (the middleware has already read the clock for the request).
+    /// Takes one token from `client`'s bucket of `service` at `now` (the middleware has already
+    /// read the clock for the request); `Err` holds how long until the next token.
     pub fn check_at(
         &self,
         service: ServiceId,
