@@ -185,9 +185,9 @@ pub struct TusSink {
     /// The running hash of the whole file; `None` when unknown (finishing then reads the file)
     /// and while `in_flight` has it.
     pub(super) whole: Option<Sha256>,
-    /// The previous buffer being hashed and written on the blocking pool while the next one
-    /// arrives; it hands the whole-file hasher back.
-    pub(super) in_flight: Option<tokio::task::JoinHandle<std::io::Result<Option<Sha256>>>>,
+    /// The previous buffer being written and hashed on the blocking pool while the next one
+    /// arrives; its hash task hands the whole-file hasher back.
+    pub(super) in_flight: Option<InFlight>,
     /// The file's first bytes, gathered until the container is known.
     pub(super) head: Option<Vec<u8>>,
     /// The container became known during this PATCH, so the record must learn it.
@@ -243,40 +243,52 @@ impl TusSink {
         Ok(())
     }
 
-    /// Sends the pending chunks to the blocking pool (hash, then one gathered append); at most
-    /// one batch is in flight, so receiving the next overlaps with writing this one.
+    /// Sends the pending chunks to the blocking pool: one gathered append and, beside it on
+    /// another thread, the whole-file hash. At most one batch is in flight, so receiving the
+    /// next overlaps with writing and hashing this one.
     pub(super) async fn flush(&mut self) -> Result<(), UploadError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         self.settle().await?;
-        let chunks = std::mem::take(&mut self.pending);
+        let chunks = Arc::new(std::mem::take(&mut self.pending));
         let (position, length) = (self.start + self.flushed, self.pending_bytes);
         self.flushed += length as u64;
         self.pending_bytes = 0;
-        let (file, lock, mut whole) = (self.file.clone(), self.lock.clone(), self.whole.take());
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let _lock = lock;
-            if let Some(hasher) = &mut whole {
-                for chunk in &chunks {
+        // Hashing costs about as much as copying into the page cache; one after the other
+        // they were the upload's slowest stage.
+        let hash = self.whole.take().map(|mut hasher| {
+            let chunks = chunks.clone();
+            tokio::task::spawn_blocking(move || {
+                for chunk in chunks.iter() {
                     hasher.update(chunk);
                 }
-            }
+                hasher
+            })
+        });
+        let (file, lock) = (self.file.clone(), self.lock.clone());
+        let write = tokio::task::spawn_blocking(move || {
+            let _lock = lock;
             append_all(&file, &chunks)?;
             start_writeback(&file, position, length);
-            Ok(whole)
-        }));
+            Ok(())
+        });
+        self.in_flight = Some(InFlight { write, hash });
         Ok(())
     }
 
-    /// Waits for the write in flight and takes the hasher back.
+    /// Waits for the batch in flight and takes the hasher back.
     pub(super) async fn settle(&mut self) -> Result<(), UploadError> {
-        if let Some(task) = self.in_flight.take() {
-            self.whole = task
-                .await
-                .map_err(|e| UploadError::Disk(e.to_string()))?
-                .map_err(io_error)?;
-        }
+        let Some(batch) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let joined = |error: tokio::task::JoinError| UploadError::Disk(error.to_string());
+        let hashed = match batch.hash {
+            Some(task) => Some(task.await.map_err(joined)?),
+            None => None,
+        };
+        batch.write.await.map_err(joined)?.map_err(io_error)?;
+        self.whole = hashed;
         Ok(())
     }
 
@@ -310,6 +322,13 @@ impl TusSink {
         })
         .await
     }
+}
+
+/// A batch handed to the blocking pool: its append (holding the upload's lock, so a dropped
+/// sink's last write cannot land after the next PATCH has started) and its hash.
+pub(super) struct InFlight {
+    write: tokio::task::JoinHandle<std::io::Result<()>>,
+    hash: Option<tokio::task::JoinHandle<Sha256>>,
 }
 
 /// Starts writing a batch just appended to the disk, without waiting for it: otherwise the page
