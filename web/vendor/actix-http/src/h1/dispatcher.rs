@@ -39,6 +39,8 @@ use crate::{
 
 const LW_BUFFER_SIZE: usize = 1024;
 const HW_BUFFER_SIZE: usize = 1024 * 8;
+/// StreamGate patch: room a read makes while a request body streams in.
+const PAYLOAD_READ_SIZE: usize = 1024 * 64;
 
 /// StreamGate patch: gives `write_buf` its buffer back from the pool before a response is
 /// written into it (see idle_buffers).
@@ -1253,7 +1255,14 @@ where
             }
             let remaining = this.read_buf.capacity() - this.read_buf.len();
             if remaining < LW_BUFFER_SIZE {
-                this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
+                // StreamGate patch: a request body streams in reads of up to
+                // PAYLOAD_READ_SIZE, not HW_BUFFER_SIZE (see PATCHED.md).
+                let wanted = if this.payload.is_some() {
+                    PAYLOAD_READ_SIZE
+                } else {
+                    HW_BUFFER_SIZE
+                };
+                this.read_buf.reserve(wanted - remaining);
             }
 
             match tokio_util::io::poll_read_buf(io.as_mut(), cx, this.read_buf) {
@@ -1511,8 +1520,8 @@ where
                     {
                         // Write first: the pool is a stack, so the next request's read takes
                         // this read buffer back, and its response this write buffer.
-                        idle_buffers::give_back(inner_p.write_buf, HW_BUFFER_SIZE);
-                        idle_buffers::give_back(inner_p.read_buf, HW_BUFFER_SIZE);
+                        idle_buffers::give_back(inner_p.write_buf, HW_BUFFER_SIZE, true);
+                        idle_buffers::give_back(inner_p.read_buf, HW_BUFFER_SIZE, false);
                     }
 
                     trace_timer_states(

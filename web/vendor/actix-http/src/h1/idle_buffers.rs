@@ -29,11 +29,16 @@ pub(crate) fn take(new_capacity: usize) -> BytesMut {
 
 /// Leaves `buffer` empty and without an allocation; what it held goes to the pool (or to the
 /// allocator when the pool is full). A buffer grown past `pooled_capacity` by a large message
-/// stays where it is: the connection keeps it as it would unpatched (within the dispatcher's
-/// own retention limit), so a connection streaming large responses does not grow a fresh
-/// buffer for each one.
-pub(crate) fn give_back(buffer: &mut BytesMut, pooled_capacity: usize) {
-    if buffer.capacity() == 0 || buffer.capacity() > pooled_capacity {
+/// goes to the allocator, or, with `keep_grown`, stays where it is: a write buffer is kept as
+/// it would be unpatched (within the dispatcher's own retention limit), so a connection
+/// streaming large responses does not grow a fresh buffer for each one; a read buffer grown
+/// by a request body's reads is not needed by the small requests that usually follow.
+pub(crate) fn give_back(buffer: &mut BytesMut, pooled_capacity: usize, keep_grown: bool) {
+    if buffer.capacity() == 0 || (keep_grown && buffer.capacity() > pooled_capacity) {
+        return;
+    }
+    if buffer.capacity() > pooled_capacity {
+        *buffer = BytesMut::new();
         return;
     }
     let mut buffer = std::mem::take(buffer);
@@ -57,7 +62,7 @@ mod tests {
         buffer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
         drop(buffer.split_to(18));
         let address = buffer.as_ptr();
-        give_back(&mut buffer, 8192);
+        give_back(&mut buffer, 8192, true);
         assert_eq!(buffer.capacity(), 0, "the connection holds nothing while idle");
         let again = take(8192);
         assert!(again.is_empty());
@@ -67,8 +72,16 @@ mod tests {
     #[test]
     fn a_buffer_grown_by_a_large_message_stays_with_its_connection() {
         let mut big = BytesMut::with_capacity(1 << 20);
-        give_back(&mut big, 8192);
+        give_back(&mut big, 8192, true);
         assert!(big.capacity() >= 1 << 20);
+        POOL.with(|pool| assert!(pool.borrow().iter().all(|b| b.capacity() <= 8192)));
+    }
+
+    #[test]
+    fn a_grown_buffer_not_kept_is_freed_not_pooled() {
+        let mut big = BytesMut::with_capacity(64 * 1024);
+        give_back(&mut big, 8192, false);
+        assert_eq!(big.capacity(), 0, "the idle connection holds nothing");
         POOL.with(|pool| assert!(pool.borrow().iter().all(|b| b.capacity() <= 8192)));
     }
 }
