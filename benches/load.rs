@@ -1070,6 +1070,25 @@ fn bare_transcode(config: &streamgate_actors::config::TranscodeConfig, input: &P
     }
 }
 
+/// Waits until no job is queued or running.
+async fn jobs_idle(client: &reqwest::Client, server: &Server) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        ticks.tick().await;
+        let mut busy = false;
+        for state in ["queued", "running"] {
+            let url = server.url(&format!("/api/v1/jobs?state={state}"));
+            let jobs: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            busy |= !jobs["items"].as_array().unwrap().is_empty();
+        }
+        if !busy {
+            return;
+        }
+        assert!(Instant::now() < deadline, "jobs still busy after 600 s");
+    }
+}
+
 async fn job_done(client: &reqwest::Client, url: &str) -> Value {
     let mut ticks = tokio::time::interval(Duration::from_millis(10));
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -1235,6 +1254,9 @@ fn upload(
         );
         best_upload = best_upload.min(seconds);
         patch_ms.extend(latencies);
+        // The finished upload queued a transcode job (ffprobe refuses the bench's bytes); it
+        // must not run during the next round's timed steps.
+        runtime.block_on(jobs_idle(client, server));
         // Keep the disk from filling up between rounds.
         let _ = std::fs::remove_dir_all(data_dir.join("blobs/uploads"));
     }

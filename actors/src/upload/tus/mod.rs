@@ -492,6 +492,7 @@ impl Handler<BeginTusPatch> for UploadActor {
                     .checksum
                     .map(|checksum| (checksum.clone(), ChunkHasher::new(checksum.algorithm))),
                 whole,
+                hashing: None,
                 in_flight: None,
                 head,
                 sniffed: false,

@@ -183,11 +183,12 @@ pub struct TusSink {
     pub(super) flushed: u64,
     pub(super) chunk: Option<(ChunkChecksum, ChunkHasher)>,
     /// The running hash of the whole file; `None` when unknown (finishing then reads the file)
-    /// and while `in_flight` has it.
+    /// and while `hashing` has it.
     pub(super) whole: Option<Sha256>,
-    /// The previous buffer being written and hashed on the blocking pool while the next one
-    /// arrives; its hash task hands the whole-file hasher back.
-    pub(super) in_flight: Option<InFlight>,
+    /// The whole-file hash running on its own thread, a few batches behind the writes.
+    pub(super) hashing: Option<HashFeed>,
+    /// The previous buffer being written on the blocking pool while the next one arrives.
+    pub(super) in_flight: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// The file's first bytes, gathered until the container is known.
     pub(super) head: Option<Vec<u8>>,
     /// The container became known during this PATCH, so the record must learn it.
@@ -243,52 +244,44 @@ impl TusSink {
         Ok(())
     }
 
-    /// Sends the pending chunks to the blocking pool: one gathered append and, beside it on
-    /// another thread, the whole-file hash. At most one batch is in flight, so receiving the
-    /// next overlaps with writing and hashing this one.
+    /// Sends the pending chunks to the blocking pool as one gathered append, and to the hash
+    /// thread; at most one append is in flight, so receiving the next batch overlaps with
+    /// writing this one, and the hash may lag a few batches behind both.
     pub(super) async fn flush(&mut self) -> Result<(), UploadError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.settle().await?;
         let chunks = Arc::new(std::mem::take(&mut self.pending));
+        if let Some(hasher) = self.whole.take() {
+            self.hashing = Some(HashFeed::start(hasher));
+        }
+        if let Some(feed) = &self.hashing {
+            if feed.batches.send(chunks.clone()).await.is_err() {
+                // The hash thread is gone (it panicked): finishing reads the file instead.
+                self.hashing = None;
+            }
+        }
+        self.settle().await?;
         let (position, length) = (self.start + self.flushed, self.pending_bytes);
         self.flushed += length as u64;
         self.pending_bytes = 0;
-        // Hashing costs about as much as copying into the page cache; one after the other
-        // they were the upload's slowest stage.
-        let hash = self.whole.take().map(|mut hasher| {
-            let chunks = chunks.clone();
-            tokio::task::spawn_blocking(move || {
-                for chunk in chunks.iter() {
-                    hasher.update(chunk);
-                }
-                hasher
-            })
-        });
         let (file, lock) = (self.file.clone(), self.lock.clone());
-        let write = tokio::task::spawn_blocking(move || {
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let _lock = lock;
             append_all(&file, &chunks)?;
             start_writeback(&file, position, length);
             Ok(())
-        });
-        self.in_flight = Some(InFlight { write, hash });
+        }));
         Ok(())
     }
 
-    /// Waits for the batch in flight and takes the hasher back.
+    /// Waits for the write in flight.
     pub(super) async fn settle(&mut self) -> Result<(), UploadError> {
-        let Some(batch) = self.in_flight.take() else {
-            return Ok(());
-        };
-        let joined = |error: tokio::task::JoinError| UploadError::Disk(error.to_string());
-        let hashed = match batch.hash {
-            Some(task) => Some(task.await.map_err(joined)?),
-            None => None,
-        };
-        batch.write.await.map_err(joined)?.map_err(io_error)?;
-        self.whole = hashed;
+        if let Some(task) = self.in_flight.take() {
+            task.await
+                .map_err(|e| UploadError::Disk(e.to_string()))?
+                .map_err(io_error)?;
+        }
         Ok(())
     }
 
@@ -304,10 +297,14 @@ impl TusSink {
     }
 
     /// Writes every received byte to the file (the page cache): from here a crash of the
-    /// process cannot lose them.
+    /// process cannot lose them. Then takes the whole-file hash back.
     pub(super) async fn write_out(&mut self) -> Result<(), UploadError> {
         self.flush().await?;
-        self.settle().await
+        self.settle().await?;
+        if let Some(feed) = self.hashing.take() {
+            self.whole = feed.finish().await;
+        }
+        Ok(())
     }
 
     /// fsyncs the file. `with_mtime` also syncs the metadata the expiry is derived from.
@@ -324,11 +321,36 @@ impl TusSink {
     }
 }
 
-/// A batch handed to the blocking pool: its append (holding the upload's lock, so a dropped
-/// sink's last write cannot land after the next PATCH has started) and its hash.
-pub(super) struct InFlight {
-    write: tokio::task::JoinHandle<std::io::Result<()>>,
-    hash: Option<tokio::task::JoinHandle<Sha256>>,
+/// Batches the hash thread may lag behind: the bytes they hold stay in memory until hashed.
+const HASH_QUEUE: usize = 4;
+
+/// The whole-file SHA-256 on a blocking-pool thread, fed batch by batch in order. Hashing a
+/// gibibyte costs ~0.8 s of CPU (more than receiving and writing it together): on the thread
+/// that receives, or in turn with the writes, it set the upload's pace.
+pub(super) struct HashFeed {
+    batches: tokio::sync::mpsc::Sender<Arc<Vec<Bytes>>>,
+    task: tokio::task::JoinHandle<Sha256>,
+}
+
+impl HashFeed {
+    fn start(mut hasher: Sha256) -> Self {
+        let (batches, mut received) = tokio::sync::mpsc::channel::<Arc<Vec<Bytes>>>(HASH_QUEUE);
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(batch) = received.blocking_recv() {
+                for chunk in batch.iter() {
+                    hasher.update(chunk);
+                }
+            }
+            hasher
+        });
+        Self { batches, task }
+    }
+
+    /// The hasher once every batch sent is hashed; `None` if the thread panicked.
+    async fn finish(self) -> Option<Sha256> {
+        drop(self.batches);
+        self.task.await.ok()
+    }
 }
 
 /// Starts writing a batch just appended to the disk, without waiting for it: otherwise the page

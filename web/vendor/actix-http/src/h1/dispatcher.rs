@@ -39,8 +39,9 @@ use crate::{
 
 const LW_BUFFER_SIZE: usize = 1024;
 const HW_BUFFER_SIZE: usize = 1024 * 8;
-/// StreamGate patch: room a read makes while a request body streams in.
-const PAYLOAD_READ_SIZE: usize = 1024 * 64;
+/// StreamGate patch: room a read makes while a request body streams in: as much as one pass
+/// of the read loop takes (`MAX_BUFFER_SIZE`), so the pass never regrows (copies) the buffer.
+const PAYLOAD_READ_SIZE: usize = MAX_BUFFER_SIZE;
 
 /// StreamGate patch: gives `write_buf` its buffer back from the pool before a response is
 /// written into it (see idle_buffers).
