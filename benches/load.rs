@@ -1245,12 +1245,13 @@ fn upload(
         let dd_cpu = children_cpu() - dd_cpu0;
         std::fs::remove_file(&target).unwrap();
         settle_disk();
-        let (server0, self0) = (server.cpu_seconds(), self_cpu());
+        let (server0, self0, all0) = (server.cpu_seconds(), self_cpu(), machine_cpu());
         let (seconds, latencies) = tus_upload(runtime, client, server, &source, size, patch_bytes);
         eprintln!(
-            "upload round: dd {dd_seconds:.2} s ({dd_cpu:.2} s CPU); upload {seconds:.2} s (server {:.2} s CPU, client {:.2} s CPU)",
+            "upload round: dd {dd_seconds:.2} s ({dd_cpu:.2} s CPU); upload {seconds:.2} s (server {:.2} s CPU, client {:.2} s CPU, machine {:.2} s CPU)",
             server.cpu_seconds() - server0,
-            self_cpu() - self0
+            self_cpu() - self0,
+            machine_cpu() - all0
         );
         best_upload = best_upload.min(seconds);
         patch_ms.extend(latencies);
@@ -1617,6 +1618,21 @@ fn rusage_seconds(who: i32) -> f64 {
 
 fn self_cpu() -> f64 {
     rusage_seconds(libc::RUSAGE_SELF)
+}
+
+/// Busy CPU seconds of the whole machine so far (kernel threads such as writeback included).
+fn machine_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|field| field.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]) / 100.0
 }
 
 fn children_cpu() -> f64 {

@@ -573,6 +573,10 @@ impl Handler<CommitTusPatch> for UploadActor {
                 return Ok(upload);
             }
             // Still holding the sink (and so the lock) while finishing.
+            let whole = match whole {
+                Some(hashed) => hashed.resolve().await,
+                None => None,
+            };
             let finished = finisher.finish(upload, whole, msg.caller).await;
             drop(sink);
             finished

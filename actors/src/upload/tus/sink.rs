@@ -66,7 +66,7 @@ pub struct TusShared {
     pub(super) locks: Arc<Mutex<HashSet<UploadId>>>,
     /// The running whole-file SHA-256 of uploads between PATCHes, with the offset it covers.
     /// Lost on restart; finishing then hashes the file from disk.
-    pub(super) hashes: Arc<Mutex<HashMap<UploadId, (u64, Sha256)>>>,
+    pub(super) hashes: Arc<Mutex<HashMap<UploadId, (u64, Hashed)>>>,
 }
 
 impl TusShared {
@@ -81,16 +81,16 @@ impl TusShared {
         })
     }
 
-    pub(super) fn take_hash(&self, upload_id: &UploadId, offset: u64) -> Option<Sha256> {
+    pub(super) fn take_hash(&self, upload_id: &UploadId, offset: u64) -> Option<Hashed> {
         let mut hashes = self.hashes.lock().ok()?;
         match hashes.remove(upload_id) {
             Some((covered, hasher)) if covered == offset => Some(hasher),
-            _ if offset == 0 => Some(Sha256::new()),
+            _ if offset == 0 => Some(Hashed::Ready(Sha256::new())),
             _ => None,
         }
     }
 
-    pub(super) fn keep_hash(&self, upload_id: &UploadId, offset: u64, hasher: Sha256) {
+    pub(super) fn keep_hash(&self, upload_id: &UploadId, offset: u64, hasher: Hashed) {
         if let Ok(mut hashes) = self.hashes.lock() {
             hashes.insert(upload_id.clone(), (offset, hasher));
         }
@@ -184,7 +184,7 @@ pub struct TusSink {
     pub(super) chunk: Option<(ChunkChecksum, ChunkHasher)>,
     /// The running hash of the whole file; `None` when unknown (finishing then reads the file)
     /// and while `hashing` has it.
-    pub(super) whole: Option<Sha256>,
+    pub(super) whole: Option<Hashed>,
     /// The whole-file hash running on its own thread, a few batches behind the writes.
     pub(super) hashing: Option<HashFeed>,
     /// The previous buffer being written on the blocking pool while the next one arrives.
@@ -253,7 +253,10 @@ impl TusSink {
         }
         let chunks = Arc::new(std::mem::take(&mut self.pending));
         if let Some(hasher) = self.whole.take() {
-            self.hashing = Some(HashFeed::start(hasher));
+            // The previous PATCH's hash has usually caught up during the round trip between.
+            if let Some(hasher) = hasher.resolve().await {
+                self.hashing = Some(HashFeed::start(hasher));
+            }
         }
         if let Some(feed) = &self.hashing {
             if feed.batches.send(chunks.clone()).await.is_err() {
@@ -297,12 +300,12 @@ impl TusSink {
     }
 
     /// Writes every received byte to the file (the page cache): from here a crash of the
-    /// process cannot lose them. Then takes the whole-file hash back.
+    /// process cannot lose them. The whole-file hash may still be catching up.
     pub(super) async fn write_out(&mut self) -> Result<(), UploadError> {
         self.flush().await?;
         self.settle().await?;
         if let Some(feed) = self.hashing.take() {
-            self.whole = feed.finish().await;
+            self.whole = Some(Hashed::CatchingUp(feed.close()));
         }
         Ok(())
     }
@@ -346,10 +349,30 @@ impl HashFeed {
         Self { batches, task }
     }
 
-    /// The hasher once every batch sent is hashed; `None` if the thread panicked.
-    async fn finish(self) -> Option<Sha256> {
+    /// No more batches: the thread hashes what it has and hands the hasher back.
+    fn close(self) -> tokio::task::JoinHandle<Sha256> {
         drop(self.batches);
-        self.task.await.ok()
+        self.task
+    }
+}
+
+/// The whole-file hash between batches and PATCHes.
+pub(super) enum Hashed {
+    Ready(Sha256),
+    /// The hash thread of a PATCH already acknowledged, hashing its last batches: waiting for it
+    /// is left to whoever needs the hash next (the next PATCH's first batch, or finishing), so
+    /// the reply does not wait for it.
+    CatchingUp(tokio::task::JoinHandle<Sha256>),
+}
+
+impl Hashed {
+    /// The hasher, once caught up; `None` if the hash thread panicked (finishing then reads
+    /// the file).
+    pub(super) async fn resolve(self) -> Option<Sha256> {
+        match self {
+            Self::Ready(hasher) => Some(hasher),
+            Self::CatchingUp(task) => task.await.ok(),
+        }
     }
 }
 
