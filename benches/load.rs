@@ -8,7 +8,8 @@
 //! real binary, the seeded data set and 2,000 held connections (failing above 6 KB each).
 //!
 //! Tunables (environment): LOAD_BENCH_SECONDS (per wrk run, 3), LOAD_BENCH_ROUNDS (2),
-//! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_PATCH_MIB (8; 0 = the whole upload in one PATCH),
+//! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_PATCH_MIB (PATCH sizes, a row each: 0,8; 0 = the
+//! whole upload in one PATCH),
 //! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
 //! (4), LOAD_BENCH_TRANSCODE_RUNS (5), LOAD_BENCH_ONLY (all; else a comma-separated subset of
 //! segments, small, onoff, mix, gated, transcode, upload, idle), LOAD_BENCH_SMAPS_DIR (unset;
@@ -69,8 +70,9 @@ struct Settings {
     seconds: u32,
     rounds: usize,
     upload_mib: usize,
-    /// 0: the whole upload in one PATCH (tus-js-client's and Uppy's default chunk size).
-    patch_mib: usize,
+    /// PATCH sizes to upload with, one row each; 0: the whole upload in one PATCH
+    /// (tus-js-client's and Uppy's default chunk size).
+    patch_mibs: Vec<usize>,
     records: usize,
     idle: usize,
     clip_seconds: u64,
@@ -85,7 +87,15 @@ impl Settings {
             seconds: env_number("LOAD_BENCH_SECONDS", 3) as u32,
             rounds: env_number("LOAD_BENCH_ROUNDS", 2).max(1) as usize,
             upload_mib: env_number("LOAD_BENCH_UPLOAD_MIB", 1024) as usize,
-            patch_mib: env_number("LOAD_BENCH_PATCH_MIB", 8) as usize,
+            patch_mibs: std::env::var("LOAD_BENCH_PATCH_MIB")
+                .unwrap_or_else(|_| "0,8".into())
+                .split(',')
+                .map(|mib| {
+                    mib.trim()
+                        .parse()
+                        .expect("LOAD_BENCH_PATCH_MIB: MiB numbers")
+                })
+                .collect(),
             records: env_number("LOAD_BENCH_RECORDS", 5000) as usize,
             idle: env_number("LOAD_BENCH_IDLE", 10_000) as usize,
             clip_seconds: env_number("LOAD_BENCH_CLIP_SECONDS", 4),
@@ -915,7 +925,7 @@ fn main() {
     }
     if settings.runs("upload") {
         server.reset_peak();
-        rows.push(upload(
+        rows.extend(upload(
             &runtime,
             &client,
             &server,
@@ -1202,12 +1212,14 @@ fn transcode(
     }
 }
 
-/// A tus upload in 8 MiB PATCHes vs `dd bs=8M conv=fsync` of the same bytes to the same disk;
-/// best of `rounds` (at least 5) each, alternating, each step after a `sync` so neither pays
-/// for the other's writeback. Both sides fsync once, at the end: the server fsyncs the partial file
-/// when the last PATCH completes it, before finishing and the final 204 (the default
-/// `upload.sync_every_patch = false`; each PATCH is acknowledged once written, which survives
-/// `kill -9`). The upload's time runs from creation to the last 204, finishing included.
+/// A tus upload vs `dd bs=8M conv=fsync` of the same bytes to the same disk, a row per PATCH
+/// size (one PATCH, as tus-js-client and Uppy send by default; 8 MiB PATCHes). Each round runs
+/// dd and then each upload, each step after a `sync` so none pays for another's writeback; a
+/// row's ratio is dd's best round to the upload's best, over at least 5 rounds. Both sides fsync
+/// once, at the end: the server fsyncs the partial file when the last PATCH completes it, before
+/// finishing and the final 204 (the default `upload.sync_every_patch = false`; each PATCH is
+/// acknowledged once written, which survives `kill -9`). An upload's time runs from creation to
+/// the last 204, finishing included.
 fn upload(
     runtime: &tokio::runtime::Runtime,
     client: &reqwest::Client,
@@ -1215,18 +1227,19 @@ fn upload(
     scratch: &Path,
     data_dir: &Path,
     settings: &Settings,
-) -> Row {
+) -> Vec<Row> {
     let size = settings.upload_mib * 1024 * 1024;
-    let patch_bytes = match settings.patch_mib {
-        0 => size,
-        mib => mib * 1024 * 1024,
-    };
+    let patch_sizes: Vec<usize> = settings
+        .patch_mibs
+        .iter()
+        .map(|&mib| if mib == 0 { size } else { mib * 1024 * 1024 })
+        .collect();
     let source = scratch.join("source.bin");
     common::write_source(&source, size);
     let mut best_dd = f64::MAX;
-    let mut best_upload = f64::MAX;
-    let mut patch_ms = Vec::new();
-    // On this VM's disk and memory a dd of 1 GiB takes 0.7–3.3 s from one round to the next.
+    let mut best_upload = vec![f64::MAX; patch_sizes.len()];
+    let mut patch_ms = vec![Vec::new(); patch_sizes.len()];
+    // On this VM's disk and memory a dd of 1 GiB takes 0.7–3.7 s from one round to the next.
     let rounds = settings.rounds.max(5);
     for _ in 0..rounds {
         let target = scratch.join("dd.out");
@@ -1243,46 +1256,65 @@ fn upload(
         let dd_seconds = started.elapsed().as_secs_f64();
         best_dd = best_dd.min(dd_seconds);
         let dd_cpu = children_cpu() - dd_cpu0;
+        eprintln!("upload round: dd {dd_seconds:.2} s ({dd_cpu:.2} s CPU)");
         std::fs::remove_file(&target).unwrap();
-        settle_disk();
-        let (server0, self0, all0) = (server.cpu_seconds(), self_cpu(), machine_cpu());
-        let (seconds, latencies) = tus_upload(runtime, client, server, &source, size, patch_bytes);
-        eprintln!(
-            "upload round: dd {dd_seconds:.2} s ({dd_cpu:.2} s CPU); upload {seconds:.2} s (server {:.2} s CPU, client {:.2} s CPU, machine {:.2} s CPU)",
-            server.cpu_seconds() - server0,
-            self_cpu() - self0,
-            machine_cpu() - all0
-        );
-        best_upload = best_upload.min(seconds);
-        patch_ms.extend(latencies);
-        // The finished upload queued a transcode job (ffprobe refuses the bench's bytes); it
-        // must not run during the next round's timed steps.
-        runtime.block_on(jobs_idle(client, server));
-        // Keep the disk from filling up between rounds.
-        let _ = std::fs::remove_dir_all(data_dir.join("blobs/uploads"));
+        for (variant, &patch_bytes) in patch_sizes.iter().enumerate() {
+            settle_disk();
+            let (server0, self0, all0) = (server.cpu_seconds(), self_cpu(), machine_cpu());
+            let (seconds, latencies) =
+                tus_upload(runtime, client, server, &source, size, patch_bytes);
+            eprintln!(
+                "upload round: {} MiB PATCHes {seconds:.2} s (server {:.2} s CPU, client {:.2} s CPU, machine {:.2} s CPU)",
+                patch_bytes / (1024 * 1024),
+                server.cpu_seconds() - server0,
+                self_cpu() - self0,
+                machine_cpu() - all0
+            );
+            best_upload[variant] = best_upload[variant].min(seconds);
+            patch_ms[variant].extend(latencies);
+            // The finished upload queued a transcode job (ffprobe refuses the bench's bytes);
+            // it must not run during the next timed step.
+            runtime.block_on(jobs_idle(client, server));
+            // Keep the disk from filling up between rounds.
+            let _ = std::fs::remove_dir_all(data_dir.join("blobs/uploads"));
+        }
     }
     let _ = std::fs::remove_file(&source);
-    patch_ms.sort_by(f64::total_cmp);
-    let at = |q: f64| patch_ms[((patch_ms.len() as f64 - 1.0) * q) as usize];
     let megabytes = size as f64 / 1e6;
-    Row {
-        scenario: format!(
-            "tus upload ({} MiB in {} MiB PATCHes, best of {})",
-            settings.upload_mib,
-            patch_bytes / (1024 * 1024),
-            rounds
-        ),
-        requests_per_s: Some(size.div_ceil(patch_bytes) as f64 / best_upload),
-        megabytes_per_s: Some(megabytes / best_upload),
-        p50_ms: Some(at(0.5)),
-        p99_ms: Some(at(0.99)),
-        peak_rss_mb: server.peak_rss_mb(),
-        baseline: format!("dd bs=8M conv=fsync {:.0} MB/s", megabytes / best_dd),
-        ratio: Some(best_dd / best_upload),
-        target: "≥ 0.8",
-        errors: 0,
-        held_mb: 0.0,
-    }
+    let peak_rss_mb = server.peak_rss_mb();
+    patch_sizes
+        .iter()
+        .zip(best_upload)
+        .zip(patch_ms)
+        .map(|((&patch_bytes, best), mut latencies)| {
+            latencies.sort_by(f64::total_cmp);
+            let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+            Row {
+                scenario: if patch_bytes == size {
+                    format!(
+                        "tus upload ({} MiB in one PATCH, best of {rounds})",
+                        settings.upload_mib
+                    )
+                } else {
+                    format!(
+                        "tus upload ({} MiB in {} MiB PATCHes, best of {rounds})",
+                        settings.upload_mib,
+                        patch_bytes / (1024 * 1024)
+                    )
+                },
+                requests_per_s: Some(size.div_ceil(patch_bytes) as f64 / best),
+                megabytes_per_s: Some(megabytes / best),
+                p50_ms: Some(at(0.5)),
+                p99_ms: Some(at(0.99)),
+                peak_rss_mb,
+                baseline: format!("dd bs=8M conv=fsync {:.0} MB/s", megabytes / best_dd),
+                ratio: Some(best_dd / best),
+                target: "≥ 0.8",
+                errors: 0,
+                held_mb: 0.0,
+            }
+        })
+        .collect()
 }
 
 /// Creates the upload over reqwest, then sends every PATCH on one keep-alive connection with
