@@ -5,7 +5,7 @@
 //! `Quota` semantics this keeps: `capacity` requests at once, then one per `1 s / refill`).
 //! The table is split into shards, each a `Mutex<HashMap>`: a check takes one uncontended lock
 //! and one lookup, where `governor`'s keyed limiter went through `dashmap`, a compare-and-swap
-//! loop and a read of its own clock; the caller passes the `Instant` it already has.
+//! loop and a read of its own clock; the caller passes the clock reading it already has.
 //! Keys are exact addresses (a collision can never make a flooder drain a polite client's
 //! bucket); the hash is keyed per process (clients choose their addresses, and could
 //! otherwise pile into one shard).
@@ -15,11 +15,11 @@ use std::{
     hash::{BuildHasher, BuildHasherDefault, Hash, Hasher},
     net::IpAddr,
     sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use foldhash::fast::RandomState;
-use streamgate_actors::monitor::family::PassThrough;
+use streamgate_actors::monitor::{clock::MonotonicNanos, family::PassThrough};
 
 /// 64 shards: enough that HTTP workers rarely meet on one lock, few enough to sweep quickly.
 const SHARD_BITS: u32 = 6;
@@ -37,13 +37,12 @@ impl Hash for Key {
     }
 }
 
-/// Nanoseconds since the table's epoch at which each client's bucket is full again.
+/// The monotonic clock's nanoseconds at which each client's bucket is full again.
 type Shard = HashMap<Key, u64, BuildHasherDefault<PassThrough>>;
 
 pub struct BucketTable {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
-    epoch: Instant,
     /// Nanoseconds per token (GCRA's emission interval).
     interval: u64,
     /// `interval × (capacity - 1)`: how far ahead of now a bucket's arrival time may run
@@ -60,19 +59,9 @@ impl BucketTable {
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
             hasher: RandomState::default(),
-            epoch: Instant::now(),
             interval,
             tolerance: interval.saturating_mul(u64::from(capacity.max(1) - 1)),
         }
-    }
-
-    fn since_epoch(&self, now: Instant) -> u64 {
-        // Not `as_nanos`: 128-bit arithmetic for a value that fits 64 bits for 584 years.
-        let elapsed = now.saturating_duration_since(self.epoch);
-        elapsed
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(elapsed.subsec_nanos()))
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
@@ -84,8 +73,8 @@ impl BucketTable {
     }
 
     /// Takes one token from `client`'s bucket at `now`; `Err` holds how long until the next.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let now = self.since_epoch(now);
+    pub fn check(&self, client: IpAddr, now: MonotonicNanos) -> Result<(), Duration> {
+        let now = now.as_nanos();
         let hash = self.hasher.hash_one(client);
         let key = Key { hash, client };
         let mut shard = self.shard(hash);
@@ -108,8 +97,8 @@ impl BucketTable {
 
     /// Drops the buckets that are full again at `now` (a new one would start full anyway),
     /// releases their memory, and returns how many remain.
-    pub fn sweep(&self, now: Instant) -> usize {
-        let now = self.since_epoch(now);
+    pub fn sweep(&self, now: MonotonicNanos) -> usize {
+        let now = now.as_nanos();
         self.shards
             .iter()
             .map(|shard| {
@@ -143,7 +132,7 @@ mod tests {
     #[test]
     fn capacity_at_once_then_the_refill_rate() {
         let table = BucketTable::new(3, 2);
-        let start = Instant::now();
+        let start = MonotonicNanos::now();
         for _ in 0..3 {
             assert_eq!(table.check(ip(1), start), Ok(()));
         }
@@ -172,7 +161,7 @@ mod tests {
     #[test]
     fn a_flood_from_many_addresses_is_swept_away_once_refilled() {
         let table = BucketTable::new(2, 10);
-        let start = Instant::now();
+        let start = MonotonicNanos::now();
         for n in 0..10_000u32 {
             let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
             assert_eq!(table.check(client, start), Ok(()));

@@ -17,7 +17,7 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll},
-    time::{Instant, SystemTime},
+    time::SystemTime,
 };
 
 use actix_web::{
@@ -30,6 +30,7 @@ use actix_web::{
     Error,
 };
 use streamgate_actors::monitor::{
+    clock::MonotonicNanos,
     otlp::{AttributeValue, FinishedSpan, SpanExporter, SpanKind},
     traces::{self, status_label, RequestRecord, RequestScope, TraceContext, TRACEPARENT_LEN},
     HttpSeries, Metrics,
@@ -172,7 +173,7 @@ pub struct ObserveService<S> {
 /// What the answer needs from the start of the request, when monitoring is on.
 struct Observed {
     state: Rc<WorkerState>,
-    started: Instant,
+    started: MonotonicNanos,
     /// The request's trace and id, the thread's current request while it is polled.
     scope: RequestScope,
     /// The caller sent a `traceparent`, so it gets ours back (continued, or a fresh trace when
@@ -205,7 +206,7 @@ where
         }
         let service = rate_limit::service_for(req.path());
         // One clock read for the bucket check and the request's duration.
-        let started = Instant::now();
+        let started = MonotonicNanos::now();
         let client_ip = state
             .limits
             .as_ref()
@@ -315,7 +316,8 @@ const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER)
 
 /// Counts the answer and gives it the request id (and our `traceparent` if the caller sent one).
 fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceResponse<B>, Error>) {
-    let finished = Instant::now();
+    let finished = MonotonicNanos::now();
+    let duration_nanos = finished.nanos_since(observed.started);
     let (route, status, response_bytes) = match &*result {
         Ok(response) => (
             route_label(response.request()),
@@ -336,7 +338,7 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
                 route,
                 method: observed.method,
                 status: status.as_u16(),
-                duration: finished.saturating_duration_since(observed.started),
+                duration_nanos,
                 finished,
                 response_bytes,
                 trace_id: Some(observed.scope.trace.trace_id),
@@ -345,7 +347,7 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
     }
     if let Some(spans) = &observed.state.spans {
         let end = SystemTime::now();
-        let duration = finished.saturating_duration_since(observed.started);
+        let duration = std::time::Duration::from_nanos(duration_nanos);
         let trace = observed.scope.trace;
         spans.export(FinishedSpan {
             trace_id: trace.trace_id,

@@ -9,7 +9,7 @@ use std::{
     net::IpAddr,
     num::NonZeroU32,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use actix_web::{
@@ -26,7 +26,7 @@ use governor::{
 use streamgate_actors::{
     audit::{action, outcome, AuditEvent, AuditLog},
     config::{BucketConfig, RateLimitConfig},
-    monitor::{names, Metrics},
+    monitor::{clock::MonotonicNanos, names, Metrics},
 };
 
 use super::buckets::BucketTable;
@@ -223,7 +223,7 @@ impl RateLimits {
         &self,
         service: ServiceId,
         client: IpAddr,
-        now: Instant,
+        now: MonotonicNanos,
     ) -> Result<(), Duration> {
         match self.inner.services.get(service.index()) {
             Some(buckets) => buckets.check(client, now),
@@ -279,7 +279,7 @@ impl RateLimits {
     /// Drops the buckets of clients whose buckets have refilled (they would start full
     /// anyway), frees the memory, and publishes how many remain.
     pub fn sweep(&self) -> usize {
-        let now = Instant::now();
+        let now = MonotonicNanos::now();
         let tracked = self
             .inner
             .services
