@@ -37,6 +37,7 @@ use streamgate_actors::monitor::{
 };
 
 use super::{
+    buckets::BucketCache,
     rate_limit::{self, RateLimits, ServiceId},
     route_label,
     trace::{RequestId, RequestIdText},
@@ -89,6 +90,7 @@ where
                 spans: self.spans.clone(),
                 series: RefCell::default(),
                 request_ids: RefCell::default(),
+                buckets: RefCell::default(),
             }),
         }))
     }
@@ -102,11 +104,12 @@ pub struct WorkerState {
     /// The metric series each (service, route, method, status) bumps, keyed by the labels'
     /// addresses: every label is a `'static` string from a fixed table, so the key is four
     /// integers and the map stays as small as the app's routes × methods × statuses.
-    series: RefCell<HashMap<SeriesKey, HttpSeries, BuildHasherDefault<WordHasher>>>,
+    series: RefCell<WorkerSeries>,
     request_ids: RefCell<RequestIdText>,
+    buckets: RefCell<BucketCache>,
 }
 
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct SeriesKey {
     service: usize,
     route: usize,
@@ -139,6 +142,61 @@ impl Hasher for WordHasher {
     }
 }
 
+/// Slots of [`WorkerSeries::recent`].
+const RECENT_SERIES: usize = 64;
+
+/// A worker's series: every one it has used, an index by labels, and in front of the index a
+/// direct-mapped cache (a slot per key, no probing) that answers most requests with a
+/// multiply and one comparison instead of hashing four words and probing the map.
+pub struct WorkerSeries {
+    all: Vec<HttpSeries>,
+    by_key: HashMap<SeriesKey, usize, BuildHasherDefault<WordHasher>>,
+    recent: [Option<(SeriesKey, usize)>; RECENT_SERIES],
+}
+
+impl Default for WorkerSeries {
+    fn default() -> Self {
+        Self {
+            all: Vec::new(),
+            by_key: HashMap::default(),
+            recent: [None; RECENT_SERIES],
+        }
+    }
+}
+
+impl WorkerSeries {
+    fn slot(key: &SeriesKey) -> usize {
+        let mixed = (key.route ^ key.method.rotate_left(17) ^ key.service.rotate_left(31))
+            as u64
+            ^ u64::from(key.status) << 48;
+        (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - RECENT_SERIES.trailing_zeros()))
+            as usize
+    }
+
+    /// The series for `key`, made with `make` the first time.
+    fn get(&mut self, key: SeriesKey, make: impl FnOnce() -> HttpSeries) -> Option<&HttpSeries> {
+        let slot = Self::slot(&key);
+        let index = match self.recent.get(slot).copied().flatten() {
+            Some((cached, index)) if cached == key => index,
+            _ => {
+                let index = match self.by_key.get(&key) {
+                    Some(index) => *index,
+                    None => {
+                        self.all.push(make());
+                        self.by_key.insert(key, self.all.len() - 1);
+                        self.all.len() - 1
+                    }
+                };
+                if let Some(recent) = self.recent.get_mut(slot) {
+                    *recent = Some((key, index));
+                }
+                index
+            }
+        };
+        self.all.get(index)
+    }
+}
+
 impl WorkerState {
     fn observe(&self, metrics: &Metrics, record: &RequestRecord) {
         let key = SeriesKey {
@@ -148,12 +206,7 @@ impl WorkerState {
             status: record.status,
         };
         let mut series = self.series.borrow_mut();
-        // `get` first: `entry` would make room for an insert on every request.
-        if let Some(series) = series.get(&key) {
-            metrics.observe_with(series, record);
-            return;
-        }
-        let series = series.entry(key).or_insert_with(|| {
+        let series = series.get(key, || {
             metrics.http_series(
                 record.service,
                 record.route,
@@ -161,7 +214,9 @@ impl WorkerState {
                 status_label(record.status),
             )
         });
-        metrics.observe_with(series, record);
+        if let Some(series) = series {
+            metrics.observe_with(series, record);
+        }
     }
 }
 
@@ -230,7 +285,7 @@ where
         let scope = observed.as_ref().map(|observed| observed.scope);
         let refusal = match (&state.limits, client_ip) {
             (Some(limits), Some(client)) => limits
-                .check_at(service, client, started)
+                .check_cached(&mut state.buckets.borrow_mut(), service, client, started)
                 .err()
                 // In the request's scope: the refusal's log line names the request's trace.
                 .map(|wait| scoped(scope, || limits.refuse(&req, service, client, wait))),

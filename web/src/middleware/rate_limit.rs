@@ -29,7 +29,7 @@ use streamgate_actors::{
     monitor::{clock::MonotonicNanos, names, Metrics},
 };
 
-use super::buckets::BucketTable;
+use super::buckets::{BucketCache, BucketTable};
 use crate::error::ApiError;
 
 /// A service of [`names::SERVICES`] by its position there: the `service` label and the bucket
@@ -229,6 +229,17 @@ impl RateLimits {
             Some(buckets) => buckets.check(client, now),
             None => Ok(()),
         }
+    }
+
+    /// [`Self::check_at`] through a worker's cache of the buckets it used last.
+    pub(crate) fn check_cached(
+        &self,
+        cache: &mut BucketCache,
+        service: ServiceId,
+        client: IpAddr,
+        now: MonotonicNanos,
+    ) -> Result<(), Duration> {
+        cache.check(&self.inner.services, service.index(), client, now)
     }
 
     pub fn trusted_proxies(&self) -> &[IpAddr] {
