@@ -295,7 +295,8 @@ struct RecentRequest {
     status: u16,
     duration_micros: u64,
     finished: MonotonicNanos,
-    trace_id: Option<u128>,
+    /// Zero for none (trace ids never are): half the size of an `Option<u128>`.
+    trace_id: u128,
 }
 
 impl TraceState {
@@ -329,15 +330,6 @@ impl TraceStats {
 
     pub fn record(&self, request: &RequestRecord) {
         let micros = request.duration_nanos / 1000;
-        let recent = RecentRequest {
-            service: request.service,
-            route: request.route,
-            method: request.method,
-            status: request.status,
-            duration_micros: micros,
-            finished: request.finished,
-            trace_id: request.trace_id,
-        };
         let mut state = self.state();
         state.count += 1;
         if request.status >= 500 {
@@ -347,11 +339,22 @@ impl TraceStats {
         }
         state.duration_micros = state.duration_micros.saturating_add(micros);
         state.max_micros = state.max_micros.max(micros);
+        let recent = RecentRequest {
+            service: request.service,
+            route: request.route,
+            method: request.method,
+            status: request.status,
+            duration_micros: micros,
+            finished: request.finished,
+            trace_id: request.trace_id.unwrap_or(0),
+        };
         if state.recent.len() < state.capacity {
             state.recent.push(recent);
         } else {
             let next = state.next;
-            state.recent[next] = recent;
+            if let Some(oldest) = state.recent.get_mut(next) {
+                *oldest = recent;
+            }
             state.next = if next + 1 == state.capacity { 0 } else { next + 1 };
         }
     }
@@ -376,7 +379,7 @@ impl TraceStats {
         let recent: Vec<TraceSummary> = state
             .recent()
             .map(|request| TraceSummary {
-                trace_id: request.trace_id.map(hex_trace_id),
+                trace_id: (request.trace_id != 0).then(|| hex_trace_id(request.trace_id)),
                 service: request.service,
                 route: request.route,
                 method: request.method,
