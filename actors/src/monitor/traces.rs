@@ -355,7 +355,11 @@ impl TraceStats {
             if let Some(oldest) = state.recent.get_mut(next) {
                 *oldest = recent;
             }
-            state.next = if next + 1 == state.capacity { 0 } else { next + 1 };
+            state.next = if next + 1 == state.capacity {
+                0
+            } else {
+                next + 1
+            };
         }
     }
 

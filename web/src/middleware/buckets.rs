@@ -111,11 +111,16 @@ impl BucketTable {
             if now < earliest {
                 return Some(Err(Duration::from_nanos(earliest - now)));
             }
-            let next = full_at.max(now).saturating_add(self.interval).min(RETIRED - 1);
-            match bucket
-                .0
-                .compare_exchange_weak(full_at, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            let next = full_at
+                .max(now)
+                .saturating_add(self.interval)
+                .min(RETIRED - 1);
+            match bucket.0.compare_exchange_weak(
+                full_at,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Some(Ok(())),
                 Err(current) => full_at = current,
             }
@@ -152,7 +157,12 @@ impl BucketTable {
                     full_at > now
                         || bucket
                             .0
-                            .compare_exchange(full_at, RETIRED, Ordering::Relaxed, Ordering::Relaxed)
+                            .compare_exchange(
+                                full_at,
+                                RETIRED,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            )
                             .is_err()
                 });
                 shard.shrink_to_fit();
@@ -315,7 +325,11 @@ mod tests {
         assert_eq!(tables[1].len(), 1);
         assert_eq!(second.check(&tables, 1, ip(1), later), Ok(()));
         assert!(first.check(&tables, 1, ip(1), later).is_err());
-        assert_eq!(tables[1].len(), 1, "one bucket per client however it is reached");
+        assert_eq!(
+            tables[1].len(),
+            1,
+            "one bucket per client however it is reached"
+        );
         // A bucket in use is kept by the sweep.
         assert_eq!(tables[1].sweep(later), 1);
         // No such table: nothing to limit.

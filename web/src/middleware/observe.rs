@@ -166,8 +166,7 @@ impl Default for WorkerSeries {
 
 impl WorkerSeries {
     fn slot(key: &SeriesKey) -> usize {
-        let mixed = (key.route ^ key.method.rotate_left(17) ^ key.service.rotate_left(31))
-            as u64
+        let mixed = (key.route ^ key.method.rotate_left(17) ^ key.service.rotate_left(31)) as u64
             ^ u64::from(key.status) << 48;
         (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - RECENT_SERIES.trailing_zeros()))
             as usize

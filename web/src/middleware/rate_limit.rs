@@ -4,13 +4,7 @@
 //! client and service per `rate_limit.audit_interval_s`, so a flood cannot become a flood of
 //! store writes). [`RateLimits::sweep`] on a timer drops quiet clients, bounding memory.
 
-use std::{
-    hash::Hash,
-    net::IpAddr,
-    num::NonZeroU32,
-    sync::Arc,
-    time::Duration,
-};
+use std::{hash::Hash, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use actix_web::{
     dev::ServiceRequest,
@@ -119,8 +113,7 @@ pub fn service_for(path: &str) -> ServiceId {
     // `/api/v1/media` (the list) and `/api/v1/media/{id}` (a record) stop early.
     if service == ServiceId::METADATA && !rest.is_empty() {
         let (_media_id, rest) = first_segment(rest);
-        if !rest.is_empty() && matches!(first_segment(rest).0, "hls" | "dash" | "thumbnail.jpg")
-        {
+        if !rest.is_empty() && matches!(first_segment(rest).0, "hls" | "dash" | "thumbnail.jpg") {
             return ServiceId::STREAMING;
         }
     }
