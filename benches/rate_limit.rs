@@ -9,12 +9,15 @@ use std::{
     hint::black_box,
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
-    time::Instant,
 };
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use streamgate::config::{self, Sources};
-use streamgate_actors::{audit::AuditLog, monitor::Metrics, store::SledStore};
+use streamgate_actors::{
+    audit::AuditLog,
+    monitor::{clock::MonotonicNanos, Metrics},
+    store::SledStore,
+};
 use streamgate_web::middleware::rate_limit::{RateLimits, ServiceId};
 
 fn limits(overrides: &[&str], store: Arc<SledStore>) -> RateLimits {
@@ -41,14 +44,14 @@ fn rate_limit(c: &mut Criterion) {
         store.clone(),
     );
     assert!(roomy
-        .check_at(ServiceId::STREAMING, client, Instant::now())
+        .check_at(ServiceId::STREAMING, client, MonotonicNanos::now())
         .is_ok());
     c.bench_function("rate_limit/check_allowed", |b| {
         b.iter(|| {
             roomy.check_at(
                 black_box(ServiceId::STREAMING),
                 black_box(client),
-                Instant::now(),
+                MonotonicNanos::now(),
             )
         })
     });
@@ -57,16 +60,16 @@ fn rate_limit(c: &mut Criterion) {
         &["rate_limit.services.auth={ capacity = 1, refill_per_second = 1 }"],
         store.clone(),
     );
-    let _ = tight.check_at(ServiceId::AUTH, client, Instant::now());
+    let _ = tight.check_at(ServiceId::AUTH, client, MonotonicNanos::now());
     assert!(tight
-        .check_at(ServiceId::AUTH, client, Instant::now())
+        .check_at(ServiceId::AUTH, client, MonotonicNanos::now())
         .is_err());
     c.bench_function("rate_limit/check_refused", |b| {
         b.iter(|| {
             tight.check_at(
                 black_box(ServiceId::AUTH),
                 black_box(client),
-                Instant::now(),
+                MonotonicNanos::now(),
             )
         })
     });
@@ -81,7 +84,7 @@ fn rate_limit(c: &mut Criterion) {
             roomy.check_at(
                 black_box(ServiceId::STREAMING),
                 clients[turn],
-                Instant::now(),
+                MonotonicNanos::now(),
             )
         })
     });

@@ -487,14 +487,16 @@ impl Metrics {
     /// [`Self::observe_request`] with the request's series already resolved.
     pub fn observe_with(&self, series: &HttpSeries, request: &super::traces::RequestRecord) {
         series.requests.inc();
-        series.duration.observe(request.duration.as_secs_f64());
+        series
+            .duration
+            .observe(request.duration_nanos as f64 / 1_000_000_000.0);
         if let Some(bytes) = request.response_bytes {
             series.response_bytes.inc_by(bytes);
         }
         // An upload lasts as long as the client takes to send it: not a latency signal.
         if request.service != "upload" {
-            let micros = u64::try_from(request.duration.as_micros()).unwrap_or(u64::MAX);
-            self.window_max_micros.fetch_max(micros, Ordering::Relaxed);
+            self.window_max_micros
+                .fetch_max(request.duration_nanos / 1000, Ordering::Relaxed);
         }
         self.traces.record(request);
     }

@@ -3,6 +3,7 @@
 //! `/health` and `/ready`, renders `/metrics`, and answers the `/api/v1/monitor/*` queries.
 
 pub mod alerts;
+pub mod clock;
 pub mod family;
 pub mod logs;
 pub mod metrics;

@@ -2,14 +2,9 @@
 //! middleware hands to [`super::Metrics::observe_request`], the trace statistics behind
 //! `/api/v1/monitor/traces`, and [`Traced`], the envelope that carries a trace into an actor.
 
-use std::{
-    collections::VecDeque,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
-};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::clock::MonotonicNanos;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -209,9 +204,9 @@ pub struct RequestRecord {
     pub route: &'static str,
     pub method: &'static str,
     pub status: u16,
-    pub duration: Duration,
+    pub duration_nanos: u64,
     /// When the answer was ready (the report turns it into wall-clock time).
-    pub finished: Instant,
+    pub finished: MonotonicNanos,
     pub response_bytes: Option<u64>,
     pub trace_id: Option<u128>,
 }
@@ -271,93 +266,133 @@ pub struct DurationStats {
     pub p99: f64,
 }
 
-/// Counters are atomics; the recent list is a short mutex-guarded ring.
+/// Counters and the recent ring behind one mutex: a request takes one uncontended lock and
+/// writes plain integers, instead of five atomic updates plus the lock for the ring.
 #[derive(Clone)]
 pub struct TraceStats {
-    inner: Arc<TraceInner>,
+    inner: Arc<Mutex<TraceState>>,
 }
 
-struct TraceInner {
-    count: AtomicU64,
-    errors: AtomicU64,
-    client_errors: AtomicU64,
-    duration_micros: AtomicU64,
-    max_micros: AtomicU64,
+struct TraceState {
+    count: u64,
+    errors: u64,
+    client_errors: u64,
+    duration_micros: u64,
+    max_micros: u64,
+    /// Kept compact (no strings, no wall clock): formatted when a report asks. A ring:
+    /// `recent[next]` is the oldest once it is full.
+    recent: Vec<RecentRequest>,
     capacity: usize,
-    /// Kept compact (no strings, no wall clock): formatted when a report asks.
-    recent: Mutex<VecDeque<RequestRecord>>,
+    next: usize,
+}
+
+/// What the recent list reports of a request.
+#[derive(Clone, Copy)]
+struct RecentRequest {
+    service: &'static str,
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+    duration_micros: u64,
+    finished: MonotonicNanos,
+    /// Zero for none (trace ids never are): half the size of an `Option<u128>`.
+    trace_id: u128,
+}
+
+impl TraceState {
+    /// Oldest first.
+    fn recent(&self) -> impl Iterator<Item = &RecentRequest> {
+        let (newer, older) = self.recent.split_at(self.next);
+        older.iter().chain(newer)
+    }
 }
 
 impl TraceStats {
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            inner: Arc::new(TraceInner {
-                count: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
-                client_errors: AtomicU64::new(0),
-                duration_micros: AtomicU64::new(0),
-                max_micros: AtomicU64::new(0),
-                capacity: capacity.max(1),
-                recent: Mutex::new(VecDeque::with_capacity(capacity.max(1))),
-            }),
+            inner: Arc::new(Mutex::new(TraceState {
+                count: 0,
+                errors: 0,
+                client_errors: 0,
+                duration_micros: 0,
+                max_micros: 0,
+                recent: Vec::with_capacity(capacity),
+                capacity,
+                next: 0,
+            })),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, TraceState> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn record(&self, request: &RequestRecord) {
-        let micros = u64::try_from(request.duration.as_micros()).unwrap_or(u64::MAX);
-        let inner = &self.inner;
-        inner.count.fetch_add(1, Ordering::Relaxed);
+        let micros = request.duration_nanos / 1000;
+        let mut state = self.state();
+        state.count += 1;
         if request.status >= 500 {
-            inner.errors.fetch_add(1, Ordering::Relaxed);
+            state.errors += 1;
         } else if request.status >= 400 {
-            inner.client_errors.fetch_add(1, Ordering::Relaxed);
+            state.client_errors += 1;
         }
-        inner.duration_micros.fetch_add(micros, Ordering::Relaxed);
-        inner.max_micros.fetch_max(micros, Ordering::Relaxed);
-        if let Ok(mut recent) = inner.recent.lock() {
-            if recent.len() == inner.capacity {
-                recent.pop_front();
+        state.duration_micros = state.duration_micros.saturating_add(micros);
+        state.max_micros = state.max_micros.max(micros);
+        let recent = RecentRequest {
+            service: request.service,
+            route: request.route,
+            method: request.method,
+            status: request.status,
+            duration_micros: micros,
+            finished: request.finished,
+            trace_id: request.trace_id.unwrap_or(0),
+        };
+        if state.recent.len() < state.capacity {
+            state.recent.push(recent);
+        } else {
+            let next = state.next;
+            if let Some(oldest) = state.recent.get_mut(next) {
+                *oldest = recent;
             }
-            recent.push_back(*request);
+            state.next = if next + 1 == state.capacity {
+                0
+            } else {
+                next + 1
+            };
         }
     }
 
     /// (requests, 5xx errors) since start.
     pub fn totals(&self) -> (u64, u64) {
-        (
-            self.inner.count.load(Ordering::Relaxed),
-            self.inner.errors.load(Ordering::Relaxed),
-        )
+        let state = self.state();
+        (state.count, state.errors)
     }
 
     /// Requests answered with a 4xx status since start.
     pub fn client_errors(&self) -> u64 {
-        self.inner.client_errors.load(Ordering::Relaxed)
+        self.state().client_errors
     }
 
     pub fn report(&self, recent_limit: usize) -> TraceReport {
-        let (count, errors) = self.totals();
-        let total_ms = self.inner.duration_micros.load(Ordering::Relaxed) as f64 / 1000.0;
-        let (now, wall_now) = (Instant::now(), OffsetDateTime::now_utc());
-        let recent: Vec<TraceSummary> = self
-            .inner
-            .recent
-            .lock()
-            .map(|recent| {
-                recent
-                    .iter()
-                    .map(|request| TraceSummary {
-                        trace_id: request.trace_id.map(hex_trace_id),
-                        service: request.service,
-                        route: request.route,
-                        method: request.method,
-                        status: request.status,
-                        duration_ms: request.duration.as_micros() as f64 / 1000.0,
-                        at: wall_now - now.saturating_duration_since(request.finished),
-                    })
-                    .collect()
+        let (now, wall_now) = (MonotonicNanos::now(), OffsetDateTime::now_utc());
+        let state = self.state();
+        let (count, errors) = (state.count, state.errors);
+        let total_ms = state.duration_micros as f64 / 1000.0;
+        let max_ms = state.max_micros as f64 / 1000.0;
+        let recent: Vec<TraceSummary> = state
+            .recent()
+            .map(|request| TraceSummary {
+                trace_id: (request.trace_id != 0).then(|| hex_trace_id(request.trace_id)),
+                service: request.service,
+                route: request.route,
+                method: request.method,
+                status: request.status,
+                duration_ms: request.duration_micros as f64 / 1000.0,
+                at: wall_now - now.duration_since(request.finished),
             })
-            .unwrap_or_default();
+            .collect();
+        drop(state);
         let mut durations: Vec<f64> = recent.iter().map(|t| t.duration_ms).collect();
         durations.sort_by(f64::total_cmp);
         let quantile = |q: f64| -> f64 {
@@ -381,7 +416,7 @@ impl TraceStats {
                 } else {
                     total_ms / count as f64
                 },
-                max: self.inner.max_micros.load(Ordering::Relaxed) as f64 / 1000.0,
+                max: max_ms,
                 p50: quantile(0.5),
                 p95: quantile(0.95),
                 p99: quantile(0.99),
@@ -488,8 +523,8 @@ mod tests {
                 route: "/health",
                 method: "GET",
                 status,
-                duration: Duration::from_millis(ms),
-                finished: Instant::now(),
+                duration_nanos: ms * 1_000_000,
+                finished: MonotonicNanos::now(),
                 response_bytes: None,
                 trace_id: None,
             });

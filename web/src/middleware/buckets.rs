@@ -1,25 +1,33 @@
 //! Token buckets keyed by client address, for [`super::rate_limit`]: one table per service,
 //! checked on every request.
 //!
-//! Each bucket is one integer, the GCRA "theoretical arrival time" (as in `governor`, whose
-//! `Quota` semantics this keeps: `capacity` requests at once, then one per `1 s / refill`).
-//! The table is split into shards, each a `Mutex<HashMap>`: a check takes one uncontended lock
-//! and one lookup, where `governor`'s keyed limiter went through `dashmap`, a compare-and-swap
-//! loop and a read of its own clock; the caller passes the `Instant` it already has.
+//! Each bucket is one atomic integer, the GCRA "theoretical arrival time" (as in `governor`,
+//! whose `Quota` semantics this keeps: `capacity` requests at once, then one per
+//! `1 s / refill`). The table is split into shards, each a `Mutex<HashMap>` from the client to
+//! its shared bucket; the caller passes the clock reading it already has.
 //! Keys are exact addresses (a collision can never make a flooder drain a polite client's
 //! bucket); the hash is keyed per process (clients choose their addresses, and could
 //! otherwise pile into one shard).
+//!
+//! Each HTTP worker keeps a [`BucketCache`]: the buckets of the clients it saw last, so a
+//! request from a known client takes its token with one compare-and-swap, without hashing,
+//! locking or a map lookup. A bucket the sweep drops is marked retired first; a cache
+//! holding it sees the mark and goes back to the table, so every client keeps one bucket per
+//! service however many workers and connections it uses.
 
 use std::{
     collections::HashMap,
     hash::{BuildHasher, BuildHasherDefault, Hash, Hasher},
     net::IpAddr,
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
 };
 
 use foldhash::fast::RandomState;
-use streamgate_actors::monitor::family::PassThrough;
+use streamgate_actors::monitor::{clock::MonotonicNanos, family::PassThrough};
 
 /// 64 shards: enough that HTTP workers rarely meet on one lock, few enough to sweep quickly.
 const SHARD_BITS: u32 = 6;
@@ -37,13 +45,18 @@ impl Hash for Key {
     }
 }
 
-/// Nanoseconds since the table's epoch at which each client's bucket is full again.
-type Shard = HashMap<Key, u64, BuildHasherDefault<PassThrough>>;
+/// One client's bucket: the monotonic clock's nanoseconds at which it is full again, or
+/// [`RETIRED`] once the sweep has dropped it from its table.
+pub struct Bucket(AtomicU64);
+
+/// No arrival time reaches it: the sweep's mark on a bucket it removed.
+const RETIRED: u64 = u64::MAX;
+
+type Shard = HashMap<Key, Arc<Bucket>, BuildHasherDefault<PassThrough>>;
 
 pub struct BucketTable {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
-    epoch: Instant,
     /// Nanoseconds per token (GCRA's emission interval).
     interval: u64,
     /// `interval × (capacity - 1)`: how far ahead of now a bucket's arrival time may run
@@ -60,19 +73,9 @@ impl BucketTable {
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
             hasher: RandomState::default(),
-            epoch: Instant::now(),
             interval,
             tolerance: interval.saturating_mul(u64::from(capacity.max(1) - 1)),
         }
-    }
-
-    fn since_epoch(&self, now: Instant) -> u64 {
-        // Not `as_nanos`: 128-bit arithmetic for a value that fits 64 bits for 584 years.
-        let elapsed = now.saturating_duration_since(self.epoch);
-        elapsed
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(elapsed.subsec_nanos()))
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
@@ -83,38 +86,85 @@ impl BucketTable {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes one token from `client`'s bucket at `now`; `Err` holds how long until the next.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let now = self.since_epoch(now);
+    /// `client`'s bucket, a full one if the table has none.
+    fn bucket(&self, client: IpAddr, now: u64) -> Arc<Bucket> {
         let hash = self.hasher.hash_one(client);
         let key = Key { hash, client };
         let mut shard = self.shard(hash);
-        // `get_mut` first: `entry` would make room for an insert on every check.
-        match shard.get_mut(&key) {
-            Some(full_at) => {
-                let earliest = full_at.saturating_sub(self.tolerance);
-                if now < earliest {
-                    return Err(Duration::from_nanos(earliest - now));
-                }
-                *full_at = (*full_at).max(now).saturating_add(self.interval);
+        // `get` first: `entry` would make room for an insert on every lookup.
+        if let Some(bucket) = shard.get(&key) {
+            return Arc::clone(bucket);
+        }
+        let bucket = Arc::new(Bucket(AtomicU64::new(now)));
+        shard.insert(key, Arc::clone(&bucket));
+        bucket
+    }
+
+    /// Takes one token from `bucket` at `now`; `None` if the sweep retired it.
+    fn take(&self, bucket: &Bucket, now: u64) -> Option<Result<(), Duration>> {
+        let mut full_at = bucket.0.load(Ordering::Relaxed);
+        loop {
+            if full_at == RETIRED {
+                return None;
             }
-            // A new client's bucket is full: the first request always passes.
-            None => {
-                shard.insert(key, now.saturating_add(self.interval));
+            let earliest = full_at.saturating_sub(self.tolerance);
+            if now < earliest {
+                return Some(Err(Duration::from_nanos(earliest - now)));
+            }
+            let next = full_at
+                .max(now)
+                .saturating_add(self.interval)
+                .min(RETIRED - 1);
+            match bucket.0.compare_exchange_weak(
+                full_at,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Ok(())),
+                Err(current) => full_at = current,
             }
         }
-        Ok(())
+    }
+
+    /// `client`'s bucket from the table, and a token from it.
+    fn bucket_and_take(&self, client: IpAddr, now: u64) -> (Arc<Bucket>, Result<(), Duration>) {
+        loop {
+            let bucket = self.bucket(client, now);
+            // Retired between the lookup and the take: the table has dropped it by now.
+            if let Some(taken) = self.take(&bucket, now) {
+                return (bucket, taken);
+            }
+        }
+    }
+
+    /// Takes one token from `client`'s bucket at `now`; `Err` holds how long until the next.
+    pub fn check(&self, client: IpAddr, now: MonotonicNanos) -> Result<(), Duration> {
+        self.bucket_and_take(client, now.as_nanos()).1
     }
 
     /// Drops the buckets that are full again at `now` (a new one would start full anyway),
     /// releases their memory, and returns how many remain.
-    pub fn sweep(&self, now: Instant) -> usize {
-        let now = self.since_epoch(now);
+    pub fn sweep(&self, now: MonotonicNanos) -> usize {
+        let now = now.as_nanos();
         self.shards
             .iter()
             .map(|shard| {
                 let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-                shard.retain(|_, full_at| *full_at > now);
+                shard.retain(|_, bucket| {
+                    let full_at = bucket.0.load(Ordering::Relaxed);
+                    // A token taken meanwhile (through a cache) makes the swap fail: kept.
+                    full_at > now
+                        || bucket
+                            .0
+                            .compare_exchange(
+                                full_at,
+                                RETIRED,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            )
+                            .is_err()
+                });
                 shard.shrink_to_fit();
                 shard.len()
             })
@@ -127,6 +177,75 @@ impl BucketTable {
             .iter()
             .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
+    }
+}
+
+/// Slots of a [`BucketCache`].
+const CACHE_SLOTS: usize = 64;
+
+/// One HTTP worker's buckets of the (service, client) pairs it saw last, direct-mapped: a
+/// slot per pair, overwritten by the next pair that maps to it. Clients choose their
+/// addresses, but a pair they push out only costs the next request a table lookup.
+pub struct BucketCache {
+    slots: Box<[Option<Cached>]>,
+}
+
+struct Cached {
+    table: usize,
+    client: IpAddr,
+    bucket: Arc<Bucket>,
+}
+
+impl Default for BucketCache {
+    fn default() -> Self {
+        Self {
+            slots: (0..CACHE_SLOTS).map(|_| None).collect(),
+        }
+    }
+}
+
+impl BucketCache {
+    fn slot(table: usize, client: IpAddr) -> usize {
+        let address = match client {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                (bits >> 64) as u64 ^ bits as u64
+            }
+        };
+        let mixed = (address ^ (table as u64) << 40).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (mixed >> (64 - CACHE_SLOTS.trailing_zeros())) as usize
+    }
+
+    /// Takes one token from `client`'s bucket in `tables[table]` at `now`, through the cache.
+    pub fn check(
+        &mut self,
+        tables: &[BucketTable],
+        table: usize,
+        client: IpAddr,
+        now: MonotonicNanos,
+    ) -> Result<(), Duration> {
+        let Some(buckets) = tables.get(table) else {
+            return Ok(());
+        };
+        let now = now.as_nanos();
+        let Some(slot) = self.slots.get_mut(Self::slot(table, client)) else {
+            return buckets.check(client, MonotonicNanos::from_nanos(now));
+        };
+        if let Some(cached) = slot {
+            if cached.table == table && cached.client == client {
+                if let Some(taken) = buckets.take(&cached.bucket, now) {
+                    return taken;
+                }
+            }
+        }
+        let (bucket, taken) = buckets.bucket_and_take(client, now);
+        *slot = Some(Cached {
+            table,
+            client,
+            bucket,
+        });
+        taken
     }
 }
 
@@ -143,7 +262,7 @@ mod tests {
     #[test]
     fn capacity_at_once_then_the_refill_rate() {
         let table = BucketTable::new(3, 2);
-        let start = Instant::now();
+        let start = MonotonicNanos::now();
         for _ in 0..3 {
             assert_eq!(table.check(ip(1), start), Ok(()));
         }
@@ -172,7 +291,7 @@ mod tests {
     #[test]
     fn a_flood_from_many_addresses_is_swept_away_once_refilled() {
         let table = BucketTable::new(2, 10);
-        let start = Instant::now();
+        let start = MonotonicNanos::now();
         for n in 0..10_000u32 {
             let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
             assert_eq!(table.check(client, start), Ok(()));
@@ -184,5 +303,36 @@ mod tests {
         assert_eq!(table.sweep(start + Duration::from_millis(150)), 1);
         assert_eq!(table.len(), 1);
         assert_eq!(table.sweep(start + Duration::from_millis(200)), 0);
+    }
+
+    #[test]
+    fn a_cache_shares_the_table_buckets_and_notices_swept_ones() {
+        let tables = [BucketTable::new(1000, 1), BucketTable::new(2, 10)];
+        let (mut first, mut second) = (BucketCache::default(), BucketCache::default());
+        let start = MonotonicNanos::now();
+        // Two workers' caches and the table draw from one bucket per client and table.
+        assert_eq!(first.check(&tables, 1, ip(1), start), Ok(()));
+        assert_eq!(second.check(&tables, 1, ip(1), start), Ok(()));
+        assert!(first.check(&tables, 1, ip(1), start).is_err());
+        assert!(tables[1].check(ip(1), start).is_err());
+        // The other table's bucket for the same client is its own.
+        assert_eq!(first.check(&tables, 0, ip(1), start), Ok(()));
+        // Full again at 200 ms: swept out of the table; the caches' copies are retired and
+        // the next check starts a fresh full bucket in the table.
+        let later = start + Duration::from_millis(200);
+        assert_eq!(tables[1].sweep(later), 0);
+        assert_eq!(first.check(&tables, 1, ip(1), later), Ok(()));
+        assert_eq!(tables[1].len(), 1);
+        assert_eq!(second.check(&tables, 1, ip(1), later), Ok(()));
+        assert!(first.check(&tables, 1, ip(1), later).is_err());
+        assert_eq!(
+            tables[1].len(),
+            1,
+            "one bucket per client however it is reached"
+        );
+        // A bucket in use is kept by the sweep.
+        assert_eq!(tables[1].sweep(later), 1);
+        // No such table: nothing to limit.
+        assert_eq!(first.check(&tables, 7, ip(1), later), Ok(()));
     }
 }
