@@ -175,27 +175,46 @@ impl Server {
     /// Until the server holds no connection but the one asking: the scenario before has
     /// finished writing its responses (a segment response keeps its file mapped until then),
     /// so what is resident next belongs to what is measured next.
+    /// The value of an unlabelled series in `/metrics`, as text.
+    fn metric(&self, name: &str) -> String {
+        let mut metrics = String::new();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        stream.read_to_string(&mut metrics).unwrap();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map(|value| value.trim().to_string())
+            .unwrap_or_else(|| panic!("/metrics has {name}"))
+    }
+
     fn wait_quiet(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut metrics = String::new();
-            let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-            write!(
-                stream,
-                "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            stream.read_to_string(&mut metrics).unwrap();
-            let active = metrics
-                .lines()
-                .find_map(|line| line.strip_prefix("streamgate_http_connections_active "))
-                .and_then(|value| value.trim().parse::<f64>().ok())
-                .expect("/metrics has streamgate_http_connections_active");
+            let active: f64 = self
+                .metric("streamgate_http_connections_active")
+                .parse()
+                .unwrap();
             if active <= 1.0 {
                 return;
             }
             assert!(Instant::now() < deadline, "{active} connections still open");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Until the monitor has taken its next process sample (seen as a new value of the RSS
+    /// gauge), or two sample intervals have passed.
+    fn wait_next_sample(&self) {
+        const GAUGE: &str = "streamgate_process_resident_memory_bytes";
+        let seen = self.metric(GAUGE);
+        let deadline = Instant::now() + Duration::from_secs(11);
+        while self.metric(GAUGE) == seen && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -512,9 +531,14 @@ fn raise_open_files(count: usize) {
 }
 
 /// `count` keep-alive connections, one request each, all held while the server's RSS is read
-/// and a fresh connection is served; then a sample of the held ones is reused.
+/// and a fresh connection is served; then a sample of the held ones is reused. Starts once the
+/// server is quiet and has run its next housekeeping (the monitor's sample, which first gives
+/// freed heap back to the OS): right after the upload rows the heap still holds what they
+/// freed, for up to `monitor.sample_interval_ms` (that RSS is printed as "right after").
 fn idle_connections(server: &Server, path: &str, count: usize, when: &str) -> Row {
     server.wait_quiet();
+    let right_after = server.rss_mb();
+    server.wait_next_sample();
     server.reset_peak();
     let before = server.rss_mb();
     let before_breakdown = server.memory_breakdown();
@@ -567,7 +591,9 @@ fn idle_connections(server: &Server, path: &str, count: usize, when: &str) -> Ro
         p50_ms: Some(probe_ms),
         p99_ms: None,
         peak_rss_mb: server.peak_rss_mb().max(holding),
-        baseline: format!("RSS before {before:.0} MB, holding {holding:.0} MB"),
+        baseline: format!(
+            "RSS right after {right_after:.0} MB, before {before:.0} MB, holding {holding:.0} MB"
+        ),
         ratio: None,
         target: "RSS < 150 MB",
         errors,
