@@ -261,15 +261,9 @@ impl Server {
     /// VmHWM in MiB: the peak resident set since the last [`Server::reset_peak`].
     /// User + system CPU seconds the server has used so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
+        streamgate_actors::monitor::process::sample_of(&self.child.id().to_string())
             .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0
+            .cpu_seconds
     }
 
     fn peak_rss_mb(&self) -> f64 {

@@ -15,13 +15,19 @@ pub struct ProcessSample {
 
 /// Reads `/proc/self/stat` (CPU time, start time, sizes) and counts `/proc/self/fd`.
 pub fn sample() -> io::Result<ProcessSample> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    sample_of("self")
+}
+
+/// [`sample`] of another process (`process` is a pid, or `self`); the load bench reads the
+/// server's CPU time with it.
+pub fn sample_of(process: &str) -> io::Result<ProcessSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat"))?;
     let mut sample = parse_stat(&stat, clock_ticks(), rustix::param::page_size() as u64)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat"))?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/<pid>/stat"))?;
     if let (Some(start), Some(boot)) = (sample.start_time_seconds, boot_time_seconds()) {
         sample.start_time_seconds = Some(boot + start);
     }
-    sample.open_fds = std::fs::read_dir("/proc/self/fd")
+    sample.open_fds = std::fs::read_dir(format!("/proc/{process}/fd"))
         .ok()
         .map(|entries| entries.count() as u64);
     Ok(sample)
@@ -49,9 +55,8 @@ pub fn release_free_memory() {}
 /// with glibc's defaults each such block is a fresh `mmap` (or heap growth trimmed right
 /// after), so every slice paid ~130 page faults: segment GETs ran at ~1,180 req/s (0.87–0.93x
 /// nginx) instead of ~1,260 (0.92–0.99x). Blocks under 4 MiB now come from the heap and are
-/// reused, and the heap's top
-/// is not trimmed on every free; [`release_free_memory`] still returns free pages on the
-/// monitor's timer, so idle memory is given back within seconds.
+/// reused, and the heap's top is not trimmed on every free; [`release_free_memory`] still
+/// returns free pages on the monitor's timer, so idle memory is given back within seconds.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn tune_allocator() {
     const MMAP_THRESHOLD_BYTES: libc::c_int = 4 * 1024 * 1024;

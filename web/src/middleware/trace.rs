@@ -13,6 +13,7 @@
 use std::fmt;
 
 use bytes::BytesMut;
+use streamgate_actors::monitor::traces;
 
 /// The id of one request (a random UUID), in its log scope and in `x-request-id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,19 +21,6 @@ pub struct RequestId(uuid::Uuid);
 
 /// Length of the hyphenated form.
 pub const REQUEST_ID_LEN: usize = 36;
-
-/// Two lowercase hex digits per byte value: one table load per byte instead of two nibble
-/// lookups and shifts.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0; 2]; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
-        byte += 1;
-    }
-    pairs
-};
 
 impl RequestId {
     pub(super) fn from_uuid(uuid: uuid::Uuid) -> Self {
@@ -45,11 +33,13 @@ impl RequestId {
 
     /// The hyphenated form (ASCII hex digits and dashes), without allocating.
     pub fn encode(&self, buffer: &mut [u8; REQUEST_ID_LEN]) {
-        /// Where each byte's two digits go: groups of 4, 2, 2, 2 and 6 bytes, dash-separated.
-        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
-        for (at, byte) in AT.into_iter().zip(self.0.as_bytes()) {
-            buffer[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
-        }
+        let bytes = self.0.as_bytes();
+        // Groups of 4, 2, 2, 2 and 6 bytes, dash-separated.
+        traces::write_hex(&mut buffer[0..8], &bytes[0..4]);
+        traces::write_hex(&mut buffer[9..13], &bytes[4..6]);
+        traces::write_hex(&mut buffer[14..18], &bytes[6..8]);
+        traces::write_hex(&mut buffer[19..23], &bytes[8..10]);
+        traces::write_hex(&mut buffer[24..36], &bytes[10..16]);
         for dash in [8, 13, 18, 23] {
             buffer[dash] = b'-';
         }
@@ -88,8 +78,6 @@ impl RequestIdText {
 
 #[cfg(test)]
 mod tests {
-    use streamgate_actors::monitor::traces;
-
     use super::*;
 
     #[test]
