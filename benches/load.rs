@@ -480,31 +480,43 @@ fn plain(headers: &[(String, String)], paths: &[String]) -> Vec<(String, Vec<(St
 /// A blocking HTTP/1.1 GET on an open connection; returns the status.
 fn get_on(stream: &mut TcpStream, path: &str) -> std::io::Result<u16> {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let read = stream.read(&mut chunk)?;
-        if read == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+    Ok(read_response(stream)?.0)
+}
+
+/// The status and body of one HTTP/1.1 response (the server sends `Content-Length`).
+fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
+    let mut received = Vec::new();
+    let mut piece = [0u8; 8192];
+    let mut read_more = |received: &mut Vec<u8>| -> std::io::Result<()> {
+        match stream.read(&mut piece)? {
+            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            read => {
+                received.extend_from_slice(&piece[..read]);
+                Ok(())
+            }
         }
-        buffer.extend_from_slice(&chunk[..read]);
-        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|line| line.strip_prefix("content-length:"))
-            .map_or(0, |value| value.trim().parse().unwrap_or(0));
-        if buffer.len() >= end + 4 + length {
-            let status = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|code| code.parse().ok())
-                .unwrap_or(0);
-            return Ok(status);
+    };
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
         }
+        read_more(&mut received)?;
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |value| value.trim().parse().unwrap_or(0));
+    while received.len() < head_end + length {
+        read_more(&mut received)?;
     }
+    let body = String::from_utf8_lossy(&received[head_end..head_end + length]).to_string();
+    Ok((status, body))
 }
 
 /// Lets this process (and the server it starts afterwards) hold `count` sockets.
@@ -1377,7 +1389,7 @@ fn tus_upload(
         );
         stream.write_all(head.as_bytes()).unwrap();
         send_file_range(&stream, &file, offset, length);
-        let (status, body) = read_response(&mut stream);
+        let (status, body) = read_response(&mut stream).unwrap();
         assert_eq!(status, 204, "PATCH at {offset}: {body}");
         latencies.push(patch_started.elapsed().as_secs_f64() * 1e3);
         offset += length;
@@ -1403,37 +1415,6 @@ fn send_file_range(stream: &TcpStream, file: &std::fs::File, offset: usize, leng
         };
         assert!(sent > 0, "sendfile: {}", std::io::Error::last_os_error());
     }
-}
-
-/// The status and body of one HTTP/1.1 response (the server sends `Content-Length`).
-fn read_response(stream: &mut TcpStream) -> (u16, String) {
-    let mut received = Vec::new();
-    let mut piece = [0u8; 4096];
-    let head_end = loop {
-        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let read = stream.read(&mut piece).unwrap();
-        assert!(read > 0, "the server closed the connection mid-response");
-        received.extend_from_slice(&piece[..read]);
-    };
-    let head = String::from_utf8_lossy(&received[..head_end]).to_string();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    while received.len() < head_end + length {
-        let read = stream.read(&mut piece).unwrap();
-        assert!(read > 0, "the server closed the connection mid-body");
-        received.extend_from_slice(&piece[..read]);
-    }
-    let body = String::from_utf8_lossy(&received[head_end..head_end + length]).to_string();
-    (status, body)
 }
 
 /// anvil and cast from the npm install `.ci/test` makes in target/ci-node.
