@@ -1,5 +1,5 @@
-//! Criterion benches for the per-client rate limiter (`RateLimits::check_at`, run on every request
-//! when limits are on): one client within its bucket, one client refused, and 10,000 clients
+//! Criterion benches for the per-client rate limiter (`RateLimits::check_cached`, run on every
+//! request when limits are on, through the HTTP worker's bucket cache): one client within its bucket, one client refused, and 10,000 clients
 //! in turn. Only the limiter's public API. Run with `cargo bench --bench rate_limit`.
 
 // Bench code: a failed unwrap is a failed bench.
@@ -18,7 +18,7 @@ use streamgate_actors::{
     monitor::{clock::MonotonicNanos, Metrics},
     store::SledStore,
 };
-use streamgate_web::middleware::rate_limit::{RateLimits, ServiceId};
+use streamgate_web::middleware::rate_limit::{BucketCache, RateLimits, ServiceId};
 
 fn limits(overrides: &[&str], store: Arc<SledStore>) -> RateLimits {
     let config = config::load(&Sources {
@@ -43,37 +43,27 @@ fn rate_limit(c: &mut Criterion) {
         &["rate_limit.services.streaming={ capacity = 4000000000, refill_per_second = 4000000000 }"],
         store.clone(),
     );
-    assert!(roomy
-        .check_at(ServiceId::STREAMING, client, MonotonicNanos::now())
-        .is_ok());
+    // One HTTP worker's cache, as the middleware keeps it.
+    let mut cache = BucketCache::default();
+    let mut check = |limits: &RateLimits, service: ServiceId, client: IpAddr| {
+        limits.check_cached(&mut cache, service, client, MonotonicNanos::now())
+    };
+    assert!(check(&roomy, ServiceId::STREAMING, client).is_ok());
     c.bench_function("rate_limit/check_allowed", |b| {
-        b.iter(|| {
-            roomy.check_at(
-                black_box(ServiceId::STREAMING),
-                black_box(client),
-                MonotonicNanos::now(),
-            )
-        })
+        b.iter(|| check(&roomy, black_box(ServiceId::STREAMING), black_box(client)))
     });
 
     let tight = limits(
         &["rate_limit.services.auth={ capacity = 1, refill_per_second = 1 }"],
         store.clone(),
     );
-    let _ = tight.check_at(ServiceId::AUTH, client, MonotonicNanos::now());
-    assert!(tight
-        .check_at(ServiceId::AUTH, client, MonotonicNanos::now())
-        .is_err());
+    let _ = check(&tight, ServiceId::AUTH, client);
+    assert!(check(&tight, ServiceId::AUTH, client).is_err());
     c.bench_function("rate_limit/check_refused", |b| {
-        b.iter(|| {
-            tight.check_at(
-                black_box(ServiceId::AUTH),
-                black_box(client),
-                MonotonicNanos::now(),
-            )
-        })
+        b.iter(|| check(&tight, black_box(ServiceId::AUTH), black_box(client)))
     });
 
+    // More clients than the cache holds: most checks go to the table.
     let clients: Vec<IpAddr> = (0..10_000u32)
         .map(|n| IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + n)))
         .collect();
@@ -81,11 +71,7 @@ fn rate_limit(c: &mut Criterion) {
     c.bench_function("rate_limit/check_10k_clients", |b| {
         b.iter(|| {
             turn = (turn + 1) % clients.len();
-            roomy.check_at(
-                black_box(ServiceId::STREAMING),
-                clients[turn],
-                MonotonicNanos::now(),
-            )
+            check(&roomy, black_box(ServiceId::STREAMING), clients[turn])
         })
     });
 }

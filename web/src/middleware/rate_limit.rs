@@ -23,7 +23,8 @@ use streamgate_actors::{
     monitor::{clock::MonotonicNanos, names, Metrics},
 };
 
-use super::buckets::{BucketCache, BucketTable};
+pub use super::buckets::BucketCache;
+use super::buckets::BucketTable;
 use crate::error::ApiError;
 
 /// A service of [`names::SERVICES`] by its position there: the `service` label and the bucket
@@ -256,8 +257,9 @@ impl RateLimits {
         }
     }
 
-    /// [`Self::check_at`] through a worker's cache of the buckets it used last.
-    pub(crate) fn check_cached(
+    /// [`Self::check_at`] through a worker's cache of the buckets it used last: what the
+    /// middleware calls on every request.
+    pub fn check_cached(
         &self,
         cache: &mut BucketCache,
         service: ServiceId,
