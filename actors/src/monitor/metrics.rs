@@ -1,5 +1,6 @@
-//! The metrics registry. The monitor actor owns it; hot paths (the HTTP middleware, upload
-//! streaming) hold cheap clones of individual metrics and bump them directly, as atomics.
+//! The metrics registry. The monitor actor owns it; hot paths hold cheap clones of individual
+//! metrics and bump them directly, as atomics. Each HTTP worker counts its requests through an
+//! [`HttpRecorder`] into copies of its own (see [`super::owned`]).
 
 use std::sync::{
     atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -12,10 +13,11 @@ use prometheus::{
 };
 
 use super::{
-    family::{CounterFamily, CounterSeries, HistogramFamily, HistogramSeries},
+    family::{CounterFamily, HistogramFamily, OwnedCounter, OwnedHistogram},
     names,
     otlp::{FinishedSpan, SpanExporter},
-    traces::TraceStats,
+    owned::{self, Copies, Owned},
+    traces::{RequestRecord, TraceLabels, TraceRecorder, TraceStats},
 };
 
 #[derive(Clone)]
@@ -26,8 +28,11 @@ pub struct Metrics {
     pub http_requests: CounterFamily<4>,
     pub http_duration: HistogramFamily<3>,
     pub http_duration_max: Gauge,
-    pub http_in_flight: IntGauge,
-    pub http_response_bytes: IntCounterVec,
+    /// Set from `in_flight` when rendered.
+    http_in_flight: IntGauge,
+    /// Each HTTP worker's requests in flight (decrements wrap).
+    in_flight: Arc<Copies<AtomicU64>>,
+    pub http_response_bytes: CounterFamily<1>,
     pub http_connections_active: IntGauge,
     pub http_connections: IntCounter,
     pub rate_limited: IntCounterVec,
@@ -84,11 +89,23 @@ pub struct Metrics {
     render_capacity: Arc<AtomicUsize>,
 }
 
-/// The series one kind of HTTP request bumps (see [`Metrics::http_series`]).
+/// One HTTP worker's writing ends of the request metrics: its requests in flight and its
+/// trace-stats shard. Not `Sync`: the worker's thread alone records through it.
+pub struct HttpRecorder {
+    metrics: Metrics,
+    in_flight: Owned<AtomicU64>,
+    traces: TraceRecorder,
+}
+
+/// The worker's own copies of the series one kind of request (service, route, method,
+/// status) counts into, resolved once (see [`HttpRecorder::series`]).
 pub struct HttpSeries {
-    requests: CounterSeries,
-    duration: HistogramSeries,
-    response_bytes: IntCounter,
+    requests: OwnedCounter,
+    duration: OwnedHistogram,
+    response_bytes: OwnedCounter,
+    trace_labels: TraceLabels,
+    /// An upload lasts as long as the client takes to send it: not a latency signal.
+    latency_signal: bool,
 }
 
 /// Appends one of our own families to the exposition text.
@@ -128,11 +145,11 @@ impl Metrics {
             names::HTTP_REQUESTS_IN_FLIGHT,
             "HTTP requests being answered right now.",
         )?;
-        let http_response_bytes = counter_vec(
+        let http_response_bytes = CounterFamily::new(
             names::HTTP_RESPONSE_BYTES_TOTAL,
             "Bytes of response bodies of known size sent, by service.",
-            &["service"],
-        )?;
+            ["service"],
+        );
         let http_connections_active = IntGauge::new(
             names::HTTP_CONNECTIONS_ACTIVE,
             "Open client TCP connections.",
@@ -335,7 +352,6 @@ impl Metrics {
         registry.register(Box::new(otlp_spans_failed.clone()))?;
         registry.register(Box::new(http_duration_max.clone()))?;
         registry.register(Box::new(http_in_flight.clone()))?;
-        registry.register(Box::new(http_response_bytes.clone()))?;
         registry.register(Box::new(http_connections_active.clone()))?;
         registry.register(Box::new(http_connections.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
@@ -396,7 +412,7 @@ impl Metrics {
         }
         for service in names::SERVICES {
             rate_limited.with_label_values(&[service]).inc_by(0);
-            http_response_bytes.with_label_values(&[service]).inc_by(0);
+            http_response_bytes.inc_by(&[service], 0);
         }
 
         Ok(Self {
@@ -405,6 +421,7 @@ impl Metrics {
             http_duration,
             http_duration_max,
             http_in_flight,
+            in_flight: Arc::default(),
             http_response_bytes,
             http_connections_active,
             http_connections,
@@ -452,53 +469,18 @@ impl Metrics {
         })
     }
 
-    /// Counts one answered request everywhere it belongs: the Prometheus families, the trace
-    /// stats and the latency window the alert rules read.
-    pub fn observe_request(&self, request: &super::traces::RequestRecord) {
-        let series = self.http_series(
-            request.service,
-            request.route,
-            request.method,
-            request.status_code(),
-        );
-        self.observe_with(&series, request);
-    }
-
-    /// The series one kind of request (service, route, method, status) bumps, resolved once:
-    /// the HTTP middleware keeps them per worker and skips the label lookups per request.
-    pub fn http_series(
-        &self,
-        service: &str,
-        route: &str,
-        method: &str,
-        status: &str,
-    ) -> HttpSeries {
-        HttpSeries {
-            requests: self
-                .http_requests
-                .with_label_values(&[service, route, method, status]),
-            duration: self
-                .http_duration
-                .with_label_values(&[service, route, method]),
-            response_bytes: self.http_response_bytes.with_label_values(&[service]),
+    /// The writing ends for one HTTP worker (see [`HttpRecorder`]).
+    pub fn http_recorder(&self) -> HttpRecorder {
+        HttpRecorder {
+            metrics: self.clone(),
+            in_flight: self.in_flight.add(AtomicU64::new(0)),
+            traces: self.traces.recorder(),
         }
     }
 
-    /// [`Self::observe_request`] with the request's series already resolved.
-    pub fn observe_with(&self, series: &HttpSeries, request: &super::traces::RequestRecord) {
-        series.requests.inc();
-        series
-            .duration
-            .observe(request.duration_nanos as f64 / 1_000_000_000.0);
-        if let Some(bytes) = request.response_bytes {
-            series.response_bytes.inc_by(bytes);
-        }
-        // An upload lasts as long as the client takes to send it: not a latency signal.
-        if request.service != "upload" {
-            self.window_max_micros
-                .fetch_max(request.duration_nanos / 1000, Ordering::Relaxed);
-        }
-        self.traces.record(request);
+    /// HTTP requests being answered right now, over all workers.
+    pub fn http_requests_in_flight(&self) -> i64 {
+        self.in_flight.sum(|copy| copy.load(Ordering::Relaxed)) as i64
     }
 
     /// Makes [`Self::export_span`] send to `exporter` (a second call is ignored).
@@ -523,11 +505,14 @@ impl Metrics {
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let encoder = TextEncoder::new();
         let mut out = String::with_capacity(self.render_capacity.load(Ordering::Relaxed));
+        self.http_in_flight.set(self.http_requests_in_flight());
         let duration = |out: &mut String| self.http_duration.render_into(out);
         let requests = |out: &mut String| self.http_requests.render_into(out);
-        let mut ours: [(&str, &RenderFamily); 2] = [
+        let response_bytes = |out: &mut String| self.http_response_bytes.render_into(out);
+        let mut ours: [(&str, &RenderFamily); 3] = [
             (self.http_duration.name(), &duration),
             (self.http_requests.name(), &requests),
+            (self.http_response_bytes.name(), &response_bytes),
         ];
         ours.sort_by_key(|(name, _)| *name);
         let mut ours = ours.into_iter().peekable();
@@ -544,5 +529,64 @@ impl Metrics {
         self.render_capacity
             .store(out.len() + out.len() / 8, Ordering::Relaxed);
         Ok(out)
+    }
+}
+
+impl HttpRecorder {
+    pub fn request_started(&self) {
+        owned::add(self.in_flight.get(), 1);
+    }
+
+    /// A request dropped unanswered (the client went away).
+    pub fn request_dropped(&self) {
+        owned::add(self.in_flight.get(), u64::MAX);
+    }
+
+    /// This worker's copies of the series for one kind of request.
+    pub fn series(
+        &self,
+        service: &'static str,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+    ) -> HttpSeries {
+        let metrics = &self.metrics;
+        HttpSeries {
+            requests: metrics.http_requests.owned(&[
+                service,
+                route,
+                method,
+                super::traces::status_label(status),
+            ]),
+            duration: metrics.http_duration.owned(&[service, route, method]),
+            response_bytes: metrics.http_response_bytes.owned(&[service]),
+            trace_labels: TraceLabels::new(service, route, method, status),
+            latency_signal: service != "upload",
+        }
+    }
+
+    /// Counts an answered request (resolved to `series`) everywhere it belongs: the
+    /// Prometheus families, the trace stats and the latency window the alert rules read.
+    pub fn request_answered(&self, series: &HttpSeries, request: &RequestRecord) {
+        owned::add(self.in_flight.get(), u64::MAX);
+        series.requests.inc_by(1);
+        series.duration.observe_nanos(request.duration_nanos);
+        if let Some(bytes) = request.response_bytes {
+            series.response_bytes.inc_by(bytes);
+        }
+        if series.latency_signal {
+            let micros = request.duration_nanos / 1000;
+            // Most requests are not the window's longest: a load, not a locked update.
+            let window_max = &self.metrics.window_max_micros;
+            if micros > window_max.load(Ordering::Relaxed) {
+                window_max.fetch_max(micros, Ordering::Relaxed);
+            }
+        }
+        self.traces.record(
+            series.trace_labels,
+            request.duration_nanos,
+            request.finished,
+            request.trace_id,
+        );
     }
 }

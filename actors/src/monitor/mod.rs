@@ -9,7 +9,9 @@ pub mod logs;
 pub mod metrics;
 pub mod names;
 pub mod otlp;
+pub mod owned;
 pub mod process;
+pub mod trace_stats;
 pub mod traces;
 
 use std::{
@@ -22,7 +24,7 @@ use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture,
     ResponseFuture, Supervised, WrapFuture,
 };
-pub use metrics::{HttpSeries, Metrics};
+pub use metrics::{HttpRecorder, HttpSeries, Metrics};
 use serde::Serialize;
 use time::OffsetDateTime;
 pub(crate) use traces::traced_handlers;
@@ -537,7 +539,7 @@ impl MonitorActor {
             requests_total: traces.count,
             requests_5xx: traces.errors,
             requests_4xx: metrics.traces.client_errors(),
-            requests_in_flight: metrics.http_in_flight.get(),
+            requests_in_flight: metrics.http_requests_in_flight(),
             connections_active: metrics.http_connections_active.get(),
             window_s: self.deps.config.alert_window_s,
             window_error_rate: self.last.window_error_rate,

@@ -1,13 +1,12 @@
 //! Request tracing: W3C trace context (`traceparent`), the per-request record the HTTP
-//! middleware hands to [`super::Metrics::observe_request`], the trace statistics behind
+//! middleware hands to [`super::metrics::HttpRecorder`], the trace statistics behind
 //! `/api/v1/monitor/traces`, and [`Traced`], the envelope that carries a trace into an actor.
-
-use std::sync::{Arc, Mutex, PoisonError};
 
 use super::clock::MonotonicNanos;
 
-use serde::Serialize;
-use time::OffsetDateTime;
+pub use super::trace_stats::{
+    DurationStats, TraceLabels, TraceRecorder, TraceReport, TraceStats, TraceSummary,
+};
 
 /// A W3C trace context: the trace a request belongs to and the span we opened for it. Ids are
 /// integers, formatted as hex only when a header, a log line or a report needs them.
@@ -243,201 +242,6 @@ static STATUS_LABELS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLo
         .collect()
 });
 
-/// A finished request, for the recent list of `/api/v1/monitor/traces`.
-#[derive(Debug, Clone, Serialize)]
-pub struct TraceSummary {
-    pub trace_id: Option<String>,
-    pub service: &'static str,
-    pub route: &'static str,
-    pub method: &'static str,
-    pub status: u16,
-    pub duration_ms: f64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-}
-
-/// What `/api/v1/monitor/traces` reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct TraceReport {
-    pub count: u64,
-    /// Requests answered with a 5xx status.
-    pub errors: u64,
-    pub error_rate: f64,
-    pub duration_ms: DurationStats,
-    pub recent: Vec<TraceSummary>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DurationStats {
-    /// Over every request since start.
-    pub avg: f64,
-    pub max: f64,
-    /// Over the recent requests.
-    pub p50: f64,
-    pub p95: f64,
-    pub p99: f64,
-}
-
-/// Counters and the recent ring behind one mutex: a request takes one uncontended lock and
-/// writes plain integers, instead of five atomic updates plus the lock for the ring.
-#[derive(Clone)]
-pub struct TraceStats {
-    inner: Arc<Mutex<TraceState>>,
-}
-
-struct TraceState {
-    count: u64,
-    errors: u64,
-    client_errors: u64,
-    duration_micros: u64,
-    max_micros: u64,
-    /// Kept compact (no strings, no wall clock): formatted when a report asks. A ring:
-    /// `recent[next]` is the oldest once it is full.
-    recent: Vec<RecentRequest>,
-    capacity: usize,
-    next: usize,
-}
-
-/// What the recent list reports of a request.
-#[derive(Clone, Copy)]
-struct RecentRequest {
-    service: &'static str,
-    route: &'static str,
-    method: &'static str,
-    status: u16,
-    duration_micros: u64,
-    finished: MonotonicNanos,
-    /// Zero for none (trace ids never are): half the size of an `Option<u128>`.
-    trace_id: u128,
-}
-
-impl TraceState {
-    /// Oldest first.
-    fn recent(&self) -> impl Iterator<Item = &RecentRequest> {
-        let (newer, older) = self.recent.split_at(self.next);
-        older.iter().chain(newer)
-    }
-}
-
-impl TraceStats {
-    pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
-        Self {
-            inner: Arc::new(Mutex::new(TraceState {
-                count: 0,
-                errors: 0,
-                client_errors: 0,
-                duration_micros: 0,
-                max_micros: 0,
-                recent: Vec::with_capacity(capacity),
-                capacity,
-                next: 0,
-            })),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, TraceState> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub fn record(&self, request: &RequestRecord) {
-        let micros = request.duration_nanos / 1000;
-        let mut state = self.state();
-        state.count += 1;
-        if request.status >= 500 {
-            state.errors += 1;
-        } else if request.status >= 400 {
-            state.client_errors += 1;
-        }
-        state.duration_micros = state.duration_micros.saturating_add(micros);
-        state.max_micros = state.max_micros.max(micros);
-        let recent = RecentRequest {
-            service: request.service,
-            route: request.route,
-            method: request.method,
-            status: request.status,
-            duration_micros: micros,
-            finished: request.finished,
-            trace_id: request.trace_id.unwrap_or(0),
-        };
-        if state.recent.len() < state.capacity {
-            state.recent.push(recent);
-        } else {
-            let next = state.next;
-            if let Some(oldest) = state.recent.get_mut(next) {
-                *oldest = recent;
-            }
-            state.next = if next + 1 == state.capacity {
-                0
-            } else {
-                next + 1
-            };
-        }
-    }
-
-    /// (requests, 5xx errors) since start.
-    pub fn totals(&self) -> (u64, u64) {
-        let state = self.state();
-        (state.count, state.errors)
-    }
-
-    /// Requests answered with a 4xx status since start.
-    pub fn client_errors(&self) -> u64 {
-        self.state().client_errors
-    }
-
-    pub fn report(&self, recent_limit: usize) -> TraceReport {
-        let (now, wall_now) = (MonotonicNanos::now(), OffsetDateTime::now_utc());
-        let state = self.state();
-        let (count, errors) = (state.count, state.errors);
-        let total_ms = state.duration_micros as f64 / 1000.0;
-        let max_ms = state.max_micros as f64 / 1000.0;
-        let recent: Vec<TraceSummary> = state
-            .recent()
-            .map(|request| TraceSummary {
-                trace_id: (request.trace_id != 0).then(|| hex_trace_id(request.trace_id)),
-                service: request.service,
-                route: request.route,
-                method: request.method,
-                status: request.status,
-                duration_ms: request.duration_micros as f64 / 1000.0,
-                at: wall_now - now.duration_since(request.finished),
-            })
-            .collect();
-        drop(state);
-        let mut durations: Vec<f64> = recent.iter().map(|t| t.duration_ms).collect();
-        durations.sort_by(f64::total_cmp);
-        let quantile = |q: f64| -> f64 {
-            if durations.is_empty() {
-                return 0.0;
-            }
-            let rank = ((durations.len() as f64 - 1.0) * q).round() as usize;
-            durations[rank.min(durations.len() - 1)]
-        };
-        TraceReport {
-            count,
-            errors,
-            error_rate: if count == 0 {
-                0.0
-            } else {
-                errors as f64 / count as f64
-            },
-            duration_ms: DurationStats {
-                avg: if count == 0 {
-                    0.0
-                } else {
-                    total_ms / count as f64
-                },
-                max: max_ms,
-                p50: quantile(0.5),
-                p95: quantile(0.95),
-                p99: quantile(0.99),
-            },
-            recent: recent.into_iter().rev().take(recent_limit).collect(),
-        }
-    }
-}
-
 /// A message carrying the trace of the request that caused it. The receiving actor handles
 /// the inner message inside a span with the trace id, so its logs name the trace.
 /// Implemented per actor with [`traced_handlers!`](crate::monitor::traced_handlers).
@@ -524,29 +328,5 @@ mod tests {
         let trace = TraceContext::continue_or_start(Some(future.as_bytes()));
         assert_eq!(trace.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(!trace.sampled);
-    }
-
-    #[test]
-    fn stats_count_errors_and_durations() {
-        let stats = TraceStats::new(4);
-        for (status, ms) in [(200, 10), (503, 30), (200, 20), (404, 40), (500, 50)] {
-            stats.record(&RequestRecord {
-                service: "gateway",
-                route: "/health",
-                method: "GET",
-                status,
-                duration_nanos: ms * 1_000_000,
-                finished: MonotonicNanos::now(),
-                response_bytes: None,
-                trace_id: None,
-            });
-        }
-        let report = stats.report(10);
-        assert_eq!((report.count, report.errors), (5, 2));
-        assert!((report.error_rate - 0.4).abs() < 1e-9);
-        assert!((report.duration_ms.avg - 30.0).abs() < 1e-6);
-        assert!((report.duration_ms.max - 50.0).abs() < 1e-6);
-        assert_eq!(report.recent.len(), 4, "the ring keeps its capacity");
-        assert_eq!(report.recent[0].status, 500, "newest first");
     }
 }

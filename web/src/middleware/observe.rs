@@ -32,8 +32,8 @@ use actix_web::{
 use streamgate_actors::monitor::{
     clock::MonotonicNanos,
     otlp::{AttributeValue, FinishedSpan, SpanExporter, SpanKind},
-    traces::{self, status_label, RequestRecord, RequestScope, TraceContext, TRACEPARENT_LEN},
-    HttpSeries, Metrics,
+    traces::{self, RequestRecord, RequestScope, TraceContext, TRACEPARENT_LEN},
+    HttpRecorder, HttpSeries, Metrics,
 };
 
 use super::{
@@ -85,7 +85,7 @@ where
         ready(Ok(ObserveService {
             service,
             state: Rc::new(WorkerState {
-                metrics: self.metrics.clone(),
+                recorder: self.metrics.as_ref().map(Metrics::http_recorder),
                 limits: self.limits.clone(),
                 spans: self.spans.clone(),
                 series: RefCell::default(),
@@ -98,7 +98,8 @@ where
 
 /// One per HTTP worker (actix builds the app once per worker thread): no sharing, no locks.
 pub struct WorkerState {
-    metrics: Option<Metrics>,
+    /// The worker's own copies of the request metrics; `None` with monitoring off.
+    recorder: Option<HttpRecorder>,
     limits: Option<RateLimits>,
     spans: Option<SpanExporter>,
     /// The metric series each (service, route, method, status) bumps, keyed by the labels'
@@ -197,7 +198,7 @@ impl WorkerSeries {
 }
 
 impl WorkerState {
-    fn observe(&self, metrics: &Metrics, record: &RequestRecord) {
+    fn observe(&self, recorder: &HttpRecorder, record: &RequestRecord) {
         let key = SeriesKey {
             service: record.service.as_ptr() as usize,
             route: record.route.as_ptr() as usize,
@@ -206,15 +207,10 @@ impl WorkerState {
         };
         let mut series = self.series.borrow_mut();
         let series = series.get(key, || {
-            metrics.http_series(
-                record.service,
-                record.route,
-                record.method,
-                status_label(record.status),
-            )
+            recorder.series(record.service, record.route, record.method, record.status)
         });
         if let Some(series) = series {
-            metrics.observe_with(series, record);
+            recorder.request_answered(series, record);
         }
     }
 }
@@ -251,7 +247,7 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let state = &self.state;
-        if state.metrics.is_none() && state.limits.is_none() {
+        if state.recorder.is_none() && state.limits.is_none() {
             return ObserveFuture {
                 call: Some(self.service.call(req)),
                 refused: None,
@@ -265,8 +261,8 @@ where
             .limits
             .as_ref()
             .and_then(|limits| rate_limit::client_ip(&req, limits.trusted_proxies()));
-        let observed = state.metrics.as_ref().map(|metrics| {
-            metrics.http_in_flight.inc();
+        let observed = state.recorder.as_ref().map(|recorder| {
+            recorder.request_started();
             // A `&str` key would be parsed into a name on every call.
             let traceparent = req.headers().get(&TRACEPARENT_NAME);
             Observed {
@@ -323,8 +319,8 @@ impl<F> Drop for ObserveFuture<F> {
     fn drop(&mut self) {
         // Dropped unanswered (the client went away): still leaves the in-flight gauge.
         if let Some(observed) = self.observed.take() {
-            if let Some(metrics) = &observed.state.metrics {
-                metrics.http_in_flight.dec();
+            if let Some(recorder) = &observed.state.recorder {
+                recorder.request_dropped();
             }
         }
     }
@@ -386,10 +382,9 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
         ),
         Err(error) => ("unmatched", error.as_response_error().status_code(), None),
     };
-    if let Some(metrics) = &observed.state.metrics {
-        metrics.http_in_flight.dec();
+    if let Some(recorder) = &observed.state.recorder {
         observed.state.observe(
-            metrics,
+            recorder,
             &RequestRecord {
                 service: observed.service.label(),
                 route,
