@@ -362,6 +362,67 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 
+/// Request ids are written by the vendored actix-http from the pooled response head
+/// (PATCHED.md): every response gets its own, and a response that never passed the middleware
+/// (actix's own 400 for a malformed request) must not inherit the previous one.
+#[tokio::test]
+async fn request_ids_are_unique_uuids_and_never_outlive_their_response() {
+    // One worker: the malformed request meets the pool the other responses went back to.
+    let server = TestServer::start_with(|config| config.server.workers = 1);
+    let mut ids = HashSet::new();
+    for _ in 0..50 {
+        let response = server
+            .client
+            .get(server.url("/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        // A version 4 UUID, lowercase and hyphenated.
+        let shape_ok = id.len() == 36
+            && id.char_indices().all(|(at, c)| match at {
+                8 | 13 | 18 | 23 => c == '-',
+                14 => c == '4',
+                19 => "89ab".contains(c),
+                _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
+            });
+        assert!(shape_ok, "{id}");
+        assert!(ids.insert(id), "request ids repeat");
+    }
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(
+        !answer.contains("x-request-id"),
+        "a stale request id: {answer}"
+    );
+    // And the next response still gets a fresh one.
+    let response = server
+        .client
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(ids.insert(id));
+}
+
 #[tokio::test]
 async fn trace_context_request_ids_and_security_headers_on_every_response() {
     let server = TestServer::start_with(|config| {

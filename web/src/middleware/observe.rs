@@ -40,7 +40,7 @@ use super::{
     buckets::BucketCache,
     rate_limit::{self, RateLimits, ServiceId},
     route_label,
-    trace::{RequestId, RequestIdText},
+    trace::{RequestId, REQUEST_ID_LEN},
     REQUEST_ID_HEADER, TRACEPARENT_HEADER,
 };
 
@@ -89,7 +89,6 @@ where
                 limits: self.limits.clone(),
                 spans: self.spans.clone(),
                 series: RefCell::default(),
-                request_ids: RefCell::default(),
                 buckets: RefCell::default(),
             }),
         }))
@@ -106,7 +105,6 @@ pub struct WorkerState {
     /// addresses: every label is a `'static` string from a fixed table, so the key is four
     /// integers and the map stays as small as the app's routes × methods × statuses.
     series: RefCell<WorkerSeries>,
-    request_ids: RefCell<RequestIdText>,
     buckets: RefCell<BucketCache>,
 }
 
@@ -436,16 +434,22 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
         });
     }
     if let Ok(response) = result {
+        let mut text = [0; REQUEST_ID_LEN];
+        RequestId::from_uuid(observed.scope.request_id).encode(&mut text);
+        // Kept inline in the response head and written by the encoder after the map's
+        // headers (the vendored actix-http's patch, PATCHED.md): no map insert, no shared
+        // buffer, no reference counts on every response. Only fails for a value that is too
+        // long or not header text, which a hyphenated UUID never is.
+        let head = response.response_mut().head_mut();
+        debug_assert!(!head.headers.contains_key(&REQUEST_ID_NAME));
+        let placed = head.set_inline_header(REQUEST_ID_NAME, &text);
+        debug_assert!(placed);
         let headers = response.headers_mut();
-        let request_id = RequestId::from_uuid(observed.scope.request_id);
-        let text = observed.state.request_ids.borrow_mut().text(request_id);
-        // `append`, not `insert`: both headers are ours alone (no handler sets them), and for
-        // a name the map lacks `append` places the value once, where `insert` moves it through
-        // two copies and hands back an empty `Removed` (~0.1k instructions a response).
-        debug_assert!(!headers.contains_key(&REQUEST_ID_NAME));
-        headers.append(REQUEST_ID_NAME, generated_header_value(text));
         if observed.echo_traceparent {
             let mut buffer = [0; TRACEPARENT_LEN];
+            // `append`, not `insert`: the header is ours alone (no handler sets it), and for a
+            // name the map lacks `append` places the value once, where `insert` moves it
+            // through two copies and hands back an empty `Removed`.
             debug_assert!(!headers.contains_key(&TRACEPARENT_NAME));
             headers.append(
                 TRACEPARENT_NAME,
@@ -458,14 +462,15 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
 }
 
 /// A header value from text we wrote ourselves: hex digits and dashes only, so the byte-by-byte
-/// validation of `HeaderValue::from_bytes` (a few hundred instructions per header) is skipped.
+/// validation of `HeaderValue::from_bytes` (a few hundred instructions per header) is skipped
+/// (the `traceparent` echoed to callers that sent one).
 #[allow(unsafe_code)]
 fn generated_header_value(ascii: bytes::Bytes) -> HeaderValue {
     debug_assert!(ascii
         .iter()
         .all(|byte| byte.is_ascii_hexdigit() || *byte == b'-'));
-    // SAFETY: the only callers pass `RequestIdText::text` (`RequestId::encode`'s hyphenated
-    // UUID) or `TraceContext::encode_traceparent` (`00-<hex>-<hex>-0x`): ASCII hex and dashes, which is
+    // SAFETY: the only caller passes `TraceContext::encode_traceparent` (`00-<hex>-<hex>-0x`):
+    // ASCII hex and dashes, which is
     // valid UTF-8 and a valid header value (debug builds check both, http's included).
     unsafe { HeaderValue::from_maybe_shared_unchecked(ascii) }
 }

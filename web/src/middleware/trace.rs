@@ -12,7 +12,6 @@
 
 use std::fmt;
 
-use bytes::BytesMut;
 use streamgate_actors::monitor::traces;
 
 /// The id of one request (a random UUID), in its log scope and in `x-request-id`.
@@ -52,47 +51,19 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// Ids this many at a time share one buffer.
-const IDS_PER_BUFFER: usize = 128;
-
-/// The text of request ids, written one after the other into a shared buffer: each response's
-/// `x-request-id` is a reference-counted slice of it instead of an allocation of its own.
-/// A buffer is freed when the last response using it is gone. One per HTTP worker.
-#[derive(Default)]
-pub(super) struct RequestIdText {
-    buffer: BytesMut,
-}
-
-impl RequestIdText {
-    /// `id`'s hyphenated text, as bytes a header value can share.
-    pub(super) fn text(&mut self, id: RequestId) -> bytes::Bytes {
-        if self.buffer.capacity() < REQUEST_ID_LEN {
-            self.buffer = BytesMut::with_capacity(REQUEST_ID_LEN * IDS_PER_BUFFER);
-        }
-        let mut text = [0; REQUEST_ID_LEN];
-        id.encode(&mut text);
-        self.buffer.extend_from_slice(&text);
-        self.buffer.split().freeze()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_hyphenated_uuids_sharing_buffers() {
-        let mut texts = RequestIdText::default();
-        let ids: Vec<RequestId> = (0..IDS_PER_BUFFER * 2 + 3)
-            .map(|_| RequestId::from_uuid(traces::fast_uuid_v4()))
-            .collect();
-        let encoded: Vec<bytes::Bytes> = ids.iter().map(|id| texts.text(*id)).collect();
-        for (id, text) in ids.iter().zip(&encoded) {
-            assert_eq!(text.as_ref(), id.to_string().as_bytes());
-            assert_eq!(uuid::Uuid::try_parse_ascii(text).ok(), Some(id.uuid()));
+    fn ids_encode_as_hyphenated_uuids() {
+        for _ in 0..1000 {
+            let id = RequestId::from_uuid(traces::fast_uuid_v4());
+            let mut text = [0; REQUEST_ID_LEN];
+            id.encode(&mut text);
+            assert_eq!(&text[..], id.to_string().as_bytes());
+            assert_eq!(uuid::Uuid::try_parse_ascii(&text).ok(), Some(id.uuid()));
         }
-        let unique: std::collections::HashSet<_> = encoded.iter().collect();
-        assert_eq!(unique.len(), encoded.len());
         let fixed = RequestId::from_uuid(uuid::Uuid::from_u128(
             0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
         ));

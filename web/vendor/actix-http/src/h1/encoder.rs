@@ -49,6 +49,12 @@ pub(crate) trait MessageType: Sized {
 
     fn extra_headers(&self) -> Option<&HeaderMap>;
 
+    /// StreamGate patch: the response head's inline header, if any
+    /// (`ResponseHead::set_inline_header`).
+    fn inline_header(&self) -> Option<(&HeaderName, &[u8])> {
+        None
+    }
+
     fn camel_case(&self) -> bool {
         false
     }
@@ -239,6 +245,26 @@ pub(crate) trait MessageType: Sized {
             dst.advance_mut(pos);
         }
 
+        // StreamGate patch: the inline header, after the map's.
+        if let Some((name, value)) = self.inline_header() {
+            let name = name.as_str().as_bytes();
+            dst.reserve(name.len() + value.len() + HEADER_DELIMITER_LEN);
+            let start = dst.len();
+            dst.extend_from_slice(name);
+            if camel_case {
+                let mut upper_next = true;
+                for byte in &mut dst[start..] {
+                    if upper_next {
+                        byte.make_ascii_uppercase();
+                    }
+                    upper_next = *byte == b'-';
+                }
+            }
+            dst.extend_from_slice(b": ");
+            dst.extend_from_slice(value);
+            dst.extend_from_slice(b"\r\n");
+        }
+
         if !has_date {
             // optimized date header, write_date_header writes its own \r\n
             config.write_date_header(dst, camel_case);
@@ -284,6 +310,10 @@ impl MessageType for Response<()> {
 
     fn extra_headers(&self) -> Option<&HeaderMap> {
         None
+    }
+
+    fn inline_header(&self) -> Option<(&HeaderName, &[u8])> {
+        self.head().inline_header()
     }
 
     fn camel_case(&self) -> bool {

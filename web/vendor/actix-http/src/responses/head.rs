@@ -2,7 +2,11 @@
 
 use std::{cell::RefCell, ops};
 
-use crate::{header::HeaderMap, message::Flags, ConnectionType, StatusCode, Version};
+use crate::{
+    header::{HeaderMap, HeaderName},
+    message::Flags,
+    ConnectionType, StatusCode, Version,
+};
 
 thread_local! {
     static RESPONSE_POOL: BoxedResponsePool = BoxedResponsePool::create();
@@ -15,6 +19,19 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
     pub reason: Option<&'static str>,
     pub(crate) flags: Flags,
+    /// StreamGate patch: see [`ResponseHead::set_inline_header`].
+    pub(crate) inline_header: Option<InlineHeader>,
+}
+
+/// StreamGate patch: the longest value [`ResponseHead::set_inline_header`] takes.
+pub const INLINE_HEADER_VALUE_MAX: usize = 64;
+
+/// StreamGate patch: a header kept in the head itself, value bytes inline.
+#[derive(Debug, Clone)]
+pub(crate) struct InlineHeader {
+    name: HeaderName,
+    value: [u8; INLINE_HEADER_VALUE_MAX],
+    len: u8,
 }
 
 impl ResponseHead {
@@ -27,7 +44,42 @@ impl ResponseHead {
             headers: HeaderMap::with_capacity(12),
             reason: None,
             flags: Flags::empty(),
+            inline_header: None,
         }
+    }
+
+    /// StreamGate patch. Sets one header that the HTTP/1 encoder writes after those in
+    /// [`headers`](Self::headers), from a copy of `value` kept inline in this head: no map
+    /// insert, no allocation, no reference-counted buffer. Meant for a header generated for
+    /// every response (a request id); it is not visible through `headers()`, and the map should
+    /// not hold the same name. A second call replaces the first.
+    ///
+    /// Returns `false`, setting nothing, when `value` is longer than
+    /// [`INLINE_HEADER_VALUE_MAX`] bytes or holds a byte a header value may not (a control
+    /// character other than tab, or DEL).
+    pub fn set_inline_header(&mut self, name: HeaderName, value: &[u8]) -> bool {
+        let valid = value.len() <= INLINE_HEADER_VALUE_MAX
+            && value
+                .iter()
+                .all(|byte| (*byte >= 0x20 && *byte != 0x7f) || *byte == b'\t');
+        if !valid {
+            return false;
+        }
+        let mut inline = [0; INLINE_HEADER_VALUE_MAX];
+        inline[..value.len()].copy_from_slice(value);
+        self.inline_header = Some(InlineHeader {
+            name,
+            value: inline,
+            len: value.len() as u8,
+        });
+        true
+    }
+
+    /// StreamGate patch: the header set by [`set_inline_header`](Self::set_inline_header).
+    pub fn inline_header(&self) -> Option<(&HeaderName, &[u8])> {
+        self.inline_header
+            .as_ref()
+            .map(|header| (&header.name, &header.value[..usize::from(header.len)]))
     }
 
     /// Read the message headers.
@@ -181,6 +233,8 @@ impl BoxedResponsePool {
             head.status = status;
             head.headers.clear();
             head.flags = Flags::empty();
+            // StreamGate patch: a pooled head must not carry the previous response's header.
+            head.inline_header = None;
             BoxedResponseHead { head: Some(head) }
         } else {
             BoxedResponseHead {
