@@ -361,8 +361,9 @@ fn scoped<R>(scope: Option<RequestScope>, work: impl FnOnce() -> R) -> R {
     }
 }
 
-// Built at compile time: `from_static` at run time validates the name on every call.
-const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+// Built at compile time: `from_static` at run time validates the name on every call. A
+// static: the response head keeps a `&'static` to it.
+static REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
 
 /// Counts the answer and gives it the request id (and our `traceparent` if the caller sent one).
@@ -442,7 +443,7 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
         // long or not header text, which a hyphenated UUID never is.
         let head = response.response_mut().head_mut();
         debug_assert!(!head.headers.contains_key(&REQUEST_ID_NAME));
-        let placed = head.set_inline_header(REQUEST_ID_NAME, &text);
+        let placed = head.set_inline_header(&REQUEST_ID_NAME, &text);
         debug_assert!(placed);
         let headers = response.headers_mut();
         if observed.echo_traceparent {
@@ -493,4 +494,42 @@ fn method_label(method: &Method) -> &'static str {
         .iter()
         .find(|(standard, _)| standard == method)
         .map_or("other", |(_, label)| label)
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::HttpResponse;
+
+    use super::*;
+
+    /// The vendored actix-http's inline header (PATCHED.md), which carries `x-request-id`:
+    /// header text only, bounded, and replaced by a second call.
+    #[test]
+    fn the_inline_header_takes_header_text_only() {
+        static NAME: HeaderName = HeaderName::from_static("x-test");
+        let mut response = HttpResponse::Ok().finish();
+        let head = response.head_mut();
+        assert_eq!(head.inline_header(), None);
+        assert!(head.set_inline_header(&NAME, b"earlier"));
+        for bad in [
+            &b"split\r\nx-injected: 1"[..],
+            b"nul\0byte",
+            b"del\x7f",
+            &[b'a'; 65],
+        ] {
+            assert!(!head.set_inline_header(&NAME, bad), "{bad:?}");
+            assert_eq!(
+                head.inline_header(),
+                None,
+                "a refused value unsets the header"
+            );
+        }
+        let mut id = [0; REQUEST_ID_LEN];
+        RequestId::from_uuid(traces::fast_uuid_v4()).encode(&mut id);
+        for good in [&id[..], b"tab\tand obs-text \xe9", &[b'a'; 64], b""] {
+            assert!(head.set_inline_header(&NAME, good), "{good:?}");
+            assert_eq!(head.inline_header(), Some((&NAME, good)));
+        }
+        assert!(head.headers.is_empty(), "not in the header map");
+    }
 }

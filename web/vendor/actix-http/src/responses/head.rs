@@ -20,18 +20,68 @@ pub struct ResponseHead {
     pub reason: Option<&'static str>,
     pub(crate) flags: Flags,
     /// StreamGate patch: see [`ResponseHead::set_inline_header`].
-    pub(crate) inline_header: Option<InlineHeader>,
+    pub(crate) inline_header: InlineHeader,
 }
 
 /// StreamGate patch: the longest value [`ResponseHead::set_inline_header`] takes.
 pub const INLINE_HEADER_VALUE_MAX: usize = 64;
 
-/// StreamGate patch: a header kept in the head itself, value bytes inline.
+/// StreamGate patch: room for the name beside a value of the longest length.
+const INLINE_HEADER_NAME_MAX: usize = 32;
+
+/// StreamGate patch: a header kept in the head itself as its whole line (`name: value\r\n`),
+/// which the encoder copies in one piece. The storage stays with a pooled head: unset, only
+/// `len` is zero, and `line` still starts with `name` and `": "`, so setting the same header
+/// again copies only the value.
 #[derive(Debug, Clone)]
 pub(crate) struct InlineHeader {
-    name: HeaderName,
-    value: [u8; INLINE_HEADER_VALUE_MAX],
+    /// The name `line` starts with.
+    name: Option<&'static HeaderName>,
+    /// Bytes of `line` in use; zero when unset.
     len: u8,
+    line: [u8; INLINE_HEADER_NAME_MAX + INLINE_HEADER_VALUE_MAX + 4],
+}
+
+impl InlineHeader {
+    const UNSET: Self = Self {
+        name: None,
+        len: 0,
+        line: [0; INLINE_HEADER_NAME_MAX + INLINE_HEADER_VALUE_MAX + 4],
+    };
+
+    /// The whole line and the length of its name, when set.
+    pub(crate) fn line(&self) -> Option<(&[u8], usize)> {
+        let name = self.name.filter(|_| self.len != 0)?;
+        Some((self.line.get(..usize::from(self.len))?, name.as_str().len()))
+    }
+
+    pub(crate) fn unset(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// Whether `value` may be a header value: no control character but tab, no DEL. Eight bytes a
+/// step; a flagged word is checked byte by byte (it may only hold a tab).
+#[inline]
+fn is_header_text(value: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let byte_ok = |byte: &u8| (*byte >= 0x20 && *byte != 0x7f) || *byte == b'\t';
+    let mut chunks = value.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_ne_bytes(bytes);
+        // Some byte below 0x20 (bytes with the high bit set are allowed obs-text) ...
+        let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+        // ... or equal to 0x7f.
+        let del = word ^ (ONES * 0x7f);
+        let is_del = del.wrapping_sub(ONES) & !del & HIGHS;
+        if below_space | is_del != 0 && !chunk.iter().all(byte_ok) {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(byte_ok)
 }
 
 impl ResponseHead {
@@ -44,7 +94,7 @@ impl ResponseHead {
             headers: HeaderMap::with_capacity(12),
             reason: None,
             flags: Flags::empty(),
-            inline_header: None,
+            inline_header: InlineHeader::UNSET,
         }
     }
 
@@ -54,32 +104,46 @@ impl ResponseHead {
     /// every response (a request id); it is not visible through `headers()`, and the map should
     /// not hold the same name. A second call replaces the first.
     ///
-    /// Returns `false`, setting nothing, when `value` is longer than
+    /// Returns `false`, leaving the head without an inline header, when `value` is longer than
     /// [`INLINE_HEADER_VALUE_MAX`] bytes or holds a byte a header value may not (a control
-    /// character other than tab, or DEL).
-    pub fn set_inline_header(&mut self, name: HeaderName, value: &[u8]) -> bool {
-        let valid = value.len() <= INLINE_HEADER_VALUE_MAX
-            && value
-                .iter()
-                .all(|byte| (*byte >= 0x20 && *byte != 0x7f) || *byte == b'\t');
-        if !valid {
+    /// character other than tab, or DEL), or when name and value together pass 96 bytes.
+    ///
+    /// Inlined, so a value of fixed length (an id) is checked and copied in a few fixed-size
+    /// steps.
+    #[inline]
+    pub fn set_inline_header(&mut self, name: &'static HeaderName, value: &[u8]) -> bool {
+        if value.len() > INLINE_HEADER_VALUE_MAX || !is_header_text(value) {
+            self.inline_header.unset();
             return false;
         }
-        let mut inline = [0; INLINE_HEADER_VALUE_MAX];
-        inline[..value.len()].copy_from_slice(value);
-        self.inline_header = Some(InlineHeader {
-            name,
-            value: inline,
-            len: value.len() as u8,
-        });
+        let inline = &mut self.inline_header;
+        let name_len = name.as_str().len();
+        if !inline.name.is_some_and(|line_name| std::ptr::eq(line_name, name)) {
+            let name_text = name.as_str().as_bytes();
+            let Some(room) = inline.line.get_mut(..name_len + 2) else {
+                inline.unset();
+                return false;
+            };
+            room[..name_len].copy_from_slice(name_text);
+            room[name_len..].copy_from_slice(b": ");
+            inline.name = Some(name);
+        }
+        let value_at = name_len + 2;
+        let Some(room) = inline.line.get_mut(value_at..value_at + value.len() + 2) else {
+            inline.unset();
+            return false;
+        };
+        room[..value.len()].copy_from_slice(value);
+        room[value.len()..].copy_from_slice(b"\r\n");
+        inline.len = (value_at + value.len() + 2) as u8;
         true
     }
 
     /// StreamGate patch: the header set by [`set_inline_header`](Self::set_inline_header).
     pub fn inline_header(&self) -> Option<(&HeaderName, &[u8])> {
-        self.inline_header
-            .as_ref()
-            .map(|header| (&header.name, &header.value[..usize::from(header.len)]))
+        let (line, name_len) = self.inline_header.line()?;
+        let value = line.get(name_len + 2..line.len().checked_sub(2)?)?;
+        self.inline_header.name.map(|name| (name, value))
     }
 
     /// Read the message headers.
@@ -234,7 +298,7 @@ impl BoxedResponsePool {
             head.headers.clear();
             head.flags = Flags::empty();
             // StreamGate patch: a pooled head must not carry the previous response's header.
-            head.inline_header = None;
+            head.inline_header.unset();
             BoxedResponseHead { head: Some(head) }
         } else {
             BoxedResponseHead {
