@@ -310,6 +310,20 @@ pub fn compare(
     rounds: usize,
     seconds: u32,
 ) -> (Load, Load) {
+    let (ours, baseline, _) = compare_paired(ours, baseline, connections, rounds, seconds);
+    (ours, baseline)
+}
+
+/// [`compare`], and the median of each round's ours ÷ baseline req/s: the two runs of a round
+/// meet the same machine, so when its load drifts during the comparison (other tenants of the
+/// host) the rounds' ratios move less than the ratio of the two medians.
+pub fn compare_paired(
+    ours: (&str, WrkOptions<'_>),
+    baseline: (&str, WrkOptions<'_>),
+    connections: u32,
+    rounds: usize,
+    seconds: u32,
+) -> (Load, Load, f64) {
     wrk(ours.0, connections, 1, ours.1);
     wrk(baseline.0, connections, 1, baseline.1);
     let mut runs: (Vec<Load>, Vec<Load>) = (Vec::new(), Vec::new());
@@ -324,7 +338,20 @@ pub fn compare(
             runs.0.push(wrk(ours.0, connections, seconds, ours.1));
         }
     }
-    (summarise(&runs.0), summarise(&runs.1))
+    let ratios: Vec<f64> = runs
+        .0
+        .iter()
+        .zip(&runs.1)
+        .map(|(ours, baseline)| ours.requests_per_s / baseline.requests_per_s)
+        .collect();
+    let shown: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.3}")).collect();
+    eprintln!(
+        "  {} vs {}: per-round ratios {}",
+        ours.0,
+        baseline.0,
+        shown.join(" ")
+    );
+    (summarise(&runs.0), summarise(&runs.1), median(ratios))
 }
 
 /// A wrk Lua script that cycles through `requests` (path, extra headers): weight a path by
