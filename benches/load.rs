@@ -7,8 +7,8 @@
 //! Under `cargo test` (no `--bench`) it runs a smoke pass that needs none of those tools: the
 //! real binary, the seeded data set and 2,000 held connections (failing above 6 KB each).
 //!
-//! Tunables (environment): LOAD_BENCH_SECONDS (per wrk run, 3), LOAD_BENCH_ROUNDS (2; the
-//! monitoring on/off rows take at least 9),
+//! Tunables (environment): LOAD_BENCH_SECONDS (per wrk run, 3), LOAD_BENCH_ROUNDS (5, made
+//! odd; the monitoring on/off rows take at least 9),
 //! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_PATCH_MIB (PATCH sizes, a row each: 0,8; 0 = the
 //! whole upload in one PATCH),
 //! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
@@ -39,8 +39,8 @@ use std::{
 
 use alloy_primitives::{eip191_hash_message, Address, Signature};
 use common::{
-    compare, compare_paired, free_port, media, paths_script, start_bare, start_nginx,
-    wait_for_port, write_hls, wrk, Load, WrkOptions,
+    compare_paired, free_port, media, paths_script, start_bare, start_nginx, wait_for_port,
+    write_hls, wrk, Load, WrkOptions,
 };
 use serde_json::{json, Value};
 use streamgate_actors::{
@@ -88,7 +88,8 @@ impl Settings {
     fn from_env() -> Self {
         Self {
             seconds: env_number("LOAD_BENCH_SECONDS", 3) as u32,
-            rounds: env_number("LOAD_BENCH_ROUNDS", 2).max(1) as usize,
+            // Odd: a median of paired ratios is then one round's ratio.
+            rounds: env_number("LOAD_BENCH_ROUNDS", 5).max(1) as usize | 1,
             upload_mib: env_number("LOAD_BENCH_UPLOAD_MIB", 1024) as usize,
             patch_mibs: std::env::var("LOAD_BENCH_PATCH_MIB")
                 .unwrap_or_else(|_| "0,8".into())
@@ -717,7 +718,7 @@ fn main() {
             common::SEGMENT_BYTES
         );
         server.reset_peak();
-        let (sg, nginx) = compare(
+        let (sg, nginx, paired) = compare_paired(
             (&server.base, scripted(&ours_script)),
             (&nginx_base, scripted(&theirs_script)),
             CONNECTIONS,
@@ -725,7 +726,8 @@ fn main() {
             seconds,
         );
         let mut row = Row::from_load("segment GET (2 MiB, 64 conn)", &sg, server.peak_rss_mb())
-            .versus("nginx", &nginx, "≥ 0.9");
+            .versus("nginx", &nginx, "≥ 0.9")
+            .paired(paired);
         row.baseline = format!(
             "nginx {:.0} req/s {:.0} MB/s",
             nginx.requests_per_s, nginx.megabytes_per_s
@@ -756,18 +758,17 @@ fn main() {
         let script = scratch.path().join("small.lua");
         paths_script(&script, &plain(&[], &paths));
         let body = fetch(&server.url(&paths[0]), None);
-        let (full, baseline) = versus_bare(&server, &script, body, content_type, rounds, seconds);
+        let (full, baseline, paired) =
+            versus_bare(&server, &script, body, content_type, rounds, seconds);
         let target = if name.starts_with("/metrics") {
             "—"
         } else {
             "≥ 0.6, p99 < 5 ms"
         };
         rows.push(
-            Row::from_load(&format!("{name}, 64 conn"), &full, server.peak_rss_mb()).versus(
-                "bare actix",
-                &baseline,
-                target,
-            ),
+            Row::from_load(&format!("{name}, 64 conn"), &full, server.peak_rss_mb())
+                .versus("bare actix", &baseline, target)
+                .paired(paired),
         );
     }
 
@@ -944,7 +945,7 @@ fn main() {
             callgrind_gated(&server, &script, seconds);
             return;
         }
-        let (gated, baseline) = versus_bare(
+        let (gated, baseline, paired) = versus_bare(
             &server,
             &script,
             body,
@@ -958,7 +959,8 @@ fn main() {
                 &gated,
                 server.peak_rss_mb(),
             )
-            .versus("bare actix", &baseline, "≥ 0.6, p99 < 5 ms"),
+            .versus("bare actix", &baseline, "≥ 0.6, p99 < 5 ms")
+            .paired(paired),
         );
     }
 
@@ -1011,8 +1013,11 @@ fn main() {
 
     print_table(&rows);
     println!(
-        "\nsettings: {seconds} s per wrk run, {rounds} rounds alternating with the baseline (medians), \
-         {} search records, {} MiB upload, {} s clip; ratios are req/s (upload: MB/s; transcode: time).",
+        "\nsettings: {seconds} s per wrk run, {rounds} rounds alternating with the baseline ({} for \
+         monitoring on/off; req/s and latencies are each side's medians, a ratio is the median of \
+         the rounds' own ratios), {} search records, {} MiB upload, {} s clip; ratios are req/s \
+         (upload: MB/s; transcode: time).",
+        rounds.max(ONOFF_ROUNDS) | 1,
         settings.records, settings.upload_mib, settings.clip_seconds
     );
     let errors: u64 = rows.iter().map(|row| row.errors).sum();
@@ -1070,10 +1075,10 @@ fn versus_bare(
     content_type: &'static str,
     rounds: usize,
     seconds: u32,
-) -> (Load, Load) {
+) -> (Load, Load, f64) {
     let (bare_url, bare) = start_bare(body, content_type);
     server.reset_peak();
-    let loads = compare(
+    let loads = compare_paired(
         (&server.base, scripted(script)),
         (&bare_url, WrkOptions::default()),
         CONNECTIONS,
