@@ -41,7 +41,8 @@ const SEARCH_ITEMS: usize = 100_000;
 /// Medians of [`ROUNDS`] alternating runs; every request must succeed.
 fn compare(a: &str, b: &str, connections: u32) -> (Load, Load) {
     let plain = WrkOptions::default();
-    let (ours, theirs) = common::compare((a, plain), (b, plain), connections, ROUNDS, SECONDS);
+    let (ours, theirs, _) =
+        common::compare_paired((a, plain), (b, plain), connections, ROUNDS, SECONDS);
     assert_eq!(ours.errors + theirs.errors, 0, "every request must succeed");
     (ours, theirs)
 }

@@ -302,21 +302,10 @@ pub fn summarise(loads: &[Load]) -> Load {
 }
 
 /// A 1 s warm-up of each, then `rounds` runs of `seconds` alternating which goes first, so
-/// neither side always meets the warmer (or busier) machine; returns the medians of each side.
-pub fn compare(
-    ours: (&str, WrkOptions<'_>),
-    baseline: (&str, WrkOptions<'_>),
-    connections: u32,
-    rounds: usize,
-    seconds: u32,
-) -> (Load, Load) {
-    let (ours, baseline, _) = compare_paired(ours, baseline, connections, rounds, seconds);
-    (ours, baseline)
-}
-
-/// [`compare`], and the median of each round's ours ÷ baseline req/s: the two runs of a round
-/// meet the same machine, so when its load drifts during the comparison (other tenants of the
-/// host) the rounds' ratios move less than the ratio of the two medians.
+/// neither side always meets the warmer (or busier) machine. Returns the medians of each side
+/// and the median of each round's ours ÷ baseline req/s: the two runs of a round meet the same
+/// machine, so when its load drifts during the comparison (other tenants of the host) the
+/// rounds' ratios move less than the ratio of the two medians.
 pub fn compare_paired(
     ours: (&str, WrkOptions<'_>),
     baseline: (&str, WrkOptions<'_>),
