@@ -57,6 +57,11 @@ pub fn release_free_memory() {}
 /// nginx) instead of ~1,260 (0.92–0.99x). Blocks under 4 MiB now come from the heap and are
 /// reused, and the heap's top is not trimmed on every free; [`release_free_memory`] still
 /// returns free pages on the monitor's timer, so idle memory is given back within seconds.
+///
+/// At most [`MALLOC_ARENAS`] arenas: glibc's default is eight per core, and every blocking
+/// thread that allocates (sled, file and upload I/O, hashing, job supervision) may get one.
+/// After load each arena kept a few MB of partly used pages that `malloc_trim` cannot return,
+/// 12 arenas ~50 MB in one measured run (BENCHMARKS.md, "Idle memory after load").
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn tune_allocator() {
     const MMAP_THRESHOLD_BYTES: libc::c_int = 4 * 1024 * 1024;
@@ -66,8 +71,13 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
     }
 }
+
+/// See [`tune_allocator`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ARENAS: libc::c_int = 2;
 
 /// Other allocators size their own pools.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
