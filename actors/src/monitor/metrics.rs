@@ -539,6 +539,11 @@ impl HttpRecorder {
 
     /// A request dropped unanswered (the client went away).
     pub fn request_dropped(&self) {
+        self.leave_in_flight();
+    }
+
+    /// One request fewer in flight: decrements wrap, readers sum the copies wrapping.
+    fn leave_in_flight(&self) {
         owned::add(self.in_flight.get(), u64::MAX);
     }
 
@@ -568,7 +573,7 @@ impl HttpRecorder {
     /// Counts an answered request (resolved to `series`) everywhere it belongs: the
     /// Prometheus families, the trace stats and the latency window the alert rules read.
     pub fn request_answered(&self, series: &HttpSeries, request: &RequestRecord) {
-        owned::add(self.in_flight.get(), u64::MAX);
+        self.leave_in_flight();
         series.requests.inc_by(1);
         series.duration.observe_nanos(request.duration_nanos);
         if let Some(bytes) = request.response_bytes {

@@ -222,12 +222,6 @@ pub struct RequestRecord {
     pub trace_id: Option<u128>,
 }
 
-impl RequestRecord {
-    pub fn status_code(&self) -> &'static str {
-        status_label(self.status)
-    }
-}
-
 /// The status as a label: three ASCII digits, no allocation.
 pub fn status_label(status: u16) -> &'static str {
     STATUS_LABELS
