@@ -416,6 +416,50 @@ async fn request_ids_are_unique_uuids_and_never_outlive_their_response() {
     assert!(ids.insert(request_id().await));
 }
 
+/// Requests are counted under the pattern of the resource that answered, which the middleware
+/// learns while the router picks it (`RouteLabel` is a guard): also inside a scope whose own
+/// middleware routes only when first polled (tus), for a method the resource lacks (405), and
+/// as "unmatched" when no resource matched.
+#[tokio::test]
+async fn requests_are_counted_under_the_route_that_answered() {
+    let server = TestServer::start();
+    let status = |method: reqwest::Method, path: &'static str| {
+        let request = server.client.request(method, server.url(path));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let missing = "/api/v1/media/00000000-0000-4000-8000-000000000000";
+    assert_eq!(status(reqwest::Method::GET, missing).await, 404);
+    assert_eq!(
+        status(reqwest::Method::OPTIONS, "/api/v1/uploads").await,
+        204
+    );
+    assert_eq!(status(reqwest::Method::DELETE, "/health").await, 405);
+    assert_eq!(status(reqwest::Method::GET, "/no/such/page").await, 404);
+    let text = server.get("/metrics").await.text().await.unwrap();
+    let counted = |route: &str, method: &str, code: &str| {
+        let labels = [
+            format!("route=\"{route}\""),
+            format!("method=\"{method}\""),
+            format!("status=\"{code}\""),
+        ];
+        text.lines().any(|line| {
+            line.starts_with("streamgate_http_requests_total{")
+                && labels.iter().all(|label| line.contains(label.as_str()))
+        })
+    };
+    for (route, method, code) in [
+        ("/api/v1/media/{media_id}", "GET", "404"),
+        ("/api/v1/uploads", "OPTIONS", "204"),
+        ("/health", "DELETE", "405"),
+        ("unmatched", "GET", "404"),
+    ] {
+        assert!(
+            counted(route, method, code),
+            "{route} {method} {code}: {text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn trace_context_request_ids_and_security_headers_on_every_response() {
     let server = TestServer::start_with(|config| {

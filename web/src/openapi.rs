@@ -502,7 +502,7 @@ pub const ROUTES: &[RouteDoc] = &[
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/api/v1/openapi.json")
-            .app_data(RouteLabel("/api/v1/openapi.json"))
+            .guard(RouteLabel("/api/v1/openapi.json"))
             .route(web::get().to(document_handler)),
     );
 }

@@ -38,8 +38,9 @@ use streamgate_actors::monitor::{
 
 use super::{
     buckets::BucketCache,
+    fallback_route_label,
     rate_limit::{self, RateLimits, ServiceId},
-    route_label,
+    routed,
     trace::{RequestId, REQUEST_ID_LEN},
     REQUEST_ID_HEADER, TRACEPARENT_HEADER,
 };
@@ -230,6 +231,8 @@ struct Observed {
     echo_traceparent: bool,
     service: ServiceId,
     method: &'static str,
+    /// The label of the resource the router picked ([`super::RouteLabel`]), once it picked one.
+    route: Option<&'static str>,
 }
 
 impl<S> Service<ServiceRequest> for ObserveService<S>
@@ -259,7 +262,7 @@ where
             .limits
             .as_ref()
             .and_then(|limits| rate_limit::client_ip(&req, limits.trusted_proxies()));
-        let observed = state.recorder.as_ref().map(|recorder| {
+        let mut observed = state.recorder.as_ref().map(|recorder| {
             recorder.request_started();
             // A `&str` key would be parsed into a name on every call.
             let traceparent = req.headers().get(&TRACEPARENT_NAME);
@@ -273,6 +276,7 @@ where
                 echo_traceparent: traceparent.is_some(),
                 service,
                 method: method_label(req.method()),
+                route: None,
             }
         });
         let refusal = match (&state.limits, client_ip) {
@@ -295,11 +299,17 @@ where
             },
             // Outside the scope: the router only picks the handler here, which runs (and
             // logs) when the future is polled, in the scope.
-            None => ObserveFuture {
-                call: Some(self.service.call(req)),
-                refused: None,
-                observed,
-            },
+            None => {
+                let (call, route) = routed(|| self.service.call(req));
+                if let Some(observed) = observed.as_mut() {
+                    observed.route = route;
+                }
+                ObserveFuture {
+                    call: Some(call),
+                    refused: None,
+                    observed,
+                }
+            }
         }
     }
 }
@@ -334,7 +344,15 @@ where
         let this = self.get_mut();
         let mut outcome = match this.call.as_mut() {
             Some(call) => match scoped(this.observed.as_ref().map(|o| o.scope), || {
-                Pin::new(call).poll(cx)
+                match this.observed.as_mut() {
+                    // Not routed yet: a scope's middleware routes when first polled.
+                    Some(observed) if observed.route.is_none() => {
+                        let (polled, route) = routed(|| Pin::new(call).poll(cx));
+                        observed.route = route;
+                        polled
+                    }
+                    _ => Pin::new(call).poll(cx),
+                }
             }) {
                 Poll::Ready(outcome) => {
                     this.call = None;
@@ -372,14 +390,28 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
     let duration_nanos = finished.nanos_since(observed.started);
     let (route, status, response_bytes) = match &*result {
         Ok(response) => (
-            route_label(response.request()),
+            match observed.route {
+                Some(label) => {
+                    debug_assert_eq!(
+                        response.request().match_pattern().as_deref(),
+                        Some(label),
+                        "RouteLabel differs from the resource's pattern"
+                    );
+                    label
+                }
+                None => fallback_route_label(response.request()),
+            },
             response.status(),
             match response.response().body().size() {
                 BodySize::Sized(bytes) => Some(bytes),
                 _ => None,
             },
         ),
-        Err(error) => ("unmatched", error.as_response_error().status_code(), None),
+        Err(error) => (
+            observed.route.unwrap_or("unmatched"),
+            error.as_response_error().status_code(),
+            None,
+        ),
     };
     if let Some(recorder) = &observed.state.recorder {
         observed.state.observe(

@@ -22,7 +22,7 @@ const DEFAULT_PAGE: usize = 100;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/api/v1/audit")
-            .app_data(RouteLabel("/api/v1/audit"))
+            .guard(RouteLabel("/api/v1/audit"))
             .route(web::get().to(list)),
     );
 }

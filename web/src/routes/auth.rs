@@ -23,32 +23,32 @@ use crate::{
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/api/v1/auth/challenge")
-            .app_data(RouteLabel("/api/v1/auth/challenge"))
+            .guard(RouteLabel("/api/v1/auth/challenge"))
             .route(web::post().to(challenge)),
     )
     .service(
         web::resource("/api/v1/auth/login")
-            .app_data(RouteLabel("/api/v1/auth/login"))
+            .guard(RouteLabel("/api/v1/auth/login"))
             .route(web::post().to(login)),
     )
     .service(
         web::resource("/api/v1/auth/verify")
-            .app_data(RouteLabel("/api/v1/auth/verify"))
+            .guard(RouteLabel("/api/v1/auth/verify"))
             .route(web::post().to(verify)),
     )
     .service(
         web::resource("/api/v1/auth/refresh")
-            .app_data(RouteLabel("/api/v1/auth/refresh"))
+            .guard(RouteLabel("/api/v1/auth/refresh"))
             .route(web::post().to(refresh)),
     )
     .service(
         web::resource("/api/v1/auth/logout")
-            .app_data(RouteLabel("/api/v1/auth/logout"))
+            .guard(RouteLabel("/api/v1/auth/logout"))
             .route(web::post().to(logout)),
     )
     .service(
         web::resource("/api/v1/auth/nft/verify")
-            .app_data(RouteLabel("/api/v1/auth/nft/verify"))
+            .guard(RouteLabel("/api/v1/auth/nft/verify"))
             .route(web::post().to(nft_verify)),
     );
 }

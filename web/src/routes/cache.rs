@@ -25,17 +25,17 @@ const ADMIN: &str = "admin";
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/api/v1/cache")
-            .app_data(RouteLabel("/api/v1/cache"))
+            .guard(RouteLabel("/api/v1/cache"))
             .route(web::delete().to(clear)),
     )
     .service(
         web::resource("/api/v1/cache/stats")
-            .app_data(RouteLabel("/api/v1/cache/stats"))
+            .guard(RouteLabel("/api/v1/cache/stats"))
             .route(web::get().to(stats)),
     )
     .service(
         web::resource("/api/v1/cache/{key}")
-            .app_data(RouteLabel("/api/v1/cache/{key}"))
+            .guard(RouteLabel("/api/v1/cache/{key}"))
             .app_data(web::PayloadConfig::new(MAX_VALUE_BYTES))
             .route(web::get().to(get))
             .route(web::put().to(put))

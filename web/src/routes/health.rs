@@ -14,22 +14,22 @@ use crate::error::ApiError;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/health")
-            .app_data(RouteLabel("/health"))
+            .guard(RouteLabel("/health"))
             .route(web::get().to(health)),
     )
     .service(
         web::resource("/ready")
-            .app_data(RouteLabel("/ready"))
+            .guard(RouteLabel("/ready"))
             .route(web::get().to(ready)),
     )
     .service(
         web::resource("/metrics")
-            .app_data(RouteLabel("/metrics"))
+            .guard(RouteLabel("/metrics"))
             .route(web::get().to(metrics)),
     )
     .service(
         web::resource("/api/v1/monitor/health")
-            .app_data(RouteLabel("/api/v1/monitor/health"))
+            .guard(RouteLabel("/api/v1/monitor/health"))
             .route(web::get().to(monitor_health)),
     );
 }

@@ -30,29 +30,29 @@ const ADMIN: &str = "admin";
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/api/v1/jobs")
-            .app_data(RouteLabel("/api/v1/jobs"))
+            .guard(RouteLabel("/api/v1/jobs"))
             .route(web::get().to(list))
             .route(web::post().to(submit)),
     )
     // Before `/jobs/{job_id}`, which would otherwise take "stats" for an id.
     .service(
         web::resource("/api/v1/jobs/stats")
-            .app_data(RouteLabel("/api/v1/jobs/stats"))
+            .guard(RouteLabel("/api/v1/jobs/stats"))
             .route(web::get().to(stats)),
     )
     .service(
         web::resource("/api/v1/jobs/{job_id}")
-            .app_data(RouteLabel("/api/v1/jobs/{job_id}"))
+            .guard(RouteLabel("/api/v1/jobs/{job_id}"))
             .route(web::get().to(get)),
     )
     .service(
         web::resource("/api/v1/jobs/{job_id}/cancel")
-            .app_data(RouteLabel("/api/v1/jobs/{job_id}/cancel"))
+            .guard(RouteLabel("/api/v1/jobs/{job_id}/cancel"))
             .route(web::post().to(cancel)),
     )
     .service(
         web::resource("/api/v1/transcode/profiles")
-            .app_data(RouteLabel("/api/v1/transcode/profiles"))
+            .guard(RouteLabel("/api/v1/transcode/profiles"))
             .route(web::get().to(profiles)),
     );
 }

@@ -32,7 +32,7 @@ const DEFAULT_PAGE: usize = 20;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/api/v1/media")
-            .app_data(RouteLabel("/api/v1/media"))
+            .guard(RouteLabel("/api/v1/media"))
             .route(web::get().to(list)),
     );
 }
@@ -41,14 +41,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub fn configure_item(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("")
-            .app_data(RouteLabel("/api/v1/media/{media_id}"))
+            .guard(RouteLabel("/api/v1/media/{media_id}"))
             .route(web::get().to(get))
             .route(web::patch().to(update))
             .route(web::delete().to(delete)),
     )
     .service(
         web::resource("/gate")
-            .app_data(RouteLabel("/api/v1/media/{media_id}/gate"))
+            .guard(RouteLabel("/api/v1/media/{media_id}/gate"))
             .route(web::get().to(get_gate))
             .route(web::put().to(put_gate))
             .route(web::delete().to(clear_gate)),

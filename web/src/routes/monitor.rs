@@ -18,22 +18,22 @@ use crate::{error::ApiError, extract::Admin};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/api/v1/monitor/metrics")
-            .app_data(RouteLabel("/api/v1/monitor/metrics"))
+            .guard(RouteLabel("/api/v1/monitor/metrics"))
             .route(web::get().to(summary)),
     )
     .service(
         web::resource("/api/v1/monitor/alerts")
-            .app_data(RouteLabel("/api/v1/monitor/alerts"))
+            .guard(RouteLabel("/api/v1/monitor/alerts"))
             .route(web::get().to(alerts)),
     )
     .service(
         web::resource("/api/v1/monitor/logs")
-            .app_data(RouteLabel("/api/v1/monitor/logs"))
+            .guard(RouteLabel("/api/v1/monitor/logs"))
             .route(web::get().to(logs)),
     )
     .service(
         web::resource("/api/v1/monitor/traces")
-            .app_data(RouteLabel("/api/v1/monitor/traces"))
+            .guard(RouteLabel("/api/v1/monitor/traces"))
             .route(web::get().to(traces)),
     );
 }

@@ -59,31 +59,31 @@ const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-stor
 pub fn configure_item(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/hls/master.m3u8")
-            .app_data(RouteLabel("/api/v1/media/{media_id}/hls/master.m3u8"))
+            .guard(RouteLabel("/api/v1/media/{media_id}/hls/master.m3u8"))
             .route(web::get().to(master)),
     )
     .service(
         web::resource("/hls/{rendition}/index.m3u8")
-            .app_data(RouteLabel(
+            .guard(RouteLabel(
                 "/api/v1/media/{media_id}/hls/{rendition}/index.m3u8",
             ))
             .route(web::get().to(rendition_playlist)),
     )
     .service(
         web::resource("/hls/{rendition}/{segment}")
-            .app_data(RouteLabel(
+            .guard(RouteLabel(
                 "/api/v1/media/{media_id}/hls/{rendition}/{segment}",
             ))
             .route(web::get().to(segment)),
     )
     .service(
         web::resource("/thumbnail.jpg")
-            .app_data(RouteLabel("/api/v1/media/{media_id}/thumbnail.jpg"))
+            .guard(RouteLabel("/api/v1/media/{media_id}/thumbnail.jpg"))
             .route(web::get().to(thumbnail)),
     )
     .service(
         web::resource("/dash/manifest.mpd")
-            .app_data(RouteLabel("/api/v1/media/{media_id}/dash/manifest.mpd"))
+            .guard(RouteLabel("/api/v1/media/{media_id}/dash/manifest.mpd"))
             .route(web::get().to(dash_manifest)),
     );
 }

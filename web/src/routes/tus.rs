@@ -50,13 +50,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .wrap(from_fn(tus_headers))
             .service(
                 web::resource("")
-                    .app_data(RouteLabel("/api/v1/uploads"))
+                    .guard(RouteLabel("/api/v1/uploads"))
                     .route(web::method(Method::OPTIONS).to(options))
                     .route(web::post().to(create)),
             )
             .service(
                 web::resource("/{upload_id}")
-                    .app_data(RouteLabel("/api/v1/uploads/{upload_id}"))
+                    .guard(RouteLabel("/api/v1/uploads/{upload_id}"))
                     .route(web::method(Method::OPTIONS).to(options))
                     .route(web::head().to(head))
                     .route(web::patch().to(patch))

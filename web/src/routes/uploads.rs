@@ -24,7 +24,7 @@ const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/api/v1/upload")
-            .app_data(RouteLabel("/api/v1/upload"))
+            .guard(RouteLabel("/api/v1/upload"))
             .route(web::post().to(upload)),
     );
 }
