@@ -8,7 +8,8 @@
 //! real binary, the seeded data set and 2,000 held connections (failing above 6 KB each).
 //!
 //! Tunables (environment): LOAD_BENCH_SECONDS (per wrk run, 3), LOAD_BENCH_ROUNDS (5, made
-//! odd; the monitoring on/off rows take at least 9),
+//! odd), LOAD_BENCH_ONOFF_PAIRS (fresh server sets for the monitoring on/off rows, 5, made odd;
+//! 3 rounds each),
 //! LOAD_BENCH_UPLOAD_MIB (1024), LOAD_BENCH_PATCH_MIB (PATCH sizes, a row each: 0,8; 0 = the
 //! whole upload in one PATCH),
 //! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
@@ -39,8 +40,8 @@ use std::{
 
 use alloy_primitives::{eip191_hash_message, Address, Signature};
 use common::{
-    compare_paired, free_port, media, paths_script, start_bare, start_nginx, wait_for_port,
-    write_hls, wrk, Load, WrkOptions,
+    compare_paired, free_port, media, median, paired_rounds, paths_script, start_bare, start_nginx,
+    summarise, wait_for_port, write_hls, wrk, Load, WrkOptions,
 };
 use serde_json::{json, Value};
 use streamgate_actors::{
@@ -50,8 +51,9 @@ use streamgate_actors::{
 };
 
 const CONNECTIONS: u32 = 64;
-/// Rounds (at least) of each monitoring on/off comparison; odd, so the median is one round's.
-const ONOFF_ROUNDS: usize = 9;
+/// Paired rounds of each monitoring on/off comparison on one set of servers; odd, like the
+/// number of sets, so the median of all rounds is one round's.
+const ONOFF_ROUNDS_PER_PAIR: usize = 3;
 const ADMIN_TOKEN: &str = "load-bench-admin";
 const CHAIN_ID: u64 = 31337;
 /// Anvil's funded dev account #0: deploys the pass contract and mints.
@@ -80,6 +82,8 @@ struct Settings {
     idle: usize,
     clip_seconds: u64,
     transcode_runs: usize,
+    /// Fresh sets of servers the monitoring on/off rows are measured on (see [`OnOff`]).
+    onoff_pairs: usize,
     /// Scenario keys to run; empty runs them all.
     only: Vec<String>,
 }
@@ -104,6 +108,8 @@ impl Settings {
             idle: env_number("LOAD_BENCH_IDLE", 10_000) as usize,
             clip_seconds: env_number("LOAD_BENCH_CLIP_SECONDS", 4),
             transcode_runs: env_number("LOAD_BENCH_TRANSCODE_RUNS", 5).max(1) as usize,
+            // Odd, as the rounds per pair: the median of all rounds is then one round's.
+            onoff_pairs: env_number("LOAD_BENCH_ONOFF_PAIRS", 5).max(1) as usize | 1,
             only: std::env::var("LOAD_BENCH_ONLY")
                 .unwrap_or_default()
                 .split(',')
@@ -363,6 +369,33 @@ impl Row {
         self.ratio = Some(self.requests_per_s.unwrap_or(0.0) / baseline.requests_per_s);
         self.target = target;
         self
+    }
+}
+
+/// One monitoring on/off comparison gathered over fresh sets of servers.
+#[derive(Default)]
+struct OnOff {
+    ours: Vec<Load>,
+    baseline: Vec<Load>,
+    ratios: Vec<f64>,
+    set_medians: Vec<f64>,
+}
+
+impl OnOff {
+    fn add(&mut self, (ours, baseline, ratios): (Vec<Load>, Vec<Load>, Vec<f64>)) {
+        self.set_medians.push(median(ratios.clone()));
+        self.ours.extend(ours);
+        self.baseline.extend(baseline);
+        self.ratios.extend(ratios);
+    }
+
+    /// The row: each side's medians over all rounds, and the median of all rounds' ratios.
+    fn row(self, scenario: &str, peak_rss_mb: f64, baseline: &str, target: &'static str) -> Row {
+        let shown: Vec<String> = self.set_medians.iter().map(|m| format!("{m:.3}")).collect();
+        eprintln!("  {scenario}: medians per server set {}", shown.join(" "));
+        Row::from_load(scenario, &summarise(&self.ours), peak_rss_mb)
+            .versus(baseline, &summarise(&self.baseline), target)
+            .paired(median(self.ratios))
     }
 }
 
@@ -777,6 +810,14 @@ fn main() {
     // with all of them off; each on its own copy of the record (audit has nothing to record on
     // a GET). The other rows run with rate limits off: one client address at 100k req/s would
     // be refused.
+    //
+    // Which two processes are compared moves the ratio by itself: the server's worker and
+    // wrk's two threads share two cores, and how the scheduler places one process's threads
+    // tends to hold for its life. Two servers of the same build and configuration, measured
+    // this way, differed by up to 4 % (BENCHMARKS.md, "Resolution of the on/off rows"). So the
+    // rows are measured on `onoff_pairs` fresh sets of servers, a few rounds each, a ratio is
+    // the median of all their rounds, and a control row compares two "on" servers the same
+    // way: what it shows beside 1.00 is the method's own noise.
     if settings.runs("onoff") {
         let record = runtime.block_on(async {
             client
@@ -799,10 +840,6 @@ fn main() {
             store.put_media(&copy).unwrap();
             write_hls(dir, clip);
         };
-        let (guarded_dir, quiet_dir) =
-            (scratch.path().join("guarded"), scratch.path().join("quiet"));
-        copy_record(&guarded_dir);
-        copy_record(&quiet_dir);
         let mut limits = vec!["rate_limit.enabled=true".to_string()];
         for service in [
             "gateway",
@@ -821,56 +858,78 @@ fn main() {
             ));
         }
         let limits: Vec<&str> = limits.iter().map(String::as_str).collect();
-        let guarded = Server::start(&config_file, &guarded_dir, &limits);
-        let quiet = Server::start(
-            &config_file,
-            &quiet_dir,
-            &["monitor.http_middleware=false", "rate_limit.enabled=false"],
-        );
         let path = format!("/api/v1/media/{clip}");
-        // The difference measured here is a few percent, and the same server's req/s moves by
-        // ±5 % between 3 s runs on this machine: medians of more rounds than elsewhere.
-        let onoff_rounds = rounds.max(ONOFF_ROUNDS) | 1;
-        let (on, off, paired) = compare_paired(
-            (&guarded.url(&path), WrkOptions::default()),
-            (&quiet.url(&path), WrkOptions::default()),
-            CONNECTIONS,
-            onoff_rounds,
-            seconds,
-        );
-        rows.push(
-            Row::from_load(
-                &format!(
-                    "record GET, monitoring + rate limits on vs off, {onoff_rounds} paired rounds"
-                ),
-                &on,
-                guarded.peak_rss_mb(),
-            )
-            .versus("all off", &off, "≥ 0.97")
-            .paired(paired),
-        );
         // The same servers under what viewers send (mostly segments): the overhead per request
         // is the same, the work it is added to is not.
         let script = scratch.path().join("mixed-onoff.lua");
         paths_script(&script, &plain(&[], &viewer_mix(clip)));
-        let (on, off, paired) = compare_paired(
-            (&guarded.base, scripted(&script)),
-            (&quiet.base, scripted(&script)),
-            CONNECTIONS,
-            onoff_rounds,
-            seconds,
+        let (mut record, mut control, mut mixed) =
+            (OnOff::default(), OnOff::default(), OnOff::default());
+        // Each row's peak RSS is read right after its own runs: the viewer mix maps segments.
+        let (mut record_peak_mb, mut mixed_peak_mb): (f64, f64) = (0.0, 0.0);
+        for pair in 0..settings.onoff_pairs {
+            let dir = |name: &str| scratch.path().join(format!("{name}-{pair}"));
+            let (guarded_dir, second_dir, quiet_dir) =
+                (dir("guarded"), dir("second"), dir("quiet"));
+            for dir in [&guarded_dir, &second_dir, &quiet_dir] {
+                copy_record(dir);
+            }
+            let guarded = Server::start(&config_file, &guarded_dir, &limits);
+            let second = Server::start(&config_file, &second_dir, &limits);
+            let quiet = Server::start(
+                &config_file,
+                &quiet_dir,
+                &["monitor.http_middleware=false", "rate_limit.enabled=false"],
+            );
+            let get = |server: &Server| (server.url(&path), WrkOptions::default());
+            let ((on_url, on), (off_url, off), (second_url, second_options)) =
+                (get(&guarded), get(&quiet), get(&second));
+            record.add(paired_rounds(
+                (&on_url, on),
+                (&off_url, off),
+                CONNECTIONS,
+                ONOFF_ROUNDS_PER_PAIR,
+                seconds,
+            ));
+            control.add(paired_rounds(
+                (&on_url, on),
+                (&second_url, second_options),
+                CONNECTIONS,
+                ONOFF_ROUNDS_PER_PAIR,
+                seconds,
+            ));
+            record_peak_mb = record_peak_mb.max(guarded.peak_rss_mb());
+            mixed.add(paired_rounds(
+                (&guarded.base, scripted(&script)),
+                (&quiet.base, scripted(&script)),
+                CONNECTIONS,
+                ONOFF_ROUNDS_PER_PAIR,
+                seconds,
+            ));
+            mixed_peak_mb = mixed_peak_mb.max(guarded.peak_rss_mb());
+        }
+        let sets = format!(
+            "{} server sets × {ONOFF_ROUNDS_PER_PAIR} rounds",
+            settings.onoff_pairs
         );
-        rows.push(
-            Row::from_load(
-                &format!(
-                    "mixed viewers, monitoring + rate limits on vs off, {onoff_rounds} paired rounds"
-                ),
-                &on,
-                guarded.peak_rss_mb(),
-            )
-            .versus("all off", &off, "≥ 0.97")
-            .paired(paired),
-        );
+        rows.push(record.row(
+            &format!("record GET, monitoring + rate limits on vs off, {sets}"),
+            record_peak_mb,
+            "all off",
+            "≥ 0.97",
+        ));
+        rows.push(control.row(
+            &format!("record GET, control: on vs a second on server, {sets}"),
+            record_peak_mb,
+            "second on",
+            "1.00 ± noise",
+        ));
+        rows.push(mixed.row(
+            &format!("mixed viewers, monitoring + rate limits on vs off, {sets}"),
+            mixed_peak_mb,
+            "all off",
+            "≥ 0.97",
+        ));
     }
 
     // A viewer mix: 80 % segments, 10 % playlists, 5 % record, 5 % search.
@@ -1013,12 +1072,12 @@ fn main() {
 
     print_table(&rows);
     println!(
-        "\nsettings: {seconds} s per wrk run, {rounds} rounds alternating with the baseline ({} for \
-         monitoring on/off; req/s and latencies are each side's medians, a ratio is the median of \
-         the rounds' own ratios), {} search records, {} MiB upload, {} s clip; ratios are req/s \
-         (upload: MB/s; transcode: time).",
-        rounds.max(ONOFF_ROUNDS) | 1,
-        settings.records, settings.upload_mib, settings.clip_seconds
+        "\nsettings: {seconds} s per wrk run, {rounds} rounds alternating with the baseline (for \
+         monitoring on/off: {ONOFF_ROUNDS_PER_PAIR} on each of {} fresh server sets; req/s and \
+         latencies are each side's medians, a ratio is the median of the rounds' own ratios), {} \
+         search records, {} MiB upload, {} s clip; ratios are req/s (upload: MB/s; transcode: \
+         time).",
+        settings.onoff_pairs, settings.records, settings.upload_mib, settings.clip_seconds
     );
     let errors: u64 = rows.iter().map(|row| row.errors).sum();
     if errors > 0 {

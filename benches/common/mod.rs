@@ -313,6 +313,18 @@ pub fn compare_paired(
     rounds: usize,
     seconds: u32,
 ) -> (Load, Load, f64) {
+    let (ours, baseline, ratios) = paired_rounds(ours, baseline, connections, rounds, seconds);
+    (summarise(&ours), summarise(&baseline), median(ratios))
+}
+
+/// [`compare_paired`]'s runs: each side's loads and each round's ratio.
+pub fn paired_rounds(
+    ours: (&str, WrkOptions<'_>),
+    baseline: (&str, WrkOptions<'_>),
+    connections: u32,
+    rounds: usize,
+    seconds: u32,
+) -> (Vec<Load>, Vec<Load>, Vec<f64>) {
     wrk(ours.0, connections, 1, ours.1);
     wrk(baseline.0, connections, 1, baseline.1);
     let mut runs: (Vec<Load>, Vec<Load>) = (Vec::new(), Vec::new());
@@ -340,7 +352,7 @@ pub fn compare_paired(
         baseline.0,
         shown.join(" ")
     );
-    (summarise(&runs.0), summarise(&runs.1), median(ratios))
+    (runs.0, runs.1, ratios)
 }
 
 /// A wrk Lua script that cycles through `requests` (path, extra headers): weight a path by
