@@ -42,7 +42,7 @@ const SEARCH_ITEMS: usize = 100_000;
 fn compare(a: &str, b: &str, connections: u32) -> (Load, Load) {
     let plain = WrkOptions::default();
     let (ours, theirs, _) =
-        common::compare_paired((a, plain), (b, plain), connections, ROUNDS, SECONDS);
+        common::paired_rounds((a, plain), (b, plain), connections, ROUNDS, SECONDS).summary();
     assert_eq!(ours.errors + theirs.errors, 0, "every request must succeed");
     (ours, theirs)
 }

@@ -40,8 +40,8 @@ use std::{
 
 use alloy_primitives::{eip191_hash_message, Address, Signature};
 use common::{
-    compare_paired, free_port, media, median, paired_rounds, paths_script, start_bare, start_nginx,
-    summarise, wait_for_port, write_hls, wrk, Load, WrkOptions,
+    free_port, media, median, paired_rounds, paths_script, start_bare, start_nginx, summarise,
+    wait_for_port, write_hls, wrk, Load, Rounds, WrkOptions,
 };
 use serde_json::{json, Value};
 use streamgate_actors::{
@@ -357,7 +357,7 @@ impl Row {
         }
     }
 
-    /// The ratio as the median of the rounds' own ratios (see `common::compare_paired`).
+    /// The ratio as the median of the rounds' own ratios (see `common::Rounds::summary`).
     fn paired(mut self, ratio: f64) -> Self {
         self.ratio = Some(ratio);
         self
@@ -382,11 +382,11 @@ struct OnOff {
 }
 
 impl OnOff {
-    fn add(&mut self, (ours, baseline, ratios): (Vec<Load>, Vec<Load>, Vec<f64>)) {
-        self.set_medians.push(median(ratios.clone()));
-        self.ours.extend(ours);
-        self.baseline.extend(baseline);
-        self.ratios.extend(ratios);
+    fn add(&mut self, rounds: Rounds) {
+        self.set_medians.push(median(rounds.ratios.clone()));
+        self.ours.extend(rounds.ours);
+        self.baseline.extend(rounds.baseline);
+        self.ratios.extend(rounds.ratios);
     }
 
     /// The row: each side's medians over all rounds, and the median of all rounds' ratios.
@@ -751,13 +751,14 @@ fn main() {
             common::SEGMENT_BYTES
         );
         server.reset_peak();
-        let (sg, nginx, paired) = compare_paired(
+        let (sg, nginx, paired) = paired_rounds(
             (&server.base, scripted(&ours_script)),
             (&nginx_base, scripted(&theirs_script)),
             CONNECTIONS,
             rounds,
             seconds,
-        );
+        )
+        .summary();
         let mut row = Row::from_load("segment GET (2 MiB, 64 conn)", &sg, server.peak_rss_mb())
             .versus("nginx", &nginx, "≥ 0.9")
             .paired(paired);
@@ -1137,13 +1138,14 @@ fn versus_bare(
 ) -> (Load, Load, f64) {
     let (bare_url, bare) = start_bare(body, content_type);
     server.reset_peak();
-    let loads = compare_paired(
+    let loads = paired_rounds(
         (&server.base, scripted(script)),
         (&bare_url, WrkOptions::default()),
         CONNECTIONS,
         rounds,
         seconds,
-    );
+    )
+    .summary();
     drop(bare.stop(false));
     loads
 }

@@ -301,30 +301,35 @@ pub fn summarise(loads: &[Load]) -> Load {
     }
 }
 
-/// A 1 s warm-up of each, then `rounds` runs of `seconds` alternating which goes first, so
-/// neither side always meets the warmer (or busier) machine. Returns the medians of each side
-/// and the median of each round's ours ÷ baseline req/s: the two runs of a round meet the same
-/// machine, so when its load drifts during the comparison (other tenants of the host) the
-/// rounds' ratios move less than the ratio of the two medians.
-pub fn compare_paired(
-    ours: (&str, WrkOptions<'_>),
-    baseline: (&str, WrkOptions<'_>),
-    connections: u32,
-    rounds: usize,
-    seconds: u32,
-) -> (Load, Load, f64) {
-    let (ours, baseline, ratios) = paired_rounds(ours, baseline, connections, rounds, seconds);
-    (summarise(&ours), summarise(&baseline), median(ratios))
+/// Each side's runs of a [`paired_rounds`] comparison and each round's ours ÷ baseline req/s.
+pub struct Rounds {
+    pub ours: Vec<Load>,
+    pub baseline: Vec<Load>,
+    pub ratios: Vec<f64>,
 }
 
-/// [`compare_paired`]'s runs: each side's loads and each round's ratio.
+impl Rounds {
+    /// The medians of each side and the median of the rounds' own ratios: the two runs of a
+    /// round meet the same machine, so when its load drifts during the comparison (other
+    /// tenants of the host) the rounds' ratios move less than the ratio of the two medians.
+    pub fn summary(self) -> (Load, Load, f64) {
+        (
+            summarise(&self.ours),
+            summarise(&self.baseline),
+            median(self.ratios),
+        )
+    }
+}
+
+/// A 1 s warm-up of each, then `rounds` runs of `seconds` alternating which goes first, so
+/// neither side always meets the warmer (or busier) machine. Per-round ratios are printed.
 pub fn paired_rounds(
     ours: (&str, WrkOptions<'_>),
     baseline: (&str, WrkOptions<'_>),
     connections: u32,
     rounds: usize,
     seconds: u32,
-) -> (Vec<Load>, Vec<Load>, Vec<f64>) {
+) -> Rounds {
     wrk(ours.0, connections, 1, ours.1);
     wrk(baseline.0, connections, 1, baseline.1);
     let mut runs: (Vec<Load>, Vec<Load>) = (Vec::new(), Vec::new());
@@ -352,7 +357,11 @@ pub fn paired_rounds(
         baseline.0,
         shown.join(" ")
     );
-    (runs.0, runs.1, ratios)
+    Rounds {
+        ours: runs.0,
+        baseline: runs.1,
+        ratios,
+    }
 }
 
 /// A wrk Lua script that cycles through `requests` (path, extra headers): weight a path by
