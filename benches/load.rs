@@ -40,8 +40,8 @@ use std::{
 
 use alloy_primitives::{eip191_hash_message, Address, Signature};
 use common::{
-    free_port, media, median, paired_rounds, paths_script, start_bare, start_nginx, summarise,
-    wait_for_port, write_hls, wrk, Load, Rounds, WrkOptions,
+    free_port, media, median, paired_rounds, paths_script, start_bare, start_nginx, wait_for_port,
+    write_hls, wrk, Load, Rounds, WrkOptions,
 };
 use serde_json::{json, Value};
 use streamgate_actors::{
@@ -375,27 +375,24 @@ impl Row {
 /// One monitoring on/off comparison gathered over fresh sets of servers.
 #[derive(Default)]
 struct OnOff {
-    ours: Vec<Load>,
-    baseline: Vec<Load>,
-    ratios: Vec<f64>,
+    all: Rounds,
     set_medians: Vec<f64>,
 }
 
 impl OnOff {
     fn add(&mut self, rounds: Rounds) {
         self.set_medians.push(median(rounds.ratios.clone()));
-        self.ours.extend(rounds.ours);
-        self.baseline.extend(rounds.baseline);
-        self.ratios.extend(rounds.ratios);
+        self.all.extend(rounds);
     }
 
     /// The row: each side's medians over all rounds, and the median of all rounds' ratios.
     fn row(self, scenario: &str, peak_rss_mb: f64, baseline: &str, target: &'static str) -> Row {
         let shown: Vec<String> = self.set_medians.iter().map(|m| format!("{m:.3}")).collect();
         eprintln!("  {scenario}: medians per server set {}", shown.join(" "));
-        Row::from_load(scenario, &summarise(&self.ours), peak_rss_mb)
-            .versus(baseline, &summarise(&self.baseline), target)
-            .paired(median(self.ratios))
+        let (ours, theirs, ratio) = self.all.summary();
+        Row::from_load(scenario, &ours, peak_rss_mb)
+            .versus(baseline, &theirs, target)
+            .paired(ratio)
     }
 }
 
@@ -882,19 +879,18 @@ fn main() {
                 &quiet_dir,
                 &["monitor.http_middleware=false", "rate_limit.enabled=false"],
             );
-            let get = |server: &Server| (server.url(&path), WrkOptions::default());
-            let ((on_url, on), (off_url, off), (second_url, second_options)) =
-                (get(&guarded), get(&quiet), get(&second));
+            let (on, off, second_on) = (guarded.url(&path), quiet.url(&path), second.url(&path));
+            let plain = WrkOptions::default();
             record.add(paired_rounds(
-                (&on_url, on),
-                (&off_url, off),
+                (&on, plain),
+                (&off, plain),
                 CONNECTIONS,
                 ONOFF_ROUNDS_PER_PAIR,
                 seconds,
             ));
             control.add(paired_rounds(
-                (&on_url, on),
-                (&second_url, second_options),
+                (&on, plain),
+                (&second_on, plain),
                 CONNECTIONS,
                 ONOFF_ROUNDS_PER_PAIR,
                 seconds,

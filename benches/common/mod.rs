@@ -302,6 +302,7 @@ pub fn summarise(loads: &[Load]) -> Load {
 }
 
 /// Each side's runs of a [`paired_rounds`] comparison and each round's ours ÷ baseline req/s.
+#[derive(Default)]
 pub struct Rounds {
     pub ours: Vec<Load>,
     pub baseline: Vec<Load>,
@@ -318,6 +319,13 @@ impl Rounds {
             summarise(&self.baseline),
             median(self.ratios),
         )
+    }
+
+    /// Adds `more`'s runs to these (one comparison measured on several sets of servers).
+    pub fn extend(&mut self, more: Rounds) {
+        self.ours.extend(more.ours);
+        self.baseline.extend(more.baseline);
+        self.ratios.extend(more.ratios);
     }
 }
 

@@ -74,7 +74,7 @@ pub(crate) fn routed<R>(route: impl FnOnce() -> R) -> (R, Option<&'static str>) 
 
 /// The route label of a request no [`RouteLabel`] claimed: its pattern (interned once per
 /// pattern), or `"unmatched"` when no resource matched.
-pub fn fallback_route_label(req: &HttpRequest) -> &'static str {
+pub(crate) fn fallback_route_label(req: &HttpRequest) -> &'static str {
     match req.match_pattern() {
         Some(pattern) => intern_pattern(pattern),
         None => "unmatched",
