@@ -40,8 +40,8 @@ use std::{
 
 use alloy_primitives::{eip191_hash_message, Address, Signature};
 use common::{
-    free_port, media, median, paired_rounds, paths_script, start_bare, start_nginx, wait_for_port,
-    write_hls, wrk, Load, Rounds, WrkOptions,
+    free_port, media, median, paired_rounds, paths_script, show_ratios, start_bare, start_nginx,
+    wait_for_port, write_hls, wrk, Load, Rounds, WrkOptions,
 };
 use serde_json::{json, Value};
 use streamgate_actors::{
@@ -387,8 +387,10 @@ impl OnOff {
 
     /// The row: each side's medians over all rounds, and the median of all rounds' ratios.
     fn row(self, scenario: &str, peak_rss_mb: f64, baseline: &str, target: &'static str) -> Row {
-        let shown: Vec<String> = self.set_medians.iter().map(|m| format!("{m:.3}")).collect();
-        eprintln!("  {scenario}: medians per server set {}", shown.join(" "));
+        eprintln!(
+            "  {scenario}: medians per server set {}",
+            show_ratios(&self.set_medians)
+        );
         let (ours, theirs, ratio) = self.all.summary();
         Row::from_load(scenario, &ours, peak_rss_mb)
             .versus(baseline, &theirs, target)
@@ -1312,15 +1314,8 @@ fn transcode(
         .zip(&bare)
         .map(|(job, bare)| job / bare)
         .collect();
-    println!(
-        "  transcode: per-run ratios {}",
-        ratios
-            .iter()
-            .map(|ratio| format!("{ratio:.3}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let (served, bare) = (common::median(served), common::median(bare));
+    eprintln!("  transcode: per-run ratios {}", show_ratios(&ratios));
+    let (served, bare) = (median(served), median(bare));
     Row {
         scenario: format!(
             "transcode job ({} s 720p clip, {} runs; p50 = median job, ratio = median of each run's)",
@@ -1332,7 +1327,7 @@ fn transcode(
         p99_ms: None,
         peak_rss_mb: server.peak_rss_mb(),
         baseline: format!("bare ffmpeg {bare:.2} s"),
-        ratio: Some(common::median(ratios)),
+        ratio: Some(median(ratios)),
         target: "≤ 1.05",
         errors: 0,
         held_mb: 0.0,

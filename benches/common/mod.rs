@@ -329,6 +329,15 @@ impl Rounds {
     }
 }
 
+/// Ratios as the bench prints them: three decimals, space-separated.
+pub fn show_ratios(ratios: &[f64]) -> String {
+    ratios
+        .iter()
+        .map(|ratio| format!("{ratio:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A 1 s warm-up of each, then `rounds` runs of `seconds` alternating which goes first, so
 /// neither side always meets the warmer (or busier) machine. Per-round ratios are printed.
 pub fn paired_rounds(
@@ -358,12 +367,11 @@ pub fn paired_rounds(
         .zip(&runs.1)
         .map(|(ours, baseline)| ours.requests_per_s / baseline.requests_per_s)
         .collect();
-    let shown: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.3}")).collect();
     eprintln!(
         "  {} vs {}: per-round ratios {}",
         ours.0,
         baseline.0,
-        shown.join(" ")
+        show_ratios(&ratios)
     );
     Rounds {
         ours: runs.0,
