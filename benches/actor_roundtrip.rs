@@ -26,6 +26,8 @@ fn media() -> Media {
         owner: None,
         state: MediaState::Ready,
         failure: None,
+        failure_code: None,
+        container: None,
         upload_id: UploadId::new(),
         filename: Some("clip.mp4".into()),
         size: 1 << 20,

@@ -1180,10 +1180,20 @@ fn smoke(data_dir: &Path, config_file: &Path) {
 fn bare_transcode(config: &streamgate_actors::config::TranscodeConfig, input: &Path, out: &Path) {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
-    let probe = ffmpeg::probe(&config.ffprobe_path, input).unwrap();
+    let container = streamgate_actors::sniff::Container::Mp4;
+    let probe = ffmpeg::probe(
+        &config.ffprobe_path,
+        input,
+        container,
+        &ffmpeg::SourceLimits::from(config),
+        Duration::from_secs(config.probe_timeout_s),
+        &ffmpeg::KillSwitch::default(),
+    )
+    .unwrap();
     let rungs = ffmpeg::plan_ladder(&config.ladder, &[], probe.height);
-    let ladder = ffmpeg::hls_arguments(config, input, out, &probe, &rungs);
-    let thumbnail = ffmpeg::thumbnail_arguments(input, &out.join("thumbnail.jpg"), &probe);
+    let demuxer = container.demuxer();
+    let ladder = ffmpeg::hls_arguments(config, demuxer, input, out, &probe, &rungs);
+    let thumbnail = ffmpeg::thumbnail_arguments(demuxer, input, &out.join("thumbnail.jpg"), &probe);
     for args in [ladder, thumbnail] {
         let status = Command::new(&config.ffmpeg_path)
             .args(&args)
@@ -1203,7 +1213,15 @@ async fn jobs_idle(client: &reqwest::Client, server: &Server) {
         let mut busy = false;
         for state in ["queued", "running"] {
             let url = server.url(&format!("/api/v1/jobs?state={state}"));
-            let jobs: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            let jobs: Value = client
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             busy |= !jobs["items"].as_array().unwrap().is_empty();
         }
         if !busy {
@@ -1218,7 +1236,15 @@ async fn job_done(client: &reqwest::Client, url: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         ticks.tick().await;
-        let job: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        let job: Value = client
+            .get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         match job["state"].as_str() {
             Some("succeeded") => return job,
             Some("failed" | "cancelled") => panic!("job ended badly: {job}"),
@@ -1262,6 +1288,7 @@ fn transcode(
         let media_id = receipt["media_id"].as_str().unwrap().to_string();
         let jobs: Value = client
             .get(server.url(&format!("/api/v1/jobs?media_id={media_id}")))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap()

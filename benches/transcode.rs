@@ -42,10 +42,20 @@ fn direct_run(
 ) {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
-    let probe = ffmpeg::probe(&config.ffprobe_path, input).unwrap();
+    let container = streamgate_actors::sniff::Container::Mp4;
+    let probe = ffmpeg::probe(
+        &config.ffprobe_path,
+        input,
+        container,
+        &ffmpeg::SourceLimits::from(config),
+        Duration::from_secs(config.probe_timeout_s),
+        &ffmpeg::KillSwitch::default(),
+    )
+    .unwrap();
     let rungs = ffmpeg::plan_ladder(&config.ladder, &[], probe.height);
-    let ladder = ffmpeg::hls_arguments(config, input, out, &probe, &rungs);
-    let thumbnail = ffmpeg::thumbnail_arguments(input, &out.join("thumbnail.jpg"), &probe);
+    let demuxer = container.demuxer();
+    let ladder = ffmpeg::hls_arguments(config, demuxer, input, out, &probe, &rungs);
+    let thumbnail = ffmpeg::thumbnail_arguments(demuxer, input, &out.join("thumbnail.jpg"), &probe);
     for args in [ladder, thumbnail] {
         if piped {
             let kill_switch = ffmpeg::KillSwitch::default();
@@ -73,7 +83,15 @@ async fn wait_succeeded(client: &reqwest::Client, url: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         ticks.tick().await;
-        let job: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        let job: Value = client
+            .get(url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         match job["state"].as_str() {
             Some("succeeded") => return job,
             Some("failed" | "cancelled") => panic!("job ended badly: {job}"),
@@ -145,6 +163,7 @@ fn main() {
         let media_id = receipt["media_id"].as_str().unwrap().to_string();
         let jobs: Value = client
             .get(format!("{base}/api/v1/jobs?media_id={media_id}"))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()

@@ -84,6 +84,15 @@ pub struct TranscodeConfig {
     pub x264_preset: String,
     pub audio_bitrate_kbps: u32,
     pub cleanup_min_age_s: u64,
+    /// ffprobe is killed after this long (a hostile file can make probing crawl).
+    pub probe_timeout_s: u64,
+    /// Sources over any of these limits fail their job with a code that names the limit.
+    pub max_duration_s: f64,
+    pub max_frame_pixels: u64,
+    pub max_streams: usize,
+    pub max_frame_rate: f64,
+    /// Jobs one wallet may have queued or running at once; its uploads past it get 429.
+    pub max_active_jobs_per_owner: usize,
     pub ladder: Vec<Rung>,
 }
 

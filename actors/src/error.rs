@@ -20,6 +20,8 @@ pub enum ErrorKind {
     ChecksumMismatch,
     /// The caller's storage quota would be exceeded.
     QuotaExceeded,
+    /// The caller has used up a budget (queued jobs, calls) for now.
+    TooManyRequests,
     Unauthorized,
     Forbidden,
     Unavailable,

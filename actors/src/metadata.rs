@@ -23,7 +23,7 @@ use crate::{
     blobs::{BlobError, BlobStore},
     cache::Caches,
     error::{DomainError, ErrorKind},
-    model::{Media, MediaId, MediaState, Probe, Rendition},
+    model::{Media, MediaFailure, MediaId, MediaState, Probe, Rendition},
     search::SearchIndex,
     store::{blocking, SharedRepo, StoreError},
     supervise::supervised_basics,
@@ -123,7 +123,7 @@ pub struct MarkRepublishing {
 #[rtype(result = "Result<(), MetadataError>")]
 pub struct RecordTranscode {
     pub media_id: MediaId,
-    pub outcome: Result<(Probe, Vec<Rendition>), String>,
+    pub outcome: Result<(Probe, Vec<Rendition>), MediaFailure>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,15 +371,17 @@ impl Handler<RecordTranscode> for MetadataActor {
                     Ok((probe, renditions)) => {
                         media.state = MediaState::Ready;
                         media.failure = None;
+                        media.failure_code = None;
                         media.duration_s = Some(probe.duration_s);
                         media.width = Some(probe.width);
                         media.height = Some(probe.height);
                         media.video_codec = Some(probe.video_codec);
                         media.renditions = renditions;
                     }
-                    Err(reason) => {
+                    Err(failure) => {
                         media.state = MediaState::Failed;
-                        media.failure = Some(reason);
+                        media.failure = Some(failure.message);
+                        media.failure_code = Some(failure.code);
                     }
                 }
                 media.updated_at = OffsetDateTime::now_utc();

@@ -84,14 +84,21 @@ pub struct Media {
     /// Wallet address of the creator; `None` until sessions exist.
     pub owner: Option<String>,
     pub state: MediaState,
-    /// Why processing failed, when `state` is `Failed`.
+    /// Why processing failed, when `state` is `Failed`: a message fit for the client.
     pub failure: Option<String>,
+    /// The stable code of `failure` (e.g. `format_mismatch`).
+    #[serde(default)]
+    pub failure_code: Option<String>,
     pub upload_id: UploadId,
     pub filename: Option<String>,
     pub size: u64,
     pub sha256: String,
     /// Blob key of the uploaded source file.
     pub source_key: String,
+    /// The container sniffed at upload (`sniff::Container` name); it pins ffmpeg's demuxer.
+    /// `None` on records made before it was stored: the job sniffs the source then.
+    #[serde(default)]
+    pub container: Option<String>,
     pub duration_s: Option<f64>,
     pub width: Option<u32>,
     pub height: Option<u32>,
@@ -101,6 +108,15 @@ pub struct Media {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// Why a media's processing failed, as clients see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaFailure {
+    /// Stable snake_case code.
+    pub code: String,
+    /// A message without paths or tool output.
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +201,14 @@ pub struct Job {
     /// 0 (lowest) to 9 (highest).
     pub priority: u8,
     pub attempts: u32,
+    /// Why the last attempt failed: a message fit for the client (no paths, no ffmpeg output).
     pub last_error: Option<String>,
+    /// The stable code of `last_error` (e.g. `undecodable`, `video_too_long`).
+    #[serde(default)]
+    pub error_code: Option<String>,
+    /// The wallet that owns the job's media, for the per-owner queue cap and access checks.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// 0–100.
     pub progress: u8,
     /// What a finished run did, e.g. what a cleanup removed.

@@ -612,6 +612,8 @@ mod tests {
             owner: Some(owner.into()),
             state: MediaState::Ready,
             failure: None,
+            failure_code: None,
+            container: None,
             upload_id: UploadId::new(),
             filename: None,
             size: 0,

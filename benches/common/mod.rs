@@ -33,6 +33,8 @@ pub fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -
         owner: Some(owner.into()),
         state,
         failure: None,
+        failure_code: None,
+        container: None,
         upload_id: UploadId::new(),
         filename: None,
         size: SEGMENT_BYTES as u64,

@@ -133,7 +133,7 @@ async fn unknown_media_and_traversal_are_404() {
         .await;
     assert_error(status, &body, 404, "media_not_found");
     let (status, body) = server
-        .get_json("/api/v1/jobs/01a201b6-5525-7120-9745-a4f5dcf83f70")
+        .alice_get_json("/api/v1/jobs/01a201b6-5525-7120-9745-a4f5dcf83f70")
         .await;
     assert_error(status, &body, 404, "job_not_found");
 
@@ -182,7 +182,7 @@ async fn unknown_paths_and_wrong_methods_get_json_errors() {
     assert_method_not_allowed(server.client.post(master)).await;
     let (status, body) = server.get_json("/api/v1/media?limit=abc").await;
     assert_error(status, &body, 400, "invalid_query");
-    let (status, body) = server.get_json("/api/v1/jobs?state=sleeping").await;
+    let (status, body) = server.alice_get_json("/api/v1/jobs?state=sleeping").await;
     assert_error(status, &body, 400, "invalid_state");
 }
 
@@ -261,7 +261,7 @@ async fn a_corrupt_video_ends_failed_with_a_reason() {
             .contains("not a decodable video"),
         "{media}"
     );
-    let (_, jobs) = server.get_json("/api/v1/jobs?state=failed").await;
+    let (_, jobs) = server.alice_get_json("/api/v1/jobs?state=failed").await;
     assert_eq!(
         jobs["items"][0]["attempts"], 1,
         "undecodable input is not retried: {jobs}"

@@ -227,7 +227,7 @@ async fn upload_transcode_stream(server: &TestServer, via: Upload) -> String {
     assert_eq!(&thumbnail.bytes().await.unwrap()[..2], &[0xFF, 0xD8]);
 
     // The job that did it is on record.
-    let (status, jobs) = server.get_json("/api/v1/jobs?state=succeeded").await;
+    let (status, jobs) = server.alice_get_json("/api/v1/jobs?state=succeeded").await;
     assert_eq!(status, 200);
     let job = &jobs["items"][0];
     assert_eq!(job["media_id"], media_id.as_str());

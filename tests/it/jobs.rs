@@ -59,7 +59,9 @@ async fn wait_for_job(server: &TestServer, job_id: &str, done: impl Fn(&Value) -
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let (status, job) = server.get_json(&format!("/api/v1/jobs/{job_id}")).await;
+        let (status, job) = server
+            .alice_get_json(&format!("/api/v1/jobs/{job_id}"))
+            .await;
         assert_eq!(status, 200, "{job}");
         if done(&job) {
             return job;
@@ -90,7 +92,7 @@ async fn ready_clip(server: &TestServer, seconds: u32) -> (String, Value) {
 
 async fn jobs_of(server: &TestServer, media_id: &str) -> Vec<Value> {
     let (status, page) = server
-        .get_json(&format!("/api/v1/jobs?media_id={media_id}"))
+        .alice_get_json(&format!("/api/v1/jobs?media_id={media_id}"))
         .await;
     assert_eq!(status, 200, "{page}");
     page["items"].as_array().unwrap().clone()
@@ -299,7 +301,7 @@ async fn transcode_with_profiles_serves_hls_and_dash_from_one_set_of_segments() 
     );
 
     // Stats, profiles and metrics see both runs.
-    let (status, stats) = server.get_json("/api/v1/jobs/stats").await;
+    let (status, stats) = server.alice_get_json("/api/v1/jobs/stats").await;
     assert_eq!(status, 200);
     assert_eq!(stats["workers"], json!({"total": 1, "busy": 0, "idle": 1}));
     assert_eq!(
@@ -385,7 +387,7 @@ async fn submissions_are_validated_and_need_the_admin_token() {
             "{body} → {error}"
         );
     }
-    let (status, error) = server.get_json("/api/v1/jobs?media_id=nope").await;
+    let (status, error) = server.alice_get_json("/api/v1/jobs?media_id=nope").await;
     assert_eq!(
         (status, error["code"].as_str()),
         (400, Some("invalid_media_id"))
@@ -412,7 +414,7 @@ async fn scheduled_jobs_wait_for_run_at_and_queued_jobs_cancel() {
     assert_eq!(status, 202, "{job}");
     let thumbnail_job = job["id"].as_str().unwrap().to_string();
     assert_eq!(job["started_at"], Value::Null);
-    let (_, stats) = server.get_json("/api/v1/jobs/stats").await;
+    let (_, stats) = server.alice_get_json("/api/v1/jobs/stats").await;
     assert_eq!(stats["scheduled"], 1, "{stats}");
     let thumbnail = server
         .data_dir
@@ -468,7 +470,7 @@ async fn scheduled_jobs_wait_for_run_at_and_queued_jobs_cancel() {
     )
     .await;
     assert_eq!(status, 404);
-    let (_, stats) = server.get_json("/api/v1/jobs/stats").await;
+    let (_, stats) = server.alice_get_json("/api/v1/jobs/stats").await;
     assert_eq!(
         (&stats["scheduled"], &stats["cancelled"]),
         (&json!(0), &json!(1)),
@@ -481,10 +483,10 @@ async fn scheduled_jobs_wait_for_run_at_and_queued_jobs_cancel() {
     );
 
     // Filters and cursor pagination.
-    let (_, cancelled) = server.get_json("/api/v1/jobs?state=cancelled").await;
+    let (_, cancelled) = server.alice_get_json("/api/v1/jobs?state=cancelled").await;
     assert_eq!(cancelled["items"].as_array().unwrap().len(), 1);
     let (_, page) = server
-        .get_json(&format!("/api/v1/jobs?media_id={media_id}&limit=2"))
+        .alice_get_json(&format!("/api/v1/jobs?media_id={media_id}&limit=2"))
         .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().unwrap();
@@ -749,7 +751,8 @@ async fn kill_9_mid_transcode_then_restart_finishes_the_job_with_a_whole_ladder(
     let data = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let clip = std::fs::read(make_clip(scratch.path(), "c.mp4", "640x480", 12)).unwrap();
-    let client = reqwest::Client::new();
+    // The admin reads every job.
+    let client = crate::server::bearer_client(crate::shutdown::ADMIN_TOKEN);
 
     let mut server = Binary::start(data.path(), "veryslow");
     server.wait_ready(&client).await;

@@ -10,6 +10,7 @@ mod bad_input;
 mod chain;
 mod config;
 mod e2e;
+mod hostile;
 mod jobs;
 mod media;
 mod monitor;

@@ -284,6 +284,8 @@ fn record(title: &str, description: &str, tags: &[&str], owner: &str) -> Media {
         owner: Some(owner.into()),
         state: MediaState::Ready,
         failure: None,
+        failure_code: None,
+        container: None,
         upload_id: UploadId::new(),
         filename: None,
         size: 0,

@@ -87,6 +87,20 @@ impl TestServer {
         (status, response.json().await.unwrap())
     }
 
+    /// GET as ALICE, who uploads in most tests (the jobs API shows a wallet its own jobs).
+    pub async fn alice_get_json(&self, path: &str) -> (u16, Value) {
+        let session = self.session().await.to_string();
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(session)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     /// Signs in with `wallet` (SIWE, signed by cast) and returns the session token.
     pub async fn login(&self, wallet: &Wallet) -> String {
         let (status, login) = self.try_login(wallet, |message| message).await;

@@ -46,6 +46,6 @@ async fn a_panicked_actor_is_restarted_and_counted() {
 
     // The transcode actor, which owns the job queue, recovers the same way.
     assert!(server.actors.transcode.send(InjectPanic).await.is_err());
-    let (status, _) = server.get_json("/api/v1/jobs").await;
+    let (status, _) = server.alice_get_json("/api/v1/jobs").await;
     assert_eq!(status, 200);
 }

@@ -352,7 +352,7 @@ async fn tus_protocol_statuses_and_headers() {
     assert_eq!(media["title"], "Deferred");
     assert_eq!(media["sha256"], sha256_hex(&video).as_str());
     assert_eq!(media["size"], 300_000);
-    let (_, jobs) = server.get_json("/api/v1/jobs?limit=100").await;
+    let (_, jobs) = server.alice_get_json("/api/v1/jobs?limit=100").await;
     let for_media = jobs["items"]
         .as_array()
         .unwrap()

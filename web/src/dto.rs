@@ -38,6 +38,9 @@ pub struct MediaDto {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The stable code of `failure`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<String>,
     pub filename: Option<String>,
     pub duration_s: Option<f64>,
     pub width: Option<u32>,
@@ -66,6 +69,7 @@ impl From<&Media> for MediaDto {
             owner: media.owner.clone(),
             state: media.state.as_str(),
             failure: media.failure.clone(),
+            failure_code: media.failure_code.clone(),
             filename: media.filename.clone(),
             duration_s: media.duration_s,
             width: media.width,
@@ -166,6 +170,8 @@ pub struct JobDto {
     pub priority: u8,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// The stable code of `last_error`.
+    pub error_code: Option<String>,
     pub progress: u8,
     pub summary: Option<String>,
     pub run_at: Option<String>,
@@ -186,6 +192,7 @@ impl From<&Job> for JobDto {
             priority: job.priority,
             attempts: job.attempts,
             last_error: job.last_error.clone(),
+            error_code: job.error_code.clone(),
             progress: job.progress,
             summary: job.summary.clone(),
             run_at: job.run_at.map(rfc3339),

@@ -41,6 +41,8 @@ pub trait MediaRepo: Send + Sync {
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub media_id: Option<MediaId>,
+    /// Jobs of media this wallet owns.
+    pub owner: Option<String>,
     pub after: Option<JobId>,
     pub limit: usize,
 }

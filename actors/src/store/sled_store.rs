@@ -183,6 +183,10 @@ impl JobRepo for SledStore {
                         .media_id
                         .as_ref()
                         .is_none_or(|wanted| job.media_id.as_ref() == Some(wanted))
+                    && filter
+                        .owner
+                        .as_ref()
+                        .is_none_or(|wanted| job.owner.as_ref() == Some(wanted))
             },
             filter.limit,
         )
@@ -439,6 +443,8 @@ mod tests {
             owner: None,
             state: MediaState::Processing,
             failure: None,
+            failure_code: None,
+            container: None,
             upload_id: UploadId::new(),
             filename: None,
             size: 1,
@@ -588,6 +594,8 @@ mod tests {
                     priority: 5,
                     attempts: 0,
                     last_error: None,
+                    error_code: None,
+                    owner: None,
                     progress: 0,
                     summary: None,
                     run_at: None,

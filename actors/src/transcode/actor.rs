@@ -39,7 +39,7 @@ use crate::{
     blobs::BlobStore,
     config::TranscodeConfig,
     metadata::{GetMedia, MetadataActor, RecordTranscode},
-    model::{Job, JobId, JobKind, JobState, MediaState},
+    model::{Job, JobId, JobKind, JobState, MediaFailure, MediaState},
     monitor::{
         otlp::{AttributeValue, FinishedSpan, SpanKind},
         traces::next_random,
@@ -230,6 +230,7 @@ impl TranscodeActor {
                 job.state = JobState::Succeeded;
                 job.progress = 100;
                 job.last_error = None;
+                job.error_code = None;
                 job.summary = report.summary;
                 "succeeded"
             }
@@ -243,15 +244,18 @@ impl TranscodeActor {
                 if let Some(caller) = &cancelled_by {
                     job.state = JobState::Cancelled;
                     job.last_error = Some(format!("cancelled by {caller}"));
+                    job.error_code = Some("cancelled".into());
                     "cancelled"
                 } else if self.stopping && failure.cause == Cause::Killed {
                     // Shutdown interrupted it: leave it queued for the next start.
                     job.state = JobState::Queued;
                     job.last_error = Some("interrupted by shutdown".into());
+                    job.error_code = Some("interrupted".into());
                     "interrupted"
                 } else if failure.is_permanent() || job.attempts >= self.config.max_attempts {
                     job.state = JobState::Failed;
-                    job.last_error = Some(failure.reason);
+                    job.last_error = Some(failure.message);
+                    job.error_code = Some(failure.code.into());
                     "failed"
                 } else {
                     let exponent = job.attempts.saturating_sub(1).min(16);
@@ -262,7 +266,8 @@ impl TranscodeActor {
                     );
                     job.state = JobState::Queued;
                     job.run_at = Some(now + delay);
-                    job.last_error = Some(failure.reason);
+                    job.last_error = Some(failure.message);
+                    job.error_code = Some(failure.code.into());
                     "retrying"
                 }
             }
@@ -371,14 +376,20 @@ async fn settle_media(metadata: &Addr<MetadataActor>, job: &Job) {
     if ready {
         return;
     }
-    let reason = match job.state {
-        JobState::Cancelled => "transcode cancelled".to_string(),
-        _ => job.last_error.clone().unwrap_or_default(),
+    let failure = match job.state {
+        JobState::Cancelled => MediaFailure {
+            code: "cancelled".into(),
+            message: "transcode cancelled".into(),
+        },
+        _ => MediaFailure {
+            code: job.error_code.clone().unwrap_or_default(),
+            message: job.last_error.clone().unwrap_or_default(),
+        },
     };
     let _ = metadata
         .send(RecordTranscode {
             media_id,
-            outcome: Err(reason),
+            outcome: Err(failure),
         })
         .await;
 }

@@ -3,12 +3,14 @@
 //! blocking pool, never on an actor's context.
 
 use std::{
+    io::Read,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
+    time::{Duration, Instant},
 };
 
 use ffmpeg_sidecar::{
@@ -19,13 +21,14 @@ use serde::Deserialize;
 
 use crate::{
     config::{Rung, TranscodeConfig},
-    model::{Probe, Rendition},
+    model::{MediaFailure, Probe, Rendition},
+    sniff::Container,
 };
 
 /// What kind of failure ended a run; it decides whether the job is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
-    /// ffprobe/ffmpeg cannot read the input as video: retrying cannot help.
+    /// ffprobe/ffmpeg cannot read the input as video, or it breaks a limit: retrying cannot help.
     Undecodable,
     /// The media item the job is for no longer exists.
     Gone,
@@ -38,30 +41,76 @@ pub enum Cause {
 }
 
 /// Why a run failed. Permanent failures (an input ffmpeg cannot decode) are not retried.
+///
+/// Invariant: `code` and `message` are what clients see (job `last_error`, media `failure`);
+/// they never hold a path or ffmpeg's output, which go to `detail`, for the log only.
 #[derive(Debug, Clone)]
 pub struct RunFailure {
-    pub reason: String,
     pub cause: Cause,
+    /// Stable snake_case code.
+    pub code: &'static str,
+    pub message: String,
+    pub detail: String,
 }
 
 impl RunFailure {
-    pub fn new(cause: Cause, reason: impl Into<String>) -> Self {
+    pub fn new(cause: Cause, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
         Self {
-            reason: reason.into(),
+            detail: message.clone(),
             cause,
+            code,
+            message,
         }
     }
-    pub fn undecodable(reason: impl Into<String>) -> Self {
-        Self::new(Cause::Undecodable, reason)
+    /// Adds what happened in full, for the log.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
     }
-    pub fn transient(reason: impl Into<String>) -> Self {
-        Self::new(Cause::Transient, reason)
+    /// The input is not a video we can read, or breaks a limit: `code` says which.
+    pub fn rejected(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Cause::Undecodable, code, message)
+    }
+    pub fn undecodable(detail: impl Into<String>) -> Self {
+        Self::rejected(
+            "undecodable",
+            "the file is not a video this server can decode",
+        )
+        .with_detail(detail)
+    }
+    /// A server-side problem (storage, a busy actor); the detail goes to the log only.
+    pub fn transient(detail: impl Into<String>) -> Self {
+        Self::new(
+            Cause::Transient,
+            "temporarily_unavailable",
+            "a server component was temporarily unavailable",
+        )
+        .with_detail(detail)
+    }
+    pub fn ffmpeg_failed(detail: impl Into<String>) -> Self {
+        Self::new(
+            Cause::FfmpegFailed,
+            "transcode_failed",
+            "ffmpeg could not transcode the file",
+        )
+        .with_detail(detail)
+    }
+    pub fn gone(detail: impl Into<String>) -> Self {
+        Self::new(Cause::Gone, "media_gone", "the media no longer exists").with_detail(detail)
     }
     pub fn killed() -> Self {
-        Self::new(Cause::Killed, "cancelled")
+        Self::new(Cause::Killed, "cancelled", "cancelled")
     }
     pub fn is_permanent(&self) -> bool {
         matches!(self.cause, Cause::Undecodable | Cause::Gone)
+    }
+    /// What the media record keeps of this failure.
+    pub fn media_failure(&self) -> MediaFailure {
+        MediaFailure {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+        }
     }
     /// The `reason` label of the ffmpeg failure counter, when ffmpeg or ffprobe is to blame.
     pub fn ffmpeg_reason(&self) -> Option<&'static str> {
@@ -121,59 +170,180 @@ struct ProbeStream {
     codec_name: Option<String>,
     width: Option<u32>,
     height: Option<u32>,
+    avg_frame_rate: Option<String>,
+    r_frame_rate: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ProbeFormat {
+    format_name: Option<String>,
     duration: Option<String>,
 }
 
-/// Reads duration, size and codecs with ffprobe. A file ffprobe cannot read is a permanent failure.
-pub fn probe(ffprobe_path: &str, input: &Path) -> Result<Probe, RunFailure> {
+/// The only protocol ffmpeg may open for input: the one local file it is handed.
+const INPUT_PROTOCOLS: &str = "file";
+
+/// Input options that confine ffprobe and ffmpeg to the one file at `input`, read with
+/// `demuxer` only: no other demuxer (a playlist, manifest or concat script inside cannot be
+/// followed), no protocol but `file`, and for QuickTime no external data references.
+pub fn input_arguments(demuxer: &str, input: &Path) -> Vec<String> {
+    let mut args: Vec<String> = ["-f", demuxer, "-format_whitelist", demuxer]
+        .map(String::from)
+        .to_vec();
+    args.extend(["-protocol_whitelist".into(), INPUT_PROTOCOLS.into()]);
+    if demuxer == "mov" {
+        args.extend(["-enable_drefs", "0", "-use_absolute_path", "0"].map(String::from));
+    }
+    args.extend(["-i".into(), input.display().to_string()]);
+    args
+}
+
+/// What a source may be: the transcoder limits of `transcode.*`.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLimits {
+    pub max_duration_s: f64,
+    pub max_frame_pixels: u64,
+    pub max_streams: usize,
+    pub max_frame_rate: f64,
+}
+
+impl From<&TranscodeConfig> for SourceLimits {
+    fn from(config: &TranscodeConfig) -> Self {
+        Self {
+            max_duration_s: config.max_duration_s,
+            max_frame_pixels: config.max_frame_pixels,
+            max_streams: config.max_streams,
+            max_frame_rate: config.max_frame_rate,
+        }
+    }
+}
+
+/// Reads duration, size and codecs with ffprobe, under `timeout` and the kill switch.
+///
+/// ffprobe picks the format itself here, but only among the containers we accept: its choice
+/// must be `expected`'s demuxer, so a file whose contents are not the container its first bytes
+/// claim is refused (`format_mismatch`). A file ffprobe cannot read, or one over a limit, is a
+/// permanent failure with a code that says which.
+pub fn probe(
+    ffprobe_path: &str,
+    input: &Path,
+    expected: Container,
+    limits: &SourceLimits,
+    timeout: Duration,
+    kill_switch: &KillSwitch,
+) -> Result<Probe, RunFailure> {
     // A missing or unreadable source is a storage problem, not bad input: ffprobe would report
     // both the same way, so look first.
     std::fs::File::open(input)
         .map_err(|e| RunFailure::transient(format!("cannot read the source file: {e}")))?;
-    let output = Command::new(ffprobe_path)
-        .args([
-            "-v",
-            "error",
-            "-print_format",
-            "json",
-            "-show_format",
-            "-show_streams",
-        ])
-        .arg(input)
-        .output()
-        .map_err(|e| RunFailure::transient(format!("cannot run {ffprobe_path}: {e}")))?;
+    let accepted: Vec<&str> = Container::ALL.iter().map(|c| c.demuxer()).collect();
+    let mut command = Command::new(ffprobe_path);
+    command
+        .args(["-v", "warning", "-print_format", "json", "-show_format"])
+        .args(["-show_streams", "-format_whitelist", &accepted.join(",")])
+        .args(["-protocol_whitelist", INPUT_PROTOCOLS])
+        .args(["-enable_drefs", "0", "-use_absolute_path", "0"])
+        .arg(input);
+    let output = run_with_deadline(command, timeout, kill_switch)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("Format not on whitelist") {
+        return Err(format_mismatch(expected).with_detail(stderr.into_owned()));
+    }
+    if stderr.contains("external track") {
+        return Err(RunFailure::rejected(
+            "external_reference",
+            "the file refers to data in other files, which this server does not read",
+        )
+        .with_detail(stderr.into_owned()));
+    }
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(RunFailure::undecodable(format!(
-            "not a decodable video: {}",
-            first_line(&stderr).unwrap_or("ffprobe failed")
+            "ffprobe failed: {}",
+            first_line(&stderr).unwrap_or("no message")
         )));
     }
     let parsed: ProbeOutput = serde_json::from_slice(&output.stdout)
         .map_err(|e| RunFailure::undecodable(format!("unreadable ffprobe output: {e}")))?;
+    let format = parsed.format.as_ref();
+    let format_name = format.and_then(|f| f.format_name.as_deref()).unwrap_or("");
+    if !format_name
+        .split(',')
+        .any(|name| name == expected.demuxer())
+    {
+        return Err(format_mismatch(expected).with_detail(format!("ffprobe read {format_name}")));
+    }
+    check_limits(&parsed, limits)
+}
+
+fn format_mismatch(expected: Container) -> RunFailure {
+    RunFailure::rejected(
+        "format_mismatch",
+        format!(
+            "the file's contents are not the {} container its first bytes claim",
+            expected.as_str()
+        ),
+    )
+}
+
+/// The probe's facts, once every limit holds.
+fn check_limits(parsed: &ProbeOutput, limits: &SourceLimits) -> Result<Probe, RunFailure> {
+    if parsed.streams.len() > limits.max_streams {
+        return Err(RunFailure::rejected(
+            "too_many_streams",
+            format!(
+                "the file has {} streams; at most {} are accepted",
+                parsed.streams.len(),
+                limits.max_streams
+            ),
+        ));
+    }
     let video = parsed
         .streams
         .iter()
         .find(|s| s.codec_type.as_deref() == Some("video"))
-        .ok_or_else(|| RunFailure::undecodable("not a decodable video: no video stream"))?;
+        .ok_or_else(|| RunFailure::rejected("no_video_stream", "the file has no video stream"))?;
     let (width, height) = match (video.width, video.height) {
         (Some(w), Some(h)) if w > 0 && h > 0 => (w, h),
-        _ => {
-            return Err(RunFailure::undecodable(
-                "not a decodable video: no frame size",
-            ))
-        }
+        _ => return Err(RunFailure::undecodable("no frame size")),
     };
+    if u64::from(width) * u64::from(height) > limits.max_frame_pixels {
+        return Err(RunFailure::rejected(
+            "resolution_too_large",
+            format!(
+                "{width}x{height} is over the limit of {} pixels per frame",
+                limits.max_frame_pixels
+            ),
+        ));
+    }
+    let frame_rate = [&video.avg_frame_rate, &video.r_frame_rate]
+        .into_iter()
+        .filter_map(|rate| rate.as_deref().and_then(parse_rate))
+        .next();
+    if let Some(rate) = frame_rate.filter(|rate| *rate > limits.max_frame_rate) {
+        return Err(RunFailure::rejected(
+            "frame_rate_too_high",
+            format!(
+                "{rate:.2} frames per second is over the limit of {}",
+                limits.max_frame_rate
+            ),
+        ));
+    }
     let duration_s = parsed
         .format
-        .and_then(|f| f.duration)
+        .as_ref()
+        .and_then(|f| f.duration.as_deref())
         .and_then(|d| d.parse::<f64>().ok())
         .filter(|d| d.is_finite() && *d > 0.0)
-        .ok_or_else(|| RunFailure::undecodable("not a decodable video: unknown duration"))?;
+        .ok_or_else(|| RunFailure::undecodable("unknown duration"))?;
+    if duration_s > limits.max_duration_s {
+        return Err(RunFailure::rejected(
+            "video_too_long",
+            format!(
+                "the video lasts {duration_s:.0} s; at most {} s are accepted",
+                limits.max_duration_s
+            ),
+        ));
+    }
     Ok(Probe {
         duration_s,
         width,
@@ -183,6 +353,88 @@ pub fn probe(ffprobe_path: &str, input: &Path) -> Result<Probe, RunFailure> {
             .streams
             .iter()
             .any(|s| s.codec_type.as_deref() == Some("audio")),
+    })
+}
+
+/// `30000/1001` → 29.97; `0/0` (unknown) → `None`.
+fn parse_rate(text: &str) -> Option<f64> {
+    let (num, den) = text.split_once('/')?;
+    let (num, den) = (num.parse::<f64>().ok()?, den.parse::<f64>().ok()?);
+    (den > 0.0 && num > 0.0).then(|| num / den)
+}
+
+/// Runs `command` to its end, killed by `kill_switch` or once `timeout` has passed; its output is
+/// read on threads of its own, so a full pipe never stalls it.
+fn run_with_deadline(
+    mut command: Command,
+    timeout: Duration,
+    kill_switch: &KillSwitch,
+) -> Result<std::process::Output, RunFailure> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| RunFailure::transient(format!("cannot run {program}: {e}")))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                // At most 16 MiB: a probe's JSON is far smaller; more is a hostile file.
+                let _ = pipe.by_ref().take(16 << 20).read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let attached = kill_switch.attach(child.id());
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        if !attached || kill_switch.was_killed() {
+            let _ = child.kill();
+        } else if Instant::now() >= deadline {
+            timed_out = true;
+            let _ = child.kill();
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => break Err(e),
+        }
+    };
+    kill_switch.detach();
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    if kill_switch.was_killed() {
+        return Err(RunFailure::killed());
+    }
+    if timed_out {
+        return Err(RunFailure::rejected(
+            "probe_timeout",
+            format!("reading the file took longer than {} s", timeout.as_secs()),
+        ));
+    }
+    let status =
+        status.map_err(|e| RunFailure::transient(format!("{program} wait failed: {e}")))?;
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
     })
 }
 
@@ -227,17 +479,14 @@ fn scaled_width(probe: &Probe, height: u32) -> u32 {
 /// `out_dir`: `master.m3u8` plus `{rung}/index.m3u8`, `{rung}/init_N.mp4`, `{rung}/seg_NNNNN.m4s`.
 pub fn hls_arguments(
     config: &TranscodeConfig,
+    demuxer: &str,
     input: &Path,
     out_dir: &Path,
     probe: &Probe,
     rungs: &[Rung],
 ) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "-hide_banner".into(),
-        "-y".into(),
-        "-i".into(),
-        input.display().to_string(),
-    ];
+    let mut args: Vec<String> = vec!["-hide_banner".into(), "-y".into()];
+    args.extend(input_arguments(demuxer, input));
     let mut filter = format!("[0:v]split={}", rungs.len());
     for index in 0..rungs.len() {
         filter.push_str(&format!("[s{index}]"));
@@ -383,34 +632,39 @@ pub fn run_ffmpeg(
     }
     match status {
         Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(RunFailure::new(
-            Cause::FfmpegFailed,
-            format!("ffmpeg exited with {status}: {}", errors.join("; ")),
-        )),
+        Ok(status) => Err(RunFailure::ffmpeg_failed(format!(
+            "ffmpeg exited with {status}: {}",
+            errors.join("; ")
+        ))),
         Err(e) => Err(RunFailure::transient(format!("ffmpeg wait failed: {e}"))),
     }
 }
 
 /// A single JPEG frame from about a tenth into the video.
-pub fn thumbnail_arguments(input: &Path, output: &Path, probe: &Probe) -> Vec<String> {
+pub fn thumbnail_arguments(
+    demuxer: &str,
+    input: &Path,
+    output: &Path,
+    probe: &Probe,
+) -> Vec<String> {
     let at = (probe.duration_s / 10.0).min(5.0);
-    [
-        "-hide_banner",
-        "-y",
-        "-ss",
-        &format!("{at:.3}"),
-        "-i",
-        &input.display().to_string(),
-        "-frames:v",
-        "1",
-        "-vf",
-        "scale=-2:360",
-        "-q:v",
-        "4",
-        &output.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
+    let mut args: Vec<String> = ["-hide_banner", "-y", "-ss", &format!("{at:.3}")]
+        .map(String::from)
+        .to_vec();
+    args.extend(input_arguments(demuxer, input));
+    args.extend(
+        [
+            "-frames:v",
+            "1",
+            "-vf",
+            "scale=-2:360",
+            "-q:v",
+            "4",
+            &output.display().to_string(),
+        ]
+        .map(String::from),
+    );
+    args
 }
 
 /// `HH:MM:SS.ss` → seconds.

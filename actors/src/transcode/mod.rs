@@ -41,6 +41,10 @@ pub enum TranscodeError {
     Finished { job_id: JobId, state: JobState },
     #[error("the transcode service restarted while the request waited")]
     Interrupted,
+    #[error(
+        "this wallet already has {limit} transcode jobs queued or running; wait for them to finish"
+    )]
+    OwnerBusy { limit: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,6 +55,7 @@ impl DomainError for TranscodeError {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Invalid(_) | Self::UnknownMedia(_) => ErrorKind::Invalid,
             Self::Busy(_) | Self::Finished { .. } => ErrorKind::Conflict,
+            Self::OwnerBusy { .. } => ErrorKind::TooManyRequests,
             Self::Interrupted | Self::Store(_) => ErrorKind::Unavailable,
         }
     }
@@ -62,6 +67,7 @@ impl DomainError for TranscodeError {
             Self::Busy(_) => "job_already_active",
             Self::Finished { .. } => "job_finished",
             Self::Interrupted => "transcode_restarting",
+            Self::OwnerBusy { .. } => "too_many_active_jobs",
             Self::Store(_) => "store_unavailable",
         }
     }
@@ -79,6 +85,10 @@ pub struct SubmitJob {
     pub caller: String,
     /// W3C trace id of the request behind it.
     pub trace_id: Option<String>,
+    /// Refuse it when the media's owner already has `transcode.max_active_jobs_per_owner`
+    /// jobs queued or running (an upload; not an admin's job or a finishing tus upload, which
+    /// was accepted before).
+    pub owner_cap: bool,
 }
 
 /// Queues a job with every option of the jobs API; the reply comes once the job is durable.
@@ -97,6 +107,8 @@ pub struct ScheduleJob {
     pub caller: String,
     /// W3C trace id of the request behind it.
     pub trace_id: Option<String>,
+    /// See [`SubmitJob::owner_cap`].
+    pub owner_cap: bool,
 }
 
 #[derive(Debug, Message)]
@@ -110,6 +122,8 @@ pub struct GetJob {
 pub struct ListJobs {
     pub state: Option<JobState>,
     pub media_id: Option<MediaId>,
+    /// Only jobs of media this wallet owns; `None` for every job (the admin).
+    pub owner: Option<String>,
     pub after: Option<JobId>,
     pub limit: usize,
 }

@@ -15,11 +15,12 @@ use tracing::Instrument;
 
 use actix::Addr;
 use futures_util::{StreamExt, TryStreamExt};
+use tokio::io::AsyncReadExt;
 
 use super::{
     cleanup::Cleanup,
     dash,
-    ffmpeg::{self, Cause, KillSwitch, RunFailure},
+    ffmpeg::{self, KillSwitch, RunFailure, SourceLimits},
     JobProgressed, TranscodeActor,
 };
 use crate::{
@@ -28,6 +29,7 @@ use crate::{
     error::{DomainError, ErrorKind},
     metadata::{GetMedia, MarkRepublishing, MetadataActor, RecordTranscode},
     model::{Job, JobId, JobKind, Media, Probe, Rendition},
+    sniff::{sniff_container, Container, SNIFF_BYTES},
     store::SharedRepo,
 };
 
@@ -76,7 +78,11 @@ impl Worker {
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
             match &result {
                 Ok(_) => tracing::info!("job run succeeded"),
-                Err(failure) => tracing::warn!(reason = %failure.reason, "job run failed"),
+                Err(failure) => tracing::warn!(
+                    code = failure.code,
+                    reason = %failure.detail,
+                    "job run failed"
+                ),
             }
             result
         }
@@ -88,7 +94,7 @@ impl Worker {
         let media_id = job
             .media_id
             .clone()
-            .ok_or_else(|| RunFailure::new(Cause::Gone, "the job names no media"))?;
+            .ok_or_else(|| RunFailure::gone("the job names no media"))?;
         self.metadata
             .send(GetMedia {
                 media_id: media_id.clone(),
@@ -97,7 +103,7 @@ impl Worker {
             .map_err(|e| RunFailure::transient(format!("metadata actor unavailable: {e}")))?
             .map_err(|e| match e.kind() {
                 ErrorKind::NotFound => {
-                    RunFailure::new(Cause::Gone, format!("media {media_id} no longer exists"))
+                    RunFailure::gone(format!("media {media_id} no longer exists"))
                 }
                 _ => RunFailure::transient(e.to_string()),
             })
@@ -116,10 +122,10 @@ impl Worker {
     async fn transcode(&self, job: &Job, work_dir: &Path) -> Result<RunReport, RunFailure> {
         let media = self.media(job).await?;
         let out_dir = Self::fresh_output(work_dir).await?;
-        let input = self.source_path(&media, work_dir).await?;
+        let (input, container) = self.private_source(&media, work_dir).await?;
 
         let started = Instant::now();
-        let (probe, renditions) = self.encode(job, &input, &out_dir).await?;
+        let (probe, renditions) = self.encode(job, &input, container, &out_dir).await?;
         let speed = probe.duration_s / started.elapsed().as_secs_f64().max(1e-3);
         if self.kill_switch.was_killed() {
             return Err(RunFailure::killed());
@@ -132,7 +138,7 @@ impl Worker {
                 .metadata
                 .send(RecordTranscode {
                     media_id: media.id.clone(),
-                    outcome: Err(failure.reason.clone()),
+                    outcome: Err(failure.media_failure()),
                 })
                 .await;
         }
@@ -229,7 +235,7 @@ impl Worker {
     async fn thumbnail(&self, job: &Job, work_dir: &Path) -> Result<RunReport, RunFailure> {
         let media = self.media(job).await?;
         let out_dir = Self::fresh_output(work_dir).await?;
-        let input = self.source_path(&media, work_dir).await?;
+        let (input, container) = self.private_source(&media, work_dir).await?;
         let output = out_dir.join("thumbnail.jpg");
         let (config, kill_switch, target) = (
             self.config.clone(),
@@ -237,8 +243,8 @@ impl Worker {
             output.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            let probe = ffmpeg::probe(&config.ffprobe_path, &input)?;
-            let args = ffmpeg::thumbnail_arguments(&input, &target, &probe);
+            let probe = probe_source(&config, &input, container, &kill_switch)?;
+            let args = ffmpeg::thumbnail_arguments(container.demuxer(), &input, &target, &probe);
             ffmpeg::run_ffmpeg(
                 &config.ffmpeg_path,
                 &args,
@@ -273,18 +279,58 @@ impl Worker {
         })
     }
 
-    /// The source as a local file: the blob itself on the local backend, else a download.
-    async fn source_path(&self, media: &Media, work_dir: &Path) -> Result<PathBuf, RunFailure> {
-        if let Some(path) = self.blobs.local_path(&media.source_key) {
-            return Ok(path);
-        }
-        // Streamed to disk: sources can be many gigabytes.
-        let path = work_dir.join("source");
-        self.blobs
-            .download_to(&media.source_key, &path)
+    /// The source as a file of the job's own, and the container its first bytes are.
+    ///
+    /// ffmpeg never gets a path inside the blob root: on the local backend the blob is hard
+    /// linked (copied across file systems) into the work directory, else downloaded there. So
+    /// a reference inside the file that ffmpeg might follow, relative or not, finds no media.
+    /// The container must be the one sniffed at upload.
+    async fn private_source(
+        &self,
+        media: &Media,
+        work_dir: &Path,
+    ) -> Result<(PathBuf, Container), RunFailure> {
+        let dir = work_dir.join("input");
+        tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(|e| RunFailure::transient(e.to_string()))?;
-        Ok(path)
+            .map_err(|e| RunFailure::transient(format!("cannot create input dir: {e}")))?;
+        // No extension: nothing may guess a format from the name.
+        let path = dir.join("source");
+        if let Some(blob) = self.blobs.local_path(&media.source_key) {
+            let target = path.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::hard_link(&blob, &target)
+                    .or_else(|_| std::fs::copy(&blob, &target).map(|_| ()))
+            })
+            .await
+            .map_err(|e| RunFailure::transient(format!("worker thread failed: {e}")))?
+            .map_err(|e| RunFailure::transient(format!("cannot copy the source: {e}")))?;
+        } else {
+            // Streamed to disk: sources can be many gigabytes.
+            self.blobs
+                .download_to(&media.source_key, &path)
+                .await
+                .map_err(|e| RunFailure::transient(e.to_string()))?;
+        }
+        let mut head = Vec::with_capacity(SNIFF_BYTES);
+        tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| RunFailure::transient(format!("cannot open the source: {e}")))?
+            .take(SNIFF_BYTES as u64)
+            .read_to_end(&mut head)
+            .await
+            .map_err(|e| RunFailure::transient(format!("cannot read the source: {e}")))?;
+        let sniffed = sniff_container(&head).ok_or_else(|| {
+            RunFailure::rejected("unsupported_container", "not a video container we accept")
+        })?;
+        match media.container.as_deref() {
+            Some(stored) if Container::parse(stored) != Some(sniffed) => Err(RunFailure::rejected(
+                "format_mismatch",
+                "the source no longer matches the container sniffed at upload",
+            )
+            .with_detail(format!("stored {stored}, sniffed {}", sniffed.as_str()))),
+            _ => Ok((path, sniffed)),
+        }
     }
 
     /// Probe, the one-decode ladder, the DASH manifest and the thumbnail, on the blocking pool.
@@ -292,6 +338,7 @@ impl Worker {
         &self,
         job: &Job,
         input: &Path,
+        container: Container,
         out_dir: &Path,
     ) -> Result<(Probe, Vec<Rendition>), RunFailure> {
         let config = self.config.clone();
@@ -302,9 +349,10 @@ impl Worker {
         let job_id = job.id.clone();
         let profiles = job.profiles.clone();
         tokio::task::spawn_blocking(move || {
-            let probe = ffmpeg::probe(&config.ffprobe_path, &input)?;
+            let probe = probe_source(&config, &input, container, &kill_switch)?;
             let rungs = ffmpeg::plan_ladder(&config.ladder, &profiles, probe.height);
-            let args = ffmpeg::hls_arguments(&config, &input, &out_dir, &probe, &rungs);
+            let demuxer = container.demuxer();
+            let args = ffmpeg::hls_arguments(&config, demuxer, &input, &out_dir, &probe, &rungs);
             let mut last = None;
             ffmpeg::run_ffmpeg(
                 &config.ffmpeg_path,
@@ -326,8 +374,12 @@ impl Worker {
             })?;
             std::fs::write(out_dir.join(dash::MANIFEST_FILE), manifest)
                 .map_err(|e| RunFailure::transient(format!("cannot write manifest.mpd: {e}")))?;
-            let thumbnail =
-                ffmpeg::thumbnail_arguments(&input, &out_dir.join("thumbnail.jpg"), &probe);
+            let thumbnail = ffmpeg::thumbnail_arguments(
+                demuxer,
+                &input,
+                &out_dir.join("thumbnail.jpg"),
+                &probe,
+            );
             ffmpeg::run_ffmpeg(
                 &config.ffmpeg_path,
                 &thumbnail,
@@ -341,4 +393,22 @@ impl Worker {
         .await
         .map_err(|e| RunFailure::transient(format!("worker thread failed: {e}")))?
     }
+}
+
+/// ffprobe on the private source, pinned to the accepted containers, under the probe deadline
+/// and the job's kill switch.
+fn probe_source(
+    config: &TranscodeConfig,
+    input: &Path,
+    container: Container,
+    kill_switch: &KillSwitch,
+) -> Result<Probe, RunFailure> {
+    ffmpeg::probe(
+        &config.ffprobe_path,
+        input,
+        container,
+        &SourceLimits::from(config),
+        Duration::from_secs(config.probe_timeout_s),
+        kill_switch,
+    )
 }

@@ -17,13 +17,14 @@ use time::OffsetDateTime;
 
 use crate::{
     audit::{action, outcome, AuditEvent, AuditLog},
+    auth::Principal,
     blobs::{BlobError, BlobStore, BlobWriter},
     config::UploadConfig,
     error::{DomainError, ErrorKind},
-    metadata::{normalize_tags, CreateMedia, MetadataActor, MetadataError},
+    metadata::{normalize_tags, CreateMedia, DeleteMedia, MetadataActor, MetadataError},
     model::{JobKind, Media, MediaId, MediaState, UploadId},
     monitor::{names::upload_outcome, Metrics},
-    sniff::{sniff_container, SNIFF_BYTES},
+    sniff::{sniff_container, Container, SNIFF_BYTES},
     store::StoreError,
     supervise::supervised_basics,
     transcode::{SubmitJob, TranscodeActor, TranscodeError},
@@ -293,16 +294,31 @@ impl Handler<FinishUpload> for UploadActor {
                     return Err(error);
                 }
             };
-            transcode
+            let submitted = transcode
                 .send(SubmitJob {
                     kind: JobKind::Transcode,
                     media_id: media.id.clone(),
                     priority: 5,
                     caller: msg.caller.clone(),
                     trace_id: msg.trace_id.clone(),
+                    owner_cap: true,
                 })
                 .await
-                .map_err(|_| UploadError::Mailbox("transcode"))??;
+                .map_err(|_| UploadError::Mailbox("transcode"))?;
+            if let Err(error) = submitted {
+                // Not acknowledged, so nothing of it may stay: a record without a job would
+                // stay `processing` for ever.
+                let deleted = metadata
+                    .send(DeleteMedia {
+                        media_id: media.id.clone(),
+                        principal: Principal::Admin,
+                    })
+                    .await;
+                if !matches!(deleted, Ok(Ok(()))) {
+                    tracing::warn!(media_id = %media.id, "refused upload's record left behind");
+                }
+                return Err(error.into());
+            }
             finished.inc();
             upload_bytes.inc_by(file.size);
             audit
@@ -401,7 +417,7 @@ impl UploadSink {
     async fn sniff(&mut self) -> Result<(), UploadError> {
         match sniff_container(&self.head) {
             Some(container) => {
-                self.container = Some(container);
+                self.container = Some(container.as_str());
                 Ok(())
             }
             None => {
@@ -465,6 +481,8 @@ fn media_record(
         owner,
         state: MediaState::Processing,
         failure: None,
+        failure_code: None,
+        container: Container::parse(file.container).map(|c| c.as_str().to_string()),
         upload_id: file.upload_id.clone(),
         filename: file.filename.as_deref().map(sanitize_filename),
         size: file.size,

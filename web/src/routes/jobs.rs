@@ -1,7 +1,8 @@
 //! Jobs: submit, list, get, cancel, stats, and the transcode profiles.
 //!
-//! Submitting and cancelling need the admin token until wallet sessions exist (they start or
-//! stop work on anyone's media); reading is open.
+//! Submitting and cancelling need the admin token (they start or stop work on anyone's media).
+//! Reading needs a session: a wallet sees the jobs of its own media, the admin every job; a job
+//! of someone else's media is a 404, so its existence does not leak.
 
 use crate::middleware::RouteLabel;
 use actix_web::{http::header, web, HttpResponse};
@@ -19,7 +20,7 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use crate::{
     dto::{parse_cursor, JobDto, JobsQuery, Page},
     error::ApiError,
-    extract::Admin,
+    extract::{Admin, Authenticated},
 };
 
 const DEFAULT_PAGE: usize = 20;
@@ -116,6 +117,7 @@ async fn submit(
             run_at,
             caller: ADMIN.to_string(),
             trace_id: crate::extract::trace_id(),
+            owner_cap: false,
         })
         .await??;
     Ok(HttpResponse::Accepted()
@@ -124,6 +126,7 @@ async fn submit(
 }
 
 async fn list(
+    Authenticated(principal): Authenticated,
     query: web::Query<JobsQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
@@ -145,6 +148,7 @@ async fn list(
         .send(ListJobs {
             state,
             media_id,
+            owner: principal.wallet().map(str::to_string),
             after,
             limit,
         })
@@ -157,9 +161,21 @@ async fn list(
     )))
 }
 
-async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    Authenticated(principal): Authenticated,
+    path: web::Path<String>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
     let job_id = job_id(&path)?;
     let job = actors.transcode.send(GetJob { job_id }).await??;
+    if let Some(wallet) = principal.wallet() {
+        if job.owner.as_deref() != Some(wallet) {
+            return Err(ApiError::not_found(
+                "job_not_found",
+                format!("job {} not found", job.id),
+            ));
+        }
+    }
     Ok(HttpResponse::Ok().json(JobDto::from(&job)))
 }
 
@@ -217,7 +233,7 @@ impl From<JobStats> for JobStatsDto {
     }
 }
 
-async fn stats(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+async fn stats(_: Authenticated, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let stats = actors.transcode.send(GetJobStats).await??;
     Ok(HttpResponse::Ok().json(JobStatsDto::from(stats)))
 }

@@ -50,6 +50,7 @@ impl Handler<ListJobs> for TranscodeActor {
             let filter = JobFilter {
                 state: msg.state,
                 media_id: msg.media_id,
+                owner: msg.owner,
                 after: msg.after,
                 limit: msg.limit.clamp(1, 100),
             };

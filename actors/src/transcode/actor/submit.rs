@@ -32,6 +32,7 @@ impl Handler<SubmitJob> for TranscodeActor {
                 run_at: None,
                 caller: msg.caller,
                 trace_id: msg.trace_id,
+                owner_cap: msg.owner_cap,
             },
             ctx,
         )
@@ -78,9 +79,13 @@ impl Handler<ScheduleJob> for TranscodeActor {
         let repo = self.repo.clone();
         let audit = self.audit.clone();
         let metadata = self.metadata.clone();
+        let owner_cap = msg
+            .owner_cap
+            .then_some(self.config.max_active_jobs_per_owner);
         AtomicResponse::new(Box::pin(
             async move {
                 checked?;
+                let mut owner = None;
                 if let Some(media_id) = &msg.media_id {
                     match metadata
                         .send(GetMedia {
@@ -88,7 +93,7 @@ impl Handler<ScheduleJob> for TranscodeActor {
                         })
                         .await
                     {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(media)) => owner = media.owner,
                         Ok(Err(_)) => return Err(TranscodeError::UnknownMedia(media_id.clone())),
                         Err(_) => return Err(TranscodeError::Interrupted),
                     }
@@ -103,6 +108,8 @@ impl Handler<ScheduleJob> for TranscodeActor {
                     priority: msg.priority,
                     attempts: 0,
                     last_error: None,
+                    error_code: None,
+                    owner,
                     progress: 0,
                     summary: None,
                     run_at: msg.run_at,
@@ -114,17 +121,30 @@ impl Handler<ScheduleJob> for TranscodeActor {
                 };
                 let stored = job.clone();
                 blocking(&repo, move |repo| {
-                    if let Some(media_id) = &stored.media_id {
-                        let active = repo
-                            .list_jobs(&JobFilter {
-                                media_id: Some(media_id.clone()),
-                                limit: usize::MAX,
-                                ..JobFilter::default()
-                            })?
-                            .into_iter()
-                            .find(|other| !other.state.is_final());
-                        if let Some(active) = active {
-                            return Ok(Err(TranscodeError::Busy(active.id)));
+                    if stored.media_id.is_none() {
+                        return repo.put_job(&stored).map(Ok);
+                    }
+                    let active: Vec<Job> = repo
+                        .list_jobs(&JobFilter {
+                            limit: usize::MAX,
+                            ..JobFilter::default()
+                        })?
+                        .into_iter()
+                        .filter(|other| !other.state.is_final())
+                        .collect();
+                    if let Some(busy) = active
+                        .iter()
+                        .find(|other| other.media_id == stored.media_id)
+                    {
+                        return Ok(Err(TranscodeError::Busy(busy.id.clone())));
+                    }
+                    if let (Some(limit), Some(owner)) = (owner_cap, &stored.owner) {
+                        let owned = active
+                            .iter()
+                            .filter(|other| other.owner.as_ref() == Some(owner))
+                            .count();
+                        if owned >= limit {
+                            return Ok(Err(TranscodeError::OwnerBusy { limit }));
                         }
                     }
                     repo.put_job(&stored).map(Ok)

@@ -2,6 +2,7 @@
 //! the media record and the transcode job, each checked for before it is made again.
 
 use super::*;
+use crate::sniff::Container;
 
 // ---------------------------------------------------------------------------------------------
 // Finishing
@@ -61,7 +62,11 @@ impl Finisher {
                     upload_id: upload.id.clone(),
                     key,
                     filename: metadata.filename.clone(),
-                    container: "",
+                    container: upload
+                        .container
+                        .as_deref()
+                        .and_then(Container::parse)
+                        .map_or("", Container::as_str),
                     size: upload.offset,
                     sha256: upload.sha256.clone().unwrap_or_default(),
                 },
@@ -83,6 +88,7 @@ impl Finisher {
                     priority: 5,
                     caller: caller.clone(),
                     trace_id: None,
+                    owner_cap: false,
                 })
                 .await
                 .map_err(|_| UploadError::Mailbox("transcode"))??;
@@ -131,6 +137,7 @@ impl Finisher {
             .send(ListJobs {
                 state: None,
                 media_id: Some(media_id.clone()),
+                owner: None,
                 after: None,
                 limit: 1,
             })

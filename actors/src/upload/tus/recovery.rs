@@ -118,7 +118,7 @@ async fn recover_receiving(
         let Some(container) = sniff_container(&head) else {
             return Ok(());
         };
-        upload.container = Some(container.to_string());
+        upload.container = Some(container.as_str().to_string());
     }
     run_blocking(move || file.sync_data()).await?;
     finisher

@@ -239,7 +239,7 @@ impl TusSink {
     pub(super) fn sniff(&mut self) -> Result<(), UploadError> {
         let head = self.head.take().unwrap_or_default();
         let container = sniff_container(&head).ok_or(UploadError::NotAVideo)?;
-        self.upload.container = Some(container.to_string());
+        self.upload.container = Some(container.as_str().to_string());
         self.sniffed = true;
         Ok(())
     }
