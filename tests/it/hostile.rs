@@ -475,3 +475,27 @@ async fn one_wallet_cannot_fill_the_queue_and_jobs_are_private() {
     let items = page["items"].as_array().unwrap();
     assert!(!items.is_empty() && items.iter().all(|j| j["media_id"] == receipt["media_id"]));
 }
+
+#[tokio::test]
+async fn on_s3_the_job_reads_a_private_download_and_no_url() {
+    let moto = crate::s3::Moto::start().await;
+    let server = start(|config| moto.configure(config));
+    let victim = victim(&server).await;
+    let prefix = format!("media/{victim}/hls/180p");
+    assert!(moto
+        .keys(&prefix)
+        .await
+        .iter()
+        .any(|k| k.ends_with("init.mp4")));
+    // The bucket answers plain GETs here, so the manifest names the victim's objects by URL,
+    // and by the path a download next to the source would climb to.
+    let by_url = format!("{}/{}/{prefix}", moto.endpoint, crate::s3::BUCKET);
+    for base in [by_url.as_str(), &format!("../../{prefix}")] {
+        let file = dash_manifest(&mp4_signature(), base);
+        let media = refused(&server, file, &["undecodable", "format_mismatch"])
+            .await
+            .unwrap();
+        let id = media["id"].as_str().unwrap();
+        assert!(moto.keys(&format!("media/{id}")).await.is_empty());
+    }
+}
