@@ -254,11 +254,12 @@ async fn a_corrupt_video_ends_failed_with_a_reason() {
         })
         .await;
     assert_eq!(media["state"], "failed", "{media}");
+    assert_eq!(media["failure_code"], "undecodable", "{media}");
     assert!(
         media["failure"]
             .as_str()
             .unwrap()
-            .contains("not a decodable video"),
+            .contains("not a video this server can decode"),
         "{media}"
     );
     let (_, jobs) = server.alice_get_json("/api/v1/jobs?state=failed").await;

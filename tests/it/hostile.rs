@@ -346,7 +346,7 @@ fn clip(dir: &Path, name: &str, video: &str, seconds: u32, audio: bool) -> Vec<u
 }
 
 #[tokio::test]
-async fn sources_over_a_limit_fail_with_the_code_of_that_limit() {
+async fn disguised_sources_and_sources_over_a_limit_fail_with_their_code() {
     let server = start(|config| {
         config.transcode.max_duration_s = 3.0;
         config.transcode.max_frame_pixels = 320 * 240;
@@ -388,6 +388,20 @@ async fn sources_over_a_limit_fail_with_the_code_of_that_limit() {
     for (bytes, code) in cases {
         refused(&server, bytes, &[code]).await.unwrap();
     }
+    // Matroska's signature in front of an MPEG-TS stream: ffprobe finds MPEG-TS.
+    let ts = dir.path().join("t.ts");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", small, "-t", "1"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-f", "mpegts"])
+        .arg(&ts)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut disguised = vec![0x1A, 0x45, 0xDF, 0xA3];
+    disguised.extend(std::fs::read(&ts).unwrap());
+    refused(&server, disguised, &["format_mismatch"])
+        .await
+        .unwrap();
     // Within every limit, a clip still plays.
     let (status, receipt) = server
         .upload(clip(dir.path(), "ok.mp4", small, 1, false), "ok.mp4", None)
@@ -454,6 +468,20 @@ async fn one_wallet_cannot_fill_the_queue_and_jobs_are_private() {
         server.blob_files("uploads").len() == 1,
         "only the victim's source stays"
     );
+    // A resumable upload is refused before it sends a byte.
+    let alice = server.session().await.to_string();
+    let response = server
+        .client
+        .post(server.url("/api/v1/uploads"))
+        .bearer_auth(&alice)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "1000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["code"], "too_many_active_jobs", "{error}");
     // Another wallet is not held up.
     let bob = server.login(&BOB).await;
     let (status, receipt) = server.upload_as(Some(&bob), bytes, "b.mp4", None).await;
@@ -461,7 +489,6 @@ async fn one_wallet_cannot_fill_the_queue_and_jobs_are_private() {
 
     // The jobs API: the admin and the owner see a job; anyone else gets 404 or nothing.
     let job = format!("/api/v1/jobs/{}", scheduled["id"].as_str().unwrap());
-    let alice = server.session().await.to_string();
     assert_eq!(get_as(&server, &alice, &job).await.0, 200);
     assert_eq!(get_as(&server, ADMIN, &job).await.0, 200);
     let (status, error) = get_as(&server, &bob, &job).await;

@@ -137,6 +137,15 @@ pub struct CancelJob {
     pub caller: String,
 }
 
+/// Refuses with `OwnerBusy` when `owner` already has the most jobs queued or running that
+/// `transcode.max_active_jobs_per_owner` allows: asked before a resumable upload starts, so a
+/// wallet at its cap is told before it sends any bytes.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), TranscodeError>")]
+pub struct CheckOwnerCapacity {
+    pub owner: String,
+}
+
 /// Worker pool and job counts.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<JobStats, TranscodeError>")]

@@ -10,7 +10,8 @@ use crate::{
     model::{Job, JobId, JobState},
     store::{blocking, JobFilter},
     transcode::{
-        GetJob, GetJobStats, JobStats, ListJobs, ListProfiles, TranscodeError, TranscodeProfiles,
+        CheckOwnerCapacity, GetJob, GetJobStats, JobStats, ListJobs, ListProfiles, TranscodeError,
+        TranscodeProfiles,
     },
 };
 
@@ -61,6 +62,28 @@ impl Handler<ListJobs> for TranscodeActor {
                 }
             }
             Ok(jobs)
+        })
+    }
+}
+
+impl Handler<CheckOwnerCapacity> for TranscodeActor {
+    type Result = ResponseFuture<Result<(), TranscodeError>>;
+
+    fn handle(&mut self, msg: CheckOwnerCapacity, _: &mut Self::Context) -> Self::Result {
+        let limit = self.config.max_active_jobs_per_owner;
+        let repo = self.repo.clone();
+        Box::pin(async move {
+            let filter = JobFilter {
+                owner: Some(msg.owner),
+                limit: usize::MAX,
+                ..JobFilter::default()
+            };
+            let jobs = blocking(&repo, move |repo| repo.list_jobs(&filter)).await?;
+            let active = jobs.iter().filter(|job| !job.state.is_final()).count();
+            if active >= limit {
+                return Err(TranscodeError::OwnerBusy { limit });
+            }
+            Ok(())
         })
     }
 }

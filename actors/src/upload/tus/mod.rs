@@ -49,7 +49,7 @@ use crate::{
     monitor::names::upload_outcome,
     sniff::{sniff_container, SNIFF_BYTES},
     store::{blocking, SharedRepo},
-    transcode::{ListJobs, SubmitJob},
+    transcode::{CheckOwnerCapacity, ListJobs, SubmitJob},
 };
 
 mod finish;
@@ -302,7 +302,14 @@ impl Handler<CreateTusUpload> for UploadActor {
         let sync_every_patch = self.config.sync_every_patch;
         let created = self.uploads.with_label_values(&[upload_outcome::CREATED]);
         let audit = self.audit.clone();
+        let transcode = self.transcode.clone();
         Box::pin(async move {
+            if let Some(owner) = owner_wallet(&msg.owner) {
+                transcode
+                    .send(CheckOwnerCapacity { owner })
+                    .await
+                    .map_err(|_| UploadError::Mailbox("transcode"))??;
+            }
             match msg.length {
                 Some(0) => return Err(UploadError::Empty),
                 Some(length) if length > max_size => {
