@@ -14,7 +14,9 @@
 //! whole upload in one PATCH),
 //! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
 //! (4), LOAD_BENCH_TRANSCODE_RUNS (9), LOAD_BENCH_ONLY (all; else a comma-separated subset of
-//! segments, small, onoff, mix, gated, transcode, upload, idle), LOAD_BENCH_SMAPS_DIR (unset;
+//! segments, small, onoff, mix, gated, flood, transcode, upload, idle), LOAD_BENCH_FLOOD_ADDRS
+//! (client addresses flooding bogus logins, 32) and LOAD_BENCH_FLOOD_RATE (requests/s from
+//! each, 40), LOAD_BENCH_SMAPS_DIR (unset;
 //! else the server's /proc/<pid>/smaps before and while holding the idle connections are copied
 //! there), LOAD_BENCH_MASSIF (unset; else a directory: every server runs under
 //! `valgrind --tool=massif` and a detailed heap snapshot is written there at the same moments
@@ -1022,6 +1024,20 @@ fn main() {
         );
     }
 
+    // A login flood from many addresses must not stall a legitimate user's login or playback.
+    if settings.runs("flood") {
+        rows.extend(login_flood(
+            &runtime,
+            &client,
+            &config_file,
+            scratch.path(),
+            &contract,
+            &holders[0],
+            &holders[1],
+            &settings,
+        ));
+    }
+
     if settings.runs("transcode") {
         server.reset_peak();
         rows.push(transcode(
@@ -1083,6 +1099,255 @@ fn main() {
         eprintln!("load bench: {errors} failed requests");
         std::process::exit(1);
     }
+}
+
+/// A login flood from many client addresses (127.0.0.2…, rate limits on, as in production)
+/// while a legitimate user at 127.0.0.1 signs in and plays a gated playlist; phases without and
+/// with the flood alternate, `rounds` of `seconds` each. Rows: the user's login and gated
+/// playlist p99 flooded vs unflooded, measured in the same run.
+#[allow(clippy::too_many_arguments)]
+fn login_flood(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    config_file: &Path,
+    scratch: &Path,
+    contract: &str,
+    holder: &k256::ecdsa::SigningKey,
+    stranger: &k256::ecdsa::SigningKey,
+    settings: &Settings,
+) -> Vec<Row> {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    };
+    let addresses = env_number("LOAD_BENCH_FLOOD_ADDRS", 32).clamp(1, 250) as u8;
+    let per_address = env_number("LOAD_BENCH_FLOOD_RATE", 40).max(1);
+    let data_dir = scratch.join("flood");
+    let gated = {
+        let store = SledStore::open(&data_dir.join("db")).unwrap();
+        let record = media(
+            "Flood clip".into(),
+            vec!["bench".into()],
+            "0xbench",
+            MediaState::Ready,
+        );
+        store.put_media(&record).unwrap();
+        write_hls(&data_dir, &record.id);
+        record.id
+    };
+    // Per address: 20 auth requests at once, 10 a second. A login is two (challenge, login),
+    // so the user stays under it; each flooding address gets 10 bogus logins a second through
+    // to the AuthActor and 429s beyond.
+    let server = Server::start(
+        config_file,
+        &data_dir,
+        &[
+            "rate_limit.enabled=true",
+            "rate_limit.services.auth.capacity=20",
+            "rate_limit.services.auth.refill_per_second=10",
+        ],
+    );
+    let gate =
+        json!({"chain_id": CHAIN_ID, "contract": contract, "standard": "erc721", "min_balance": 1});
+    let bogus = runtime.block_on(async {
+        let response = client
+            .put(server.url(&format!("/api/v1/media/{gated}/gate")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&gate)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        // A real challenge signed by someone else: parsed, checked and refused at the
+        // signature (the most a bogus login costs), its nonce never consumed.
+        let address = Address::from_private_key(holder).to_checksum(None);
+        let challenge: Value = client
+            .post(server.url("/api/v1/auth/challenge"))
+            .json(&json!({"address": address, "chain_id": CHAIN_ID}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let message = challenge["message"].as_str().unwrap();
+        json!({"message": message, "signature": signin::sign(stranger, message)}).to_string()
+    });
+    let playlist = server.url(&format!("/api/v1/media/{gated}/hls/master.m3u8"));
+    let port = server.port;
+
+    let flooding = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (refused, limited, other) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let total = Duration::from_secs(u64::from(settings.seconds) * settings.rounds as u64 * 2 + 60);
+    let flooders: Vec<_> = (0..addresses)
+        .map(|n| {
+            let (flooding, stop, refused, limited, other, bogus) = (
+                flooding.clone(),
+                stop.clone(),
+                refused.clone(),
+                limited.clone(),
+                other.clone(),
+                bogus.clone(),
+            );
+            std::thread::spawn(move || {
+                let source = std::net::Ipv4Addr::new(127, 0, 0, n + 2);
+                let request = format!(
+                    "POST /api/v1/auth/login HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{bogus}",
+                    bogus.len()
+                );
+                let gap = Duration::from_secs_f64(1.0 / per_address as f64);
+                let deadline = Instant::now() + total;
+                let mut stream = None;
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    if !flooding.load(Ordering::Relaxed) {
+                        stream = None;
+                        std::thread::sleep(Duration::from_millis(5));
+                        next = Instant::now();
+                        continue;
+                    }
+                    let open = stream.get_or_insert_with(|| connect_from(source, port));
+                    let answered = open
+                        .write_all(request.as_bytes())
+                        .and_then(|()| read_response(open));
+                    match answered {
+                        Ok((401, _)) => refused.fetch_add(1, Ordering::Relaxed),
+                        Ok((429, _)) => limited.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => other.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => {
+                            stream = None;
+                            0
+                        }
+                    };
+                    next += gap;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // The user: sign in, then four GETs of the gated playlist with that session (the first is
+    // decided by the AuthActor, the rest reuse its remembered grant), four times a second.
+    let (mut quiet, mut flooded) = (Samples::default(), Samples::default());
+    let mut errors = 0;
+    for round in 0..settings.rounds * 2 {
+        let under_flood = round % 2 == 1;
+        flooding.store(under_flood, Ordering::Relaxed);
+        let samples = if under_flood {
+            &mut flooded
+        } else {
+            &mut quiet
+        };
+        let phase_end = Instant::now() + Duration::from_secs(u64::from(settings.seconds));
+        runtime.block_on(async {
+            let mut pace = tokio::time::interval(Duration::from_millis(250));
+            while Instant::now() < phase_end {
+                pace.tick().await;
+                let started = Instant::now();
+                let Some(session) = signin::login(client, &server.base, holder).await else {
+                    errors += 1;
+                    continue;
+                };
+                samples.logins.push(started.elapsed().as_secs_f64() * 1e3);
+                for _ in 0..4 {
+                    let started = Instant::now();
+                    let response = client.get(&playlist).bearer_auth(&session).send().await;
+                    match response {
+                        Ok(response) if response.status().is_success() => {
+                            let _ = response.bytes().await;
+                            samples
+                                .playlists
+                                .push(started.elapsed().as_secs_f64() * 1e3);
+                        }
+                        _ => errors += 1,
+                    }
+                }
+            }
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.join().unwrap();
+    }
+    let (refused, limited, other) = (
+        refused.load(Ordering::Relaxed),
+        limited.load(Ordering::Relaxed),
+        other.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "  login flood: {addresses} addresses × {per_address}/s: {refused} bogus logins refused \
+         by the AuthActor (401), {limited} by the rate limiter (429), {other} otherwise answered"
+    );
+    assert!(refused > 0, "the flood never reached the AuthActor");
+    let scenario = format!(
+        "under a login flood ({addresses} addrs × {per_address}/s, {refused} reached auth)"
+    );
+    let row = |name: &str, quiet: &mut Vec<f64>, flooded: &mut Vec<f64>| {
+        let (quiet_p99, flooded_p99) = (percentile(quiet, 0.99), percentile(flooded, 0.99));
+        Row {
+            scenario: format!("{name} {scenario}"),
+            requests_per_s: None,
+            megabytes_per_s: None,
+            p50_ms: Some(percentile(flooded, 0.5)),
+            p99_ms: Some(flooded_p99),
+            peak_rss_mb: server.peak_rss_mb(),
+            baseline: format!("unflooded p99 {quiet_p99:.2} ms"),
+            ratio: Some(flooded_p99 / quiet_p99),
+            target: "p99 ≤ 2.0 × unflooded",
+            errors,
+            held_mb: 0.0,
+        }
+    };
+    let rows = vec![
+        row("user's SIWE login", &mut quiet.logins, &mut flooded.logins),
+        row(
+            "user's gated playlist GET",
+            &mut quiet.playlists,
+            &mut flooded.playlists,
+        ),
+    ];
+    rows
+}
+
+/// Latencies (ms) of the user's requests in one kind of phase.
+#[derive(Default)]
+struct Samples {
+    logins: Vec<f64>,
+    playlists: Vec<f64>,
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    assert!(!values.is_empty(), "no samples");
+    values.sort_by(f64::total_cmp);
+    values[((values.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// A blocking connection to the server from `source` (any 127.0.0.0/8 address is local).
+fn connect_from(source: std::net::Ipv4Addr, port: u16) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from((source, 0)))
+            .unwrap();
+        socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
 }
 
 /// wrk options that run `script`.
@@ -1682,7 +1947,7 @@ mod signin {
         pub errors: u64,
     }
 
-    async fn login(client: &reqwest::Client, base: &str, key: &SigningKey) -> Option<String> {
+    pub async fn login(client: &reqwest::Client, base: &str, key: &SigningKey) -> Option<String> {
         let address = Address::from_private_key(key).to_checksum(None);
         let challenge: Value = client
             .post(format!("{base}/api/v1/auth/challenge"))

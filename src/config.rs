@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use streamgate_actors::config::{
-    ActorsConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, RateLimitConfig, S3Config,
-    StorageConfig, TranscodeConfig, UploadConfig,
+    ActorsConfig, AuditConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, RateLimitConfig,
+    S3Config, StorageConfig, TranscodeConfig, UploadConfig,
 };
 use toml::{Table, Value};
 
@@ -48,6 +48,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub http: HttpConfig,
     pub cache: CacheConfig,
+    pub audit: AuditConfig,
 }
 
 impl Config {
@@ -60,6 +61,7 @@ impl Config {
             auth: self.auth.clone(),
             monitor: self.monitor.clone(),
             cache: self.cache.clone(),
+            audit: self.audit.clone(),
         }
     }
 }

@@ -117,6 +117,24 @@ pub struct AuthConfig {
     pub nft_cache_entries: usize,
     pub rpc_timeout_ms: u64,
     pub rpc: Vec<ChainRpc>,
+    /// Uncached ownership look-ups one session may make through `POST /api/v1/auth/nft/verify`
+    /// per minute; over it: 429 `nft_rpc_budget_exceeded` with `Retry-After`.
+    pub nft_verify_rpc_per_minute: u32,
+}
+
+/// The audit log's retention and how refused (possibly hostile) events are sampled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Entries older than this are pruned.
+    pub retention_days: u64,
+    /// At most this many entries are kept (the oldest go first).
+    pub max_entries: u64,
+    /// Seconds between retention runs.
+    pub prune_interval_s: u64,
+    /// At most one entry per refused action and client within this many seconds; the rest
+    /// are counted (`streamgate_audit_refusals_total`) and summed up in the next entry.
+    pub refusal_interval_s: u64,
 }
 
 /// The JSON-RPC endpoint used for ownership checks on one chain.
@@ -251,6 +269,7 @@ pub struct ActorsConfig {
     pub auth: AuthConfig,
     pub monitor: MonitorConfig,
     pub cache: CacheConfig,
+    pub audit: AuditConfig,
 }
 
 impl ActorsConfig {
@@ -283,6 +302,17 @@ impl ActorsConfig {
             return Err("upload.max_size_bytes must be at least 1".into());
         }
         self.validate_auth()?;
+        let audit = &self.audit;
+        for (key, value) in [
+            ("retention_days", audit.retention_days),
+            ("max_entries", audit.max_entries),
+            ("prune_interval_s", audit.prune_interval_s),
+            ("refusal_interval_s", audit.refusal_interval_s),
+        ] {
+            if value == 0 {
+                return Err(format!("audit.{key} must be at least 1"));
+            }
+        }
         if self.upload.expiry_s == 0 || self.upload.cleanup_interval_s == 0 {
             return Err("upload.expiry_s and upload.cleanup_interval_s must be at least 1".into());
         }
@@ -334,6 +364,10 @@ impl ActorsConfig {
             ("playback_token_ttl_s", auth.playback_token_ttl_s),
             ("playback_grant_entries", auth.playback_grant_entries as u64),
             ("rpc_timeout_ms", auth.rpc_timeout_ms),
+            (
+                "nft_verify_rpc_per_minute",
+                u64::from(auth.nft_verify_rpc_per_minute),
+            ),
         ] {
             if value == 0 {
                 return Err(format!("auth.{key} must be at least 1"));

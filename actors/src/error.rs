@@ -20,7 +20,7 @@ pub enum ErrorKind {
     ChecksumMismatch,
     /// The caller's storage quota would be exceeded.
     QuotaExceeded,
-    /// The caller has used up a budget (queued jobs, calls) for now.
+    /// The caller used up a budget (queued jobs, uncached RPC calls); retry later.
     TooManyRequests,
     Unauthorized,
     Forbidden,
@@ -35,4 +35,8 @@ pub trait DomainError: std::error::Error {
     fn kind(&self) -> ErrorKind;
     /// Stable `snake_case` code clients can match on.
     fn code(&self) -> &'static str;
+    /// Seconds after which a [`ErrorKind::TooManyRequests`] refusal may be retried.
+    fn retry_after_s(&self) -> Option<u64> {
+        None
+    }
 }

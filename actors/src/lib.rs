@@ -113,7 +113,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
         BlobBackend::S3 => BlobStore::s3(&config.s3)?,
     };
     let metrics = Metrics::new()?;
-    let audit = AuditLog::new(repo.clone());
+    let audit = AuditLog::with_metrics(repo.clone(), &config.audit, &metrics);
     let restarts = |name: &str| metrics.actor_restarts.with_label_values(&[name]);
 
     let caches = Caches::new(&config.cache, &metrics, audit.clone());

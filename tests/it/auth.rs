@@ -75,6 +75,20 @@ async fn post_bearer(server: &TestServer, path: &str, token: &str) -> (u16, Valu
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// `POST /api/v1/auth/nft/verify` with `session` as the bearer.
+pub(crate) async fn nft_verify(server: &TestServer, session: &str, query: &Value) -> (u16, Value) {
+    let response = server
+        .client
+        .post(server.url("/api/v1/auth/nft/verify"))
+        .bearer_auth(session)
+        .json(query)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Login
 
@@ -597,12 +611,12 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
 
     // The ownership endpoint, and its cache.
     let query = json!({"address": BOB.address, "chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721", "token_id": 0});
-    let (status, answer) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    let (status, answer) = nft_verify(&server, &carol, &query).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["owns"], true);
     assert_eq!(answer["balance"], 1);
     let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": erc1155, "standard": "erc1155", "token_id": "7"});
-    let (_, answer) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    let (_, answer) = nft_verify(&server, &carol, &query).await;
     assert_eq!(answer["balance"], 1, "{answer}");
     let nft_checks_audited = || async {
         let audit: Value = crate::server::fetch_json(
@@ -613,7 +627,7 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
         audit["items"].as_array().unwrap().len()
     };
     let audited_before = nft_checks_audited().await;
-    let (_, again) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    let (_, again) = nft_verify(&server, &carol, &query).await;
     assert_eq!(again["cached"], true, "{again}");
     assert_eq!(
         nft_checks_audited().await,
@@ -751,7 +765,7 @@ async fn a_transfer_revokes_access_after_the_cache_ttl_and_a_dead_rpc_fails_clos
         );
     }
     let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721"});
-    let (status, body) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    let (status, body) = nft_verify(&server, &carol, &query).await;
     assert_refused(status, &body, 503, "rpc_unavailable");
 }
 
@@ -765,7 +779,8 @@ async fn an_rpc_node_that_never_answered_fails_closed() {
         }];
     });
     let query = json!({"address": BOB.address, "chain_id": CHAIN_ID, "contract": ALICE.address, "standard": "erc721"});
-    let (status, body) = server.post_json("/api/v1/auth/nft/verify", &query).await;
+    let session = server.session().await.to_string();
+    let (status, body) = nft_verify(&server, &session, &query).await;
     assert_refused(status, &body, 503, "rpc_unavailable");
     assert!(
         !body["message"].as_str().unwrap().contains("127.0.0.1"),

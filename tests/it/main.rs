@@ -6,6 +6,7 @@
 
 mod audit;
 mod auth;
+mod auth_abuse;
 mod bad_input;
 mod chain;
 mod config;

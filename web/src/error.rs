@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after_s: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -52,6 +54,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_s: None,
         }
     }
 
@@ -92,7 +95,10 @@ impl ApiError {
         } else {
             error.to_string()
         };
-        Self::new(status, error.code(), message)
+        Self {
+            retry_after_s: error.retry_after_s(),
+            ..Self::new(status, error.code(), message)
+        }
     }
 
     pub fn body(code: &str, message: &str) -> String {
@@ -113,9 +119,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
-        HttpResponse::build(self.status)
-            .insert_header((header::CONTENT_TYPE, "application/json"))
-            .body(Self::body(self.code, &self.message))
+        let mut response = HttpResponse::build(self.status);
+        response.insert_header((header::CONTENT_TYPE, "application/json"));
+        if let Some(seconds) = self.retry_after_s {
+            response.insert_header((header::RETRY_AFTER, seconds));
+        }
+        response.body(Self::body(self.code, &self.message))
     }
 }
 

@@ -387,8 +387,8 @@ pub const ROUTES: &[RouteDoc] = &[
         "post",
         "/api/v1/auth/nft/verify",
         "auth",
-        "Token ownership via eth_call",
-        Public,
+        "Token ownership via eth_call (budgeted per session)",
+        Session,
         200,
         JSON,
         body = true

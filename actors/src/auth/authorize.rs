@@ -21,7 +21,8 @@ use time::{Duration, OffsetDateTime};
 use super::{
     grants::{GrantFill, SessionDigest},
     handlers::{checked_balance, ownership_query, parse_address},
-    AuthActor, AuthError, AuthorizePlayback, AuthorizeSessionPlayback, PlaybackGrant, Principal,
+    AuthActor, AuthError, AuthorizePlayback, AuthorizeSessionPlayback, PlaybackGrant,
+    PlaybackGuard, Principal,
 };
 use crate::model::MediaId;
 
@@ -74,10 +75,18 @@ impl AuthActor {
                 return Err(AuthError::GateNotPassed);
             }
             let expires_at = OffsetDateTime::now_utc() + ttl;
-            let token =
-                playback
-                    .keys()
-                    .sign_playback(&media_id, &wallet, expires_at.unix_timestamp());
+            // Bound to the gate read above: a change since then makes the token stale at once.
+            let session_id = match &principal {
+                Principal::Wallet { session_id, .. } => Some(session_id.as_str()),
+                Principal::Admin => None,
+            };
+            let binding = PlaybackGuard::binding(session_id, gate.as_ref());
+            let token = playback.keys().sign_playback(
+                &media_id,
+                &wallet,
+                &binding,
+                expires_at.unix_timestamp(),
+            );
             Ok(Decision {
                 grant: PlaybackGrant {
                     token: token.into(),

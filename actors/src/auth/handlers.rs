@@ -1,7 +1,9 @@
 //! The AuthActor's session, ownership and gate handlers (the actor and its messages are in
 //! `mod.rs`).
 
-use actix::{ActorFutureExt, AtomicResponse, Handler, ResponseFuture, WrapFuture};
+use actix::{
+    ActorFutureExt, AtomicResponse, Handler, ResponseActFuture, ResponseFuture, WrapFuture,
+};
 use alloy_primitives::{Address, U256};
 use time::{Duration, OffsetDateTime};
 
@@ -15,7 +17,7 @@ use crate::{
     error::DomainError,
     metadata::GetMedia,
     model::{Gate, NonceRecord, TokenStandard},
-    store::{blocking, NonceUse},
+    store::{blocking, NonceUse, StoreError},
 };
 
 impl Handler<IssueChallenge> for AuthActor {
@@ -65,18 +67,27 @@ impl Handler<IssueChallenge> for AuthActor {
 }
 
 impl Handler<Login> for AuthActor {
-    type Result = AtomicResponse<Self, Result<SessionGrant, AuthError>>;
+    type Result = ResponseActFuture<Self, Result<SessionGrant, AuthError>>;
 
+    /// Not atomic: the nonce's compare-and-swap in the store makes exactly one of concurrent
+    /// logins with one nonce succeed, so a flood of logins never holds the mailbox. The
+    /// signature check runs on the blocking pool, off the actors' thread; a refusal is audited
+    /// through the sampled, non-blocking path.
     fn handle(&mut self, msg: Login, _: &mut Self::Context) -> Self::Result {
         let now = OffsetDateTime::now_utc();
-        let verified = login::verify_login(&self.policy, &msg.message, &msg.signature, now);
+        let policy = self.policy.clone();
         let repo = self.deps.repo.clone();
         let audit = self.deps.audit.clone();
         let metrics = self.deps.metrics.clone();
         let caller = msg.caller;
-        AtomicResponse::new(Box::pin(
+        let (message, signature) = (msg.message, msg.signature);
+        Box::pin(
             async move {
-                let verified = verified?;
+                let verified = tokio::task::spawn_blocking(move || {
+                    login::verify_login(&policy, &message, &signature, now)
+                })
+                .await
+                .map_err(|error| AuthError::Store(StoreError::Join(error.to_string())))??;
                 let nonce = verified.nonce.clone();
                 let found = blocking(&repo, move |repo| repo.consume_nonce(&nonce)).await?;
                 let record = match found {
@@ -94,29 +105,31 @@ impl Handler<Login> for AuthActor {
             }
             .into_actor(self)
             .then(move |verified, actor, _| {
-                let (who, outcome_label, result) = match verified {
+                let (result, durable) = match verified {
                     Ok(verified) => {
                         let grant = actor.grant(verified.address.clone(), verified.chain_id);
-                        (verified.address, "ok", Ok(grant))
+                        metrics.auth_logins.with_label_values(&["ok"]).inc();
+                        let event = AuditEvent::ok(action::AUTH_LOGIN, verified.address, None);
+                        (Ok(grant), Some(event))
                     }
-                    Err(error) => (caller, error.code(), Err(error)),
-                };
-                metrics
-                    .auth_logins
-                    .with_label_values(&[outcome_label])
-                    .inc();
-                let event = match &result {
-                    Ok(_) => AuditEvent::ok(action::AUTH_LOGIN, who, None),
-                    Err(error) => AuditEvent::ok(action::AUTH_LOGIN, who, None)
-                        .with_outcome(outcome::DENIED, error.code()),
+                    Err(error) => {
+                        metrics.auth_logins.with_label_values(&[error.code()]).inc();
+                        let event = AuditEvent::ok(action::AUTH_LOGIN, caller.clone(), None)
+                            .with_outcome(outcome::DENIED, error.code());
+                        audit.record_refusal(event, &caller);
+                        (Err(error), None)
+                    }
                 };
                 async move {
-                    audit.record(event).await;
+                    // Only a session handed out waits for its (flushed) audit entry.
+                    if let Some(event) = durable {
+                        audit.record(event).await;
+                    }
                     result
                 }
                 .into_actor(actor)
             }),
-        ))
+        )
     }
 }
 
@@ -253,10 +266,14 @@ pub(super) async fn checked_balance(
                 format!("holder {} balance {} (rpc)", query.holder, holding.balance),
             ),
         ),
-        Err(error) => Some(
-            AuditEvent::ok(action::NFT_CHECK, actor, Some(target))
-                .with_outcome(outcome::FAILED, error.code()),
-        ),
+        Err(error) => {
+            // A failure (a dead node, a bogus contract) is what a hostile caller can repeat:
+            // sampled, in the background.
+            let event = AuditEvent::ok(action::NFT_CHECK, actor.clone(), Some(target))
+                .with_outcome(outcome::FAILED, error.code());
+            audit.record_refusal(event, &actor);
+            None
+        }
     };
     if let Some(event) = event {
         audit.record(event).await;
@@ -281,19 +298,31 @@ impl Handler<CheckOwnership> for AuthActor {
     type Result = ResponseFuture<Result<Ownership, AuthError>>;
 
     fn handle(&mut self, msg: CheckOwnership, _: &mut Self::Context) -> Self::Result {
-        let nft = self.deps.nft.clone();
-        let audit = self.deps.audit.clone();
-        Box::pin(async move {
+        let prepared = (|| -> Result<(Principal, OwnershipQuery), AuthError> {
+            let (principal, _) = self.bearer(&msg.token)?;
             let holder = parse_address(&msg.address)?;
             let query = ownership_query(
-                &nft,
+                &self.deps.nft,
                 msg.chain_id,
                 &msg.contract,
                 msg.standard,
                 msg.token_id.as_deref(),
                 holder,
             )?;
-            let checked = checked_balance(&nft, &audit, &query, msg.caller).await?;
+            // Only look-ups that reach the chain cost budget; admins have none.
+            if let Principal::Wallet { session_id, .. } = &principal {
+                if !self.deps.nft.is_cached(&query) {
+                    self.charge_nft_budget(session_id)?;
+                }
+            }
+            Ok((principal, query))
+        })();
+        let nft = self.deps.nft.clone();
+        let audit = self.deps.audit.clone();
+        Box::pin(async move {
+            let (principal, query) = prepared?;
+            let actor = principal.name().to_string();
+            let checked = checked_balance(&nft, &audit, &query, actor).await?;
             Ok(Ownership {
                 owns: checked.balance >= U256::from(1),
                 balance: checked.balance,

@@ -12,8 +12,10 @@
 //!   [`PlaybackGuard`] read handle lets the segment path check tokens, and the playlist path
 //!   reuse remembered grants, without a message.
 //!
-//! Invariant: logins run one at a time (atomic responses), and a nonce is consumed with a
-//! compare-and-swap in the store, so of concurrent logins with one nonce exactly one succeeds.
+//! Invariant: a nonce is consumed with a compare-and-swap in the store, so of concurrent logins
+//! with one nonce exactly one succeeds. A refused login never waits on the store's flush (its
+//! audit entry is sampled and written in the background), so a login flood cannot hold the
+//! mailbox.
 //! Invariant: every failure to establish identity or ownership is a refusal or an error; an
 //! RPC failure is never read as "does not own".
 //! Invariant: a revocation (logout, refresh) purges the session's playback grants before it is
@@ -106,6 +108,10 @@ pub enum AuthError {
     RpcUnavailable(String),
     #[error("RPC node answer unusable: {0}")]
     RpcBadResponse(String),
+    #[error(
+        "this session used up its uncached ownership checks for now; retry in {retry_after_s} s"
+    )]
+    RpcBudgetExceeded { retry_after_s: u64 },
     #[error(transparent)]
     Media(#[from] MetadataError),
     #[error(transparent)]
@@ -133,6 +139,7 @@ impl DomainError for AuthError {
             NotOwner | GateNotPassed => ErrorKind::Forbidden,
             RpcUnavailable(_) | Store(_) | Mailbox => ErrorKind::Unavailable,
             RpcBadResponse(_) => ErrorKind::Upstream,
+            RpcBudgetExceeded { .. } => ErrorKind::TooManyRequests,
             Media(error) => error.kind(),
             Config(_) => ErrorKind::Internal,
         }
@@ -166,10 +173,18 @@ impl DomainError for AuthError {
             NotATokenContract => "not_a_token_contract",
             RpcUnavailable(_) => "rpc_unavailable",
             RpcBadResponse(_) => "rpc_bad_response",
+            RpcBudgetExceeded { .. } => "nft_rpc_budget_exceeded",
             Media(error) => error.code(),
             Store(_) => "store_unavailable",
             Mailbox => "actor_unavailable",
             Config(_) => "auth_misconfigured",
+        }
+    }
+
+    fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Self::RpcBudgetExceeded { retry_after_s } => Some(*retry_after_s),
+            _ => None,
         }
     }
 }
@@ -286,15 +301,18 @@ pub struct Logout {
     pub token: String,
 }
 
+/// `POST /api/v1/auth/nft/verify`: needs a session (or the admin token) in `token`; a
+/// session's uncached look-ups are budgeted (`auth.nft_verify_rpc_per_minute`).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Ownership, AuthError>")]
 pub struct CheckOwnership {
+    /// The bearer token.
+    pub token: String,
     pub chain_id: u64,
     pub contract: String,
     pub standard: TokenStandard,
     pub token_id: Option<String>,
     pub address: String,
-    pub caller: String,
 }
 
 #[derive(Debug, Clone)]
@@ -373,6 +391,8 @@ pub struct AuthDeps {
 pub struct AuthActor {
     deps: AuthDeps,
     policy: LoginPolicy,
+    /// Uncached `nft/verify` look-ups per session id in the current minute.
+    nft_budget: HashMap<String, BudgetWindow>,
     /// SHA-256 of the admin token, so comparisons take the same time whatever the input.
     admin_token_digest: Option<[u8; 32]>,
 }
@@ -382,6 +402,10 @@ impl AuthActor {
         let config = &deps.config;
         let admin_token_digest = (!config.admin_token.is_empty())
             .then(|| Sha256::digest(config.admin_token.as_bytes()).into());
+        // Tokens of sessions revoked before a restart stay refused.
+        for (session_id, expires_at) in &deps.revoked {
+            deps.playback.revoke_session(session_id, *expires_at);
+        }
         let policy = LoginPolicy {
             domain: config.domain.clone(),
             uri: config.uri.clone(),
@@ -391,6 +415,7 @@ impl AuthActor {
         Self {
             deps,
             policy,
+            nft_budget: HashMap::new(),
             admin_token_digest,
         }
     }
@@ -464,6 +489,7 @@ impl AuthActor {
         let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
             .unwrap_or_else(|_| OffsetDateTime::now_utc());
         self.deps.revoked.insert(claims.sid.clone(), expires_at);
+        self.deps.playback.revoke_session(&claims.sid, expires_at);
         self.deps.playback.grants().purge_session(&claims.sid);
         let repo = self.deps.repo.clone();
         let sid = claims.sid.clone();
@@ -474,6 +500,43 @@ impl AuthActor {
             .await?;
             Ok(())
         }
+    }
+}
+
+/// One session's use of its `nft/verify` budget in a fixed one-minute window.
+struct BudgetWindow {
+    started: std::time::Instant,
+    used: u32,
+}
+
+const BUDGET_WINDOW: StdDuration = StdDuration::from_secs(60);
+
+impl AuthActor {
+    /// Charges one uncached look-up to `session_id`, or says when the next one may be made.
+    fn charge_nft_budget(&mut self, session_id: &str) -> Result<(), AuthError> {
+        let now = std::time::Instant::now();
+        let limit = self.deps.config.nft_verify_rpc_per_minute;
+        let window = self
+            .nft_budget
+            .entry(session_id.to_string())
+            .or_insert(BudgetWindow {
+                started: now,
+                used: 0,
+            });
+        if now.duration_since(window.started) >= BUDGET_WINDOW {
+            *window = BudgetWindow {
+                started: now,
+                used: 0,
+            };
+        }
+        if window.used >= limit {
+            let left = BUDGET_WINDOW.saturating_sub(now.duration_since(window.started));
+            return Err(AuthError::RpcBudgetExceeded {
+                retry_after_s: left.as_secs_f64().ceil().max(1.0) as u64,
+            });
+        }
+        window.used += 1;
+        Ok(())
     }
 }
 
@@ -488,6 +551,10 @@ impl Actor for AuthActor {
                 .revoked
                 .retain(|_, expires_at| *expires_at >= now);
             actor.deps.playback.grants().purge_expired();
+            actor.deps.playback.prune_revoked(now);
+            actor
+                .nft_budget
+                .retain(|_, window| window.started.elapsed() < BUDGET_WINDOW);
             let repo = actor.deps.repo.clone();
             ctx.spawn(
                 async move {

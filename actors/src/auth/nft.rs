@@ -125,6 +125,11 @@ impl NftChecker {
         })
     }
 
+    /// Whether `query` would be answered from the cache (no RPC call) right now.
+    pub fn is_cached(&self, query: &OwnershipQuery) -> bool {
+        self.cached(query).is_some()
+    }
+
     /// A cached balance still within its TTL, and when it stops being so.
     fn cached(&self, query: &OwnershipQuery) -> Option<(U256, Instant)> {
         let mut cache = self.cache.lock().ok()?;

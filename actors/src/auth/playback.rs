@@ -10,6 +10,10 @@
 //! Invariant: a gate change purges the media's grants right after the table changes (so a
 //! decision made with the old gate is neither served nor stored afterwards), before the
 //! change is acknowledged.
+//! Invariant: a playback token names its session and the gate it was minted under; it is
+//! refused once that session is revoked (the AuthActor adds it here before acknowledging the
+//! logout or refresh) or the media's gate is no longer that gate (its epoch, from the durable
+//! `set_at`, so a restart cannot revive an old token).
 
 use std::{
     collections::HashMap,
@@ -20,7 +24,7 @@ use time::OffsetDateTime;
 
 use super::{
     grants::{PlaybackGrants, SessionDigest},
-    tokens::{Keys, PlaybackClaims, PlaybackTokenError},
+    tokens::{Keys, PlaybackBinding, PlaybackClaims, PlaybackTokenError, SessionTag},
 };
 use crate::model::{Gate, MediaId};
 
@@ -29,6 +33,8 @@ pub struct PlaybackGuard {
     keys: Keys,
     gates: Arc<RwLock<HashMap<MediaId, Gate>>>,
     grants: PlaybackGrants,
+    /// Revoked sessions (as tokens name them) until they would have expired (unix seconds).
+    revoked: Arc<RwLock<HashMap<SessionTag, i64>>>,
 }
 
 /// Why the gate table could not answer; the caller fails closed.
@@ -41,6 +47,40 @@ impl PlaybackGuard {
             keys,
             gates: Arc::new(RwLock::new(gates)),
             grants,
+            revoked: Arc::default(),
+        }
+    }
+
+    /// Which gate a token minted now is bound to: `set_at` in nanoseconds (durable, and new
+    /// on every change), 0 when ungated.
+    pub fn gate_epoch(gate: Option<&Gate>) -> u64 {
+        gate.map_or(0, |gate| gate.set_at.unix_timestamp_nanos().max(1) as u64)
+    }
+
+    /// Tokens of session `session_id` are refused from now on (until `expires_at`, after which
+    /// they would be expired anyway).
+    pub(super) fn revoke_session(&self, session_id: &str, expires_at: OffsetDateTime) {
+        let mut revoked = match self.revoked.write() {
+            Ok(revoked) => revoked,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        revoked.insert(SessionTag::of(session_id), expires_at.unix_timestamp());
+    }
+
+    /// Forgets revocations of sessions that have expired by `now`.
+    pub(super) fn prune_revoked(&self, now: OffsetDateTime) {
+        let mut revoked = match self.revoked.write() {
+            Ok(revoked) => revoked,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        revoked.retain(|_, expires_at| *expires_at >= now.unix_timestamp());
+    }
+
+    /// What a token minted now for `session_id` and `gate` is bound to.
+    pub(super) fn binding(session_id: Option<&str>, gate: Option<&Gate>) -> PlaybackBinding {
+        PlaybackBinding {
+            session: session_id.map(SessionTag::of),
+            gate_epoch: Self::gate_epoch(gate),
         }
     }
 
@@ -72,13 +112,33 @@ impl PlaybackGuard {
         Ok(gates.get(media_id).cloned())
     }
 
+    /// A valid playback token for `media_id`: authentic, unexpired, its session not revoked
+    /// and minted under the media's current gate. A poisoned table refuses.
     pub fn check_token(
         &self,
         media_id: &MediaId,
         token: &str,
     ) -> Result<PlaybackClaims, PlaybackTokenError> {
-        self.keys
-            .check_playback(media_id, token, OffsetDateTime::now_utc())
+        let claims = self
+            .keys
+            .check_playback(media_id, token, OffsetDateTime::now_utc())?;
+        if let Some(session) = &claims.session {
+            let revoked = self
+                .revoked
+                .read()
+                .map_err(|_| PlaybackTokenError::SessionRevoked)?;
+            if revoked.contains_key(session) {
+                return Err(PlaybackTokenError::SessionRevoked);
+            }
+        }
+        let gates = self
+            .gates
+            .read()
+            .map_err(|_| PlaybackTokenError::GateChanged)?;
+        if Self::gate_epoch(gates.get(media_id)) != claims.gate_epoch {
+            return Err(PlaybackTokenError::GateChanged);
+        }
+        Ok(claims)
     }
 
     pub(super) fn keys(&self) -> &Keys {

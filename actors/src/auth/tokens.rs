@@ -94,18 +94,41 @@ impl Keys {
     // -----------------------------------------------------------------------------------------
     // Playback
 
-    /// `{expires}.{wallet}.{tag}`: bound to one media item, one wallet and an expiry.
-    pub fn sign_playback(&self, media_id: &MediaId, wallet: &str, expires_at: i64) -> String {
+    /// `{expires}.{wallet}.{session}.{gate}.{tag}`: bound to one media item, one wallet, an
+    /// expiry, the session it was minted for (`-` for the admin token) and the media's gate as
+    /// it was then ([`PlaybackBinding`]), so a logout or a gate change refuses it at once.
+    pub fn sign_playback(
+        &self,
+        media_id: &MediaId,
+        wallet: &str,
+        binding: &PlaybackBinding,
+        expires_at: i64,
+    ) -> String {
         let expires = expires_at.to_string();
+        let session = binding
+            .session
+            .map_or_else(|| "-".to_string(), |tag| URL_SAFE_NO_PAD.encode(tag.0));
+        let gate = binding.gate_epoch.to_string();
         let tag = hmac(
             &self.playback,
-            &[media_id.as_bytes(), wallet.as_bytes(), expires.as_bytes()],
+            &[
+                media_id.as_bytes(),
+                wallet.as_bytes(),
+                expires.as_bytes(),
+                session.as_bytes(),
+                gate.as_bytes(),
+            ],
         )
         .finalize()
         .into_bytes();
-        format!("{expires}.{wallet}.{}", URL_SAFE_NO_PAD.encode(tag))
+        format!(
+            "{expires}.{wallet}.{session}.{gate}.{}",
+            URL_SAFE_NO_PAD.encode(tag)
+        )
     }
 
+    /// The claims of an authentic, unexpired playback token for `media_id`. Whether its
+    /// session and gate still stand is the [`super::PlaybackGuard`]'s to check.
     pub fn check_playback(
         &self,
         media_id: &MediaId,
@@ -113,9 +136,14 @@ impl Keys {
         now: OffsetDateTime,
     ) -> Result<PlaybackClaims, PlaybackTokenError> {
         let mut parts = token.split('.');
-        let (Some(expires), Some(wallet), Some(tag), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(expires), Some(wallet), Some(session), Some(gate), Some(tag), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(PlaybackTokenError::Invalid);
         };
         let tag = URL_SAFE_NO_PAD
@@ -123,7 +151,13 @@ impl Keys {
             .map_err(|_| PlaybackTokenError::Invalid)?;
         hmac(
             &self.playback,
-            &[media_id.as_bytes(), wallet.as_bytes(), expires.as_bytes()],
+            &[
+                media_id.as_bytes(),
+                wallet.as_bytes(),
+                expires.as_bytes(),
+                session.as_bytes(),
+                gate.as_bytes(),
+            ],
         )
         .verify_slice(&tag)
         .map_err(|_| PlaybackTokenError::Invalid)?;
@@ -131,11 +165,48 @@ impl Keys {
         if expires_at <= now.unix_timestamp() {
             return Err(PlaybackTokenError::Expired);
         }
+        let session = match session {
+            "-" => None,
+            text => {
+                let bytes = URL_SAFE_NO_PAD
+                    .decode(text)
+                    .map_err(|_| PlaybackTokenError::Invalid)?;
+                Some(SessionTag(
+                    bytes.try_into().map_err(|_| PlaybackTokenError::Invalid)?,
+                ))
+            }
+        };
         Ok(PlaybackClaims {
             wallet: wallet.to_string(),
             expires_at,
+            session,
+            gate_epoch: gate.parse().map_err(|_| PlaybackTokenError::Invalid)?,
         })
     }
+}
+
+/// A session as a playback token names it: a digest of the session id, so a token seen in a
+/// log or a referrer never reveals the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionTag([u8; 16]);
+
+impl SessionTag {
+    pub fn of(session_id: &str) -> Self {
+        let digest =
+            Sha256::digest([b"streamgate playback session\0", session_id.as_bytes()].concat());
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&digest[..16]);
+        Self(tag)
+    }
+}
+
+/// What a playback token is bound to besides media, wallet and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaybackBinding {
+    /// The session it was minted for; `None` for the admin token (which cannot be revoked).
+    pub session: Option<SessionTag>,
+    /// The media's gate when it was minted (see `PlaybackGuard::gate_epoch`).
+    pub gate_epoch: u64,
 }
 
 /// Zero-pads a 32-byte digest to the block size; HMAC pads shorter keys the same way.
@@ -172,6 +243,8 @@ pub struct SessionClaims {
 pub struct PlaybackClaims {
     pub wallet: String,
     pub expires_at: i64,
+    pub session: Option<SessionTag>,
+    pub gate_epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +252,10 @@ pub enum PlaybackTokenError {
     /// Malformed, forged, or made for other media.
     Invalid,
     Expired,
+    /// Its session was logged out (or refreshed away).
+    SessionRevoked,
+    /// The media's gate changed (or was set) since it was minted.
+    GateChanged,
 }
 
 /// A fresh random session id.
@@ -219,16 +296,20 @@ mod tests {
     }
 
     #[test]
-    fn playback_tokens_are_bound_to_media_wallet_and_expiry() {
+    fn playback_tokens_are_bound_to_media_wallet_session_gate_and_expiry() {
         let keys = Keys::from_secret(b"secret");
         let media = MediaId::new();
         let now = OffsetDateTime::now_utc();
         let expires = now.unix_timestamp() + 60;
-        let token = keys.sign_playback(&media, "0xabc", expires);
-        assert_eq!(
-            keys.check_playback(&media, &token, now).unwrap().wallet,
-            "0xabc"
-        );
+        let binding = PlaybackBinding {
+            session: Some(SessionTag::of("s1")),
+            gate_epoch: 42,
+        };
+        let token = keys.sign_playback(&media, "0xabc", &binding, expires);
+        let claims = keys.check_playback(&media, &token, now).unwrap();
+        assert_eq!(claims.wallet, "0xabc");
+        assert_eq!(claims.session, Some(SessionTag::of("s1")));
+        assert_eq!(claims.gate_epoch, 42);
         assert_eq!(
             keys.check_playback(&MediaId::new(), &token, now),
             Err(PlaybackTokenError::Invalid)
@@ -237,6 +318,31 @@ mod tests {
         assert_eq!(
             keys.check_playback(&media, &other_wallet, now),
             Err(PlaybackTokenError::Invalid)
+        );
+        // Neither the session nor the gate epoch can be swapped.
+        let parts: Vec<&str> = token.split('.').collect();
+        let other_session = URL_SAFE_NO_PAD.encode(SessionTag::of("s2").0);
+        for forged in [
+            [parts[0], parts[1], &other_session, parts[3], parts[4]].join("."),
+            [parts[0], parts[1], parts[2], "43", parts[4]].join("."),
+            [parts[0], parts[1], "-", parts[3], parts[4]].join("."),
+        ] {
+            assert_eq!(
+                keys.check_playback(&media, &forged, now),
+                Err(PlaybackTokenError::Invalid),
+                "{forged}"
+            );
+        }
+        let admin = PlaybackBinding {
+            session: None,
+            gate_epoch: 0,
+        };
+        let token_of_admin = keys.sign_playback(&media, "admin", &admin, expires);
+        assert_eq!(
+            keys.check_playback(&media, &token_of_admin, now)
+                .unwrap()
+                .session,
+            None
         );
         let later = now + time::Duration::seconds(61);
         assert_eq!(

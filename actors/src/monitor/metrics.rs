@@ -61,6 +61,11 @@ pub struct Metrics {
     pub gate_changes: IntCounterVec,
     /// Gated playlist or segment requests refused, by `reason` (an error code).
     pub playback_refused: IntCounterVec,
+    /// Refused auth events offered to the audit log, by `action` and `result`
+    /// (written | suppressed | dropped); see `audit::AuditLog::record_refusal`.
+    pub audit_refusals: IntCounterVec,
+    /// Audit entries removed by retention.
+    pub audit_pruned: IntCounter,
     /// Filled by the caches (hit/miss per cache); exported at zero until they exist.
     pub cache_requests: IntCounterVec,
     pub cache_evictions: IntCounterVec,
@@ -289,6 +294,15 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let audit_refusals = counter_vec(
+            names::AUDIT_REFUSALS_TOTAL,
+            "Refused auth events offered to the audit log, by action and result (written, suppressed within the interval, dropped on a full queue).",
+            &["action", "result"],
+        )?;
+        let audit_pruned = IntCounter::new(
+            names::AUDIT_PRUNED_TOTAL,
+            "Audit entries removed by retention (age or count).",
+        )?;
         let cache_requests = counter_vec(
             names::CACHE_REQUESTS_TOTAL,
             "Cache lookups by cache and result (hit or miss).",
@@ -376,6 +390,8 @@ impl Metrics {
         registry.register(Box::new(nft_rpc_duration.clone()))?;
         registry.register(Box::new(gate_changes.clone()))?;
         registry.register(Box::new(playback_refused.clone()))?;
+        registry.register(Box::new(audit_refusals.clone()))?;
+        registry.register(Box::new(audit_pruned.clone()))?;
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
@@ -447,6 +463,8 @@ impl Metrics {
             nft_rpc_duration,
             gate_changes,
             playback_refused,
+            audit_refusals,
+            audit_pruned,
             cache_requests,
             cache_evictions,
             cache_entries,

@@ -76,8 +76,21 @@ pub struct AuditFilter {
 }
 
 pub trait AuditRepo: Send + Sync {
-    /// Appends an entry; entries are never changed or removed.
+    /// Appends an entry; entries are never changed, and removed only by [`Self::prune_audit`].
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Appends several entries with one flush.
+    fn append_audit_batch(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        entries
+            .iter()
+            .try_for_each(|entry| self.append_audit(entry))
+    }
+    /// Retention: drops entries older than `older_than`, then the oldest beyond `max_entries`;
+    /// returns how many went.
+    fn prune_audit(
+        &self,
+        older_than: time::OffsetDateTime,
+        max_entries: usize,
+    ) -> Result<usize, StoreError>;
     /// Entries in time order.
     fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
 }

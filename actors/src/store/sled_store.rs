@@ -198,6 +198,52 @@ impl AuditRepo for SledStore {
         self.put(&self.audit, entry.id.as_bytes(), entry)
     }
 
+    fn append_audit_batch(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes =
+                serde_json::to_vec(entry).map_err(|e| StoreError::Backend(e.to_string()))?;
+            batch.insert(entry.id.as_bytes().as_slice(), bytes);
+        }
+        self.audit.apply_batch(batch).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn prune_audit(
+        &self,
+        older_than: time::OffsetDateTime,
+        max_entries: usize,
+    ) -> Result<usize, StoreError> {
+        // Keys are time-ordered ids: the old entries are a prefix of the tree.
+        let mut doomed = sled::Batch::default();
+        let mut removed = 0;
+        let mut kept = 0;
+        for entry in self.audit.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            // An unreadable entry in the old prefix goes with it.
+            if kept == 0 && decode::<AuditEntry>(&key, &bytes).map_or(true, |e| e.at < older_than) {
+                doomed.remove(key);
+                removed += 1;
+            } else {
+                kept += 1;
+            }
+        }
+        if kept > max_entries {
+            let excess = kept - max_entries;
+            for entry in self.audit.iter().skip(removed).take(excess) {
+                let (key, _) = entry.map_err(backend)?;
+                doomed.remove(key);
+            }
+            removed += excess;
+        }
+        if removed > 0 {
+            self.audit.apply_batch(doomed).map_err(backend)?;
+            self.db.flush().map_err(backend)?;
+        }
+        Ok(removed)
+    }
+
     fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         Self::scan(
             &self.audit,

@@ -1,6 +1,7 @@
 //! Wallet auth: SIWE challenge and login, session verify/refresh/logout, and ownership checks.
 //!
-//! `POST /api/v1/auth/challenge`, `/login`, `/verify`, `/refresh`, `/logout`, `/nft/verify`.
+//! `POST /api/v1/auth/challenge`, `/login`, `/verify`, `/refresh`, `/logout`, `/nft/verify`
+//! (a session's, with a budget of uncached look-ups: 429 `nft_rpc_budget_exceeded`).
 
 use crate::middleware::RouteLabel;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -210,16 +211,17 @@ async fn nft_verify(
     body: web::Json<NftVerifyBody>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
+    let token = session_token(&req)?;
     let body = body.into_inner();
     let ownership = actors
         .auth
         .send(CheckOwnership {
+            token,
             chain_id: body.chain_id,
             contract: body.contract,
             standard: body.standard,
             token_id: body.token_id.map(TokenIdInput::into_text),
             address: body.address,
-            caller: caller(&req),
         })
         .await??;
     Ok(HttpResponse::Ok().json(NftVerifyDto {

@@ -18,7 +18,9 @@
 //! (`?token=`), so stock HLS players fetch segments without custom headers. The tokenised
 //! playlist bytes are cached by (media, file, token), looked up only after the gate table and
 //! the token or grant were checked for this request. Segments of gated media need a valid
-//! token for that media; ungated segments never touch an actor (one read of the gate table)
+//! token for that media, whose session is still live and whose gate is still the media's
+//! (checked in the `PlaybackGuard`, in memory); ungated segments never touch an actor (one
+//! read of the gate table)
 //! and stay `public, immutable`. Gated responses are `private, no-store`.
 //! The thumbnail of gated media is gated the same way as its playlists.
 //! Invariant: fails closed — an unreadable gate table, a failed RPC or a bad token refuse.
@@ -203,11 +205,11 @@ async fn segment(
     }
     let cache = match actors
         .playback
-        .gate(&media_id)
+        .is_gated(&media_id)
         .map_err(|_| gate_table_error())?
     {
-        None => SEGMENT_CACHE,
-        Some(_) => {
+        false => SEGMENT_CACHE,
+        true => {
             let token = query.token.as_deref();
             if let Err(refused) = check_playback_token(&actors, &media_id, token) {
                 return Err(refuse(&actors, refused));
@@ -282,6 +284,16 @@ fn check_playback_token(
             actix_web::http::StatusCode::UNAUTHORIZED,
             "playback_token_expired",
             "the playback token has expired: fetch the playlist again",
+        )),
+        Err(PlaybackTokenError::SessionRevoked) => Err(ApiError::new(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "playback_session_revoked",
+            "the session this playback token was issued to has ended: sign in again",
+        )),
+        Err(PlaybackTokenError::GateChanged) => Err(ApiError::new(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "playback_gate_changed",
+            "the media's gate changed since this playback token was issued: fetch the playlist again",
         )),
         Err(PlaybackTokenError::Invalid) => Err(ApiError::new(
             actix_web::http::StatusCode::FORBIDDEN,
