@@ -20,6 +20,8 @@ pub enum ErrorKind {
     ChecksumMismatch,
     /// The caller's storage quota would be exceeded.
     QuotaExceeded,
+    /// The server's disk is full (or below its configured free-space minimum).
+    InsufficientStorage,
     Unauthorized,
     Forbidden,
     Unavailable,
