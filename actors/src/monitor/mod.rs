@@ -149,6 +149,9 @@ pub struct CheckResult {
 pub struct HealthReport {
     pub checks: Vec<CheckResult>,
     pub actors: Vec<ActorStatus>,
+    /// When the store, blob and disk checks were sampled; `None` when they ran for this
+    /// request (no sample had answered yet).
+    pub sampled_at: Option<OffsetDateTime>,
 }
 
 impl HealthReport {
@@ -258,7 +261,10 @@ pub struct MonitorActor {
     ffmpeg: Result<String, String>,
     /// The store, blob and disk checks of the last sample: `/health` reports these, so a flood
     /// of anonymous requests never writes to the blob store.
-    storage_checks: Option<Vec<CheckResult>>,
+    storage_checks: Option<(OffsetDateTime, Vec<CheckResult>)>,
+    /// A sample's storage checks are still running: the next tick starts none, so a slow disk
+    /// neither piles up probes nor lets an old answer overwrite a newer one.
+    storage_checking: bool,
     engine: AlertEngine,
     /// Last ping answers, for the actors-down signal and heartbeats.
     actors: Vec<ActorStatus>,
@@ -299,6 +305,7 @@ impl MonitorActor {
             deps,
             ffmpeg: Err("not checked yet".to_string()),
             storage_checks: None,
+            storage_checking: false,
             engine,
             actors: Vec::new(),
             heartbeats: HashMap::new(),
@@ -339,19 +346,27 @@ impl MonitorActor {
 
         let deps = self.deps.clone();
         let ffmpeg_path = self.deps.ffmpeg_path.clone();
+        if !self.storage_checking {
+            self.storage_checking = true;
+            let deps = self.deps.clone();
+            ctx.spawn(
+                async move { storage_checks(&deps).await }
+                    .into_actor(self)
+                    .map(|checks, actor, _| {
+                        actor.storage_checking = false;
+                        actor.storage_checks = Some((OffsetDateTime::now_utc(), checks));
+                    }),
+            );
+        }
         ctx.spawn(
             async move {
-                futures_util::join!(
-                    ping_all(&deps),
-                    check_ffmpeg(&ffmpeg_path),
-                    storage_checks(&deps)
-                )
+                let statuses = ping_all(&deps).await;
+                (statuses, check_ffmpeg(&ffmpeg_path).await)
             }
             .into_actor(self)
-            .map(|(statuses, ffmpeg, checks), actor, _| {
+            .map(|(statuses, ffmpeg), actor, _| {
                 actor.ffmpeg = ffmpeg;
                 actor.actors = actor.note_pings(statuses);
-                actor.storage_checks = Some(checks);
             }),
         );
     }
@@ -601,6 +616,8 @@ impl Supervised for MonitorActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         // Alert state and history survive a restart: a panic must not silently resolve alerts.
         self.ffmpeg = Err("not checked yet".to_string());
+        // A restart drops the running check with the old context.
+        self.storage_checking = false;
         self.snapshots.clear();
         self.previous_cpu = None;
     }
@@ -714,9 +731,9 @@ impl Handler<CheckHealth> for MonitorActor {
         Box::pin(
             async move {
                 // Only before the first sample has answered is anything checked on demand.
-                let storage = match sampled {
-                    Some(checks) => checks,
-                    None => storage_checks(&deps).await,
+                let (sampled_at, storage) = match sampled {
+                    Some((at, checks)) => (Some(at), checks),
+                    None => (None, storage_checks(&deps).await),
                 };
                 let actors = match sampled_actors {
                     Some(actors) => actors,
@@ -735,7 +752,11 @@ impl Handler<CheckHealth> for MonitorActor {
                 let mut checks = storage;
                 checks.insert(2, ffmpeg);
                 checks.push(actors_check);
-                HealthReport { checks, actors }
+                HealthReport {
+                    checks,
+                    actors,
+                    sampled_at,
+                }
             }
             .into_actor(self),
         )
