@@ -96,7 +96,7 @@ async fn error_rate_alert_fires_on_a_real_5xx_burst_resolves_and_calls_the_webho
 
     // /health reports the monitor's last sample, which sees the breakage within a tick.
     crate::shutdown::poll(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "/health to see the broken blob store",
         || async { server.get("/health").await.status() == 503 },
     )
@@ -125,7 +125,7 @@ async fn error_rate_alert_fires_on_a_real_5xx_burst_resolves_and_calls_the_webho
 
     std::fs::remove_file(&probe_dir).unwrap();
     crate::shutdown::poll(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "/health to see the healed blob store",
         || async { server.get_json("/health").await.1["checks"]["blobs"]["status"] == "ok" },
     )

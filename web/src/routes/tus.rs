@@ -183,7 +183,7 @@ async fn create(
     if with_upload {
         offset_content_type(&req)?;
     }
-    let upload = actors
+    let created = actors
         .upload
         .send(CreateTusUpload {
             length,
@@ -194,7 +194,21 @@ async fn create(
             owner: principal.name().to_string(),
             caller: principal.name().to_string(),
         })
-        .await??;
+        .await;
+    let upload = match created {
+        Ok(Ok(upload)) => upload,
+        refused => {
+            // A refused first chunk (quota, full disk) is read so the client sees the answer.
+            if with_upload {
+                drain(&mut payload).await;
+            }
+            return Err(match refused {
+                Ok(Err(error)) => error.into(),
+                Err(error) => error.into(),
+                Ok(Ok(_)) => ApiError::mailbox(actix::MailboxError::Closed),
+            });
+        }
+    };
     let location = format!("/api/v1/uploads/{}", upload.id);
     let upload = if with_upload {
         let begin = BeginTusPatch {
