@@ -725,6 +725,52 @@ mod tests {
     }
 
     #[test]
+    fn the_start_up_recount_drops_leaked_reservations_and_counts_what_is_held() {
+        use crate::model::{TusMetadata, TusState, TusUpload};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        let partials = dir.path().join("partials");
+        std::fs::create_dir_all(&partials).unwrap();
+        let mut owned = media();
+        owned.owner = Some("0xabc".into());
+        owned.size = 1000;
+        store.put_media(&owned).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let upload = |length: Option<u64>, state: TusState| TusUpload {
+            id: UploadId::new(),
+            owner: "0xabc".into(),
+            length,
+            offset: 0,
+            metadata: TusMetadata::default(),
+            raw_metadata: None,
+            state,
+            container: None,
+            media_id: None,
+            sha256: None,
+            created_at: now,
+            expires_at: now,
+            unverified_from: None,
+        };
+        let known = upload(Some(200), TusState::Receiving);
+        let deferred = upload(None, TusState::Receiving);
+        std::fs::write(
+            crate::upload::tus::partial_path(&partials, &deferred.id),
+            [0u8; 30],
+        )
+        .unwrap();
+        let finished = upload(Some(1000), TusState::Finished);
+        for record in [&known, &deferred, &finished] {
+            store.put_tus_upload(record).unwrap();
+        }
+        // A reservation a crash left behind, and an owner with nothing at all.
+        store.reserve_quota("0xabc", 5000, 5000, 10_000).unwrap();
+        store.reserve_quota("0xdef", 70, 70, 10_000).unwrap();
+        crate::upload::quota::recount(&store, &partials).unwrap();
+        assert_eq!(store.quota_used("0xabc").unwrap(), 1000 + 200 + 30);
+        assert_eq!(store.quota_used("0xdef").unwrap(), 0);
+    }
+
+    #[test]
     fn jobs_filter_by_state() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
