@@ -27,17 +27,56 @@ use crate::{
 pub mod mapped;
 pub use mapped::MappedBlob;
 
+/// The local backend names file paths in its errors: the messages of the variants a client can
+/// see (4xx) leave the path out; `Backend` and `Full` keep their detail for the log only.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("blob {0} not found")]
+    #[error("blob not found")]
     NotFound(String),
     #[error("blob store failed: {0}")]
     Backend(String),
+    /// The disk under the blob store is full (ENOSPC) or over a quota (EDQUOT).
+    #[error("blob store disk full: {0}")]
+    Full(String),
     /// The reader's copy (its `If-None-Match` ETag) is current.
-    #[error("blob {0} not modified")]
+    #[error("blob not modified")]
     NotModified(String),
-    #[error("range not satisfiable for blob {0}")]
+    #[error("range not satisfiable")]
     RangeNotSatisfiable(String),
+}
+
+/// Whether an I/O error means the disk is full: ENOSPC, or EDQUOT (a filesystem quota).
+pub fn is_disk_full(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    ) || error.kind() == std::io::ErrorKind::StorageFull
+        || error.kind() == std::io::ErrorKind::QuotaExceeded
+}
+
+/// Whether any error in `error`'s source chain is a full disk (object_store wraps the local
+/// backend's `io::Error` two levels deep).
+fn chain_is_disk_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(is_disk_full)
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// An I/O error of our own local file handling.
+fn io_blob_error(error: std::io::Error) -> BlobError {
+    if is_disk_full(&error) {
+        BlobError::Full(error.to_string())
+    } else {
+        BlobError::Backend(error.to_string())
+    }
 }
 
 impl crate::error::DomainError for BlobError {
@@ -45,6 +84,7 @@ impl crate::error::DomainError for BlobError {
         match self {
             Self::NotFound(_) => crate::error::ErrorKind::NotFound,
             Self::Backend(_) => crate::error::ErrorKind::Unavailable,
+            Self::Full(_) => crate::error::ErrorKind::InsufficientStorage,
             Self::NotModified(_) => crate::error::ErrorKind::Conflict,
             Self::RangeNotSatisfiable(_) => crate::error::ErrorKind::Invalid,
         }
@@ -53,6 +93,7 @@ impl crate::error::DomainError for BlobError {
         match self {
             Self::NotFound(_) => "blob_not_found",
             Self::Backend(_) => "blobs_unavailable",
+            Self::Full(_) => "insufficient_storage",
             Self::NotModified(_) => "not_modified",
             Self::RangeNotSatisfiable(_) => "range_not_satisfiable",
         }
@@ -64,6 +105,7 @@ impl From<object_store::Error> for BlobError {
         match error {
             object_store::Error::NotFound { path, .. } => Self::NotFound(path),
             object_store::Error::NotModified { path, .. } => Self::NotModified(path),
+            other if chain_is_disk_full(&other) => Self::Full(other.to_string()),
             other => Self::Backend(other.to_string()),
         }
     }
@@ -84,7 +126,7 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 impl BlobStore {
     /// Local filesystem store rooted at `root` (created if missing); every write is fsynced.
     pub fn local(root: PathBuf) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(&root).map_err(|e| BlobError::Backend(e.to_string()))?;
+        std::fs::create_dir_all(&root).map_err(io_blob_error)?;
         let root = root
             .canonicalize()
             .map_err(|e| BlobError::Backend(e.to_string()))?;
@@ -133,6 +175,11 @@ impl BlobStore {
         format!("media/{media_id}/hls")
     }
 
+    /// Whether blobs live on the data directory's disk (the local backend).
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// Where a blob lives on disk, for the local backend only.
     pub fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.local_root.as_ref().map(|root| root.join(key))
@@ -155,9 +202,7 @@ impl BlobStore {
     /// Copies a local file into the store without loading it whole into memory.
     pub async fn put_file(&self, key: &str, file: &std::path::Path) -> Result<(), BlobError> {
         let mut writer = self.writer(key).await?;
-        let mut reader = tokio::fs::File::open(file)
-            .await
-            .map_err(|e| BlobError::Backend(e.to_string()))?;
+        let mut reader = tokio::fs::File::open(file).await.map_err(io_blob_error)?;
         let mut buffer = vec![0u8; 1024 * 1024];
         loop {
             let read = tokio::io::AsyncReadExt::read(&mut reader, &mut buffer)
@@ -182,7 +227,7 @@ impl BlobStore {
     /// Moves a complete, fsynced local file into the store under `key`: a rename on the local
     /// backend (same disk), a streamed multipart upload elsewhere. The file is gone afterwards.
     pub async fn adopt_file(&self, key: &str, file: &std::path::Path) -> Result<(), BlobError> {
-        let io = |e: std::io::Error| BlobError::Backend(e.to_string());
+        let io = io_blob_error;
         if let Some(target) = self.local_path(key) {
             let source = file.to_path_buf();
             return tokio::task::spawn_blocking(move || {
@@ -262,7 +307,7 @@ impl BlobStore {
     /// such as ffmpeg that need a path when the store is not local.
     pub async fn download_to(&self, key: &str, file: &std::path::Path) -> Result<u64, BlobError> {
         use tokio::io::AsyncWriteExt;
-        let io = |e: std::io::Error| BlobError::Backend(e.to_string());
+        let io = io_blob_error;
         let mut read = self.read(key, None, None).await?;
         let mut out = tokio::fs::File::create(file).await.map_err(io)?;
         let mut written = 0;
@@ -391,6 +436,33 @@ impl BlobWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_under_object_store_is_told_apart_and_no_message_names_a_path() {
+        // The shape of the local backend's error: an io::Error inside its own error inside
+        // object_store's Generic.
+        #[derive(Debug, thiserror::Error)]
+        #[error("Unable to copy data to file /data/blobs/x: {source}")]
+        struct Local {
+            source: std::io::Error,
+        }
+        let full = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(Local {
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            }),
+        };
+        assert!(matches!(BlobError::from(full), BlobError::Full(_)));
+        let other = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(Local {
+                source: std::io::Error::from_raw_os_error(libc::EACCES),
+            }),
+        };
+        assert!(matches!(BlobError::from(other), BlobError::Backend(_)));
+        let missing = BlobError::NotFound("/data/blobs/media/x/thumbnail.jpg".into());
+        assert!(!missing.to_string().contains("/data"), "{missing}");
+    }
 
     #[tokio::test]
     async fn streamed_write_is_invisible_until_finished_and_abort_leaves_nothing() {

@@ -53,12 +53,14 @@ impl std::fmt::Debug for S3Config {
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {
     pub max_size_bytes: u64,
-    /// Bytes one owner may hold in resumable uploads; 0 means no quota.
+    /// Bytes one owner may hold in uploads and media (both upload paths); 0 means no quota.
     pub quota_bytes: u64,
     /// Seconds an unfinished resumable upload lives after its last PATCH.
     pub expiry_s: u64,
     /// Seconds between sweeps that delete expired uploads.
     pub cleanup_interval_s: u64,
+    /// Seconds a finished resumable upload's record is kept (for HEAD/GET) before a sweep drops it.
+    pub finished_retention_s: u64,
     /// fsync every tus PATCH before acknowledging it (durable against power loss), instead of
     /// once when the upload completes (acknowledged bytes then survive `kill -9` only).
     pub sync_every_patch: bool,

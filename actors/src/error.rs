@@ -22,6 +22,8 @@ pub enum ErrorKind {
     QuotaExceeded,
     /// The caller used up a budget (queued jobs, uncached RPC calls); retry later.
     TooManyRequests,
+    /// The server's disk is full (or below its configured free-space minimum).
+    InsufficientStorage,
     Unauthorized,
     Forbidden,
     Unavailable,

@@ -147,10 +147,20 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
         );
         move |_| TranscodeActor::new(config, repo, blobs, metadata, metrics, audit, work_dir)
     });
+    if config.upload.quota_bytes > 0 {
+        // Before any upload runs: drops reservations a crash left behind.
+        upload::quota::recount(repo.as_ref(), &partial_dir).map_err(|error| {
+            StartError::DataDir {
+                path: partial_dir.display().to_string(),
+                reason: format!("cannot count upload quotas: {error}"),
+            }
+        })?;
+    }
     let tus = upload::tus::TusDeps {
         repo: repo.clone(),
         partial_dir,
         shared: upload::tus::TusShared::default(),
+        min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
     };
     let upload = supervise::start("upload", restarts("upload"), {
         let (config, blobs, metadata, transcode, metrics, audit) = (

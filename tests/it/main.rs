@@ -21,6 +21,7 @@ mod playback_grants;
 mod s3;
 mod server;
 mod shutdown;
+mod storage;
 mod supervision;
 mod trace_context;
 mod tus;

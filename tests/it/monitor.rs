@@ -70,7 +70,7 @@ fn is_firing(alerts: &Value, name: &str) -> bool {
         .any(|rule| rule["name"] == name)
 }
 
-/// The 5xx are real: `/health` probes the blob store by writing `.health/probe` under the blob
+/// The 5xx are real: the monitor probes the blob store on its timer by writing `.health/probe` under the blob
 /// root, and the test replaces that directory with a plain file, so the write fails with
 /// ENOTDIR (even as root) and `/health` answers 503. Removing the file heals it. The rule is
 /// the default HighErrorRate rule with a short window and hold so the test takes seconds.
@@ -94,6 +94,13 @@ async fn error_rate_alert_fires_on_a_real_5xx_burst_resolves_and_calls_the_webho
     let _ = std::fs::remove_dir_all(&probe_dir);
     std::fs::write(&probe_dir, b"in the way").unwrap();
 
+    // /health reports the monitor's last sample, which sees the breakage within a tick.
+    crate::shutdown::poll(
+        Duration::from_secs(15),
+        "/health to see the broken blob store",
+        || async { server.get("/health").await.status() == 503 },
+    )
+    .await;
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -117,6 +124,12 @@ async fn error_rate_alert_fires_on_a_real_5xx_burst_resolves_and_calls_the_webho
     assert_eq!(fired["alerts"][0]["labels"]["severity"], "critical");
 
     std::fs::remove_file(&probe_dir).unwrap();
+    crate::shutdown::poll(
+        Duration::from_secs(15),
+        "/health to see the healed blob store",
+        || async { server.get_json("/health").await.1["checks"]["blobs"]["status"] == "ok" },
+    )
+    .await;
     let started = Instant::now();
     let resolved_alerts = loop {
         ticks.tick().await;

@@ -38,7 +38,9 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::Locked => StatusCode::LOCKED,
         // tus checksum extension: "460 Checksum Mismatch".
         ErrorKind::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
-        ErrorKind::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::QuotaExceeded | ErrorKind::InsufficientStorage => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
         ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
@@ -86,6 +88,11 @@ impl ApiError {
                 }
                 ErrorKind::Unavailable => {
                     "a storage component is unavailable; retry shortly".to_string()
+                }
+                // Both say what the client can act on, and neither carries a detail to hide.
+                ErrorKind::QuotaExceeded => error.to_string(),
+                ErrorKind::InsufficientStorage => {
+                    "the server's disk is full; nothing was stored".to_string()
                 }
                 ErrorKind::Upstream => {
                     "the chain's RPC node gave an unusable answer; retry shortly".to_string()

@@ -37,7 +37,7 @@ use self::{
 
 use crate::{
     audit::AuditLog,
-    blobs::BlobStore,
+    blobs::{BlobError, BlobStore},
     config::MonitorConfig,
     error::{DomainError, ErrorKind},
     model::AuditEntry,
@@ -111,7 +111,7 @@ pub struct GetTraceStats {
     pub recent: usize,
 }
 
-/// Runs every health check now.
+/// The health checks as last sampled (on the sample timer): answering it writes nothing.
 #[derive(Debug, Message)]
 #[rtype(result = "HealthReport")]
 pub struct CheckHealth;
@@ -149,6 +149,9 @@ pub struct CheckResult {
 pub struct HealthReport {
     pub checks: Vec<CheckResult>,
     pub actors: Vec<ActorStatus>,
+    /// When the store, blob and disk checks were sampled; `None` when they ran for this
+    /// request (no sample had answered yet).
+    pub sampled_at: Option<OffsetDateTime>,
 }
 
 impl HealthReport {
@@ -256,6 +259,12 @@ pub struct MonitorActor {
     deps: MonitorDeps,
     /// Result of the last `ffmpeg -version` run; re-checked on the sample timer.
     ffmpeg: Result<String, String>,
+    /// The store, blob and disk checks of the last sample: `/health` reports these, so a flood
+    /// of anonymous requests never writes to the blob store.
+    storage_checks: Option<(OffsetDateTime, Vec<CheckResult>)>,
+    /// A sample's storage checks are still running: the next tick starts none, so a slow disk
+    /// neither piles up probes nor lets an old answer overwrite a newer one.
+    storage_checking: bool,
     engine: AlertEngine,
     /// Last ping answers, for the actors-down signal and heartbeats.
     actors: Vec<ActorStatus>,
@@ -295,6 +304,8 @@ impl MonitorActor {
         Self {
             deps,
             ffmpeg: Err("not checked yet".to_string()),
+            storage_checks: None,
+            storage_checking: false,
             engine,
             actors: Vec::new(),
             heartbeats: HashMap::new(),
@@ -335,6 +346,18 @@ impl MonitorActor {
 
         let deps = self.deps.clone();
         let ffmpeg_path = self.deps.ffmpeg_path.clone();
+        if !self.storage_checking {
+            self.storage_checking = true;
+            let deps = self.deps.clone();
+            ctx.spawn(
+                async move { storage_checks(&deps).await }
+                    .into_actor(self)
+                    .map(|checks, actor, _| {
+                        actor.storage_checking = false;
+                        actor.storage_checks = Some((OffsetDateTime::now_utc(), checks));
+                    }),
+            );
+        }
         ctx.spawn(
             async move {
                 let statuses = ping_all(&deps).await;
@@ -593,6 +616,8 @@ impl Supervised for MonitorActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         // Alert state and history survive a restart: a panic must not silently resolve alerts.
         self.ffmpeg = Err("not checked yet".to_string());
+        // A restart drops the running check with the old context.
+        self.storage_checking = false;
         self.snapshots.clear();
         self.previous_cpu = None;
     }
@@ -691,7 +716,6 @@ impl Handler<CheckHealth> for MonitorActor {
     type Result = ResponseActFuture<Self, HealthReport>;
 
     fn handle(&mut self, _: CheckHealth, _: &mut Self::Context) -> Self::Result {
-        let deps = self.deps.clone();
         let ffmpeg = match &self.ffmpeg {
             Ok(version) => ok("ffmpeg", version.clone()),
             Err(reason) => CheckResult {
@@ -701,15 +725,20 @@ impl Handler<CheckHealth> for MonitorActor {
                 detail: reason.clone(),
             },
         };
+        let sampled = self.storage_checks.clone();
+        let sampled_actors = (!self.actors.is_empty()).then(|| self.actors.clone());
+        let deps = self.deps.clone();
         Box::pin(
             async move {
-                let timeout = Duration::from_millis(deps.config.ping_timeout_ms);
-                let (store, blobs, actors) = futures_util::join!(
-                    check_store(&deps.repo, timeout),
-                    check_blobs(&deps.blobs, timeout),
-                    ping_all(&deps)
-                );
-                let disk = check_disk(&deps.data_dir, deps.min_free_disk_bytes);
+                // Only before the first sample has answered is anything checked on demand.
+                let (sampled_at, storage) = match sampled {
+                    Some((at, checks)) => (Some(at), checks),
+                    None => (None, storage_checks(&deps).await),
+                };
+                let actors = match sampled_actors {
+                    Some(actors) => actors,
+                    None => ping_all(&deps).await,
+                };
                 let dead: Vec<&str> = actors.iter().filter(|a| !a.alive).map(|a| a.name).collect();
                 let actors_check = if dead.is_empty() {
                     ok("actors", format!("{} actors answering", actors.len()))
@@ -720,14 +749,30 @@ impl Handler<CheckHealth> for MonitorActor {
                         detail: format!("not answering: {}", dead.join(", ")),
                     }
                 };
+                let mut checks = storage;
+                checks.insert(2, ffmpeg);
+                checks.push(actors_check);
                 HealthReport {
-                    checks: vec![store, blobs, ffmpeg, disk, actors_check],
+                    checks,
                     actors,
+                    sampled_at,
                 }
             }
             .into_actor(self),
         )
     }
+}
+
+/// The store, blob and disk checks, in that order. The blob check writes a probe blob, which
+/// is why only the sample timer runs them.
+async fn storage_checks(deps: &MonitorDeps) -> Vec<CheckResult> {
+    let timeout = Duration::from_millis(deps.config.ping_timeout_ms);
+    let (store, blobs) = futures_util::join!(
+        check_store(&deps.repo, timeout),
+        check_blobs(&deps.blobs, timeout)
+    );
+    let disk = check_disk(&deps.data_dir, deps.min_free_disk_bytes);
+    vec![store, blobs, disk]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -775,10 +820,15 @@ async fn ping_all(deps: &MonitorDeps) -> Vec<ActorStatus> {
     futures_util::future::join_all(pings).await
 }
 
+// `/health` is public: a failing check's detail (file paths, backend messages) goes to the
+// log, and the report says only what failed.
 async fn check_store(repo: &SharedRepo, timeout: Duration) -> CheckResult {
     match tokio::time::timeout(timeout, blocking(repo, |repo| repo.check())).await {
         Ok(Ok(())) => ok("store", "sled answers".to_string()),
-        Ok(Err(error)) => down("store", error.to_string()),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "health: record store check failed");
+            down("store", "record store unreadable".to_string())
+        }
         Err(_) => down("store", format!("no answer within {timeout:?}")),
     }
 }
@@ -786,7 +836,14 @@ async fn check_store(repo: &SharedRepo, timeout: Duration) -> CheckResult {
 async fn check_blobs(blobs: &BlobStore, timeout: Duration) -> CheckResult {
     match tokio::time::timeout(timeout, blobs.check()).await {
         Ok(Ok(())) => ok("blobs", "blob store writable".to_string()),
-        Ok(Err(error)) => down("blobs", error.to_string()),
+        Ok(Err(BlobError::Full(error))) => {
+            tracing::warn!(%error, "health: blob store disk full");
+            down("blobs", "blob store disk full".to_string())
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "health: blob store check failed");
+            down("blobs", "blob store not writable".to_string())
+        }
         Err(_) => down("blobs", format!("no answer within {timeout:?}")),
     }
 }
@@ -795,22 +852,35 @@ fn check_disk(data_dir: &std::path::Path, min_free_bytes: u64) -> CheckResult {
     match rustix::fs::statvfs(data_dir) {
         Ok(stats) => {
             let free = stats.f_bavail.saturating_mul(stats.f_frsize);
-            let detail = format!(
-                "{} MiB free (minimum {} MiB)",
-                free >> 20,
-                min_free_bytes >> 20
-            );
             if free >= min_free_bytes {
-                ok("disk", detail)
+                ok(
+                    "disk",
+                    format!(
+                        "{} MiB free (minimum {} MiB)",
+                        free >> 20,
+                        min_free_bytes >> 20
+                    ),
+                )
             } else {
+                // Uploads are refused (507 insufficient_storage) until space is freed.
                 CheckResult {
                     name: "disk",
                     status: CheckStatus::Degraded,
-                    detail,
+                    detail: format!(
+                        "full: {} MiB free, below the minimum of {} MiB; uploads are refused",
+                        free >> 20,
+                        min_free_bytes >> 20
+                    ),
                 }
             }
         }
-        Err(error) => down("disk", format!("statvfs {}: {error}", data_dir.display())),
+        Err(error) => {
+            tracing::warn!(%error, "health: cannot stat the data directory");
+            down(
+                "disk",
+                "cannot read the data directory's free space".to_string(),
+            )
+        }
     }
 }
 

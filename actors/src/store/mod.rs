@@ -9,7 +9,7 @@
 
 mod sled_store;
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 pub use sled_store::SledStore;
 
@@ -31,6 +31,8 @@ pub enum StoreError {
 pub trait MediaRepo: Send + Sync {
     fn get_media(&self, media_id: &MediaId) -> Result<Option<Media>, StoreError>;
     fn put_media(&self, media: &Media) -> Result<(), StoreError>;
+    /// Removes the record and, in the same transaction, takes its size off its owner's quota
+    /// counter (when there is one).
     fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError>;
     /// Media in id (= creation) order, starting after `after`.
     fn list_media(&self, after: Option<&MediaId>, limit: usize) -> Result<Vec<Media>, StoreError>;
@@ -142,8 +144,35 @@ pub trait TusRepo: Send + Sync {
     ) -> Result<Vec<TusUpload>, StoreError>;
 }
 
+/// The upload quota: one counter per owner of the bytes they hold (reserved while an upload
+/// arrives, then their media's source files). Every change is one atomic update of the owner's
+/// counter, so concurrent uploads cannot together overshoot a quota; nothing here scans records
+/// except [`QuotaRepo::reset_quota_usage`] at start-up.
+pub trait QuotaRepo: Send + Sync {
+    /// Adds between `min` and `max` bytes to `owner`'s counter, as many as keep it at or below
+    /// `quota`; `None` (and no change) when not even `min` fits.
+    fn reserve_quota(
+        &self,
+        owner: &str,
+        min: u64,
+        max: u64,
+        quota: u64,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Takes `bytes` off `owner`'s counter (never below zero).
+    fn release_quota(&self, owner: &str, bytes: u64) -> Result<(), StoreError>;
+    fn quota_used(&self, owner: &str) -> Result<u64, StoreError>;
+    /// Replaces every counter: the start-up repair of reservations a crash left behind.
+    fn reset_quota_usage(&self, usage: &BTreeMap<String, u64>) -> Result<(), StoreError>;
+}
+
+/// The quota counter's key for a media owner: a wallet, or the admin for owner-less media (the
+/// name an admin's uploads are counted under).
+pub fn quota_owner(owner: Option<&str>) -> &str {
+    owner.unwrap_or(crate::auth::ADMIN)
+}
+
 /// Everything the actors need from the record store.
-pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo {
+pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo + QuotaRepo {
     /// A cheap read that proves the store answers (for `/health`).
     fn check(&self) -> Result<(), StoreError>;
 }

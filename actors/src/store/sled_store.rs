@@ -1,13 +1,13 @@
 //! sled implementation of the repository traits: one tree per relation, JSON values keyed by
 //! the 16 id bytes (UUIDv7, so key order is creation order).
 
-use std::{path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo, MediaRepo, NonceUse, Repo, StoreError,
-    TusRepo,
+    quota_owner, AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo, MediaRepo, NonceUse,
+    QuotaRepo, Repo, StoreError, TusRepo,
 };
 use crate::model::{
     AuditEntry, Gate, Job, JobId, Media, MediaId, NonceRecord, TusUpload, UploadId,
@@ -21,6 +21,8 @@ const REVOKED_TREE: &str = "auth_revoked_sessions";
 const AUTH_META_TREE: &str = "auth_meta";
 const GATES_TREE: &str = "gates";
 const TUS_TREE: &str = "tus_uploads";
+/// Owner name → bytes held against the upload quota (big-endian u64).
+const QUOTA_TREE: &str = "quota_usage";
 const SESSION_SECRET_KEY: &[u8] = b"session_secret";
 
 pub struct SledStore {
@@ -33,6 +35,7 @@ pub struct SledStore {
     auth_meta: sled::Tree,
     gates: sled::Tree,
     tus: sled::Tree,
+    quota: sled::Tree,
 }
 
 /// How long [`SledStore::open`] waits for an earlier holder of the store's lock to let go.
@@ -65,6 +68,7 @@ impl SledStore {
         let auth_meta = db.open_tree(AUTH_META_TREE).map_err(backend)?;
         let gates = db.open_tree(GATES_TREE).map_err(backend)?;
         let tus = db.open_tree(TUS_TREE).map_err(backend)?;
+        let quota = db.open_tree(QUOTA_TREE).map_err(backend)?;
         Ok(Self {
             db,
             media,
@@ -75,6 +79,7 @@ impl SledStore {
             auth_meta,
             gates,
             tus,
+            quota,
         })
     }
 
@@ -145,11 +150,36 @@ impl MediaRepo for SledStore {
     }
 
     fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError> {
-        let existed = self
-            .media
-            .remove(media_id.as_bytes())
-            .map_err(backend)?
-            .is_some();
+        use sled::{
+            transaction::{ConflictableTransactionResult, TransactionError},
+            Transactional,
+        };
+        let key = media_id.as_bytes();
+        let existed = (&self.media, &self.quota)
+            .transaction(
+                |(media, quota)| -> ConflictableTransactionResult<bool, ()> {
+                    let Some(bytes) = media.remove(key.as_slice())? else {
+                        return Ok(false);
+                    };
+                    // An unreadable record frees nothing; the start-up recount corrects the counter.
+                    if let Ok(record) = serde_json::from_slice::<Media>(&bytes) {
+                        let owner = quota_owner(record.owner.as_deref());
+                        if let Some(current) = quota.get(owner.as_bytes())? {
+                            let left = counter(Some(&current)).saturating_sub(record.size);
+                            if left == 0 {
+                                quota.remove(owner.as_bytes())?;
+                            } else {
+                                quota.insert(owner.as_bytes(), left.to_be_bytes().as_slice())?;
+                            }
+                        }
+                    }
+                    Ok(true)
+                },
+            )
+            .map_err(|error: TransactionError<()>| match error {
+                TransactionError::Storage(error) => backend(error),
+                TransactionError::Abort(()) => StoreError::Backend("transaction aborted".into()),
+            })?;
         self.db.flush().map_err(backend)?;
         Ok(existed)
     }
@@ -437,6 +467,89 @@ impl TusRepo for SledStore {
     }
 }
 
+fn counter(bytes: Option<&[u8]>) -> u64 {
+    bytes
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+impl QuotaRepo for SledStore {
+    fn reserve_quota(
+        &self,
+        owner: &str,
+        min: u64,
+        max: u64,
+        quota: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        loop {
+            let current = self.quota.get(owner.as_bytes()).map_err(backend)?;
+            let used = counter(current.as_deref());
+            let room = quota.saturating_sub(used);
+            if room < min {
+                return Ok(None);
+            }
+            let granted = max.max(min).min(room);
+            if granted == 0 {
+                return Ok(Some(0));
+            }
+            let next = (used + granted).to_be_bytes();
+            // Compare-and-swap: a racing reservation makes this one re-read and re-check.
+            let swapped = self
+                .quota
+                .compare_and_swap(owner.as_bytes(), current, Some(next.as_slice()))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                self.db.flush().map_err(backend)?;
+                return Ok(Some(granted));
+            }
+        }
+    }
+
+    fn release_quota(&self, owner: &str, bytes: u64) -> Result<(), StoreError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        loop {
+            let Some(current) = self.quota.get(owner.as_bytes()).map_err(backend)? else {
+                return Ok(());
+            };
+            let left = counter(Some(&current)).saturating_sub(bytes);
+            let next = (left > 0).then(|| left.to_be_bytes().to_vec());
+            let swapped = self
+                .quota
+                .compare_and_swap(owner.as_bytes(), Some(current), next)
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                self.db.flush().map_err(backend)?;
+                return Ok(());
+            }
+        }
+    }
+
+    fn quota_used(&self, owner: &str) -> Result<u64, StoreError> {
+        Ok(counter(
+            self.quota
+                .get(owner.as_bytes())
+                .map_err(backend)?
+                .as_deref(),
+        ))
+    }
+
+    fn reset_quota_usage(&self, usage: &BTreeMap<String, u64>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for entry in self.quota.iter() {
+            let (key, _) = entry.map_err(backend)?;
+            batch.remove(key);
+        }
+        for (owner, bytes) in usage.iter().filter(|(_, bytes)| **bytes > 0) {
+            batch.insert(owner.as_bytes(), bytes.to_be_bytes().as_slice());
+        }
+        self.quota.apply_batch(batch).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+}
+
 impl Repo for SledStore {
     fn check(&self) -> Result<(), StoreError> {
         self.media.first().map_err(backend)?;
@@ -617,6 +730,96 @@ mod tests {
             store.consume_nonce(&record.nonce).unwrap(),
             NonceUse::Unknown
         );
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overshoot_the_quota_and_deleting_media_frees_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let (quota, each) = (1_000_000, 300_000);
+        let granted: Vec<Option<u64>> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    let store = store.clone();
+                    scope.spawn(move || store.reserve_quota("0xabc", each, each, quota).unwrap())
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|racer| racer.join().unwrap())
+                .collect()
+        });
+        // Three of 300,000 fit in 1,000,000; the other five are refused, whatever the order.
+        assert_eq!(granted.iter().filter(|g| **g == Some(each)).count(), 3);
+        assert_eq!(granted.iter().filter(|g| g.is_none()).count(), 5);
+        assert_eq!(store.quota_used("0xabc").unwrap(), 900_000);
+        // A growing reservation takes what is left, up to its maximum.
+        assert_eq!(
+            store.reserve_quota("0xabc", 1, 500_000, quota).unwrap(),
+            Some(100_000)
+        );
+        store.release_quota("0xabc", 400_000).unwrap();
+        assert_eq!(store.quota_used("0xabc").unwrap(), 600_000);
+
+        let mut owned = media();
+        owned.owner = Some("0xabc".into());
+        owned.size = 250_000;
+        store.put_media(&owned).unwrap();
+        assert!(store.delete_media(&owned.id).unwrap());
+        assert_eq!(store.quota_used("0xabc").unwrap(), 350_000);
+        assert!(!store.delete_media(&owned.id).unwrap());
+        assert_eq!(store.quota_used("0xabc").unwrap(), 350_000);
+
+        let usage = BTreeMap::from([("admin".to_string(), 7)]);
+        store.reset_quota_usage(&usage).unwrap();
+        assert_eq!(store.quota_used("0xabc").unwrap(), 0);
+        assert_eq!(store.quota_used("admin").unwrap(), 7);
+    }
+
+    #[test]
+    fn the_start_up_recount_drops_leaked_reservations_and_counts_what_is_held() {
+        use crate::model::{TusMetadata, TusState, TusUpload};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        let partials = dir.path().join("partials");
+        std::fs::create_dir_all(&partials).unwrap();
+        let mut owned = media();
+        owned.owner = Some("0xabc".into());
+        owned.size = 1000;
+        store.put_media(&owned).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let upload = |length: Option<u64>, state: TusState| TusUpload {
+            id: UploadId::new(),
+            owner: "0xabc".into(),
+            length,
+            offset: 0,
+            metadata: TusMetadata::default(),
+            raw_metadata: None,
+            state,
+            container: None,
+            media_id: None,
+            sha256: None,
+            created_at: now,
+            expires_at: now,
+            unverified_from: None,
+        };
+        let known = upload(Some(200), TusState::Receiving);
+        let deferred = upload(None, TusState::Receiving);
+        std::fs::write(
+            crate::upload::tus::partial_path(&partials, &deferred.id),
+            [0u8; 30],
+        )
+        .unwrap();
+        let finished = upload(Some(1000), TusState::Finished);
+        for record in [&known, &deferred, &finished] {
+            store.put_tus_upload(record).unwrap();
+        }
+        // A reservation a crash left behind, and an owner with nothing at all.
+        store.reserve_quota("0xabc", 5000, 5000, 10_000).unwrap();
+        store.reserve_quota("0xdef", 70, 70, 10_000).unwrap();
+        crate::upload::quota::recount(&store, &partials).unwrap();
+        assert_eq!(store.quota_used("0xabc").unwrap(), 1000 + 200 + 30);
+        assert_eq!(store.quota_used("0xdef").unwrap(), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Invariant: a 201 for an upload means the source blob, the media record and its transcode job
 //! are all durable.
 
+pub mod quota;
 pub mod tus;
 
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture, Supervised};
@@ -70,6 +71,9 @@ pub enum UploadError {
     Store(#[from] StoreError),
     #[error("partial upload I/O failed: {0}")]
     Disk(String),
+    /// The disk is full, or its free space is below `storage.min_free_disk_mb`.
+    #[error("the server's disk is full: {0}")]
+    DiskFull(String),
 }
 
 impl DomainError for UploadError {
@@ -78,6 +82,7 @@ impl DomainError for UploadError {
             Self::TooLarge { .. } => ErrorKind::TooLarge,
             Self::NotAVideo => ErrorKind::UnsupportedMedia,
             Self::Empty => ErrorKind::Invalid,
+            Self::DiskFull(_) | Self::Blobs(BlobError::Full(_)) => ErrorKind::InsufficientStorage,
             Self::Blobs(_) | Self::Mailbox(_) | Self::Store(_) | Self::Disk(_) => {
                 ErrorKind::Unavailable
             }
@@ -98,6 +103,7 @@ impl DomainError for UploadError {
             Self::TooLarge { .. } => "upload_too_large",
             Self::NotAVideo => "unsupported_container",
             Self::Empty => "upload_empty",
+            Self::DiskFull(_) | Self::Blobs(BlobError::Full(_)) => "insufficient_storage",
             Self::Blobs(_) => "blobs_unavailable",
             Self::Mailbox(_) => "actor_unavailable",
             Self::Metadata(inner) => inner.code(),
@@ -127,6 +133,10 @@ impl DomainError for UploadError {
 #[rtype(result = "Result<UploadSink, UploadError>")]
 pub struct BeginUpload {
     pub declared_size: Option<u64>,
+    /// The whole request body's length (`Content-Length`), which bounds the file's size: it is
+    /// reserved against the caller's quota up front, so an upload that cannot fit is refused
+    /// before a byte is stored. Without it the quota is reserved as the bytes arrive.
+    pub body_length: Option<u64>,
     /// Who is uploading, for the audit log.
     pub caller: String,
 }
@@ -225,18 +235,32 @@ impl Handler<BeginUpload> for UploadActor {
     type Result = ResponseFuture<Result<UploadSink, UploadError>>;
 
     fn handle(&mut self, msg: BeginUpload, _: &mut Self::Context) -> Self::Result {
-        let limit = self.config.max_size_bytes;
+        let (limit, quota) = (self.config.max_size_bytes, self.config.quota_bytes);
         let blobs = self.blobs.clone();
         let rejected = self.uploads.with_label_values(&[upload_outcome::REJECTED]);
         let audit = self.audit.clone();
+        let deps = self.tus.clone();
         Box::pin(async move {
+            let mut reservation = quota::Reservation::new(deps.repo.clone(), &msg.caller, quota);
             let rejection = Rejection {
                 counter: rejected,
                 audit,
                 caller: msg.caller,
             };
-            if msg.declared_size.is_some_and(|size| size > limit) {
-                let error = UploadError::TooLarge { limit };
+            let checked = async {
+                if msg.declared_size.is_some_and(|size| size > limit) {
+                    return Err(UploadError::TooLarge { limit });
+                }
+                // Only the local backend fills the data directory's disk.
+                if blobs.is_local() {
+                    quota::ensure_free_space(&deps.partial_dir, deps.min_free_disk_bytes)?;
+                }
+                if let Some(length) = msg.body_length {
+                    reservation.cover(length, 0).await?;
+                }
+                Ok(())
+            };
+            if let Err(error) = checked.await {
                 rejection.record(&error).await;
                 return Err(error);
             }
@@ -253,6 +277,7 @@ impl Handler<BeginUpload> for UploadActor {
                 head: Vec::with_capacity(SNIFF_BYTES),
                 container: None,
                 rejection,
+                reservation,
             })
         })
     }
@@ -268,6 +293,7 @@ impl Handler<FinishUpload> for UploadActor {
         let finished = self.uploads.with_label_values(&[upload_outcome::FINISHED]);
         let upload_bytes = self.upload_bytes.clone();
         let audit = self.audit.clone();
+        let (repo, quota) = (self.tus.repo.clone(), self.config.quota_bytes);
         Box::pin(async move {
             let file = msg.file;
             let media = media_record(
@@ -284,14 +310,16 @@ impl Handler<FinishUpload> for UploadActor {
                 .map_err(|_| UploadError::Mailbox("metadata"));
             let media = match created {
                 Ok(Ok(media)) => media,
-                Ok(Err(error)) => {
-                    // Nothing refers to the source blob yet; drop it rather than orphan it.
+                failed => {
+                    // Nothing refers to the source blob yet; drop it rather than orphan it, and
+                    // give its bytes back to the quota.
                     blobs.delete(&file.key).await?;
-                    return Err(error.into());
-                }
-                Err(error) => {
-                    blobs.delete(&file.key).await?;
-                    return Err(error);
+                    quota::release(&repo, &msg.caller, file.size, quota).await?;
+                    return Err(match failed {
+                        Ok(Err(error)) => error.into(),
+                        Err(error) => error,
+                        Ok(Ok(_)) => UploadError::Mailbox("metadata"),
+                    });
                 }
             };
             let submitted = transcode
@@ -355,6 +383,8 @@ pub struct UploadSink {
     head: Vec<u8>,
     container: Option<&'static str>,
     rejection: Rejection,
+    /// The caller's quota held for this upload; given back if the sink is dropped unfinished.
+    reservation: quota::Reservation,
 }
 
 /// Counts and audits a refused upload.
@@ -401,6 +431,14 @@ impl UploadSink {
             self.rejection.record(&error).await;
             return Err(error);
         }
+        if let Err(error) = self
+            .reservation
+            .cover(self.size, quota::RESERVE_AHEAD)
+            .await
+        {
+            self.rejection.record(&error).await;
+            return Err(error);
+        }
         self.hasher.update(chunk);
         if self.container.is_some() {
             return Ok(self.writer.write(chunk).await?);
@@ -443,6 +481,10 @@ impl UploadSink {
             self.writer.write(&head).await?;
         }
         self.writer.finish().await?;
+        // The stored file holds exactly its size; FinishUpload gives that back if no record
+        // takes it.
+        self.reservation.trim(self.size).await?;
+        self.reservation.keep();
         Ok(ReceivedFile {
             upload_id: self.upload_id,
             key: self.key,

@@ -53,6 +53,10 @@ async fn health(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
         "status": status.as_str(),
         "checks": checks,
         "actors": actor_list(&report.actors),
+        // The checks are the monitor's last sample (they write a probe blob), not run per request.
+        "sampled_at": report.sampled_at.and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339).ok()
+        }),
     })))
 }
 

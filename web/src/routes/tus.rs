@@ -33,6 +33,8 @@ use streamgate_actors::{
 use crate::{error::ApiError, extract::Authenticated};
 
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+/// Longest accepted `Upload-Metadata`: it is stored with the upload and echoed on every HEAD.
+pub const MAX_METADATA_BYTES: usize = 4 * 1024;
 /// How much of a refused PATCH body we still read, so the client sees the answer, not a reset.
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 /// Headers a browser client must be allowed to read (CORS).
@@ -162,6 +164,15 @@ async fn create(
         _ => {}
     }
     let raw_metadata = text_header(&req, "upload-metadata")?;
+    if raw_metadata
+        .as_ref()
+        .is_some_and(|raw| raw.len() > MAX_METADATA_BYTES)
+    {
+        return Err(ApiError::bad_request(
+            "metadata_too_large",
+            format!("Upload-Metadata is limited to {MAX_METADATA_BYTES} bytes"),
+        ));
+    }
     let metadata = match &raw_metadata {
         Some(raw) => parse_metadata(raw)?,
         None => TusMetadata::default(),
@@ -172,7 +183,7 @@ async fn create(
     if with_upload {
         offset_content_type(&req)?;
     }
-    let upload = actors
+    let created = actors
         .upload
         .send(CreateTusUpload {
             length,
@@ -183,7 +194,21 @@ async fn create(
             owner: principal.name().to_string(),
             caller: principal.name().to_string(),
         })
-        .await??;
+        .await;
+    let upload = match created {
+        Ok(Ok(upload)) => upload,
+        refused => {
+            // A refused first chunk (quota, full disk) is read so the client sees the answer.
+            if with_upload {
+                drain(&mut payload).await;
+            }
+            return Err(match refused {
+                Ok(Err(error)) => error.into(),
+                Err(error) => error.into(),
+                Ok(Ok(_)) => ApiError::mailbox(actix::MailboxError::Closed),
+            });
+        }
+    };
     let location = format!("/api/v1/uploads/{}", upload.id);
     let upload = if with_upload {
         let begin = BeginTusPatch {

@@ -41,10 +41,12 @@ async fn upload(
         Ok(Authenticated(principal)) => receive(&req, &principal, &mut multipart, &actors).await,
         Err(refused) => Err(refused),
     };
-    if outcome
-        .as_ref()
-        .is_err_and(|error| error.status.is_client_error() && error.code != INVALID_MULTIPART)
-    {
+    if outcome.as_ref().is_err_and(|error| {
+        // 507 (quota, full disk) is as much the client's answer as a 4xx.
+        (error.status.is_client_error()
+            || error.status == actix_web::http::StatusCode::INSUFFICIENT_STORAGE)
+            && error.code != INVALID_MULTIPART
+    }) {
         // Many HTTP clients (hyper/reqwest among them) report a reset instead of our answer when
         // the server stops reading mid-body; read a bounded remainder so they see the 4xx.
         drain(&mut multipart, DRAIN_LIMIT).await;
@@ -64,6 +66,7 @@ async fn receive(
     let mut title = None;
     let mut description = None;
     let mut tags = Vec::new();
+    let mut seen = std::collections::HashSet::new();
 
     while let Some(field) = multipart.try_next().await.map_err(bad_multipart)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -77,6 +80,7 @@ async fn receive(
                     .upload
                     .send(BeginUpload {
                         declared_size,
+                        body_length: content_length(req),
                         caller: principal.name().to_string(),
                     })
                     .await??;
@@ -90,6 +94,13 @@ async fn receive(
                 return Err(ApiError::bad_request(
                     "duplicate_file",
                     "send exactly one `file` field",
+                ))
+            }
+            // Each text field once: repeats would let a body carry unbounded text.
+            "title" | "description" | "tags" if !seen.insert(name.clone()) => {
+                return Err(ApiError::bad_request(
+                    "duplicate_field",
+                    format!("form field {name:?} appears more than once"),
                 ))
             }
             "title" => title = Some(text(field).await?),

@@ -40,7 +40,11 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::{media_record, UploadActor, UploadError};
+use super::{
+    media_record,
+    quota::{ensure_free_space, release, Reservation, RESERVE_AHEAD},
+    UploadActor, UploadError,
+};
 use crate::{
     audit::{action, AuditEvent},
     blobs::BlobStore,
@@ -57,7 +61,8 @@ mod recovery;
 mod sink;
 
 pub(in crate::upload) use finish::Finisher;
-use sink::{io_error, partial_path, run_blocking, ChunkHasher, Limit};
+pub(crate) use sink::partial_path;
+use sink::{io_error, run_blocking, ChunkHasher};
 pub use sink::{ChecksumAlgorithm, ChunkChecksum, TusDeps, TusShared, TusSink};
 
 /// The protocol version we speak.
@@ -152,7 +157,8 @@ pub struct TerminateTusUpload {
     pub caller: String,
 }
 
-/// Deletes unfinished uploads past their expiry (sent on a timer).
+/// Deletes unfinished uploads past their expiry, and finished records past their retention
+/// (sent on a timer); answers how many unfinished uploads expired.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<usize, UploadError>")]
 pub struct SweepExpiredUploads;
@@ -200,26 +206,6 @@ async fn all_uploads(repo: &SharedRepo) -> Result<Vec<TusUpload>, UploadError> {
             return Ok(found);
         }
     }
-}
-
-/// Bytes `owner` holds in uploads other than `except`.
-async fn quota_used(
-    deps: &TusDeps,
-    owner: &str,
-    except: Option<&UploadId>,
-    expiry: Duration,
-) -> Result<u64, UploadError> {
-    let mut used = 0;
-    for upload in all_uploads(&deps.repo).await? {
-        if upload.owner != owner || Some(&upload.id) == except {
-            continue;
-        }
-        used += match upload.length {
-            Some(length) => length,
-            None => observe(&deps.partial_dir, upload, expiry).await?.offset,
-        };
-    }
-    Ok(used)
 }
 
 /// Fills in what the partial file says about a `receiving` upload: its offset (the file's
@@ -298,7 +284,7 @@ impl Handler<CreateTusUpload> for UploadActor {
     fn handle(&mut self, msg: CreateTusUpload, _: &mut Self::Context) -> Self::Result {
         let deps = self.tus.clone();
         let (max_size, quota) = (self.config.max_size_bytes, self.config.quota_bytes);
-        let (expiry, expires_at) = (self.expiry_window(), self.expiry());
+        let expires_at = self.expiry();
         let sync_every_patch = self.config.sync_every_patch;
         let created = self.uploads.with_label_values(&[upload_outcome::CREATED]);
         let audit = self.audit.clone();
@@ -329,11 +315,11 @@ impl Handler<CreateTusUpload> for UploadActor {
                 &metadata.tags,
             )
             .map_err(UploadError::Metadata)?;
-            if quota > 0 {
-                let used = quota_used(&deps, &msg.owner, None, expiry).await?;
-                if used + msg.length.unwrap_or(0) > quota {
-                    return Err(UploadError::QuotaExceeded { quota });
-                }
+            ensure_free_space(&deps.partial_dir, deps.min_free_disk_bytes)?;
+            // A known length is reserved whole now; a deferred one as its PATCHes arrive.
+            let mut reservation = Reservation::new(deps.repo.clone(), &msg.owner, quota);
+            if let Some(length) = msg.length {
+                reservation.cover(length, 0).await?;
             }
             let upload = TusUpload {
                 id: UploadId::new(),
@@ -364,6 +350,7 @@ impl Handler<CreateTusUpload> for UploadActor {
             })
             .await?;
             save(&deps.repo, &upload).await?;
+            reservation.keep();
             created.inc();
             audit
                 .record(AuditEvent::ok(
@@ -411,6 +398,7 @@ impl Handler<BeginTusPatch> for UploadActor {
             if upload.state != TusState::Receiving {
                 return Err(UploadError::Finished(upload.id));
             }
+            ensure_free_space(&deps.partial_dir, deps.min_free_disk_bytes)?;
             let path = partial_path(&deps.partial_dir, &upload.id);
             let (cut_to, sniffed) = (upload.unverified_from, upload.container.is_some());
             let (file, offset, head) = run_blocking(move || {
@@ -459,23 +447,30 @@ impl Handler<BeginTusPatch> for UploadActor {
                 _ => {}
             }
 
-            let (mut room, mut limit) = match upload.length {
-                Some(length) => (length - upload.offset, Limit::Size(length)),
-                None => (max_size - upload.offset, Limit::Size(max_size)),
+            let (room, limit) = match upload.length {
+                Some(length) => (length - upload.offset, length),
+                None => (max_size - upload.offset, max_size),
             };
-            if quota > 0 {
-                let used = quota_used(&deps, &upload.owner, Some(&upload.id), expiry).await?;
-                let allowed = quota.saturating_sub(used);
-                if upload.length.is_some_and(|length| length > allowed) {
-                    return Err(UploadError::QuotaExceeded { quota });
-                }
-                let quota_room = allowed.saturating_sub(upload.offset);
-                if quota_room < room {
-                    (room, limit) = (quota_room, Limit::Quota(quota));
-                }
-            }
             if msg.content_length.is_some_and(|length| length > room) {
-                return Err(limit.error());
+                return Err(UploadError::TooLarge { limit });
+            }
+            // Quota: a deferred upload holds its offset; a length declared now is reserved whole
+            // before the record learns it, and a PATCH while it stays deferred reserves its body
+            // (`Content-Length` at once, else as the bytes arrive).
+            let mut declared = Reservation::new(deps.repo.clone(), &upload.owner, quota);
+            let mut this_patch = None;
+            match upload.length {
+                Some(length) if length_was_deferred => {
+                    declared.cover(length - upload.offset, 0).await?;
+                }
+                None if quota > 0 => {
+                    let mut reservation = Reservation::new(deps.repo.clone(), &upload.owner, quota);
+                    if let Some(length) = msg.content_length {
+                        reservation.cover(length, 0).await?;
+                    }
+                    this_patch = Some(reservation);
+                }
+                _ => {}
             }
             if msg.checksum.is_some() {
                 upload.unverified_from = Some(upload.offset);
@@ -484,6 +479,7 @@ impl Handler<BeginTusPatch> for UploadActor {
             {
                 save(&deps.repo, &upload).await?;
             }
+            declared.keep();
             let whole = deps.shared.take_hash(&upload.id, upload.offset);
             Ok(TusSink {
                 start: upload.offset,
@@ -491,6 +487,7 @@ impl Handler<BeginTusPatch> for UploadActor {
                 received: 0,
                 room,
                 limit,
+                reservation: this_patch,
                 file: Arc::new(file),
                 pending: Vec::new(),
                 pending_bytes: 0,
@@ -544,6 +541,9 @@ impl Handler<CommitTusPatch> for UploadActor {
             let unverified = sink.upload.unverified_from.is_some();
             if let Some(error) = refusal {
                 sink.discard().await?;
+                if let Some(mut reservation) = sink.reservation.take() {
+                    reservation.trim(0).await?;
+                }
                 // Bytes the hash already saw are gone; finishing will hash the file instead.
                 deps.shared.forget_hash(&sink.upload.id);
                 if unverified {
@@ -558,6 +558,10 @@ impl Handler<CommitTusPatch> for UploadActor {
                 return Err(error);
             }
             sink.write_out().await?;
+            if let Some(mut reservation) = sink.reservation.take() {
+                reservation.trim(sink.received).await?;
+                reservation.keep();
+            }
             // A complete upload is made durable before it is finished and acknowledged.
             if complete || sync_every_patch {
                 sink.sync(sync_every_patch).await?;
@@ -600,7 +604,7 @@ impl Handler<TerminateTusUpload> for UploadActor {
             .uploads
             .with_label_values(&[upload_outcome::TERMINATED]);
         let audit = self.audit.clone();
-        let expiry = self.expiry_window();
+        let (expiry, quota) = (self.expiry_window(), self.config.quota_bytes);
         let lock = deps.shared.lock(&msg.upload_id);
         Box::pin(async move {
             let _lock = lock?;
@@ -609,6 +613,7 @@ impl Handler<TerminateTusUpload> for UploadActor {
                 return Err(UploadError::Finished(upload.id));
             }
             remove_upload(&deps, &upload.id).await?;
+            release(&deps.repo, &upload.owner, held_bytes(&upload), quota).await?;
             terminated.inc();
             audit
                 .record(AuditEvent::ok(
@@ -631,6 +636,12 @@ fn cut_back(file: &std::fs::File, start: Option<u64>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What an unfinished upload holds against its owner's quota: its length, or its offset while
+/// the length is deferred.
+fn held_bytes(upload: &TusUpload) -> u64 {
+    upload.length.unwrap_or(upload.offset)
 }
 
 /// Deletes an upload's bytes, then its record.

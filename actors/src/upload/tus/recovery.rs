@@ -1,5 +1,6 @@
 //! Expiry sweeps and start-up recovery of tus uploads: cut-off checksummed PATCHes are cut
-//! back, complete uploads that never finished are finished, expired ones removed.
+//! back, complete uploads that never finished are finished, expired ones removed with their
+//! bytes (and their quota), finished records dropped after `upload.finished_retention_s`.
 
 use super::*;
 
@@ -10,10 +11,25 @@ impl Handler<SweepExpiredUploads> for UploadActor {
         let deps = self.tus.clone();
         let expired = self.uploads.with_label_values(&[upload_outcome::EXPIRED]);
         let expiry = self.expiry_window();
+        let retention = Duration::from_secs(self.config.finished_retention_s);
+        let quota = self.config.quota_bytes;
         Box::pin(async move {
             let now = OffsetDateTime::now_utc();
-            let mut swept = 0;
+            let (mut swept, mut pruned) = (0, 0);
             for upload in all_uploads(&deps.repo).await? {
+                if upload.state == TusState::Finished {
+                    // The PATCH that completed the upload renewed `expires_at`, so it finished
+                    // about `expiry` before it. Its bytes are the media's now: only the record goes.
+                    if upload.expires_at - expiry + retention <= now {
+                        let Ok(_lock) = deps.shared.lock(&upload.id) else {
+                            continue;
+                        };
+                        let id = upload.id.clone();
+                        blocking(&deps.repo, move |repo| repo.delete_tus_upload(&id)).await?;
+                        pruned += 1;
+                    }
+                    continue;
+                }
                 if upload.state != TusState::Receiving || upload.expires_at > now {
                     continue;
                 }
@@ -26,11 +42,16 @@ impl Handler<SweepExpiredUploads> for UploadActor {
                     continue;
                 }
                 remove_upload(&deps, &upload.id).await?;
+                release(&deps.repo, &upload.owner, held_bytes(&upload), quota).await?;
                 expired.inc();
                 swept += 1;
             }
-            if swept > 0 {
-                tracing::info!(swept, "deleted expired uploads");
+            if swept > 0 || pruned > 0 {
+                tracing::info!(
+                    swept,
+                    pruned,
+                    "deleted expired uploads and old finished records"
+                );
             }
             Ok(swept)
         })

@@ -124,14 +124,20 @@ pub struct TusDeps {
     /// Where partial uploads live (`data_dir/partials`).
     pub partial_dir: PathBuf,
     pub shared: TusShared,
+    /// `storage.min_free_disk_mb` in bytes: below it, uploads are refused as "disk full".
+    pub min_free_disk_bytes: u64,
 }
 
-pub(super) fn partial_path(dir: &Path, upload_id: &UploadId) -> PathBuf {
+pub(crate) fn partial_path(dir: &Path, upload_id: &UploadId) -> PathBuf {
     dir.join(format!("{upload_id}.part"))
 }
 
 pub(super) fn io_error(error: std::io::Error) -> UploadError {
-    UploadError::Disk(error.to_string())
+    if crate::blobs::is_disk_full(&error) {
+        UploadError::DiskFull(error.to_string())
+    } else {
+        UploadError::Disk(error.to_string())
+    }
 }
 
 pub(super) async fn run_blocking<T: Send + 'static>(
@@ -146,33 +152,17 @@ pub(super) async fn run_blocking<T: Send + 'static>(
 // ---------------------------------------------------------------------------------------------
 // The sink
 
-/// Which limit a PATCH body runs into first.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Limit {
-    /// `Upload-Length` or the size limit.
-    Size(u64),
-    /// The owner's quota.
-    Quota(u64),
-}
-
-impl Limit {
-    pub(super) fn error(self) -> UploadError {
-        match self {
-            Self::Size(limit) => UploadError::TooLarge { limit },
-            Self::Quota(quota) => UploadError::QuotaExceeded { quota },
-        }
-    }
-}
-
 /// Receives one PATCH body: hashes it, sniffs the container while the first bytes arrive,
 /// enforces the length, and writes into the partial file at the acknowledged offset.
 pub struct TusSink {
     pub(super) upload: TusUpload,
     pub(super) start: u64,
     pub(super) received: u64,
-    /// Most bytes this PATCH may carry, and what exceeding it means.
+    /// Most bytes this PATCH may carry, and the size limit exceeding it runs into.
     pub(super) room: u64,
-    pub(super) limit: Limit,
+    pub(super) limit: u64,
+    /// Quota for a PATCH of an upload whose length is still deferred; grows with the bytes.
+    pub(super) reservation: Option<Reservation>,
     /// Opened for appending: the file ends at `start` when the PATCH begins.
     pub(super) file: Arc<std::fs::File>,
     /// Received chunks not yet handed to the blocking pool; the HTTP layer's own buffers, so
@@ -214,8 +204,12 @@ impl TusSink {
     }
 
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), UploadError> {
-        if self.received + chunk.len() as u64 > self.room {
-            return Err(self.limit.error());
+        let received = self.received + chunk.len() as u64;
+        if received > self.room {
+            return Err(UploadError::TooLarge { limit: self.limit });
+        }
+        if let Some(reservation) = &mut self.reservation {
+            reservation.cover(received, RESERVE_AHEAD).await?;
         }
         if let Some((_, hasher)) = &mut self.chunk {
             hasher.update(&chunk);
@@ -414,4 +408,31 @@ pub(super) fn append_all(mut file: &std::fs::File, chunks: &[Bytes]) -> std::io:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_to_a_full_disk_is_insufficient_storage() {
+        // /dev/full fails every write with a real ENOSPC from the kernel.
+        let full = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .unwrap();
+        let error = append_all(&full, &[Bytes::from_static(b"chunk")]).unwrap_err();
+        let error = io_error(error);
+        assert!(matches!(error, UploadError::DiskFull(_)), "{error}");
+        use crate::error::DomainError;
+        assert_eq!(error.code(), "insufficient_storage");
+        assert_eq!(
+            io_error(std::io::Error::from_raw_os_error(libc::EDQUOT)).code(),
+            "insufficient_storage"
+        );
+        assert_eq!(
+            io_error(std::io::Error::from_raw_os_error(libc::EIO)).code(),
+            "disk_unavailable"
+        );
+    }
 }
