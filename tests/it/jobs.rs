@@ -72,7 +72,7 @@ async fn wait_for_job(server: &TestServer, job_id: &str, done: impl Fn(&Value) -
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let (status, job) = admin_get_json(&server, &format!("/api/v1/jobs/{job_id}")).await;
+        let (status, job) = admin_get_json(server, &format!("/api/v1/jobs/{job_id}")).await;
         assert_eq!(status, 200, "{job}");
         if done(&job) {
             return job;
@@ -102,8 +102,7 @@ async fn ready_clip(server: &TestServer, seconds: u32) -> (String, Value) {
 }
 
 async fn jobs_of(server: &TestServer, media_id: &str) -> Vec<Value> {
-    let (status, page) =
-        admin_get_json(&server, &format!("/api/v1/jobs?media_id={media_id}")).await;
+    let (status, page) = admin_get_json(server, &format!("/api/v1/jobs?media_id={media_id}")).await;
     assert_eq!(status, 200, "{page}");
     page["items"].as_array().unwrap().clone()
 }
