@@ -359,6 +359,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("transcode.workers"), "{error}");
+        for (name, value, key) in [
+            (
+                "STREAMGATE__RATE_LIMIT__IPV6_PREFIX_LEN",
+                "129",
+                "ipv6_prefix_len",
+            ),
+            (
+                "STREAMGATE__RATE_LIMIT__MAX_TRACKED_CLIENTS",
+                "0",
+                "max_tracked_clients",
+            ),
+        ] {
+            let error = load(&env(name, value)).unwrap_err().to_string();
+            assert!(error.contains(&format!("rate_limit.{key}")), "{error}");
+        }
         let error = load(&Sources {
             overrides: vec!["nosuch.key=1".into()],
             ..Sources::default()

@@ -188,6 +188,10 @@ pub struct RateLimitConfig {
     pub trusted_proxies: Vec<IpAddr>,
     pub cleanup_interval_s: u64,
     pub audit_interval_s: u64,
+    /// IPv6 clients share a bucket per prefix of this many bits (0..=128).
+    pub ipv6_prefix_len: u8,
+    /// Client buckets one service's table holds at most; the least recently seen go first.
+    pub max_tracked_clients: usize,
     pub services: BTreeMap<String, BucketConfig>,
 }
 
@@ -213,6 +217,12 @@ impl RateLimitConfig {
         }
         if self.cleanup_interval_s == 0 {
             return Err("rate_limit.cleanup_interval_s must be at least 1".into());
+        }
+        if self.ipv6_prefix_len > 128 {
+            return Err("rate_limit.ipv6_prefix_len must be 0..=128".into());
+        }
+        if self.max_tracked_clients == 0 {
+            return Err("rate_limit.max_tracked_clients must be at least 1".into());
         }
         Ok(())
     }

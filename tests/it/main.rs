@@ -18,6 +18,7 @@ mod monitor;
 mod openapi;
 mod otlp;
 mod playback_grants;
+mod rate_limits;
 mod s3;
 mod server;
 mod shutdown;

@@ -1,4 +1,5 @@
-//! `TestServer`: the real app on 127.0.0.1:0 in its own actix system thread, plus helpers.
+//! `TestServer`: the real app on 127.0.0.1:0 (or, with `start_on`, another loopback address)
+//! in its own actix system thread, plus helpers.
 
 use std::{
     net::TcpListener,
@@ -32,6 +33,11 @@ impl TestServer {
     }
 
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on("127.0.0.1:0", tweak)
+    }
+
+    /// Listens on `bind` (e.g. `[::1]:0` for IPv6 clients) instead of 127.0.0.1:0.
+    pub fn start_on(bind: &str, tweak: impl FnOnce(&mut Config)) -> Self {
         init_logging();
         let data = tempfile::tempdir().unwrap();
         let mut config = config::load(&Sources::default()).unwrap();
@@ -44,7 +50,7 @@ impl TestServer {
         let data_dir = config.storage.data_dir.clone();
         // A restart on the same data dir waits in `SledStore::open` for the previous server's
         // store lock to go.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind(bind).unwrap();
         let address = listener.local_addr().unwrap();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub http_connections: IntCounter,
     pub rate_limited: IntCounterVec,
     pub rate_limit_tracked_clients: IntGauge,
+    pub rate_limit_evictions: IntCounterVec,
     pub actor_up: IntGaugeVec,
     pub actor_restarts: IntCounterVec,
     pub actor_ping: GaugeVec,
@@ -171,6 +172,11 @@ impl Metrics {
         let rate_limit_tracked_clients = IntGauge::new(
             names::RATE_LIMIT_TRACKED_CLIENTS,
             "Client buckets the rate limiters hold, over every service.",
+        )?;
+        let rate_limit_evictions = counter_vec(
+            names::RATE_LIMIT_EVICTIONS_TOTAL,
+            "Client buckets dropped (least recently seen first) because a service's table was at rate_limit.max_tracked_clients, by service.",
+            &["service"],
         )?;
         let actor_up = gauge_vec(
             names::ACTOR_UP,
@@ -370,6 +376,7 @@ impl Metrics {
         registry.register(Box::new(http_connections.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(rate_limit_tracked_clients.clone()))?;
+        registry.register(Box::new(rate_limit_evictions.clone()))?;
         registry.register(Box::new(actor_up.clone()))?;
         registry.register(Box::new(actor_restarts.clone()))?;
         registry.register(Box::new(actor_ping.clone()))?;
@@ -428,6 +435,7 @@ impl Metrics {
         }
         for service in names::SERVICES {
             rate_limited.with_label_values(&[service]).inc_by(0);
+            rate_limit_evictions.with_label_values(&[service]).inc_by(0);
             http_response_bytes.inc_by(&[service], 0);
         }
 
@@ -443,6 +451,7 @@ impl Metrics {
             http_connections,
             rate_limited,
             rate_limit_tracked_clients,
+            rate_limit_evictions,
             actor_up,
             actor_restarts,
             actor_ping,

@@ -12,6 +12,7 @@ pub const OTLP_SPANS_DROPPED_TOTAL: &str = "streamgate_otlp_spans_dropped_total"
 pub const OTLP_SPANS_FAILED_TOTAL: &str = "streamgate_otlp_spans_failed_total";
 pub const RATE_LIMITED_TOTAL: &str = "streamgate_rate_limited_total";
 pub const RATE_LIMIT_TRACKED_CLIENTS: &str = "streamgate_rate_limit_tracked_clients";
+pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "streamgate_rate_limit_evictions_total";
 pub const ACTOR_UP: &str = "streamgate_actor_up";
 pub const ACTOR_RESTARTS_TOTAL: &str = "streamgate_actor_restarts_total";
 pub const ACTOR_PING_SECONDS: &str = "streamgate_actor_ping_seconds";

@@ -9,6 +9,10 @@
 //! bucket); the hash is keyed per process (clients choose their addresses, and could
 //! otherwise pile into one shard).
 //!
+//! A table holds at most `max_clients` buckets: a client new to a full shard first evicts
+//! that shard's least recently seen buckets (an eighth of it at once, so the sort is paid
+//! rarely), counted in `streamgate_rate_limit_evictions_total`.
+//!
 //! Each HTTP worker keeps a [`BucketCache`]: the buckets of the clients it saw last, so a
 //! request from a known client takes its token with one compare-and-swap, without hashing,
 //! locking or a map lookup. A bucket the sweep drops is marked retired first; a cache
@@ -27,10 +31,15 @@ use std::{
 };
 
 use foldhash::fast::RandomState;
+use prometheus::IntCounter;
 use streamgate_actors::monitor::{clock::MonotonicNanos, family::PassThrough};
 
-/// 64 shards: enough that HTTP workers rarely meet on one lock, few enough to sweep quickly.
-const SHARD_BITS: u32 = 6;
+/// Up to 64 shards: enough that HTTP workers rarely meet on one lock, few enough to sweep
+/// quickly.
+const MAX_SHARD_BITS: u32 = 6;
+/// But room for at least this many clients per shard (a smaller table has fewer shards): the
+/// cap evicts per shard, and a roomy shard's oldest are close to the whole table's oldest.
+const MIN_SHARD_ROOM: usize = 1024;
 
 /// A client address with its keyed hash, computed once for the shard and the map.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,17 +54,36 @@ impl Hash for Key {
     }
 }
 
-/// One client's bucket: the monotonic clock's nanoseconds at which it is full again, or
-/// [`RETIRED`] once the sweep has dropped it from its table.
-pub struct Bucket(AtomicU64);
+/// One client's bucket.
+pub struct Bucket {
+    /// The monotonic clock's nanoseconds at which it is full again, or [`RETIRED`] once the
+    /// sweep or the cap has dropped it from its table.
+    full_at: AtomicU64,
+    /// When the client last asked for a token (granted or not): the cap evicts by it.
+    seen: AtomicU64,
+}
 
-/// No arrival time reaches it: the sweep's mark on a bucket it removed.
+impl Bucket {
+    fn new(now: u64) -> Self {
+        Self {
+            full_at: AtomicU64::new(now),
+            seen: AtomicU64::new(now),
+        }
+    }
+}
+
+/// No arrival time reaches it: the sweep's (and the cap's) mark on a bucket it removed.
 const RETIRED: u64 = u64::MAX;
 
 type Shard = HashMap<Key, Arc<Bucket>, BuildHasherDefault<PassThrough>>;
 
 pub struct BucketTable {
     shards: Box<[Mutex<Shard>]>,
+    /// `log2(shards.len())`: a key's shard is its hash's top bits.
+    shard_bits: u32,
+    /// Buckets a shard holds at most (`max_clients` over the shards).
+    shard_room: usize,
+    evictions: IntCounter,
     hasher: RandomState,
     /// Nanoseconds per token (GCRA's emission interval).
     interval: u64,
@@ -65,13 +93,27 @@ pub struct BucketTable {
 }
 
 impl BucketTable {
-    /// `capacity` tokens at most, `refill_per_second` added per second (both at least 1).
-    pub fn new(capacity: u32, refill_per_second: u32) -> Self {
+    /// `capacity` tokens at most, `refill_per_second` added per second (both at least 1), for
+    /// at most `max_clients` clients (at least 1); `evictions` counts the buckets the cap drops.
+    pub fn new(
+        capacity: u32,
+        refill_per_second: u32,
+        max_clients: usize,
+        evictions: IntCounter,
+    ) -> Self {
         let interval = (1_000_000_000 / u64::from(refill_per_second.max(1))).max(1);
+        let max_clients = max_clients.max(1);
+        let mut shard_bits = 0;
+        while shard_bits < MAX_SHARD_BITS && MIN_SHARD_ROOM << (shard_bits + 1) <= max_clients {
+            shard_bits += 1;
+        }
         Self {
-            shards: (0..1 << SHARD_BITS)
+            shards: (0..1 << shard_bits)
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
+            shard_bits,
+            shard_room: max_clients >> shard_bits,
+            evictions,
             hasher: RandomState::default(),
             interval,
             tolerance: interval.saturating_mul(u64::from(capacity.max(1) - 1)),
@@ -79,8 +121,9 @@ impl BucketTable {
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
-        // The top bits: the map inside uses the low ones.
-        let index = usize::try_from(hash >> (64 - SHARD_BITS)).unwrap_or(0);
+        // The top bits: the map inside uses the low ones. No bits (one shard): shard 0.
+        let index =
+            usize::try_from(hash.checked_shr(64 - self.shard_bits).unwrap_or(0)).unwrap_or(0);
         self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -95,14 +138,20 @@ impl BucketTable {
         if let Some(bucket) = shard.get(&key) {
             return Arc::clone(bucket);
         }
-        let bucket = Arc::new(Bucket(AtomicU64::new(now)));
+        if shard.len() >= self.shard_room {
+            let count = (shard.len() + 1 - self.shard_room).max(self.shard_room / 8);
+            let evicted = evict_least_recently_seen(&mut shard, count);
+            self.evictions.inc_by(evicted as u64);
+        }
+        let bucket = Arc::new(Bucket::new(now));
         shard.insert(key, Arc::clone(&bucket));
         bucket
     }
 
     /// Takes one token from `bucket` at `now`; `None` if the sweep retired it.
     fn take(&self, bucket: &Bucket, now: u64) -> Option<Result<(), Duration>> {
-        let mut full_at = bucket.0.load(Ordering::Relaxed);
+        bucket.seen.store(now, Ordering::Relaxed);
+        let mut full_at = bucket.full_at.load(Ordering::Relaxed);
         loop {
             if full_at == RETIRED {
                 return None;
@@ -115,7 +164,7 @@ impl BucketTable {
                 .max(now)
                 .saturating_add(self.interval)
                 .min(RETIRED - 1);
-            match bucket.0.compare_exchange_weak(
+            match bucket.full_at.compare_exchange_weak(
                 full_at,
                 next,
                 Ordering::Relaxed,
@@ -152,11 +201,11 @@ impl BucketTable {
             .map(|shard| {
                 let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
                 shard.retain(|_, bucket| {
-                    let full_at = bucket.0.load(Ordering::Relaxed);
+                    let full_at = bucket.full_at.load(Ordering::Relaxed);
                     // A token taken meanwhile (through a cache) makes the swap fail: kept.
                     full_at > now
                         || bucket
-                            .0
+                            .full_at
                             .compare_exchange(
                                 full_at,
                                 RETIRED,
@@ -178,6 +227,27 @@ impl BucketTable {
             .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
     }
+}
+
+/// Drops the `count` least recently seen buckets of `shard` and retires them (caches holding
+/// one go back to the table); returns how many it dropped.
+fn evict_least_recently_seen(shard: &mut Shard, count: usize) -> usize {
+    let mut by_age: Vec<(u64, Key)> = shard
+        .iter()
+        .map(|(key, bucket)| (bucket.seen.load(Ordering::Relaxed), *key))
+        .collect();
+    let count = count.min(by_age.len());
+    if count == 0 {
+        return 0;
+    }
+    // Partitions around the `count`th oldest: linear, no full sort.
+    by_age.select_nth_unstable_by_key(count - 1, |(seen, _)| *seen);
+    for (_, key) in by_age.iter().take(count) {
+        if let Some(bucket) = shard.remove(key) {
+            bucket.full_at.store(RETIRED, Ordering::Relaxed);
+        }
+    }
+    count
 }
 
 /// Slots of a [`BucketCache`].
@@ -259,9 +329,19 @@ mod tests {
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
     }
 
+    /// A table with room for more clients than any test here uses.
+    fn table(capacity: u32, refill_per_second: u32) -> BucketTable {
+        BucketTable::new(
+            capacity,
+            refill_per_second,
+            1 << 20,
+            IntCounter::new("evictions", "evictions").unwrap(),
+        )
+    }
+
     #[test]
     fn capacity_at_once_then_the_refill_rate() {
-        let table = BucketTable::new(3, 2);
+        let table = table(3, 2);
         let start = MonotonicNanos::now();
         for _ in 0..3 {
             assert_eq!(table.check(ip(1), start), Ok(()));
@@ -290,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_flood_from_many_addresses_is_swept_away_once_refilled() {
-        let table = BucketTable::new(2, 10);
+        let table = table(2, 10);
         let start = MonotonicNanos::now();
         for n in 0..10_000u32 {
             let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
@@ -307,7 +387,7 @@ mod tests {
 
     #[test]
     fn a_cache_shares_the_table_buckets_and_notices_swept_ones() {
-        let tables = [BucketTable::new(1000, 1), BucketTable::new(2, 10)];
+        let tables = [table(1000, 1), table(2, 10)];
         let (mut first, mut second) = (BucketCache::default(), BucketCache::default());
         let start = MonotonicNanos::now();
         // Two workers' caches and the table draw from one bucket per client and table.
@@ -334,5 +414,60 @@ mod tests {
         assert_eq!(tables[1].sweep(later), 1);
         // No such table: nothing to limit.
         assert_eq!(first.check(&tables, 7, ip(1), later), Ok(()));
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_least_recently_seen_clients_and_counts_them() {
+        let evictions = IntCounter::new("evictions", "evictions").unwrap();
+        let table = BucketTable::new(2, 1, 3, evictions.clone());
+        let start = MonotonicNanos::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        // Clients 1, 2 and 3 empty their buckets in turn; 1 comes back (refused) after them.
+        for (client, ms) in [(1, 0), (2, 1), (3, 2)] {
+            assert_eq!(table.check(ip(client), at(ms)), Ok(()));
+            assert_eq!(table.check(ip(client), at(ms)), Ok(()));
+        }
+        assert!(table.check(ip(1), at(3)).is_err());
+        assert_eq!(evictions.get(), 0);
+        // A fourth client: the table is full, and 2 is the one seen longest ago.
+        assert_eq!(table.check(ip(4), at(4)), Ok(()));
+        assert_eq!((table.len(), evictions.get()), (3, 1));
+        // 1 and 3 keep their (empty) buckets; 2 starts over with a full one and pushes out 3,
+        // seen before 1 and 4.
+        assert!(table.check(ip(1), at(5)).is_err());
+        assert_eq!(table.check(ip(2), at(6)), Ok(()));
+        assert_eq!((table.len(), evictions.get()), (3, 2));
+        assert_eq!(table.check(ip(3), at(7)), Ok(()), "3 was evicted");
+        assert!(table.check(ip(1), at(8)).is_err(), "1 never was");
+        assert_eq!((table.len(), evictions.get()), (3, 3));
+    }
+
+    #[test]
+    fn a_cache_notices_its_bucket_was_evicted() {
+        let evictions = IntCounter::new("evictions", "evictions").unwrap();
+        let tables = [BucketTable::new(1, 1, 1, evictions.clone())];
+        let mut cache = BucketCache::default();
+        let start = MonotonicNanos::now();
+        assert_eq!(cache.check(&tables, 0, ip(1), start), Ok(()));
+        assert!(cache.check(&tables, 0, ip(1), start).is_err());
+        // 2 takes the only room; the cache's copy of 1's bucket is retired, not used.
+        assert_eq!(tables[0].check(ip(2), start), Ok(()));
+        assert_eq!(cache.check(&tables, 0, ip(1), start), Ok(()));
+        assert_eq!((tables[0].len(), evictions.get()), (1, 2));
+    }
+
+    #[test]
+    fn the_cap_holds_however_the_table_is_sharded() {
+        for max_clients in [1, 3, 1023, 2048, 5000, 100_000, 1 << 20] {
+            let table = BucketTable::new(1, 1, max_clients, IntCounter::new("e", "e").unwrap());
+            assert!(table.shards.len() * table.shard_room <= max_clients);
+            assert!(table.shard_room >= MIN_SHARD_ROOM.min(max_clients));
+            assert!(table.shards.len() <= 1 << MAX_SHARD_BITS);
+            let now = MonotonicNanos::now();
+            for n in 0..(max_clients as u32).min(20_000) + 100 {
+                let _ = table.check(IpAddr::V4(Ipv4Addr::from(n)), now);
+            }
+            assert!(table.len() <= max_clients, "{max_clients}: {}", table.len());
+        }
     }
 }

@@ -255,7 +255,7 @@ where
                 observed: None,
             };
         }
-        let service = rate_limit::service_for(req.path());
+        let service = rate_limit::service_of(&req);
         // One clock read for the bucket check and the request's duration.
         let started = MonotonicNanos::now();
         let client_ip = state

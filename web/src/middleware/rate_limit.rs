@@ -2,9 +2,20 @@
 //! [`super::observe`] middleware. Over the limit: 429 `{"code":"rate_limited"}` with `Retry-After`, a
 //! `streamgate_rate_limited_total{service}` increment and an audit entry (at most one per
 //! client and service per `rate_limit.audit_interval_s`, so a flood cannot become a flood of
-//! store writes). [`RateLimits::sweep`] on a timer drops quiet clients, bounding memory.
+//! store writes). [`RateLimits::sweep`] on a timer drops quiet clients, and each table's cap
+//! (`rate_limit.max_tracked_clients`) bounds memory in between.
+//!
+//! A client is its IPv4 address, or its IPv6 address cut to `rate_limit.ipv6_prefix_len` bits
+//! (one host usually holds a whole /64, so whole addresses would be free new buckets); an
+//! IPv4-mapped IPv6 address is its IPv4 address.
 
-use std::{hash::Hash, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    hash::Hash,
+    net::{IpAddr, Ipv6Addr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
 
 use actix_web::{
     dev::ServiceRequest,
@@ -98,7 +109,17 @@ fn api_service(first_segment: &str) -> Option<ServiceId> {
     })
 }
 
-/// The service a request path belongs to (the `service` label and the bucket it draws from).
+/// The service of a request: the `service` label and the bucket it draws from. Classified by
+/// the path the router matches (actix's percent-decoded `match_info`, not the raw
+/// `req.path()`), so `/api/v1/%61uth/login`, which the router hands to the login handler, is
+/// `auth` like `/api/v1/auth/login`.
+pub fn service_of(req: &ServiceRequest) -> ServiceId {
+    service_for(req.match_info().as_str())
+}
+
+/// The service of a path as the router sees it (decoded but for `%2F`, `%25` and `%2B`); see
+/// [`service_of`]. Whatever routes to a resource shares its prefix, so it classifies like the
+/// resource's pattern; paths no route takes are `gateway` unless they share an API prefix.
 pub fn service_for(path: &str) -> ServiceId {
     let Some(rest) = path.strip_prefix("/api/v1/") else {
         return if path == "/metrics" {
@@ -161,8 +182,10 @@ fn slash_position(bytes: &[u8]) -> Option<usize> {
 
 /// The client as rate limits (and audit entries of refusals) see it: the socket's peer, unless
 /// that peer is a trusted proxy; then the rightmost `X-Forwarded-For` hop that is not one.
+/// IPv4-mapped addresses (a dual-stack socket's IPv4 peers) are taken as IPv4, so
+/// `trusted_proxies` (canonical too, see [`RateLimits::new`]) match either form.
 pub fn client_ip(req: &ServiceRequest, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
+    let peer = req.peer_addr()?.ip().to_canonical();
     if !trusted_proxies.contains(&peer) {
         return Some(peer);
     }
@@ -179,12 +202,28 @@ pub fn client_ip(req: &ServiceRequest, trusted_proxies: &[IpAddr]) -> Option<IpA
         let Ok(address) = hop.parse::<IpAddr>() else {
             break;
         };
+        let address = address.to_canonical();
         client = address;
         if !trusted_proxies.contains(&address) {
             break;
         }
     }
     Some(client)
+}
+
+/// The key of `client`'s buckets: an IPv4 address as is (mapped ones too), an IPv6 address
+/// cut to its first `ipv6_prefix_len` bits.
+pub fn bucket_key(client: IpAddr, ipv6_prefix_len: u8) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            // 0 bits: a shift by 128 overflows, and every IPv6 client shares one key.
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(ipv6_prefix_len.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
 }
 
 /// The audit gate's limiter (consulted on refusals only), hashing with foldhash: clients pick
@@ -208,6 +247,7 @@ struct Inner {
     /// One audit entry per (client, service) per interval.
     audit_gate: KeyedLimiter<(IpAddr, &'static str)>,
     trusted_proxies: Vec<IpAddr>,
+    ipv6_prefix_len: u8,
     metrics: Metrics,
     audit: AuditLog,
 }
@@ -226,7 +266,12 @@ impl RateLimits {
                         capacity: 1000,
                         refill_per_second: 100,
                     });
-                BucketTable::new(bucket.capacity, bucket.refill_per_second)
+                BucketTable::new(
+                    bucket.capacity,
+                    bucket.refill_per_second,
+                    config.max_tracked_clients,
+                    metrics.rate_limit_evictions.with_label_values(&[service]),
+                )
             })
             .collect();
         let audit_interval = Duration::from_secs(config.audit_interval_s.max(1));
@@ -236,11 +281,21 @@ impl RateLimits {
             inner: Arc::new(Inner {
                 services,
                 audit_gate: keyed(audit_quota),
-                trusted_proxies: config.trusted_proxies.clone(),
+                trusted_proxies: config
+                    .trusted_proxies
+                    .iter()
+                    .map(IpAddr::to_canonical)
+                    .collect(),
+                ipv6_prefix_len: config.ipv6_prefix_len,
                 metrics,
                 audit,
             }),
         }
+    }
+
+    /// The key `client` is limited by (see [`bucket_key`]).
+    pub fn key(&self, client: IpAddr) -> IpAddr {
+        bucket_key(client, self.inner.ipv6_prefix_len)
     }
 
     /// Takes one token from `client`'s bucket of `service` at `now` (the middleware has already
@@ -252,7 +307,7 @@ impl RateLimits {
         now: MonotonicNanos,
     ) -> Result<(), Duration> {
         match self.inner.services.get(service.index()) {
-            Some(buckets) => buckets.check(client, now),
+            Some(buckets) => buckets.check(self.key(client), now),
             None => Ok(()),
         }
     }
@@ -266,7 +321,7 @@ impl RateLimits {
         client: IpAddr,
         now: MonotonicNanos,
     ) -> Result<(), Duration> {
-        cache.check(&self.inner.services, service.index(), client, now)
+        cache.check(&self.inner.services, service.index(), self.key(client), now)
     }
 
     pub fn trusted_proxies(&self) -> &[IpAddr] {
@@ -289,7 +344,13 @@ impl RateLimits {
             .rate_limited
             .with_label_values(&[service])
             .inc();
-        if self.inner.audit_gate.check_key(&(client, service)).is_ok() {
+        // Gated by bucket key: addresses from one IPv6 prefix share one entry per interval.
+        if self
+            .inner
+            .audit_gate
+            .check_key(&(self.key(client), service))
+            .is_ok()
+        {
             let event = AuditEvent::ok(
                 action::RATE_LIMIT_EXCEEDED,
                 format!("ip:{client}"),
@@ -398,5 +459,111 @@ mod tests {
         let id = "/api/v1/media/0193a7a2-3c4d-7e8f-9a0b-1c2d3e4f5a6b/hls/master.m3u8";
         assert_eq!(service_for(id).label(), "streaming");
         assert_eq!(service_for(&id[..50]).label(), "metadata");
+    }
+
+    /// Paths are classified as the router sees them: percent-escapes the router decodes
+    /// cannot move a request to another service's bucket, and what it does not route stays out
+    /// of the service's routes.
+    #[test]
+    fn encoded_and_odd_paths_classify_as_the_router_sees_them() {
+        use actix_web::test::TestRequest;
+        for (path, service) in [
+            ("/api/v1/auth/login", "auth"),
+            ("/api/v1/%61uth/login", "auth"),
+            ("/api/v1/au%74h/login", "auth"),
+            ("/api/v1/%61%75%74%68/%6C%6F%67%69%6E", "auth"),
+            ("/api/v1/%61%75%74%68/%6c%6f%67%69%6e", "auth"),
+            ("/%61pi/v1/auth/login", "auth"),
+            ("/api/%76%31/auth/login", "auth"),
+            ("/api%2Fv1/auth/login", "gateway"),
+            ("/api/v1/auth%2Flogin", "gateway"),
+            ("/api/v1/auth%2flogin", "gateway"),
+            ("/api/v1/%2561uth/login", "gateway"),
+            ("//api/v1/auth/login", "gateway"),
+            ("/api//v1/auth/login", "gateway"),
+            // Not routed (actix neither strips dots nor trailing slashes), still no bypass.
+            ("/api/v1/auth/./login", "auth"),
+            ("/api/v1/auth/login/", "auth"),
+            ("/api/v1/auth/login?x=/api/v1/media", "auth"),
+            ("/api/v1/media/abc/%68ls/master.m3u8", "streaming"),
+            ("/api/v1/media/abc/thumbnail%2Ejpg", "streaming"),
+            ("/api/v1/media/abc%2Fhls/master.m3u8", "metadata"),
+            ("/api/v1/%6D%65%64%69%61", "metadata"),
+            ("/%6Detrics", "monitor"),
+            ("/api/v1/%75ploads/abc", "upload"),
+            ("/api/v1/%FF/login", "gateway"),
+        ] {
+            let req = TestRequest::with_uri(path).to_srv_request();
+            assert_eq!(service_of(&req).label(), service, "{path}");
+        }
+    }
+
+    /// Every route's pattern (placeholders filled) classifies as its service.
+    #[test]
+    fn every_route_pattern_has_its_service() {
+        for (pattern, service) in [
+            ("/health", "gateway"),
+            ("/ready", "gateway"),
+            ("/metrics", "monitor"),
+            ("/api/v1/openapi.json", "gateway"),
+            ("/api/v1/monitor/health", "monitor"),
+            ("/api/v1/monitor/metrics", "monitor"),
+            ("/api/v1/monitor/alerts", "monitor"),
+            ("/api/v1/monitor/logs", "monitor"),
+            ("/api/v1/monitor/traces", "monitor"),
+            ("/api/v1/audit", "monitor"),
+            ("/api/v1/jobs", "worker"),
+            ("/api/v1/jobs/stats", "worker"),
+            ("/api/v1/jobs/{job_id}", "worker"),
+            ("/api/v1/jobs/{job_id}/cancel", "worker"),
+            ("/api/v1/transcode/profiles", "transcoder"),
+            ("/api/v1/auth/challenge", "auth"),
+            ("/api/v1/auth/login", "auth"),
+            ("/api/v1/auth/verify", "auth"),
+            ("/api/v1/auth/refresh", "auth"),
+            ("/api/v1/auth/logout", "auth"),
+            ("/api/v1/auth/nft/verify", "auth"),
+            ("/api/v1/cache", "cache"),
+            ("/api/v1/cache/stats", "cache"),
+            ("/api/v1/cache/{key}", "cache"),
+            ("/api/v1/upload", "upload"),
+            ("/api/v1/uploads", "upload"),
+            ("/api/v1/uploads/{upload_id}", "upload"),
+            ("/api/v1/media", "metadata"),
+            ("/api/v1/media/{media_id}", "metadata"),
+            ("/api/v1/media/{media_id}/gate", "metadata"),
+            ("/api/v1/media/{media_id}/hls/master.m3u8", "streaming"),
+            (
+                "/api/v1/media/{media_id}/hls/{rendition}/index.m3u8",
+                "streaming",
+            ),
+            (
+                "/api/v1/media/{media_id}/hls/{rendition}/{segment}",
+                "streaming",
+            ),
+            ("/api/v1/media/{media_id}/thumbnail.jpg", "streaming"),
+            ("/api/v1/media/{media_id}/dash/manifest.mpd", "streaming"),
+        ] {
+            let path = pattern.replace('{', "x").replace('}', "");
+            assert_eq!(service_for(&path).label(), service, "{pattern}");
+        }
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_prefix_and_mapped_ones_as_ipv4() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let key = |text: &str, bits: u8| bucket_key(ip(text), bits);
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 64), ip("2001:db8:1:2::"));
+        assert_eq!(key("2001:db8:1:2:ffff::1", 64), key("2001:db8:1:2::9", 64));
+        assert_ne!(key("2001:db8:1:2::1", 64), key("2001:db8:1:3::1", 64));
+        assert_eq!(key("2001:db8:1:2::1", 48), ip("2001:db8:1::"));
+        assert_eq!(key("2001:db8:1:2::1", 128), ip("2001:db8:1:2::1"));
+        assert_eq!(key("2001:db8:1:2::1", 0), ip("::"));
+        assert_eq!(key("2001:db8:1:2::1", 57), ip("2001:db8:1::"));
+        assert_eq!(key("2001:db8:1:1ff::1", 57), ip("2001:db8:1:180::"));
+        for bits in [0, 64, 128] {
+            assert_eq!(key("::ffff:198.51.100.7", bits), ip("198.51.100.7"));
+            assert_eq!(key("198.51.100.7", bits), ip("198.51.100.7"));
+        }
     }
 }
