@@ -82,6 +82,9 @@ const REFERENCE_MARKERS: &[&[u8]] = &[b"#EXTM3U", b"<MPD", b"<?xml", b"ffconcat"
 
 /// Names the container in `head`, or `None` when it is not a video container we accept.
 pub fn sniff_container(head: &[u8]) -> Option<Container> {
+    // Only the first bytes count, however many the caller has: the same file gets the same
+    // answer whichever upload path (and chunking) delivered it.
+    let head = &head[..head.len().min(SNIFF_BYTES)];
     if REFERENCE_MARKERS
         .iter()
         .any(|marker| head.windows(marker.len()).any(|window| window == *marker))
@@ -173,6 +176,11 @@ mod tests {
         let mut concat = vec![0x1A, 0x45, 0xDF, 0xA3, b'\n'];
         concat.extend_from_slice(b"ffconcat version 1.0\n");
         assert_eq!(sniff_container(&concat), None);
+        // Past the sniffed bytes, text is ffprobe's to judge, whatever the chunking.
+        let mut late = ftyp(0x14, b"isom");
+        late.resize(SNIFF_BYTES, b' ');
+        late.extend_from_slice(b"#EXTM3U");
+        assert_eq!(sniff_container(&late), Some(Container::Mp4));
         // An `ftyp` whose size is not that of a real box.
         assert_eq!(sniff_container(&ftyp(0x07, b"isom")), None);
     }
