@@ -49,7 +49,6 @@ use serde_json::{json, Value};
 use streamgate_actors::{
     model::{MediaId, MediaState},
     store::{MediaRepo, SledStore},
-    transcode::ffmpeg,
 };
 
 const CONNECTIONS: u32 = 64;
@@ -1445,21 +1444,8 @@ fn smoke(data_dir: &Path, config_file: &Path) {
 fn bare_transcode(config: &streamgate_actors::config::TranscodeConfig, input: &Path, out: &Path) {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
-    let container = streamgate_actors::sniff::Container::Mp4;
-    let probe = ffmpeg::probe(
-        &config.ffprobe_path,
-        input,
-        container,
-        &ffmpeg::SourceLimits::from(config),
-        Duration::from_secs(config.probe_timeout_s),
-        &ffmpeg::KillSwitch::default(),
-    )
-    .unwrap();
-    let rungs = ffmpeg::plan_ladder(&config.ladder, &[], probe.height);
-    let demuxer = container.demuxer();
-    let ladder = ffmpeg::hls_arguments(config, demuxer, input, out, &probe, &rungs);
-    let thumbnail = ffmpeg::thumbnail_arguments(demuxer, input, &out.join("thumbnail.jpg"), &probe);
-    for args in [ladder, thumbnail] {
+    let (_, commands) = common::worker_commands(config, input, out);
+    for args in commands {
         let status = Command::new(&config.ffmpeg_path)
             .args(&args)
             .stderr(Stdio::null())

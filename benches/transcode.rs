@@ -42,21 +42,8 @@ fn direct_run(
 ) {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
-    let container = streamgate_actors::sniff::Container::Mp4;
-    let probe = ffmpeg::probe(
-        &config.ffprobe_path,
-        input,
-        container,
-        &ffmpeg::SourceLimits::from(config),
-        Duration::from_secs(config.probe_timeout_s),
-        &ffmpeg::KillSwitch::default(),
-    )
-    .unwrap();
-    let rungs = ffmpeg::plan_ladder(&config.ladder, &[], probe.height);
-    let demuxer = container.demuxer();
-    let ladder = ffmpeg::hls_arguments(config, demuxer, input, out, &probe, &rungs);
-    let thumbnail = ffmpeg::thumbnail_arguments(demuxer, input, &out.join("thumbnail.jpg"), &probe);
-    for args in [ladder, thumbnail] {
+    let (probe, commands) = common::worker_commands(config, input, out);
+    for args in commands {
         if piped {
             let kill_switch = ffmpeg::KillSwitch::default();
             ffmpeg::run_ffmpeg(

@@ -450,3 +450,28 @@ pub fn write_source(path: &Path, size: usize) {
     }
     file.flush().unwrap();
 }
+
+/// What a transcode worker runs for an mp4 `input` into `out`: its probe, then the ffmpeg
+/// arguments of the one-decode ladder and of the thumbnail (the bare baseline of the benches).
+pub fn worker_commands(
+    config: &streamgate_actors::config::TranscodeConfig,
+    input: &Path,
+    out: &Path,
+) -> (streamgate_actors::model::Probe, Vec<Vec<String>>) {
+    use streamgate_actors::transcode::ffmpeg;
+    let container = streamgate_actors::sniff::Container::Mp4;
+    let probe = ffmpeg::probe(
+        &config.ffprobe_path,
+        input,
+        container,
+        &ffmpeg::SourceLimits::from(config),
+        std::time::Duration::from_secs(config.probe_timeout_s),
+        &ffmpeg::KillSwitch::default(),
+    )
+    .unwrap();
+    let rungs = ffmpeg::plan_ladder(&config.ladder, &[], probe.height);
+    let demuxer = container.demuxer();
+    let ladder = ffmpeg::hls_arguments(config, demuxer, input, out, &probe, &rungs);
+    let thumbnail = ffmpeg::thumbnail_arguments(demuxer, input, &out.join("thumbnail.jpg"), &probe);
+    (probe, vec![ladder, thumbnail])
+}

@@ -74,7 +74,9 @@ async fn refused(server: &TestServer, bytes: Vec<u8>, codes: &[&str]) -> Option<
     );
     assert_no_leak(server, &media["failure"]);
     // Its job says the same, to its owner.
-    let (_, page) = get_as(server, &bob, &format!("/api/v1/jobs?media_id={media_id}")).await;
+    let (_, page) = server
+        .get_json_as(&bob, &format!("/api/v1/jobs?media_id={media_id}"))
+        .await;
     let job = &page["items"][0];
     assert_eq!(job["state"], "failed", "{page}");
     assert_eq!(job["error_code"], code.as_str(), "{page}");
@@ -92,18 +94,6 @@ fn assert_no_leak(server: &TestServer, text: &Value) {
             "client-visible error leaks {leak:?}: {text}"
         );
     }
-}
-
-async fn get_as(server: &TestServer, token: &str, path: &str) -> (u16, Value) {
-    let response = server
-        .client
-        .get(server.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// The DASH manifest that made ffmpeg decode another media's segments: `head` first, then an
@@ -501,15 +491,15 @@ async fn one_wallet_cannot_fill_the_queue_and_jobs_are_private() {
 
     // The jobs API: the admin and the owner see a job; anyone else gets 404 or nothing.
     let job = format!("/api/v1/jobs/{}", scheduled["id"].as_str().unwrap());
-    assert_eq!(get_as(&server, &alice, &job).await.0, 200);
-    assert_eq!(get_as(&server, ADMIN, &job).await.0, 200);
-    let (status, error) = get_as(&server, &bob, &job).await;
+    assert_eq!(server.get_json_as(&alice, &job).await.0, 200);
+    assert_eq!(server.get_json_as(ADMIN, &job).await.0, 200);
+    let (status, error) = server.get_json_as(&bob, &job).await;
     assert_eq!((status, &error["code"]), (404, &json!("job_not_found")));
     let (status, _) = server.get_json(&job).await;
     assert_eq!(status, 401);
     let (status, _) = server.get_json("/api/v1/jobs").await;
     assert_eq!(status, 401);
-    let (status, page) = get_as(&server, &bob, "/api/v1/jobs?limit=100").await;
+    let (status, page) = server.get_json_as(&bob, "/api/v1/jobs?limit=100").await;
     assert_eq!(status, 200);
     let items = page["items"].as_array().unwrap();
     assert!(!items.is_empty() && items.iter().all(|j| j["media_id"] == receipt["media_id"]));

@@ -51,19 +51,6 @@ async fn post(server: &TestServer, path: &str, body: Option<Value>) -> (u16, Val
     (status, response.json().await.unwrap())
 }
 
-/// GET as the admin, who reads every job (cleanup jobs belong to no wallet).
-async fn admin_get_json(server: &TestServer, path: &str) -> (u16, Value) {
-    let response = server
-        .client
-        .get(server.url(path))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
 async fn wait_for_job(server: &TestServer, job_id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
     // Under the worker bucket's refill (10/s), so a slow job on a busy machine cannot run this
@@ -72,7 +59,9 @@ async fn wait_for_job(server: &TestServer, job_id: &str, done: impl Fn(&Value) -
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let (status, job) = admin_get_json(server, &format!("/api/v1/jobs/{job_id}")).await;
+        let (status, job) = server
+            .get_json_as(TOKEN, &format!("/api/v1/jobs/{job_id}"))
+            .await;
         assert_eq!(status, 200, "{job}");
         if done(&job) {
             return job;
@@ -102,7 +91,9 @@ async fn ready_clip(server: &TestServer, seconds: u32) -> (String, Value) {
 }
 
 async fn jobs_of(server: &TestServer, media_id: &str) -> Vec<Value> {
-    let (status, page) = admin_get_json(server, &format!("/api/v1/jobs?media_id={media_id}")).await;
+    let (status, page) = server
+        .get_json_as(TOKEN, &format!("/api/v1/jobs?media_id={media_id}"))
+        .await;
     assert_eq!(status, 200, "{page}");
     page["items"].as_array().unwrap().clone()
 }
@@ -310,7 +301,7 @@ async fn transcode_with_profiles_serves_hls_and_dash_from_one_set_of_segments() 
     );
 
     // Stats, profiles and metrics see both runs.
-    let (status, stats) = admin_get_json(&server, "/api/v1/jobs/stats").await;
+    let (status, stats) = server.get_json_as(TOKEN, "/api/v1/jobs/stats").await;
     assert_eq!(status, 200);
     assert_eq!(stats["workers"], json!({"total": 1, "busy": 0, "idle": 1}));
     assert_eq!(
@@ -396,7 +387,9 @@ async fn submissions_are_validated_and_need_the_admin_token() {
             "{body} → {error}"
         );
     }
-    let (status, error) = admin_get_json(&server, "/api/v1/jobs?media_id=nope").await;
+    let (status, error) = server
+        .get_json_as(TOKEN, "/api/v1/jobs?media_id=nope")
+        .await;
     assert_eq!(
         (status, error["code"].as_str()),
         (400, Some("invalid_media_id"))
@@ -423,7 +416,7 @@ async fn scheduled_jobs_wait_for_run_at_and_queued_jobs_cancel() {
     assert_eq!(status, 202, "{job}");
     let thumbnail_job = job["id"].as_str().unwrap().to_string();
     assert_eq!(job["started_at"], Value::Null);
-    let (_, stats) = admin_get_json(&server, "/api/v1/jobs/stats").await;
+    let (_, stats) = server.get_json_as(TOKEN, "/api/v1/jobs/stats").await;
     assert_eq!(stats["scheduled"], 1, "{stats}");
     let thumbnail = server
         .data_dir
@@ -479,7 +472,7 @@ async fn scheduled_jobs_wait_for_run_at_and_queued_jobs_cancel() {
     )
     .await;
     assert_eq!(status, 404);
-    let (_, stats) = admin_get_json(&server, "/api/v1/jobs/stats").await;
+    let (_, stats) = server.get_json_as(TOKEN, "/api/v1/jobs/stats").await;
     assert_eq!(
         (&stats["scheduled"], &stats["cancelled"]),
         (&json!(0), &json!(1)),
@@ -492,20 +485,21 @@ async fn scheduled_jobs_wait_for_run_at_and_queued_jobs_cancel() {
     );
 
     // Filters and cursor pagination.
-    let (_, cancelled) = admin_get_json(&server, "/api/v1/jobs?state=cancelled").await;
+    let (_, cancelled) = server
+        .get_json_as(TOKEN, "/api/v1/jobs?state=cancelled")
+        .await;
     assert_eq!(cancelled["items"].as_array().unwrap().len(), 1);
-    let (_, page) = admin_get_json(
-        &server,
-        &format!("/api/v1/jobs?media_id={media_id}&limit=2"),
-    )
-    .await;
+    let (_, page) = server
+        .get_json_as(TOKEN, &format!("/api/v1/jobs?media_id={media_id}&limit=2"))
+        .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, rest) = admin_get_json(
-        &server,
-        &format!("/api/v1/jobs?media_id={media_id}&limit=2&cursor={cursor}"),
-    )
-    .await;
+    let (_, rest) = server
+        .get_json_as(
+            TOKEN,
+            &format!("/api/v1/jobs?media_id={media_id}&limit=2&cursor={cursor}"),
+        )
+        .await;
     assert_eq!(rest["items"][0]["id"], queued_job.as_str(), "{rest}");
 
     // Audit: submissions and cancels, with refused cancels as failed.

@@ -93,18 +93,24 @@ impl TestServer {
         (status, response.json().await.unwrap())
     }
 
-    /// GET as ALICE, who uploads in most tests (the jobs API shows a wallet its own jobs).
-    pub async fn alice_get_json(&self, path: &str) -> (u16, Value) {
-        let session = self.session().await.to_string();
+    /// GET with `Authorization: Bearer <token>` (a session or the admin token); a body that is
+    /// not JSON reads as `null`.
+    pub async fn get_json_as(&self, token: &str, path: &str) -> (u16, Value) {
         let response = self
             .client
             .get(self.url(path))
-            .bearer_auth(session)
+            .bearer_auth(token)
             .send()
             .await
             .unwrap();
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET as ALICE, who uploads in most tests (the jobs API shows a wallet its own jobs).
+    pub async fn alice_get_json(&self, path: &str) -> (u16, Value) {
+        let session = self.session().await.to_string();
+        self.get_json_as(&session, path).await
     }
 
     /// Signs in with `wallet` (SIWE, signed by cast) and returns the session token.
