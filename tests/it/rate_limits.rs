@@ -244,3 +244,58 @@ async fn a_full_bucket_table_evicts_the_oldest_and_keeps_limiting_busy_clients()
         0.0
     );
 }
+
+/// A 429 keeps the connection: the refused request's small body is read, so the client (a
+/// player that went over, or a flood) is not handed a new connection to open for every refusal.
+#[tokio::test]
+async fn a_refused_request_keeps_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|config| {
+        let auth = config.rate_limit.services.get_mut("auth").unwrap();
+        auth.capacity = 1;
+        auth.refill_per_second = 1;
+    });
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let body = r#"{"message":"not a siwe message","signature":"0x00"}"#;
+    let request = format!(
+        "POST /api/v1/auth/login HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        socket.write_all(request.as_bytes()).await.unwrap();
+        // One whole response: the head, then as many bytes as its Content-Length says.
+        let mut received = Vec::new();
+        let (head_end, length) = loop {
+            let mut chunk = [0u8; 4096];
+            let read = socket.read(&mut chunk).await.unwrap();
+            assert!(
+                read > 0,
+                "the server closed the connection after {statuses:?}"
+            );
+            received.extend_from_slice(&chunk[..read]);
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&received[..end]).to_lowercase();
+                assert!(!head.contains("connection: close"), "{head}");
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .map_or(0, |value| value.trim().parse::<usize>().unwrap());
+                break (end + 4, length);
+            }
+        };
+        while received.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            let read = socket.read(&mut chunk).await.unwrap();
+            assert!(read > 0);
+            received.extend_from_slice(&chunk[..read]);
+        }
+        let status = String::from_utf8_lossy(&received[9..12]).to_string();
+        statuses.push(status);
+    }
+    // The first is the login's own refusal; the rest are 429s on the same connection.
+    assert_ne!(statuses[0], "429", "{statuses:?}");
+    assert_eq!(&statuses[1..], ["429", "429"], "{statuses:?}");
+}

@@ -29,6 +29,7 @@ use actix_web::{
     },
     Error,
 };
+use futures_util::future::LocalBoxFuture;
 use streamgate_actors::monitor::{
     clock::MonotonicNanos,
     otlp::{AttributeValue, FinishedSpan, SpanExporter, SpanKind},
@@ -294,7 +295,7 @@ where
         match refusal {
             Some(response) => ObserveFuture {
                 call: None,
-                refused: Some(Box::new(req.into_response(response))),
+                refused: Some(Box::pin(rate_limit::answer_refused(req, response))),
                 observed,
             },
             // Outside the scope: the router only picks the handler here, which runs (and
@@ -318,8 +319,10 @@ where
 pub struct ObserveFuture<F> {
     /// The router's future (boxed by actix, 16 bytes); `None` once answered or when refused.
     call: Option<F>,
-    /// Boxed: rare, and the future is moved a few times on every request.
-    refused: Option<Box<ServiceResponse<BoxBody>>>,
+    /// The 429, once the refused request's small body is read (see
+    /// `rate_limit::answer_refused`). Boxed: rare, and the future is moved a few times on
+    /// every request.
+    refused: Option<LocalBoxFuture<'static, ServiceResponse<BoxBody>>>,
     observed: Option<Observed>,
 }
 
@@ -360,9 +363,18 @@ where
                 }
                 Poll::Pending => return Poll::Pending,
             },
-            None => this.refused.take().map(|refused| *refused).ok_or_else(|| {
-                actix_web::error::ErrorInternalServerError("request polled after it was answered")
-            }),
+            None => match this.refused.as_mut() {
+                Some(refused) => match refused.as_mut().poll(cx) {
+                    Poll::Ready(response) => {
+                        this.refused = None;
+                        Ok(response)
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                None => Err(actix_web::error::ErrorInternalServerError(
+                    "request polled after it was answered",
+                )),
+            },
         };
         if let Some(observed) = this.observed.take() {
             finish(observed, &mut outcome);

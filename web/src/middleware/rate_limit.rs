@@ -226,6 +226,35 @@ pub fn bucket_key(client: IpAddr, ipv6_prefix_len: u8) -> IpAddr {
     }
 }
 
+/// Bodies up to this size are read and dropped before a 429 goes out.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// Answers a refused request with `response`. A small declared body is read first: a response
+/// to a request whose body is left unread closes the connection, so every 429 would cost a
+/// client (and a flood, for free) a new connection. Larger or chunked bodies still close it.
+pub async fn answer_refused(
+    mut req: ServiceRequest,
+    response: HttpResponse,
+) -> actix_web::dev::ServiceResponse {
+    use actix_web::HttpMessage;
+    use futures_util::StreamExt;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > 0 && length <= DRAIN_LIMIT) {
+        let mut payload = req.take_payload();
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = payload.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    req.into_response(response)
+}
+
 /// The audit gate's limiter (consulted on refusals only), hashing with foldhash: clients pick
 /// their addresses, so the hash stays seeded per process.
 type KeyedLimiter<K> =
