@@ -1464,15 +1464,7 @@ async fn jobs_idle(client: &reqwest::Client, server: &Server) {
         let mut busy = false;
         for state in ["queued", "running"] {
             let url = server.url(&format!("/api/v1/jobs?state={state}"));
-            let jobs: Value = client
-                .get(url)
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let jobs: Value = common::get_json_as(client, url, ADMIN_TOKEN).await;
             busy |= !jobs["items"].as_array().unwrap().is_empty();
         }
         if !busy {
@@ -1487,15 +1479,7 @@ async fn job_done(client: &reqwest::Client, url: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         ticks.tick().await;
-        let job: Value = client
-            .get(url)
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job: Value = common::get_json_as(client, url, ADMIN_TOKEN).await;
         match job["state"].as_str() {
             Some("succeeded") => return job,
             Some("failed" | "cancelled") => panic!("job ended badly: {job}"),
@@ -1537,15 +1521,12 @@ fn transcode(
             .await
             .unwrap();
         let media_id = receipt["media_id"].as_str().unwrap().to_string();
-        let jobs: Value = client
-            .get(server.url(&format!("/api/v1/jobs?media_id={media_id}")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jobs: Value = common::get_json_as(
+            client,
+            server.url(&format!("/api/v1/jobs?media_id={media_id}")),
+            ADMIN_TOKEN,
+        )
+        .await;
         let job_id = jobs["items"][0]["id"].as_str().unwrap();
         job_done(client, &server.url(&format!("/api/v1/jobs/{job_id}"))).await;
         media_id

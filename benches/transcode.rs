@@ -70,15 +70,7 @@ async fn wait_succeeded(client: &reqwest::Client, url: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         ticks.tick().await;
-        let job: Value = client
-            .get(url)
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job: Value = common::get_json_as(client, url, TOKEN).await;
         match job["state"].as_str() {
             Some("succeeded") => return job,
             Some("failed" | "cancelled") => panic!("job ended badly: {job}"),
@@ -148,15 +140,12 @@ fn main() {
             .await
             .unwrap();
         let media_id = receipt["media_id"].as_str().unwrap().to_string();
-        let jobs: Value = client
-            .get(format!("{base}/api/v1/jobs?media_id={media_id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jobs: Value = common::get_json_as(
+            &client,
+            format!("{base}/api/v1/jobs?media_id={media_id}"),
+            TOKEN,
+        )
+        .await;
         let job_id = jobs["items"][0]["id"].as_str().unwrap();
         wait_succeeded(&client, &format!("{base}/api/v1/jobs/{job_id}")).await;
         media_id

@@ -475,3 +475,21 @@ pub fn worker_commands(
     let thumbnail = ffmpeg::thumbnail_arguments(demuxer, input, &out.join("thumbnail.jpg"), &probe);
     (probe, vec![ladder, thumbnail])
 }
+
+/// GET `url` with a bearer `token` and parse the JSON answer (the benches poll the jobs API,
+/// which needs the owner's session or the admin token).
+pub async fn get_json_as(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+) -> serde_json::Value {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

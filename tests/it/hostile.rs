@@ -45,6 +45,15 @@ async fn victim(server: &TestServer) -> String {
     media_id
 }
 
+/// Where the victim's one rung is published on the local blob store.
+fn rung_dir(server: &TestServer, media_id: &str) -> std::path::PathBuf {
+    server
+        .data_dir
+        .join("blobs/media")
+        .join(media_id)
+        .join("hls/180p")
+}
+
 /// Uploads `bytes` as BOB; a 201's media must end `failed` with one of `codes`, and nothing of
 /// it may be published. Returns the failed media record, or `None` when the upload itself was
 /// refused.
@@ -133,11 +142,7 @@ fn mp4_signature() -> Vec<u8> {
 async fn dash_manifests_cannot_pull_in_another_media() {
     let server = start(|_| {});
     let victim = victim(&server).await;
-    let victim_dir = server
-        .data_dir
-        .join("blobs/media")
-        .join(&victim)
-        .join("hls/180p");
+    let victim_dir = rung_dir(&server, &victim);
     assert!(victim_dir.join("init.mp4").exists());
     let relative = format!("../../media/{victim}/hls/180p");
     let absolute = victim_dir.display().to_string();
@@ -160,11 +165,7 @@ async fn dash_manifests_cannot_pull_in_another_media() {
 async fn playlists_and_concat_scripts_behind_a_container_signature_fail() {
     let server = start(|_| {});
     let victim = victim(&server).await;
-    let segment = server
-        .data_dir
-        .join("blobs/media")
-        .join(&victim)
-        .join("hls/180p/seg_00000.m4s");
+    let segment = rung_dir(&server, &victim).join("seg_00000.m4s");
     let hls = format!(
         "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:1\n#EXT-X-MAP:URI=\"{}\"\n\
          #EXTINF:1.0,\n{}\n#EXT-X-ENDLIST\n",
