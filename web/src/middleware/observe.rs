@@ -481,15 +481,10 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
     if let Ok(response) = result {
         let mut text = [0; REQUEST_ID_LEN];
         RequestId::from_uuid(observed.scope.request_id).encode(&mut text);
-        // Kept inline in the response head and written by the encoder after the map's
-        // headers (the vendored actix-http's patch, PATCHED.md): no map insert, no shared
-        // buffer, no reference counts on every response. Only fails for a value that is too
-        // long or not header text, which a hyphenated UUID never is.
-        let head = response.response_mut().head_mut();
-        debug_assert!(!head.headers.contains_key(&REQUEST_ID_NAME));
-        let placed = head.set_inline_header(&REQUEST_ID_NAME, &text);
-        debug_assert!(placed);
         let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_bytes(&text) {
+            headers.insert(REQUEST_ID_NAME.clone(), value);
+        }
         if observed.echo_traceparent {
             let mut buffer = [0; TRACEPARENT_LEN];
             // `append`, not `insert`: the header is ours alone (no handler sets it), and for a
@@ -538,42 +533,4 @@ fn method_label(method: &Method) -> &'static str {
         .iter()
         .find(|(standard, _)| standard == method)
         .map_or("other", |(_, label)| label)
-}
-
-#[cfg(test)]
-mod tests {
-    use actix_web::HttpResponse;
-
-    use super::*;
-
-    /// The vendored actix-http's inline header (PATCHED.md), which carries `x-request-id`:
-    /// header text only, bounded, and replaced by a second call.
-    #[test]
-    fn the_inline_header_takes_header_text_only() {
-        static NAME: HeaderName = HeaderName::from_static("x-test");
-        let mut response = HttpResponse::Ok().finish();
-        let head = response.head_mut();
-        assert_eq!(head.inline_header(), None);
-        assert!(head.set_inline_header(&NAME, b"earlier"));
-        for bad in [
-            &b"split\r\nx-injected: 1"[..],
-            b"nul\0byte",
-            b"del\x7f",
-            &[b'a'; 65],
-        ] {
-            assert!(!head.set_inline_header(&NAME, bad), "{bad:?}");
-            assert_eq!(
-                head.inline_header(),
-                None,
-                "a refused value unsets the header"
-            );
-        }
-        let mut id = [0; REQUEST_ID_LEN];
-        RequestId::from_uuid(traces::fast_uuid_v4()).encode(&mut id);
-        for good in [&id[..], b"tab\tand obs-text \xe9", &[b'a'; 64], b""] {
-            assert!(head.set_inline_header(&NAME, good), "{good:?}");
-            assert_eq!(head.inline_header(), Some((&NAME, good)));
-        }
-        assert!(head.headers.is_empty(), "not in the header map");
-    }
 }
