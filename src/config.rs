@@ -30,7 +30,10 @@ pub struct ServerConfig {
     pub workers: usize,
     pub shutdown_timeout_s: u64,
     pub keep_alive_s: u64,
-    pub write_buffer_kib: usize,
+    pub first_request_timeout_s: u64,
+    pub max_connections_per_worker: usize,
+    pub send_budget_kib: usize,
+    pub write_chunk_max_kib: usize,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -162,11 +165,10 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
     config.actors().validate().map_err(ConfigError::Invalid)?;
     config.rate_limit.validate().map_err(ConfigError::Invalid)?;
-    if config.server.write_buffer_kib < 8 {
-        return Err(ConfigError::Invalid(format!(
-            "server.write_buffer_kib must be at least 8, got {}",
-            config.server.write_buffer_kib
-        )));
+    if config.server.max_connections_per_worker == 0 {
+        return Err(ConfigError::Invalid(
+            "server.max_connections_per_worker must be at least 1".into(),
+        ));
     }
     if config.server.bind.parse::<std::net::SocketAddr>().is_err() {
         return Err(ConfigError::Invalid(format!(
@@ -347,10 +349,13 @@ mod tests {
             error.contains("server.workers") && error.contains("integer"),
             "{error}"
         );
-        let error = load(&env("STREAMGATE__SERVER__WRITE_BUFFER_KIB", "0"))
+        let error = load(&env("STREAMGATE__SERVER__MAX_CONNECTIONS_PER_WORKER", "0"))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("server.write_buffer_kib"), "{error}");
+        assert!(
+            error.contains("server.max_connections_per_worker"),
+            "{error}"
+        );
         let error = load(&env("STREAMGATE__SERVER__LOG_FORMAT", "xml"))
             .unwrap_err()
             .to_string();

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use actix_web::{dev::ServerHandle, middleware::Condition, web, App, HttpServer};
 use streamgate_actors::{monitor::otlp::SpanExporter, transcode::StopWorkers, Actors, StartError};
-use streamgate_web::middleware::{self as mw, rate_limit::RateLimits};
+use streamgate_web::{
+    middleware::{self as mw, rate_limit::RateLimits},
+    send_budget::SendBudget,
+};
 
 pub use config::Config;
 
@@ -76,9 +79,14 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
     let http = config.http.clone();
     let connection_metrics = actors.metrics.clone();
     let address = listener.local_addr()?;
+    let send_budget = web::Data::new(SendBudget::new(
+        config.server.send_budget_kib * 1024,
+        config.server.write_chunk_max_kib * 1024,
+    ));
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(send_budget.clone())
             // Innermost: it must wrap the router itself (see `Observe`).
             .wrap(observe.clone())
             .wrap(mw::json_errors())
@@ -91,7 +99,8 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
         extensions.insert(mw::ConnectionGuard::open(&connection_metrics));
     })
     .shutdown_timeout(config.server.shutdown_timeout_s)
-    .h1_write_buffer_size(config.server.write_buffer_kib * 1024)
+    .max_connections(config.server.max_connections_per_worker)
+    .client_request_timeout(Duration::from_secs(config.server.first_request_timeout_s))
     .keep_alive(match config.server.keep_alive_s {
         0 => actix_web::http::KeepAlive::Disabled,
         seconds => actix_web::http::KeepAlive::Timeout(Duration::from_secs(seconds)),

@@ -10,6 +10,7 @@ mod auth_abuse;
 mod bad_input;
 mod chain;
 mod config;
+mod connections;
 mod e2e;
 mod hostile;
 mod jobs;

@@ -14,6 +14,7 @@ pub mod extract;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod send_budget;
 
 use actix_web::web;
 pub use streamgate_actors::Actors;

@@ -28,7 +28,6 @@
 use std::{sync::Arc, time::SystemTime};
 
 use actix_web::{
-    body::{BodySize, MessageBody},
     http::{
         header::{self, HeaderValue},
         StatusCode,
@@ -48,7 +47,9 @@ use streamgate_actors::{
 };
 
 use super::{media::gate_table_error, media_id};
-use crate::{error::ApiError, extract::bearer_str, middleware::RouteLabel};
+use crate::{
+    error::ApiError, extract::bearer_str, middleware::RouteLabel, send_budget::SendBudget,
+};
 
 // Cache-Control values, spelled out once: no directive list is built or formatted per response.
 const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10");
@@ -508,37 +509,6 @@ async fn serve_blob(
     }
 }
 
-/// Body slices handed to actix per poll. actix copies each into its write buffer and writes
-/// the buffer once it holds `server.write_buffer_kib` (512 by default, the same size): one
-/// large write per slice. 64 KiB slices into actix's default 32 KiB buffer made about 32
-/// writes per 2 MiB segment and held segment GETs at 0.64x nginx; 512 KiB gets 0.97x
-/// (1 MiB: 0.79x, more time in the loopback's bigger socket queues). A buffer grown past its
-/// size is released after the write, so an idle keep-alive connection does not keep it.
-const BODY_SLICE_BYTES: usize = 512 * 1024;
-
-/// A mapped blob as a response body: slices of the mapping, never a copy of the whole.
-struct MappedBody(Bytes);
-
-impl MessageBody for MappedBody {
-    type Error = std::convert::Infallible;
-
-    fn size(&self) -> BodySize {
-        BodySize::Sized(self.0.len() as u64)
-    }
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
-        let rest = &mut self.0;
-        if rest.is_empty() {
-            return std::task::Poll::Ready(None);
-        }
-        let slice = rest.split_to(rest.len().min(BODY_SLICE_BYTES));
-        std::task::Poll::Ready(Some(Ok(slice)))
-    }
-}
-
 /// The response for a mapped local blob, with actix-files' semantics (what this path used
 /// before): `If-Match`/`If-Unmodified-Since` → 412, `If-None-Match` (weak) or, without it,
 /// `If-Modified-Since` → 304, the first of the `Range`s → 206, an unsatisfiable one → 416
@@ -636,7 +606,11 @@ fn serve_mapped(
     if not_modified {
         return response.status(StatusCode::NOT_MODIFIED).finish();
     }
-    response.body(MappedBody(body))
+    match req.app_data::<web::Data<SendBudget>>() {
+        Some(budget) => response.body(budget.body(body)),
+        // Only an app built without `configure_send_budget`: the whole mapping in one chunk.
+        None => response.body(body),
+    }
 }
 
 /// Whether `If-Match` is absent, `*`, or names `etag` (strong comparison, RFC 9110 §13.1.1).
