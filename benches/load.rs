@@ -14,7 +14,10 @@
 //! whole upload in one PATCH),
 //! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
 //! (4), LOAD_BENCH_TRANSCODE_RUNS (9), LOAD_BENCH_ONLY (all; else a comma-separated subset of
-//! segments, small, onoff, mix, gated, flood, transcode, upload, idle), LOAD_BENCH_FLOOD_ADDRS
+//! segments, small, onoff, mix, gated, flood, transcode, upload, idle, crowd), LOAD_BENCH_CROWD
+//! (connections back to back, 1000), LOAD_BENCH_CROWD_SECONDS (15), LOAD_BENCH_CROWD_ROUNDS (3),
+//! LOAD_BENCH_VIEWERS (paced viewer counts, a row each: 1000,5000), LOAD_BENCH_PACED_SECONDS
+//! (40), LOAD_BENCH_FLOOD_ADDRS
 //! (client addresses flooding bogus logins, 32) and LOAD_BENCH_FLOOD_RATE (requests/s from
 //! each, 40), LOAD_BENCH_SMAPS_DIR (unset;
 //! else the server's /proc/<pid>/smaps before and while holding the idle connections are copied
@@ -31,6 +34,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "load/crowd.rs"]
+mod crowd;
 
 use std::{
     io::{Read, Write},
@@ -43,7 +48,7 @@ use std::{
 use alloy_primitives::{eip191_hash_message, Address, Signature};
 use common::{
     free_port, media, median, paired_rounds, paths_script, show_ratios, start_bare, start_nginx,
-    wait_for_port, write_hls, wrk, Load, Rounds, WrkOptions,
+    start_nginx_with, wait_for_port, write_hls, wrk, Load, Rounds, WrkOptions,
 };
 use serde_json::{json, Value};
 use streamgate_actors::{
@@ -87,6 +92,11 @@ struct Settings {
     onoff_pairs: usize,
     /// Scenario keys to run; empty runs them all.
     only: Vec<String>,
+    crowd_connections: u32,
+    crowd_seconds: u32,
+    crowd_rounds: usize,
+    crowd_viewers: Vec<usize>,
+    crowd_paced_seconds: u64,
 }
 
 impl Settings {
@@ -117,6 +127,15 @@ impl Settings {
                 .map(|key| key.trim().to_string())
                 .filter(|key| !key.is_empty())
                 .collect(),
+            crowd_connections: env_number("LOAD_BENCH_CROWD", 1000) as u32,
+            crowd_seconds: env_number("LOAD_BENCH_CROWD_SECONDS", 15) as u32,
+            crowd_rounds: env_number("LOAD_BENCH_CROWD_ROUNDS", 3).max(1) as usize | 1,
+            crowd_viewers: std::env::var("LOAD_BENCH_VIEWERS")
+                .unwrap_or_else(|_| "1000,5000".into())
+                .split(',')
+                .map(|n| n.trim().parse().expect("LOAD_BENCH_VIEWERS: numbers"))
+                .collect(),
+            crowd_paced_seconds: env_number("LOAD_BENCH_PACED_SECONDS", 40),
         }
     }
 
@@ -1082,6 +1101,18 @@ fn main() {
             "fresh server",
         ));
         drop(fresh);
+    } else {
+        drop(server);
+    }
+    if settings.runs("crowd") {
+        crowd_rows(
+            &settings,
+            &data,
+            &scratch.path().join("crowd"),
+            &config_file,
+            &data_dir,
+            &mut rows,
+        );
     }
 
     print_table(&rows);
@@ -1097,6 +1128,146 @@ fn main() {
     if errors > 0 {
         eprintln!("load bench: {errors} failed requests");
         std::process::exit(1);
+    }
+}
+
+/// Many viewers at once against nginx with a worker per core: 1,000 connections back to back,
+/// then viewers paced like players (one segment every 6 s over a kept-alive connection). The
+/// server runs on its own defaults for workers and connections.
+fn crowd_rows(
+    settings: &Settings,
+    data: &DataSet,
+    scratch: &Path,
+    config_file: &Path,
+    data_dir: &Path,
+    rows: &mut Vec<Row>,
+) {
+    std::fs::create_dir_all(scratch).unwrap();
+    let server = Server::start(
+        config_file,
+        data_dir,
+        &["server.workers=0", "server.keep_alive_s=75"],
+    );
+    let (nginx_base, nginx) = start_nginx_with(&data.hls, scratch, "auto", 8192);
+    let segments: Vec<String> = (0..common::SEGMENTS)
+        .map(|n| format!("720p/seg_{n:03}.m4s"))
+        .collect();
+    let ours: Vec<String> = segments
+        .iter()
+        .map(|s| format!("/api/v1/media/{}/hls/{s}", data.clip))
+        .collect();
+    let theirs: Vec<String> = segments.iter().map(|s| format!("/{s}")).collect();
+    let nginx_port: u16 = nginx_base.rsplit(':').next().unwrap().parse().unwrap();
+
+    let connections = settings.crowd_connections;
+    let ours_script = scratch.join("crowd-ours.lua");
+    let theirs_script = scratch.join("crowd-nginx.lua");
+    paths_script(&ours_script, &plain(&[], &ours));
+    paths_script(&theirs_script, &plain(&[], &theirs));
+    crowd::count_stalls(&ours_script);
+    crowd::count_stalls(&theirs_script);
+    let seconds = settings.crowd_seconds;
+    let mut sg = Vec::new();
+    let mut ng = Vec::new();
+    for _ in 0..settings.crowd_rounds {
+        server.wait_quiet();
+        sg.push(crowd::back_to_back(
+            &server.base,
+            &ours_script,
+            connections,
+            seconds,
+            vec![server.child.id()],
+        ));
+        ng.push(crowd::back_to_back(
+            &nginx_base,
+            &theirs_script,
+            connections,
+            seconds,
+            crowd::with_children(nginx.pid()),
+        ));
+    }
+    let pick = |runs: &[crowd::BackToBack]| {
+        // The median run by req/s; stalls and memory of all runs at their worst.
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by(|a, b| {
+            runs[*a]
+                .load
+                .requests_per_s
+                .total_cmp(&runs[*b].load.requests_per_s)
+        });
+        let mid = &runs[order[order.len() / 2]];
+        (
+            mid.load.clone(),
+            runs.iter().map(|r| r.stalled).max().unwrap_or(0),
+            runs.iter()
+                .map(|r| r.memory.rss_anon_mb)
+                .fold(0.0, f64::max),
+            runs.iter().map(|r| r.memory.rss_mb).fold(0.0, f64::max),
+        )
+    };
+    let (ours_load, ours_stalled, ours_anon, ours_rss) = pick(&sg);
+    let (theirs_load, theirs_stalled, theirs_anon, theirs_rss) = pick(&ng);
+    let mut row = Row::from_load(
+        &format!("segment GET, {connections} conn back to back"),
+        &ours_load,
+        ours_rss,
+    )
+    .versus(
+        "nginx",
+        &theirs_load,
+        "≥ 0.9; p99 ≤ 1.2×; stalls ≤ nginx + 1 %; RssAnon < 300 MB",
+    );
+    row.baseline = format!(
+        "nginx {:.0} req/s, p99 {}; p99 ratio {:.2}; over 2 s: {ours_stalled} vs {theirs_stalled} of ~{:.0}; \
+         RssAnon {ours_anon:.0} MB vs {theirs_anon:.0} MB (RSS {ours_rss:.0} vs {theirs_rss:.0})",
+        theirs_load.requests_per_s,
+        latency(Some(theirs_load.p99_ms)),
+        ours_load.p99_ms / theirs_load.p99_ms,
+        ours_load.requests_per_s * f64::from(seconds),
+    );
+    rows.push(row);
+
+    let every = Duration::from_secs(6);
+    let duration = Duration::from_secs(settings.crowd_paced_seconds);
+    for &viewers in &settings.crowd_viewers {
+        server.wait_quiet();
+        let ours_run = crowd::paced_viewers(
+            server.port,
+            &ours,
+            viewers,
+            every,
+            duration,
+            vec![server.child.id()],
+        );
+        let theirs_run = crowd::paced_viewers(
+            nginx_port,
+            &theirs,
+            viewers,
+            every,
+            duration,
+            crowd::with_children(nginx.pid()),
+        );
+        rows.push(Row {
+            scenario: format!("{viewers} viewers, a segment every 6 s"),
+            requests_per_s: Some(ours_run.requests as f64 / duration.as_secs_f64()),
+            megabytes_per_s: None,
+            p50_ms: Some(ours_run.p50_ms),
+            p99_ms: Some(ours_run.p99_ms),
+            peak_rss_mb: ours_run.memory.rss_mb,
+            baseline: format!(
+                "nginx p99 {} ({} errors, {} reconnects); ours {} reconnects; RssAnon {:.0} MB vs {:.0} MB",
+                latency(Some(theirs_run.p99_ms)),
+                theirs_run.errors,
+                theirs_run.reconnects,
+                ours_run.reconnects,
+                ours_run.memory.rss_anon_mb,
+                theirs_run.memory.rss_anon_mb,
+            ),
+            ratio: Some(ours_run.p99_ms / theirs_run.p99_ms),
+            target: "p99 ≤ 1.2× nginx (ratio: p99); 0 errors, 0 reconnects",
+            errors: ours_run.errors + ours_run.reconnects,
+            held_mb: 0.0,
+        });
     }
 }
 

@@ -123,22 +123,48 @@ pub fn start_bare(
 /// A running nginx; killed on drop.
 pub struct Nginx(Child);
 
+impl Nginx {
+    /// The master process; its workers are its children.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SIGTERM: the master stops its workers too (SIGKILL would leave them serving).
+        let stopped = Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !stopped {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
     }
 }
 
 /// nginx (one worker, sendfile, no access log) serving `root` on a free port.
 pub fn start_nginx(root: &Path, scratch: &Path) -> (String, Nginx) {
+    start_nginx_with(root, scratch, "1", 1024)
+}
+
+/// [`start_nginx`] with `workers` (`worker_processes`: a number or `auto`) and
+/// `connections` per worker.
+pub fn start_nginx_with(
+    root: &Path,
+    scratch: &Path,
+    workers: &str,
+    connections: usize,
+) -> (String, Nginx) {
     let port = free_port();
     let conf = scratch.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
-            "user root;\nworker_processes 1;\npid {scratch}/nginx.pid;\nerror_log {scratch}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
+            "user root;\nworker_processes {workers};\nworker_rlimit_nofile {files};\n\
+             pid {scratch}/nginx.pid;\nerror_log {scratch}/error.log;\n\
+             events {{ worker_connections {connections}; }}\n\
              http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
                types {{ video/iso.segment m4s; video/mp4 mp4; application/vnd.apple.mpegurl m3u8; }}\n\
                client_body_temp_path {scratch}; proxy_temp_path {scratch}; fastcgi_temp_path {scratch};\n\
@@ -146,6 +172,7 @@ pub fn start_nginx(root: &Path, scratch: &Path) -> (String, Nginx) {
                server {{ listen 127.0.0.1:{port}; root {root}; etag on; }}\n}}\n",
             scratch = scratch.display(),
             root = root.display(),
+            files = connections * 2,
         ),
     )
     .unwrap();
