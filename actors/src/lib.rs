@@ -7,7 +7,6 @@
 //! - [`supervise`] — starts actors so a panic restarts them, counting restarts.
 //! - [`upload`], [`transcode`], [`metadata`], [`auth`], [`monitor`] — one actor per domain.
 //! - [`error`] — [`ErrorKind`] and the [`DomainError`] trait every actor error implements.
-//! - [`validate`] — EIP-55 addresses, emails, hex digests, bounded text.
 //!
 //! [`start`] opens the store and blobs and starts every actor, supervised, on the current arbiter.
 
@@ -27,7 +26,6 @@ pub mod store;
 pub mod supervise;
 pub mod transcode;
 pub mod upload;
-pub mod validate;
 
 use std::{sync::Arc, time::Duration};
 
@@ -46,8 +44,8 @@ use crate::{
     search::SearchIndex,
     store::{SharedRepo, SledStore},
     supervise::Ping,
-    transcode::TranscodeActor,
-    upload::UploadActor,
+    transcode::{TranscodeActor, TranscodeDeps},
+    upload::{UploadActor, UploadDeps},
 };
 
 /// Addresses of the running actors plus the read-only handles the hot paths use directly.
@@ -137,15 +135,16 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
         move |_| MetadataActor::new(deps)
     });
     let transcode = supervise::start("transcode", restarts("transcode"), {
-        let (config, repo, blobs, metadata, metrics, audit) = (
-            config.transcode.clone(),
-            repo.clone(),
-            blobs.clone(),
-            metadata.clone(),
-            metrics.clone(),
-            audit.clone(),
-        );
-        move |_| TranscodeActor::new(config, repo, blobs, metadata, metrics, audit, work_dir)
+        let deps = TranscodeDeps {
+            config: config.transcode.clone(),
+            repo: repo.clone(),
+            blobs: blobs.clone(),
+            metadata: metadata.clone(),
+            metrics: metrics.clone(),
+            audit: audit.clone(),
+            work_dir,
+        };
+        move |_| TranscodeActor::new(deps.clone())
     });
     if config.upload.quota_bytes > 0 {
         // Before any upload runs: drops reservations a crash left behind.
@@ -163,25 +162,16 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
         min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
     };
     let upload = supervise::start("upload", restarts("upload"), {
-        let (config, blobs, metadata, transcode, metrics, audit) = (
-            config.upload.clone(),
-            blobs.clone(),
-            metadata.clone(),
-            transcode.clone(),
-            metrics.clone(),
-            audit.clone(),
-        );
-        move |_| {
-            UploadActor::new(
-                config,
-                blobs,
-                metadata,
-                transcode,
-                &metrics,
-                audit,
-                tus.clone(),
-            )
-        }
+        let deps = UploadDeps {
+            config: config.upload.clone(),
+            blobs: blobs.clone(),
+            metadata: metadata.clone(),
+            transcode: transcode.clone(),
+            metrics: metrics.clone(),
+            audit: audit.clone(),
+            tus,
+        };
+        move |_| UploadActor::new(deps.clone())
     });
     // Loaded before the server starts, so gated media are never served as public.
     let keys = Keys::load_or_create(&config.auth.session_secret, &repo)?;

@@ -83,16 +83,30 @@ pub struct TranscodeActor {
     stopping: bool,
 }
 
+/// What the TranscodeActor works with.
+#[derive(Clone)]
+pub struct TranscodeDeps {
+    pub config: TranscodeConfig,
+    pub repo: SharedRepo,
+    pub blobs: BlobStore,
+    pub metadata: Addr<MetadataActor>,
+    pub metrics: Metrics,
+    pub audit: AuditLog,
+    /// Scratch space for running jobs.
+    pub work_dir: PathBuf,
+}
+
 impl TranscodeActor {
-    pub fn new(
-        config: TranscodeConfig,
-        repo: SharedRepo,
-        blobs: BlobStore,
-        metadata: Addr<MetadataActor>,
-        metrics: Metrics,
-        audit: AuditLog,
-        work_dir: PathBuf,
-    ) -> Self {
+    pub fn new(deps: TranscodeDeps) -> Self {
+        let TranscodeDeps {
+            config,
+            repo,
+            blobs,
+            metadata,
+            metrics,
+            audit,
+            work_dir,
+        } = deps;
         // Absolute, so ffmpeg command lines name it the same way in every run (see kill_strays).
         let work_dir = work_dir.canonicalize().unwrap_or(work_dir);
         Self {

@@ -19,7 +19,7 @@ mod worker;
 use actix::Message;
 use time::OffsetDateTime;
 
-pub use self::actor::TranscodeActor;
+pub use self::actor::{TranscodeActor, TranscodeDeps};
 use crate::{
     config::Rung,
     error::{DomainError, ErrorKind},

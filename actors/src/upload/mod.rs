@@ -180,16 +180,29 @@ pub struct UploadActor {
     tus: tus::TusDeps,
 }
 
+/// What the UploadActor works with.
+#[derive(Clone)]
+pub struct UploadDeps {
+    pub config: UploadConfig,
+    pub blobs: BlobStore,
+    pub metadata: Addr<MetadataActor>,
+    pub transcode: Addr<TranscodeActor>,
+    pub metrics: Metrics,
+    pub audit: AuditLog,
+    pub tus: tus::TusDeps,
+}
+
 impl UploadActor {
-    pub fn new(
-        config: UploadConfig,
-        blobs: BlobStore,
-        metadata: Addr<MetadataActor>,
-        transcode: Addr<TranscodeActor>,
-        metrics: &Metrics,
-        audit: AuditLog,
-        tus: tus::TusDeps,
-    ) -> Self {
+    pub fn new(deps: UploadDeps) -> Self {
+        let UploadDeps {
+            config,
+            blobs,
+            metadata,
+            transcode,
+            metrics,
+            audit,
+            tus,
+        } = deps;
         Self {
             config,
             blobs,
