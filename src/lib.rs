@@ -46,8 +46,6 @@ impl Running {
 
 /// Starts the actors and the HTTP server on `listener`. Must run inside an actix system.
 pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError> {
-    // The request clock calibrates on its first reading; not in the first request.
-    streamgate_actors::monitor::clock::MonotonicNanos::calibrate();
     let actors = streamgate_actors::start(config.actors())?;
     let data = web::Data::new(actors.clone());
     let rate_limits = RateLimits::new(

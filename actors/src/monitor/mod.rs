@@ -4,12 +4,10 @@
 
 pub mod alerts;
 pub mod clock;
-pub mod family;
 pub mod logs;
+pub mod metric_names;
 pub mod metrics;
-pub mod names;
 pub mod otlp;
-pub mod owned;
 pub mod process;
 pub mod trace_stats;
 pub mod traces;
@@ -24,7 +22,7 @@ use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture,
     ResponseFuture, Supervised, WrapFuture,
 };
-pub use metrics::{HttpRecorder, HttpSeries, Metrics};
+pub use metrics::Metrics;
 use serde::Serialize;
 use time::OffsetDateTime;
 pub(crate) use traces::traced_handlers;
@@ -430,7 +428,7 @@ impl MonitorActor {
         self.last.window_latency_max_s = latency_max;
 
         let (requests, errors) = metrics.traces.totals();
-        let rate_limited = names::SERVICES
+        let rate_limited = metric_names::SERVICES
             .iter()
             .map(|service| metrics.rate_limited.with_label_values(&[service]).get())
             .sum();
@@ -562,7 +560,7 @@ impl MonitorActor {
             requests_total: traces.count,
             requests_5xx: traces.errors,
             requests_4xx: metrics.traces.client_errors(),
-            requests_in_flight: metrics.http_requests_in_flight(),
+            requests_in_flight: metrics.http_in_flight.get(),
             connections_active: metrics.http_connections_active.get(),
             window_s: self.deps.config.alert_window_s,
             window_error_rate: self.last.window_error_rate,
@@ -575,14 +573,14 @@ impl MonitorActor {
             resident_memory_bytes: self.last.resident_bytes,
             memory_usage_ratio: self.last.memory_usage_ratio,
             open_fds: self.last.open_fds,
-            uploads_finished: upload(names::upload_outcome::FINISHED),
-            uploads_rejected: upload(names::upload_outcome::REJECTED),
+            uploads_finished: upload(metric_names::upload_outcome::FINISHED),
+            uploads_rejected: upload(metric_names::upload_outcome::REJECTED),
             upload_bytes: metrics.upload_bytes.get(),
             transcodes_succeeded: transcodes("succeeded"),
             transcodes_failed: transcodes("failed"),
             jobs_queued: jobs("queued"),
             jobs_running: jobs("running"),
-            rate_limited_total: names::SERVICES
+            rate_limited_total: metric_names::SERVICES
                 .iter()
                 .map(|service| metrics.rate_limited.with_label_values(&[service]).get())
                 .sum(),
