@@ -241,7 +241,6 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
             min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
             ffmpeg_path: config.transcode.ffmpeg_path.clone(),
             actors: pinged,
-            audit: audit.clone(),
             config: config.monitor.clone(),
         };
         move |_| MonitorActor::new(deps)

@@ -7,13 +7,12 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::traces::{hex_trace_id, RequestRecord};
 
 /// A finished request, for the recent list of `/api/v1/monitor/traces`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct TraceSummary {
     pub trace_id: Option<String>,
     pub service: &'static str,
@@ -21,12 +20,11 @@ pub struct TraceSummary {
     pub method: String,
     pub status: u16,
     pub duration_ms: f64,
-    #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
 
 /// What `/api/v1/monitor/traces` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct TraceReport {
     pub count: u64,
     /// Requests answered with a 5xx status.
@@ -36,7 +34,7 @@ pub struct TraceReport {
     pub recent: Vec<TraceSummary>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct DurationStats {
     /// Over every request since start.
     pub avg: f64,

@@ -1,6 +1,6 @@
-//! Request tracing: W3C trace context (`traceparent`), the per-request record the HTTP
-//! middleware hands to [`super::metrics::HttpRecorder`], the trace statistics behind
-//! `/api/v1/monitor/traces`, and [`Traced`], the envelope that carries a trace into an actor.
+//! Request tracing: W3C trace context (`traceparent`), the request a thread is polling, and
+//! the per-request record the HTTP middleware hands to [`super::Metrics`]. A trace reaches an
+//! actor one way: as the `trace_id` of the message that starts traced work (an upload, a job).
 
 pub use super::trace_stats::{DurationStats, TraceReport, TraceStats, TraceSummary};
 
@@ -155,53 +155,6 @@ pub struct RequestRecord<'a> {
     pub response_bytes: Option<u64>,
     pub trace_id: Option<u128>,
 }
-
-/// A message carrying the trace of the request that caused it. The receiving actor handles
-/// the inner message inside a span with the trace id, so its logs name the trace.
-/// Implemented per actor with [`traced_handlers!`](crate::monitor::traced_handlers).
-#[derive(Debug)]
-pub struct Traced<M> {
-    pub trace_id: String,
-    pub message: M,
-}
-
-impl<M: actix::Message> actix::Message for Traced<M> {
-    type Result = M::Result;
-}
-
-impl<M> Traced<M> {
-    pub fn new(trace: Option<&TraceContext>, message: M) -> Self {
-        Self {
-            trace_id: trace.map(TraceContext::trace_id_hex).unwrap_or_default(),
-            message,
-        }
-    }
-}
-
-/// Implements `Handler<Traced<M>>` for an actor and each listed message by delegating to
-/// `Handler<M>` inside a `actor_message` span that carries the trace id.
-macro_rules! traced_handlers {
-    ($actor:ty: $($message:ty),+ $(,)?) => {$(
-        impl actix::Handler<$crate::monitor::traces::Traced<$message>> for $actor {
-            type Result = <$actor as actix::Handler<$message>>::Result;
-            fn handle(
-                &mut self,
-                traced: $crate::monitor::traces::Traced<$message>,
-                ctx: &mut Self::Context,
-            ) -> Self::Result {
-                let span = tracing::info_span!(
-                    "actor_message",
-                    actor = stringify!($actor),
-                    message = stringify!($message),
-                    trace_id = %traced.trace_id,
-                );
-                let _entered = span.enter();
-                <$actor as actix::Handler<$message>>::handle(self, traced.message, ctx)
-            }
-        }
-    )+};
-}
-pub(crate) use traced_handlers;
 
 #[cfg(test)]
 mod tests {
