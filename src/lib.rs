@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix_web::{dev::ServerHandle, middleware::Condition, web, App, HttpServer};
 use streamgate_actors::{monitor::otlp::SpanExporter, transcode::StopWorkers, Actors, StartError};
 use streamgate_web::middleware::{self as mw, rate_limit::RateLimits};
+use tracing_actix_web::TracingLogger;
 
 pub use config::Config;
 
@@ -71,6 +72,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
     )
     // Request spans are the middleware's: no monitoring, no request spans (jobs still).
     .exporting_spans(spans.filter(|_| config.monitor.http_middleware));
+    let request_spans = config.monitor.http_middleware;
     let http = config.http.clone();
     let connection_metrics = actors.metrics.clone();
     let address = listener.local_addr()?;
@@ -79,6 +81,11 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
             .app_data(data.clone())
             // Innermost: it must wrap the router itself (see `Observe`).
             .wrap(observe.clone())
+            // The request's root span, around `Observe`, which reads the trace it started.
+            .wrap(Condition::new(
+                request_spans,
+                TracingLogger::<mw::RequestSpan>::new(),
+            ))
             .wrap(mw::json_errors())
             .wrap(mw::security_headers())
             .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))

@@ -10,8 +10,10 @@
 mod buckets;
 mod observe;
 pub mod rate_limit;
+mod span;
 
 pub use observe::Observe;
+pub use span::RequestSpan;
 
 use actix_cors::Cors;
 use actix_web::{
@@ -31,6 +33,8 @@ use crate::error::ApiError;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// The `route` label of requests no resource matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// A guard that always passes. Route registration still attaches it; the route label now
 /// comes from `HttpRequest::match_pattern`, so it carries nothing the middleware reads.

@@ -1,7 +1,7 @@
-//! The one middleware for monitoring, tracing and rate limits: per request it gives the
-//! request its id, W3C trace context and log scope, checks the client's token bucket, and when
-//! the answer is ready counts it (metrics, trace stats, OTLP span) and sets `x-request-id` (and
-//! `traceparent` when the caller sent one). It wraps actix's router directly, so the route
+//! The one middleware for monitoring and rate limits: per request it takes the request's id
+//! and W3C trace context from the root span (`super::span`), checks the client's token bucket,
+//! and when the answer is ready counts it (metrics, trace stats, OTLP span) and sets
+//! `x-request-id` (and `traceparent` when the caller sent one). It wraps actix's router directly, so the route
 //! label is the pattern of the resource that answered (`HttpRequest::match_pattern`). Handlers
 //! find the request's trace in the thread's [`RequestScope`] while the request is polled.
 //! Turned off (no metrics, no rate limits) it only forwards.
@@ -19,24 +19,22 @@ use actix_web::{
     body::{BodySize, BoxBody, MessageBody},
     dev::{Service, ServiceRequest, ServiceResponse, Transform},
     http::header::{HeaderName, HeaderValue},
-    Error,
+    Error, HttpMessage,
 };
 use futures_util::future::LocalBoxFuture;
 use streamgate_actors::monitor::{
     clock::MonotonicNanos,
     otlp::{AttributeValue, FinishedSpan, SpanExporter, SpanKind},
-    traces::{self, RequestRecord, RequestScope, TraceContext},
+    traces::{self, RequestRecord, RequestScope},
     Metrics,
 };
 
 use super::{
     buckets::BucketCache,
     rate_limit::{self, RateLimits, ServiceId},
-    REQUEST_ID_HEADER, TRACEPARENT_HEADER,
+    span::RequestTrace,
+    REQUEST_ID_HEADER, TRACEPARENT_HEADER, UNMATCHED_ROUTE,
 };
-
-/// The route label of requests no resource matched.
-const UNMATCHED: &str = "unmatched";
 
 /// The middleware. `metrics: None` turns monitoring and tracing off (no log scope, ids, headers
 /// or counts), `limits: None` turns rate limits off. `spans: Some` exports each request's span
@@ -139,15 +137,14 @@ where
             .and_then(|limits| rate_limit::client_ip(&req, limits.trusted_proxies()));
         let observed = state.metrics.as_ref().map(|metrics| {
             metrics.request_started();
-            let traceparent = req.headers().get(TRACEPARENT_HEADER);
+            // The root span (`span::RequestSpan`) started the trace; without it, a fresh one.
+            let trace = req.extensions().get::<RequestTrace>().copied();
+            let trace = trace.unwrap_or_else(|| RequestTrace::start(&req, uuid::Uuid::new_v4()));
             Observed {
                 state: Rc::clone(state),
                 started: Instant::now(),
-                scope: RequestScope {
-                    trace: TraceContext::continue_or_start(traceparent.map(HeaderValue::as_bytes)),
-                    request_id: uuid::Uuid::new_v4(),
-                },
-                echo_traceparent: traceparent.is_some(),
+                scope: trace.scope,
+                echo_traceparent: trace.echo_traceparent,
                 service,
                 method: method_label(req.method().as_str()),
             }
@@ -248,7 +245,7 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
         ),
         Err(error) => (None, error.as_response_error().status_code(), None),
     };
-    let route = pattern.as_deref().unwrap_or(UNMATCHED);
+    let route = pattern.as_deref().unwrap_or(UNMATCHED_ROUTE);
     let method = observed.method;
     let trace = observed.scope.trace;
     let request_id = observed.scope.request_id.hyphenated().to_string();
