@@ -92,6 +92,13 @@ const HTTP_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Registers each listed metric (a clone: the registry and `Metrics` share the values).
+macro_rules! register {
+    ($registry:ident: $($metric:ident),+ $(,)?) => {
+        $($registry.register(Box::new($metric.clone()))?;)+
+    };
+}
+
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
     IntCounterVec::new(Opts::new(name, help), labels)
 }
@@ -357,53 +364,20 @@ impl Metrics {
             "Spans lost because their OTLP export POST failed.",
         )?;
 
-        registry.register(Box::new(otlp_spans_exported.clone()))?;
-        registry.register(Box::new(otlp_spans_dropped.clone()))?;
-        registry.register(Box::new(otlp_spans_failed.clone()))?;
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_duration.clone()))?;
-        registry.register(Box::new(http_response_bytes.clone()))?;
-        registry.register(Box::new(http_duration_max.clone()))?;
-        registry.register(Box::new(http_in_flight.clone()))?;
-        registry.register(Box::new(http_connections_active.clone()))?;
-        registry.register(Box::new(http_connections.clone()))?;
-        registry.register(Box::new(rate_limited.clone()))?;
-        registry.register(Box::new(rate_limit_tracked_clients.clone()))?;
-        registry.register(Box::new(rate_limit_evictions.clone()))?;
-        registry.register(Box::new(actor_up.clone()))?;
-        registry.register(Box::new(actor_restarts.clone()))?;
-        registry.register(Box::new(actor_ping.clone()))?;
-        registry.register(Box::new(actor_heartbeat.clone()))?;
-        registry.register(Box::new(uploads.clone()))?;
-        registry.register(Box::new(upload_bytes.clone()))?;
-        registry.register(Box::new(upload_received_bytes.clone()))?;
-        registry.register(Box::new(upload_checksum_failures.clone()))?;
-        registry.register(Box::new(upload_duration.clone()))?;
-        registry.register(Box::new(transcode_jobs.clone()))?;
-        registry.register(Box::new(job_duration.clone()))?;
-        registry.register(Box::new(ffmpeg_failures.clone()))?;
-        registry.register(Box::new(transcode_speed.clone()))?;
-        registry.register(Box::new(jobs.clone()))?;
-        registry.register(Box::new(auth_logins.clone()))?;
-        registry.register(Box::new(auth_session_events.clone()))?;
-        registry.register(Box::new(nft_checks.clone()))?;
-        registry.register(Box::new(nft_rpc_duration.clone()))?;
-        registry.register(Box::new(gate_changes.clone()))?;
-        registry.register(Box::new(playback_refused.clone()))?;
-        registry.register(Box::new(audit_refusals.clone()))?;
-        registry.register(Box::new(audit_pruned.clone()))?;
-        registry.register(Box::new(cache_requests.clone()))?;
-        registry.register(Box::new(cache_evictions.clone()))?;
-        registry.register(Box::new(cache_entries.clone()))?;
-        registry.register(Box::new(process_cpu_seconds.clone()))?;
-        registry.register(Box::new(process_resident_memory.clone()))?;
-        registry.register(Box::new(process_virtual_memory.clone()))?;
-        registry.register(Box::new(process_start_time.clone()))?;
-        registry.register(Box::new(process_open_fds.clone()))?;
-        registry.register(Box::new(host_memory.clone()))?;
-        registry.register(Box::new(host_cpu_cores.clone()))?;
-        registry.register(Box::new(alerts_firing.clone()))?;
-        registry.register(Box::new(alert_transitions.clone()))?;
+        // Braces: rustfmt leaves the list as written.
+        register! {registry:
+            otlp_spans_exported, otlp_spans_dropped, otlp_spans_failed, http_requests,
+            http_duration, http_response_bytes, http_duration_max, http_in_flight,
+            http_connections_active, http_connections, rate_limited, rate_limit_tracked_clients,
+            rate_limit_evictions, actor_up, actor_restarts, actor_ping, actor_heartbeat, uploads,
+            upload_bytes, upload_received_bytes, upload_checksum_failures, upload_duration,
+            transcode_jobs, job_duration, ffmpeg_failures, transcode_speed, jobs, auth_logins,
+            auth_session_events, nft_checks, nft_rpc_duration, gate_changes, playback_refused,
+            audit_refusals, audit_pruned, cache_requests, cache_evictions, cache_entries,
+            process_cpu_seconds, process_resident_memory, process_virtual_memory,
+            process_start_time, process_open_fds, host_memory, host_cpu_cores, alerts_firing,
+            alert_transitions,
+        }
 
         // Export every labelled series from the start, so dashboards and rate() have data
         // before the first event of each kind.

@@ -1,11 +1,12 @@
-//! Middleware: [`Observe`] (request log scope, `x-request-id`, W3C trace context, request metrics and
+//! Middleware: [`RequestSpan`] (the root span `tracing_actix_web::TracingLogger` opens per
+//! request), [`Observe`] (request log scope, `x-request-id`, `traceparent`, request metrics and
 //! trace stats, per-client rate limits from [`rate_limit`]), security headers, CORS,
 //! connection counting, and JSON bodies for the 404/405 responses actix produces on its own.
 //!
-//! Order in the app (outermost first): CORS → security headers → JSON 404/405 → observe →
-//! routes. Observe sits directly on the router (see [`observe`] for why); rate-limited requests
-//! are observed (their 429s are counted and carry the request id) and still get the security
-//! and CORS headers.
+//! Order in the app (outermost first): CORS → security headers → JSON 404/405 → root span →
+//! observe → routes. Observe sits directly on the router; rate-limited requests are observed
+//! (their 429s are counted and carry the request id) and still get the security and CORS
+//! headers.
 
 mod buckets;
 mod observe;
