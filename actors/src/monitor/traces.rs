@@ -56,11 +56,6 @@ pub fn hex_trace_id(trace_id: u128) -> String {
     format!("{trace_id:032x}")
 }
 
-/// 16 lowercase hex digits.
-pub fn hex_span_id(span_id: u64) -> String {
-    format!("{span_id:016x}")
-}
-
 /// Lowercase hex digits only (the spec forbids upper case) into an integer.
 fn parse_hex(digits: &[u8]) -> Option<u128> {
     digits.iter().try_fold(0u128, |value, digit| {
