@@ -861,17 +861,7 @@ fn main() {
             write_hls(dir, clip);
         };
         let mut limits = vec!["rate_limit.enabled=true".to_string()];
-        for service in [
-            "gateway",
-            "upload",
-            "streaming",
-            "metadata",
-            "cache",
-            "auth",
-            "worker",
-            "transcoder",
-            "monitor",
-        ] {
+        for service in streamgate_actors::monitor::metric_names::SERVICES {
             limits.push(format!(
                 "rate_limit.services.{service}.capacity={}",
                 u32::MAX

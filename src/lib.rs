@@ -14,6 +14,7 @@ use streamgate_web::{
     middleware::{self as mw, rate_limit::RateLimits},
     send_budget::SendBudget,
 };
+use tracing_actix_web::TracingLogger;
 
 pub use config::Config;
 
@@ -49,8 +50,6 @@ impl Running {
 
 /// Starts the actors and the HTTP server on `listener`. Must run inside an actix system.
 pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError> {
-    // The request clock calibrates on its first reading; not in the first request.
-    streamgate_actors::monitor::clock::MonotonicNanos::calibrate();
     let actors = streamgate_actors::start(config.actors())?;
     let data = web::Data::new(actors.clone());
     let rate_limits = RateLimits::new(
@@ -76,6 +75,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
     )
     // Request spans are the middleware's: no monitoring, no request spans (jobs still).
     .exporting_spans(spans.filter(|_| config.monitor.http_middleware));
+    let request_spans = config.monitor.http_middleware;
     let http = config.http.clone();
     let connection_metrics = actors.metrics.clone();
     let address = listener.local_addr()?;
@@ -89,6 +89,11 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError>
             .app_data(send_budget.clone())
             // Innermost: it must wrap the router itself (see `Observe`).
             .wrap(observe.clone())
+            // The request's root span, around `Observe`, which reads the trace it started.
+            .wrap(Condition::new(
+                request_spans,
+                TracingLogger::<mw::RequestSpan>::new(),
+            ))
             .wrap(mw::json_errors())
             .wrap(mw::security_headers())
             .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))

@@ -197,7 +197,7 @@ pub struct RateLimitConfig {
 
 impl RateLimitConfig {
     pub fn validate(&self) -> Result<(), String> {
-        for service in crate::monitor::names::SERVICES {
+        for service in crate::monitor::metric_names::SERVICES {
             match self.services.get(service) {
                 None => return Err(format!("rate_limit.services.{service} is missing")),
                 Some(bucket) if bucket.capacity == 0 || bucket.refill_per_second == 0 => {
@@ -211,7 +211,7 @@ impl RateLimitConfig {
         if let Some(unknown) = self
             .services
             .keys()
-            .find(|name| !crate::monitor::names::SERVICES.contains(&name.as_str()))
+            .find(|name| !crate::monitor::metric_names::SERVICES.contains(&name.as_str()))
         {
             return Err(format!("rate_limit.services.{unknown}: no such service"));
         }
@@ -300,7 +300,7 @@ impl ActorsConfig {
                     rung.name
                 ));
             }
-            if !crate::names::is_safe_name(&rung.name) {
+            if !crate::blob_names::is_safe_name(&rung.name) {
                 return Err(format!(
                     "transcode.ladder rung {:?}: name must match [A-Za-z0-9_-]{{1,32}}",
                     rung.name

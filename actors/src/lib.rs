@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod blob_names;
 pub mod blobs;
 pub mod cache;
 pub mod config;
@@ -19,7 +20,8 @@ pub mod error;
 pub mod metadata;
 pub mod model;
 pub mod monitor;
-pub mod names;
+// The old path, for callers not yet moved to `blob_names`.
+pub use blob_names as names;
 pub mod search;
 pub mod sniff;
 pub mod store;
@@ -177,7 +179,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
     let keys = Keys::load_or_create(&config.auth.session_secret, &repo)?;
     let grants = PlaybackGrants::new(
         config.auth.playback_grant_entries,
-        CacheMetrics::of(&metrics, monitor::names::PLAYBACK_GRANTS_CACHE),
+        CacheMetrics::of(&metrics, monitor::metric_names::PLAYBACK_GRANTS_CACHE),
     );
     let playback = PlaybackGuard::new(
         keys.clone(),
@@ -229,7 +231,6 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
             min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
             ffmpeg_path: config.transcode.ffmpeg_path.clone(),
             actors: pinged,
-            audit: audit.clone(),
             config: config.monitor.clone(),
         };
         move |_| MonitorActor::new(deps)

@@ -1,5 +1,8 @@
 //! The JSON shapes clients see. Model types are never serialised straight to clients.
 
+pub mod audit;
+pub mod monitor;
+
 use serde::{Deserialize, Serialize};
 use streamgate_actors::model::{Job, Media, Rendition};
 use time::OffsetDateTime;

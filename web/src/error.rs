@@ -151,6 +151,7 @@ from_domain!(
     streamgate_actors::transcode::TranscodeError,
     streamgate_actors::auth::AuthError,
     streamgate_actors::monitor::MonitorError,
+    streamgate_actors::store::StoreError,
 );
 
 impl From<actix::MailboxError> for ApiError {

@@ -176,7 +176,7 @@ impl Caches {
             tokenised: Arc::new(TtlLru::new(
                 config.tokenised_entries,
                 secs(config.tokenised_ttl_s),
-                metrics(crate::monitor::names::TOKENISED_PLAYLISTS_CACHE),
+                metrics(crate::monitor::metric_names::TOKENISED_PLAYLISTS_CACHE),
             )),
             metadata: Arc::new(TtlLru::new(
                 config.metadata_entries,
@@ -264,7 +264,7 @@ impl Caches {
             ("gateway", self.gateway.stats()),
             ("streaming", self.streaming.stats()),
             (
-                crate::monitor::names::TOKENISED_PLAYLISTS_CACHE,
+                crate::monitor::metric_names::TOKENISED_PLAYLISTS_CACHE,
                 self.tokenised.stats(),
             ),
             ("metadata", self.metadata.stats()),

@@ -38,6 +38,19 @@ impl Signal {
         Signal::ActorsDown,
         Signal::RateLimitedPerSecond,
     ];
+
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HttpErrorRate => "http_error_rate",
+            Self::HttpClientErrorRate => "http_client_error_rate",
+            Self::HttpLatencyMaxSeconds => "http_latency_max_seconds",
+            Self::MemoryUsageRatio => "memory_usage_ratio",
+            Self::CpuUsageRatio => "cpu_usage_ratio",
+            Self::ActorsDown => "actors_down",
+            Self::RateLimitedPerSecond => "rate_limited_per_second",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -51,6 +64,17 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gt => "gt",
+            Self::Lt => "lt",
+            Self::Eq => "eq",
+            Self::Gte => "gte",
+            Self::Lte => "lte",
+        }
+    }
+
     pub fn holds(self, value: f64, threshold: f64) -> bool {
         match self {
             Self::Gt => value > threshold,
@@ -101,6 +125,17 @@ pub enum AlertState {
     Pending,
     Firing,
     Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inactive => "inactive",
+            Self::Pending => "pending",
+            Self::Firing => "firing",
+            Self::Resolved => "resolved",
+        }
+    }
 }
 
 /// A state change, kept in the history and handed to the handlers.
@@ -321,6 +356,28 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// The names the alerts endpoint shows are the names the config is written in.
+    #[test]
+    fn names_match_the_config_spelling() {
+        fn check<T: Serialize + Copy>(values: &[T], name: fn(T) -> &'static str) {
+            for value in values {
+                let written = serde_json::to_value(value).unwrap();
+                assert_eq!(written.as_str(), Some(name(*value)));
+            }
+        }
+        check(&Signal::ALL, Signal::as_str);
+        let conditions = [Condition::Gt, Condition::Lt, Condition::Eq, Condition::Gte];
+        check(&conditions, Condition::as_str);
+        check(&[Condition::Lte], Condition::as_str);
+        let states = [
+            AlertState::Inactive,
+            AlertState::Pending,
+            AlertState::Firing,
+        ];
+        check(&states, AlertState::as_str);
+        check(&[AlertState::Resolved], AlertState::as_str);
+    }
 
     fn rule(for_s: f64) -> AlertRule {
         AlertRule {

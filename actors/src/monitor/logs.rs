@@ -10,7 +10,6 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use serde::Serialize;
 use time::OffsetDateTime;
 use tracing::{
     field::{Field, Visit},
@@ -25,9 +24,8 @@ use tracing_subscriber::{
 
 use super::traces::{self, hex_trace_id, RequestScope};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct LogRecord {
-    #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     pub level: &'static str,
     pub target: String,

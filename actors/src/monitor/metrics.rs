@@ -1,9 +1,8 @@
 //! The metrics registry. The monitor actor owns it; hot paths hold cheap clones of individual
-//! metrics and bump them directly, as atomics. Each HTTP worker counts its requests through an
-//! [`HttpRecorder`] into copies of its own (see [`super::owned`]).
+//! metrics and bump them directly, as atomics.
 
 use std::sync::{
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicU64, Ordering},
     Arc, OnceLock,
 };
 
@@ -13,26 +12,22 @@ use prometheus::{
 };
 
 use super::{
-    family::{CounterFamily, HistogramFamily, OwnedCounter, OwnedHistogram},
-    names,
+    metric_names,
     otlp::{FinishedSpan, SpanExporter},
-    owned::{self, Copies, Owned},
-    traces::{RequestRecord, TraceLabels, TraceRecorder, TraceStats},
+    traces::{RequestRecord, TraceStats},
 };
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Our own families (not in `registry`): one series per route, method and status, so
-    /// the fast renderer in [`super::family`] writes them.
-    pub http_requests: CounterFamily<4>,
-    pub http_duration: HistogramFamily<3>,
+    /// By service, route pattern, method and status.
+    pub http_requests: IntCounterVec,
+    /// By service, route pattern and method.
+    pub http_duration: HistogramVec,
     pub http_duration_max: Gauge,
-    /// Set from `in_flight` when rendered.
-    http_in_flight: IntGauge,
-    /// Each HTTP worker's requests in flight (decrements wrap).
-    in_flight: Arc<Copies<AtomicU64>>,
-    pub http_response_bytes: CounterFamily<1>,
+    pub http_in_flight: IntGauge,
+    /// By service.
+    pub http_response_bytes: IntCounterVec,
     pub http_connections_active: IntGauge,
     pub http_connections: IntCounter,
     pub rate_limited: IntCounterVec,
@@ -91,35 +86,18 @@ pub struct Metrics {
     pub traces: TraceStats,
     /// Longest request (µs, uploads excluded) since the monitor last sampled it.
     window_max_micros: Arc<AtomicU64>,
-    /// Size of the last render plus slack.
-    render_capacity: Arc<AtomicUsize>,
 }
-
-/// One HTTP worker's writing ends of the request metrics: its requests in flight and its
-/// trace-stats shard. Not `Sync`: the worker's thread alone records through it.
-pub struct HttpRecorder {
-    metrics: Metrics,
-    in_flight: Owned<AtomicU64>,
-    traces: TraceRecorder,
-}
-
-/// The worker's own copies of the series one kind of request (service, route, method,
-/// status) counts into, resolved once (see [`HttpRecorder::series`]).
-pub struct HttpSeries {
-    requests: OwnedCounter,
-    duration: OwnedHistogram,
-    response_bytes: OwnedCounter,
-    trace_labels: TraceLabels,
-    /// An upload lasts as long as the client takes to send it: not a latency signal.
-    latency_signal: bool,
-}
-
-/// Appends one of our own families to the exposition text.
-type RenderFamily<'m> = dyn Fn(&mut String) + 'm;
 
 const HTTP_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Registers each listed metric (a clone: the registry and `Metrics` share the values).
+macro_rules! register {
+    ($registry:ident: $($metric:ident),+ $(,)?) => {
+        $($registry.register(Box::new($metric.clone()))?;)+
+    };
+}
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
     IntCounterVec::new(Opts::new(name, help), labels)
@@ -132,90 +110,98 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntG
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let http_requests = CounterFamily::new(
-            names::HTTP_REQUESTS_TOTAL,
+        let http_requests = counter_vec(
+            metric_names::HTTP_REQUESTS_TOTAL,
             "HTTP requests answered, by service, route pattern, method and status.",
-            ["service", "route", "method", "status"],
-        );
-        let http_duration = HistogramFamily::new(
-            names::HTTP_REQUEST_DURATION_SECONDS,
-            "Time to answer an HTTP request, by service, route pattern and method.",
-            ["service", "route", "method"],
-            &HTTP_BUCKETS,
-        );
+            &["service", "route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                metric_names::HTTP_REQUEST_DURATION_SECONDS,
+                "Time to answer an HTTP request, by service, route pattern and method.",
+            )
+            .buckets(HTTP_BUCKETS.to_vec()),
+            &["service", "route", "method"],
+        )?;
         let http_duration_max = Gauge::new(
-            names::HTTP_REQUEST_DURATION_MAX_SECONDS,
+            metric_names::HTTP_REQUEST_DURATION_MAX_SECONDS,
             "Longest HTTP request (uploads excluded) completed in the last monitor sample window.",
         )?;
         let http_in_flight = IntGauge::new(
-            names::HTTP_REQUESTS_IN_FLIGHT,
+            metric_names::HTTP_REQUESTS_IN_FLIGHT,
             "HTTP requests being answered right now.",
         )?;
-        let http_response_bytes = CounterFamily::new(
-            names::HTTP_RESPONSE_BYTES_TOTAL,
+        let http_response_bytes = counter_vec(
+            metric_names::HTTP_RESPONSE_BYTES_TOTAL,
             "Bytes of response bodies of known size sent, by service.",
-            ["service"],
-        );
+            &["service"],
+        )?;
         let http_connections_active = IntGauge::new(
-            names::HTTP_CONNECTIONS_ACTIVE,
+            metric_names::HTTP_CONNECTIONS_ACTIVE,
             "Open client TCP connections.",
         )?;
         let http_connections = IntCounter::new(
-            names::HTTP_CONNECTIONS_TOTAL,
+            metric_names::HTTP_CONNECTIONS_TOTAL,
             "Client TCP connections accepted.",
         )?;
         let rate_limited = counter_vec(
-            names::RATE_LIMITED_TOTAL,
+            metric_names::RATE_LIMITED_TOTAL,
             "Requests refused with 429 by the per-client rate limits, by service.",
             &["service"],
         )?;
         let rate_limit_tracked_clients = IntGauge::new(
-            names::RATE_LIMIT_TRACKED_CLIENTS,
+            metric_names::RATE_LIMIT_TRACKED_CLIENTS,
             "Client buckets the rate limiters hold, over every service.",
         )?;
         let rate_limit_evictions = counter_vec(
-            names::RATE_LIMIT_EVICTIONS_TOTAL,
+            metric_names::RATE_LIMIT_EVICTIONS_TOTAL,
             "Client buckets dropped (least recently seen first) because a service's table was at rate_limit.max_tracked_clients, by service.",
             &["service"],
         )?;
         let actor_up = gauge_vec(
-            names::ACTOR_UP,
+            metric_names::ACTOR_UP,
             "1 when the actor answered its last liveness ping, else 0.",
             &["actor"],
         )?;
         let actor_restarts = counter_vec(
-            names::ACTOR_RESTARTS_TOTAL,
+            metric_names::ACTOR_RESTARTS_TOTAL,
             "Times the supervisor restarted an actor after a panic or stop.",
             &["actor"],
         )?;
         let actor_ping = GaugeVec::new(
             Opts::new(
-                names::ACTOR_PING_SECONDS,
+                metric_names::ACTOR_PING_SECONDS,
                 "Round trip of the last liveness ping; it queues behind the mailbox, so it grows with backlog.",
             ),
             &["actor"],
         )?;
         let actor_heartbeat = GaugeVec::new(
             Opts::new(
-                names::ACTOR_LAST_HEARTBEAT_SECONDS,
+                metric_names::ACTOR_LAST_HEARTBEAT_SECONDS,
                 "Unix time the actor last answered a liveness ping.",
             ),
             &["actor"],
         )?;
-        let uploads = counter_vec(names::UPLOADS_TOTAL, "Uploads by outcome.", &["outcome"])?;
-        let upload_bytes =
-            IntCounter::new(names::UPLOAD_BYTES_TOTAL, "Bytes of uploaded files stored.")?;
+        let uploads = counter_vec(
+            metric_names::UPLOADS_TOTAL,
+            "Uploads by outcome.",
+            &["outcome"],
+        )?;
+        let upload_bytes = IntCounter::new(
+            metric_names::UPLOAD_BYTES_TOTAL,
+            "Bytes of uploaded files stored.",
+        )?;
         let upload_received_bytes = IntCounter::new(
-            names::UPLOAD_RECEIVED_BYTES_TOTAL,
+            metric_names::UPLOAD_RECEIVED_BYTES_TOTAL,
             "Bytes received in resumable-upload PATCHes and made durable.",
         )?;
         let upload_checksum_failures = IntCounter::new(
-            names::UPLOAD_CHECKSUM_FAILURES_TOTAL,
+            metric_names::UPLOAD_CHECKSUM_FAILURES_TOTAL,
             "Resumable-upload chunks discarded because they did not match Upload-Checksum.",
         )?;
         let upload_duration = Histogram::with_opts(
             HistogramOpts::new(
-                names::UPLOAD_DURATION_SECONDS,
+                metric_names::UPLOAD_DURATION_SECONDS,
                 "Time from creating a resumable upload to finishing it.",
             )
             .buckets(vec![
@@ -223,13 +209,13 @@ impl Metrics {
             ]),
         )?;
         let transcode_jobs = counter_vec(
-            names::TRANSCODE_JOBS_TOTAL,
+            metric_names::TRANSCODE_JOBS_TOTAL,
             "Transcode jobs ended, by outcome.",
             &["outcome"],
         )?;
         let job_duration = HistogramVec::new(
             HistogramOpts::new(
-                names::JOB_DURATION_SECONDS,
+                metric_names::JOB_DURATION_SECONDS,
                 "Wall time of one job run, by kind and outcome (succeeded, failed, retrying, cancelled, interrupted).",
             )
             .buckets(vec![
@@ -239,14 +225,14 @@ impl Metrics {
         )?;
         let ffmpeg_failures = IntCounterVec::new(
             Opts::new(
-                names::FFMPEG_FAILURES_TOTAL,
+                metric_names::FFMPEG_FAILURES_TOTAL,
                 "ffmpeg or ffprobe runs that failed, by reason (undecodable input or a failed run).",
             ),
             &["reason"],
         )?;
         let transcode_speed = prometheus::Histogram::with_opts(
             HistogramOpts::new(
-                names::TRANSCODE_SPEED_RATIO,
+                metric_names::TRANSCODE_SPEED_RATIO,
                 "Encode speed of finished transcodes: media seconds per wall second (× realtime).",
             )
             .buckets(vec![
@@ -254,34 +240,34 @@ impl Metrics {
             ]),
         )?;
         let jobs = gauge_vec(
-            names::JOBS,
+            metric_names::JOBS,
             "Jobs by state, as the queue sees them.",
             &["state"],
         )?;
         let auth_logins = IntCounterVec::new(
             Opts::new(
-                names::AUTH_LOGINS_TOTAL,
+                metric_names::AUTH_LOGINS_TOTAL,
                 "SIWE login attempts, by outcome (ok or the refusal's code).",
             ),
             &["outcome"],
         )?;
         let auth_session_events = IntCounterVec::new(
             Opts::new(
-                names::AUTH_SESSION_EVENTS_TOTAL,
+                metric_names::AUTH_SESSION_EVENTS_TOTAL,
                 "Session refreshes and logouts.",
             ),
             &["event"],
         )?;
         let nft_checks = IntCounterVec::new(
             Opts::new(
-                names::NFT_CHECKS_TOTAL,
+                metric_names::NFT_CHECKS_TOTAL,
                 "Token ownership checks, by source (cache|rpc) and outcome (ok|error).",
             ),
             &["source", "outcome"],
         )?;
         let nft_rpc_duration = HistogramVec::new(
             HistogramOpts::new(
-                names::NFT_RPC_DURATION_SECONDS,
+                metric_names::NFT_RPC_DURATION_SECONDS,
                 "Latency of one eth_call for an ownership check, by method.",
             )
             .buckets(vec![
@@ -290,153 +276,134 @@ impl Metrics {
             &["method"],
         )?;
         let gate_changes = IntCounterVec::new(
-            Opts::new(names::GATE_CHANGES_TOTAL, "Media gates set or cleared."),
+            Opts::new(
+                metric_names::GATE_CHANGES_TOTAL,
+                "Media gates set or cleared.",
+            ),
             &["change"],
         )?;
         let playback_refused = IntCounterVec::new(
             Opts::new(
-                names::PLAYBACK_REFUSED_TOTAL,
+                metric_names::PLAYBACK_REFUSED_TOTAL,
                 "Requests for gated playlists or segments refused, by reason.",
             ),
             &["reason"],
         )?;
         let audit_refusals = counter_vec(
-            names::AUDIT_REFUSALS_TOTAL,
+            metric_names::AUDIT_REFUSALS_TOTAL,
             "Refused auth events offered to the audit log, by action and result (written, suppressed within the interval, dropped on a full queue).",
             &["action", "result"],
         )?;
         let audit_pruned = IntCounter::new(
-            names::AUDIT_PRUNED_TOTAL,
+            metric_names::AUDIT_PRUNED_TOTAL,
             "Audit entries removed by retention (age or count).",
         )?;
         let cache_requests = counter_vec(
-            names::CACHE_REQUESTS_TOTAL,
+            metric_names::CACHE_REQUESTS_TOTAL,
             "Cache lookups by cache and result (hit or miss).",
             &["cache", "result"],
         )?;
         let cache_evictions = counter_vec(
-            names::CACHE_EVICTIONS_TOTAL,
+            metric_names::CACHE_EVICTIONS_TOTAL,
             "Entries evicted (LRU or TTL) by cache.",
             &["cache"],
         )?;
-        let cache_entries = gauge_vec(names::CACHE_ENTRIES, "Entries held by cache.", &["cache"])?;
+        let cache_entries = gauge_vec(
+            metric_names::CACHE_ENTRIES,
+            "Entries held by cache.",
+            &["cache"],
+        )?;
         let process_cpu_seconds = Counter::new(
-            names::PROCESS_CPU_SECONDS_TOTAL,
+            metric_names::PROCESS_CPU_SECONDS_TOTAL,
             "User and system CPU time the process used.",
         )?;
         let process_resident_memory = IntGauge::new(
-            names::PROCESS_RESIDENT_MEMORY_BYTES,
+            metric_names::PROCESS_RESIDENT_MEMORY_BYTES,
             "Resident memory of the process.",
         )?;
         let process_virtual_memory = IntGauge::new(
-            names::PROCESS_VIRTUAL_MEMORY_BYTES,
+            metric_names::PROCESS_VIRTUAL_MEMORY_BYTES,
             "Virtual memory size of the process.",
         )?;
         let process_start_time = Gauge::new(
-            names::PROCESS_START_TIME_SECONDS,
+            metric_names::PROCESS_START_TIME_SECONDS,
             "Unix time the process started.",
         )?;
         let process_open_fds = IntGauge::new(
-            names::PROCESS_OPEN_FDS,
+            metric_names::PROCESS_OPEN_FDS,
             "File descriptors the process holds.",
         )?;
-        let host_memory =
-            IntGauge::new(names::HOST_MEMORY_BYTES, "Memory of the host (MemTotal).")?;
-        let host_cpu_cores =
-            IntGauge::new(names::HOST_CPU_CORES, "CPU cores available to the process.")?;
+        let host_memory = IntGauge::new(
+            metric_names::HOST_MEMORY_BYTES,
+            "Memory of the host (MemTotal).",
+        )?;
+        let host_cpu_cores = IntGauge::new(
+            metric_names::HOST_CPU_CORES,
+            "CPU cores available to the process.",
+        )?;
         let alerts_firing = gauge_vec(
-            names::ALERTS_FIRING,
+            metric_names::ALERTS_FIRING,
             "1 while the built-in alert rule is firing, else 0.",
             &["alertname", "severity"],
         )?;
         let alert_transitions = counter_vec(
-            names::ALERT_TRANSITIONS_TOTAL,
+            metric_names::ALERT_TRANSITIONS_TOTAL,
             "Alert state changes by rule and new state (pending, firing, resolved).",
             &["alertname", "state"],
         )?;
         let otlp_spans_exported = IntCounter::new(
-            names::OTLP_SPANS_EXPORTED_TOTAL,
+            metric_names::OTLP_SPANS_EXPORTED_TOTAL,
             "Spans the OTLP collector accepted.",
         )?;
         let otlp_spans_dropped = IntCounter::new(
-            names::OTLP_SPANS_DROPPED_TOTAL,
+            metric_names::OTLP_SPANS_DROPPED_TOTAL,
             "Spans dropped because the OTLP export queue was full.",
         )?;
         let otlp_spans_failed = IntCounter::new(
-            names::OTLP_SPANS_FAILED_TOTAL,
+            metric_names::OTLP_SPANS_FAILED_TOTAL,
             "Spans lost because their OTLP export POST failed.",
         )?;
 
-        registry.register(Box::new(otlp_spans_exported.clone()))?;
-        registry.register(Box::new(otlp_spans_dropped.clone()))?;
-        registry.register(Box::new(otlp_spans_failed.clone()))?;
-        registry.register(Box::new(http_duration_max.clone()))?;
-        registry.register(Box::new(http_in_flight.clone()))?;
-        registry.register(Box::new(http_connections_active.clone()))?;
-        registry.register(Box::new(http_connections.clone()))?;
-        registry.register(Box::new(rate_limited.clone()))?;
-        registry.register(Box::new(rate_limit_tracked_clients.clone()))?;
-        registry.register(Box::new(rate_limit_evictions.clone()))?;
-        registry.register(Box::new(actor_up.clone()))?;
-        registry.register(Box::new(actor_restarts.clone()))?;
-        registry.register(Box::new(actor_ping.clone()))?;
-        registry.register(Box::new(actor_heartbeat.clone()))?;
-        registry.register(Box::new(uploads.clone()))?;
-        registry.register(Box::new(upload_bytes.clone()))?;
-        registry.register(Box::new(upload_received_bytes.clone()))?;
-        registry.register(Box::new(upload_checksum_failures.clone()))?;
-        registry.register(Box::new(upload_duration.clone()))?;
-        registry.register(Box::new(transcode_jobs.clone()))?;
-        registry.register(Box::new(job_duration.clone()))?;
-        registry.register(Box::new(ffmpeg_failures.clone()))?;
-        registry.register(Box::new(transcode_speed.clone()))?;
-        registry.register(Box::new(jobs.clone()))?;
-        registry.register(Box::new(auth_logins.clone()))?;
-        registry.register(Box::new(auth_session_events.clone()))?;
-        registry.register(Box::new(nft_checks.clone()))?;
-        registry.register(Box::new(nft_rpc_duration.clone()))?;
-        registry.register(Box::new(gate_changes.clone()))?;
-        registry.register(Box::new(playback_refused.clone()))?;
-        registry.register(Box::new(audit_refusals.clone()))?;
-        registry.register(Box::new(audit_pruned.clone()))?;
-        registry.register(Box::new(cache_requests.clone()))?;
-        registry.register(Box::new(cache_evictions.clone()))?;
-        registry.register(Box::new(cache_entries.clone()))?;
-        registry.register(Box::new(process_cpu_seconds.clone()))?;
-        registry.register(Box::new(process_resident_memory.clone()))?;
-        registry.register(Box::new(process_virtual_memory.clone()))?;
-        registry.register(Box::new(process_start_time.clone()))?;
-        registry.register(Box::new(process_open_fds.clone()))?;
-        registry.register(Box::new(host_memory.clone()))?;
-        registry.register(Box::new(host_cpu_cores.clone()))?;
-        registry.register(Box::new(alerts_firing.clone()))?;
-        registry.register(Box::new(alert_transitions.clone()))?;
+        // Braces: rustfmt leaves the list as written.
+        register! {registry:
+            otlp_spans_exported, otlp_spans_dropped, otlp_spans_failed, http_requests,
+            http_duration, http_response_bytes, http_duration_max, http_in_flight,
+            http_connections_active, http_connections, rate_limited, rate_limit_tracked_clients,
+            rate_limit_evictions, actor_up, actor_restarts, actor_ping, actor_heartbeat, uploads,
+            upload_bytes, upload_received_bytes, upload_checksum_failures, upload_duration,
+            transcode_jobs, job_duration, ffmpeg_failures, transcode_speed, jobs, auth_logins,
+            auth_session_events, nft_checks, nft_rpc_duration, gate_changes, playback_refused,
+            audit_refusals, audit_pruned, cache_requests, cache_evictions, cache_entries,
+            process_cpu_seconds, process_resident_memory, process_virtual_memory,
+            process_start_time, process_open_fds, host_memory, host_cpu_cores, alerts_firing,
+            alert_transitions,
+        }
 
         // Export every labelled series from the start, so dashboards and rate() have data
         // before the first event of each kind.
         for outcome in [
-            names::upload_outcome::FINISHED,
-            names::upload_outcome::REJECTED,
+            metric_names::upload_outcome::FINISHED,
+            metric_names::upload_outcome::REJECTED,
         ] {
             uploads.with_label_values(&[outcome]).inc_by(0);
         }
-        for outcome in names::TRANSCODE_OUTCOMES {
+        for outcome in metric_names::TRANSCODE_OUTCOMES {
             transcode_jobs.with_label_values(&[outcome]).inc_by(0);
         }
-        for state in names::JOB_STATES {
+        for state in metric_names::JOB_STATES {
             jobs.with_label_values(&[state]).add(0);
         }
-        for cache in names::CACHES {
+        for cache in metric_names::CACHES {
             for result in ["hit", "miss"] {
                 cache_requests.with_label_values(&[cache, result]).inc_by(0);
             }
             cache_evictions.with_label_values(&[cache]).inc_by(0);
             cache_entries.with_label_values(&[cache]).set(0);
         }
-        for service in names::SERVICES {
+        for service in metric_names::SERVICES {
             rate_limited.with_label_values(&[service]).inc_by(0);
             rate_limit_evictions.with_label_values(&[service]).inc_by(0);
-            http_response_bytes.inc_by(&[service], 0);
+            http_response_bytes.with_label_values(&[service]).inc_by(0);
         }
 
         Ok(Self {
@@ -445,7 +412,6 @@ impl Metrics {
             http_duration,
             http_duration_max,
             http_in_flight,
-            in_flight: Arc::default(),
             http_response_bytes,
             http_connections_active,
             http_connections,
@@ -492,22 +458,41 @@ impl Metrics {
             span_exporter: Arc::default(),
             traces: TraceStats::new(256),
             window_max_micros: Arc::new(AtomicU64::new(0)),
-            render_capacity: Arc::new(AtomicUsize::new(64 * 1024)),
         })
     }
 
-    /// The writing ends for one HTTP worker (see [`HttpRecorder`]).
-    pub fn http_recorder(&self) -> HttpRecorder {
-        HttpRecorder {
-            metrics: self.clone(),
-            in_flight: self.in_flight.add(AtomicU64::new(0)),
-            traces: self.traces.recorder(),
-        }
+    /// A request started: one more in flight.
+    pub fn request_started(&self) {
+        self.http_in_flight.inc();
     }
 
-    /// HTTP requests being answered right now, over all workers.
-    pub fn http_requests_in_flight(&self) -> i64 {
-        self.in_flight.sum(|copy| copy.load(Ordering::Relaxed)) as i64
+    /// A request dropped unanswered (the client went away).
+    pub fn request_dropped(&self) {
+        self.http_in_flight.dec();
+    }
+
+    /// Counts an answered request everywhere it belongs: the Prometheus families, the trace
+    /// stats and the latency window the alert rules read.
+    pub fn request_answered(&self, request: &RequestRecord<'_>) {
+        self.http_in_flight.dec();
+        let status = request.status.to_string();
+        self.http_requests
+            .with_label_values(&[request.service, request.route, request.method, &status])
+            .inc();
+        self.http_duration
+            .with_label_values(&[request.service, request.route, request.method])
+            .observe(request.duration.as_secs_f64());
+        if let Some(bytes) = request.response_bytes {
+            self.http_response_bytes
+                .with_label_values(&[request.service])
+                .inc_by(bytes);
+        }
+        // An upload lasts as long as the client takes to send it: not a latency signal.
+        if request.service != "upload" {
+            let micros = u64::try_from(request.duration.as_micros()).unwrap_or(u64::MAX);
+            self.window_max_micros.fetch_max(micros, Ordering::Relaxed);
+        }
+        self.traces.record(request);
     }
 
     /// Makes [`Self::export_span`] send to `exporter` (a second call is ignored).
@@ -527,98 +512,8 @@ impl Metrics {
         self.window_max_micros.swap(0, Ordering::Relaxed) as f64 / 1e6
     }
 
-    /// The Prometheus text exposition format, version 0.0.4: every family sorted by name,
-    /// as `Registry::gather` orders them, ours merged in at their place.
+    /// The Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        let encoder = TextEncoder::new();
-        let mut out = String::with_capacity(self.render_capacity.load(Ordering::Relaxed));
-        self.http_in_flight.set(self.http_requests_in_flight());
-        let duration = |out: &mut String| self.http_duration.render_into(out);
-        let requests = |out: &mut String| self.http_requests.render_into(out);
-        let response_bytes = |out: &mut String| self.http_response_bytes.render_into(out);
-        let mut ours: [(&str, &RenderFamily); 3] = [
-            (self.http_duration.name(), &duration),
-            (self.http_requests.name(), &requests),
-            (self.http_response_bytes.name(), &response_bytes),
-        ];
-        ours.sort_by_key(|(name, _)| *name);
-        let mut ours = ours.into_iter().peekable();
-        for family in self.registry.gather() {
-            while let Some((_, render)) = ours.next_if(|(name, _)| *name < family.name()) {
-                render(&mut out);
-            }
-            encoder.encode_utf8(std::slice::from_ref(&family), &mut out)?;
-        }
-        for (_, render) in ours {
-            render(&mut out);
-        }
-        // The next render starts with room for this one: no regrowth while writing.
-        self.render_capacity
-            .store(out.len() + out.len() / 8, Ordering::Relaxed);
-        Ok(out)
-    }
-}
-
-impl HttpRecorder {
-    pub fn request_started(&self) {
-        owned::add(self.in_flight.get(), 1);
-    }
-
-    /// A request dropped unanswered (the client went away).
-    pub fn request_dropped(&self) {
-        self.leave_in_flight();
-    }
-
-    /// One request fewer in flight: decrements wrap, readers sum the copies wrapping.
-    fn leave_in_flight(&self) {
-        owned::add(self.in_flight.get(), u64::MAX);
-    }
-
-    /// This worker's copies of the series for one kind of request.
-    pub fn series(
-        &self,
-        service: &'static str,
-        route: &'static str,
-        method: &'static str,
-        status: u16,
-    ) -> HttpSeries {
-        let metrics = &self.metrics;
-        HttpSeries {
-            requests: metrics.http_requests.owned(&[
-                service,
-                route,
-                method,
-                super::traces::status_label(status),
-            ]),
-            duration: metrics.http_duration.owned(&[service, route, method]),
-            response_bytes: metrics.http_response_bytes.owned(&[service]),
-            trace_labels: TraceLabels::new(service, route, method, status),
-            latency_signal: service != "upload",
-        }
-    }
-
-    /// Counts an answered request (resolved to `series`) everywhere it belongs: the
-    /// Prometheus families, the trace stats and the latency window the alert rules read.
-    pub fn request_answered(&self, series: &HttpSeries, request: &RequestRecord) {
-        self.leave_in_flight();
-        series.requests.inc_by(1);
-        series.duration.observe_nanos(request.duration_nanos);
-        if let Some(bytes) = request.response_bytes {
-            series.response_bytes.inc_by(bytes);
-        }
-        if series.latency_signal {
-            let micros = request.duration_nanos / 1000;
-            // Most requests are not the window's longest: a load, not a locked update.
-            let window_max = &self.metrics.window_max_micros;
-            if micros > window_max.load(Ordering::Relaxed) {
-                window_max.fetch_max(micros, Ordering::Relaxed);
-            }
-        }
-        self.traces.record(
-            series.trace_labels,
-            request.duration_nanos,
-            request.finished,
-            request.trace_id,
-        );
+        TextEncoder::new().encode_to_string(&self.registry.gather())
     }
 }

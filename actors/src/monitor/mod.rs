@@ -4,12 +4,10 @@
 
 pub mod alerts;
 pub mod clock;
-pub mod family;
 pub mod logs;
+pub mod metric_names;
 pub mod metrics;
-pub mod names;
 pub mod otlp;
-pub mod owned;
 pub mod process;
 pub mod trace_stats;
 pub mod traces;
@@ -21,13 +19,11 @@ use std::{
 };
 
 use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture,
-    ResponseFuture, Supervised, WrapFuture,
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
+    ResponseActFuture, Supervised, WrapFuture,
 };
-pub use metrics::{HttpRecorder, HttpSeries, Metrics};
-use serde::Serialize;
+pub use metrics::Metrics;
 use time::OffsetDateTime;
-pub(crate) use traces::traced_handlers;
 
 use self::{
     alerts::{AlertEngine, AlertEvent, AlertLevel, AlertState, RuleStatus, Signal, Signals},
@@ -36,13 +32,10 @@ use self::{
 };
 
 use crate::{
-    audit::AuditLog,
     blobs::{BlobError, BlobStore},
     config::MonitorConfig,
     error::{DomainError, ErrorKind},
-    model::AuditEntry,
     store::{blocking, SharedRepo},
-    store::{AuditFilter, StoreError},
     supervise::{supervised_basics, Ping},
 };
 
@@ -50,21 +43,17 @@ use crate::{
 pub enum MonitorError {
     #[error("could not render metrics: {0}")]
     Render(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 impl DomainError for MonitorError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::Render(_) => ErrorKind::Internal,
-            Self::Store(_) => ErrorKind::Unavailable,
         }
     }
     fn code(&self) -> &'static str {
         match self {
             Self::Render(_) => "metrics_unavailable",
-            Self::Store(_) => "store_unavailable",
         }
     }
 }
@@ -76,13 +65,6 @@ impl DomainError for MonitorError {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<String, MonitorError>")]
 pub struct RenderMetrics;
-
-/// Reads the audit log.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<AuditEntry>, MonitorError>")]
-pub struct ListAudit {
-    pub filter: AuditFilter,
-}
 
 /// The JSON summary of `/api/v1/monitor/metrics`.
 #[derive(Debug, Message)]
@@ -165,7 +147,7 @@ impl HealthReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ActorStatus {
     pub name: &'static str,
     pub alive: bool,
@@ -173,18 +155,17 @@ pub struct ActorStatus {
     /// Round trip of the ping. It waits behind every queued message, so it is the honest
     /// measure of mailbox backlog: actix does not expose a mailbox's length.
     pub ping_ms: Option<f64>,
-    #[serde(with = "time::serde::rfc3339::option")]
     pub last_heartbeat: Option<OffsetDateTime>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct AlertsReport {
     pub firing: Vec<RuleStatus>,
     pub rules: Vec<RuleStatus>,
     pub recent: Vec<AlertEvent>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct MonitorSummary {
     pub uptime_s: f64,
     pub requests_total: u64,
@@ -251,7 +232,6 @@ pub struct MonitorDeps {
     pub min_free_disk_bytes: u64,
     pub ffmpeg_path: String,
     pub actors: Vec<(&'static str, Recipient<Ping>)>,
-    pub audit: AuditLog,
     pub config: MonitorConfig,
 }
 
@@ -430,7 +410,7 @@ impl MonitorActor {
         self.last.window_latency_max_s = latency_max;
 
         let (requests, errors) = metrics.traces.totals();
-        let rate_limited = names::SERVICES
+        let rate_limited = metric_names::SERVICES
             .iter()
             .map(|service| metrics.rate_limited.with_label_values(&[service]).get())
             .sum();
@@ -481,7 +461,7 @@ impl MonitorActor {
         let metrics = &self.deps.metrics;
         metrics
             .alert_transitions
-            .with_label_values(&[event.rule.as_str(), state_name(event.state)])
+            .with_label_values(&[event.rule.as_str(), event.state.as_str()])
             .inc();
         metrics
             .alerts_firing
@@ -489,7 +469,7 @@ impl MonitorActor {
             .set(i64::from(event.state == AlertState::Firing));
         let (rule, state, value, threshold) = (
             event.rule.as_str(),
-            state_name(event.state),
+            event.state.as_str(),
             event.value,
             event.threshold,
         );
@@ -562,7 +542,7 @@ impl MonitorActor {
             requests_total: traces.count,
             requests_5xx: traces.errors,
             requests_4xx: metrics.traces.client_errors(),
-            requests_in_flight: metrics.http_requests_in_flight(),
+            requests_in_flight: metrics.http_in_flight.get(),
             connections_active: metrics.http_connections_active.get(),
             window_s: self.deps.config.alert_window_s,
             window_error_rate: self.last.window_error_rate,
@@ -575,14 +555,14 @@ impl MonitorActor {
             resident_memory_bytes: self.last.resident_bytes,
             memory_usage_ratio: self.last.memory_usage_ratio,
             open_fds: self.last.open_fds,
-            uploads_finished: upload(names::upload_outcome::FINISHED),
-            uploads_rejected: upload(names::upload_outcome::REJECTED),
+            uploads_finished: upload(metric_names::upload_outcome::FINISHED),
+            uploads_rejected: upload(metric_names::upload_outcome::REJECTED),
             upload_bytes: metrics.upload_bytes.get(),
             transcodes_succeeded: transcodes("succeeded"),
             transcodes_failed: transcodes("failed"),
             jobs_queued: jobs("queued"),
             jobs_running: jobs("running"),
-            rate_limited_total: names::SERVICES
+            rate_limited_total: metric_names::SERVICES
                 .iter()
                 .map(|service| metrics.rate_limited.with_label_values(&[service]).get())
                 .sum(),
@@ -592,15 +572,6 @@ impl MonitorActor {
                 .count(),
             actors: self.actors.clone(),
         }
-    }
-}
-
-fn state_name(state: AlertState) -> &'static str {
-    match state {
-        AlertState::Inactive => "inactive",
-        AlertState::Pending => "pending",
-        AlertState::Firing => "firing",
-        AlertState::Resolved => "resolved",
     }
 }
 
@@ -624,24 +595,21 @@ impl Supervised for MonitorActor {
 }
 
 supervised_basics!(MonitorActor);
-traced_handlers!(MonitorActor: GetMonitorSummary, ListAlerts, ListLogs, GetTraceStats, CheckActors);
 
 impl Handler<GetMonitorSummary> for MonitorActor {
-    // A boxed ready future, so the `Traced` envelope can reuse this handler.
-    type Result = ResponseFuture<MonitorSummary>;
+    type Result = MessageResult<GetMonitorSummary>;
 
     fn handle(&mut self, _: GetMonitorSummary, _: &mut Self::Context) -> Self::Result {
-        Box::pin(std::future::ready(self.summary()))
+        MessageResult(self.summary())
     }
 }
 
 impl Handler<ListAlerts> for MonitorActor {
-    // A boxed ready future, so the `Traced` envelope can reuse this handler.
-    type Result = ResponseFuture<AlertsReport>;
+    type Result = MessageResult<ListAlerts>;
 
     fn handle(&mut self, msg: ListAlerts, _: &mut Self::Context) -> Self::Result {
         let rules = self.engine.rules();
-        Box::pin(std::future::ready(AlertsReport {
+        MessageResult(AlertsReport {
             firing: rules
                 .iter()
                 .filter(|r| r.state == AlertState::Firing)
@@ -649,29 +617,23 @@ impl Handler<ListAlerts> for MonitorActor {
                 .collect(),
             rules,
             recent: self.engine.history(msg.limit.clamp(1, 1000)),
-        }))
+        })
     }
 }
 
 impl Handler<ListLogs> for MonitorActor {
-    // A boxed ready future, so the `Traced` envelope can reuse this handler.
-    type Result = ResponseFuture<Vec<LogRecord>>;
+    type Result = MessageResult<ListLogs>;
 
     fn handle(&mut self, msg: ListLogs, _: &mut Self::Context) -> Self::Result {
-        Box::pin(std::future::ready(
-            self.logs.recent(msg.min_level, msg.limit.clamp(1, 1000)),
-        ))
+        MessageResult(self.logs.recent(msg.min_level, msg.limit.clamp(1, 1000)))
     }
 }
 
 impl Handler<GetTraceStats> for MonitorActor {
-    // A boxed ready future, so the `Traced` envelope can reuse this handler.
-    type Result = ResponseFuture<TraceReport>;
+    type Result = MessageResult<GetTraceStats>;
 
     fn handle(&mut self, msg: GetTraceStats, _: &mut Self::Context) -> Self::Result {
-        Box::pin(std::future::ready(
-            self.deps.metrics.traces.report(msg.recent.min(256)),
-        ))
+        MessageResult(self.deps.metrics.traces.report(msg.recent.min(256)))
     }
 }
 
@@ -683,19 +645,6 @@ impl Handler<RenderMetrics> for MonitorActor {
             .metrics
             .render()
             .map_err(|e| MonitorError::Render(e.to_string()))
-    }
-}
-
-impl Handler<ListAudit> for MonitorActor {
-    type Result = ResponseFuture<Result<Vec<AuditEntry>, MonitorError>>;
-
-    fn handle(&mut self, msg: ListAudit, _: &mut Self::Context) -> Self::Result {
-        let audit = self.deps.audit.clone();
-        Box::pin(async move {
-            let mut filter = msg.filter;
-            filter.limit = filter.limit.clamp(1, 1000);
-            Ok(audit.list(filter).await?)
-        })
     }
 }
 

@@ -1,31 +1,35 @@
 //! Optional export of finished spans to an OpenTelemetry collector over OTLP/HTTP with the JSON
-//! encoding (`POST {monitor.otlp_endpoint}/v1/traces`). Hand-written rather than the
-//! `opentelemetry-otlp` stack: StreamGate's spans are few and flat (one per request), their
-//! ids already live in [`super::traces::TraceContext`], and this keeps the request path to one
-//! `try_send` into a bounded queue. A background task batches the queue and posts it; when the
-//! queue is full (collector slow or down) spans are dropped and counted, never waited for.
-//! With `otlp_endpoint = ""` no exporter exists and the request path does not touch any of it.
+//! encoding (`POST {monitor.otlp_endpoint}/v1/traces`), through `opentelemetry-otlp`'s
+//! exporter. The request path only `try_send`s into a bounded queue; a task of ours batches it
+//! rather than the SDK's batch processor, because the queue's drops and each batch's outcome
+//! are metrics (`streamgate_otlp_spans_*`) the SDK processor does not report. With
+//! `otlp_endpoint = ""` no exporter exists and the request path does not touch any of it.
 
 use std::{
     borrow::Cow,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
+use opentelemetry::{
+    trace::{self as otel, SpanContext, SpanId, TraceFlags, TraceId, TraceState},
+    InstrumentationScope, KeyValue,
+};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::{
+    trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
+    Resource,
+};
 use prometheus::IntCounter;
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{
-    traces::{hex_span_id, hex_trace_id},
-    Metrics,
-};
+use super::Metrics;
 use crate::config::MonitorConfig;
 
-/// OTLP `SpanKind`.
+/// The span kinds we export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpanKind {
-    Internal = 1,
-    Server = 2,
+    Internal,
+    Server,
 }
 
 #[derive(Debug, Clone)]
@@ -65,18 +69,39 @@ impl SpanExporter {
             return None;
         }
         let (queue, received) = mpsc::channel(config.otlp_queue_capacity.max(1));
+        let timeout = Duration::from_millis(config.otlp_timeout_ms);
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.otlp_timeout_ms))
+            .timeout(timeout)
             .build()
             .unwrap_or_default();
         let url = format!("{endpoint}/v1/traces");
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_protocol(Protocol::HttpJson)
+            .with_endpoint(url.clone())
+            .with_timeout(timeout)
+            .build();
+        let mut exporter = match exporter {
+            Ok(exporter) => exporter,
+            Err(error) => {
+                tracing::warn!(%url, %error, "cannot build the OTLP exporter; spans are not exported");
+                return None;
+            }
+        };
+        exporter.set_resource(
+            &Resource::builder_empty()
+                .with_service_name(config.otlp_service_name.clone())
+                .build(),
+        );
         tracing::info!(%url, "exporting spans over OTLP/HTTP");
         let batcher = Batcher {
-            url,
-            service_name: config.otlp_service_name.clone(),
+            exporter,
+            scope: InstrumentationScope::builder("streamgate")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
             batch_size: config.otlp_batch_size.max(1),
             flush_interval: Duration::from_millis(config.otlp_flush_interval_ms.max(1)),
-            client,
             exported: metrics.otlp_spans_exported.clone(),
             failed: metrics.otlp_spans_failed.clone(),
         };
@@ -96,11 +121,10 @@ impl SpanExporter {
 }
 
 struct Batcher {
-    url: String,
-    service_name: String,
+    exporter: opentelemetry_otlp::SpanExporter,
+    scope: InstrumentationScope,
     batch_size: usize,
     flush_interval: Duration,
-    client: reqwest::Client,
     exported: IntCounter,
     failed: IntCounter,
 }
@@ -128,17 +152,12 @@ impl Batcher {
 
     async fn send(&self, batch: &mut Vec<FinishedSpan>) {
         let count = batch.len() as u64;
-        let body = encode(&self.service_name, batch.drain(..));
-        let outcome = self
-            .client
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status);
-        match outcome {
-            Ok(_) => self.exported.inc_by(count),
+        let spans = batch
+            .drain(..)
+            .map(|span| span_data(span, &self.scope))
+            .collect();
+        match self.exporter.export(spans).await {
+            Ok(()) => self.exported.inc_by(count),
             Err(error) => {
                 self.failed.inc_by(count);
                 tracing::warn!(%error, spans = count, "OTLP export failed; spans dropped");
@@ -147,57 +166,43 @@ impl Batcher {
     }
 }
 
-fn unix_nanos(at: SystemTime) -> String {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos())
-        .to_string()
-}
-
-/// An `ExportTraceServiceRequest` in OTLP's JSON mapping: ids as hex, 64-bit integers as
-/// decimal strings, enums as numbers.
-pub fn encode(service_name: &str, spans: impl Iterator<Item = FinishedSpan>) -> Value {
-    let spans: Vec<Value> = spans
-        .map(|span| {
-            let attributes: Vec<Value> = span
-                .attributes
-                .iter()
-                .map(|(key, value)| {
-                    let value = match value {
-                        AttributeValue::Text(text) => json!({ "stringValue": text }),
-                        AttributeValue::Int(number) => json!({ "intValue": number.to_string() }),
-                    };
-                    json!({ "key": key, "value": value })
-                })
-                .collect();
-            let mut encoded = json!({
-                "traceId": hex_trace_id(span.trace_id),
-                "spanId": hex_span_id(span.span_id),
-                "name": span.name,
-                "kind": span.kind as u8,
-                "startTimeUnixNano": unix_nanos(span.start),
-                "endTimeUnixNano": unix_nanos(span.end),
-                "attributes": attributes,
-                "status": if span.error { json!({ "code": 2 }) } else { json!({}) },
-            });
-            if let (Some(parent), Some(fields)) = (span.parent_span_id, encoded.as_object_mut()) {
-                fields.insert("parentSpanId".into(), Value::from(hex_span_id(parent)));
-            }
-            encoded
-        })
-        .collect();
-    json!({
-        "resourceSpans": [{
-            "resource": {
-                "attributes": [
-                    { "key": "service.name", "value": { "stringValue": service_name } }
-                ]
-            },
-            "scopeSpans": [{
-                "scope": { "name": "streamgate", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans
-            }]
-        }]
-    })
+/// One of our spans as the OpenTelemetry SDK's exporters take it.
+fn span_data(span: FinishedSpan, scope: &InstrumentationScope) -> SpanData {
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from(span.trace_id),
+            SpanId::from(span.span_id),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: span.parent_span_id.map_or(SpanId::INVALID, SpanId::from),
+        parent_span_is_remote: span.parent_span_id.is_some(),
+        span_kind: match span.kind {
+            SpanKind::Internal => otel::SpanKind::Internal,
+            SpanKind::Server => otel::SpanKind::Server,
+        },
+        name: span.name.into(),
+        start_time: span.start,
+        end_time: span.end,
+        attributes: span
+            .attributes
+            .into_iter()
+            .map(|(key, value)| match value {
+                AttributeValue::Text(text) => KeyValue::new(key, text.into_owned()),
+                AttributeValue::Int(number) => KeyValue::new(key, number),
+            })
+            .collect(),
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: if span.error {
+            otel::Status::error("")
+        } else {
+            otel::Status::Unset
+        },
+        instrumentation_scope: scope.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -205,11 +210,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_the_otlp_json_mapping() {
-        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let body = encode(
-            "streamgate",
-            std::iter::once(FinishedSpan {
+    fn our_spans_keep_their_ids_kind_attributes_and_status() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let span = span_data(
+            FinishedSpan {
                 trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
                 span_id: 0x00f0_67aa_0ba9_02b7,
                 parent_span_id: Some(1),
@@ -222,20 +226,25 @@ mod tests {
                     ("http.response.status_code", AttributeValue::Int(503)),
                 ],
                 error: true,
-            }),
+            },
+            &InstrumentationScope::builder("streamgate").build(),
         );
-        let span = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
-        assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(span["spanId"], "00f067aa0ba902b7");
-        assert_eq!(span["parentSpanId"], "0000000000000001");
-        assert_eq!(span["kind"], 2);
-        assert_eq!(span["startTimeUnixNano"], "1700000000000000000");
-        assert_eq!(span["endTimeUnixNano"], "1700000000003000000");
-        assert_eq!(span["status"]["code"], 2);
-        assert_eq!(span["attributes"][1]["value"]["intValue"], "503");
+        let context = &span.span_context;
         assert_eq!(
-            body["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
-            "streamgate"
+            context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
         );
+        assert_eq!(context.span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(span.parent_span_id.to_string(), "0000000000000001");
+        assert_eq!(span.span_kind, otel::SpanKind::Server);
+        assert_eq!(
+            span.end_time.duration_since(span.start_time).ok(),
+            Some(Duration::from_millis(3))
+        );
+        assert_eq!(
+            span.attributes[1],
+            KeyValue::new("http.response.status_code", 503)
+        );
+        assert!(matches!(span.status, otel::Status::Error { .. }));
     }
 }

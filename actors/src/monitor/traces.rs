@@ -1,12 +1,8 @@
-//! Request tracing: W3C trace context (`traceparent`), the per-request record the HTTP
-//! middleware hands to [`super::metrics::HttpRecorder`], the trace statistics behind
-//! `/api/v1/monitor/traces`, and [`Traced`], the envelope that carries a trace into an actor.
+//! Request tracing: W3C trace context (`traceparent`), the request a thread is polling, and
+//! the per-request record the HTTP middleware hands to [`super::Metrics`]. A trace reaches an
+//! actor one way: as the `trace_id` of the message that starts traced work (an upload, a job).
 
-use super::clock::MonotonicNanos;
-
-pub use super::trace_stats::{
-    DurationStats, TraceLabels, TraceRecorder, TraceReport, TraceStats, TraceSummary,
-};
+pub use super::trace_stats::{DurationStats, TraceReport, TraceStats, TraceSummary};
 
 /// A W3C trace context: the trace a request belongs to and the span we opened for it. Ids are
 /// integers, formatted as hex only when a header, a log line or a report needs them.
@@ -21,36 +17,11 @@ pub struct TraceContext {
     pub sampled: bool,
 }
 
-/// Length of a version 00 `traceparent`.
-pub const TRACEPARENT_LEN: usize = 55;
-
-/// Two lowercase hex digits per byte value: one table load per byte instead of two nibble
-/// lookups and shifts.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0; 2]; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
-        byte += 1;
-    }
-    pairs
-};
-
-/// Writes `bytes` as lowercase hex digits, two per byte, into the start of `out` (ids in
-/// headers, written on every request).
-#[inline]
-pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
-    }
-}
-
 impl TraceContext {
     /// Continues the caller's trace when `traceparent` is valid (version 00, non-zero ids),
     /// otherwise starts a new one. Either way a fresh span id is ours.
     pub fn continue_or_start(traceparent: Option<&[u8]>) -> Self {
-        let [high, low, span_id] = random_words();
+        let span_id = random_span_id();
         match traceparent.and_then(parse_traceparent) {
             Some((trace_id, parent, sampled)) => Self {
                 trace_id,
@@ -59,7 +30,8 @@ impl TraceContext {
                 sampled,
             },
             None => Self {
-                trace_id: u128::from(high) << 64 | u128::from(low),
+                // A v4 UUID has fixed version bits, so it is never zero.
+                trace_id: uuid::Uuid::new_v4().as_u128(),
                 span_id,
                 parent_span_id: None,
                 sampled: true,
@@ -72,31 +44,16 @@ impl TraceContext {
         hex_trace_id(self.trace_id)
     }
 
-    /// The `traceparent` header naming our span (ASCII), written into `buffer` without
-    /// allocating.
-    pub fn encode_traceparent<'b>(&self, buffer: &'b mut [u8; TRACEPARENT_LEN]) -> &'b [u8] {
-        buffer[..3].copy_from_slice(b"00-");
-        write_hex(&mut buffer[3..35], &self.trace_id.to_be_bytes());
-        buffer[35] = b'-';
-        write_hex(&mut buffer[36..52], &self.span_id.to_be_bytes());
-        buffer[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        buffer
-    }
-
     /// The `traceparent` header naming our span, for responses and outgoing calls.
     pub fn traceparent(&self) -> String {
-        String::from_utf8_lossy(self.encode_traceparent(&mut [0; TRACEPARENT_LEN])).into_owned()
+        let flags = if self.sampled { "01" } else { "00" };
+        format!("00-{:032x}-{:016x}-{flags}", self.trace_id, self.span_id)
     }
 }
 
 /// 32 lowercase hex digits.
 pub fn hex_trace_id(trace_id: u128) -> String {
     format!("{trace_id:032x}")
-}
-
-/// 16 lowercase hex digits.
-pub fn hex_span_id(span_id: u64) -> String {
-    format!("{span_id:016x}")
 }
 
 /// Lowercase hex digits only (the spec forbids upper case) into an integer.
@@ -110,6 +67,9 @@ fn parse_hex(digits: &[u8]) -> Option<u128> {
         Some(value << 4 | u128::from(nibble))
     })
 }
+
+/// Length of a version 00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
 
 /// `version-traceid-parentid-flags`; only version 00 is understood, and future versions are
 /// read by their first four fields as the spec asks.
@@ -135,49 +95,20 @@ fn parse_traceparent(value: &[u8]) -> Option<(u128, u64, bool)> {
     Some((trace_id, parent, flags & 1 == 1))
 }
 
-/// Random ids need to be unique, not secret: a per-thread xorshift generator seeded once from
-/// the OS keeps the hot path free of a getrandom call per request. Never returns zero.
-pub fn next_random() -> u64 {
-    let [word] = random_words();
-    word
-}
-
-/// `N` draws from the per-thread generator, for one thread-local access.
-fn random_words<const N: usize>() -> [u64; N] {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+/// A random, non-zero span id.
+pub fn random_span_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
     }
-    STATE.with(|state| {
-        let mut x = state.get();
-        let words = std::array::from_fn(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        });
-        state.set(x);
-        words
-    })
-}
-
-fn random_u128() -> u128 {
-    let [high, low] = random_words();
-    u128::from(high) << 64 | u128::from(low)
-}
-
-/// A version 4 UUID from the per-thread generator: request ids, one per request.
-pub fn fast_uuid_v4() -> uuid::Uuid {
-    uuid::Builder::from_random_bytes(random_u128().to_be_bytes()).into_uuid()
 }
 
 /// The request a thread is working on while the request's future is polled: its trace for
 /// handlers to hand on to actors and jobs, and its ids for the log lines written meanwhile.
-/// The log layers tag events with it ([`super::logs`]) instead of every request opening an
-/// enabled `tracing` span: a span costs a registry slot, its fields formatted into a string
-/// and enter/exit bookkeeping on every poll, for every request, although only the few requests
-/// that log anything need their ids. And handlers read it instead of a request extension
-/// (an allocation and a map insert per request). This costs two thread-local writes per poll.
+/// The log layers tag events with it ([`super::logs`]), and handlers read it to hand the trace
+/// on without taking the request as an argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestScope {
     pub trace: TraceContext,
@@ -207,81 +138,18 @@ pub fn current_request() -> Option<RequestScope> {
     CURRENT_REQUEST.with(std::cell::Cell::get)
 }
 
-/// One answered HTTP request, as the middleware saw it. Labels are `'static`: the middleware
-/// resolves them from fixed tables, so recording a request copies no strings.
+/// One answered HTTP request, as the middleware saw it.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestRecord {
+pub struct RequestRecord<'a> {
     pub service: &'static str,
-    pub route: &'static str,
-    pub method: &'static str,
+    /// The matched route pattern, or `"unmatched"`.
+    pub route: &'a str,
+    pub method: &'a str,
     pub status: u16,
-    pub duration_nanos: u64,
-    /// When the answer was ready (the report turns it into wall-clock time).
-    pub finished: MonotonicNanos,
+    pub duration: std::time::Duration,
     pub response_bytes: Option<u64>,
     pub trace_id: Option<u128>,
 }
-
-/// The status as a label: three ASCII digits, no allocation.
-pub fn status_label(status: u16) -> &'static str {
-    STATUS_LABELS
-        .get(usize::from(status.saturating_sub(100)))
-        .copied()
-        .unwrap_or("other")
-}
-
-static STATUS_LABELS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
-    (100u16..600)
-        .map(|code| &*Box::leak(code.to_string().into_boxed_str()))
-        .collect()
-});
-
-/// A message carrying the trace of the request that caused it. The receiving actor handles
-/// the inner message inside a span with the trace id, so its logs name the trace.
-/// Implemented per actor with [`traced_handlers!`](crate::monitor::traced_handlers).
-#[derive(Debug)]
-pub struct Traced<M> {
-    pub trace_id: String,
-    pub message: M,
-}
-
-impl<M: actix::Message> actix::Message for Traced<M> {
-    type Result = M::Result;
-}
-
-impl<M> Traced<M> {
-    pub fn new(trace: Option<&TraceContext>, message: M) -> Self {
-        Self {
-            trace_id: trace.map(TraceContext::trace_id_hex).unwrap_or_default(),
-            message,
-        }
-    }
-}
-
-/// Implements `Handler<Traced<M>>` for an actor and each listed message by delegating to
-/// `Handler<M>` inside a `actor_message` span that carries the trace id.
-macro_rules! traced_handlers {
-    ($actor:ty: $($message:ty),+ $(,)?) => {$(
-        impl actix::Handler<$crate::monitor::traces::Traced<$message>> for $actor {
-            type Result = <$actor as actix::Handler<$message>>::Result;
-            fn handle(
-                &mut self,
-                traced: $crate::monitor::traces::Traced<$message>,
-                ctx: &mut Self::Context,
-            ) -> Self::Result {
-                let span = tracing::info_span!(
-                    "actor_message",
-                    actor = stringify!($actor),
-                    message = stringify!($message),
-                    trace_id = %traced.trace_id,
-                );
-                let _entered = span.enter();
-                <$actor as actix::Handler<$message>>::handle(self, traced.message, ctx)
-            }
-        }
-    )+};
-}
-pub(crate) use traced_handlers;
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,15 @@ pub enum StoreError {
     Join(String),
 }
 
+impl crate::error::DomainError for StoreError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Unavailable
+    }
+    fn code(&self) -> &'static str {
+        "store_unavailable"
+    }
+}
+
 pub trait MediaRepo: Send + Sync {
     fn get_media(&self, media_id: &MediaId) -> Result<Option<Media>, StoreError>;
     fn put_media(&self, media: &Media) -> Result<(), StoreError>;

@@ -42,7 +42,7 @@ use crate::{
     model::{Job, JobId, JobKind, JobState, MediaFailure, MediaState},
     monitor::{
         otlp::{AttributeValue, FinishedSpan, SpanKind},
-        traces::next_random,
+        traces::random_span_id,
         Metrics,
     },
     store::{blocking, JobFilter, SharedRepo},
@@ -301,7 +301,7 @@ impl TranscodeActor {
                 let end = std::time::SystemTime::now();
                 FinishedSpan {
                     trace_id,
-                    span_id: next_random(),
+                    span_id: random_span_id(),
                     parent_span_id: None,
                     name: format!("job {}", job.kind.as_str()),
                     kind: SpanKind::Internal,

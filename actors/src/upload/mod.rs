@@ -24,7 +24,7 @@ use crate::{
     error::{DomainError, ErrorKind},
     metadata::{normalize_tags, CreateMedia, DeleteMedia, MetadataActor, MetadataError},
     model::{JobKind, Media, MediaId, MediaState, UploadId},
-    monitor::{names::upload_outcome, Metrics},
+    monitor::{metric_names::upload_outcome, Metrics},
     sniff::{sniff_container, Container, SNIFF_BYTES},
     store::StoreError,
     supervise::supervised_basics,

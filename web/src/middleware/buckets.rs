@@ -32,7 +32,7 @@ use std::{
 
 use foldhash::fast::RandomState;
 use prometheus::IntCounter;
-use streamgate_actors::monitor::{clock::MonotonicNanos, family::PassThrough};
+use streamgate_actors::monitor::clock::MonotonicNanos;
 
 /// Up to 64 shards: enough that HTTP workers rarely meet on one lock, few enough to sweep
 /// quickly.
@@ -74,6 +74,24 @@ impl Bucket {
 
 /// No arrival time reaches it: the sweep's (and the cap's) mark on a bucket it removed.
 const RETIRED: u64 = u64::MAX;
+
+/// The keys already carry a seeded hash: hashing them again would be wasted work.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
 
 type Shard = HashMap<Key, Arc<Bucket>, BuildHasherDefault<PassThrough>>;
 

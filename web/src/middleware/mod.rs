@@ -1,24 +1,20 @@
-//! Middleware: [`Observe`] (request log scope, `x-request-id`, W3C trace context, request metrics and
+//! Middleware: [`RequestSpan`] (the root span `tracing_actix_web::TracingLogger` opens per
+//! request), [`Observe`] (request log scope, `x-request-id`, `traceparent`, request metrics and
 //! trace stats, per-client rate limits from [`rate_limit`]), security headers, CORS,
 //! connection counting, and JSON bodies for the 404/405 responses actix produces on its own.
 //!
-//! Order in the app (outermost first): CORS → security headers → JSON 404/405 → observe →
-//! routes. Observe sits directly on the router (see [`observe`] for why); rate-limited requests
-//! are observed (their 429s are counted and carry the request id) and still get the security
-//! and CORS headers.
+//! Order in the app (outermost first): CORS → security headers → JSON 404/405 → root span →
+//! observe → routes. Observe sits directly on the router; rate-limited requests are observed
+//! (their 429s are counted and carry the request id) and still get the security and CORS
+//! headers.
 
 mod buckets;
 mod observe;
 pub mod rate_limit;
-mod trace;
+mod span;
 
 pub use observe::Observe;
-pub use trace::RequestId;
-
-use std::{
-    cell::Cell,
-    sync::{Mutex, PoisonError},
-};
+pub use span::RequestSpan;
 
 use actix_cors::Cors;
 use actix_web::{
@@ -30,7 +26,6 @@ use actix_web::{
         Method, StatusCode,
     },
     middleware::{DefaultHeaders, ErrorHandlerResponse, ErrorHandlers},
-    HttpRequest,
 };
 use prometheus::IntGauge;
 use streamgate_actors::{config::HttpConfig, monitor::Metrics};
@@ -39,62 +34,18 @@ use crate::error::ApiError;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// The `route` label of requests no resource matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
-/// The `route` label of a resource: its full pattern, as `match_pattern()` would build it.
-/// Registered as the resource's guard (`web::resource(P).guard(RouteLabel(P))`): actix checks
-/// a resource's guards while it routes a request to it, and this one always passes and leaves
-/// its label in the thread's [`ROUTED`] slot, where [`observe`] picks it up right after the
-/// router (or the first poll, for a scope whose middleware routes lazily) ran. Looking the
-/// label up afterwards in the request's app data walked its data containers, a hash probe and
-/// a downcast on every request (0.3 % of a small request's CPU time).
+/// A guard that always passes. Route registration still attaches it; the route label now
+/// comes from `HttpRequest::match_pattern`, so it carries nothing the middleware reads.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteLabel(pub &'static str);
 
-thread_local! {
-    /// The label of the resource the router last picked on this thread; read and cleared by
-    /// [`routed`].
-    static ROUTED: Cell<Option<&'static str>> = const { Cell::new(None) };
-}
-
 impl Guard for RouteLabel {
     fn check(&self, _: &GuardContext<'_>) -> bool {
-        ROUTED.set(Some(self.0));
         true
     }
-}
-
-/// Runs `route` (the router's call or a poll of its future) and returns what it returned with
-/// the label of the resource it routed to, if it routed. Routing is synchronous and a thread
-/// runs one request's code at a time, so the label read here is this request's.
-pub(crate) fn routed<R>(route: impl FnOnce() -> R) -> (R, Option<&'static str>) {
-    ROUTED.set(None);
-    let routed = route();
-    (routed, ROUTED.take())
-}
-
-/// The route label of a request no [`RouteLabel`] claimed: its pattern (interned once per
-/// pattern), or `"unmatched"` when no resource matched.
-pub(crate) fn fallback_route_label(req: &HttpRequest) -> &'static str {
-    match req.match_pattern() {
-        Some(pattern) => intern_pattern(pattern),
-        None => "unmatched",
-    }
-}
-
-/// Route patterns come from the app's own registrations, so the table is as small as the
-/// route list; the cap only guards against a bug that would make patterns up.
-fn intern_pattern(pattern: String) -> &'static str {
-    static PATTERNS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-    let mut patterns = PATTERNS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(known) = patterns.iter().find(|known| **known == pattern) {
-        return known;
-    }
-    if patterns.len() >= 1024 {
-        return "unmatched";
-    }
-    let leaked: &'static str = Box::leak(pattern.into_boxed_str());
-    patterns.push(leaked);
-    leaked
 }
 
 /// Headers every response carries (built once: no validation per response).

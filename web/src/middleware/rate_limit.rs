@@ -31,7 +31,7 @@ use governor::{
 use streamgate_actors::{
     audit::{action, outcome, AuditEvent, AuditLog},
     config::{BucketConfig, RateLimitConfig},
-    monitor::{clock::MonotonicNanos, names, Metrics},
+    monitor::{clock::MonotonicNanos, metric_names as names, Metrics},
 };
 
 pub use super::buckets::BucketCache;

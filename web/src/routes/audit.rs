@@ -2,17 +2,12 @@
 
 use crate::middleware::RouteLabel;
 use actix_web::{web, HttpResponse};
-use serde::{Deserialize, Serialize};
-use streamgate_actors::{
-    model::{AuditEntry, AuditId},
-    monitor::ListAudit,
-    store::AuditFilter,
-    Actors,
-};
+use serde::Deserialize;
+use streamgate_actors::{model::AuditId, store::AuditFilter, Actors};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
-    dto::{parse_cursor, Page},
+    dto::{audit::AuditEntryDto, parse_cursor, Page},
     error::ApiError,
     extract::Admin,
 };
@@ -38,31 +33,6 @@ struct AuditQuery {
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct AuditEntryDto {
-    id: String,
-    at: String,
-    action: String,
-    actor: String,
-    target: Option<String>,
-    outcome: String,
-    detail: Option<String>,
-}
-
-impl From<&AuditEntry> for AuditEntryDto {
-    fn from(entry: &AuditEntry) -> Self {
-        Self {
-            id: entry.id.to_string(),
-            at: entry.at.format(&Rfc3339).unwrap_or_default(),
-            action: entry.action.clone(),
-            actor: entry.actor.clone(),
-            target: entry.target.clone(),
-            outcome: entry.outcome.clone(),
-            detail: entry.detail.clone(),
-        }
-    }
-}
-
 async fn list(
     _admin: Admin,
     query: web::Query<AuditQuery>,
@@ -86,7 +56,7 @@ async fn list(
         after: parse_cursor(query.cursor.as_deref(), AuditId::parse)?,
         limit,
     };
-    let entries = actors.monitor.send(ListAudit { filter }).await??;
+    let entries = actors.audit.list(filter).await?;
     Ok(HttpResponse::Ok().json(Page::of(
         &entries,
         limit,

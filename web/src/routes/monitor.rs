@@ -1,19 +1,19 @@
-//! `/api/v1/monitor/metrics`, `/alerts`, `/logs` (admin) and `/traces`. The request's trace
-//! travels with each message (`Traced`), so the monitor's logs for it name the trace.
+//! `/api/v1/monitor/metrics`, `/alerts`, `/logs` (admin) and `/traces`, answered through the
+//! DTOs of [`crate::dto::monitor`].
 
 use crate::middleware::RouteLabel;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
 use streamgate_actors::{
-    monitor::{
-        logs::level_from_str, traces::Traced, GetMonitorSummary, GetTraceStats, ListAlerts,
-        ListLogs,
-    },
+    monitor::{logs::level_from_str, GetMonitorSummary, GetTraceStats, ListAlerts, ListLogs},
     Actors,
 };
 
-use crate::{error::ApiError, extract::Admin};
+use crate::{
+    dto::monitor::{AlertsDto, LogsDto, MonitorSummaryDto, TraceReportDto},
+    error::ApiError,
+    extract::Admin,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -39,12 +39,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn summary(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
-    let trace = crate::extract::current_trace();
-    let summary = actors
-        .monitor
-        .send(Traced::new(trace.as_ref(), GetMonitorSummary))
-        .await?;
-    Ok(HttpResponse::Ok().json(summary))
+    let summary = actors.monitor.send(GetMonitorSummary).await?;
+    Ok(HttpResponse::Ok().json(MonitorSummaryDto::from(&summary)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,13 +52,9 @@ async fn alerts(
     actors: web::Data<Actors>,
     query: web::Query<LimitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let trace = crate::extract::current_trace();
     let limit = query.limit.unwrap_or(50);
-    let report = actors
-        .monitor
-        .send(Traced::new(trace.as_ref(), ListAlerts { limit }))
-        .await?;
-    Ok(HttpResponse::Ok().json(report))
+    let report = actors.monitor.send(ListAlerts { limit }).await?;
+    Ok(HttpResponse::Ok().json(AlertsDto::from(&report)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,13 +77,11 @@ async fn logs(
             )
         })?,
     };
-    let trace = crate::extract::current_trace();
     let limit = query.limit.unwrap_or(100);
-    let records = actors
-        .monitor
-        .send(Traced::new(trace.as_ref(), ListLogs { min_level, limit }))
-        .await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": records })))
+    let records = actors.monitor.send(ListLogs { min_level, limit }).await?;
+    Ok(HttpResponse::Ok().json(LogsDto {
+        items: records.into_iter().map(Into::into).collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,11 +93,7 @@ async fn traces(
     actors: web::Data<Actors>,
     query: web::Query<TracesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let trace = crate::extract::current_trace();
     let recent = query.recent.unwrap_or(20);
-    let report = actors
-        .monitor
-        .send(Traced::new(trace.as_ref(), GetTraceStats { recent }))
-        .await?;
-    Ok(HttpResponse::Ok().json(report))
+    let report = actors.monitor.send(GetTraceStats { recent }).await?;
+    Ok(HttpResponse::Ok().json(TraceReportDto::from(report)))
 }

@@ -50,7 +50,7 @@ use crate::{
     blobs::BlobStore,
     metadata::{normalize_tags, validate_text, CreateMedia, GetMedia, MetadataError},
     model::{JobKind, MediaId, TusMetadata, TusState, TusUpload, UploadId},
-    monitor::names::upload_outcome,
+    monitor::metric_names::upload_outcome,
     sniff::{sniff_container, SNIFF_BYTES},
     store::{blocking, SharedRepo},
     transcode::{CheckOwnerCapacity, ListJobs, SubmitJob},
