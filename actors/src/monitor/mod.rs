@@ -235,10 +235,14 @@ pub struct MonitorDeps {
     pub config: MonitorConfig,
 }
 
+/// How often the sample timer runs `ffmpeg -version` again.
+const FFMPEG_RECHECK: Duration = Duration::from_secs(30);
+
 pub struct MonitorActor {
     deps: MonitorDeps,
-    /// Result of the last `ffmpeg -version` run; re-checked on the sample timer.
+    /// Result of the last `ffmpeg -version` run; re-checked every [`FFMPEG_RECHECK`].
     ffmpeg: Result<String, String>,
+    ffmpeg_checked: Option<Instant>,
     /// The store, blob and disk checks of the last sample: `/health` reports these, so a flood
     /// of anonymous requests never writes to the blob store.
     storage_checks: Option<(OffsetDateTime, Vec<CheckResult>)>,
@@ -284,6 +288,7 @@ impl MonitorActor {
         Self {
             deps,
             ffmpeg: Err("not checked yet".to_string()),
+            ffmpeg_checked: None,
             storage_checks: None,
             storage_checking: false,
             engine,
@@ -338,14 +343,28 @@ impl MonitorActor {
                     }),
             );
         }
+        // Spawning ffmpeg on every sample would cost a process per tick; its presence rarely
+        // changes, so it is re-checked now and then.
+        let check_ffmpeg_now = self
+            .ffmpeg_checked
+            .is_none_or(|at| now.duration_since(at) >= FFMPEG_RECHECK);
+        if check_ffmpeg_now {
+            self.ffmpeg_checked = Some(now);
+        }
         ctx.spawn(
             async move {
                 let statuses = ping_all(&deps).await;
-                (statuses, check_ffmpeg(&ffmpeg_path).await)
+                let ffmpeg = match check_ffmpeg_now {
+                    true => Some(check_ffmpeg(&ffmpeg_path).await),
+                    false => None,
+                };
+                (statuses, ffmpeg)
             }
             .into_actor(self)
             .map(|(statuses, ffmpeg), actor, _| {
-                actor.ffmpeg = ffmpeg;
+                if let Some(ffmpeg) = ffmpeg {
+                    actor.ffmpeg = ffmpeg;
+                }
                 actor.actors = actor.note_pings(statuses);
             }),
         );
