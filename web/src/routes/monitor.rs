@@ -1,7 +1,6 @@
 //! `/api/v1/monitor/metrics`, `/alerts`, `/logs` (admin) and `/traces`. The request's trace
 //! travels with each message (`Traced`), so the monitor's logs for it name the trace.
 
-use crate::middleware::RouteLabel;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -15,30 +14,7 @@ use streamgate_actors::{
 
 use crate::{error::ApiError, extract::Admin};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/v1/monitor/metrics")
-            .guard(RouteLabel("/api/v1/monitor/metrics"))
-            .route(web::get().to(summary)),
-    )
-    .service(
-        web::resource("/api/v1/monitor/alerts")
-            .guard(RouteLabel("/api/v1/monitor/alerts"))
-            .route(web::get().to(alerts)),
-    )
-    .service(
-        web::resource("/api/v1/monitor/logs")
-            .guard(RouteLabel("/api/v1/monitor/logs"))
-            .route(web::get().to(logs)),
-    )
-    .service(
-        web::resource("/api/v1/monitor/traces")
-            .guard(RouteLabel("/api/v1/monitor/traces"))
-            .route(web::get().to(traces)),
-    );
-}
-
-async fn summary(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn summary(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let trace = crate::extract::current_trace();
     let summary = actors
         .monitor
@@ -48,11 +24,11 @@ async fn summary(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
 }
 
 #[derive(Debug, Deserialize)]
-struct LimitQuery {
+pub(super) struct LimitQuery {
     limit: Option<usize>,
 }
 
-async fn alerts(
+pub(super) async fn alerts(
     actors: web::Data<Actors>,
     query: web::Query<LimitQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -66,12 +42,12 @@ async fn alerts(
 }
 
 #[derive(Debug, Deserialize)]
-struct LogsQuery {
+pub(super) struct LogsQuery {
     level: Option<String>,
     limit: Option<usize>,
 }
 
-async fn logs(
+pub(super) async fn logs(
     _: Admin,
     actors: web::Data<Actors>,
     query: web::Query<LogsQuery>,
@@ -95,11 +71,11 @@ async fn logs(
 }
 
 #[derive(Debug, Deserialize)]
-struct TracesQuery {
+pub(super) struct TracesQuery {
     recent: Option<usize>,
 }
 
-async fn traces(
+pub(super) async fn traces(
     actors: web::Data<Actors>,
     query: web::Query<TracesQuery>,
 ) -> Result<HttpResponse, ApiError> {
