@@ -1,4 +1,4 @@
-//! Per-client-IP token buckets, one [`BucketTable`] per service, checked by the
+//! Per-client-IP rate limits, one governor limiter per service ([`super::buckets`]), checked by the
 //! [`super::observe`] middleware. Over the limit: 429 `{"code":"rate_limited"}` with `Retry-After`, a
 //! `streamgate_rate_limited_total{service}` increment and an audit entry (at most one per
 //! client and service per `rate_limit.audit_interval_s`, so a flood cannot become a flood of
@@ -35,7 +35,7 @@ use streamgate_actors::{
 };
 
 pub use super::buckets::BucketCache;
-use super::buckets::BucketTable;
+use super::buckets::ServiceLimiter;
 use crate::error::ApiError;
 
 /// A service of [`names::SERVICES`] by its position there: the `service` label and the bucket
@@ -195,8 +195,8 @@ pub struct RateLimits {
 }
 
 struct Inner {
-    /// One bucket table per service, in [`names::SERVICES`] order (indexed by [`ServiceId`]).
-    services: Vec<BucketTable>,
+    /// One limiter per service, in [`names::SERVICES`] order (indexed by [`ServiceId`]).
+    services: Vec<ServiceLimiter>,
     /// One audit entry per (client, service) per interval.
     audit_gate: KeyedLimiter<(IpAddr, &'static str)>,
     trusted_proxies: Vec<IpAddr>,
@@ -219,7 +219,7 @@ impl RateLimits {
                         capacity: 1000,
                         refill_per_second: 100,
                     });
-                BucketTable::new(
+                ServiceLimiter::new(
                     bucket.capacity,
                     bucket.refill_per_second,
                     config.max_tracked_clients,
@@ -251,30 +251,29 @@ impl RateLimits {
         bucket_key(client, self.inner.ipv6_prefix_len)
     }
 
-    /// Takes one token from `client`'s bucket of `service` at `now` (the middleware has already
-    /// read the clock for the request); `Err` holds how long until the next token.
+    /// Takes one token from `client`'s bucket of `service`; `Err` holds how long until the
+    /// next token. `_now` is the middleware's clock reading, unused: governor reads its own.
     pub fn check_at(
         &self,
         service: ServiceId,
         client: IpAddr,
-        now: MonotonicNanos,
+        _now: MonotonicNanos,
     ) -> Result<(), Duration> {
         match self.inner.services.get(service.index()) {
-            Some(buckets) => buckets.check(self.key(client), now),
+            Some(limiter) => limiter.check(self.key(client)),
             None => Ok(()),
         }
     }
 
-    /// [`Self::check_at`] through a worker's cache of the buckets it used last: what the
-    /// middleware calls on every request.
+    /// [`Self::check_at`], with the per-worker state the middleware passes (none is needed).
     pub fn check_cached(
         &self,
-        cache: &mut BucketCache,
+        _cache: &mut BucketCache,
         service: ServiceId,
         client: IpAddr,
         now: MonotonicNanos,
     ) -> Result<(), Duration> {
-        cache.check(&self.inner.services, service.index(), self.key(client), now)
+        self.check_at(service, client, now)
     }
 
     pub fn trusted_proxies(&self) -> &[IpAddr] {
@@ -331,12 +330,11 @@ impl RateLimits {
     /// Drops the buckets of clients whose buckets have refilled (they would start full
     /// anyway), frees the memory, and publishes how many remain.
     pub fn sweep(&self) -> usize {
-        let now = MonotonicNanos::now();
         let tracked = self
             .inner
             .services
             .iter()
-            .map(|buckets| buckets.sweep(now))
+            .map(ServiceLimiter::sweep)
             .sum::<usize>();
         self.inner.audit_gate.retain_recent();
         self.inner.audit_gate.shrink_to_fit();
@@ -349,7 +347,7 @@ impl RateLimits {
 
     /// Client buckets held now, over every service.
     pub fn tracked_clients(&self) -> usize {
-        self.inner.services.iter().map(BucketTable::len).sum()
+        self.inner.services.iter().map(ServiceLimiter::len).sum()
     }
 
     /// Sweeps every `interval` until the actix system stops.
