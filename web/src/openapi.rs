@@ -4,7 +4,10 @@
 use actix_web::HttpResponse;
 use serde_json::{json, Map, Value};
 
-use crate::routes::table::{Access, Route, ROUTES};
+use crate::routes::{
+    cache::MAX_ADMIN_KEY_CHARS,
+    table::{Access, In, Route, ROUTES},
+};
 
 pub(crate) async fn document_handler() -> HttpResponse {
     HttpResponse::Ok().json(document())
@@ -50,14 +53,15 @@ pub fn document() -> Value {
 
 fn operation(route: &Route) -> Value {
     let mut parameters: Vec<Value> = path_parameters(route.pattern)
-        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": path_schema(name)}))
         .collect();
-    parameters.extend(
-        route
-            .query
-            .iter()
-            .map(|param| json!({"name": param.name, "in": "query", "required": false, "schema": (param.schema)()})),
-    );
+    parameters.extend(route.query.iter().map(|param| {
+        let (place, required) = match param.place {
+            In::Query => ("query", false),
+            In::Header => ("header", true),
+        };
+        json!({"name": param.name, "in": place, "required": required, "schema": (param.schema)()})
+    }));
     let (status, content_type) = route.success;
     let success = if content_type.is_empty() {
         json!({"description": "success"})
@@ -91,10 +95,21 @@ fn operation(route: &Route) -> Value {
     if let (Some(body), Value::Object(object)) = (route.body, &mut operation) {
         object.insert(
             "requestBody".to_string(),
-            json!({"required": true, "content": {"application/json": {"schema": body()}}}),
+            json!({"required": true, "content": {route.body_type: {"schema": body()}}}),
         );
     }
     operation
+}
+
+/// A cache key is 1 to 256 characters without control characters; every other path parameter
+/// is any segment (an unknown id is a 404).
+fn path_schema(name: &str) -> Value {
+    if name == "key" {
+        json!({"type": "string", "minLength": 1, "maxLength": MAX_ADMIN_KEY_CHARS,
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"})
+    } else {
+        json!({"type": "string"})
+    }
 }
 
 fn path_parameters(path: &str) -> impl Iterator<Item = &str> {

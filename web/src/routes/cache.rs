@@ -16,6 +16,8 @@ use streamgate_actors::{
 
 use crate::{error::ApiError, extract::Admin};
 
+/// Longest key, in characters (what the OpenAPI document can say).
+pub const MAX_ADMIN_KEY_CHARS: usize = MAX_ADMIN_KEY_BYTES;
 /// Largest value accepted by `PUT`.
 const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Who the audit log names for admin-token calls.
@@ -51,10 +53,13 @@ pub(super) struct PutQuery {
 }
 
 fn valid_key(key: &str) -> Result<(), ApiError> {
-    if key.is_empty() || key.len() > MAX_ADMIN_KEY_BYTES || key.chars().any(char::is_control) {
+    if key.is_empty()
+        || key.chars().count() > MAX_ADMIN_KEY_CHARS
+        || key.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_request(
             "invalid_cache_key",
-            format!("a key is 1 to {MAX_ADMIN_KEY_BYTES} bytes without control characters"),
+            format!("a key is 1 to {MAX_ADMIN_KEY_CHARS} characters without control characters"),
         ));
     }
     Ok(())

@@ -61,10 +61,18 @@ impl Verb {
     }
 }
 
-/// A query parameter and its JSON schema.
+/// Where a parameter goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum In {
+    Query,
+    Header,
+}
+
+/// A query parameter (optional) or header (required) and its JSON schema.
 #[derive(Clone, Copy)]
 pub struct Param {
     pub name: &'static str,
+    pub place: In,
     pub schema: fn() -> Value,
 }
 
@@ -86,8 +94,9 @@ pub struct Route {
     /// The success status and its content type (`""`: no body).
     pub success: (u16, &'static str),
     pub query: &'static [Param],
-    /// The JSON request body's schema, for operations that take one.
+    /// The request body's schema, for operations that take one, and its content type.
     pub body: Option<fn() -> Value>,
+    pub body_type: &'static str,
 }
 
 impl Route {
@@ -103,6 +112,7 @@ impl Route {
         success: (200, JSON),
         query: &[],
         body: None,
+        body_type: JSON,
     };
 }
 
@@ -128,18 +138,138 @@ macro_rules! route {
     };
 }
 
-/// A query parameter any string may fill.
-const fn text(name: &'static str) -> Param {
+const fn query(name: &'static str, schema: fn() -> Value) -> Param {
     Param {
         name,
-        schema: || json!({"type": "string"}),
+        place: In::Query,
+        schema,
     }
 }
 
-const TOKEN: &[Param] = &[text("token")];
+const fn header(name: &'static str, schema: fn() -> Value) -> Param {
+    Param {
+        name,
+        place: In::Header,
+        schema,
+    }
+}
 
-fn object() -> Value {
-    json!({"type": "object"})
+fn text() -> Value {
+    json!({"type": "string"})
+}
+
+/// A count the server clamps to its own bound (`usize` on the wire).
+fn count() -> Value {
+    json!({"type": "integer", "minimum": 0, "maximum": u64::MAX})
+}
+
+const UUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+const ADDRESS: &str = "^0x[0-9a-fA-F]{40}$";
+
+fn uuid() -> Value {
+    json!({"type": "string", "pattern": UUID})
+}
+
+fn time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
+fn chain_id() -> Value {
+    json!({"type": "integer", "minimum": 0, "maximum": u64::MAX})
+}
+
+fn token_id() -> Value {
+    json!({"oneOf": [{"type": "integer", "minimum": 0, "maximum": u64::MAX}, {"type": "string"}]})
+}
+
+fn standard() -> Value {
+    json!({"type": "string", "enum": ["erc721", "erc1155"]})
+}
+
+fn tus_version() -> Value {
+    json!({"type": "string", "enum": ["1.0.0"]})
+}
+
+fn bytes() -> Value {
+    json!({"type": "string", "format": "binary"})
+}
+
+const TOKEN: &[Param] = &[query("token", text)];
+const PAGE: [Param; 2] = [query("limit", count), query("cursor", uuid)];
+
+/// `schema`, where the body may also say `null` (an optional field).
+fn or_null(mut schema: Value) -> Value {
+    if let Value::Object(object) = &mut schema {
+        object.insert("nullable".to_string(), Value::Bool(true));
+    }
+    schema
+}
+
+fn update_body() -> Value {
+    json!({"type": "object", "additionalProperties": false, "properties": {
+        "title": or_null(text()),
+        "description": or_null(text()),
+        "tags": or_null(json!({"type": "array", "items": {"type": "string"}})),
+    }})
+}
+
+fn upload_body() -> Value {
+    json!({"type": "object", "required": ["file"], "properties": {
+        "file": bytes(),
+        "title": text(),
+        "description": text(),
+        "tags": text(),
+    }})
+}
+
+fn gate_body() -> Value {
+    json!({"type": "object", "nullable": true, "additionalProperties": false,
+        "required": ["chain_id", "contract", "standard"], "properties": {
+        "chain_id": chain_id(),
+        "contract": {"type": "string", "pattern": ADDRESS},
+        "standard": standard(),
+        "token_id": or_null(token_id()),
+        "min_balance": or_null(json!({"type": "integer", "minimum": 1, "maximum": u64::MAX})),
+    }})
+}
+
+/// Transcode and thumbnail jobs work on one media item; cleanup on none.
+fn job_body() -> Value {
+    let job = |kinds: &[&str], media_id: Value, required: &[&str]| {
+        json!({"type": "object", "additionalProperties": false, "required": required,
+            "properties": {
+            "kind": {"type": "string", "enum": kinds},
+            "media_id": media_id,
+            "profiles": or_null(json!({"type": "array", "items": {"type": "string"}})),
+            "priority": or_null(json!({"type": "integer", "minimum": 0, "maximum": 9})),
+            "run_at": or_null(time()),
+        }})
+    };
+    json!({"oneOf": [
+        job(&["transcode", "thumbnail"], uuid(), &["kind", "media_id"]),
+        job(&["cleanup"], or_null(uuid()), &["kind"]),
+    ]})
+}
+
+fn challenge_body() -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["address", "chain_id"],
+        "properties": {"address": {"type": "string", "pattern": ADDRESS}, "chain_id": chain_id()}})
+}
+
+fn login_body() -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["message", "signature"],
+        "properties": {"message": text(), "signature": text()}})
+}
+
+fn nft_body() -> Value {
+    json!({"type": "object", "additionalProperties": false,
+        "required": ["address", "chain_id", "contract", "standard"], "properties": {
+        "address": {"type": "string", "pattern": ADDRESS},
+        "chain_id": chain_id(),
+        "contract": {"type": "string", "pattern": ADDRESS},
+        "standard": standard(),
+        "token_id": or_null(token_id()),
+    }})
 }
 
 /// Every route, in registration order: actix tries resources in order, so a static pattern
@@ -155,33 +285,40 @@ pub const ROUTES: &[Route] = &[
         "Per-actor liveness and restarts", 200 JSON),
     route!(Post "/api/v1/upload" => uploads::upload, UPLOAD, Session, "uploads",
         "One-shot multipart upload (field `file`, optional `title`, `description`, `tags`)",
-        201 JSON),
+        201 JSON, body = Some(upload_body), body_type = "multipart/form-data"),
     route!(Options "/api/v1/uploads" => tus::options, UPLOAD, Public, "uploads",
         "tus capabilities", 204 EMPTY),
     route!(Post "/api/v1/uploads" => tus::create, UPLOAD, Session, "uploads",
-        "tus creation (with optional first chunk)", 201 EMPTY),
+    "tus creation (with optional first chunk)", 201 EMPTY,
+    query = &[header("Tus-Resumable", tus_version), header("Upload-Length", || {
+        json!({"type": "integer", "minimum": 1, "maximum": u64::MAX})
+    })]),
     route!(Options "/api/v1/uploads/{upload_id}" => tus::options, UPLOAD, Public, "uploads",
         "tus capabilities", 204 EMPTY),
     route!(Head "/api/v1/uploads/{upload_id}" => tus::head, UPLOAD, Session, "uploads",
-        "tus offset of an upload", 200 EMPTY),
+        "tus offset of an upload", 200 EMPTY, query = &[header("Tus-Resumable", tus_version)]),
     route!(Patch "/api/v1/uploads/{upload_id}" => tus::patch, UPLOAD, Session, "uploads",
-        "tus chunk at Upload-Offset", 204 EMPTY),
+        "tus chunk at Upload-Offset", 204 EMPTY, body = Some(bytes),
+        body_type = "application/offset+octet-stream",
+        query = &[header("Tus-Resumable", tus_version), header("Upload-Offset", count)]),
     route!(Delete "/api/v1/uploads/{upload_id}" => tus::terminate, UPLOAD, Session, "uploads",
-        "tus termination", 204 EMPTY),
+        "tus termination", 204 EMPTY, query = &[header("Tus-Resumable", tus_version)]),
     route!(Get "/api/v1/uploads/{upload_id}" => tus::status, UPLOAD, Session, "uploads",
         "Upload status as JSON", 200 JSON),
     route!(Get "/api/v1/media" => media::list, METADATA, Public, "media",
-    "List or search media", 200 JSON, query = &[text("q"), text("tag"), text("owner"), text("limit"), text("cursor")]),
+    "List or search media", 200 JSON, query = &[
+        query("q", || json!({"type": "string", "maxLength": 500})), query("tag", text),
+        query("owner", text), PAGE[0], query("cursor", text)]),
     route!(Get "/api/v1/media/{media_id}" => media::get, METADATA, Public, "media",
         "One media record", 200 JSON),
     route!(Patch "/api/v1/media/{media_id}" => media::update, METADATA, Session, "media",
-        "Edit title, description, tags (owner or admin)", 200 JSON, body = Some(object)),
+        "Edit title, description, tags (owner or admin)", 200 JSON, body = Some(update_body)),
     route!(Delete "/api/v1/media/{media_id}" => media::delete, METADATA, Session, "media",
         "Delete a media item and its blobs (owner or admin)", 204 EMPTY),
     route!(Get "/api/v1/media/{media_id}/gate" => media::get_gate, METADATA, Public, "media",
         "The media's token gate", 200 JSON),
     route!(Put "/api/v1/media/{media_id}/gate" => media::put_gate, METADATA, Session, "media",
-        "Set or clear (null) the token gate (owner or admin)", 200 JSON, body = Some(object)),
+        "Set or clear (null) the token gate (owner or admin)", 200 JSON, body = Some(gate_body)),
     route!(Delete "/api/v1/media/{media_id}/gate" => media::clear_gate, METADATA, Session,
         "media", "Clear the token gate (owner or admin)", 200 JSON),
     route!(Get "/api/v1/media/{media_id}/hls/master.m3u8" => streaming::master, STREAMING, Gated,
@@ -197,26 +334,30 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/media/{media_id}/dash/manifest.mpd" => streaming::dash_manifest,
         STREAMING, Gated, "streaming", "DASH manifest over the same segments", 200
         "application/dash+xml", query = TOKEN),
-    route!(Get "/api/v1/jobs" => jobs::list, WORKER, Public, "jobs", "List jobs", 200 JSON,
-    query = &[text("state"), text("media_id"), text("limit"), text("cursor")]),
+    route!(Get "/api/v1/jobs" => jobs::list, WORKER, Session, "jobs", "List jobs", 200 JSON,
+    query = &[
+        query("state", || json!({"type": "string",
+            "enum": ["queued", "running", "succeeded", "failed", "cancelled"]})),
+        query("media_id", uuid), PAGE[0], PAGE[1]]),
     route!(Post "/api/v1/jobs" => jobs::submit, WORKER, Admin, "jobs",
-        "Submit a job (transcode, thumbnail, cleanup)", 202 JSON, body = Some(object)),
+        "Submit a job (transcode, thumbnail, cleanup)", 202 JSON, body = Some(job_body)),
     route!(Get "/api/v1/jobs/stats" => jobs::stats, WORKER, Session, "jobs",
         "Worker and job statistics", 200 JSON),
-    route!(Get "/api/v1/jobs/{job_id}" => jobs::get, WORKER, Public, "jobs",
+    route!(Get "/api/v1/jobs/{job_id}" => jobs::get, WORKER, Session, "jobs",
         "One job with live progress", 200 JSON),
     route!(Post "/api/v1/jobs/{job_id}/cancel" => jobs::cancel, WORKER, Admin, "jobs",
         "Cancel a queued or running job", 200 JSON),
     route!(Get "/api/v1/transcode/profiles" => jobs::profiles, TRANSCODER, Public, "jobs",
         "The transcode ladder", 200 JSON),
     route!(Get "/api/v1/audit" => audit::list, MONITOR, Admin, "audit", "The audit log",
-    200 JSON, query = &[text("action"), text("actor"), text("since"), text("limit"), text("cursor")]),
+    200 JSON, query = &[
+        query("action", text), query("actor", text), query("since", time), PAGE[0], PAGE[1]]),
     route!(Get "/api/v1/openapi.json" => openapi::document_handler, GATEWAY, Public, "gateway",
         "This document", 200 JSON),
     route!(Post "/api/v1/auth/challenge" => auth::challenge, AUTH, Public, "auth",
-        "A SIWE (EIP-4361) message with a single-use nonce", 200 JSON, body = Some(object)),
+        "A SIWE (EIP-4361) message with a single-use nonce", 200 JSON, body = Some(challenge_body)),
     route!(Post "/api/v1/auth/login" => auth::login, AUTH, Public, "auth",
-        "Log in with a signed SIWE message", 200 JSON, body = Some(object)),
+        "Log in with a signed SIWE message", 200 JSON, body = Some(login_body)),
     route!(Post "/api/v1/auth/verify" => auth::verify, AUTH, Session, "auth", "Check a session",
         200 JSON),
     route!(Post "/api/v1/auth/refresh" => auth::refresh, AUTH, Session, "auth",
@@ -224,15 +365,17 @@ pub const ROUTES: &[Route] = &[
     route!(Post "/api/v1/auth/logout" => auth::logout, AUTH, Session, "auth",
         "Revoke the session", 204 EMPTY),
     route!(Post "/api/v1/auth/nft/verify" => auth::nft_verify, AUTH, Session, "auth",
-        "Token ownership via eth_call (budgeted per session)", 200 JSON, body = Some(object)),
+        "Token ownership via eth_call (budgeted per session)", 200 JSON, body = Some(nft_body)),
     route!(Get "/api/v1/monitor/metrics" => monitor::summary, MONITOR, Public, "monitor",
         "JSON metrics summary", 200 JSON),
     route!(Get "/api/v1/monitor/alerts" => monitor::alerts, MONITOR, Public, "monitor",
-    "Alert rules, firing alerts and history", 200 JSON, query = &[text("limit")]),
+    "Alert rules, firing alerts and history", 200 JSON, query = &[query("limit", count)]),
     route!(Get "/api/v1/monitor/logs" => monitor::logs, MONITOR, Admin, "monitor",
-    "Recent log events", 200 JSON, query = &[text("level"), text("limit")]),
+    "Recent log events", 200 JSON, query = &[
+        query("level", || json!({"type": "string",
+            "enum": ["error", "warn", "info", "debug", "trace"]})), query("limit", count)]),
     route!(Get "/api/v1/monitor/traces" => monitor::traces, MONITOR, Public, "monitor",
-    "Request trace statistics", 200 JSON, query = &[text("recent")]),
+    "Request trace statistics", 200 JSON, query = &[query("recent", count)]),
     route!(Delete "/api/v1/cache" => cache::clear, CACHE, Admin, "cache",
         "Clear the admin cache", 200 JSON),
     route!(Get "/api/v1/cache/stats" => cache::stats, CACHE, Admin, "cache",
@@ -241,7 +384,7 @@ pub const ROUTES: &[Route] = &[
         "A cached value (404 cache_miss)", 200 "application/octet-stream"),
     route!(Put "/api/v1/cache/{key}" => cache::put, CACHE, Admin, "cache",
         "Store a value (body with its Content-Type)", 204 EMPTY, setup = cache::value_limit,
-        query = &[text("ttl_s")]),
+        query = &[query("ttl_s", count)]),
     route!(Delete "/api/v1/cache/{key}" => cache::delete, CACHE, Admin, "cache",
         "Drop a cached value", 204 EMPTY),
 ];

@@ -59,7 +59,9 @@ pub(super) async fn tus_headers(
     {
         req.head_mut().method = method;
     }
-    let is_protocol = !matches!(*req.method(), Method::OPTIONS | Method::GET);
+    // Methods no tus route takes skip the checks: the router answers them 405 with `Allow`.
+    let is_protocol = !matches!(*req.method(), Method::OPTIONS | Method::GET)
+        && super::table::declares(req.method(), req.match_info().as_str());
     let resumable = req
         .headers()
         .get("tus-resumable")
