@@ -107,10 +107,21 @@ async fn schemathesis_finds_the_server_as_the_document_says() {
                 python.display()
             )
         });
+    let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "schemathesis found the server and the document apart:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
+        "schemathesis found the server and the document apart:\n{report}{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    // Every operation it selected (all of them) was exercised.
+    let selected = report
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Selected: "))
+        .and_then(|counts| counts.split_once('/'))
+        .unwrap_or_else(|| panic!("no operation count in {report}"));
+    assert_eq!(selected.0, selected.1, "{report}");
+    assert!(
+        report.contains(&format!("Tested: {}", selected.0)),
+        "{report}"
     );
 }

@@ -20,6 +20,7 @@ use base64::Engine;
 use futures_util::StreamExt;
 use serde::Serialize;
 use streamgate_actors::{
+    auth::Principal,
     model::{TusMetadata, TusState, TusUpload, UploadId},
     upload::tus::{
         BeginTusPatch, ChecksumAlgorithm, ChunkChecksum, CommitTusPatch, CreateTusUpload,
@@ -210,19 +211,23 @@ pub(super) async fn create(
     Ok(response.finish())
 }
 
+/// The upload at `path`, as its creator (or the admin) may see it.
+async fn lookup(principal: &Principal, path: &str, actors: &Actors) -> Result<TusUpload, ApiError> {
+    Ok(actors
+        .upload
+        .send(GetTusUpload {
+            upload_id: upload_id(path)?,
+            requester: principal.name().to_string(),
+        })
+        .await??)
+}
+
 pub(super) async fn head(
     Authenticated(principal): Authenticated,
     path: web::Path<String>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    let upload_id = upload_id(&path)?;
-    let upload = actors
-        .upload
-        .send(GetTusUpload {
-            upload_id,
-            requester: principal.name().to_string(),
-        })
-        .await??;
+    let upload = lookup(&principal, &path, &actors).await?;
     let mut response = HttpResponse::Ok();
     response
         .insert_header(("Upload-Offset", upload.offset.to_string()))
@@ -366,14 +371,7 @@ pub(super) async fn status(
     path: web::Path<String>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    let upload_id = upload_id(&path)?;
-    let upload = actors
-        .upload
-        .send(GetTusUpload {
-            upload_id,
-            requester: principal.name().to_string(),
-        })
-        .await??;
+    let upload = lookup(&principal, &path, &actors).await?;
     let receiving = upload.state == TusState::Receiving;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
