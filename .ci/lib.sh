@@ -51,7 +51,8 @@ need_node_packages() {
 }
 
 need_python_tools() {
-  # The tus interop tests drive the server with tuspy; the S3 tests start moto_server. Both go
+  # The tus interop tests drive the server with tuspy; the S3 tests start moto_server; the OpenAPI
+  # tests validate the document and run schemathesis against the server. All go
   # into a venv under target/ (pip skips what is already installed, so re-runs are quick).
   need_debian_packages python3:python3
   if [ ! -x target/py/bin/pip ]; then
@@ -60,5 +61,5 @@ need_python_tools() {
     python3 -m venv target/py 2>/dev/null ||
       { need_debian_packages no-such-command:python3-venv && rm -rf target/py && python3 -m venv target/py; }
   fi
-  target/py/bin/pip install -q --disable-pip-version-check 'tuspy==1.*' 'moto[server]==5.*' 'openapi-spec-validator==0.7.*'
+  target/py/bin/pip install -q --disable-pip-version-check 'tuspy==1.*' 'moto[server]==5.*' 'openapi-spec-validator==0.7.*' 'schemathesis==4.32.5'
 }

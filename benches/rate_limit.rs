@@ -1,6 +1,6 @@
-//! Criterion benches for the per-client rate limiter (`RateLimits::check_cached`, run on every
-//! request when limits are on, through the HTTP worker's bucket cache): one client within its bucket, one client refused, and 10,000 clients
-//! in turn. Only the limiter's public API. Run with `cargo bench --bench rate_limit`.
+//! Criterion benches for the per-client rate limiter (`RateLimits::check`, run on every
+//! request when limits are on): one client within its bucket, one client refused, and 10,000
+//! clients in turn. Only the limiter's public API. Run with `cargo bench --bench rate_limit`.
 
 // Bench code: a failed unwrap is a failed bench.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,12 +13,8 @@ use std::{
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use streamgate::config::{self, Sources};
-use streamgate_actors::{
-    audit::AuditLog,
-    monitor::{clock::MonotonicNanos, Metrics},
-    store::SledStore,
-};
-use streamgate_web::middleware::rate_limit::{BucketCache, RateLimits, ServiceId};
+use streamgate_actors::{audit::AuditLog, monitor::Metrics, store::SledStore};
+use streamgate_web::middleware::rate_limit::{RateLimits, ServiceId};
 
 fn limits(overrides: &[&str], store: Arc<SledStore>) -> RateLimits {
     let config = config::load(&Sources {
@@ -43,11 +39,8 @@ fn rate_limit(c: &mut Criterion) {
         &["rate_limit.services.streaming={ capacity = 4000000000, refill_per_second = 4000000000 }"],
         store.clone(),
     );
-    // One HTTP worker's cache, as the middleware keeps it.
-    let mut cache = BucketCache::default();
-    let mut check = |limits: &RateLimits, service: ServiceId, client: IpAddr| {
-        limits.check_cached(&mut cache, service, client, MonotonicNanos::now())
-    };
+    let check =
+        |limits: &RateLimits, service: ServiceId, client: IpAddr| limits.check(service, client);
     assert!(check(&roomy, ServiceId::STREAMING, client).is_ok());
     c.bench_function("rate_limit/check_allowed", |b| {
         b.iter(|| check(&roomy, black_box(ServiceId::STREAMING), black_box(client)))
@@ -63,7 +56,7 @@ fn rate_limit(c: &mut Criterion) {
         b.iter(|| check(&tight, black_box(ServiceId::AUTH), black_box(client)))
     });
 
-    // More clients than the cache holds: most checks go to the table.
+    // Many clients: every check finds its own bucket in the store.
     let clients: Vec<IpAddr> = (0..10_000u32)
         .map(|n| IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + n)))
         .collect();

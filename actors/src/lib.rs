@@ -20,8 +20,6 @@ pub mod error;
 pub mod metadata;
 pub mod model;
 pub mod monitor;
-// The old path, for callers not yet moved to `blob_names`.
-pub use blob_names as names;
 pub mod search;
 pub mod sniff;
 pub mod store;

@@ -34,17 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(|error, _| {
         error::ApiError::bad_request("invalid_path", error.to_string()).into()
     }));
-    routes::health::configure(cfg);
-    routes::uploads::configure(cfg);
-    routes::tus::configure(cfg);
-    routes::media::configure(cfg);
-    routes::configure_media_item(cfg);
-    routes::jobs::configure(cfg);
-    routes::audit::configure(cfg);
-    openapi::configure(cfg);
-    routes::auth::configure(cfg);
-    routes::monitor::configure(cfg);
-    routes::cache::configure(cfg);
+    routes::configure(cfg);
 }
 
 /// The answer for any path no route matches.

@@ -20,7 +20,6 @@ use actix_cors::Cors;
 use actix_web::{
     body::{BoxBody, MessageBody},
     dev::ServiceResponse,
-    guard::{Guard, GuardContext},
     http::{
         header::{self, HeaderName, HeaderValue},
         Method, StatusCode,
@@ -36,17 +35,6 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// The `route` label of requests no resource matched.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
-
-/// A guard that always passes. Route registration still attaches it; the route label now
-/// comes from `HttpRequest::match_pattern`, so it carries nothing the middleware reads.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteLabel(pub &'static str);
-
-impl Guard for RouteLabel {
-    fn check(&self, _: &GuardContext<'_>) -> bool {
-        true
-    }
-}
 
 /// Headers every response carries (built once: no validation per response).
 const SECURITY_HEADERS: [(HeaderName, HeaderValue); 4] = [

@@ -7,7 +7,6 @@
 //! Turned off (no metrics, no rate limits) it only forwards.
 
 use std::{
-    cell::RefCell,
     future::{ready, Future, Ready},
     pin::Pin,
     rc::Rc,
@@ -23,14 +22,12 @@ use actix_web::{
 };
 use futures_util::future::LocalBoxFuture;
 use streamgate_actors::monitor::{
-    clock::MonotonicNanos,
     otlp::{AttributeValue, FinishedSpan, SpanExporter, SpanKind},
     traces::{self, RequestRecord, RequestScope},
     Metrics,
 };
 
 use super::{
-    buckets::BucketCache,
     rate_limit::{self, RateLimits, ServiceId},
     span::RequestTrace,
     REQUEST_ID_HEADER, TRACEPARENT_HEADER, UNMATCHED_ROUTE,
@@ -79,7 +76,6 @@ where
                 metrics: self.metrics.clone(),
                 limits: self.limits.clone(),
                 spans: self.spans.clone(),
-                buckets: RefCell::default(),
             }),
         }))
     }
@@ -90,7 +86,6 @@ pub struct WorkerState {
     metrics: Option<Metrics>,
     limits: Option<RateLimits>,
     spans: Option<SpanExporter>,
-    buckets: RefCell<BucketCache>,
 }
 
 pub struct ObserveService<S> {
@@ -151,10 +146,7 @@ where
         });
         let refusal = match (&state.limits, client_ip) {
             (Some(limits), Some(client)) => {
-                let now = MonotonicNanos::now();
-                let taken =
-                    limits.check_cached(&mut state.buckets.borrow_mut(), service, client, now);
-                taken.err().map(|wait| {
+                limits.check(service, client).err().map(|wait| {
                     // In the request's scope: the refusal's log line names the request's trace.
                     let scope = observed.as_ref().map(|observed| observed.scope);
                     scoped(scope, || limits.refuse(&req, service, client, wait))

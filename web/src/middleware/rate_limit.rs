@@ -1,4 +1,4 @@
-//! Per-client-IP token buckets, one [`BucketTable`] per service, checked by the
+//! Per-client-IP rate limits, one governor limiter per service ([`super::buckets`]), checked by the
 //! [`super::observe`] middleware. Over the limit: 429 `{"code":"rate_limited"}` with `Retry-After`, a
 //! `streamgate_rate_limited_total{service}` increment and an audit entry (at most one per
 //! client and service per `rate_limit.audit_interval_s`, so a flood cannot become a flood of
@@ -31,11 +31,10 @@ use governor::{
 use streamgate_actors::{
     audit::{action, outcome, AuditEvent, AuditLog},
     config::{BucketConfig, RateLimitConfig},
-    monitor::{clock::MonotonicNanos, metric_names as names, Metrics},
+    monitor::{metric_names as names, Metrics},
 };
 
-pub use super::buckets::BucketCache;
-use super::buckets::BucketTable;
+use super::buckets::ServiceLimiter;
 use crate::error::ApiError;
 
 /// A service of [`names::SERVICES`] by its position there: the `service` label and the bucket
@@ -93,92 +92,16 @@ const fn const_str_eq(a: &str, b: &str) -> bool {
     true
 }
 
-/// The route → service table: the first path segment after `/api/v1/`. Media sub-resources
-/// that deliver video (`hls`, `dash`, `thumbnail.jpg`) are `streaming`, the rest `metadata`;
-/// `/metrics` is `monitor`; everything else (`/health`, `/ready`, unknown paths) `gateway`.
-fn api_service(first_segment: &str) -> Option<ServiceId> {
-    Some(match first_segment {
-        "upload" | "uploads" => ServiceId::UPLOAD,
-        "media" => ServiceId::METADATA,
-        "cache" => ServiceId::CACHE,
-        "auth" => ServiceId::AUTH,
-        "jobs" => ServiceId::WORKER,
-        "transcode" => ServiceId::TRANSCODER,
-        "monitor" | "audit" => ServiceId::MONITOR,
-        _ => return None,
-    })
-}
-
-/// The service of a request: the `service` label and the bucket it draws from. Classified by
-/// the path the router matches (actix's percent-decoded `match_info`, not the raw
-/// `req.path()`), so `/api/v1/%61uth/login`, which the router hands to the login handler, is
-/// `auth` like `/api/v1/auth/login`.
+/// The service of a request: the `service` label and the bucket it draws from. Rate limits run
+/// before the router, so the route is looked up in the route table by the path the router will
+/// match (actix's percent-decoded `match_info`, not the raw `req.path()`):
+/// `/api/v1/%61uth/login`, which the router hands to the login handler, is `auth` like
+/// `/api/v1/auth/login`.
 pub fn service_of(req: &ServiceRequest) -> ServiceId {
     service_for(req.match_info().as_str())
 }
 
-/// The service of a path as the router sees it (decoded but for `%2F`, `%25` and `%2B`); see
-/// [`service_of`]. Whatever routes to a resource shares its prefix, so it classifies like the
-/// resource's pattern; paths no route takes are `gateway` unless they share an API prefix.
-pub fn service_for(path: &str) -> ServiceId {
-    let Some(rest) = path.strip_prefix("/api/v1/") else {
-        return if path == "/metrics" {
-            ServiceId::MONITOR
-        } else {
-            ServiceId::GATEWAY
-        };
-    };
-    let (first, rest) = first_segment(rest);
-    let Some(service) = api_service(first) else {
-        return ServiceId::GATEWAY;
-    };
-    // `/api/v1/media` (the list) and `/api/v1/media/{id}` (a record) stop early.
-    if service == ServiceId::METADATA && !rest.is_empty() {
-        let (_media_id, rest) = first_segment(rest);
-        if !rest.is_empty() && matches!(first_segment(rest).0, "hls" | "dash" | "thumbnail.jpg") {
-            return ServiceId::STREAMING;
-        }
-    }
-    service
-}
-
-/// `("a", "b/c")` for `"a/b/c"`.
-#[inline]
-fn first_segment(path: &str) -> (&str, &str) {
-    match slash_position(path.as_bytes()) {
-        Some(slash) => (&path[..slash], &path[slash + 1..]),
-        None => (path, ""),
-    }
-}
-
-/// The first `/` in `bytes`, eight bytes per step: a byte-by-byte scan cost ~5 instructions a
-/// byte, ~180 for a media id (a UUID) on every record, playlist and segment request, and
-/// `str::split_once` spends more than that setting up its search for a short segment.
-#[inline]
-fn slash_position(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const SLASHES: u64 = u64::from_ne_bytes([b'/'; 8]);
-    let mut chunks = bytes.chunks_exact(8);
-    let mut offset = 0;
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        // Zero bytes where `chunk` has a slash; the lowest flagged byte is the first one (a
-        // borrow can only flag bytes above a true zero).
-        let matches = u64::from_le_bytes(word) ^ SLASHES;
-        let flagged = matches.wrapping_sub(ONES) & !matches & HIGHS;
-        if flagged != 0 {
-            return Some(offset + (flagged.trailing_zeros() / 8) as usize);
-        }
-        offset += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|byte| *byte == b'/')
-        .map(|at| offset + at)
-}
+pub use crate::routes::table::service_for;
 
 /// The client as rate limits (and audit entries of refusals) see it: the socket's peer, unless
 /// that peer is a trusted proxy; then the rightmost `X-Forwarded-For` hop that is not one.
@@ -271,8 +194,8 @@ pub struct RateLimits {
 }
 
 struct Inner {
-    /// One bucket table per service, in [`names::SERVICES`] order (indexed by [`ServiceId`]).
-    services: Vec<BucketTable>,
+    /// One limiter per service, in [`names::SERVICES`] order (indexed by [`ServiceId`]).
+    services: Vec<ServiceLimiter>,
     /// One audit entry per (client, service) per interval.
     audit_gate: KeyedLimiter<(IpAddr, &'static str)>,
     trusted_proxies: Vec<IpAddr>,
@@ -295,7 +218,7 @@ impl RateLimits {
                         capacity: 1000,
                         refill_per_second: 100,
                     });
-                BucketTable::new(
+                ServiceLimiter::new(
                     bucket.capacity,
                     bucket.refill_per_second,
                     config.max_tracked_clients,
@@ -327,30 +250,13 @@ impl RateLimits {
         bucket_key(client, self.inner.ipv6_prefix_len)
     }
 
-    /// Takes one token from `client`'s bucket of `service` at `now` (the middleware has already
-    /// read the clock for the request); `Err` holds how long until the next token.
-    pub fn check_at(
-        &self,
-        service: ServiceId,
-        client: IpAddr,
-        now: MonotonicNanos,
-    ) -> Result<(), Duration> {
+    /// Takes one token from `client`'s bucket of `service`; `Err` holds how long until the
+    /// next token.
+    pub fn check(&self, service: ServiceId, client: IpAddr) -> Result<(), Duration> {
         match self.inner.services.get(service.index()) {
-            Some(buckets) => buckets.check(self.key(client), now),
+            Some(limiter) => limiter.check(self.key(client)),
             None => Ok(()),
         }
-    }
-
-    /// [`Self::check_at`] through a worker's cache of the buckets it used last: what the
-    /// middleware calls on every request.
-    pub fn check_cached(
-        &self,
-        cache: &mut BucketCache,
-        service: ServiceId,
-        client: IpAddr,
-        now: MonotonicNanos,
-    ) -> Result<(), Duration> {
-        cache.check(&self.inner.services, service.index(), self.key(client), now)
     }
 
     pub fn trusted_proxies(&self) -> &[IpAddr] {
@@ -407,12 +313,11 @@ impl RateLimits {
     /// Drops the buckets of clients whose buckets have refilled (they would start full
     /// anyway), frees the memory, and publishes how many remain.
     pub fn sweep(&self) -> usize {
-        let now = MonotonicNanos::now();
         let tracked = self
             .inner
             .services
             .iter()
-            .map(|buckets| buckets.sweep(now))
+            .map(ServiceLimiter::sweep)
             .sum::<usize>();
         self.inner.audit_gate.retain_recent();
         self.inner.audit_gate.shrink_to_fit();
@@ -425,7 +330,7 @@ impl RateLimits {
 
     /// Client buckets held now, over every service.
     pub fn tracked_clients(&self) -> usize {
-        self.inner.services.iter().map(BucketTable::len).sum()
+        self.inner.services.iter().map(ServiceLimiter::len).sum()
     }
 
     /// Sweeps every `interval` until the actix system stops.
@@ -442,53 +347,6 @@ impl RateLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_map_to_services() {
-        for (path, service) in [
-            ("/health", "gateway"),
-            ("/metrics", "monitor"),
-            ("/api/v1/upload", "upload"),
-            ("/api/v1/uploads/abc", "upload"),
-            ("/api/v1/media", "metadata"),
-            ("/api/v1/media/abc", "metadata"),
-            ("/api/v1/media/abc/hls/master.m3u8", "streaming"),
-            ("/api/v1/media/abc/dash/manifest.mpd", "streaming"),
-            ("/api/v1/media/abc/thumbnail.jpg", "streaming"),
-            ("/api/v1/media/abc/gate", "metadata"),
-            ("/api/v1/cache/k", "cache"),
-            ("/api/v1/auth/login", "auth"),
-            ("/api/v1/jobs/1/cancel", "worker"),
-            ("/api/v1/transcode/profiles", "transcoder"),
-            ("/api/v1/monitor/alerts", "monitor"),
-            ("/api/v1/audit", "monitor"),
-            ("/api/v1/nothing", "gateway"),
-        ] {
-            assert_eq!(service_for(path).label(), service, "{path}");
-        }
-    }
-
-    #[test]
-    fn slashes_are_found_at_every_offset() {
-        for length in 0..40 {
-            for slash in 0..length {
-                let mut text = vec![b'x'; length];
-                text[slash] = b'/';
-                // A later slash and bytes with the high bit set must not be taken first.
-                if slash + 2 < length {
-                    text[slash + 2] = b'/';
-                }
-                if slash > 0 {
-                    text[slash - 1] = 0xc3;
-                }
-                assert_eq!(slash_position(&text), Some(slash), "{length} {slash}");
-            }
-            assert_eq!(slash_position(&vec![b'.'; length]), None);
-        }
-        let id = "/api/v1/media/0193a7a2-3c4d-7e8f-9a0b-1c2d3e4f5a6b/hls/master.m3u8";
-        assert_eq!(service_for(id).label(), "streaming");
-        assert_eq!(service_for(&id[..50]).label(), "metadata");
-    }
 
     /// Paths are classified as the router sees them: percent-escapes the router decodes
     /// cannot move a request to another service's bucket, and what it does not route stays out
@@ -510,13 +368,18 @@ mod tests {
             ("/api/v1/%2561uth/login", "gateway"),
             ("//api/v1/auth/login", "gateway"),
             ("/api//v1/auth/login", "gateway"),
-            // Not routed (actix neither strips dots nor trailing slashes), still no bypass.
-            ("/api/v1/auth/./login", "auth"),
-            ("/api/v1/auth/login/", "auth"),
+            // Not routed (actix neither strips dots nor trailing slashes): a 404 from the
+            // gateway bucket, never the login handler.
+            ("/api/v1/auth/./login", "gateway"),
+            ("/api/v1/auth/login/", "gateway"),
             ("/api/v1/auth/login?x=/api/v1/media", "auth"),
             ("/api/v1/media/abc/%68ls/master.m3u8", "streaming"),
             ("/api/v1/media/abc/thumbnail%2Ejpg", "streaming"),
-            ("/api/v1/media/abc%2Fhls/master.m3u8", "metadata"),
+            ("/api/v1/media/abc%2Fhls/master.m3u8", "gateway"),
+            ("/api/v1/media/abc/gate", "metadata"),
+            ("/api/v1/jobs/stats", "worker"),
+            ("/api/v1/transcode/profiles", "transcoder"),
+            ("/api/v1/nothing", "gateway"),
             ("/api/v1/%6D%65%64%69%61", "metadata"),
             ("/%6Detrics", "monitor"),
             ("/api/v1/%75ploads/abc", "upload"),
@@ -524,57 +387,6 @@ mod tests {
         ] {
             let req = TestRequest::with_uri(path).to_srv_request();
             assert_eq!(service_of(&req).label(), service, "{path}");
-        }
-    }
-
-    /// Every route's pattern (placeholders filled) classifies as its service.
-    #[test]
-    fn every_route_pattern_has_its_service() {
-        for (pattern, service) in [
-            ("/health", "gateway"),
-            ("/ready", "gateway"),
-            ("/metrics", "monitor"),
-            ("/api/v1/openapi.json", "gateway"),
-            ("/api/v1/monitor/health", "monitor"),
-            ("/api/v1/monitor/metrics", "monitor"),
-            ("/api/v1/monitor/alerts", "monitor"),
-            ("/api/v1/monitor/logs", "monitor"),
-            ("/api/v1/monitor/traces", "monitor"),
-            ("/api/v1/audit", "monitor"),
-            ("/api/v1/jobs", "worker"),
-            ("/api/v1/jobs/stats", "worker"),
-            ("/api/v1/jobs/{job_id}", "worker"),
-            ("/api/v1/jobs/{job_id}/cancel", "worker"),
-            ("/api/v1/transcode/profiles", "transcoder"),
-            ("/api/v1/auth/challenge", "auth"),
-            ("/api/v1/auth/login", "auth"),
-            ("/api/v1/auth/verify", "auth"),
-            ("/api/v1/auth/refresh", "auth"),
-            ("/api/v1/auth/logout", "auth"),
-            ("/api/v1/auth/nft/verify", "auth"),
-            ("/api/v1/cache", "cache"),
-            ("/api/v1/cache/stats", "cache"),
-            ("/api/v1/cache/{key}", "cache"),
-            ("/api/v1/upload", "upload"),
-            ("/api/v1/uploads", "upload"),
-            ("/api/v1/uploads/{upload_id}", "upload"),
-            ("/api/v1/media", "metadata"),
-            ("/api/v1/media/{media_id}", "metadata"),
-            ("/api/v1/media/{media_id}/gate", "metadata"),
-            ("/api/v1/media/{media_id}/hls/master.m3u8", "streaming"),
-            (
-                "/api/v1/media/{media_id}/hls/{rendition}/index.m3u8",
-                "streaming",
-            ),
-            (
-                "/api/v1/media/{media_id}/hls/{rendition}/{segment}",
-                "streaming",
-            ),
-            ("/api/v1/media/{media_id}/thumbnail.jpg", "streaming"),
-            ("/api/v1/media/{media_id}/dash/manifest.mpd", "streaming"),
-        ] {
-            let path = pattern.replace('{', "x").replace('}', "");
-            assert_eq!(service_for(&path).label(), service, "{pattern}");
         }
     }
 

@@ -1,6 +1,5 @@
 //! `GET /api/v1/audit`: the append-only audit log, for admins.
 
-use crate::middleware::RouteLabel;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use streamgate_actors::{model::AuditId, store::AuditFilter, Actors};
@@ -14,17 +13,9 @@ use crate::{
 
 const DEFAULT_PAGE: usize = 100;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/v1/audit")
-            .guard(RouteLabel("/api/v1/audit"))
-            .route(web::get().to(list)),
-    );
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
+pub(super) struct AuditQuery {
     action: Option<String>,
     actor: Option<String>,
     /// RFC 3339 time; only entries at or after it.
@@ -33,7 +24,7 @@ struct AuditQuery {
     cursor: Option<String>,
 }
 
-async fn list(
+pub(super) async fn list(
     _admin: Admin,
     query: web::Query<AuditQuery>,
     actors: web::Data<Actors>,

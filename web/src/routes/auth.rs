@@ -3,7 +3,6 @@
 //! `POST /api/v1/auth/challenge`, `/login`, `/verify`, `/refresh`, `/logout`, `/nft/verify`
 //! (a session's, with a budget of uncached look-ups: 429 `nft_rpc_budget_exceeded`).
 
-use crate::middleware::RouteLabel;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
@@ -21,39 +20,6 @@ use crate::{
     extract::{bearer_token, caller},
 };
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/v1/auth/challenge")
-            .guard(RouteLabel("/api/v1/auth/challenge"))
-            .route(web::post().to(challenge)),
-    )
-    .service(
-        web::resource("/api/v1/auth/login")
-            .guard(RouteLabel("/api/v1/auth/login"))
-            .route(web::post().to(login)),
-    )
-    .service(
-        web::resource("/api/v1/auth/verify")
-            .guard(RouteLabel("/api/v1/auth/verify"))
-            .route(web::post().to(verify)),
-    )
-    .service(
-        web::resource("/api/v1/auth/refresh")
-            .guard(RouteLabel("/api/v1/auth/refresh"))
-            .route(web::post().to(refresh)),
-    )
-    .service(
-        web::resource("/api/v1/auth/logout")
-            .guard(RouteLabel("/api/v1/auth/logout"))
-            .route(web::post().to(logout)),
-    )
-    .service(
-        web::resource("/api/v1/auth/nft/verify")
-            .guard(RouteLabel("/api/v1/auth/nft/verify"))
-            .route(web::post().to(nft_verify)),
-    );
-}
-
 pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -61,7 +27,7 @@ pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChallengeBody {
+pub(super) struct ChallengeBody {
     address: String,
     chain_id: u64,
 }
@@ -75,7 +41,7 @@ struct ChallengeDto {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LoginBody {
+pub(super) struct LoginBody {
     message: String,
     signature: String,
 }
@@ -126,7 +92,7 @@ impl TokenIdInput {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NftVerifyBody {
+pub(super) struct NftVerifyBody {
     address: String,
     chain_id: u64,
     contract: String,
@@ -143,7 +109,7 @@ struct NftVerifyDto {
     cached: bool,
 }
 
-async fn challenge(
+pub(super) async fn challenge(
     body: web::Json<ChallengeBody>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
@@ -162,7 +128,7 @@ async fn challenge(
     }))
 }
 
-async fn login(
+pub(super) async fn login(
     req: HttpRequest,
     body: web::Json<LoginBody>,
     actors: web::Data<Actors>,
@@ -183,7 +149,10 @@ fn session_token(req: &HttpRequest) -> Result<String, ApiError> {
     bearer_token(req).ok_or_else(|| ApiError::from(AuthError::SessionRequired))
 }
 
-async fn verify(req: HttpRequest, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn verify(
+    req: HttpRequest,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
     let token = session_token(&req)?;
     let session = actors.auth.send(VerifySession { token }).await??;
     Ok(HttpResponse::Ok().json(VerifyDto {
@@ -194,19 +163,25 @@ async fn verify(req: HttpRequest, actors: web::Data<Actors>) -> Result<HttpRespo
     }))
 }
 
-async fn refresh(req: HttpRequest, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn refresh(
+    req: HttpRequest,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
     let token = session_token(&req)?;
     let grant = actors.auth.send(RefreshSession { token }).await??;
     Ok(HttpResponse::Ok().json(SessionDto::from(grant)))
 }
 
-async fn logout(req: HttpRequest, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn logout(
+    req: HttpRequest,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
     let token = session_token(&req)?;
     actors.auth.send(Logout { token }).await??;
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn nft_verify(
+pub(super) async fn nft_verify(
     req: HttpRequest,
     body: web::Json<NftVerifyBody>,
     actors: web::Data<Actors>,

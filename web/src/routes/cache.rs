@@ -5,10 +5,9 @@
 //! `PUT …?ttl_s=` may shorten an entry's life). `stats` is a reserved key (the stats route).
 //! Writes are audited by the cache handle (`cache.put|delete|clear`).
 
-use crate::middleware::RouteLabel;
 use std::time::Duration;
 
-use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use actix_web::{http::header, web, HttpRequest, HttpResponse, Resource};
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
     cache::{caches::MAX_ADMIN_KEY_BYTES, AdminEntry},
@@ -17,30 +16,16 @@ use streamgate_actors::{
 
 use crate::{error::ApiError, extract::Admin};
 
+/// Longest key, in characters (what the OpenAPI document can say).
+pub const MAX_ADMIN_KEY_CHARS: usize = MAX_ADMIN_KEY_BYTES;
 /// Largest value accepted by `PUT`.
 const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Who the audit log names for admin-token calls.
 const ADMIN: &str = "admin";
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/v1/cache")
-            .guard(RouteLabel("/api/v1/cache"))
-            .route(web::delete().to(clear)),
-    )
-    .service(
-        web::resource("/api/v1/cache/stats")
-            .guard(RouteLabel("/api/v1/cache/stats"))
-            .route(web::get().to(stats)),
-    )
-    .service(
-        web::resource("/api/v1/cache/{key}")
-            .guard(RouteLabel("/api/v1/cache/{key}"))
-            .app_data(web::PayloadConfig::new(MAX_VALUE_BYTES))
-            .route(web::get().to(get))
-            .route(web::put().to(put))
-            .route(web::delete().to(delete)),
-    );
+/// The `{key}` resource reads whole values up to [`MAX_VALUE_BYTES`].
+pub(super) fn value_limit(resource: Resource) -> Resource {
+    resource.app_data(web::PayloadConfig::new(MAX_VALUE_BYTES))
 }
 
 #[derive(Serialize)]
@@ -63,15 +48,18 @@ struct StatsDto {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PutQuery {
+pub(super) struct PutQuery {
     ttl_s: Option<u64>,
 }
 
 fn valid_key(key: &str) -> Result<(), ApiError> {
-    if key.is_empty() || key.len() > MAX_ADMIN_KEY_BYTES || key.chars().any(char::is_control) {
+    if key.is_empty()
+        || key.chars().count() > MAX_ADMIN_KEY_CHARS
+        || key.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_request(
             "invalid_cache_key",
-            format!("a key is 1 to {MAX_ADMIN_KEY_BYTES} bytes without control characters"),
+            format!("a key is 1 to {MAX_ADMIN_KEY_CHARS} characters without control characters"),
         ));
     }
     Ok(())
@@ -81,7 +69,7 @@ fn miss(key: &str) -> ApiError {
     ApiError::not_found("cache_miss", format!("no cache entry for {key:?}"))
 }
 
-async fn get(
+pub(super) async fn get(
     _: Admin,
     key: web::Path<String>,
     actors: web::Data<Actors>,
@@ -94,7 +82,7 @@ async fn get(
         .body(entry.value))
 }
 
-async fn put(
+pub(super) async fn put(
     _: Admin,
     req: HttpRequest,
     key: web::Path<String>,
@@ -124,7 +112,7 @@ async fn put(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn delete(
+pub(super) async fn delete(
     _: Admin,
     key: web::Path<String>,
     actors: web::Data<Actors>,
@@ -137,12 +125,12 @@ async fn delete(
     }
 }
 
-async fn clear(_: Admin, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn clear(_: Admin, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let cleared = actors.caches.admin_clear(ADMIN).await;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "cleared": cleared })))
 }
 
-async fn stats(_: Admin, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn stats(_: Admin, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let dto = |stats: streamgate_actors::cache::CacheStats| CacheStatsDto {
         hits: stats.hits,
         misses: stats.misses,

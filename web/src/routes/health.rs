@@ -1,7 +1,6 @@
 //! `/health`, `/ready`, `/metrics` and `/api/v1/monitor/health` (per actor: alive, restarts,
 //! last heartbeat, ping round trip).
 
-use crate::middleware::RouteLabel;
 use actix_web::{http::StatusCode, web, HttpResponse};
 use serde_json::{json, Map, Value};
 use streamgate_actors::{
@@ -11,30 +10,7 @@ use streamgate_actors::{
 
 use crate::error::ApiError;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/health")
-            .guard(RouteLabel("/health"))
-            .route(web::get().to(health)),
-    )
-    .service(
-        web::resource("/ready")
-            .guard(RouteLabel("/ready"))
-            .route(web::get().to(ready)),
-    )
-    .service(
-        web::resource("/metrics")
-            .guard(RouteLabel("/metrics"))
-            .route(web::get().to(metrics)),
-    )
-    .service(
-        web::resource("/api/v1/monitor/health")
-            .guard(RouteLabel("/api/v1/monitor/health"))
-            .route(web::get().to(monitor_health)),
-    );
-}
-
-async fn health(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn health(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let report = actors.monitor.send(CheckHealth).await?;
     let status = report.status();
     let mut checks = Map::new();
@@ -60,7 +36,7 @@ async fn health(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     })))
 }
 
-async fn ready(actors: web::Data<Actors>) -> HttpResponse {
+pub(super) async fn ready(actors: web::Data<Actors>) -> HttpResponse {
     // If the monitor itself cannot answer, we are not ready either.
     match actors.monitor.send(CheckActors).await {
         Ok(statuses) if statuses.iter().all(|status| status.alive) => {
@@ -74,14 +50,14 @@ async fn ready(actors: web::Data<Actors>) -> HttpResponse {
     }
 }
 
-async fn metrics(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn metrics(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let text = actors.monitor.send(RenderMetrics).await??;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))
 }
 
-async fn monitor_health(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn monitor_health(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let statuses = actors.monitor.send(CheckActors).await?;
     Ok(HttpResponse::Ok().json(json!({ "actors": actor_list(&statuses) })))
 }

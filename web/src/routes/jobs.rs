@@ -4,7 +4,6 @@
 //! Reading needs a session: a wallet sees the jobs of its own media, the admin every job; a job
 //! of someone else's media is a 404, so its existence does not leak.
 
-use crate::middleware::RouteLabel;
 use actix_web::{http::header, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
@@ -28,39 +27,9 @@ const DEFAULT_PRIORITY: u8 = 5;
 /// How the audit log names a caller holding the admin token.
 const ADMIN: &str = "admin";
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/v1/jobs")
-            .guard(RouteLabel("/api/v1/jobs"))
-            .route(web::get().to(list))
-            .route(web::post().to(submit)),
-    )
-    // Before `/jobs/{job_id}`, which would otherwise take "stats" for an id.
-    .service(
-        web::resource("/api/v1/jobs/stats")
-            .guard(RouteLabel("/api/v1/jobs/stats"))
-            .route(web::get().to(stats)),
-    )
-    .service(
-        web::resource("/api/v1/jobs/{job_id}")
-            .guard(RouteLabel("/api/v1/jobs/{job_id}"))
-            .route(web::get().to(get)),
-    )
-    .service(
-        web::resource("/api/v1/jobs/{job_id}/cancel")
-            .guard(RouteLabel("/api/v1/jobs/{job_id}/cancel"))
-            .route(web::post().to(cancel)),
-    )
-    .service(
-        web::resource("/api/v1/transcode/profiles")
-            .guard(RouteLabel("/api/v1/transcode/profiles"))
-            .route(web::get().to(profiles)),
-    );
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SubmitJobBody {
+pub(super) struct SubmitJobBody {
     kind: String,
     media_id: Option<String>,
     profiles: Option<Vec<String>>,
@@ -70,7 +39,7 @@ struct SubmitJobBody {
     run_at: Option<String>,
 }
 
-async fn submit(
+pub(super) async fn submit(
     _: Admin,
     body: web::Json<SubmitJobBody>,
     actors: web::Data<Actors>,
@@ -125,7 +94,7 @@ async fn submit(
         .json(JobDto::from(&job)))
 }
 
-async fn list(
+pub(super) async fn list(
     Authenticated(principal): Authenticated,
     query: web::Query<JobsQuery>,
     actors: web::Data<Actors>,
@@ -161,7 +130,7 @@ async fn list(
     )))
 }
 
-async fn get(
+pub(super) async fn get(
     Authenticated(principal): Authenticated,
     path: web::Path<String>,
     actors: web::Data<Actors>,
@@ -179,7 +148,7 @@ async fn get(
     Ok(HttpResponse::Ok().json(JobDto::from(&job)))
 }
 
-async fn cancel(
+pub(super) async fn cancel(
     _: Admin,
     path: web::Path<String>,
     actors: web::Data<Actors>,
@@ -233,7 +202,10 @@ impl From<JobStats> for JobStatsDto {
     }
 }
 
-async fn stats(_: Authenticated, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn stats(
+    _: Authenticated,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
     let stats = actors.transcode.send(GetJobStats).await??;
     Ok(HttpResponse::Ok().json(JobStatsDto::from(stats)))
 }
@@ -256,7 +228,7 @@ struct ProfilesDto {
     x264_preset: String,
 }
 
-async fn profiles(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn profiles(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let TranscodeProfiles {
         ladder,
         segment_seconds,

@@ -7,7 +7,6 @@
 //! Edits, deletes and gates need a session (or the admin token); only the owner's session may
 //! change a media item (the MetadataActor / AuthActor decide, 403 otherwise).
 
-use crate::middleware::RouteLabel;
 use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -29,35 +28,9 @@ use crate::{
 
 const DEFAULT_PAGE: usize = 20;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/v1/media")
-            .guard(RouteLabel("/api/v1/media"))
-            .route(web::get().to(list)),
-    );
-}
-
-/// The routes under [`super::MEDIA_ITEM_SCOPE`] (paths relative to it, labels in full).
-pub fn configure_item(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("")
-            .guard(RouteLabel("/api/v1/media/{media_id}"))
-            .route(web::get().to(get))
-            .route(web::patch().to(update))
-            .route(web::delete().to(delete)),
-    )
-    .service(
-        web::resource("/gate")
-            .guard(RouteLabel("/api/v1/media/{media_id}/gate"))
-            .route(web::get().to(get_gate))
-            .route(web::put().to(put_gate))
-            .route(web::delete().to(clear_gate)),
-    );
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GateBody {
+pub(super) struct GateBody {
     chain_id: u64,
     contract: String,
     standard: TokenStandard,
@@ -104,7 +77,7 @@ fn gate_state(gate: Option<&Gate>) -> GateStateDto {
     }
 }
 
-async fn get_gate(
+pub(super) async fn get_gate(
     path: web::Path<String>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
@@ -118,7 +91,7 @@ async fn get_gate(
 }
 
 /// `PUT` with a gate body sets it; `PUT` with `null` clears it, like `DELETE`.
-async fn put_gate(
+pub(super) async fn put_gate(
     Authenticated(principal): Authenticated,
     path: web::Path<String>,
     body: web::Json<Option<GateBody>>,
@@ -143,7 +116,7 @@ async fn put_gate(
     Ok(HttpResponse::Ok().json(gate_state(gate.as_ref())))
 }
 
-async fn clear_gate(
+pub(super) async fn clear_gate(
     Authenticated(principal): Authenticated,
     path: web::Path<String>,
     actors: web::Data<Actors>,
@@ -171,7 +144,7 @@ pub(crate) fn gate_table_error() -> ApiError {
 /// `?q=&tag=&owner=&limit=&cursor=`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SearchParams {
+pub(super) struct SearchParams {
     q: Option<String>,
     tag: Option<String>,
     owner: Option<String>,
@@ -185,7 +158,7 @@ const MAX_QUERY_CHARS: usize = 500;
 /// Pages are served from the search page cache, keyed by the index generation read *before*
 /// searching and the normalised query, so a commit makes older pages unreachable; a miss
 /// searches, renders once and fills through the epoch guard (a gate change empties the cache).
-async fn list(
+pub(super) async fn list(
     query: web::Query<SearchParams>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
@@ -263,7 +236,10 @@ fn json_bytes(body: Bytes) -> HttpResponse {
 
 /// A cache hit is served from the JSON memoised on the cache entry (rendered once per entry
 /// and gate state); a miss asks the MetadataActor, which fills the cache, and renders once.
-async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get(
+    path: web::Path<String>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
     let cached = actors.caches.metadata.get(&media_id);
     let gated = actors
@@ -288,7 +264,7 @@ async fn get(path: web::Path<String>, actors: web::Data<Actors>) -> Result<HttpR
     Ok(json_bytes(body))
 }
 
-async fn update(
+pub(super) async fn update(
     Authenticated(principal): Authenticated,
     path: web::Path<String>,
     body: web::Json<UpdateMediaBody>,
@@ -309,7 +285,7 @@ async fn update(
     Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
 }
 
-async fn delete(
+pub(super) async fn delete(
     Authenticated(principal): Authenticated,
     path: web::Path<String>,
     actors: web::Data<Actors>,

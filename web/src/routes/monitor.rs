@@ -1,7 +1,6 @@
 //! `/api/v1/monitor/metrics`, `/alerts`, `/logs` (admin) and `/traces`, answered through the
 //! DTOs of [`crate::dto::monitor`].
 
-use crate::middleware::RouteLabel;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use streamgate_actors::{
@@ -15,40 +14,17 @@ use crate::{
     extract::Admin,
 };
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/v1/monitor/metrics")
-            .guard(RouteLabel("/api/v1/monitor/metrics"))
-            .route(web::get().to(summary)),
-    )
-    .service(
-        web::resource("/api/v1/monitor/alerts")
-            .guard(RouteLabel("/api/v1/monitor/alerts"))
-            .route(web::get().to(alerts)),
-    )
-    .service(
-        web::resource("/api/v1/monitor/logs")
-            .guard(RouteLabel("/api/v1/monitor/logs"))
-            .route(web::get().to(logs)),
-    )
-    .service(
-        web::resource("/api/v1/monitor/traces")
-            .guard(RouteLabel("/api/v1/monitor/traces"))
-            .route(web::get().to(traces)),
-    );
-}
-
-async fn summary(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn summary(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let summary = actors.monitor.send(GetMonitorSummary).await?;
     Ok(HttpResponse::Ok().json(MonitorSummaryDto::from(&summary)))
 }
 
 #[derive(Debug, Deserialize)]
-struct LimitQuery {
+pub(super) struct LimitQuery {
     limit: Option<usize>,
 }
 
-async fn alerts(
+pub(super) async fn alerts(
     actors: web::Data<Actors>,
     query: web::Query<LimitQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -58,12 +34,12 @@ async fn alerts(
 }
 
 #[derive(Debug, Deserialize)]
-struct LogsQuery {
+pub(super) struct LogsQuery {
     level: Option<String>,
     limit: Option<usize>,
 }
 
-async fn logs(
+pub(super) async fn logs(
     _: Admin,
     actors: web::Data<Actors>,
     query: web::Query<LogsQuery>,
@@ -85,11 +61,11 @@ async fn logs(
 }
 
 #[derive(Debug, Deserialize)]
-struct TracesQuery {
+pub(super) struct TracesQuery {
     recent: Option<usize>,
 }
 
-async fn traces(
+pub(super) async fn traces(
     actors: web::Data<Actors>,
     query: web::Query<TracesQuery>,
 ) -> Result<HttpResponse, ApiError> {

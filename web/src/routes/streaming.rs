@@ -38,18 +38,16 @@ use bytes::Bytes;
 use serde::Deserialize;
 use streamgate_actors::{
     auth::{tokens::PlaybackTokenError, AuthorizeSessionPlayback, SessionDigest},
+    blob_names::{is_safe_name, is_segment_name},
     blobs::{BlobError, BlobStore, ByteRange, MappedBlob},
     cache::{CachedMedia, Playlist},
     metadata::GetMedia,
     model::{Media, MediaId, MediaState},
-    names::{is_safe_name, is_segment_name},
     Actors,
 };
 
 use super::{media::gate_table_error, media_id};
-use crate::{
-    error::ApiError, extract::bearer_str, middleware::RouteLabel, send_budget::SendBudget,
-};
+use crate::{error::ApiError, extract::bearer_str, send_budget::SendBudget};
 
 // Cache-Control values, spelled out once: no directive list is built or formatted per response.
 const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10");
@@ -57,43 +55,9 @@ const SEGMENT_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=315
 const THUMBNAIL_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=3600");
 const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
-/// The routes under [`super::MEDIA_ITEM_SCOPE`] (paths relative to it, labels in full).
-/// Segments come after the playlists: their pattern would match an `index.m3u8` too.
-pub fn configure_item(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/hls/master.m3u8")
-            .guard(RouteLabel("/api/v1/media/{media_id}/hls/master.m3u8"))
-            .route(web::get().to(master)),
-    )
-    .service(
-        web::resource("/hls/{rendition}/index.m3u8")
-            .guard(RouteLabel(
-                "/api/v1/media/{media_id}/hls/{rendition}/index.m3u8",
-            ))
-            .route(web::get().to(rendition_playlist)),
-    )
-    .service(
-        web::resource("/hls/{rendition}/{segment}")
-            .guard(RouteLabel(
-                "/api/v1/media/{media_id}/hls/{rendition}/{segment}",
-            ))
-            .route(web::get().to(segment)),
-    )
-    .service(
-        web::resource("/thumbnail.jpg")
-            .guard(RouteLabel("/api/v1/media/{media_id}/thumbnail.jpg"))
-            .route(web::get().to(thumbnail)),
-    )
-    .service(
-        web::resource("/dash/manifest.mpd")
-            .guard(RouteLabel("/api/v1/media/{media_id}/dash/manifest.mpd"))
-            .route(web::get().to(dash_manifest)),
-    );
-}
-
 /// `?token=`: the playback token of a gated media item.
 #[derive(Deserialize)]
-struct PlaybackQuery {
+pub(super) struct PlaybackQuery {
     token: Option<String>,
 }
 
@@ -106,7 +70,7 @@ enum Access {
     },
 }
 
-async fn master(
+pub(super) async fn master(
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<PlaybackQuery>,
@@ -120,7 +84,7 @@ async fn master(
 
 /// The DASH manifest: it points at the same CMAF segments as the HLS playlists
 /// (`../hls/{rendition}/{segment}`), so segment delivery — and its gate check — is shared.
-async fn dash_manifest(
+pub(super) async fn dash_manifest(
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<PlaybackQuery>,
@@ -173,7 +137,7 @@ fn mpd_with_token(mpd: &str, token: &str) -> String {
     out
 }
 
-async fn rendition_playlist(
+pub(super) async fn rendition_playlist(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<PlaybackQuery>,
@@ -190,7 +154,7 @@ async fn rendition_playlist(
     playlist(&req, &actors, &media.id, &file, &access).await
 }
 
-async fn segment(
+pub(super) async fn segment(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
     query: web::Query<PlaybackQuery>,
@@ -231,7 +195,7 @@ async fn segment(
 
 /// Public for ungated media. Gated media's thumbnail passes the same gate as its playlists: a
 /// session the AuthActor lets through, or a playback token for this media.
-async fn thumbnail(
+pub(super) async fn thumbnail(
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<PlaybackQuery>,

@@ -6,7 +6,6 @@
 //! PATCH body is pumped into the `TusSink` the actor hands out and never held whole in memory.
 //! Errors keep our JSON body; the statuses are the ones tus prescribes (409, 412, 415, 460, …).
 
-use crate::middleware::RouteLabel;
 use actix_web::{
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
@@ -14,13 +13,14 @@ use actix_web::{
         header::{self, HeaderMap, HeaderName, HeaderValue},
         Method, StatusCode,
     },
-    middleware::{from_fn, Next},
+    middleware::Next,
     web, HttpRequest, HttpResponse,
 };
 use base64::Engine;
 use futures_util::StreamExt;
 use serde::Serialize;
 use streamgate_actors::{
+    auth::Principal,
     model::{TusMetadata, TusState, TusUpload, UploadId},
     upload::tus::{
         BeginTusPatch, ChecksumAlgorithm, ChunkChecksum, CommitTusPatch, CreateTusUpload,
@@ -46,32 +46,10 @@ const ALLOWED_HEADERS: &str = "Authorization, Content-Type, Upload-Offset, Uploa
     X-Requested-With";
 const ALLOWED_METHODS: &str = "POST, HEAD, PATCH, DELETE, OPTIONS, GET";
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api/v1/uploads")
-            .wrap(from_fn(tus_headers))
-            .service(
-                web::resource("")
-                    .guard(RouteLabel("/api/v1/uploads"))
-                    .route(web::method(Method::OPTIONS).to(options))
-                    .route(web::post().to(create)),
-            )
-            .service(
-                web::resource("/{upload_id}")
-                    .guard(RouteLabel("/api/v1/uploads/{upload_id}"))
-                    .route(web::method(Method::OPTIONS).to(options))
-                    .route(web::head().to(head))
-                    .route(web::patch().to(patch))
-                    .route(web::delete().to(terminate))
-                    .route(web::get().to(status)),
-            ),
-    );
-}
-
 /// Protocol checks and headers every tus response carries: `Tus-Resumable` is required on
 /// requests (412 otherwise) and sent on responses; `X-HTTP-Method-Override` is honoured for
 /// clients behind proxies that only pass GET and POST; CORS headers let browsers use the API.
-async fn tus_headers(
+pub(super) async fn tus_headers(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -82,7 +60,9 @@ async fn tus_headers(
     {
         req.head_mut().method = method;
     }
-    let is_protocol = !matches!(*req.method(), Method::OPTIONS | Method::GET);
+    // Methods no tus route takes skip the checks: the router answers them 405 with `Allow`.
+    let is_protocol = !matches!(*req.method(), Method::OPTIONS | Method::GET)
+        && super::table::declares(req.method(), req.match_info().as_str());
     let resumable = req
         .headers()
         .get("tus-resumable")
@@ -118,7 +98,7 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
-async fn options(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn options(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
     let limits = actors.upload.send(GetUploadLimits).await?;
     Ok(HttpResponse::NoContent()
         .insert_header(("Tus-Version", TUS_VERSION))
@@ -131,7 +111,7 @@ async fn options(actors: web::Data<Actors>) -> Result<HttpResponse, ApiError> {
         .finish())
 }
 
-async fn create(
+pub(super) async fn create(
     Authenticated(principal): Authenticated,
     req: HttpRequest,
     mut payload: web::Payload,
@@ -231,19 +211,23 @@ async fn create(
     Ok(response.finish())
 }
 
-async fn head(
+/// The upload at `path`, as its creator (or the admin) may see it.
+async fn lookup(principal: &Principal, path: &str, actors: &Actors) -> Result<TusUpload, ApiError> {
+    Ok(actors
+        .upload
+        .send(GetTusUpload {
+            upload_id: upload_id(path)?,
+            requester: principal.name().to_string(),
+        })
+        .await??)
+}
+
+pub(super) async fn head(
     Authenticated(principal): Authenticated,
     path: web::Path<String>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    let upload_id = upload_id(&path)?;
-    let upload = actors
-        .upload
-        .send(GetTusUpload {
-            upload_id,
-            requester: principal.name().to_string(),
-        })
-        .await??;
+    let upload = lookup(&principal, &path, &actors).await?;
     let mut response = HttpResponse::Ok();
     response
         .insert_header(("Upload-Offset", upload.offset.to_string()))
@@ -259,7 +243,7 @@ async fn head(
     Ok(response.finish())
 }
 
-async fn patch(
+pub(super) async fn patch(
     Authenticated(principal): Authenticated,
     req: HttpRequest,
     path: web::Path<String>,
@@ -351,7 +335,7 @@ async fn drain(payload: &mut web::Payload) {
     }
 }
 
-async fn terminate(
+pub(super) async fn terminate(
     Authenticated(principal): Authenticated,
     path: web::Path<String>,
     actors: web::Data<Actors>,
@@ -382,19 +366,12 @@ pub struct TusUploadDto {
     pub expires_at: Option<String>,
 }
 
-async fn status(
+pub(super) async fn status(
     Authenticated(principal): Authenticated,
     path: web::Path<String>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    let upload_id = upload_id(&path)?;
-    let upload = actors
-        .upload
-        .send(GetTusUpload {
-            upload_id,
-            requester: principal.name().to_string(),
-        })
-        .await??;
+    let upload = lookup(&principal, &path, &actors).await?;
     let receiving = upload.state == TusState::Receiving;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

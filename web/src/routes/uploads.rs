@@ -1,7 +1,6 @@
 //! `POST /api/v1/upload`: the one-shot multipart upload (field `file`, optional `title`,
 //! `description`, `tags`). The body streams through an `UploadSink` into the blob store.
 
-use crate::middleware::RouteLabel;
 use actix_multipart::{Field, Multipart};
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
@@ -21,16 +20,8 @@ const INVALID_MULTIPART: &str = "invalid_multipart";
 /// How much of a refused body we still read so the client gets to see the refusal.
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/v1/upload")
-            .guard(RouteLabel("/api/v1/upload"))
-            .route(web::post().to(upload)),
-    );
-}
-
 /// Needs a session (or the admin token): the session's wallet becomes the media's owner.
-async fn upload(
+pub(super) async fn upload(
     req: HttpRequest,
     authenticated: Result<Authenticated, ApiError>,
     mut multipart: Multipart,
