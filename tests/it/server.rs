@@ -5,7 +5,7 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use actix_web::dev::ServerHandle;
@@ -211,20 +211,17 @@ impl TestServer {
         deadline: Duration,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        let started = Instant::now();
-        let mut ticks = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            ticks.tick().await;
-            let (status, media) = self.get_json(&format!("/api/v1/media/{media_id}")).await;
+        let path = format!("/api/v1/media/{media_id}");
+        crate::harness::poll(deadline, "the media's wanted state", async || {
+            let (status, media) = self.get_json(&path).await;
             assert_eq!(status, 200, "{media}");
             if done(&media) {
-                return media;
+                Ok(media)
+            } else {
+                Err(media.to_string())
             }
-            assert!(
-                started.elapsed() < deadline,
-                "media never reached the wanted state: {media}"
-            );
-        }
+        })
+        .await
     }
 
     /// Every regular file under `blobs/{prefix}`, for "left nothing behind" checks.
@@ -266,6 +263,11 @@ fn init_logging() {
 /// GETs `url` with `client` and parses the body as JSON, whatever the status.
 pub async fn fetch_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GETs `url` with `client` and returns the body as text, whatever the status.
+pub async fn fetch_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {

@@ -2,11 +2,7 @@
 //! racing PATCHes, quota and expiry, an independent client (tuspy) resuming in a second process,
 //! and `kill -9` of the real binary in the middle of a PATCH.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use base64::Engine;
 use reqwest::{header::HeaderMap, Method, Response};
@@ -473,7 +469,7 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
     // The first PATCH holds the upload while its body trickles in.
     let (sender, first) = held_patch(&alice, server.url(&location), 0, 200_000);
     sender.send(Ok(video[..50_000].to_vec())).await.unwrap();
-    crate::shutdown::poll(
+    crate::harness::poll(
         Duration::from_secs(10),
         "the first PATCH to hold the lock",
         || async {
@@ -505,7 +501,7 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
     drop(sender);
     let _ = first.await.unwrap();
     let offset = std::sync::Arc::new(std::sync::Mutex::new(0u64));
-    crate::shutdown::poll(Duration::from_secs(10), "the lock to be released", || {
+    crate::harness::poll(Duration::from_secs(10), "the lock to be released", || {
         let offset = offset.clone();
         let raw = &raw;
         let location = &location;
@@ -584,11 +580,11 @@ async fn quota_is_per_owner_and_expired_uploads_are_swept() {
         crate::server::files_under(&server.data_dir.join("partials")).len(),
         2
     );
-    crate::shutdown::poll(Duration::from_secs(15), "the upload to expire", || async {
+    crate::harness::poll(Duration::from_secs(15), "the upload to expire", || async {
         raw.offset(&location).await.0 == 404
     })
     .await;
-    crate::shutdown::poll(Duration::from_secs(5), "partial files to go", || async {
+    crate::harness::poll(Duration::from_secs(5), "partial files to go", || async {
         crate::server::files_under(&server.data_dir.join("partials")).is_empty()
     })
     .await;
@@ -703,69 +699,17 @@ fn url_path(url: &str) -> String {
     format!("/{}", without_scheme.split_once('/').unwrap().1)
 }
 
-/// The real binary, killable with SIGKILL.
-struct Binary {
-    child: Child,
-    base: String,
-}
-
-impl Binary {
-    fn start(data_dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
-            .arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            // The uploaded bytes are not a real clip; no transcode is wanted here.
-            .args(["--set", "transcode.ffprobe_path=\"/bin/false\""])
-            .args([
-                "--set",
-                &format!("auth.admin_token=\"{KILL_TEST_ADMIN_TOKEN}\""),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self, client: &reqwest::Client) {
-        crate::shutdown::poll(Duration::from_secs(30), "server ready", || async {
-            matches!(client.get(format!("{}/ready", self.base)).send().await, Ok(r) if r.status() == 200)
-        })
-        .await;
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Uploads need a principal; the admin token is one (sessions are tested in `auth`).
-const KILL_TEST_ADMIN_TOKEN: &str = "kill-test-admin-token";
-
 #[tokio::test]
 async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
     let data = tempfile::tempdir().unwrap();
-    let client = crate::server::bearer_client(KILL_TEST_ADMIN_TOKEN);
+    let client = crate::server::bearer_client(crate::shutdown::ADMIN_TOKEN);
     let video = fake_video(6 * 1024 * 1024);
     // PATCHes of one MiB, and held PATCHes of two with one and a half sent: past the server's
     // write batch, so some unacknowledged bytes are in the file when it dies.
     let chunk = 1024 * 1024;
     let (held, sent) = (2 * chunk, 3 * chunk / 2);
 
-    let mut server = Binary::start(data.path());
+    let mut server = start_binary(data.path());
     server.wait_ready(&client).await;
     let raw = Raw {
         client: &client,
@@ -817,7 +761,7 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         .unwrap();
     for (location, acknowledged) in [(&plain, 2 * chunk), (&checked, chunk)] {
         let partial = partial_of(location);
-        crate::shutdown::poll(
+        crate::harness::poll(
             Duration::from_secs(10),
             "unacknowledged bytes to reach the file",
             || async {
@@ -826,8 +770,7 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         )
         .await;
     }
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.process.kill();
     drop((plain_sender, checked_sender));
     assert!(plain_pending.await.unwrap().is_err(), "never acknowledged");
     assert!(
@@ -835,7 +778,7 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         "never acknowledged"
     );
 
-    let server = Binary::start(data.path());
+    let server = start_binary(data.path());
     server.wait_ready(&client).await;
     let raw = Raw {
         client: &client,
@@ -886,10 +829,9 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
     }
 }
 
-impl Binary {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
+/// The real binary; the uploaded bytes are not a real clip, so no transcode is wanted.
+fn start_binary(data_dir: &Path) -> crate::shutdown::Binary {
+    crate::shutdown::Binary::start_with(data_dir, &["transcode.ffprobe_path=\"/bin/false\""])
 }
 
 #[tokio::test]
