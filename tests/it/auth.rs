@@ -1,9 +1,10 @@
 //! Wallet auth and NFT-gated streaming against a real chain (anvil) and real contracts
 //! (OpenZeppelin 4.9.6 presets), with signatures from a real wallet (`cast wallet sign`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use streamgate_actors::clock::Clock;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
@@ -48,6 +49,13 @@ fn without_line(message: &str, prefix: &str) -> String {
 pub(crate) fn assert_refused(status: u16, body: &Value, expected_status: u16, expected_code: &str) {
     assert_eq!(status, expected_status, "{body}");
     assert_eq!(body["code"], expected_code, "{body}");
+}
+
+/// Asserts `response` is a refusal with `status` and error `code`.
+pub(crate) async fn refused_with(response: reqwest::Response, status: u16, code: &str) {
+    let actual = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_refused(actual, &body, status, code);
 }
 
 pub(crate) async fn bearer_get(
@@ -232,7 +240,7 @@ async fn concurrent_logins_with_one_nonce_exactly_one_succeeds() {
 
 #[tokio::test]
 async fn login_with_an_expired_nonce_is_refused() {
-    let server = TestServer::start_with(|c| c.auth.nonce_ttl_s = 1);
+    let server = TestServer::start_with(|c| c.auth.nonce_ttl_s = 300);
     let (status, challenge) = server
         .post_json(
             "/api/v1/auth/challenge",
@@ -244,10 +252,8 @@ async fn login_with_an_expired_nonce_is_refused() {
         OffsetDateTime::parse(challenge["expires_at"].as_str().unwrap(), &Rfc3339).unwrap();
     // The message itself carries no expiry, so only the nonce's expiry can refuse it.
     let message = without_line(challenge["message"].as_str().unwrap(), "Expiration Time: ");
-    let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    while OffsetDateTime::now_utc() <= expires_at {
-        ticks.tick().await;
-    }
+    server.clock.advance(Duration::from_secs(301));
+    assert!(server.clock.now_utc() > expires_at);
     let signature = ALICE.sign(&message);
     let (status, body) = post_login(&server, &message, &signature).await;
     assert_refused(status, &body, 401, "nonce_expired");
@@ -693,8 +699,11 @@ async fn a_transfer_revokes_access_after_the_cache_ttl_and_a_dead_rpc_fails_clos
     chain.mint_erc721(&ALICE, &erc721, BOB.address); // token 0
     let rpc = chain.url.clone();
     let server = TestServer::start_with(move |c| {
-        c.auth.nft_cache_ttl_ms = 1000;
-        c.auth.playback_token_ttl_s = 2;
+        // Long enough that nothing expires on a slow machine before the clock is moved.
+        c.auth.nft_cache_ttl_ms = 600_000;
+        c.auth.playback_token_ttl_s = 600;
+        // A loaded machine (parallel tests, transcodes) can starve anvil for seconds.
+        c.auth.rpc_timeout_ms = 30_000;
         c.auth.rpc = vec![streamgate_actors::config::ChainRpc {
             chain_id: CHAIN_ID,
             url: rpc,
@@ -711,59 +720,46 @@ async fn a_transfer_revokes_access_after_the_cache_ttl_and_a_dead_rpc_fails_clos
     let master = server.url(&format!("/api/v1/media/{}/hls/master.m3u8", media.media_id));
     let (rendition_base, segment) = play(&server, &media.media_id, &bob).await;
 
-    // Segment tokens are short-lived.
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        ticks.tick().await;
-        let response = bearer_get(&server, &format!("{rendition_base}{segment}"), None).await;
-        if response.status() == 401 {
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["code"], "playback_token_expired", "{body}");
-            break;
-        }
-        assert_eq!(response.status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "token never expired"
-        );
-    }
+    let segment_url = format!("{rendition_base}{segment}");
+    let ten_minutes = Duration::from_secs(601);
 
-    // BOB gives the token to CAROL: once the cached answer expires, BOB is refused.
+    // Segment tokens are short-lived: served until their TTL, refused after it.
+    assert_eq!(bearer_get(&server, &segment_url, None).await.status(), 200);
+    server.clock.advance(ten_minutes);
+    refused_with(
+        bearer_get(&server, &segment_url, None).await,
+        401,
+        "playback_token_expired",
+    )
+    .await;
+
+    // BOB gives the token to CAROL: the cached answer still lets him in until it expires.
+    // (The last move of the clock expired the cache; this GET caches the answer anew.)
+    assert_eq!(bearer_get(&server, &master, Some(&bob)).await.status(), 200);
     chain.transfer_erc721(&BOB, &erc721, CAROL.address, 0);
-    let started = Instant::now();
-    loop {
-        ticks.tick().await;
-        let response = bearer_get(&server, &master, Some(&bob)).await;
-        if response.status() == 403 {
-            break;
-        }
-        assert_eq!(response.status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "access never revoked"
-        );
-    }
+    assert_eq!(
+        bearer_get(&server, &master, Some(&bob)).await.status(),
+        200,
+        "the cached answer holds until its TTL"
+    );
+    server.clock.advance(ten_minutes);
+    assert_eq!(bearer_get(&server, &master, Some(&bob)).await.status(), 403);
     play(&server, &media.media_id, &carol).await;
 
     // The node goes away: ownership cannot be checked, and that is not "does not own".
     chain.kill();
-    let started = Instant::now();
-    loop {
-        ticks.tick().await;
-        let response = bearer_get(&server, &master, Some(&carol)).await;
-        let status = response.status().as_u16();
-        if status == 503 {
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["code"], "rpc_unavailable", "{body}");
-            break;
-        }
-        assert_eq!(status, 200, "only the cached answer may still pass");
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "cache never expired"
-        );
-    }
+    assert_eq!(
+        bearer_get(&server, &master, Some(&carol)).await.status(),
+        200,
+        "only the cached answer may still pass"
+    );
+    server.clock.advance(ten_minutes);
+    refused_with(
+        bearer_get(&server, &master, Some(&carol)).await,
+        503,
+        "rpc_unavailable",
+    )
+    .await;
     let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721"});
     let (status, body) = nft_verify(&server, &carol, &query).await;
     assert_refused(status, &body, 503, "rpc_unavailable");
