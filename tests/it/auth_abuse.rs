@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use streamgate_actors::config::ChainRpc;
 
 use crate::{
     auth::{assert_refused, bearer_get, nft_verify, play, put_gate, upload_ready, uris},
@@ -55,12 +54,7 @@ async fn refused_within_deadline(server: &TestServer, url: &str) -> (u16, Value)
 fn chain_config(rpc: String) -> impl FnOnce(&mut streamgate::config::Config) {
     move |c| {
         c.auth.admin_token = ADMIN.into();
-        // A loaded machine (parallel tests, transcodes) can starve anvil for seconds.
-        c.auth.rpc_timeout_ms = 30_000;
-        c.auth.rpc = vec![ChainRpc {
-            chain_id: CHAIN_ID,
-            url: rpc,
-        }];
+        crate::chain::read_chain(c, rpc);
     }
 }
 

@@ -200,6 +200,16 @@ impl Anvil {
     }
 }
 
+/// Points `config` at the test chain's node at `rpc`.
+pub fn read_chain(config: &mut streamgate::config::Config, rpc: String) {
+    // A loaded machine (parallel tests, transcodes) can starve anvil for seconds.
+    config.auth.rpc_timeout_ms = 30_000;
+    config.auth.rpc = vec![streamgate_actors::config::ChainRpc {
+        chain_id: CHAIN_ID,
+        url: rpc,
+    }];
+}
+
 /// A URL on which nothing listens (a port we bound and released).
 pub fn dead_rpc_url() -> String {
     format!("http://127.0.0.1:{}", free_port())

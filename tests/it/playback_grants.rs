@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use streamgate_actors::clock::Clock;
-use streamgate_actors::config::ChainRpc;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
@@ -30,10 +29,7 @@ async fn remembered_grants_play_and_end_at_logout_and_at_a_gate_change() {
     let rpc = chain.url.clone();
     let server = TestServer::start_with(move |c| {
         c.auth.admin_token = ADMIN.into();
-        c.auth.rpc = vec![ChainRpc {
-            chain_id: CHAIN_ID,
-            url: rpc,
-        }];
+        crate::chain::read_chain(c, rpc);
     });
     let media = upload_ready(&server, "remembered.mp4").await;
     let gate_on = |contract: &str| json!({"chain_id": CHAIN_ID, "contract": contract, "standard": "erc721", "min_balance": 1});
@@ -143,12 +139,7 @@ async fn an_expired_session_is_refused_although_its_grant_was_remembered() {
         c.auth.admin_token = ADMIN.into();
         // Longer than any slow machine takes for a few GETs; the clock is moved past it.
         c.auth.session_ttl_s = 3600;
-        // A loaded machine (parallel tests, transcodes) can starve anvil for seconds.
-        c.auth.rpc_timeout_ms = 30_000;
-        c.auth.rpc = vec![ChainRpc {
-            chain_id: CHAIN_ID,
-            url: rpc,
-        }];
+        crate::chain::read_chain(c, rpc);
     });
     let media = upload_ready(&server, "expiring.mp4").await;
     let gate = json!({"chain_id": CHAIN_ID, "contract": pass, "standard": "erc721"});

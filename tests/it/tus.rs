@@ -123,15 +123,53 @@ pub async fn upload_via_tus(
     status
 }
 
-#[tokio::test]
-async fn tus_protocol_statuses_and_headers() {
-    let server = TestServer::start_with(|config| config.upload.max_size_bytes = 1_000_000);
-    let alice = server.alice_client().await;
-    let raw = Raw {
-        client: &alice,
-        base: &server.base,
-    };
+/// A server taking uploads of up to 1,000,000 bytes, and ALICE's client for it.
+struct Tus {
+    server: TestServer,
+    alice: reqwest::Client,
+}
 
+impl Tus {
+    async fn start() -> Self {
+        let server = TestServer::start_with(|config| config.upload.max_size_bytes = 1_000_000);
+        let alice = server.alice_client().await;
+        Self { server, alice }
+    }
+
+    fn raw(&self) -> Raw<'_> {
+        Raw {
+            client: &self.alice,
+            base: &self.server.base,
+        }
+    }
+
+    /// Asserts the upload metrics hold `lines` and the audit log `count` entries per action.
+    async fn assert_counted(&self, lines: &[&str], audited: &[(&str, usize)]) {
+        let metrics = self.server.get("/metrics").await.text().await.unwrap();
+        for line in lines {
+            assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+        }
+        for (action, count) in audited {
+            let entries = self
+                .server
+                .actors
+                .audit
+                .list(streamgate_actors::store::AuditFilter {
+                    action: Some((*action).into()),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(entries.len(), *count, "{action}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn tus_options_advertise_the_protocol_and_cors() {
+    let tus = Tus::start().await;
+    let server = &tus.server;
     // Capabilities, with CORS for browsers.
     let options = server
         .client
@@ -159,7 +197,12 @@ async fn tus_protocol_statuses_and_headers() {
     }
     assert_eq!(header(&options, "access-control-allow-origin"), "*");
     assert!(header(&options, "access-control-expose-headers").contains("Upload-Offset"));
+}
 
+#[tokio::test]
+async fn tus_creation_needs_the_protocol_version_a_size_within_the_limit_and_bytes() {
+    let tus = Tus::start().await;
+    let (server, alice, raw) = (&tus.server, &tus.alice, tus.raw());
     // Tus-Resumable is required; the answer names the version we speak.
     let response = alice
         .post(server.url("/api/v1/uploads"))
@@ -191,7 +234,12 @@ async fn tus_protocol_statuses_and_headers() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+}
 
+#[tokio::test]
+async fn tus_head_reports_offset_length_metadata_and_expiry_uncached() {
+    let tus = Tus::start().await;
+    let raw = tus.raw();
     let video = fake_video(300_000);
     let location = raw
         .create(video.len() as u64, &format!("filename {}", b64(b"a.mp4")))
@@ -209,7 +257,16 @@ async fn tus_protocol_statuses_and_headers() {
     );
     assert_eq!(header(&head, "cache-control"), "no-store");
     assert!(header(&head, "upload-expires").ends_with(" GMT"));
+}
 
+#[tokio::test]
+async fn tus_patch_refuses_wrong_types_offsets_checksums_and_excess_bytes() {
+    let tus = Tus::start().await;
+    let (server, alice, raw) = (&tus.server, &tus.alice, tus.raw());
+    let video = fake_video(300_000);
+    let location = raw
+        .create(video.len() as u64, &format!("filename {}", b64(b"a.mp4")))
+        .await;
     // Wrong content type, wrong offset.
     let response = raw
         .request(Method::PATCH, &location)
@@ -278,7 +335,7 @@ async fn tus_protocol_statuses_and_headers() {
     assert_eq!(raw.offset(&location).await, (200, 100_000));
 
     // The JSON status while receiving; the partial is not a media record.
-    let (status, json) = get_json_as(&alice, &server.url(&location)).await;
+    let (status, json) = get_json_as(alice, &server.url(&location)).await;
     assert_eq!(status, 200);
     assert_eq!(
         (
@@ -291,13 +348,45 @@ async fn tus_protocol_statuses_and_headers() {
     assert!(json.get("media_id").is_none());
     let (_, media) = server.get_json("/api/v1/media").await;
     assert_eq!(media["items"].as_array().unwrap().len(), 0, "{media}");
+    tus.assert_counted(
+        &[
+            r#"streamgate_uploads_total{outcome="created"} 1"#,
+            "streamgate_upload_checksum_failures_total 1",
+        ],
+        &[("upload.create", 1)],
+    )
+    .await;
+}
 
+#[tokio::test]
+async fn tus_termination_removes_the_upload_and_its_bytes() {
+    let tus = Tus::start().await;
+    let (server, raw) = (&tus.server, tus.raw());
+    let video = fake_video(300_000);
+    let location = raw
+        .create(video.len() as u64, &format!("filename {}", b64(b"a.mp4")))
+        .await;
+    let response = raw.patch(&location, 0, video[..100_000].to_vec()).await;
+    assert_eq!(response.status(), 204);
     // Termination: gone afterwards, bytes too.
     let response = raw.request(Method::DELETE, &location).send().await.unwrap();
     assert_eq!(response.status(), 204);
     assert_eq!(raw.offset(&location).await.0, 404);
     assert!(crate::server::files_under(&server.data_dir.join("partials")).is_empty());
+    tus.assert_counted(
+        &[
+            r#"streamgate_uploads_total{outcome="created"} 1"#,
+            r#"streamgate_uploads_total{outcome="terminated"} 1"#,
+        ],
+        &[("upload.create", 1), ("upload.terminate", 1)],
+    )
+    .await;
+}
 
+#[tokio::test]
+async fn tus_refuses_bytes_that_are_not_a_video_and_keeps_none() {
+    let tus = Tus::start().await;
+    let raw = tus.raw();
     // Not a video: refused once the first bytes are in, and nothing is kept.
     let location = raw.create(1000, "").await;
     let response = raw.patch(&location, 0, vec![b'x'; 1000]).await;
@@ -307,7 +396,13 @@ async fn tus_protocol_statuses_and_headers() {
         "unsupported_container"
     );
     assert_eq!(raw.offset(&location).await, (200, 0));
+}
 
+#[tokio::test]
+async fn a_deferred_length_upload_finishes_into_one_media_record_and_one_job() {
+    let tus = Tus::start().await;
+    let (server, alice, raw) = (&tus.server, &tus.alice, tus.raw());
+    let video = fake_video(300_000);
     // Deferred length with creation-with-upload, the length arriving with the last PATCH.
     let response = raw
         .request(Method::POST, "/api/v1/uploads")
@@ -340,7 +435,7 @@ async fn tus_protocol_statuses_and_headers() {
     );
 
     // Finished: a media record with the metadata and the whole file's hash, one job.
-    let (_, json) = get_json_as(&alice, &server.url(&location)).await;
+    let (_, json) = get_json_as(alice, &server.url(&location)).await;
     assert_eq!(json["state"], "finished", "{json}");
     let media_id = json["media_id"].as_str().unwrap().to_string();
     let (status, media) = server.get_json(&format!("/api/v1/media/{media_id}")).await;
@@ -372,41 +467,27 @@ async fn tus_protocol_statuses_and_headers() {
             .status(),
         409
     );
+    tus.assert_counted(
+        &[
+            r#"streamgate_uploads_total{outcome="created"} 1"#,
+            r#"streamgate_uploads_total{outcome="finished"} 1"#,
+            "streamgate_upload_duration_seconds_count 1",
+        ],
+        &[("upload.create", 1), ("upload.finish", 1)],
+    )
+    .await;
+}
 
+#[tokio::test]
+async fn unknown_upload_ids_are_404_with_json() {
+    let tus = Tus::start().await;
+    let (server, alice) = (&tus.server, &tus.alice);
     // Unknown ids are 404 with our JSON.
-    let (status, body) = get_json_as(&alice, &server.url("/api/v1/uploads/not-an-id")).await;
+    let (status, body) = get_json_as(alice, &server.url("/api/v1/uploads/not-an-id")).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (404, Some("upload_not_found"))
     );
-
-    let metrics = server.get("/metrics").await.text().await.unwrap();
-    for line in [
-        r#"streamgate_uploads_total{outcome="created"} 3"#,
-        r#"streamgate_uploads_total{outcome="terminated"} 1"#,
-        r#"streamgate_uploads_total{outcome="finished"} 1"#,
-        "streamgate_upload_checksum_failures_total 1",
-        "streamgate_upload_duration_seconds_count 1",
-    ] {
-        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
-    }
-    for (action, count) in [
-        ("upload.create", 3),
-        ("upload.terminate", 1),
-        ("upload.finish", 1),
-    ] {
-        let entries = server
-            .actors
-            .audit
-            .list(streamgate_actors::store::AuditFilter {
-                action: Some(action.into()),
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(entries.len(), count, "{action}");
-    }
 }
 
 type BodySender = tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>;
