@@ -50,7 +50,20 @@ impl Running {
 
 /// Starts the actors and the HTTP server on `listener`. Must run inside an actix system.
 pub fn start(config: Config, listener: TcpListener) -> Result<Running, RunError> {
-    let actors = streamgate_actors::start(config.actors())?;
+    start_with_clock(
+        config,
+        listener,
+        std::sync::Arc::new(streamgate_actors::clock::SystemClock),
+    )
+}
+
+/// [`start`] with the clock auth expiries are measured against (tests move it ahead).
+pub fn start_with_clock(
+    config: Config,
+    listener: TcpListener,
+    clock: streamgate_actors::clock::SharedClock,
+) -> Result<Running, RunError> {
+    let actors = streamgate_actors::start_with_clock(config.actors(), clock)?;
     let data = web::Data::new(actors.clone());
     let rate_limits = RateLimits::new(
         &config.rate_limit,

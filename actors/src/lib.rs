@@ -15,6 +15,7 @@ pub mod auth;
 pub mod blob_names;
 pub mod blobs;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod metadata;
@@ -38,6 +39,7 @@ use crate::{
     auth::{AuthActor, AuthDeps, Keys, NftChecker, NftMetrics, PlaybackGrants, PlaybackGuard},
     blobs::BlobStore,
     cache::{CacheMetrics, Caches},
+    clock::SharedClock,
     config::{ActorsConfig, BlobBackend},
     metadata::{MetadataActor, MetadataDeps},
     monitor::{Metrics, MonitorActor, MonitorDeps},
@@ -92,6 +94,11 @@ pub enum StartError {
 /// Opens storage under `storage.data_dir` and starts every actor, supervised. Must run inside an
 /// actix system.
 pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
+    start_with_clock(config, Arc::new(clock::SystemClock))
+}
+
+/// [`start`] with the clock auth expiries are measured against (tests move it ahead).
+pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Actors, StartError> {
     config.validate().map_err(StartError::Config)?;
     let data_dir = &config.storage.data_dir;
     let work_dir = data_dir.join("work");
@@ -178,6 +185,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
     let grants = PlaybackGrants::new(
         config.auth.playback_grant_entries,
         CacheMetrics::of(&metrics, monitor::metric_names::PLAYBACK_GRANTS_CACHE),
+        clock.clone(),
     );
     let playback = PlaybackGuard::new(
         keys.clone(),
@@ -198,6 +206,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
             checks: metrics.nft_checks.clone(),
             rpc_duration: metrics.nft_rpc_duration.clone(),
         },
+        clock.clone(),
     )?;
     let auth = supervise::start("auth", restarts("auth"), {
         let deps = AuthDeps {
@@ -211,6 +220,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
             audit: audit.clone(),
             metrics: metrics.clone(),
             revoked: repo.list_revoked_sessions()?.into_iter().collect(),
+            clock,
         };
         move |_| AuthActor::new(deps)
     });

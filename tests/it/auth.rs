@@ -1,9 +1,10 @@
 //! Wallet auth and NFT-gated streaming against a real chain (anvil) and real contracts
 //! (OpenZeppelin 4.9.6 presets), with signatures from a real wallet (`cast wallet sign`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use streamgate_actors::clock::Clock;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
@@ -48,6 +49,13 @@ fn without_line(message: &str, prefix: &str) -> String {
 pub(crate) fn assert_refused(status: u16, body: &Value, expected_status: u16, expected_code: &str) {
     assert_eq!(status, expected_status, "{body}");
     assert_eq!(body["code"], expected_code, "{body}");
+}
+
+/// Asserts `response` is a refusal with `status` and error `code`.
+pub(crate) async fn refused_with(response: reqwest::Response, status: u16, code: &str) {
+    let actual = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_refused(actual, &body, status, code);
 }
 
 pub(crate) async fn bearer_get(
@@ -232,7 +240,7 @@ async fn concurrent_logins_with_one_nonce_exactly_one_succeeds() {
 
 #[tokio::test]
 async fn login_with_an_expired_nonce_is_refused() {
-    let server = TestServer::start_with(|c| c.auth.nonce_ttl_s = 1);
+    let server = TestServer::start_with(|c| c.auth.nonce_ttl_s = 300);
     let (status, challenge) = server
         .post_json(
             "/api/v1/auth/challenge",
@@ -244,10 +252,8 @@ async fn login_with_an_expired_nonce_is_refused() {
         OffsetDateTime::parse(challenge["expires_at"].as_str().unwrap(), &Rfc3339).unwrap();
     // The message itself carries no expiry, so only the nonce's expiry can refuse it.
     let message = without_line(challenge["message"].as_str().unwrap(), "Expiration Time: ");
-    let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    while OffsetDateTime::now_utc() <= expires_at {
-        ticks.tick().await;
-    }
+    server.clock.advance(Duration::from_secs(301));
+    assert!(server.clock.now_utc() > expires_at);
     let signature = ALICE.sign(&message);
     let (status, body) = post_login(&server, &message, &signature).await;
     assert_refused(status, &body, 401, "nonce_expired");
@@ -396,84 +402,159 @@ pub(crate) async fn play(server: &TestServer, media_id: &str, session: &str) -> 
     (format!("{base}{rendition}/"), segment)
 }
 
-#[tokio::test]
-async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
-    let chain = Anvil::start().await;
-    let erc721 = chain.deploy_erc721(&ALICE);
-    let erc1155 = chain.deploy_erc1155(&ALICE);
-    chain.mint_erc721(&ALICE, &erc721, BOB.address); // token 0 → BOB
-    chain.mint_erc1155(&ALICE, &erc1155, BOB.address, 7, 3);
-    chain.mint_erc1155(&ALICE, &erc1155, CAROL.address, 7, 1);
-    let rpc = chain.url.clone();
-    let server = TestServer::start_with(move |c| {
-        c.auth.admin_token = GATE_TEST_ADMIN_TOKEN.into();
-        c.auth.rpc = vec![streamgate_actors::config::ChainRpc {
-            chain_id: CHAIN_ID,
-            url: rpc,
-        }];
-    });
-    let admin = crate::server::bearer_client(GATE_TEST_ADMIN_TOKEN);
-    let alice = server.session().await.to_string();
-    let bob = server.login(&BOB).await;
-    let carol = server.login(&CAROL).await;
+/// A chain where BOB holds ERC-721 token 0 and 3 of ERC-1155 id 7 and CAROL 1 of id 7, a
+/// server reading it, and two ready uploads of ALICE's, still ungated.
+struct GateFixture {
+    _chain: Anvil,
+    server: TestServer,
+    admin: reqwest::Client,
+    alice: String,
+    bob: String,
+    carol: String,
+    erc721: String,
+    erc1155: String,
+    first: Playable,
+    second: Playable,
+}
 
-    // Anonymous uploads are refused; ALICE's session owns what she uploads.
+impl GateFixture {
+    async fn start() -> Self {
+        let chain = Anvil::start().await;
+        let erc721 = chain.deploy_erc721(&ALICE);
+        let erc1155 = chain.deploy_erc1155(&ALICE);
+        chain.mint_erc721(&ALICE, &erc721, BOB.address); // token 0 → BOB
+        chain.mint_erc1155(&ALICE, &erc1155, BOB.address, 7, 3);
+        chain.mint_erc1155(&ALICE, &erc1155, CAROL.address, 7, 1);
+        let rpc = chain.url.clone();
+        let server = TestServer::start_with(move |c| {
+            c.auth.admin_token = GATE_TEST_ADMIN_TOKEN.into();
+            crate::chain::read_chain(c, rpc);
+        });
+        let alice = server.session().await.to_string();
+        let bob = server.login(&BOB).await;
+        let carol = server.login(&CAROL).await;
+        let first = upload_ready(&server, "first.mp4").await;
+        let second = upload_ready(&server, "second.mp4").await;
+        // Searchable at once, for the pages that show `gated`.
+        let search = server.actors.search.clone();
+        tokio::task::spawn_blocking(move || search.commit())
+            .await
+            .unwrap()
+            .unwrap();
+        Self {
+            _chain: chain,
+            admin: crate::server::bearer_client(GATE_TEST_ADMIN_TOKEN),
+            server,
+            alice,
+            bob,
+            carol,
+            erc721,
+            erc1155,
+            first,
+            second,
+        }
+    }
+
+    fn erc721_gate(&self) -> Value {
+        json!({"chain_id": CHAIN_ID, "contract": self.erc721, "standard": "erc721", "min_balance": 1})
+    }
+
+    /// ALICE gates `first` by the ERC-721 and `second` by 2 of ERC-1155 id 7.
+    async fn gate_both(&self) {
+        let (status, body) = put_gate(
+            &self.server,
+            &self.first.media_id,
+            &self.alice,
+            &self.erc721_gate(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["gated"], true);
+        let erc1155_gate = json!({"chain_id": CHAIN_ID, "contract": self.erc1155, "standard": "erc1155", "token_id": "7", "min_balance": 2});
+        let (status, body) = put_gate(
+            &self.server,
+            &self.second.media_id,
+            &self.alice,
+            &erc1155_gate,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// `/api/v1/media/{id}`, then `/{path}` unless `path` is empty.
+    fn url(&self, media: &Playable, path: &str) -> String {
+        let record = self
+            .server
+            .url(&format!("/api/v1/media/{}", media.media_id));
+        if path.is_empty() {
+            record
+        } else {
+            format!("{record}/{path}")
+        }
+    }
+
+    /// The first segment URL of `first` while it is ungated: public and immutable.
+    async fn public_segment(&self) -> String {
+        let base = self.url(&self.first, "hls/");
+        let master = bearer_get(&self.server, &format!("{base}master.m3u8"), None).await;
+        assert_eq!(master.status(), 200);
+        let variant = uris(&master.text().await.unwrap())[0].clone();
+        let rendition = variant.split('/').next().unwrap().to_string();
+        let media_playlist = bearer_get(&self.server, &format!("{base}{variant}"), None)
+            .await
+            .text()
+            .await
+            .unwrap();
+        let segment = format!("{base}{rendition}/{}", uris(&media_playlist)[0]);
+        let response = bearer_get(&self.server, &segment, None).await;
+        assert_eq!(response.status(), 200);
+        assert!(cache_control(&response).contains("immutable"));
+        segment
+    }
+
+    async fn audited(&self, action: &str) -> usize {
+        let path = format!("/api/v1/audit?action={action}&limit=500");
+        let audit = crate::server::fetch_json(&self.admin, self.server.url(&path)).await;
+        audit["items"].as_array().unwrap().len()
+    }
+}
+
+#[tokio::test]
+async fn anonymous_uploads_are_refused_and_ungated_media_is_public_and_cached_in_search() {
+    let fx = GateFixture::start().await;
+    let server = &fx.server;
     let (status, body) = server
         .upload_as(None, b"\x00\x00\x00\x20ftypisom".repeat(10), "a.mp4", None)
         .await;
     assert_refused(status, &body, 401, "session_required");
-    let first = upload_ready(&server, "first.mp4").await;
-    let second = upload_ready(&server, "second.mp4").await;
-
-    // Ungated: public, immutable segments.
-    let base = server.url(&format!("/api/v1/media/{}/hls/", first.media_id));
-    let master = bearer_get(&server, &format!("{base}master.m3u8"), None).await;
-    assert_eq!(master.status(), 200);
-    let variant = uris(&master.text().await.unwrap())[0].clone();
-    let rendition = variant.split('/').next().unwrap().to_string();
-    let media_playlist = bearer_get(&server, &format!("{base}{variant}"), None)
-        .await
-        .text()
-        .await
-        .unwrap();
-    let public_segment = format!("{base}{rendition}/{}", uris(&media_playlist)[0]);
-    let response = bearer_get(&server, &public_segment, None).await;
-    assert_eq!(response.status(), 200);
-    assert!(cache_control(&response).contains("immutable"));
+    fx.public_segment().await;
 
     // Search pages show `gated` and are cached: a gate change shows on the very next page.
-    let search = server.actors.search.clone();
-    tokio::task::spawn_blocking(move || search.commit())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!searched_gated(&server, "first").await);
+    assert!(!searched_gated(server, "first").await);
     let hits = server.actors.caches.search.stats().hits;
-    assert!(!searched_gated(&server, "first").await);
+    assert!(!searched_gated(server, "first").await);
     assert_eq!(server.actors.caches.search.stats().hits, hits + 1);
+    fx.gate_both().await;
+    assert!(searched_gated(server, "first").await);
+}
 
-    // Only the owner sets gates.
-    let erc721_gate =
-        json!({"chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721", "min_balance": 1});
-    let (status, body) = put_gate(&server, &first.media_id, &bob, &erc721_gate).await;
+#[tokio::test]
+async fn only_the_owner_gates_edits_or_deletes_her_media() {
+    let fx = GateFixture::start().await;
+    let server = &fx.server;
+    let gate = fx.erc721_gate();
+    let (status, body) = put_gate(server, &fx.first.media_id, &fx.bob, &gate).await;
     assert_refused(status, &body, 403, "not_media_owner");
-    let (status, body) = put_gate(&server, &first.media_id, "nonsense", &erc721_gate).await;
+    let (status, body) = put_gate(server, &fx.first.media_id, "nonsense", &gate).await;
     assert_refused(status, &body, 401, "session_invalid");
-    let (status, body) = put_gate(&server, &first.media_id, &alice, &erc721_gate).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["gated"], true);
-    assert!(searched_gated(&server, "first").await);
-    let bad_chain = json!({"chain_id": 5, "contract": erc721, "standard": "erc721"});
-    let (status, body) = put_gate(&server, &second.media_id, &alice, &bad_chain).await;
+    let bad_chain = json!({"chain_id": 5, "contract": fx.erc721, "standard": "erc721"});
+    let (status, body) = put_gate(server, &fx.second.media_id, &fx.alice, &bad_chain).await;
     assert_refused(status, &body, 400, "chain_not_configured");
-    let erc1155_gate = json!({"chain_id": CHAIN_ID, "contract": erc1155, "standard": "erc1155", "token_id": "7", "min_balance": 2});
-    let (status, body) = put_gate(&server, &second.media_id, &alice, &erc1155_gate).await;
-    assert_eq!(status, 200, "{body}");
-    // Others may not edit or delete ALICE's media either.
+    fx.gate_both().await;
     let response = server
         .client
-        .patch(server.url(&format!("/api/v1/media/{}", first.media_id)))
-        .bearer_auth(&bob)
+        .patch(fx.url(&fx.first, ""))
+        .bearer_auth(&fx.bob)
         .json(&json!({"title": "mine now"}))
         .send()
         .await
@@ -481,36 +562,57 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
     assert_eq!(response.status(), 403);
     let response = server
         .client
-        .delete(server.url(&format!("/api/v1/media/{}", first.media_id)))
-        .bearer_auth(&carol)
+        .delete(fx.url(&fx.first, ""))
+        .bearer_auth(&fx.carol)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
+}
 
-    // Gated now: the old public segment URL and anonymous playlists are refused.
-    let response = bearer_get(&server, &public_segment, None).await;
-    assert_eq!(response.status(), 401);
-    let response = bearer_get(&server, &format!("{base}master.m3u8"), None).await;
-    assert_eq!(response.status(), 401);
-    // CAROL holds no ERC-721 and only 1 of the 2 ERC-1155 tokens needed.
-    let response = bearer_get(&server, &format!("{base}master.m3u8"), Some(&carol)).await;
-    let status = response.status().as_u16();
-    assert_refused(
-        status,
-        &response.json().await.unwrap(),
-        403,
-        "gate_not_passed",
+#[tokio::test]
+async fn gated_playlists_segments_and_thumbnails_refuse_anonymous_callers_and_non_holders() {
+    let fx = GateFixture::start().await;
+    let server = &fx.server;
+    let public_segment = fx.public_segment().await;
+    fx.gate_both().await;
+    let master = fx.url(&fx.first, "hls/master.m3u8");
+    assert_eq!(
+        bearer_get(server, &public_segment, None).await.status(),
+        401
     );
-    // DASH shares the gate: refused without a passing session; for a holder every segment
-    // reference in the manifest carries the playback token and is served with it.
-    let dash = server.url(&format!(
-        "/api/v1/media/{}/dash/manifest.mpd",
-        first.media_id
-    ));
-    assert_eq!(bearer_get(&server, &dash, None).await.status(), 401);
-    assert_eq!(bearer_get(&server, &dash, Some(&carol)).await.status(), 403);
-    let response = bearer_get(&server, &dash, Some(&bob)).await;
+    assert_eq!(bearer_get(server, &master, None).await.status(), 401);
+    // CAROL holds no ERC-721 and only 1 of the 2 ERC-1155 tokens needed.
+    let response = bearer_get(server, &master, Some(&fx.carol)).await;
+    refused_with(response, 403, "gate_not_passed").await;
+    let second_master = fx.url(&fx.second, "hls/master.m3u8");
+    let response = bearer_get(server, &second_master, Some(&fx.carol)).await;
+    assert_eq!(response.status(), 403);
+
+    // The thumbnail shares the gate.
+    let thumbnail = fx.url(&fx.first, "thumbnail.jpg");
+    let response = bearer_get(server, &thumbnail, None).await;
+    refused_with(response, 401, "session_required").await;
+    let response = bearer_get(server, &thumbnail, Some(&fx.carol)).await;
+    assert_eq!(response.status(), 403);
+    let response = bearer_get(server, &thumbnail, Some(&fx.bob)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(cache_control(&response), "private, no-store");
+    assert_eq!(&response.bytes().await.unwrap()[..2], &[0xFF, 0xD8]);
+}
+
+#[tokio::test]
+async fn dash_shares_the_gate_and_tokenises_every_segment_for_a_holder() {
+    let fx = GateFixture::start().await;
+    let server = &fx.server;
+    fx.gate_both().await;
+    let dash = fx.url(&fx.first, "dash/manifest.mpd");
+    assert_eq!(bearer_get(server, &dash, None).await.status(), 401);
+    assert_eq!(
+        bearer_get(server, &dash, Some(&fx.carol)).await.status(),
+        403
+    );
+    let response = bearer_get(server, &dash, Some(&fx.bob)).await;
     assert_eq!(response.status(), 200);
     assert!(cache_control(&response).contains("no-store"));
     let mpd = response.text().await.unwrap();
@@ -521,151 +623,122 @@ async fn holders_play_gated_media_end_to_end_and_everyone_else_is_refused() {
         .unwrap()
         .to_string();
     assert!(segment.contains("?token="), "{mpd}");
-    let dash_base = server.url(&format!("/api/v1/media/{}/dash/", first.media_id));
-    let response = bearer_get(&server, &format!("{dash_base}{segment}"), None).await;
+    let dash_base = fx.url(&fx.first, "dash/");
+    let response = bearer_get(server, &format!("{dash_base}{segment}"), None).await;
     assert_eq!(
         response.status(),
         200,
         "the tokenised DASH segment URL plays"
     );
     let untokenised = segment.split('?').next().unwrap();
-    let response = bearer_get(&server, &format!("{dash_base}{untokenised}"), None).await;
+    let response = bearer_get(server, &format!("{dash_base}{untokenised}"), None).await;
     assert_eq!(response.status(), 401);
+}
 
-    // The thumbnail shares the gate: refused anonymously and to non-holders.
-    let thumbnail = server.url(&format!("/api/v1/media/{}/thumbnail.jpg", first.media_id));
-    let response = bearer_get(&server, &thumbnail, None).await;
-    let status = response.status().as_u16();
-    assert_refused(
-        status,
-        &response.json().await.unwrap(),
-        401,
-        "session_required",
-    );
-    assert_eq!(
-        bearer_get(&server, &thumbnail, Some(&carol)).await.status(),
-        403
-    );
-    let response = bearer_get(&server, &thumbnail, Some(&bob)).await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(cache_control(&response), "private, no-store");
-    assert_eq!(&response.bytes().await.unwrap()[..2], &[0xFF, 0xD8]);
-
-    let second_master = server.url(&format!(
-        "/api/v1/media/{}/hls/master.m3u8",
-        second.media_id
-    ));
-    let response = bearer_get(&server, &second_master, Some(&carol)).await;
-    assert_eq!(response.status(), 403);
-
+#[tokio::test]
+async fn holders_and_the_owner_play_and_missing_forged_or_foreign_tokens_are_refused() {
+    let fx = GateFixture::start().await;
+    let server = &fx.server;
+    fx.gate_both().await;
     // BOB holds both: he plays, with tokens in every URI.
-    let (rendition_base, segment) = play(&server, &first.media_id, &bob).await;
-    let (_, second_segment) = play(&server, &second.media_id, &bob).await;
+    let (rendition_base, segment) = play(server, &fx.first.media_id, &fx.bob).await;
+    let (_, second_segment) = play(server, &fx.second.media_id, &fx.bob).await;
     // The owner plays her own gated media without holding the token.
-    play(&server, &first.media_id, &alice).await;
+    play(server, &fx.first.media_id, &fx.alice).await;
 
-    // Segment tokens: missing, forged, or for other media are refused.
     let bare = segment.split('?').next().unwrap();
     let token = segment.split("token=").nth(1).unwrap();
-    let response = bearer_get(&server, &format!("{rendition_base}{bare}"), None).await;
-    let status = response.status().as_u16();
-    assert_refused(
-        status,
-        &response.json().await.unwrap(),
-        401,
-        "playback_token_required",
-    );
+    let response = bearer_get(server, &format!("{rendition_base}{bare}"), None).await;
+    refused_with(response, 401, "playback_token_required").await;
     let (expires, rest) = token.split_once('.').unwrap();
     let later: i64 = expires.parse::<i64>().unwrap() + 3600;
-    let forged = format!("{later}.{rest}");
-    let response = bearer_get(
-        &server,
-        &format!("{rendition_base}{bare}?token={forged}"),
-        None,
-    )
-    .await;
-    let status = response.status().as_u16();
-    assert_refused(
-        status,
-        &response.json().await.unwrap(),
+    let forged = format!("{rendition_base}{bare}?token={later}.{rest}");
+    refused_with(
+        bearer_get(server, &forged, None).await,
         403,
         "playback_token_invalid",
-    );
-    let other_token = second_segment.split("token=").nth(1).unwrap();
-    let response = bearer_get(
-        &server,
-        &format!("{rendition_base}{bare}?token={other_token}"),
-        None,
     )
     .await;
+    let other_token = second_segment.split("token=").nth(1).unwrap();
+    let foreign = format!("{rendition_base}{bare}?token={other_token}");
+    let response = bearer_get(server, &foreign, None).await;
     assert_eq!(response.status(), 403, "a token for other media");
 
     // A stock player: ffprobe with only the session header, the rest from the rewritten URIs.
-    let master_url = server.url(&format!("/api/v1/media/{}/hls/master.m3u8", first.media_id));
-    let probe = ffprobe_with_session(&master_url, &bob);
+    let probe = ffprobe_with_session(&fx.url(&fx.first, "hls/master.m3u8"), &fx.bob);
     let streams = probe["streams"].as_array().unwrap();
     assert!(
         streams.iter().any(|s| s["codec_type"] == "video"),
         "{probe}"
     );
+}
 
-    // The ownership endpoint, and its cache.
-    let query = json!({"address": BOB.address, "chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721", "token_id": 0});
-    let (status, answer) = nft_verify(&server, &carol, &query).await;
+#[tokio::test]
+async fn nft_verify_answers_from_the_chain_then_its_cache_and_checks_are_audited_and_counted() {
+    let fx = GateFixture::start().await;
+    let server = &fx.server;
+    fx.gate_both().await;
+    let master = fx.url(&fx.first, "hls/master.m3u8");
+    let response = bearer_get(server, &master, Some(&fx.carol)).await;
+    refused_with(response, 403, "gate_not_passed").await;
+    play(server, &fx.first.media_id, &fx.bob).await;
+
+    let query = json!({"address": BOB.address, "chain_id": CHAIN_ID, "contract": fx.erc721, "standard": "erc721", "token_id": 0});
+    let (status, answer) = nft_verify(server, &fx.carol, &query).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["owns"], true);
     assert_eq!(answer["balance"], 1);
-    let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": erc1155, "standard": "erc1155", "token_id": "7"});
-    let (_, answer) = nft_verify(&server, &carol, &query).await;
+    let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": fx.erc1155, "standard": "erc1155", "token_id": "7"});
+    let (_, answer) = nft_verify(server, &fx.carol, &query).await;
     assert_eq!(answer["balance"], 1, "{answer}");
-    let nft_checks_audited = || async {
-        let audit: Value = crate::server::fetch_json(
-            &admin,
-            server.url("/api/v1/audit?action=auth.nft_check&limit=500"),
-        )
-        .await;
-        audit["items"].as_array().unwrap().len()
-    };
-    let audited_before = nft_checks_audited().await;
-    let (_, again) = nft_verify(&server, &carol, &query).await;
+    let audited_before = fx.audited("auth.nft_check").await;
+    let (_, again) = nft_verify(server, &fx.carol, &query).await;
     assert_eq!(again["cached"], true, "{again}");
     assert_eq!(
-        nft_checks_audited().await,
+        fx.audited("auth.nft_check").await,
         audited_before,
         "a cached answer is not audited again"
     );
+    assert!(audited_before >= 4, "{audited_before} checks audited");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    for expected in [
+        r#"streamgate_nft_checks_total{outcome="ok",source="cache"}"#,
+        r#"streamgate_nft_rpc_duration_seconds_count{method="erc721_balance_of"}"#,
+        r#"streamgate_playback_refused_total{reason="gate_not_passed"}"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
+    }
+}
 
-    // Clearing the gate makes it public again.
+#[tokio::test]
+async fn clearing_the_gate_makes_media_public_again_and_gate_changes_are_audited() {
+    let fx = GateFixture::start().await;
+    let server = &fx.server;
+    let public_segment = fx.public_segment().await;
+    fx.gate_both().await;
+    let thumbnail = fx.url(&fx.first, "thumbnail.jpg");
+    assert_eq!(bearer_get(server, &thumbnail, None).await.status(), 401);
     let response = server
         .client
-        .delete(server.url(&format!("/api/v1/media/{}/gate", first.media_id)))
-        .bearer_auth(&alice)
+        .delete(fx.url(&fx.first, "gate"))
+        .bearer_auth(&fx.alice)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let response = bearer_get(&server, &public_segment, None).await;
+    let response = bearer_get(server, &public_segment, None).await;
     assert_eq!(response.status(), 200);
     assert!(cache_control(&response).contains("immutable"));
-    assert!(!searched_gated(&server, "first").await);
-    let response = bearer_get(&server, &thumbnail, None).await;
+    assert!(!searched_gated(server, "first").await);
+    let response = bearer_get(server, &thumbnail, None).await;
     assert_eq!(response.status(), 200);
     assert!(cache_control(&response).contains("public"));
 
-    // Audit and metrics saw it.
-    let audit: Value =
-        crate::server::fetch_json(&admin, server.url("/api/v1/audit?action=media.gate")).await;
-    assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
-    let audit: Value =
-        crate::server::fetch_json(&admin, server.url("/api/v1/audit?action=auth.nft_check")).await;
-    assert!(audit["items"].as_array().unwrap().len() >= 4, "{audit}");
+    assert_eq!(fx.audited("media.gate").await, 3);
     let metrics = server.get("/metrics").await.text().await.unwrap();
     for expected in [
         r#"streamgate_gate_changes_total{change="set"} 2"#,
         r#"streamgate_gate_changes_total{change="clear"} 1"#,
-        r#"streamgate_nft_checks_total{outcome="ok",source="cache"}"#,
-        r#"streamgate_nft_rpc_duration_seconds_count{method="erc721_balance_of"}"#,
-        r#"streamgate_playback_refused_total{reason="gate_not_passed"}"#,
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
     }
@@ -693,12 +766,10 @@ async fn a_transfer_revokes_access_after_the_cache_ttl_and_a_dead_rpc_fails_clos
     chain.mint_erc721(&ALICE, &erc721, BOB.address); // token 0
     let rpc = chain.url.clone();
     let server = TestServer::start_with(move |c| {
-        c.auth.nft_cache_ttl_ms = 1000;
-        c.auth.playback_token_ttl_s = 2;
-        c.auth.rpc = vec![streamgate_actors::config::ChainRpc {
-            chain_id: CHAIN_ID,
-            url: rpc,
-        }];
+        // Long enough that nothing expires on a slow machine before the clock is moved.
+        c.auth.nft_cache_ttl_ms = 600_000;
+        c.auth.playback_token_ttl_s = 600;
+        crate::chain::read_chain(c, rpc);
     });
     let alice = server.session().await.to_string();
     let bob = server.login(&BOB).await;
@@ -711,59 +782,46 @@ async fn a_transfer_revokes_access_after_the_cache_ttl_and_a_dead_rpc_fails_clos
     let master = server.url(&format!("/api/v1/media/{}/hls/master.m3u8", media.media_id));
     let (rendition_base, segment) = play(&server, &media.media_id, &bob).await;
 
-    // Segment tokens are short-lived.
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        ticks.tick().await;
-        let response = bearer_get(&server, &format!("{rendition_base}{segment}"), None).await;
-        if response.status() == 401 {
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["code"], "playback_token_expired", "{body}");
-            break;
-        }
-        assert_eq!(response.status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "token never expired"
-        );
-    }
+    let segment_url = format!("{rendition_base}{segment}");
+    let ten_minutes = Duration::from_secs(601);
 
-    // BOB gives the token to CAROL: once the cached answer expires, BOB is refused.
+    // Segment tokens are short-lived: served until their TTL, refused after it.
+    assert_eq!(bearer_get(&server, &segment_url, None).await.status(), 200);
+    server.clock.advance(ten_minutes);
+    refused_with(
+        bearer_get(&server, &segment_url, None).await,
+        401,
+        "playback_token_expired",
+    )
+    .await;
+
+    // BOB gives the token to CAROL: the cached answer still lets him in until it expires.
+    // (The last move of the clock expired the cache; this GET caches the answer anew.)
+    assert_eq!(bearer_get(&server, &master, Some(&bob)).await.status(), 200);
     chain.transfer_erc721(&BOB, &erc721, CAROL.address, 0);
-    let started = Instant::now();
-    loop {
-        ticks.tick().await;
-        let response = bearer_get(&server, &master, Some(&bob)).await;
-        if response.status() == 403 {
-            break;
-        }
-        assert_eq!(response.status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "access never revoked"
-        );
-    }
+    assert_eq!(
+        bearer_get(&server, &master, Some(&bob)).await.status(),
+        200,
+        "the cached answer holds until its TTL"
+    );
+    server.clock.advance(ten_minutes);
+    assert_eq!(bearer_get(&server, &master, Some(&bob)).await.status(), 403);
     play(&server, &media.media_id, &carol).await;
 
     // The node goes away: ownership cannot be checked, and that is not "does not own".
     chain.kill();
-    let started = Instant::now();
-    loop {
-        ticks.tick().await;
-        let response = bearer_get(&server, &master, Some(&carol)).await;
-        let status = response.status().as_u16();
-        if status == 503 {
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["code"], "rpc_unavailable", "{body}");
-            break;
-        }
-        assert_eq!(status, 200, "only the cached answer may still pass");
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "cache never expired"
-        );
-    }
+    assert_eq!(
+        bearer_get(&server, &master, Some(&carol)).await.status(),
+        200,
+        "only the cached answer may still pass"
+    );
+    server.clock.advance(ten_minutes);
+    refused_with(
+        bearer_get(&server, &master, Some(&carol)).await,
+        503,
+        "rpc_unavailable",
+    )
+    .await;
     let query = json!({"address": CAROL.address, "chain_id": CHAIN_ID, "contract": erc721, "standard": "erc721"});
     let (status, body) = nft_verify(&server, &carol, &query).await;
     assert_refused(status, &body, 503, "rpc_unavailable");

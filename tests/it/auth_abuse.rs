@@ -3,14 +3,14 @@
 //! playback tokens end with their session and with the gate they were minted under (against a
 //! real anvil chain).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use streamgate_actors::config::ChainRpc;
 
 use crate::{
     auth::{assert_refused, bearer_get, nft_verify, play, put_gate, upload_ready, uris},
     chain::{Anvil, ALICE, BOB, CAROL, CHAIN_ID},
+    harness::{poll, poll_every},
     server::{fetch_json, TestServer},
 };
 
@@ -37,28 +37,24 @@ async fn audit_items(server: &TestServer, query: &str) -> Vec<Value> {
 /// Polls `url` (no headers) until it is refused, failing after [`DEADLINE`]; returns the
 /// refusal's status and body.
 async fn refused_within_deadline(server: &TestServer, url: &str) -> (u16, Value) {
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        ticks.tick().await;
-        let response = bearer_get(server, url, None).await;
-        let status = response.status().as_u16();
-        if status != 200 {
-            return (status, response.json().await.unwrap());
-        }
-        assert!(started.elapsed() < DEADLINE, "{url} still served");
-    }
+    let response = poll_every(
+        Duration::from_millis(50),
+        DEADLINE,
+        &format!("{url} to be refused"),
+        async || {
+            let response = bearer_get(server, url, None).await;
+            (response.status() != 200).then_some(response)
+        },
+    )
+    .await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
 }
 
 fn chain_config(rpc: String) -> impl FnOnce(&mut streamgate::config::Config) {
     move |c| {
         c.auth.admin_token = ADMIN.into();
-        // A loaded machine (parallel tests, transcodes) can starve anvil for seconds.
-        c.auth.rpc_timeout_ms = 30_000;
-        c.auth.rpc = vec![ChainRpc {
-            chain_id: CHAIN_ID,
-            url: rpc,
-        }];
+        crate::chain::read_chain(c, rpc);
     }
 }
 
@@ -85,23 +81,21 @@ async fn a_login_flood_is_sampled_into_the_audit_log_without_holding_logins() {
     // A real login right after the flood goes through, and is audited durably.
     let session = server.login(&ALICE).await;
     assert!(session.starts_with("sg1."));
-    let started = Instant::now();
-    loop {
+    // The sampled refusal is written in the background; wait for it by count, not by time.
+    let (denied, logins) = poll(DEADLINE, "the sampled refusal to be written", async || {
         let logins = audit_items(&server, "?action=auth.login").await;
-        let denied: Vec<&Value> = logins.iter().filter(|e| e["outcome"] == "denied").collect();
+        let denied: Vec<Value> = logins
+            .iter()
+            .filter(|e| e["outcome"] == "denied")
+            .cloned()
+            .collect();
         assert!(denied.len() <= 1, "{logins:?}");
-        if denied.len() == 1 {
-            assert_eq!(denied[0]["actor"], "ip:127.0.0.1");
-            assert_eq!(denied[0]["detail"], "signature_mismatch");
-            assert!(logins.iter().any(|e| e["outcome"] == "ok"), "{logins:?}");
-            break;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the sampled refusal was never written"
-        );
-        tokio::task::yield_now().await;
-    }
+        let ok = logins.iter().any(|e| e["outcome"] == "ok");
+        (denied.len() == 1 && ok).then_some((denied, logins))
+    })
+    .await;
+    assert_eq!(denied[0]["actor"], "ip:127.0.0.1", "{logins:?}");
+    assert_eq!(denied[0]["detail"], "signature_mismatch");
 }
 
 #[tokio::test]
@@ -114,21 +108,16 @@ async fn audit_retention_prunes_the_oldest_entries_on_its_timer() {
     for _ in 0..5 {
         server.login(&ALICE).await;
     }
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        ticks.tick().await;
+    let items = poll(DEADLINE, "the audit log to be pruned", async || {
         let items = audit_items(&server, "").await;
         if items.len() <= 2 {
-            assert_eq!(items.len(), 2, "the newest entries stay");
-            break;
+            Ok(items)
+        } else {
+            Err(format!("{} entries", items.len()))
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "never pruned: {} entries",
-            items.len()
-        );
-    }
+    })
+    .await;
+    assert_eq!(items.len(), 2, "the newest entries stay");
     assert!(metric(&server, "streamgate_audit_pruned_total").await >= 3.0);
 }
 

@@ -5,14 +5,11 @@
 //! The tools come from npm, installed by `.ci/test` into `target/ci-node`; a missing tool fails
 //! the test with the exact install line.
 
-use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use serde_json::Value;
+
+use crate::harness::{free_port, poll_every, ChildProcess};
 
 pub const CHAIN_ID: u64 = 31337;
 const INSTALL: &str = "npm install --prefix target/ci-node @foundry-rs/anvil@1.7.1 @foundry-rs/cast@1.7.1 @openzeppelin/contracts@4.9.6";
@@ -95,46 +92,31 @@ impl Wallet {
 /// A running anvil; killed on drop.
 pub struct Anvil {
     pub url: String,
-    child: Option<Child>,
+    process: ChildProcess,
 }
 
 impl Anvil {
     pub async fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(tool("anvil"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let anvil = Self {
-            url: format!("http://127.0.0.1:{port}"),
-            child: Some(child),
-        };
+        let port = free_port();
+        let process = ChildProcess::spawn(
+            Command::new(tool("anvil")).args(["--host", "127.0.0.1", "--port", &port.to_string()]),
+            INSTALL,
+        );
+        let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
-        let started = Instant::now();
-        let mut ticks = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            ticks.tick().await;
-            let answer = client
-                .post(&anvil.url)
-                .json(
-                    &serde_json::json!({"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}),
-                )
-                .send()
-                .await;
-            if answer.is_ok_and(|r| r.status().is_success()) {
-                return anvil;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "anvil did not start"
-            );
-        }
+        let chain_id =
+            serde_json::json!({"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]});
+        poll_every(
+            Duration::from_millis(50),
+            Duration::from_secs(30),
+            "anvil to start",
+            async || {
+                let answer = client.post(&url).json(&chain_id).send().await;
+                answer.is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+        Self { url, process }
     }
 
     fn cast_send(&self, from: &Wallet, args: &[&str]) -> Value {
@@ -214,25 +196,21 @@ impl Anvil {
 
     /// Stops the node, so the URL refuses connections.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 }
 
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Points `config` at the test chain's node at `rpc`.
+pub fn read_chain(config: &mut streamgate::config::Config, rpc: String) {
+    // A loaded machine (parallel tests, transcodes) can starve anvil for seconds.
+    config.auth.rpc_timeout_ms = 30_000;
+    config.auth.rpc = vec![streamgate_actors::config::ChainRpc {
+        chain_id: CHAIN_ID,
+        url: rpc,
+    }];
 }
 
 /// A URL on which nothing listens (a port we bound and released).
 pub fn dead_rpc_url() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", free_port())
 }

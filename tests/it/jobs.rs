@@ -3,19 +3,16 @@
 //! jobs, profiles, the DASH manifest, cancel, retry with backoff, cleanup, stats, metrics, audit,
 //! and recovery after `kill -9` of the real binary.
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
 use serde_json::{json, Value};
 use streamgate_actors::config::Rung;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
-    server::{ffprobe, files_under, make_clip, TestServer},
-    shutdown::{ffmpeg_children, is_alive, poll, Binary},
+    harness::{poll, poll_every},
+    server::{fetch_json, ffprobe, files_under, make_clip, TestServer},
+    shutdown::{ffmpeg_children, is_alive, Binary},
 };
 
 const TOKEN: &str = "jobs-admin-token";
@@ -52,22 +49,24 @@ async fn post(server: &TestServer, path: &str, body: Option<Value>) -> (u16, Val
 }
 
 async fn wait_for_job(server: &TestServer, job_id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
     // Under the worker bucket's refill (10/s), so a slow job on a busy machine cannot run this
-    // client's bucket dry; late ticks are not made up in a burst.
-    let mut ticks = tokio::time::interval(Duration::from_millis(150));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let (status, job) = server
-            .get_json_as(TOKEN, &format!("/api/v1/jobs/{job_id}"))
-            .await;
-        assert_eq!(status, 200, "{job}");
-        if done(&job) {
-            return job;
-        }
-        assert!(started.elapsed() < DEADLINE, "job never got there: {job}");
-    }
+    // client's bucket dry.
+    let path = format!("/api/v1/jobs/{job_id}");
+    poll_every(
+        Duration::from_millis(150),
+        DEADLINE,
+        "the job",
+        async || {
+            let (status, job) = server.get_json_as(TOKEN, &path).await;
+            assert_eq!(status, 200, "{job}");
+            if done(&job) {
+                Ok(job)
+            } else {
+                Err(job.to_string())
+            }
+        },
+    )
+    .await
 }
 
 /// Uploads a 320x240 clip and waits until it is ready; returns (media id, upload receipt).
@@ -776,56 +775,32 @@ async fn kill_9_mid_transcode_then_restart_finishes_the_job_with_a_whole_ladder(
         .to_string();
 
     // Kill it while ffmpeg has written part of the ladder.
-    let server_pid = server.child.id();
-    let job_url = format!("{}/api/v1/jobs/{job_id}", server.base);
-    poll(Duration::from_secs(60), "partial output to appear", || {
-        let out = data.path().join("work").join(&job_id).join("out");
-        let (client, job_url) = (client.clone(), job_url.clone());
-        async move {
-            let job: Value = client
-                .get(&job_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+    let server_pid = server.process.pid();
+    let job_url = server.url(&format!("/api/v1/jobs/{job_id}"));
+    let out = data.path().join("work").join(&job_id).join("out");
+    poll(
+        Duration::from_secs(60),
+        "partial output to appear",
+        async || {
+            let job = fetch_json(&client, &job_url).await;
             job["progress"].as_u64().unwrap_or(0) > 0 && !files_under(&out).is_empty()
-        }
-    })
+        },
+    )
     .await;
     let strays = ffmpeg_children(server_pid);
     assert!(!strays.is_empty());
-    let status = Command::new("kill")
-        .args(["-KILL", &server_pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    server.child.wait().unwrap();
+    // SIGKILL to the server alone: its ffmpeg children are left as strays.
+    server.process.kill();
 
     // Restart: the stray ffmpeg is killed, the job re-queued and finished.
     let server = Binary::start(data.path(), "ultrafast");
     server.wait_ready(&client).await;
-    let job_url = format!("{}/api/v1/jobs/{job_id}", server.base);
-    let job = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
-    poll(DEADLINE, "the recovered job to end", || {
-        let (client, job_url, job) = (client.clone(), job_url.clone(), job.clone());
-        async move {
-            let now: Value = client
-                .get(&job_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let done = now["state"] == "succeeded" || now["state"] == "failed";
-            *job.lock().unwrap() = now;
-            done
-        }
+    let job_url = server.url(&format!("/api/v1/jobs/{job_id}"));
+    let job = poll(DEADLINE, "the recovered job to end", async || {
+        let job = fetch_json(&client, &job_url).await;
+        (job["state"] == "succeeded" || job["state"] == "failed").then_some(job)
     })
     .await;
-    let job = job.lock().unwrap().clone();
     assert_eq!(
         (&job["state"], &job["attempts"]),
         (&json!("succeeded"), &json!(2)),

@@ -12,6 +12,7 @@ mod chain;
 mod config;
 mod connections;
 mod e2e;
+mod harness;
 mod hostile;
 mod jobs;
 mod media;

@@ -259,19 +259,21 @@ async fn searchable(
     query: &str,
     done: impl Fn(&[String]) -> bool,
 ) -> Vec<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut ticks = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        ticks.tick().await;
-        let ids = walk(server, query).await;
-        if done(&ids) {
-            return ids;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{query}: never matched, last {ids:?}"
-        );
-    }
+    let what = format!("{query} to match");
+    crate::harness::poll_every(
+        Duration::from_millis(50),
+        Duration::from_secs(20),
+        &what,
+        async || {
+            let ids = walk(server, query).await;
+            if done(&ids) {
+                Ok(ids)
+            } else {
+                Err(format!("{ids:?}"))
+            }
+        },
+    )
+    .await
 }
 
 fn record(title: &str, description: &str, tags: &[&str], owner: &str) -> Media {

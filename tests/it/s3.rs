@@ -1,19 +1,17 @@
 //! A real S3-compatible server for the tests: moto (`moto_server`, from PyPI) on 127.0.0.1,
 //! one per test, with a fresh bucket. `.ci/test` installs it into `target/py`.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use streamgate::config::Config;
 use streamgate_actors::config::BlobBackend;
 
+use crate::harness::{free_port, poll, ChildProcess};
+
 pub const BUCKET: &str = "streamgate-test";
 
 pub struct Moto {
-    child: Child,
+    _process: ChildProcess,
     pub endpoint: String,
 }
 
@@ -31,45 +29,29 @@ fn moto_binary() -> PathBuf {
 
 impl Moto {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let binary = moto_binary();
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot run {} ({error}): install it with `bash .ci/test` \
-                     (pip install 'moto[server]' into target/py)",
-                    binary.display()
-                )
-            });
-        let moto = Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
+        let port = free_port();
+        let process = ChildProcess::spawn(
+            Command::new(moto_binary()).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+            "install it with `bash .ci/test` (pip install 'moto[server]' into target/py)",
+        );
+        let endpoint = format!("http://127.0.0.1:{port}");
         // Creating the bucket doubles as the readiness probe; moto accepts unsigned requests.
         let client = reqwest::Client::new();
-        let started = Instant::now();
-        let mut ticks = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            ticks.tick().await;
-            let created = client
-                .put(format!("{}/{BUCKET}", moto.endpoint))
-                .send()
-                .await;
-            if matches!(&created, Ok(response) if response.status().is_success()) {
-                return moto;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not come up: {created:?}"
-            );
+        poll(
+            Duration::from_secs(30),
+            "moto_server to come up",
+            async || {
+                let created = client.put(format!("{endpoint}/{BUCKET}")).send().await;
+                match created {
+                    Ok(response) if response.status().is_success() => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+        Self {
+            _process: process,
+            endpoint,
         }
     }
 
@@ -112,12 +94,5 @@ impl Moto {
             .unwrap();
         assert_eq!(response.status(), 200, "{key}");
         response.bytes().await.unwrap().to_vec()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

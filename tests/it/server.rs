@@ -5,13 +5,17 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use actix_web::dev::ServerHandle;
 use serde_json::Value;
 use streamgate::config::{self, Config, Sources};
-use streamgate_actors::Actors;
+use streamgate_actors::{
+    clock::{ManualClock, SharedClock},
+    Actors,
+};
 
 use crate::chain::{Wallet, ALICE, CHAIN_ID};
 
@@ -20,6 +24,8 @@ pub struct TestServer {
     pub actors: Actors,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
+    /// The clock auth expiries run on: `advance` it rather than wait out a TTL.
+    pub clock: Arc<ManualClock>,
     handle: ServerHandle,
     /// ALICE's session, made on first use; uploads go out with it.
     session: tokio::sync::OnceCell<String>,
@@ -52,10 +58,12 @@ impl TestServer {
         // store lock to go.
         let listener = TcpListener::bind(bind).unwrap();
         let address = listener.local_addr().unwrap();
+        let clock = Arc::new(ManualClock::default());
+        let server_clock: SharedClock = clock.clone();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
-                match streamgate::start(config, listener) {
+                match streamgate::start_with_clock(config, listener, server_clock) {
                     Ok(running) => {
                         started_tx
                             .send(Ok((running.handle.clone(), running.actors.clone())))
@@ -72,6 +80,7 @@ impl TestServer {
             actors,
             client: client_builder().build().unwrap(),
             data_dir,
+            clock,
             handle,
             session: tokio::sync::OnceCell::new(),
             thread: Some(thread),
@@ -211,20 +220,17 @@ impl TestServer {
         deadline: Duration,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        let started = Instant::now();
-        let mut ticks = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            ticks.tick().await;
-            let (status, media) = self.get_json(&format!("/api/v1/media/{media_id}")).await;
+        let path = format!("/api/v1/media/{media_id}");
+        crate::harness::poll(deadline, "the media's wanted state", async || {
+            let (status, media) = self.get_json(&path).await;
             assert_eq!(status, 200, "{media}");
             if done(&media) {
-                return media;
+                Ok(media)
+            } else {
+                Err(media.to_string())
             }
-            assert!(
-                started.elapsed() < deadline,
-                "media never reached the wanted state: {media}"
-            );
-        }
+        })
+        .await
     }
 
     /// Every regular file under `blobs/{prefix}`, for "left nothing behind" checks.
@@ -266,6 +272,11 @@ fn init_logging() {
 /// GETs `url` with `client` and parses the body as JSON, whatever the status.
 pub async fn fetch_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GETs `url` with `client` and returns the body as text, whatever the status.
+pub async fn fetch_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {

@@ -1,74 +1,57 @@
 //! The real binary: SIGTERM during a transcode drains, kills ffmpeg (no orphan), and a restart
 //! on the same data directory finishes the interrupted job.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, time::Duration};
 
-use crate::server::make_clip;
+// Re-exported for the modules that still reach it here.
+pub(crate) use crate::harness::poll;
+use crate::{
+    harness::{free_port, ChildProcess},
+    server::make_clip,
+};
 
 /// Uploads need a principal; the admin token is one (sessions are tested in `auth`).
 pub(crate) const ADMIN_TOKEN: &str = "shutdown-admin-token";
 
+/// The real binary on a free port.
 pub(crate) struct Binary {
-    pub(crate) child: Child,
+    pub(crate) process: ChildProcess,
     pub(crate) base: String,
 }
 
 impl Binary {
     pub(crate) fn start(data_dir: &Path, preset: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+        Self::start_with(data_dir, &[&format!("transcode.x264_preset=\"{preset}\"")])
+    }
+
+    /// Starts the binary with `auth.admin_token` = [`ADMIN_TOKEN`] and the `--set` overrides.
+    pub(crate) fn start_with(data_dir: &Path, settings: &[&str]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_streamgate"));
+        command
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--set", &format!("transcode.x264_preset=\"{preset}\"")])
-            .args(["--set", &format!("auth.admin_token=\"{ADMIN_TOKEN}\"")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .args(["--set", &format!("auth.admin_token=\"{ADMIN_TOKEN}\"")]);
+        for setting in settings {
+            command.args(["--set", setting]);
+        }
         Self {
-            child,
+            process: ChildProcess::spawn(&mut command, "cargo builds it with the tests"),
             base: format!("http://127.0.0.1:{port}"),
         }
     }
 
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     pub(crate) async fn wait_ready(&self, client: &reqwest::Client) {
-        poll(Duration::from_secs(30), "server ready", || async {
-            matches!(client.get(format!("{}/ready", self.base)).send().await, Ok(r) if r.status() == 200)
+        poll(Duration::from_secs(30), "server ready", async || {
+            matches!(client.get(self.url("/ready")).send().await, Ok(r) if r.status() == 200)
         })
         .await;
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub(crate) async fn poll<F, Fut>(deadline: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        ticks.tick().await;
-        if check().await {
-            return;
-        }
-        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
     }
 }
 
@@ -135,64 +118,38 @@ async fn sigterm_kills_ffmpeg_and_a_restart_finishes_the_job() {
     let receipt: serde_json::Value = response.json().await.unwrap();
     let media_id = receipt["media_id"].as_str().unwrap().to_string();
 
-    let server_pid = server.child.id();
-    poll(Duration::from_secs(30), "ffmpeg to start", || async {
+    let server_pid = server.process.pid();
+    poll(Duration::from_secs(30), "ffmpeg to start", async || {
         !ffmpeg_children(server_pid).is_empty()
     })
     .await;
     let ffmpeg = ffmpeg_children(server_pid);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &server_pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    let exit = loop {
-        ticks.tick().await;
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server did not stop on SIGTERM"
-        );
-    };
+    server.process.signal("TERM");
+    let exit = server
+        .process
+        .exited(Duration::from_secs(30), "the server to stop on SIGTERM")
+        .await;
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
-    poll(Duration::from_secs(10), "ffmpeg to be gone", || {
-        let ffmpeg = ffmpeg.clone();
-        async move { ffmpeg.iter().all(|pid| !is_alive(*pid)) }
+    poll(Duration::from_secs(10), "ffmpeg to be gone", async || {
+        ffmpeg.iter().all(|pid| !is_alive(*pid))
     })
     .await;
 
     // Restart on the same data: the interrupted job runs again and the media becomes ready.
     let server = Binary::start(data.path(), "ultrafast");
     server.wait_ready(&client).await;
-    let media_url = format!("{}/api/v1/media/{media_id}", server.base);
-    let state = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    poll(
+    let media_url = server.url(&format!("/api/v1/media/{media_id}"));
+    let state = poll(
         Duration::from_secs(180),
         "media to be ready after restart",
-        || {
-            let (client, media_url, state) = (client.clone(), media_url.clone(), state.clone());
-            async move {
-                let media: serde_json::Value = client
-                    .get(&media_url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let now = media["state"].as_str().unwrap_or_default().to_string();
-                *state.lock().unwrap() = now.clone();
-                now == "ready" || now == "failed"
-            }
+        async || {
+            let media = crate::server::fetch_json(&client, &media_url).await;
+            let state = media["state"].as_str().unwrap_or_default().to_string();
+            (state == "ready" || state == "failed").then_some(state)
         },
     )
     .await;
-    let state = state.lock().unwrap().clone();
     assert_eq!(state, "ready");
     let master = client
         .get(format!(
@@ -235,34 +192,19 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     feed.send(Ok(head.into_bytes())).await.unwrap();
     feed.send(Ok(clip[..half].to_vec())).await.unwrap();
     // In flight for certain: the server counts it (plus the /metrics request asking).
-    let metrics_url = format!("{}/metrics", server.base);
+    let metrics_url = server.url("/metrics");
     poll(
         Duration::from_secs(10),
         "the upload to be in flight",
-        || {
-            let (client, metrics_url) = (client.clone(), metrics_url.clone());
-            async move {
-                let text = client
-                    .get(&metrics_url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                text.lines()
-                    .any(|line| line == "streamgate_http_requests_in_flight 2")
-            }
+        async || {
+            let text = crate::server::fetch_text(&client, &metrics_url).await;
+            text.lines()
+                .any(|line| line == "streamgate_http_requests_in_flight 2")
         },
     )
     .await;
 
-    let server_pid = server.child.id();
-    let status = Command::new("kill")
-        .args(["-TERM", &server_pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.process.signal("TERM");
     feed.send(Ok(clip[half..].to_vec())).await.unwrap();
     feed.send(Ok(tail.into_bytes())).await.unwrap();
     drop(feed);
@@ -274,19 +216,11 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
         status, 201,
         "the in-flight upload completes during the drain: {body}"
     );
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        ticks.tick().await;
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            assert!(exit.success(), "{exit:?}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(40),
-            "server did not stop after draining"
-        );
-    }
+    let exit = server
+        .process
+        .exited(Duration::from_secs(40), "the server to stop after draining")
+        .await;
+    assert!(exit.success(), "{exit:?}");
 }
 
 /// A `Stream` over an mpsc receiver, for hand-fed request bodies.

@@ -2,11 +2,7 @@
 //! racing PATCHes, quota and expiry, an independent client (tuspy) resuming in a second process,
 //! and `kill -9` of the real binary in the middle of a PATCH.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use base64::Engine;
 use reqwest::{header::HeaderMap, Method, Response};
@@ -127,15 +123,53 @@ pub async fn upload_via_tus(
     status
 }
 
-#[tokio::test]
-async fn tus_protocol_statuses_and_headers() {
-    let server = TestServer::start_with(|config| config.upload.max_size_bytes = 1_000_000);
-    let alice = server.alice_client().await;
-    let raw = Raw {
-        client: &alice,
-        base: &server.base,
-    };
+/// A server taking uploads of up to 1,000,000 bytes, and ALICE's client for it.
+struct Tus {
+    server: TestServer,
+    alice: reqwest::Client,
+}
 
+impl Tus {
+    async fn start() -> Self {
+        let server = TestServer::start_with(|config| config.upload.max_size_bytes = 1_000_000);
+        let alice = server.alice_client().await;
+        Self { server, alice }
+    }
+
+    fn raw(&self) -> Raw<'_> {
+        Raw {
+            client: &self.alice,
+            base: &self.server.base,
+        }
+    }
+
+    /// Asserts the upload metrics hold `lines` and the audit log `count` entries per action.
+    async fn assert_counted(&self, lines: &[&str], audited: &[(&str, usize)]) {
+        let metrics = self.server.get("/metrics").await.text().await.unwrap();
+        for line in lines {
+            assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+        }
+        for (action, count) in audited {
+            let entries = self
+                .server
+                .actors
+                .audit
+                .list(streamgate_actors::store::AuditFilter {
+                    action: Some((*action).into()),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(entries.len(), *count, "{action}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn tus_options_advertise_the_protocol_and_cors() {
+    let tus = Tus::start().await;
+    let server = &tus.server;
     // Capabilities, with CORS for browsers.
     let options = server
         .client
@@ -163,7 +197,12 @@ async fn tus_protocol_statuses_and_headers() {
     }
     assert_eq!(header(&options, "access-control-allow-origin"), "*");
     assert!(header(&options, "access-control-expose-headers").contains("Upload-Offset"));
+}
 
+#[tokio::test]
+async fn tus_creation_needs_the_protocol_version_a_size_within_the_limit_and_bytes() {
+    let tus = Tus::start().await;
+    let (server, alice, raw) = (&tus.server, &tus.alice, tus.raw());
     // Tus-Resumable is required; the answer names the version we speak.
     let response = alice
         .post(server.url("/api/v1/uploads"))
@@ -195,7 +234,12 @@ async fn tus_protocol_statuses_and_headers() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+}
 
+#[tokio::test]
+async fn tus_head_reports_offset_length_metadata_and_expiry_uncached() {
+    let tus = Tus::start().await;
+    let raw = tus.raw();
     let video = fake_video(300_000);
     let location = raw
         .create(video.len() as u64, &format!("filename {}", b64(b"a.mp4")))
@@ -213,7 +257,16 @@ async fn tus_protocol_statuses_and_headers() {
     );
     assert_eq!(header(&head, "cache-control"), "no-store");
     assert!(header(&head, "upload-expires").ends_with(" GMT"));
+}
 
+#[tokio::test]
+async fn tus_patch_refuses_wrong_types_offsets_checksums_and_excess_bytes() {
+    let tus = Tus::start().await;
+    let (server, alice, raw) = (&tus.server, &tus.alice, tus.raw());
+    let video = fake_video(300_000);
+    let location = raw
+        .create(video.len() as u64, &format!("filename {}", b64(b"a.mp4")))
+        .await;
     // Wrong content type, wrong offset.
     let response = raw
         .request(Method::PATCH, &location)
@@ -282,7 +335,7 @@ async fn tus_protocol_statuses_and_headers() {
     assert_eq!(raw.offset(&location).await, (200, 100_000));
 
     // The JSON status while receiving; the partial is not a media record.
-    let (status, json) = get_json_as(&alice, &server.url(&location)).await;
+    let (status, json) = get_json_as(alice, &server.url(&location)).await;
     assert_eq!(status, 200);
     assert_eq!(
         (
@@ -295,13 +348,45 @@ async fn tus_protocol_statuses_and_headers() {
     assert!(json.get("media_id").is_none());
     let (_, media) = server.get_json("/api/v1/media").await;
     assert_eq!(media["items"].as_array().unwrap().len(), 0, "{media}");
+    tus.assert_counted(
+        &[
+            r#"streamgate_uploads_total{outcome="created"} 1"#,
+            "streamgate_upload_checksum_failures_total 1",
+        ],
+        &[("upload.create", 1)],
+    )
+    .await;
+}
 
+#[tokio::test]
+async fn tus_termination_removes_the_upload_and_its_bytes() {
+    let tus = Tus::start().await;
+    let (server, raw) = (&tus.server, tus.raw());
+    let video = fake_video(300_000);
+    let location = raw
+        .create(video.len() as u64, &format!("filename {}", b64(b"a.mp4")))
+        .await;
+    let response = raw.patch(&location, 0, video[..100_000].to_vec()).await;
+    assert_eq!(response.status(), 204);
     // Termination: gone afterwards, bytes too.
     let response = raw.request(Method::DELETE, &location).send().await.unwrap();
     assert_eq!(response.status(), 204);
     assert_eq!(raw.offset(&location).await.0, 404);
     assert!(crate::server::files_under(&server.data_dir.join("partials")).is_empty());
+    tus.assert_counted(
+        &[
+            r#"streamgate_uploads_total{outcome="created"} 1"#,
+            r#"streamgate_uploads_total{outcome="terminated"} 1"#,
+        ],
+        &[("upload.create", 1), ("upload.terminate", 1)],
+    )
+    .await;
+}
 
+#[tokio::test]
+async fn tus_refuses_bytes_that_are_not_a_video_and_keeps_none() {
+    let tus = Tus::start().await;
+    let raw = tus.raw();
     // Not a video: refused once the first bytes are in, and nothing is kept.
     let location = raw.create(1000, "").await;
     let response = raw.patch(&location, 0, vec![b'x'; 1000]).await;
@@ -311,7 +396,13 @@ async fn tus_protocol_statuses_and_headers() {
         "unsupported_container"
     );
     assert_eq!(raw.offset(&location).await, (200, 0));
+}
 
+#[tokio::test]
+async fn a_deferred_length_upload_finishes_into_one_media_record_and_one_job() {
+    let tus = Tus::start().await;
+    let (server, alice, raw) = (&tus.server, &tus.alice, tus.raw());
+    let video = fake_video(300_000);
     // Deferred length with creation-with-upload, the length arriving with the last PATCH.
     let response = raw
         .request(Method::POST, "/api/v1/uploads")
@@ -344,7 +435,7 @@ async fn tus_protocol_statuses_and_headers() {
     );
 
     // Finished: a media record with the metadata and the whole file's hash, one job.
-    let (_, json) = get_json_as(&alice, &server.url(&location)).await;
+    let (_, json) = get_json_as(alice, &server.url(&location)).await;
     assert_eq!(json["state"], "finished", "{json}");
     let media_id = json["media_id"].as_str().unwrap().to_string();
     let (status, media) = server.get_json(&format!("/api/v1/media/{media_id}")).await;
@@ -376,41 +467,27 @@ async fn tus_protocol_statuses_and_headers() {
             .status(),
         409
     );
+    tus.assert_counted(
+        &[
+            r#"streamgate_uploads_total{outcome="created"} 1"#,
+            r#"streamgate_uploads_total{outcome="finished"} 1"#,
+            "streamgate_upload_duration_seconds_count 1",
+        ],
+        &[("upload.create", 1), ("upload.finish", 1)],
+    )
+    .await;
+}
 
+#[tokio::test]
+async fn unknown_upload_ids_are_404_with_json() {
+    let tus = Tus::start().await;
+    let (server, alice) = (&tus.server, &tus.alice);
     // Unknown ids are 404 with our JSON.
-    let (status, body) = get_json_as(&alice, &server.url("/api/v1/uploads/not-an-id")).await;
+    let (status, body) = get_json_as(alice, &server.url("/api/v1/uploads/not-an-id")).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (404, Some("upload_not_found"))
     );
-
-    let metrics = server.get("/metrics").await.text().await.unwrap();
-    for line in [
-        r#"streamgate_uploads_total{outcome="created"} 3"#,
-        r#"streamgate_uploads_total{outcome="terminated"} 1"#,
-        r#"streamgate_uploads_total{outcome="finished"} 1"#,
-        "streamgate_upload_checksum_failures_total 1",
-        "streamgate_upload_duration_seconds_count 1",
-    ] {
-        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
-    }
-    for (action, count) in [
-        ("upload.create", 3),
-        ("upload.terminate", 1),
-        ("upload.finish", 1),
-    ] {
-        let entries = server
-            .actors
-            .audit
-            .list(streamgate_actors::store::AuditFilter {
-                action: Some(action.into()),
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(entries.len(), count, "{action}");
-    }
 }
 
 type BodySender = tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>;
@@ -473,7 +550,7 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
     // The first PATCH holds the upload while its body trickles in.
     let (sender, first) = held_patch(&alice, server.url(&location), 0, 200_000);
     sender.send(Ok(video[..50_000].to_vec())).await.unwrap();
-    crate::shutdown::poll(
+    crate::harness::poll(
         Duration::from_secs(10),
         "the first PATCH to hold the lock",
         || async {
@@ -505,7 +582,7 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
     drop(sender);
     let _ = first.await.unwrap();
     let offset = std::sync::Arc::new(std::sync::Mutex::new(0u64));
-    crate::shutdown::poll(Duration::from_secs(10), "the lock to be released", || {
+    crate::harness::poll(Duration::from_secs(10), "the lock to be released", || {
         let offset = offset.clone();
         let raw = &raw;
         let location = &location;
@@ -584,11 +661,11 @@ async fn quota_is_per_owner_and_expired_uploads_are_swept() {
         crate::server::files_under(&server.data_dir.join("partials")).len(),
         2
     );
-    crate::shutdown::poll(Duration::from_secs(15), "the upload to expire", || async {
+    crate::harness::poll(Duration::from_secs(15), "the upload to expire", || async {
         raw.offset(&location).await.0 == 404
     })
     .await;
-    crate::shutdown::poll(Duration::from_secs(5), "partial files to go", || async {
+    crate::harness::poll(Duration::from_secs(5), "partial files to go", || async {
         crate::server::files_under(&server.data_dir.join("partials")).is_empty()
     })
     .await;
@@ -703,69 +780,17 @@ fn url_path(url: &str) -> String {
     format!("/{}", without_scheme.split_once('/').unwrap().1)
 }
 
-/// The real binary, killable with SIGKILL.
-struct Binary {
-    child: Child,
-    base: String,
-}
-
-impl Binary {
-    fn start(data_dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
-            .arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            // The uploaded bytes are not a real clip; no transcode is wanted here.
-            .args(["--set", "transcode.ffprobe_path=\"/bin/false\""])
-            .args([
-                "--set",
-                &format!("auth.admin_token=\"{KILL_TEST_ADMIN_TOKEN}\""),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self, client: &reqwest::Client) {
-        crate::shutdown::poll(Duration::from_secs(30), "server ready", || async {
-            matches!(client.get(format!("{}/ready", self.base)).send().await, Ok(r) if r.status() == 200)
-        })
-        .await;
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Uploads need a principal; the admin token is one (sessions are tested in `auth`).
-const KILL_TEST_ADMIN_TOKEN: &str = "kill-test-admin-token";
-
 #[tokio::test]
 async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
     let data = tempfile::tempdir().unwrap();
-    let client = crate::server::bearer_client(KILL_TEST_ADMIN_TOKEN);
+    let client = crate::server::bearer_client(crate::shutdown::ADMIN_TOKEN);
     let video = fake_video(6 * 1024 * 1024);
     // PATCHes of one MiB, and held PATCHes of two with one and a half sent: past the server's
     // write batch, so some unacknowledged bytes are in the file when it dies.
     let chunk = 1024 * 1024;
     let (held, sent) = (2 * chunk, 3 * chunk / 2);
 
-    let mut server = Binary::start(data.path());
+    let mut server = start_binary(data.path());
     server.wait_ready(&client).await;
     let raw = Raw {
         client: &client,
@@ -817,7 +842,7 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         .unwrap();
     for (location, acknowledged) in [(&plain, 2 * chunk), (&checked, chunk)] {
         let partial = partial_of(location);
-        crate::shutdown::poll(
+        crate::harness::poll(
             Duration::from_secs(10),
             "unacknowledged bytes to reach the file",
             || async {
@@ -826,8 +851,7 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         )
         .await;
     }
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.process.kill();
     drop((plain_sender, checked_sender));
     assert!(plain_pending.await.unwrap().is_err(), "never acknowledged");
     assert!(
@@ -835,7 +859,7 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
         "never acknowledged"
     );
 
-    let server = Binary::start(data.path());
+    let server = start_binary(data.path());
     server.wait_ready(&client).await;
     let raw = Raw {
         client: &client,
@@ -886,10 +910,9 @@ async fn kill_9_mid_patch_loses_nothing_acknowledged_and_the_upload_resumes() {
     }
 }
 
-impl Binary {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
+/// The real binary; the uploaded bytes are not a real clip, so no transcode is wanted.
+fn start_binary(data_dir: &Path) -> crate::shutdown::Binary {
+    crate::shutdown::Binary::start_with(data_dir, &["transcode.ffprobe_path=\"/bin/false\""])
 }
 
 #[tokio::test]

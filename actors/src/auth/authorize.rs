@@ -47,6 +47,7 @@ impl AuthActor {
         let audit = self.deps.audit.clone();
         let playback = self.deps.playback.clone();
         let ttl = Duration::seconds(self.deps.config.playback_token_ttl_s as i64);
+        let clock = self.deps.clock.clone();
         async move {
             let gate = playback
                 .gate(&media_id)
@@ -74,7 +75,7 @@ impl AuthActor {
             if !may_play {
                 return Err(AuthError::GateNotPassed);
             }
-            let expires_at = OffsetDateTime::now_utc() + ttl;
+            let expires_at = clock.now_utc() + ttl;
             // Bound to the gate read above: a change since then makes the token stale at once.
             let session_id = match &principal {
                 Principal::Wallet { session_id, .. } => Some(session_id.as_str()),
@@ -129,12 +130,12 @@ impl Handler<AuthorizeSessionPlayback> for AuthActor {
         };
         let decided = self.decide(msg.media_id.clone(), msg.owner, principal);
         let reuse = self.grant_reuse();
+        let clock = self.deps.clock.clone();
         Box::pin(async move {
             let decision = decided.await?;
             // Admin tokens are not remembered: only sessions can be revoked, and admins are few.
             if let (Some(epoch), Some(claims), true) = (epoch, session, decision.gated) {
-                let now = Instant::now();
-                let wall_now = OffsetDateTime::now_utc();
+                let (now, wall_now) = (clock.instant(), clock.now_utc());
                 let session_left = OffsetDateTime::from_unix_timestamp(claims.exp)
                     .map(|expires| expires - wall_now)
                     .unwrap_or(Duration::ZERO);

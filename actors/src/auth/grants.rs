@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     cache::{CacheMetrics, CacheStats},
+    clock::SharedClock,
     model::MediaId,
 };
 
@@ -71,11 +72,12 @@ pub struct GrantFill {
 pub struct PlaybackGrants {
     table: Arc<Mutex<Table>>,
     metrics: CacheMetrics,
+    clock: SharedClock,
 }
 
 impl PlaybackGrants {
     /// `capacity` 0 is treated as 1 (config validation refuses 0).
-    pub fn new(capacity: usize, metrics: CacheMetrics) -> Self {
+    pub fn new(capacity: usize, metrics: CacheMetrics, clock: SharedClock) -> Self {
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         metrics.entries.set(0);
         Self {
@@ -84,7 +86,13 @@ impl PlaybackGrants {
                 epoch: 0,
             })),
             metrics,
+            clock,
         }
+    }
+
+    /// The clock grants (and the playback tokens checked beside them) expire by.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// The playback token granted to `session` for `media_id`, while the grant is valid.
@@ -93,7 +101,9 @@ impl PlaybackGrants {
         let found = self.table.lock().ok().and_then(|mut table| {
             let key = (*session, media_id.clone());
             match table.lru.get(&key) {
-                Some(grant) if grant.valid_until > Instant::now() => Some(grant.token.clone()),
+                Some(grant) if grant.valid_until > self.clock.instant() => {
+                    Some(grant.token.clone())
+                }
                 Some(_) => {
                     table.lru.pop(&key);
                     self.metrics.evictions.inc();
@@ -122,7 +132,7 @@ impl PlaybackGrants {
         let Ok(mut table) = self.table.lock() else {
             return false;
         };
-        if table.epoch != epoch || fill.valid_until <= Instant::now() {
+        if table.epoch != epoch || fill.valid_until <= self.clock.instant() {
             return false;
         }
         let key = (fill.session, fill.media_id);
@@ -151,7 +161,7 @@ impl PlaybackGrants {
 
     /// Drops grants past their validity (the prune timer); returns how many.
     pub fn purge_expired(&self) -> usize {
-        let now = Instant::now();
+        let now = self.clock.instant();
         self.purge(|grant, _| grant.valid_until <= now)
     }
 
@@ -202,7 +212,11 @@ mod tests {
     use super::*;
 
     fn grants(capacity: usize) -> PlaybackGrants {
-        PlaybackGrants::new(capacity, CacheMetrics::detached())
+        PlaybackGrants::new(
+            capacity,
+            CacheMetrics::detached(),
+            Arc::new(crate::clock::SystemClock),
+        )
     }
 
     fn fill(session: &str, media_id: &MediaId, sid: &str, for_time: Duration) -> GrantFill {

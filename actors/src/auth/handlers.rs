@@ -29,7 +29,7 @@ impl Handler<IssueChallenge> for AuthActor {
             if !self.policy.allowed_chain_ids.contains(&msg.chain_id) {
                 return Err(AuthError::ChainNotAllowed(msg.chain_id));
             }
-            let issued_at = OffsetDateTime::now_utc();
+            let issued_at = self.deps.clock.now_utc();
             let expires_at = issued_at + Duration::seconds(self.deps.config.nonce_ttl_s as i64);
             let nonce = siwe::generate_nonce();
             let message = login::challenge_message(
@@ -74,7 +74,7 @@ impl Handler<Login> for AuthActor {
     /// signature check runs on the blocking pool, off the actors' thread; a refusal is audited
     /// through the sampled, non-blocking path.
     fn handle(&mut self, msg: Login, _: &mut Self::Context) -> Self::Result {
-        let now = OffsetDateTime::now_utc();
+        let now = self.deps.clock.now_utc();
         let policy = self.policy.clone();
         let repo = self.deps.repo.clone();
         let audit = self.deps.audit.clone();

@@ -43,6 +43,7 @@ pub use self::{
 };
 use crate::{
     audit::AuditLog,
+    clock::SharedClock,
     config::AuthConfig,
     error::{DomainError, ErrorKind},
     metadata::{MetadataActor, MetadataError},
@@ -386,6 +387,8 @@ pub struct AuthDeps {
     pub metrics: Metrics,
     /// Revoked session ids and when they would have expired, as stored.
     pub revoked: HashMap<String, OffsetDateTime>,
+    /// What session, nonce and playback-token expiries are measured against.
+    pub clock: SharedClock,
 }
 
 pub struct AuthActor {
@@ -438,7 +441,7 @@ impl AuthActor {
             .keys
             .open_session(token)
             .ok_or(AuthError::SessionInvalid)?;
-        if claims.exp <= OffsetDateTime::now_utc().unix_timestamp() {
+        if claims.exp <= self.deps.clock.now_utc().unix_timestamp() {
             return Err(AuthError::SessionExpired);
         }
         if self.deps.revoked.contains_key(&claims.sid) {
@@ -464,7 +467,7 @@ impl AuthActor {
     }
 
     fn grant(&self, address: String, chain_id: u64) -> SessionGrant {
-        let now = OffsetDateTime::now_utc();
+        let now = self.deps.clock.now_utc();
         let expires_at = now + Duration::seconds(self.deps.config.session_ttl_s as i64);
         let claims = tokens::SessionClaims {
             sid: tokens::new_session_id(),
@@ -545,7 +548,7 @@ impl Actor for AuthActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(PRUNE_EVERY, |actor, ctx| {
-            let now = OffsetDateTime::now_utc();
+            let now = actor.deps.clock.now_utc();
             actor
                 .deps
                 .revoked

@@ -18,6 +18,7 @@ use prometheus::{HistogramVec, IntCounterVec};
 use serde::Deserialize;
 
 use super::AuthError;
+use crate::clock::SharedClock;
 use crate::model::TokenStandard;
 
 sol! {
@@ -66,6 +67,7 @@ pub struct NftChecker {
     cache: Arc<Mutex<lru::LruCache<OwnershipQuery, (U256, Instant)>>>,
     ttl: Duration,
     metrics: NftMetrics,
+    clock: SharedClock,
 }
 
 impl NftChecker {
@@ -75,6 +77,7 @@ impl NftChecker {
         capacity: usize,
         timeout: Duration,
         metrics: NftMetrics,
+        clock: SharedClock,
     ) -> Result<Self, AuthError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -87,6 +90,7 @@ impl NftChecker {
             cache: Arc::new(Mutex::new(lru::LruCache::new(capacity))),
             ttl,
             metrics,
+            clock,
         })
     }
 
@@ -114,7 +118,7 @@ impl NftChecker {
             .with_label_values(&["rpc", outcome])
             .inc();
         let balance = fetched?;
-        let fetched_at = Instant::now();
+        let fetched_at = self.clock.instant();
         if let Ok(mut cache) = self.cache.lock() {
             cache.put(query.clone(), (balance, fetched_at));
         }
@@ -134,7 +138,9 @@ impl NftChecker {
     fn cached(&self, query: &OwnershipQuery) -> Option<(U256, Instant)> {
         let mut cache = self.cache.lock().ok()?;
         match cache.get(query) {
-            Some((balance, at)) if at.elapsed() < self.ttl => Some((*balance, *at + self.ttl)),
+            Some((balance, at)) if self.clock.instant().duration_since(*at) < self.ttl => {
+                Some((*balance, *at + self.ttl))
+            }
             Some(_) => {
                 cache.pop(query);
                 None

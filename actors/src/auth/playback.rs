@@ -121,7 +121,7 @@ impl PlaybackGuard {
     ) -> Result<PlaybackClaims, PlaybackTokenError> {
         let claims = self
             .keys
-            .check_playback(media_id, token, OffsetDateTime::now_utc())?;
+            .check_playback(media_id, token, self.grants.clock().now_utc())?;
         if let Some(session) = &claims.session {
             let revoked = self
                 .revoked

@@ -3,7 +3,6 @@
 //! `/health` and `/ready`, renders `/metrics`, and answers the `/api/v1/monitor/*` queries.
 
 pub mod alerts;
-pub mod clock;
 pub mod logs;
 pub mod metric_names;
 pub mod metrics;
