@@ -60,8 +60,8 @@ pub fn release_free_memory() {}
 ///
 /// At most [`MALLOC_ARENAS`] arenas: glibc's default is eight per core, and every blocking
 /// thread that allocates (sled, file and upload I/O, hashing, job supervision) may get one.
-/// After load each arena kept a few MB of partly used pages that `malloc_trim` cannot return,
-/// 12 arenas ~50 MB in one measured run (BENCHMARKS.md, "Idle memory after load").
+/// After load each arena keeps a few MB of partly used pages that `malloc_trim` cannot return,
+/// so fewer arenas mean less idle memory.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn tune_allocator() {
     const MMAP_THRESHOLD_BYTES: libc::c_int = 4 * 1024 * 1024;
