@@ -4,17 +4,21 @@
 
 use std::{
     collections::HashSet,
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use serde_json::Value;
 use streamgate_actors::monitor::alerts::{AlertLevel, AlertRule, Condition, Signal};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
-use crate::{e2e::promtool_check_metrics, server::TestServer};
+use crate::{
+    e2e::promtool_check_metrics,
+    harness::{free_port, poll, ChildProcess},
+    server::TestServer,
+};
 
 const ADMIN: &str = "monitor-admin";
 
@@ -95,28 +99,27 @@ async fn error_rate_alert_fires_on_a_real_5xx_burst_resolves_and_calls_the_webho
     std::fs::write(&probe_dir, b"in the way").unwrap();
 
     // /health reports the monitor's last sample, which sees the breakage within a tick.
-    crate::shutdown::poll(
+    poll(
         Duration::from_secs(15),
         "/health to see the broken blob store",
         || async { server.get("/health").await.status() == 503 },
     )
     .await;
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        ticks.tick().await;
-        let health = server.get("/health").await;
-        assert_eq!(health.status(), 503, "the blob store is broken for real");
-        let alerts = alerts(&server).await;
-        if is_firing(&alerts, "HighErrorRate") {
-            assert_eq!(alerts["firing"][0]["level"], "critical");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "never fired: {alerts}"
-        );
-    }
+    let firing = poll(
+        Duration::from_secs(15),
+        "HighErrorRate to fire",
+        async || {
+            let health = server.get("/health").await;
+            assert_eq!(health.status(), 503, "the blob store is broken for real");
+            let alerts = alerts(&server).await;
+            match is_firing(&alerts, "HighErrorRate") {
+                true => Ok(alerts),
+                false => Err(alerts.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(firing["firing"][0]["level"], "critical");
     let fired = next_webhook(&mut hooks).await;
     assert_eq!(fired["version"], "4");
     assert_eq!(fired["status"], "firing", "{fired}");
@@ -124,31 +127,31 @@ async fn error_rate_alert_fires_on_a_real_5xx_burst_resolves_and_calls_the_webho
     assert_eq!(fired["alerts"][0]["labels"]["severity"], "critical");
 
     std::fs::remove_file(&probe_dir).unwrap();
-    crate::shutdown::poll(
+    poll(
         Duration::from_secs(15),
         "/health to see the healed blob store",
         || async { server.get_json("/health").await.1["checks"]["blobs"]["status"] == "ok" },
     )
     .await;
-    let started = Instant::now();
-    let resolved_alerts = loop {
-        ticks.tick().await;
-        // Healed: the blob check passes again. (Other checks may read "degraded" on a loaded
-        // machine, e.g. a slow actor ping; they are not what this test is about.)
-        let (_, health) = server.get_json("/health").await;
-        assert_eq!(
-            health["checks"]["blobs"]["status"], "ok",
-            "healed: {health}"
-        );
-        let alerts = alerts(&server).await;
-        if !is_firing(&alerts, "HighErrorRate") {
-            break alerts;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "never resolved: {alerts}"
-        );
-    };
+    let resolved_alerts = poll(
+        Duration::from_secs(15),
+        "HighErrorRate to resolve",
+        async || {
+            // Healed: the blob check passes again. (Other checks may read "degraded" on a loaded
+            // machine, e.g. a slow actor ping; they are not what this test is about.)
+            let (_, health) = server.get_json("/health").await;
+            assert_eq!(
+                health["checks"]["blobs"]["status"], "ok",
+                "healed: {health}"
+            );
+            let alerts = alerts(&server).await;
+            match is_firing(&alerts, "HighErrorRate") {
+                false => Ok(alerts),
+                true => Err(alerts.to_string()),
+            }
+        },
+    )
+    .await;
     let states: Vec<&str> = resolved_alerts["recent"]
         .as_array()
         .unwrap()
@@ -262,26 +265,25 @@ async fn a_flooding_client_gets_429s_while_a_polite_one_sees_none() {
 
     // One audit entry for the whole flood (per client and service per audit interval).
     let audit_url = server.url("/api/v1/audit?action=rate_limit.exceeded");
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    let entries = loop {
-        ticks.tick().await;
-        let body: Value = server
-            .client
-            .get(&audit_url)
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = body["items"].as_array().unwrap().clone();
-        if !items.is_empty() {
-            break items;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "never audited");
-    };
+    let entries = poll(
+        Duration::from_secs(10),
+        "the flood's audit entry",
+        async || {
+            let body: Value = server
+                .client
+                .get(&audit_url)
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let items = body["items"].as_array().unwrap().clone();
+            (!items.is_empty()).then_some(items)
+        },
+    )
+    .await;
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["actor"], "ip:127.0.0.2");
     assert_eq!(entries[0]["target"], "metadata");
@@ -564,10 +566,7 @@ async fn trace_context_request_ids_and_security_headers_on_every_response() {
 
     // Every actor answers the monitor's heartbeat; on a loaded machine the first one of a
     // freshly started actor may still be on its way.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(50));
-    loop {
-        ticks.tick().await;
+    poll(Duration::from_secs(30), "every actor alive", async || {
         let (status, health) = server.get_json("/api/v1/monitor/health").await;
         assert_eq!(status, 200);
         let all_alive = health["actors"]
@@ -575,14 +574,12 @@ async fn trace_context_request_ids_and_security_headers_on_every_response() {
             .unwrap()
             .iter()
             .all(|actor| actor["alive"] == true && actor["last_heartbeat"].as_str().is_some());
-        if all_alive {
-            break;
+        match all_alive {
+            true => Ok(()),
+            false => Err(health.to_string()),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "actors not alive: {health}"
-        );
-    }
+    })
+    .await;
 }
 
 fn promtool(args: &[&str]) {
@@ -655,24 +652,9 @@ fn dashboard_queries() -> Vec<String> {
 
 /// A Prometheus server process, killed when dropped.
 struct Prometheus {
-    child: Child,
+    _child: ChildProcess,
     base: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_prometheus(target: SocketAddr) -> Prometheus {
@@ -690,19 +672,18 @@ fn start_prometheus(target: SocketAddr) -> Prometheus {
     )
     .unwrap();
     let port = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus is installed (apt-get install --no-install-recommends prometheus)");
+    let child = ChildProcess::spawn(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+        "apt-get install --no-install-recommends prometheus",
+    );
     Prometheus {
-        child,
+        _child: child,
         base: format!("http://127.0.0.1:{port}"),
         _dir: dir,
     }
@@ -750,32 +731,31 @@ async fn prometheus_scrapes_us_and_every_dashboard_and_rule_query_has_data() {
 
     let prometheus = start_prometheus(target);
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        ticks.tick().await;
-        let _ = server.get("/api/v1/media?limit=1").await;
-        // Three scrapes: every rate() over its window has at least two samples.
-        let scraped = instant_query(
-            &client,
-            &prometheus,
-            r#"count_over_time(up{job="streamgate"}[1m])"#,
-        )
-        .await
-        .and_then(|result| result[0]["value"][1].as_str().map(str::to_string))
-        .and_then(|count| count.parse::<f64>().ok())
-        .unwrap_or(0.0);
-        let up = instant_query(&client, &prometheus, r#"up{job="streamgate"}"#)
+    poll(
+        Duration::from_secs(60),
+        "prometheus to scrape the app",
+        async || {
+            let _ = server.get("/api/v1/media?limit=1").await;
+            // Three scrapes: every rate() over its window has at least two samples.
+            let scraped = instant_query(
+                &client,
+                &prometheus,
+                r#"count_over_time(up{job="streamgate"}[1m])"#,
+            )
             .await
-            .and_then(|result| result[0]["value"][1].as_str().map(str::to_string));
-        if scraped >= 3.0 && up.as_deref() == Some("1") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "prometheus never scraped the app (scrapes: {scraped}, up: {up:?})"
-        );
-    }
+            .and_then(|result| result[0]["value"][1].as_str().map(str::to_string))
+            .and_then(|count| count.parse::<f64>().ok())
+            .unwrap_or(0.0);
+            let up = instant_query(&client, &prometheus, r#"up{job="streamgate"}"#)
+                .await
+                .and_then(|result| result[0]["value"][1].as_str().map(str::to_string));
+            match scraped >= 3.0 && up.as_deref() == Some("1") {
+                true => Ok(()),
+                false => Err(format!("scrapes: {scraped}, up: {up:?}")),
+            }
+        },
+    )
+    .await;
     let mut empty = Vec::new();
     for query in dashboard_queries().into_iter().chain(rule_queries()) {
         let result = instant_query(&client, &prometheus, &query).await.unwrap();

@@ -140,22 +140,22 @@ async fn request_spans_reach_the_otlp_collector_with_the_callers_trace_id() {
     assert!(start > 1_600_000_000_000_000_000 && end >= start, "{span}");
 
     // The exporter counts a batch once the collector has answered: poll for it.
-    let mut ticks = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        ticks.tick().await;
-        let text = server.get("/metrics").await.text().await.unwrap();
-        let exported = text.lines().find_map(|l| {
-            l.strip_prefix("streamgate_otlp_spans_exported_total ")
-                .and_then(|v| v.parse::<f64>().ok())
-        });
-        if exported.is_some_and(|count| count >= 1.0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "exported spans are counted: {exported:?}"
-        );
-    }
+    crate::harness::poll(
+        Duration::from_secs(15),
+        "exported spans counted",
+        async || {
+            let text = server.get("/metrics").await.text().await.unwrap();
+            let exported = text.lines().find_map(|l| {
+                l.strip_prefix("streamgate_otlp_spans_exported_total ")
+                    .and_then(|v| v.parse::<f64>().ok())
+            });
+            match exported {
+                Some(count) if count >= 1.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 }
 
 /// The transcode job an upload queues is exported as its own span in the upload's trace.

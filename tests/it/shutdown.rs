@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 // Re-exported for the modules that still reach it here.
-pub(crate) use crate::harness::poll;
+use crate::harness::poll;
 use crate::{
     harness::{free_port, ChildProcess},
     server::make_clip,

@@ -8,8 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::{
+    harness::poll,
     server::{files_under, TestServer},
-    shutdown::poll,
     tus::{fake_video, upload_via_tus},
 };
 
