@@ -51,12 +51,10 @@ pub fn release_free_memory() {
 pub fn release_free_memory() {}
 
 /// Sets glibc's thresholds for the process, once, before any thread starts. A segment
-/// response grows actix's write buffer to ~512 KiB per slice and releases it after the write;
-/// with glibc's defaults each such block is a fresh `mmap` (or heap growth trimmed right
-/// after), so every slice paid ~130 page faults: segment GETs ran at ~1,180 req/s (0.87–0.93x
-/// nginx) instead of ~1,260 (0.92–0.99x). Blocks under 4 MiB now come from the heap and are
-/// reused, and the heap's top is not trimmed on every free; [`release_free_memory`] still
-/// returns free pages on the monitor's timer, so idle memory is given back within seconds.
+/// response grows actix's write buffer by up to a chunk and releases it after the write; with
+/// glibc's defaults each such block is a fresh `mmap`, paying its page faults on every chunk.
+/// Blocks under 4 MiB now come from the heap and are reused, and the heap's top is not trimmed
+/// on every free; [`release_free_memory`] returns free pages on the monitor's timer.
 ///
 /// At most [`MALLOC_ARENAS`] arenas: glibc's default is eight per core, and every blocking
 /// thread that allocates (sled, file and upload I/O, hashing, job supervision) may get one.

@@ -4,10 +4,10 @@
 //! MetadataActor answers a miss and fills it) and the playlist bytes from the streaming cache
 //! (filled from the blob read handle), so a cached playlist never waits on an actor. Public
 //! playlists carry a strong `ETag` (304 on `If-None-Match`) and a short `max-age`.
-//! Segments are the hot path: local files go through actix-files (`Range`, `ETag`,
-//! `If-None-Match`, sendfile-style streaming); other backends are streamed in chunks with
-//! single `Range`s (206/416) and `ETag`s done here, never loaded whole into memory.
-//! A `Range` with several ranges is answered with the first one (actix-files behaves so too).
+//! Segments are the hot path: local files are mapped and sent in chunks sized by the shared
+//! [`SendBudget`]; other backends are streamed from `object_store`. Both answer single
+//! `Range`s (206/416), `ETag` and `If-None-Match` here, never loading a file whole into memory.
+//! A `Range` with several ranges is answered with the first one (as actix-files does).
 //!
 //! Invariant: every name taken from the path is validated before it becomes part of a blob key.
 //!
