@@ -1,6 +1,6 @@
 //! The request's root span, built by `tracing_actix_web::TracingLogger`: it carries the request
 //! id (tracing-actix-web's `RequestId`), the W3C trace id, the method, and once answered the
-//! route pattern and status, so every log line written while the request runs names them.
+//! route pattern and status (at debug level: the request's log lines carry its ids anyway).
 //! The trace context it continues or starts is left in the request's extensions for
 //! [`super::Observe`] (headers, metrics, OTLP span).
 
@@ -49,7 +49,9 @@ impl RootSpanBuilder for RequestSpan {
             .map_or_else(uuid::Uuid::new_v4, |id| **id);
         let trace = RequestTrace::start(req, request_id);
         req.extensions_mut().insert(trace);
-        tracing::info_span!(
+        // Debug level: log lines already carry the request's ids (`RequestTagged`), so the span
+        // is built only when debug logging asks for it, not on every request.
+        tracing::debug_span!(
             "http_request",
             method = %req.method(),
             route = Empty,
