@@ -306,6 +306,14 @@ async fn login_signed_by_a_different_key_is_refused() {
     let signature = BOB.sign(&message);
     let (status, body) = post_login(&server, &message, &signature).await;
     assert_refused(status, &body, 401, "signature_mismatch");
+    // The refusal spent the nonce: replaying the text costs no second signature recovery, and
+    // even the right signature now needs a fresh challenge.
+    let (status, body) = post_login(&server, &message, &signature).await;
+    assert_refused(status, &body, 401, "nonce_used");
+    let (status, body) = post_login(&server, &message, &ALICE.sign(&message)).await;
+    assert_refused(status, &body, 401, "nonce_used");
+    let session = server.login(&ALICE).await;
+    assert!(session.starts_with("sg1."));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -70,9 +70,10 @@ impl Handler<Login> for AuthActor {
     type Result = ResponseActFuture<Self, Result<SessionGrant, AuthError>>;
 
     /// Not atomic: the nonce's compare-and-swap in the store makes exactly one of concurrent
-    /// logins with one nonce succeed, so a flood of logins never holds the mailbox. The
-    /// signature check runs on the blocking pool, off the actors' thread; a refusal is audited
-    /// through the sampled, non-blocking path.
+    /// logins with one nonce succeed, so a flood of logins never holds the mailbox. The nonce
+    /// is spent before the signature is checked, so each challenge buys at most one signature
+    /// recovery however often its text is replayed; that check runs on the blocking pool, off
+    /// the actors' thread. A refusal is audited through the sampled, non-blocking path.
     fn handle(&mut self, msg: Login, _: &mut Self::Context) -> Self::Result {
         let now = self.deps.clock.now_utc();
         let policy = self.policy.clone();
@@ -83,12 +84,8 @@ impl Handler<Login> for AuthActor {
         let (message, signature) = (msg.message, msg.signature);
         Box::pin(
             async move {
-                let verified = tokio::task::spawn_blocking(move || {
-                    login::verify_login(&policy, &message, &signature, now)
-                })
-                .await
-                .map_err(|error| AuthError::Store(StoreError::Join(error.to_string())))??;
-                let nonce = verified.nonce.clone();
+                let checked = login::check_login(&policy, &message, &signature, now)?;
+                let nonce = checked.nonce.clone();
                 let found = blocking(&repo, move |repo| repo.consume_nonce(&nonce)).await?;
                 let record = match found {
                     NonceUse::Unknown => return Err(AuthError::NonceUnknown),
@@ -98,9 +95,16 @@ impl Handler<Login> for AuthActor {
                 if record.expires_at <= now {
                     return Err(AuthError::NonceExpired);
                 }
-                if record.address != verified.address || record.chain_id != verified.chain_id {
+                if record.address != checked.address.to_checksum(None)
+                    || record.chain_id != checked.chain_id
+                {
                     return Err(AuthError::NonceMismatch);
                 }
+                let verified =
+                    tokio::task::spawn_blocking(move || login::recover_signer(&message, checked))
+                        .await
+                        .map_err(|error| AuthError::Store(StoreError::Join(error.to_string())))??;
+                blocking(&repo, |repo| repo.sync_nonces()).await?;
                 Ok(verified)
             }
             .into_actor(self)

@@ -71,14 +71,24 @@ pub fn challenge_message(
     Ok(message.to_string())
 }
 
-/// Checks everything about a login that needs no stored state: message, domain, URI, chain,
-/// time window and signature. The nonce is checked by the caller afterwards.
-pub fn verify_login(
+/// A login whose text passed every check that needs neither stored state nor the signature.
+#[derive(Debug, Clone)]
+pub struct CheckedLogin {
+    pub address: Address,
+    pub chain_id: u64,
+    pub nonce: String,
+    signature: Signature,
+}
+
+/// Checks everything about a login that needs no stored state and no curve arithmetic:
+/// message, domain, URI, chain, time window and the signature's form. The nonce is checked by
+/// the caller next, and the signature by [`recover_signer`] last, since it costs the most.
+pub fn check_login(
     policy: &LoginPolicy,
     text: &str,
     signature: &str,
     now: OffsetDateTime,
-) -> Result<VerifiedLogin, AuthError> {
+) -> Result<CheckedLogin, AuthError> {
     let message = siwe::Message::from_str(text)
         .map_err(|error| AuthError::InvalidMessage(error.to_string()))?;
     if message.to_string() != text {
@@ -108,18 +118,27 @@ pub fn verify_login(
             return Err(AuthError::MessageExpired);
         }
     }
-    let signature = parse_signature(signature)?;
-    let recovered = signature
+    Ok(CheckedLogin {
+        address: Address::from(message.address),
+        chain_id: message.chain_id,
+        nonce: message.nonce,
+        signature: parse_signature(signature)?,
+    })
+}
+
+/// The EIP-191 check: the signature over `text` must recover the message's address.
+pub fn recover_signer(text: &str, login: CheckedLogin) -> Result<VerifiedLogin, AuthError> {
+    let recovered = login
+        .signature
         .recover_address_from_msg(text.as_bytes())
         .map_err(|_| AuthError::SignatureMismatch)?;
-    let claimed = Address::from(message.address);
-    if recovered != claimed {
+    if recovered != login.address {
         return Err(AuthError::SignatureMismatch);
     }
     Ok(VerifiedLogin {
-        address: claimed.to_checksum(None),
-        chain_id: message.chain_id,
-        nonce: message.nonce,
+        address: login.address.to_checksum(None),
+        chain_id: login.chain_id,
+        nonce: login.nonce,
     })
 }
 
@@ -166,11 +185,11 @@ mod tests {
         );
         // Unsigned garbage is refused before any signature work.
         assert!(matches!(
-            verify_login(&policy(), &text, "0x00", now),
+            check_login(&policy(), &text, "0x00", now),
             Err(AuthError::InvalidSignature)
         ));
         assert!(matches!(
-            verify_login(&policy(), "hello", "0x00", now),
+            check_login(&policy(), "hello", "0x00", now),
             Err(AuthError::InvalidMessage(_))
         ));
     }

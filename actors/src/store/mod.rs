@@ -121,7 +121,10 @@ pub enum NonceUse {
 pub trait AuthRepo: Send + Sync {
     fn put_nonce(&self, record: &NonceRecord) -> Result<(), StoreError>;
     /// Marks a nonce used, atomically: of many concurrent calls exactly one gets `Consumed`.
+    /// Durable only after [`AuthRepo::sync_nonces`].
     fn consume_nonce(&self, nonce: &str) -> Result<NonceUse, StoreError>;
+    /// Makes issued and consumed nonces durable; a login calls it before handing out a session.
+    fn sync_nonces(&self) -> Result<(), StoreError>;
     /// Drops nonces that expired before `now`; returns how many.
     fn prune_nonces(&self, now: time::OffsetDateTime) -> Result<usize, StoreError>;
     /// Remembers a revoked session until `expires_at` (after which it is invalid anyway).

@@ -327,7 +327,13 @@ struct Revoked {
 
 impl AuthRepo for SledStore {
     fn put_nonce(&self, record: &NonceRecord) -> Result<(), StoreError> {
-        self.put(&self.nonces, record.nonce.as_bytes(), record)
+        // Not flushed: a challenge lost to a crash costs the wallet a new one, and a flood of
+        // challenges must not become a flood of fsyncs.
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.nonces
+            .insert(record.nonce.as_bytes(), bytes)
+            .map_err(backend)?;
+        Ok(())
     }
 
     fn consume_nonce(&self, nonce: &str) -> Result<NonceUse, StoreError> {
@@ -351,10 +357,14 @@ impl AuthRepo for SledStore {
                 .compare_and_swap(nonce.as_bytes(), Some(current), Some(bytes))
                 .map_err(backend)?;
             if swapped.is_ok() {
-                self.db.flush().map_err(backend)?;
                 return Ok(NonceUse::Consumed(record));
             }
         }
+    }
+
+    fn sync_nonces(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(backend)?;
+        Ok(())
     }
 
     fn prune_nonces(&self, now: time::OffsetDateTime) -> Result<usize, StoreError> {
