@@ -192,6 +192,25 @@ impl MediaRepo for SledStore {
             limit,
         )
     }
+
+    fn recent_media(
+        &self,
+        limit: usize,
+        keep: &dyn Fn(&Media) -> bool,
+    ) -> Result<Vec<Media>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.media.iter().rev() {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, bytes) = entry.map_err(backend)?;
+            let media: Media = decode(&key, &bytes)?;
+            if keep(&media) {
+                found.push(media);
+            }
+        }
+        Ok(found)
+    }
 }
 
 impl JobRepo for SledStore {

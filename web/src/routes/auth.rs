@@ -110,6 +110,7 @@ struct NftVerifyDto {
 }
 
 pub(super) async fn challenge(
+    req: HttpRequest,
     body: web::Json<ChallengeBody>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
@@ -119,6 +120,7 @@ pub(super) async fn challenge(
         .send(IssueChallenge {
             address: body.address,
             chain_id: body.chain_id,
+            caller: caller(&req),
         })
         .await??;
     Ok(HttpResponse::Ok().json(ChallengeDto {

@@ -272,6 +272,35 @@ fn nft_body() -> Value {
     }})
 }
 
+fn batch_body() -> Value {
+    let key = text;
+    let op = |name: &str, extra: Value, required: &[&str]| {
+        let mut properties = json!({"op": {"type": "string", "enum": [name]}, "key": key()});
+        if let (Value::Object(properties), Value::Object(extra)) = (&mut properties, extra) {
+            properties.extend(extra);
+        }
+        json!({"type": "object", "additionalProperties": false, "required": required,
+            "properties": properties})
+    };
+    json!({"type": "object", "additionalProperties": false, "required": ["ops"], "properties": {
+        "ops": {"type": "array", "maxItems": cache::MAX_BATCH_OPS, "items": {"oneOf": [
+            op("get", json!({}), &["op", "key"]),
+            op("set", json!({
+                "value": text(),
+                "content_type": or_null(text()),
+                "ttl_s": or_null(count()),
+            }), &["op", "key", "value"]),
+            op("delete", json!({}), &["op", "key"]),
+        ]}},
+    }})
+}
+
+fn warm_body() -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["media_ids"],
+        "properties": {"media_ids": {"type": "array", "maxItems": cache::MAX_WARM_IDS,
+            "items": uuid()}}})
+}
+
 /// Every route, in registration order: actix tries resources in order, so a static pattern
 /// (`/jobs/stats`) comes before the dynamic one that would also match it (`/jobs/{job_id}`).
 pub const ROUTES: &[Route] = &[
@@ -380,6 +409,12 @@ pub const ROUTES: &[Route] = &[
         "Clear the admin cache", 200 JSON),
     route!(Get "/api/v1/cache/stats" => cache::stats, CACHE, Admin, "cache",
         "Hits, misses, evictions and size of the caches", 200 JSON),
+    route!(Post "/api/v1/cache/batch" => cache::batch, CACHE, Admin, "cache",
+        "Many get, set and delete operations in one request (at most 100 ops, 1 MiB), one \
+        result each", 200 JSON, setup = cache::batch_limit, body = Some(batch_body)),
+    route!(Post "/api/v1/cache/warm" => cache::warm, CACHE, Admin, "cache",
+        "Load media records (and ready media's playlists) into the caches", 200 JSON,
+        body = Some(warm_body)),
     route!(Get "/api/v1/cache/{key}" => cache::get, CACHE, Admin, "cache",
         "A cached value (404 cache_miss)", 200 "application/octet-stream"),
     route!(Put "/api/v1/cache/{key}" => cache::put, CACHE, Admin, "cache",
