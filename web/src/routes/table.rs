@@ -164,7 +164,13 @@ fn count() -> Value {
 }
 
 const UUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
-const ADDRESS: &str = "^0x[0-9a-fA-F]{40}$";
+/// One case only: mixed case must be an EIP-55 checksum, which no pattern can say.
+const ADDRESS: &str = "^0x([0-9a-f]{40}|[0-9A-F]{40})$";
+
+fn address() -> Value {
+    json!({"type": "string", "pattern": ADDRESS,
+        "description": "also accepted: mixed case that is the address's EIP-55 checksum"})
+}
 
 fn uuid() -> Value {
     json!({"type": "string", "pattern": UUID})
@@ -226,7 +232,7 @@ fn gate_body() -> Value {
     json!({"type": "object", "nullable": true, "additionalProperties": false,
         "required": ["chain_id", "contract", "standard"], "properties": {
         "chain_id": chain_id(),
-        "contract": {"type": "string", "pattern": ADDRESS},
+        "contract": address(),
         "standard": standard(),
         "token_id": or_null(token_id()),
         "min_balance": or_null(json!({"type": "integer", "minimum": 1, "maximum": u64::MAX})),
@@ -253,7 +259,7 @@ fn job_body() -> Value {
 
 fn challenge_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["address", "chain_id"],
-        "properties": {"address": {"type": "string", "pattern": ADDRESS}, "chain_id": chain_id()}})
+        "properties": {"address": address(), "chain_id": chain_id()}})
 }
 
 fn login_body() -> Value {
@@ -264,9 +270,9 @@ fn login_body() -> Value {
 fn nft_body() -> Value {
     json!({"type": "object", "additionalProperties": false,
         "required": ["address", "chain_id", "contract", "standard"], "properties": {
-        "address": {"type": "string", "pattern": ADDRESS},
+        "address": address(),
         "chain_id": chain_id(),
-        "contract": {"type": "string", "pattern": ADDRESS},
+        "contract": address(),
         "standard": standard(),
         "token_id": or_null(token_id()),
     }})
