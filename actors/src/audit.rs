@@ -4,9 +4,10 @@
 //! records through a cheap [`AuditLog`] handle. Reading goes through the MonitorActor.
 //!
 //! Two ways in. [`AuditLog::record`] appends durably (flushed) and is awaited: for what a
-//! client is told succeeded. [`AuditLog::record_refusal`] is for refusals a hostile client can
-//! produce at will (bogus logins, failed ownership checks): it never waits and never does I/O
-//! on the caller's thread. At most one entry per action and client is written per
+//! client is told succeeded. [`AuditLog::record_refusal`] is for events a hostile client can
+//! produce at will (bogus logins, failed ownership checks, refused tokens and playback, and
+//! challenges, which are not refusals but as cheap to ask for): it never waits and never does
+//! I/O on the caller's thread. At most one entry per action and client is written per
 //! `audit.refusal_interval_s`; the rest are counted (`streamgate_audit_refusals_total`) and the
 //! count goes into the next entry for that client (or a summary entry when the interval ends).
 //! Entries to write go through a bounded queue to one writer thread, which appends them in
