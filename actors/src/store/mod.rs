@@ -11,6 +11,7 @@ mod sled_store;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub(crate) use sled_store::wait_for_file_lock;
 pub use sled_store::SledStore;
 
 use crate::model::{
