@@ -62,6 +62,13 @@ async fn challenges_refused_tokens_and_refused_playback_are_audited_once_per_pee
         let (status, body) = server.get_json_as("sg1.forged", "/api/v1/jobs").await;
         assert_refused(status, &body, 401, "session_invalid");
     }
+    // The session routes that take a token themselves count the same way.
+    let response = bearer_client("sg1.forged")
+        .post(server.url("/api/v1/auth/refresh"))
+        .send()
+        .await
+        .unwrap();
+    crate::auth::refused_with(response, 401, "session_invalid").await;
     // No token at all is no security event.
     assert_eq!(server.get("/api/v1/jobs").await.status(), 401);
     // Gated media: a segment without a playback token, three times.
@@ -103,7 +110,7 @@ async fn challenges_refused_tokens_and_refused_playback_are_audited_once_per_pee
     for (action, requests) in [
         ("auth.challenge", 5.0),
         ("security.admin_token_refused", 3.0),
-        ("security.session_refused", 3.0),
+        ("security.session_refused", 4.0),
         ("playback.refused", 3.0),
     ] {
         assert_eq!(sampled(&server, action, "written").await, 1.0, "{action}");

@@ -70,7 +70,7 @@ impl FromRequest for Authenticated {
 
 /// A bearer token that was presented and refused is a security event: audited through the
 /// sampled path, so a flood of forged tokens costs at most one entry per peer and interval.
-fn audit_refused(
+pub(crate) fn audit_refused(
     actors: &Actors,
     presented: bool,
     action: &'static str,
