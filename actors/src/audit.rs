@@ -4,9 +4,10 @@
 //! records through a cheap [`AuditLog`] handle. Reading goes through the MonitorActor.
 //!
 //! Two ways in. [`AuditLog::record`] appends durably (flushed) and is awaited: for what a
-//! client is told succeeded. [`AuditLog::record_refusal`] is for refusals a hostile client can
-//! produce at will (bogus logins, failed ownership checks): it never waits and never does I/O
-//! on the caller's thread. At most one entry per action and client is written per
+//! client is told succeeded. [`AuditLog::record_refusal`] is for events a hostile client can
+//! produce at will (bogus logins, failed ownership checks, refused tokens and playback, and
+//! challenges, which are not refusals but as cheap to ask for): it never waits and never does
+//! I/O on the caller's thread. At most one entry per action and client is written per
 //! `audit.refusal_interval_s`; the rest are counted (`streamgate_audit_refusals_total`) and the
 //! count goes into the next entry for that client (or a summary entry when the interval ends).
 //! Entries to write go through a bounded queue to one writer thread, which appends them in
@@ -45,6 +46,15 @@ pub mod action {
     pub const JOB_SUBMIT: &str = "job.submit";
     pub const JOB_CANCEL: &str = "job.cancel";
     pub const AUTH_LOGIN: &str = "auth.login";
+    /// A SIWE challenge was issued; actor is the socket peer, target the address.
+    pub const AUTH_CHALLENGE: &str = "auth.challenge";
+    /// Security events: a presented admin token or session token was refused.
+    pub const ADMIN_TOKEN_REFUSED: &str = "security.admin_token_refused";
+    pub const SESSION_REFUSED: &str = "security.session_refused";
+    /// A gated playlist, segment or thumbnail was refused; target is the media.
+    pub const PLAYBACK_REFUSED: &str = "playback.refused";
+    /// A job reached a final state (succeeded, failed, cancelled); target is the job.
+    pub const JOB_OUTCOME: &str = "job.outcome";
     pub const AUTH_REFRESH: &str = "auth.refresh";
     pub const AUTH_LOGOUT: &str = "auth.logout";
     pub const NFT_CHECK: &str = "auth.nft_check";
@@ -55,6 +65,10 @@ pub mod action {
     pub const CACHE_PUT: &str = "cache.put";
     pub const CACHE_DELETE: &str = "cache.delete";
     pub const CACHE_CLEAR: &str = "cache.clear";
+    /// One entry per batch; the detail lists each operation and key.
+    pub const CACHE_BATCH: &str = "cache.batch";
+    /// An admin warm-up of the metadata and playlist caches.
+    pub const CACHE_WARM: &str = "cache.warm";
 }
 
 /// Outcome values.
@@ -62,10 +76,18 @@ pub mod outcome {
     pub const OK: &str = "ok";
     pub const DENIED: &str = "denied";
     pub const FAILED: &str = "failed";
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// The actions that go through [`AuditLog::record_refusal`] (their metric series start at 0).
-const SAMPLED_ACTIONS: [&str; 2] = [action::AUTH_LOGIN, action::NFT_CHECK];
+const SAMPLED_ACTIONS: [&str; 6] = [
+    action::AUTH_LOGIN,
+    action::NFT_CHECK,
+    action::AUTH_CHALLENGE,
+    action::ADMIN_TOKEN_REFUSED,
+    action::SESSION_REFUSED,
+    action::PLAYBACK_REFUSED,
+];
 /// Refusal entries waiting for the writer; beyond this they are dropped (and counted).
 const QUEUE_ENTRIES: usize = 4096;
 /// Entries appended with one flush.
@@ -132,6 +154,8 @@ struct Refusals {
 struct Window {
     started: Instant,
     suppressed: u64,
+    /// The outcome the interval's summary entry carries (a challenge is not a refusal).
+    outcome: &'static str,
 }
 
 impl AuditLog {
@@ -203,8 +227,9 @@ impl AuditLog {
         }
     }
 
-    /// Records a refusal a client can repeat at will, sampled per (action, `client`) and
-    /// written in the background: returns at once, without I/O.
+    /// Records a refusal a client can repeat at will (or another event it can cause at will,
+    /// such as a challenge), sampled per (action, `client`) and written in the background:
+    /// returns at once, without I/O.
     pub fn record_refusal(&self, event: AuditEvent, client: &str) {
         let refusals = &self.refusals;
         let action = event.action;
@@ -222,6 +247,7 @@ impl AuditLog {
                     *window = Window {
                         started: now,
                         suppressed: 0,
+                        outcome: event.outcome,
                     };
                     Some(before)
                 }
@@ -232,6 +258,7 @@ impl AuditLog {
                             Window {
                                 started: now,
                                 suppressed: 0,
+                                outcome: event.outcome,
                             },
                         );
                     }
@@ -291,7 +318,7 @@ impl Refusals {
                 summaries.push(
                     AuditEvent::ok(action, client.clone(), None)
                         .with_outcome(
-                            outcome::DENIED,
+                            window.outcome,
                             format!(
                                 "{} more suppressed in the interval before",
                                 window.suppressed

@@ -251,6 +251,9 @@ pub struct CacheConfig {
     pub tokenised_entries: usize,
     pub tokenised_ttl_s: u64,
     pub purge_interval_s: u64,
+    pub warm_recent: usize,
+    pub upload_entries: usize,
+    pub upload_ttl_s: u64,
 }
 
 impl CacheConfig {
@@ -261,6 +264,7 @@ impl CacheConfig {
             ("metadata_entries", self.metadata_entries as u64),
             ("search_entries", self.search_entries as u64),
             ("tokenised_entries", self.tokenised_entries as u64),
+            ("upload_entries", self.upload_entries as u64),
             ("purge_interval_s", self.purge_interval_s),
         ] {
             if value == 0 {

@@ -166,6 +166,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         repo: repo.clone(),
         partial_dir,
         shared: upload::tus::TusShared::default(),
+        records: caches.upload.clone(),
         min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
     };
     let upload = supervise::start("upload", restarts("upload"), {
@@ -192,6 +193,26 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         repo.list_gates()?.into_iter().collect(),
         grants,
     );
+    if config.cache.warm_recent > 0 {
+        // In the background: the server listens at once, and early requests fill as usual.
+        let warming = metadata.send(metadata::WarmCaches {
+            media_ids: Vec::new(),
+            recent: config.cache.warm_recent,
+            gates: Some(playback.clone()),
+            requested_by: None,
+        });
+        actix::spawn(async move {
+            match warming.await {
+                Ok(Ok(report)) => tracing::info!(
+                    records = report.records,
+                    playlists = report.playlists,
+                    "caches warmed"
+                ),
+                Ok(Err(error)) => tracing::warn!(%error, "cache warming failed"),
+                Err(error) => tracing::warn!(%error, "cache warming not run"),
+            }
+        });
+    }
     let nft = NftChecker::new(
         config
             .auth

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 use crate::{
     audit::{action, AuditEvent, AuditLog},
-    auth::Principal,
+    auth::{PlaybackGuard, Principal},
     blobs::{BlobError, BlobStore},
     cache::Caches,
     error::{DomainError, ErrorKind},
@@ -126,6 +126,30 @@ pub struct RecordTranscode {
     pub outcome: Result<(Probe, Vec<Rendition>), MediaFailure>,
 }
 
+/// Fills the metadata and playlist caches ahead of the first requests: the records of
+/// `media_ids` and of the `recent` newest ready, ungated media, and the HLS playlists of each
+/// ready one. Fills go through the epoch guard like any read's, so a change racing the warm-up
+/// keeps the old copy out.
+#[derive(Message)]
+#[rtype(result = "Result<WarmReport, MetadataError>")]
+pub struct WarmCaches {
+    pub media_ids: Vec<MediaId>,
+    pub recent: usize,
+    /// Which media are gated (their records are public, but they are not warmed unasked).
+    pub gates: Option<PlaybackGuard>,
+    /// Who asked, for the audit log (`None`: the warm-up at start).
+    pub requested_by: Option<String>,
+}
+
+/// What a warm-up put into the caches.
+#[derive(Debug, Clone, Default)]
+pub struct WarmReport {
+    pub records: usize,
+    pub playlists: usize,
+    /// Asked-for ids with no record.
+    pub missing: Vec<MediaId>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Actor
 
@@ -226,6 +250,63 @@ impl Handler<GetMedia> for MetadataActor {
                 epoch,
             );
             Ok(media)
+        })
+    }
+}
+
+impl Handler<WarmCaches> for MetadataActor {
+    type Result = ResponseFuture<Result<WarmReport, MetadataError>>;
+
+    fn handle(&mut self, msg: WarmCaches, _: &mut Self::Context) -> Self::Result {
+        let (repo, blobs, caches) = (self.repo.clone(), self.blobs.clone(), self.caches.clone());
+        let audit = self.audit.clone();
+        Box::pin(async move {
+            let mut report = WarmReport::default();
+            let mut found = Vec::new();
+            if msg.recent > 0 {
+                let epoch = caches.metadata.epoch();
+                let gates = msg.gates;
+                let recent = blocking(&repo, move |repo| {
+                    repo.recent_media(msg.recent, &|media: &Media| {
+                        media.state == MediaState::Ready
+                            && gates
+                                .as_ref()
+                                .is_none_or(|gates| matches!(gates.is_gated(&media.id), Ok(false)))
+                    })
+                })
+                .await?;
+                found.extend(recent.into_iter().map(|media| (media, epoch)));
+            }
+            for media_id in msg.media_ids {
+                let epoch = caches.metadata.epoch();
+                match load(&repo, media_id.clone()).await {
+                    Ok(media) => found.push((media, epoch)),
+                    Err(MetadataError::NotFound(_)) => report.missing.push(media_id),
+                    Err(error) => return Err(error),
+                }
+            }
+            for (media, epoch) in found {
+                if media.state == MediaState::Ready {
+                    report.playlists += caches.warm_playlists(&blobs, &media).await;
+                }
+                let media_id = media.id.clone();
+                let cached = Arc::new(crate::cache::CachedMedia::new(media));
+                if caches.metadata.warm(media_id, cached, epoch) {
+                    report.records += 1;
+                }
+            }
+            if let Some(actor) = msg.requested_by {
+                let detail = format!(
+                    "{} records, {} playlists, {} missing",
+                    report.records,
+                    report.playlists,
+                    report.missing.len()
+                );
+                let event = AuditEvent::ok(action::CACHE_WARM, actor, None)
+                    .with_outcome(crate::audit::outcome::OK, detail);
+                audit.record(event).await;
+            }
+            Ok(report)
         })
     }
 }

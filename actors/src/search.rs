@@ -284,6 +284,11 @@ impl SearchIndex {
     /// Blocking: call it at start-up, before the actors run.
     pub fn open(dir: &Path, repo: &SharedRepo) -> Result<(Self, OpenReport), SearchError> {
         let mut report = OpenReport::default();
+        // An index dropped a moment ago (a restart in the same process) may still hold it.
+        crate::store::wait_for_file_lock(
+            &dir.join(".tantivy-writer.lock"),
+            "the search index's writer lock",
+        );
         let index = match Self::open_existing(dir) {
             Ok(index) => index,
             Err(reason) => {

@@ -18,7 +18,7 @@ const ADMIN: &str = "admin-token";
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The value of the series `series` (name and labels, exactly) in `/metrics`.
-async fn metric(server: &TestServer, series: &str) -> f64 {
+pub(crate) async fn metric(server: &TestServer, series: &str) -> f64 {
     let text = server.get("/metrics").await.text().await.unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))

@@ -5,10 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+mod audit_coverage;
 mod auth;
 mod auth_abuse;
 mod bad_input;
+mod cache_ops;
 mod chain;
+mod checksum;
 mod config;
 mod connections;
 mod e2e;

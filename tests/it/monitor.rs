@@ -731,11 +731,14 @@ async fn prometheus_scrapes_us_and_every_dashboard_and_rule_query_has_data() {
 
     let prometheus = start_prometheus(target);
     let client = reqwest::Client::new();
+    // 5xx answers in the gateway service while Prometheus scrapes, for the per-service panel.
+    let obstacle = break_health(&server).await;
     poll(
         Duration::from_secs(60),
         "prometheus to scrape the app",
         async || {
             let _ = server.get("/api/v1/media?limit=1").await;
+            let _ = server.get("/health").await;
             // Three scrapes: every rate() over its window has at least two samples.
             let scraped = instant_query(
                 &client,
@@ -764,4 +767,115 @@ async fn prometheus_scrapes_us_and_every_dashboard_and_rule_query_has_data() {
         }
     }
     assert!(empty.is_empty(), "queries without data: {empty:#?}");
+
+    // The error-rate panel's per-service series: the failing service shows its share, a
+    // healthy one shows 0 rather than no series.
+    let per_service = dashboard_queries()
+        .into_iter()
+        .find(|query| query.contains("sum by (service)") && query.contains("5.."))
+        .expect("a per-service error-rate query");
+    let rates = poll(
+        Duration::from_secs(30),
+        "a per-service 5xx share for gateway",
+        async || {
+            let _ = server.get("/health").await;
+            let result = instant_query(&client, &prometheus, &per_service)
+                .await
+                .unwrap_or_default();
+            let rate = |service: &str| {
+                result.as_array().and_then(|series| {
+                    series
+                        .iter()
+                        .find(|s| s["metric"]["service"] == service)
+                        .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+                })
+            };
+            match (rate("gateway"), rate("metadata")) {
+                (Some(gateway), Some(metadata)) if gateway > 0.0 => Ok((gateway, metadata)),
+                _ => Err(result.to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(rates.0 <= 1.0, "{rates:?}");
+    assert_eq!(rates.1, 0.0, "metadata answered no 5xx: {rates:?}");
+    std::fs::remove_file(obstacle).unwrap();
+}
+
+/// Makes the next `/health` answer 503 (the blob store's probe directory is a file) and
+/// returns the obstacle, to be removed again.
+async fn break_health(server: &TestServer) -> PathBuf {
+    let probe_dir = server.data_dir.join("blobs").join(".health");
+    let _ = std::fs::remove_dir_all(&probe_dir);
+    std::fs::write(&probe_dir, b"in the way").unwrap();
+    poll(
+        Duration::from_secs(15),
+        "/health to see the broken blob store",
+        || async { server.get("/health").await.status() == 503 },
+    )
+    .await;
+    probe_dir
+}
+
+/// `/api/v1/monitor/metrics` reports every rate-limit service's answers and their shares;
+/// `/api/v1/monitor/traces` the total, average, min and max duration beside the percentiles.
+#[tokio::test]
+async fn the_json_monitor_has_per_service_rates_and_duration_statistics() {
+    let server = TestServer::start();
+    let obstacle = break_health(&server).await;
+    std::fs::remove_file(obstacle).unwrap();
+    assert_eq!(server.get("/api/v1/media?limit=1").await.status(), 200);
+    let missing = "/api/v1/media/00000000-0000-4000-8000-000000000000";
+    assert_eq!(server.get(missing).await.status(), 404);
+
+    let (status, summary) = server.get_json("/api/v1/monitor/metrics").await;
+    assert_eq!(status, 200, "{summary}");
+    let services = summary["services"].as_object().unwrap();
+    let names: HashSet<&str> = services.keys().map(String::as_str).collect();
+    let expected: HashSet<&str> = streamgate_actors::monitor::metric_names::SERVICES
+        .into_iter()
+        .collect();
+    assert_eq!(names, expected, "{summary}");
+    let gateway = &services["gateway"];
+    assert!(gateway["errors"].as_u64().unwrap() >= 1, "{gateway}");
+    let share = |service: &Value, part: &str| {
+        service[part].as_f64().unwrap() / service["requests"].as_f64().unwrap()
+    };
+    assert!((gateway["error_rate"].as_f64().unwrap() - share(gateway, "errors")).abs() < 1e-9);
+    let metadata = &services["metadata"];
+    assert_eq!(metadata["requests"], 2, "{metadata}");
+    assert_eq!(
+        (
+            &metadata["successes"],
+            &metadata["client_errors"],
+            &metadata["errors"]
+        ),
+        (&Value::from(1), &Value::from(1), &Value::from(0)),
+        "{metadata}"
+    );
+    assert_eq!(metadata["success_rate"], 0.5);
+    assert_eq!(metadata["client_error_rate"], 0.5);
+    assert_eq!(metadata["error_rate"], 0.0);
+    assert_eq!(services["upload"]["requests"], 0);
+    assert_eq!(services["upload"]["error_rate"], 0.0);
+
+    let (status, traces) = server.get_json("/api/v1/monitor/traces").await;
+    assert_eq!(status, 200, "{traces}");
+    let duration = &traces["duration_ms"];
+    let stat = |name: &str| duration[name].as_f64().unwrap();
+    let count = traces["count"].as_f64().unwrap();
+    assert!(count >= 4.0, "{traces}");
+    assert!(stat("min") > 0.0, "{duration}");
+    assert!(
+        stat("min") <= stat("avg") && stat("avg") <= stat("max"),
+        "{duration}"
+    );
+    assert!(stat("max") <= stat("total"), "{duration}");
+    assert!(
+        (stat("avg") * count - stat("total")).abs() < 1e-6 * stat("total").max(1.0),
+        "{duration}"
+    );
+    for percentile in ["p50", "p95", "p99"] {
+        assert!(stat(percentile) >= stat("min"), "{duration}");
+    }
 }

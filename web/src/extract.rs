@@ -8,7 +8,9 @@ use std::{future::Future, pin::Pin};
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use streamgate_actors::{
-    auth::{Authenticate, Principal, VerifyAdminToken},
+    audit::{action, outcome, AuditEvent},
+    auth::{AuthError, Authenticate, Principal, VerifyAdminToken},
+    error::{DomainError, ErrorKind},
     monitor::traces::{self, TraceContext},
     Actors,
 };
@@ -25,10 +27,15 @@ impl FromRequest for Admin {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = bearer_token(req);
         let actors = req.app_data::<web::Data<Actors>>().cloned();
+        let peer = caller(req);
         Box::pin(async move {
             let actors = actors.ok_or_else(|| ApiError::mailbox(actix::MailboxError::Closed))?;
+            let presented = token.as_deref().is_some_and(|token| !token.is_empty());
             let token = token.unwrap_or_default();
-            actors.auth.send(VerifyAdminToken { token }).await??;
+            let verified = actors.auth.send(VerifyAdminToken { token }).await?;
+            verified.map_err(|error| {
+                audit_refused(&actors, presented, action::ADMIN_TOKEN_REFUSED, peer, error)
+            })?;
             Ok(Admin)
         })
     }
@@ -44,13 +51,38 @@ impl FromRequest for Authenticated {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = bearer_token(req);
         let actors = req.app_data::<web::Data<Actors>>().cloned();
+        let peer = caller(req);
         Box::pin(async move {
             let actors = actors.ok_or_else(|| ApiError::mailbox(actix::MailboxError::Closed))?;
+            let presented = token.as_deref().is_some_and(|token| !token.is_empty());
             let token = token.unwrap_or_default();
-            let principal = actors.auth.send(Authenticate { token }).await??;
+            let principal = actors
+                .auth
+                .send(Authenticate { token })
+                .await?
+                .map_err(|error| {
+                    audit_refused(&actors, presented, action::SESSION_REFUSED, peer, error)
+                })?;
             Ok(Authenticated(principal))
         })
     }
+}
+
+/// A bearer token that was presented and refused is a security event: audited through the
+/// sampled path, so a flood of forged tokens costs at most one entry per peer and interval.
+pub(crate) fn audit_refused(
+    actors: &Actors,
+    presented: bool,
+    action: &'static str,
+    peer: String,
+    error: AuthError,
+) -> ApiError {
+    if presented && error.kind() == ErrorKind::Unauthorized {
+        let event =
+            AuditEvent::ok(action, peer.clone(), None).with_outcome(outcome::DENIED, error.code());
+        actors.audit.record_refusal(event, &peer);
+    }
+    error.into()
 }
 
 /// Like [`Authenticated`], but a request with no `Authorization` header is `None` (public

@@ -58,9 +58,17 @@ impl Handler<IssueChallenge> for AuthActor {
             ))
         })();
         let repo = self.deps.repo.clone();
+        let audit = self.deps.audit.clone();
+        let caller = msg.caller;
         Box::pin(async move {
             let (record, challenge) = prepared?;
+            let event = AuditEvent::ok(action::AUTH_CHALLENGE, caller.clone(), None).with_outcome(
+                outcome::OK,
+                format!("address {} chain {}", record.address, record.chain_id),
+            );
             blocking(&repo, move |repo| repo.put_nonce(&record)).await?;
+            // Anyone can ask for challenges at will: sampled per peer, written in the background.
+            audit.record_refusal(event, &caller);
             Ok(challenge)
         })
     }
@@ -212,9 +220,18 @@ fn parse_token_id(text: &str) -> Result<U256, AuthError> {
     parsed.map_err(|_| AuthError::InvalidQuery(format!("token_id {text:?} is not a uint256")))
 }
 
-/// An address from a request or a session (contract or holder), checked.
+/// An address from a request or a session (contract or holder), checked. Mixed case claims an
+/// EIP-55 checksum, so it must be one: a typo in a checksummed address is caught, not used.
 pub(super) fn parse_address(text: &str) -> Result<Address, AuthError> {
-    login::parse_address(text).ok_or_else(|| AuthError::InvalidAddress(text.to_string()))
+    let address =
+        login::parse_address(text).ok_or_else(|| AuthError::InvalidAddress(text.to_string()))?;
+    let hex = text.get(2..).unwrap_or_default();
+    let mixed =
+        hex.bytes().any(|b| b.is_ascii_lowercase()) && hex.bytes().any(|b| b.is_ascii_uppercase());
+    if mixed && address.to_checksum(None) != text {
+        return Err(AuthError::AddressChecksum(text.to_string()));
+    }
+    Ok(address)
 }
 
 pub(super) fn ownership_query(

@@ -71,6 +71,8 @@ pub enum AuthError {
     SessionRevoked,
     #[error("invalid address {0:?}: expected 0x and 40 hex digits")]
     InvalidAddress(String),
+    #[error("address {0:?} mixes upper and lower case but is not its EIP-55 checksum")]
+    AddressChecksum(String),
     #[error("{0}")]
     InvalidQuery(String),
     #[error("not a valid EIP-4361 message: {0}")]
@@ -132,6 +134,7 @@ impl DomainError for AuthError {
             | NonceExpired | NonceMismatch | MessageNotYetValid | MessageExpired
             | SignatureMismatch => ErrorKind::Unauthorized,
             InvalidAddress(_)
+            | AddressChecksum(_)
             | InvalidQuery(_)
             | InvalidMessage(_)
             | InvalidSignature
@@ -155,6 +158,7 @@ impl DomainError for AuthError {
             SessionExpired => "session_expired",
             SessionRevoked => "session_revoked",
             InvalidAddress(_) => "invalid_address",
+            AddressChecksum(_) => "invalid_address_checksum",
             InvalidQuery(_) => "invalid_nft_query",
             InvalidMessage(_) => "invalid_siwe_message",
             InvalidSignature => "invalid_signature",
@@ -249,6 +253,8 @@ pub struct Authenticate {
 pub struct IssueChallenge {
     pub address: String,
     pub chain_id: u64,
+    /// The socket peer, whose challenges are audited (sampled per peer).
+    pub caller: String,
 }
 
 #[derive(Debug, Clone)]

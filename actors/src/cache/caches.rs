@@ -11,6 +11,8 @@
 //! - `search`: rendered search pages (the JSON `web` sends) by [`SearchPageKey`]: the index
 //!   generation the page was searched at and the normalised query.
 //! - `gateway`: the general-purpose admin cache behind `/api/v1/cache`.
+//! - `upload`: stored tus upload records, so HEAD and PATCH skip the store read; the
+//!   UploadActor replaces or drops an entry after each store write.
 //!
 //! Invariant: entries of a media item are dropped by the actor that changes it (MetadataActor:
 //! update, delete, transcode recorded; AuthActor: gate set or cleared) after the store has the
@@ -39,7 +41,7 @@ use crate::{
     audit::{action, AuditEvent, AuditLog},
     blobs::{BlobError, BlobStore},
     config::CacheConfig,
-    model::{Media, MediaId},
+    model::{Media, MediaId, TusUpload, UploadId},
     monitor::Metrics,
     search::SearchQuery,
 };
@@ -134,6 +136,49 @@ pub struct AdminEntry {
     pub content_type: Arc<str>,
 }
 
+/// One operation of [`Caches::admin_batch`].
+#[derive(Clone, Debug)]
+pub enum AdminOp {
+    Get {
+        key: String,
+    },
+    Set {
+        key: String,
+        entry: AdminEntry,
+        ttl: Duration,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+impl AdminOp {
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Get { key } | Self::Set { key, .. } | Self::Delete { key } => key,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Get { .. } => "get",
+            Self::Set { .. } => "set",
+            Self::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// What one operation of a batch found or did.
+#[derive(Clone, Debug)]
+pub enum AdminOpResult {
+    Hit(AdminEntry),
+    Miss,
+    Stored,
+    Deleted,
+    /// A delete of a key that held nothing.
+    Absent,
+}
+
 /// Longest admin cache key, in bytes.
 pub const MAX_ADMIN_KEY_BYTES: usize = 256;
 
@@ -148,6 +193,8 @@ pub struct Caches {
     pub tokenised: Arc<TtlLru<TokenisedKey, Bytes>>,
     pub metadata: Arc<TtlLru<MediaId, Arc<CachedMedia>>>,
     pub search: Arc<TtlLru<SearchPageKey, Bytes>>,
+    /// Stored tus upload records, for HEAD and PATCH (the UploadActor keeps it current).
+    pub upload: Arc<TtlLru<UploadId, TusUpload>>,
     audit: AuditLog,
 }
 
@@ -187,6 +234,11 @@ impl Caches {
                 config.search_entries,
                 secs(config.search_ttl_s),
                 metrics("search"),
+            )),
+            upload: Arc::new(TtlLru::new(
+                config.upload_entries,
+                secs(config.upload_ttl_s),
+                metrics("upload"),
             )),
             audit,
         }
@@ -250,6 +302,35 @@ impl Caches {
         Ok(bytes)
     }
 
+    /// Loads the HLS playlists of a ready `media` (master and each rendition's) into the
+    /// streaming cache ahead of the first request; returns how many went in. A missing file is
+    /// skipped: the request for it will answer 404 as it would have.
+    pub async fn warm_playlists(&self, blobs: &BlobStore, media: &Media) -> usize {
+        let files = std::iter::once("master.m3u8".to_string()).chain(
+            media
+                .renditions
+                .iter()
+                .map(|rendition| format!("{}/index.m3u8", rendition.name)),
+        );
+        let mut warmed = 0;
+        for file in files {
+            // Before the read, like every fill: an invalidation meanwhile keeps it out.
+            let epoch = self.streaming.epoch();
+            match blobs.get(&BlobStore::hls_key(&media.id, &file)).await {
+                Ok(bytes) => {
+                    let key = (media.id.clone(), file);
+                    if self.streaming.warm(key, Playlist::new(bytes), epoch) {
+                        warmed += 1;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, media_id = %media.id, file, "playlist not warmed")
+                }
+            }
+        }
+        warmed
+    }
+
     /// Drops expired entries of every cache (run on a timer).
     pub fn purge_expired(&self) -> usize {
         self.gateway.purge_expired()
@@ -257,6 +338,7 @@ impl Caches {
             + self.tokenised.purge_expired()
             + self.metadata.purge_expired()
             + self.search.purge_expired()
+            + self.upload.purge_expired()
     }
 
     pub fn stats(&self) -> Vec<(&'static str, CacheStats)> {
@@ -269,6 +351,7 @@ impl Caches {
             ),
             ("metadata", self.metadata.stats()),
             ("search", self.search.stats()),
+            ("upload", self.upload.stats()),
         ]
     }
 
@@ -299,6 +382,40 @@ impl Caches {
         };
         self.audit.record(event).await;
         removed
+    }
+
+    /// Runs `ops` in order, each with its own result, and audits the batch as one entry that
+    /// lists every operation and key (one flushed write however many operations).
+    pub async fn admin_batch(&self, ops: Vec<AdminOp>, actor: &str) -> Vec<AdminOpResult> {
+        let listed: Vec<String> = ops
+            .iter()
+            .map(|op| format!("{} {}", op.name(), op.key()))
+            .collect();
+        let results = ops
+            .into_iter()
+            .map(|op| match op {
+                AdminOp::Get { key } => match self.gateway.get(&key) {
+                    Some(entry) => AdminOpResult::Hit(entry),
+                    None => AdminOpResult::Miss,
+                },
+                AdminOp::Set { key, entry, ttl } => {
+                    self.gateway.insert_with_ttl(key, entry, ttl);
+                    AdminOpResult::Stored
+                }
+                AdminOp::Delete { key } => match self.gateway.remove(&key) {
+                    true => AdminOpResult::Deleted,
+                    false => AdminOpResult::Absent,
+                },
+            })
+            .collect();
+        let detail = format!("{} ops: {}", listed.len(), listed.join("; "));
+        self.audit
+            .record(
+                AuditEvent::ok(action::CACHE_BATCH, actor, None)
+                    .with_outcome(crate::audit::outcome::OK, detail),
+            )
+            .await;
+        results
     }
 
     /// Empties the admin cache; returns how many entries it held.
@@ -332,6 +449,9 @@ mod tests {
             tokenised_entries: 10,
             tokenised_ttl_s: 60,
             purge_interval_s: 60,
+            warm_recent: 0,
+            upload_entries: 10,
+            upload_ttl_s: 60,
         };
         let repo: crate::store::SharedRepo = Arc::new(SledStore::open(&dir.join("db")).unwrap());
         Caches::with_metrics(&config, |_| CacheMetrics::detached(), AuditLog::new(repo))

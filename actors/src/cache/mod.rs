@@ -23,7 +23,9 @@ use std::{
 use lru::LruCache;
 use prometheus::{IntCounter, IntGauge};
 
-pub use caches::{AdminEntry, CachedMedia, Caches, Playlist, SearchPageKey};
+pub use caches::{
+    AdminEntry, AdminOp, AdminOpResult, CachedMedia, Caches, Playlist, SearchPageKey,
+};
 
 /// The Prometheus series of one cache (label `cache`).
 #[derive(Clone)]
@@ -32,6 +34,8 @@ pub struct CacheMetrics {
     pub misses: IntCounter,
     pub evictions: IntCounter,
     pub entries: IntGauge,
+    /// Entries put in ahead of the first request ([`TtlLru::warm`]).
+    pub warmed: IntCounter,
 }
 
 impl CacheMetrics {
@@ -42,6 +46,7 @@ impl CacheMetrics {
             misses: metrics.cache_requests.with_label_values(&[name, "miss"]),
             evictions: metrics.cache_evictions.with_label_values(&[name]),
             entries: metrics.cache_entries.with_label_values(&[name]),
+            warmed: metrics.cache_warmed.with_label_values(&[name]),
         }
     }
 
@@ -57,6 +62,7 @@ impl CacheMetrics {
             evictions: counter("evictions"),
             entries: IntGauge::new("entries", "entries")
                 .unwrap_or_else(|_| unreachable!("valid metric name")),
+            warmed: counter("warmed"),
         }
     }
 }
@@ -170,6 +176,16 @@ impl<K: Hash + Eq, V: Clone> TtlLru<K, V> {
         }
         self.put_locked(&mut inner, key, value, self.ttl);
         true
+    }
+
+    /// [`Self::insert_if_unchanged`] for a value loaded ahead of any request: counted as
+    /// warmed, not as a miss.
+    pub fn warm(&self, key: K, value: V, epoch: u64) -> bool {
+        let stored = self.insert_if_unchanged(key, value, epoch);
+        if stored {
+            self.metrics.warmed.inc();
+        }
+        stored
     }
 
     fn put_locked(&self, inner: &mut Inner<K, V>, key: K, value: V, ttl: Duration) {

@@ -38,6 +38,7 @@ pub const AUDIT_PRUNED_TOTAL: &str = "streamgate_audit_pruned_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "streamgate_cache_requests_total";
 pub const CACHE_EVICTIONS_TOTAL: &str = "streamgate_cache_evictions_total";
 pub const CACHE_ENTRIES: &str = "streamgate_cache_entries";
+pub const CACHE_WARMED_TOTAL: &str = "streamgate_cache_warmed_total";
 pub const PROCESS_CPU_SECONDS_TOTAL: &str = "streamgate_process_cpu_seconds_total";
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "streamgate_process_resident_memory_bytes";
 pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "streamgate_process_virtual_memory_bytes";

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     pub cache_evictions: IntCounterVec,
     pub cache_entries: IntGaugeVec,
+    pub cache_warmed: IntCounterVec,
     pub process_cpu_seconds: Counter,
     pub process_resident_memory: IntGauge,
     pub process_virtual_memory: IntGauge,
@@ -313,6 +314,11 @@ impl Metrics {
             "Entries held by cache.",
             &["cache"],
         )?;
+        let cache_warmed = counter_vec(
+            metric_names::CACHE_WARMED_TOTAL,
+            "Entries put into a cache ahead of the first request (at start or by admin).",
+            &["cache"],
+        )?;
         let process_cpu_seconds = Counter::new(
             metric_names::PROCESS_CPU_SECONDS_TOTAL,
             "User and system CPU time the process used.",
@@ -374,7 +380,7 @@ impl Metrics {
             transcode_jobs, job_duration, ffmpeg_failures, transcode_speed, jobs, auth_logins,
             auth_session_events, nft_checks, nft_rpc_duration, gate_changes, playback_refused,
             audit_refusals, audit_pruned, cache_requests, cache_evictions, cache_entries,
-            process_cpu_seconds, process_resident_memory, process_virtual_memory,
+            cache_warmed, process_cpu_seconds, process_resident_memory, process_virtual_memory,
             process_start_time, process_open_fds, host_memory, host_cpu_cores, alerts_firing,
             alert_transitions,
         }
@@ -399,6 +405,7 @@ impl Metrics {
             }
             cache_evictions.with_label_values(&[cache]).inc_by(0);
             cache_entries.with_label_values(&[cache]).set(0);
+            cache_warmed.with_label_values(&[cache]).inc_by(0);
         }
         for service in metric_names::SERVICES {
             rate_limited.with_label_values(&[service]).inc_by(0);
@@ -443,6 +450,7 @@ impl Metrics {
             cache_requests,
             cache_evictions,
             cache_entries,
+            cache_warmed,
             process_cpu_seconds,
             process_resident_memory,
             process_virtual_memory,

@@ -193,6 +193,8 @@ pub struct MonitorSummary {
     pub rate_limited_total: u64,
     pub alerts_firing: usize,
     pub actors: Vec<ActorStatus>,
+    /// Every rate-limit service with its answers since start (zero counts until it has some).
+    pub services: Vec<(&'static str, traces::ServiceCounts)>,
 }
 
 /// Cumulative counts at one sample, for rates over the alert window.
@@ -589,6 +591,16 @@ impl MonitorActor {
                 .filter(|r| r.state == AlertState::Firing)
                 .count(),
             actors: self.actors.clone(),
+            services: {
+                let seen = metrics.traces.services();
+                metric_names::SERVICES
+                    .iter()
+                    .map(|service| {
+                        let counts = seen.iter().find(|(s, _)| s == service);
+                        (*service, counts.map(|(_, c)| *c).unwrap_or_default())
+                    })
+                    .collect()
+            },
         }
     }
 }

@@ -34,10 +34,46 @@ pub struct TraceReport {
     pub recent: Vec<TraceSummary>,
 }
 
+/// One service's answers since start (`service` is the rate-limit service of the route).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServiceCounts {
+    pub requests: u64,
+    /// Answered below 400.
+    pub successes: u64,
+    /// Answered 4xx.
+    pub client_errors: u64,
+    /// Answered 5xx.
+    pub errors: u64,
+}
+
+impl ServiceCounts {
+    fn share(&self, part: u64) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            part as f64 / self.requests as f64
+        }
+    }
+
+    pub fn success_rate(&self) -> f64 {
+        self.share(self.successes)
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        self.share(self.errors)
+    }
+
+    pub fn client_error_rate(&self) -> f64 {
+        self.share(self.client_errors)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DurationStats {
-    /// Over every request since start.
+    /// Over every request since start (all zero before the first).
+    pub total: f64,
     pub avg: f64,
+    pub min: f64,
     pub max: f64,
     /// Over the recent requests.
     pub p50: f64,
@@ -58,7 +94,10 @@ struct State {
     errors: u64,
     client_errors: u64,
     total: Duration,
+    min: Option<Duration>,
     max: Duration,
+    /// Per service, in first-seen order; services are the route table's handful.
+    services: Vec<(&'static str, ServiceCounts)>,
     /// Oldest first.
     recent: VecDeque<TraceSummary>,
 }
@@ -94,6 +133,31 @@ impl TraceStats {
             _ => {}
         }
         state.total += request.duration;
+        state.min = Some(
+            state
+                .min
+                .map_or(request.duration, |min| min.min(request.duration)),
+        );
+        let at = match state
+            .services
+            .iter()
+            .position(|(s, _)| *s == request.service)
+        {
+            Some(at) => at,
+            None => {
+                state
+                    .services
+                    .push((request.service, ServiceCounts::default()));
+                state.services.len() - 1
+            }
+        };
+        let counts = &mut state.services[at].1;
+        counts.requests += 1;
+        match request.status {
+            500.. => counts.errors += 1,
+            400..=499 => counts.client_errors += 1,
+            _ => counts.successes += 1,
+        }
         state.max = state.max.max(request.duration);
         if state.recent.len() >= self.capacity {
             state.recent.pop_front();
@@ -105,6 +169,11 @@ impl TraceStats {
     pub fn totals(&self) -> (u64, u64) {
         let state = self.state();
         (state.count, state.errors)
+    }
+
+    /// Each service that answered a request since start, with its counts.
+    pub fn services(&self) -> Vec<(&'static str, ServiceCounts)> {
+        self.state().services.clone()
     }
 
     /// Requests answered with a 4xx status since start.
@@ -135,7 +204,9 @@ impl TraceStats {
             errors: state.errors,
             error_rate: average(state.errors as f64),
             duration_ms: DurationStats {
+                total: state.total.as_secs_f64() * 1000.0,
                 avg: average(state.total.as_secs_f64() * 1000.0),
+                min: state.min.unwrap_or_default().as_secs_f64() * 1000.0,
                 max: state.max.as_secs_f64() * 1000.0,
                 p50: quantile(0.5),
                 p95: quantile(0.95),
@@ -180,6 +251,17 @@ mod tests {
         assert!((report.error_rate - 0.4).abs() < 1e-9);
         assert!((report.duration_ms.avg - 30.0).abs() < 1e-6);
         assert!((report.duration_ms.max - 50.0).abs() < 1e-6);
+        assert!((report.duration_ms.min - 10.0).abs() < 1e-6);
+        assert!((report.duration_ms.total - 150.0).abs() < 1e-6);
+        let gateway = ServiceCounts {
+            requests: 5,
+            successes: 2,
+            client_errors: 1,
+            errors: 2,
+        };
+        assert_eq!(stats.services(), vec![("gateway", gateway)]);
+        assert!((gateway.error_rate() - 0.4).abs() < 1e-9);
+        assert!((gateway.success_rate() - 0.4).abs() < 1e-9);
         assert_eq!(report.recent.len(), 4, "the ring keeps its capacity");
         assert_eq!(report.recent[0].status, 500, "newest first");
         assert_eq!(

@@ -2,7 +2,7 @@
 //! the per-request record the HTTP middleware hands to [`super::Metrics`]. A trace reaches an
 //! actor one way: as the `trace_id` of the message that starts traced work (an upload, a job).
 
-pub use super::trace_stats::{DurationStats, TraceReport, TraceStats, TraceSummary};
+pub use super::trace_stats::{DurationStats, ServiceCounts, TraceReport, TraceStats, TraceSummary};
 
 /// A W3C trace context: the trace a request belongs to and the span we opened for it. Ids are
 /// integers, formatted as hex only when a header, a log line or a report needs them.

@@ -11,6 +11,7 @@ mod sled_store;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub(crate) use sled_store::wait_for_file_lock;
 pub use sled_store::SledStore;
 
 use crate::model::{
@@ -45,6 +46,12 @@ pub trait MediaRepo: Send + Sync {
     fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError>;
     /// Media in id (= creation) order, starting after `after`.
     fn list_media(&self, after: Option<&MediaId>, limit: usize) -> Result<Vec<Media>, StoreError>;
+    /// The newest media first (ids are time-ordered): at most `limit` that `keep` accepts.
+    fn recent_media(
+        &self,
+        limit: usize,
+        keep: &dyn Fn(&Media) -> bool,
+    ) -> Result<Vec<Media>, StoreError>;
 }
 
 /// Which jobs to list; every field narrows the result.

@@ -192,6 +192,25 @@ impl MediaRepo for SledStore {
             limit,
         )
     }
+
+    fn recent_media(
+        &self,
+        limit: usize,
+        keep: &dyn Fn(&Media) -> bool,
+    ) -> Result<Vec<Media>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.media.iter().rev() {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, bytes) = entry.map_err(backend)?;
+            let media: Media = decode(&key, &bytes)?;
+            if keep(&media) {
+                found.push(media);
+            }
+        }
+        Ok(found)
+    }
 }
 
 impl JobRepo for SledStore {
@@ -574,10 +593,16 @@ impl Repo for SledStore {
 /// after the deadline `open` goes ahead and reports sled's lock error. A store that does not
 /// exist yet has no lock to wait for.
 fn wait_for_lock(path: &Path) {
+    wait_for_file_lock(&path.join("db"), "the record store's lock");
+}
+
+/// Waits, up to [`LOCK_WAIT`], until nothing holds the (`flock`) lock on `lock_file`; the
+/// search index's writer lock is taken the same way and outlives its index the same way.
+pub(crate) fn wait_for_file_lock(lock_file: &Path, what: &str) {
     let Ok(file) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(path.join("db"))
+        .open(lock_file)
     else {
         return;
     };
@@ -585,7 +610,7 @@ fn wait_for_lock(path: &Path) {
         let _ = file.unlock();
         return;
     }
-    tracing::info!(path = %path.display(), "waiting for the record store's lock");
+    tracing::info!(path = %lock_file.display(), "waiting for {what}");
     let (released, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         if file.lock().is_ok() {

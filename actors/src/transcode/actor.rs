@@ -353,6 +353,9 @@ impl TranscodeActor {
                     let event = AuditEvent::ok(action::JOB_CANCEL, caller, Some(job.id.to_string()));
                     audit.record(cancel_event(event, &job)).await;
                 }
+                if job.state.is_final() {
+                    audit.record(outcome_event(&job)).await;
+                }
                 tracing::info!(job_id = %job.id, kind = job.kind.as_str(), state = job.state.as_str(), error = job.last_error.as_deref(), "job run ended");
                 for waiter in waiters {
                     let _ = waiter.send(job.clone());
@@ -406,6 +409,25 @@ async fn settle_media(metadata: &Addr<MetadataActor>, job: &Job) {
             outcome: Err(failure),
         })
         .await;
+}
+
+/// The audit entry of a job that reached a final state. One per job, so the writes are
+/// bounded by the worker pool, not by clients.
+pub(super) fn outcome_event(job: &Job) -> AuditEvent {
+    let result = match job.state {
+        JobState::Succeeded => outcome::OK,
+        JobState::Cancelled => outcome::CANCELLED,
+        _ => outcome::FAILED,
+    };
+    let mut detail = format!("{} {}", job.kind.as_str(), job.state.as_str());
+    if let Some(media_id) = &job.media_id {
+        detail.push_str(&format!(" media {media_id}"));
+    }
+    if let (JobState::Failed, Some(code)) = (job.state, &job.error_code) {
+        detail.push_str(&format!(": {code}"));
+    }
+    AuditEvent::ok(action::JOB_OUTCOME, "worker", Some(job.id.to_string()))
+        .with_outcome(result, detail)
 }
 
 fn cancel_event(event: AuditEvent, job: &Job) -> AuditEvent {

@@ -1,10 +1,12 @@
 //! The JSON shapes of `/api/v1/monitor/*`.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use streamgate_actors::monitor::{
     alerts::{AlertEvent, RuleStatus},
     logs::LogRecord,
-    traces::{TraceReport, TraceSummary},
+    traces::{ServiceCounts, TraceReport, TraceSummary},
     ActorStatus, AlertsReport, MonitorSummary,
 };
 use time::OffsetDateTime;
@@ -60,6 +62,34 @@ pub struct MonitorSummaryDto {
     pub rate_limited_total: u64,
     pub alerts_firing: usize,
     pub actors: Vec<ActorStatusDto>,
+    /// Keyed by rate-limit service.
+    pub services: BTreeMap<&'static str, ServiceRatesDto>,
+}
+
+/// A service's answers since start and their shares (0 before its first request).
+#[derive(Debug, Serialize)]
+pub struct ServiceRatesDto {
+    pub requests: u64,
+    pub successes: u64,
+    pub client_errors: u64,
+    pub errors: u64,
+    pub success_rate: f64,
+    pub client_error_rate: f64,
+    pub error_rate: f64,
+}
+
+impl From<&ServiceCounts> for ServiceRatesDto {
+    fn from(c: &ServiceCounts) -> Self {
+        Self {
+            requests: c.requests,
+            successes: c.successes,
+            client_errors: c.client_errors,
+            errors: c.errors,
+            success_rate: c.success_rate(),
+            client_error_rate: c.client_error_rate(),
+            error_rate: c.error_rate(),
+        }
+    }
 }
 
 impl From<&MonitorSummary> for MonitorSummaryDto {
@@ -92,6 +122,11 @@ impl From<&MonitorSummary> for MonitorSummaryDto {
             rate_limited_total: s.rate_limited_total,
             alerts_firing: s.alerts_firing,
             actors: s.actors.iter().map(ActorStatusDto::from).collect(),
+            services: s
+                .services
+                .iter()
+                .map(|(service, counts)| (*service, counts.into()))
+                .collect(),
         }
     }
 }
@@ -209,7 +244,9 @@ pub struct LogsDto {
 
 #[derive(Debug, Serialize)]
 pub struct DurationStatsDto {
+    pub total: f64,
     pub avg: f64,
+    pub min: f64,
     pub max: f64,
     pub p50: f64,
     pub p95: f64,
@@ -259,7 +296,9 @@ impl From<TraceReport> for TraceReportDto {
             errors: report.errors,
             error_rate: report.error_rate,
             duration_ms: DurationStatsDto {
+                total: d.total,
                 avg: d.avg,
+                min: d.min,
                 max: d.max,
                 p50: d.p50,
                 p95: d.p95,

@@ -6,6 +6,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
+    audit::action,
     auth::{
         AuthError, CheckOwnership, IssueChallenge, Login, Logout, RefreshSession, SessionGrant,
         VerifySession,
@@ -17,7 +18,7 @@ use time::OffsetDateTime;
 
 use crate::{
     error::ApiError,
-    extract::{bearer_token, caller},
+    extract::{audit_refused, bearer_token, caller},
 };
 
 pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
@@ -110,6 +111,7 @@ struct NftVerifyDto {
 }
 
 pub(super) async fn challenge(
+    req: HttpRequest,
     body: web::Json<ChallengeBody>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
@@ -119,6 +121,7 @@ pub(super) async fn challenge(
         .send(IssueChallenge {
             address: body.address,
             chain_id: body.chain_id,
+            caller: caller(&req),
         })
         .await??;
     Ok(HttpResponse::Ok().json(ChallengeDto {
@@ -145,6 +148,12 @@ pub(super) async fn login(
     Ok(HttpResponse::Ok().json(SessionDto::from(grant)))
 }
 
+/// A presented session refused (forged, expired, revoked) is a security event, audited
+/// through the sampled path like the extractors' refusals.
+fn session_refused(req: &HttpRequest, actors: &Actors, error: AuthError) -> ApiError {
+    audit_refused(actors, true, action::SESSION_REFUSED, caller(req), error)
+}
+
 fn session_token(req: &HttpRequest) -> Result<String, ApiError> {
     bearer_token(req).ok_or_else(|| ApiError::from(AuthError::SessionRequired))
 }
@@ -154,7 +163,11 @@ pub(super) async fn verify(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let token = session_token(&req)?;
-    let session = actors.auth.send(VerifySession { token }).await??;
+    let session = actors
+        .auth
+        .send(VerifySession { token })
+        .await?
+        .map_err(|error| session_refused(&req, &actors, error))?;
     Ok(HttpResponse::Ok().json(VerifyDto {
         valid: true,
         address: session.address,
@@ -168,7 +181,11 @@ pub(super) async fn refresh(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let token = session_token(&req)?;
-    let grant = actors.auth.send(RefreshSession { token }).await??;
+    let grant = actors
+        .auth
+        .send(RefreshSession { token })
+        .await?
+        .map_err(|error| session_refused(&req, &actors, error))?;
     Ok(HttpResponse::Ok().json(SessionDto::from(grant)))
 }
 
@@ -177,7 +194,11 @@ pub(super) async fn logout(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let token = session_token(&req)?;
-    actors.auth.send(Logout { token }).await??;
+    actors
+        .auth
+        .send(Logout { token })
+        .await?
+        .map_err(|error| session_refused(&req, &actors, error))?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -198,7 +219,8 @@ pub(super) async fn nft_verify(
             token_id: body.token_id.map(TokenIdInput::into_text),
             address: body.address,
         })
-        .await??;
+        .await?
+        .map_err(|error| session_refused(&req, &actors, error))?;
     Ok(HttpResponse::Ok().json(NftVerifyDto {
         owns: ownership.owns,
         balance: u64::try_from(ownership.balance).unwrap_or(u64::MAX),

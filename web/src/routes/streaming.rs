@@ -37,6 +37,7 @@ use actix_web::{
 use bytes::Bytes;
 use serde::Deserialize;
 use streamgate_actors::{
+    audit::{action, outcome, AuditEvent},
     auth::{tokens::PlaybackTokenError, AuthorizeSessionPlayback, SessionDigest},
     blob_names::{is_safe_name, is_segment_name},
     blobs::{BlobError, BlobStore, ByteRange, MappedBlob},
@@ -47,7 +48,11 @@ use streamgate_actors::{
 };
 
 use super::{media::gate_table_error, media_id};
-use crate::{error::ApiError, extract::bearer_str, send_budget::SendBudget};
+use crate::{
+    error::ApiError,
+    extract::{bearer_str, caller},
+    send_budget::SendBudget,
+};
 
 // Cache-Control values, spelled out once: no directive list is built or formatted per response.
 const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10");
@@ -177,7 +182,7 @@ pub(super) async fn segment(
         true => {
             let token = query.token.as_deref();
             if let Err(refused) = check_playback_token(&actors, &media_id, token) {
-                return Err(refuse(&actors, refused));
+                return Err(refuse(&req, &actors, &media_id, refused));
             }
             PRIVATE_NO_STORE
         }
@@ -221,13 +226,22 @@ pub(super) async fn thumbnail(
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Counts a refused gated request by its code, and passes the error on.
-fn refuse(actors: &Actors, error: ApiError) -> ApiError {
+/// Counts a refused gated request by its code, audits it (sampled per peer: viewers retry
+/// segments at will), and passes the error on.
+fn refuse(req: &HttpRequest, actors: &Actors, media_id: &MediaId, error: ApiError) -> ApiError {
     actors
         .metrics
         .playback_refused
         .with_label_values(&[error.code])
         .inc();
+    let peer = caller(req);
+    let event = AuditEvent::ok(
+        action::PLAYBACK_REFUSED,
+        peer.clone(),
+        Some(media_id.to_string()),
+    )
+    .with_outcome(outcome::DENIED, error.code);
+    actors.audit.record_refusal(event, &peer);
     error
 }
 
@@ -314,7 +328,7 @@ async fn playlist_access(
         })
     }
     .await;
-    decided.map_err(|error| refuse(actors, error))
+    decided.map_err(|error| refuse(req, actors, &media.id, error))
 }
 
 /// Appends `token` to every URI of a playlist: plain URI lines and `URI="…"` attributes

@@ -164,7 +164,13 @@ fn count() -> Value {
 }
 
 const UUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
-const ADDRESS: &str = "^0x[0-9a-fA-F]{40}$";
+/// One case only: mixed case must be an EIP-55 checksum, which no pattern can say.
+const ADDRESS: &str = "^0x([0-9a-f]{40}|[0-9A-F]{40})$";
+
+fn address() -> Value {
+    json!({"type": "string", "pattern": ADDRESS,
+        "description": "also accepted: mixed case that is the address's EIP-55 checksum"})
+}
 
 fn uuid() -> Value {
     json!({"type": "string", "pattern": UUID})
@@ -226,7 +232,7 @@ fn gate_body() -> Value {
     json!({"type": "object", "nullable": true, "additionalProperties": false,
         "required": ["chain_id", "contract", "standard"], "properties": {
         "chain_id": chain_id(),
-        "contract": {"type": "string", "pattern": ADDRESS},
+        "contract": address(),
         "standard": standard(),
         "token_id": or_null(token_id()),
         "min_balance": or_null(json!({"type": "integer", "minimum": 1, "maximum": u64::MAX})),
@@ -253,7 +259,7 @@ fn job_body() -> Value {
 
 fn challenge_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["address", "chain_id"],
-        "properties": {"address": {"type": "string", "pattern": ADDRESS}, "chain_id": chain_id()}})
+        "properties": {"address": address(), "chain_id": chain_id()}})
 }
 
 fn login_body() -> Value {
@@ -264,12 +270,41 @@ fn login_body() -> Value {
 fn nft_body() -> Value {
     json!({"type": "object", "additionalProperties": false,
         "required": ["address", "chain_id", "contract", "standard"], "properties": {
-        "address": {"type": "string", "pattern": ADDRESS},
+        "address": address(),
         "chain_id": chain_id(),
-        "contract": {"type": "string", "pattern": ADDRESS},
+        "contract": address(),
         "standard": standard(),
         "token_id": or_null(token_id()),
     }})
+}
+
+fn batch_body() -> Value {
+    let key = text;
+    let op = |name: &str, extra: Value, required: &[&str]| {
+        let mut properties = json!({"op": {"type": "string", "enum": [name]}, "key": key()});
+        if let (Value::Object(properties), Value::Object(extra)) = (&mut properties, extra) {
+            properties.extend(extra);
+        }
+        json!({"type": "object", "additionalProperties": false, "required": required,
+            "properties": properties})
+    };
+    json!({"type": "object", "additionalProperties": false, "required": ["ops"], "properties": {
+        "ops": {"type": "array", "maxItems": cache::MAX_BATCH_OPS, "items": {"oneOf": [
+            op("get", json!({}), &["op", "key"]),
+            op("set", json!({
+                "value": text(),
+                "content_type": or_null(text()),
+                "ttl_s": or_null(count()),
+            }), &["op", "key", "value"]),
+            op("delete", json!({}), &["op", "key"]),
+        ]}},
+    }})
+}
+
+fn warm_body() -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["media_ids"],
+        "properties": {"media_ids": {"type": "array", "maxItems": cache::MAX_WARM_IDS,
+            "items": uuid()}}})
 }
 
 /// Every route, in registration order: actix tries resources in order, so a static pattern
@@ -380,6 +415,12 @@ pub const ROUTES: &[Route] = &[
         "Clear the admin cache", 200 JSON),
     route!(Get "/api/v1/cache/stats" => cache::stats, CACHE, Admin, "cache",
         "Hits, misses, evictions and size of the caches", 200 JSON),
+    route!(Post "/api/v1/cache/batch" => cache::batch, CACHE, Admin, "cache",
+        "Many get, set and delete operations in one request (at most 100 ops, 1 MiB), one \
+        result each", 200 JSON, setup = cache::batch_limit, body = Some(batch_body)),
+    route!(Post "/api/v1/cache/warm" => cache::warm, CACHE, Admin, "cache",
+        "Load media records (and ready media's playlists) into the caches", 200 JSON,
+        body = Some(warm_body)),
     route!(Get "/api/v1/cache/{key}" => cache::get, CACHE, Admin, "cache",
         "A cached value (404 cache_miss)", 200 "application/octet-stream"),
     route!(Put "/api/v1/cache/{key}" => cache::put, CACHE, Admin, "cache",

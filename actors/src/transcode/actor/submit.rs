@@ -9,7 +9,7 @@ use actix::{ActorFutureExt, AtomicResponse, Handler, ResponseActFuture, WrapFutu
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use super::{settle_media, TranscodeActor};
+use super::{outcome_event, settle_media, TranscodeActor};
 use crate::{
     audit::{action, outcome, AuditEvent},
     metadata::GetMedia,
@@ -228,6 +228,7 @@ impl Handler<CancelJob> for TranscodeActor {
                     Ok(job) => {
                         settle_media(&metadata, job).await;
                         audit.record(event).await;
+                        audit.record(outcome_event(job)).await;
                     }
                     Err(TranscodeError::Finished { state, .. }) => {
                         let detail = format!("job {}", state.as_str());

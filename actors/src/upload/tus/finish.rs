@@ -38,7 +38,7 @@ impl Finisher {
             upload.state = TusState::Finishing;
             upload.sha256 = Some(sha256);
             upload.media_id = Some(MediaId::new());
-            save(&self.deps.repo, &upload).await?;
+            save(&self.deps, &upload).await?;
         }
         let media_id = upload
             .media_id
@@ -94,7 +94,7 @@ impl Finisher {
                 .map_err(|_| UploadError::Mailbox("transcode"))??;
         }
         upload.state = TusState::Finished;
-        save(&self.deps.repo, &upload).await?;
+        save(&self.deps, &upload).await?;
         self.finished.inc();
         self.stored_bytes.inc_by(upload.offset);
         let took = OffsetDateTime::now_utc() - upload.created_at;

@@ -242,10 +242,21 @@ async fn load(
     upload_id: &UploadId,
     expiry: Duration,
 ) -> Result<TusUpload, UploadError> {
-    let id = upload_id.clone();
-    let upload = blocking(&deps.repo, move |repo| repo.get_tus_upload(&id))
-        .await?
-        .ok_or_else(|| UploadError::NotFound(upload_id.clone()))?;
+    // HEAD and every PATCH start here: the stored record comes from the upload cache when it
+    // can, filled through its epoch guard.
+    let upload = match deps.records.get(upload_id) {
+        Some(upload) => upload,
+        None => {
+            let epoch = deps.records.epoch();
+            let id = upload_id.clone();
+            let upload = blocking(&deps.repo, move |repo| repo.get_tus_upload(&id))
+                .await?
+                .ok_or_else(|| UploadError::NotFound(upload_id.clone()))?;
+            deps.records
+                .insert_if_unchanged(upload.id.clone(), upload.clone(), epoch);
+            upload
+        }
+    };
     let upload = observe(&deps.partial_dir, upload, expiry).await?;
     if upload.state == TusState::Receiving && upload.expires_at <= OffsetDateTime::now_utc() {
         return Err(UploadError::Expired(upload.id));
@@ -272,9 +283,13 @@ fn owner_wallet(owner: &str) -> Option<String> {
     (owner != crate::auth::ADMIN).then(|| owner.to_string())
 }
 
-async fn save(repo: &SharedRepo, upload: &TusUpload) -> Result<(), UploadError> {
+/// Stores `upload`, then makes it the upload cache's copy (the epoch bump of the removal keeps
+/// a racing fill of the older record out).
+async fn save(deps: &TusDeps, upload: &TusUpload) -> Result<(), UploadError> {
     let stored = upload.clone();
-    blocking(repo, move |repo| repo.put_tus_upload(&stored)).await?;
+    blocking(&deps.repo, move |repo| repo.put_tus_upload(&stored)).await?;
+    deps.records.remove(&upload.id);
+    deps.records.insert(upload.id.clone(), upload.clone());
     Ok(())
 }
 
@@ -349,7 +364,7 @@ impl Handler<CreateTusUpload> for UploadActor {
                 Ok(())
             })
             .await?;
-            save(&deps.repo, &upload).await?;
+            save(&deps, &upload).await?;
             reservation.keep();
             created.inc();
             audit
@@ -420,7 +435,7 @@ impl Handler<BeginTusPatch> for UploadActor {
             .await?;
             upload.offset = offset;
             if upload.unverified_from.take().is_some() {
-                save(&deps.repo, &upload).await?;
+                save(&deps, &upload).await?;
             }
             if msg.offset != upload.offset {
                 return Err(UploadError::OffsetMismatch {
@@ -477,7 +492,7 @@ impl Handler<BeginTusPatch> for UploadActor {
             }
             if (length_was_deferred && upload.length.is_some()) || upload.unverified_from.is_some()
             {
-                save(&deps.repo, &upload).await?;
+                save(&deps, &upload).await?;
             }
             declared.keep();
             let whole = deps.shared.take_hash(&upload.id, upload.offset);
@@ -553,7 +568,7 @@ impl Handler<CommitTusPatch> for UploadActor {
                         // Sniffed from the bytes just discarded.
                         upload.container = None;
                     }
-                    save(&deps.repo, &upload).await?;
+                    save(&deps, &upload).await?;
                 }
                 return Err(error);
             }
@@ -573,7 +588,7 @@ impl Handler<CommitTusPatch> for UploadActor {
             // The offset itself lives in the file's length; the record changes only when it
             // learns something the file cannot tell.
             if unverified || sink.sniffed {
-                save(&deps.repo, &upload).await?;
+                save(&deps, &upload).await?;
             }
             received_bytes.inc_by(sink.received);
             let whole = sink.whole.take();
@@ -655,5 +670,6 @@ async fn remove_upload(deps: &TusDeps, upload_id: &UploadId) -> Result<(), Uploa
     deps.shared.forget_hash(upload_id);
     let id = upload_id.clone();
     blocking(&deps.repo, move |repo| repo.delete_tus_upload(&id)).await?;
+    deps.records.remove(upload_id);
     Ok(())
 }

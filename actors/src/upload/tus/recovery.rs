@@ -26,6 +26,7 @@ impl Handler<SweepExpiredUploads> for UploadActor {
                         };
                         let id = upload.id.clone();
                         blocking(&deps.repo, move |repo| repo.delete_tus_upload(&id)).await?;
+                        deps.records.remove(&upload.id);
                         pruned += 1;
                     }
                     continue;
@@ -129,7 +130,7 @@ async fn recover_receiving(
     };
     upload.offset = length;
     if upload.unverified_from.take().is_some() {
-        save(&deps.repo, &upload).await?;
+        save(deps, &upload).await?;
     }
     if upload.length != Some(length) {
         return Ok(());

@@ -124,6 +124,9 @@ pub struct TusDeps {
     /// Where partial uploads live (`data_dir/partials`).
     pub partial_dir: PathBuf,
     pub shared: TusShared,
+    /// The upload cache: stored records by id, read by HEAD and every PATCH; the actor's
+    /// writes replace or drop an entry after the store has them.
+    pub records: Arc<crate::cache::TtlLru<UploadId, crate::model::TusUpload>>,
     /// `storage.min_free_disk_mb` in bytes: below it, uploads are refused as "disk full".
     pub min_free_disk_bytes: u64,
 }
