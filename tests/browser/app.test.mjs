@@ -11,7 +11,8 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -245,6 +246,43 @@ test('the app is served at / with a self-only CSP; /api stays JSON', async () =>
   assert.equal((await fetch(`${base}/app/js/nothing.js`)).status, 404);
 });
 
+test("the app's own JS, CSS and HTML stay under 150 KB gzipped", async () => {
+  const app = path.join(ROOT, 'web/app');
+  const own = ['index.html', 'app.css', ...readdirSync(path.join(app, 'js')).map((file) => `js/${file}`)];
+  let total = 0;
+  for (const file of own) {
+    // What the browser loads is what the binary serves.
+    const served = Buffer.from(await (await fetch(`${base}/app/${file}`)).arrayBuffer());
+    assert.deepEqual(served, readFileSync(path.join(app, file)), file);
+    total += gzipSync(served, { level: 9 }).length;
+  }
+  console.log(`app bundle: ${own.length} files, ${(total / 1024).toFixed(1)} KB gzipped (hls.js and tus-js-client not counted)`);
+  assert.ok(total <= 150 * 1024, `${total} bytes gzipped`);
+});
+
+test('keyboard: skip link first, then the navigation; a phone gets one column without sideways scrolling', async () => {
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const page = await newPage(context);
+  await page.goto(base);
+  await page.getByRole('heading', { name: 'Library' }).waitFor();
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Skip to content');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Library');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Enter');
+  await page.getByRole('heading', { name: 'Upload' }).waitFor();
+  assert.equal(new URL(page.url()).pathname, '/upload');
+  await page.goto(base);
+  await page.getByRole('heading', { name: 'Library' }).waitFor();
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no sideways scrolling');
+  const columns = await page.evaluate(() => getComputedStyle(document.querySelector('.grid')).gridTemplateColumns.split(' ').length);
+  assert.equal(columns, 1);
+  await accessible(page, 'library-phone');
+  await context.close();
+});
+
 test('wallet sign-in survives a reload; sign-out ends the session on the server', async () => {
   const context = await walletContext(ALICE);
   const page = await newPage(context);
@@ -422,6 +460,24 @@ test('my videos: edit, gate with a validated form; a gated video refuses a non-h
   assert.ok(played.ended, `the holder played it: ${JSON.stringify(played)}`);
   assert.equal(await page.locator('.notice').count(), 0);
   await carol.close();
+});
+
+test('my videos: delete asks for confirmation first', async () => {
+  const context = await walletContext(ALICE);
+  const page = await newPage(context);
+  await page.goto(`${base}/mine`);
+  await signIn(page);
+  const item = page.locator('.mine-item', { hasText: 'Paused and resumed' });
+  await item.locator('summary').click();
+  await item.getByRole('button', { name: 'Delete…' }).click();
+  await item.getByRole('button', { name: 'Cancel' }).click();
+  await item.getByRole('button', { name: 'Delete…' }).click();
+  const id = (await item.locator('h2 a').getAttribute('href')).split('/').pop();
+  assert.equal((await api(`/api/v1/media/${id}`)).status, 200, 'cancel deleted nothing');
+  await item.getByRole('button', { name: 'Delete permanently' }).click();
+  await item.waitFor({ state: 'detached' });
+  assert.equal((await api(`/api/v1/media/${id}`)).status, 404);
+  await context.close();
 });
 
 test('operator page: admin token once per tab, health, alerts, audit, cancel and retry a job', { timeout: 120_000 }, async () => {

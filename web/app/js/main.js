@@ -2,7 +2,7 @@
 // with index.html, and link interception so navigation needs no page load.
 
 import { getSession } from './api.js';
-import { h, notice, page, shortAddress, toast } from './ui.js';
+import { h, navigated, notice, page, shortAddress, toast } from './ui.js';
 import { signIn, signOut, WalletError } from './wallet.js';
 
 const routes = [
@@ -38,6 +38,7 @@ export async function render() {
 
 export function navigate(path) {
   history.pushState(null, '', path);
+  navigated();
   render();
 }
 
@@ -91,7 +92,7 @@ document.addEventListener('click', (event) => {
   navigate(url.pathname + url.search);
 });
 
-window.addEventListener('popstate', render);
+window.addEventListener('popstate', () => { navigated(); render(); });
 let lastToken = getSession()?.token;
 window.addEventListener('session-change', () => {
   renderAccount();

@@ -25,12 +25,18 @@ export function h(tag, attrs = {}, ...children) {
   return element;
 }
 
-/** Replaces the main area's content, sets the title and moves focus for screen readers. */
+let moveFocus = false;
+/** After an in-app navigation, the next page takes focus (a first load leaves it alone). */
+export function navigated() {
+  moveFocus = true;
+}
+
+/** Replaces the main area's content and sets the title; moves focus there after navigation. */
 export function page(title, ...children) {
   const main = document.getElementById('main');
   document.title = `${title} · StreamGate`;
   main.replaceChildren(h('h1', {}, title), ...children);
-  main.focus({ preventScroll: true });
+  if (moveFocus) main.focus({ preventScroll: true });
   return main;
 }
 
