@@ -110,7 +110,8 @@ export async function show(id) {
   }
 
   const video = h('video', {
-    controls: true, playsinline: true, preload: 'metadata', 'aria-label': title,
+    // Someone who opened a video wants it to play; a browser that refuses autoplay shows play.
+    controls: true, autoplay: true, playsinline: true, 'aria-label': title,
     poster: withToken(media.thumbnail_url, token),
   });
   stage.replaceChildren(video);
