@@ -493,7 +493,7 @@ test('operator page: admin token once per tab, health, alerts, audit, cancel and
   await page.getByRole('button', { name: 'Continue' }).click();
   await page.getByText(/^Overall: /).waitFor();
   await page.locator('caption', { hasText: 'Firing alerts' }).waitFor();
-  await page.locator('caption', { hasText: 'Recent audit entries' }).waitFor();
+  await page.locator('caption', { hasText: 'Audit entries' }).waitFor();
   const row = page.locator('tr', { hasText: 'thumbnail' }).filter({ hasText: 'queued' });
   await row.getByRole('button', { name: 'Cancel' }).click();
   await page.locator('tr', { hasText: 'thumbnail' }).filter({ hasText: 'cancelled' }).getByRole('button', { name: 'Retry' }).click();

@@ -27,8 +27,15 @@ try {
       document.addEventListener('playing', () => { window.firstFrameMs ??= performance.now(); }, true);
     });
     const page = await context.newPage();
+    const logs = [];
+    page.on('console', (message) => logs.push(message.text()));
+    page.on('pageerror', (error) => logs.push(error.message));
     await page.goto(`${base}/watch/${mediaId}`);
-    runs.push(await page.waitForFunction(() => window.firstFrameMs, null, { timeout: 30_000 }).then((handle) => handle.jsonValue()));
+    const played = await page.waitForFunction(() => window.firstFrameMs, null, { timeout: 30_000 }).catch(async () => {
+      const main = await page.locator('main').innerText();
+      throw new Error(`no playing event on /watch/${mediaId}: page says ${JSON.stringify(main)}; console: ${logs.join(' | ')}`);
+    });
+    runs.push(await played.jsonValue());
     await context.close();
   }
 } finally {

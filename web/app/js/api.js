@@ -50,7 +50,7 @@ const ENDED = new Set(['session_expired', 'session_revoked', 'session_invalid'])
  * `path` is under /api/v1 unless it starts with `//` (then it is a root path such as /health).
  * `auth`: 'session' (default; wallet session or admin token), 'admin', or false.
  */
-export async function api(path, { method = 'GET', body, auth = 'session', headers = {} } = {}) {
+export async function api(path, { method = 'GET', body, auth = 'session', headers = {}, accept = [] } = {}) {
   const url = path.startsWith('//') ? path.slice(1) : `/api/v1${path}`;
   const init = { method, headers: { ...headers } };
   if (body !== undefined) {
@@ -72,7 +72,8 @@ export async function api(path, { method = 'GET', body, auth = 'session', header
   } catch {
     data = null;
   }
-  if (!response.ok && !(response.status === 207 && data)) {
+  // `accept`: error statuses whose JSON body is the answer (e.g. /health's 503 report).
+  if (!response.ok && !(accept.includes(response.status) && data)) {
     const error = new ApiError(
       response.status,
       data?.code || `http_${response.status}`,

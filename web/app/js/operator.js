@@ -51,10 +51,10 @@ export async function show() {
   function jobRow(job) {
     const buttons = [];
     if (job.state === 'queued' || job.state === 'running') {
-      buttons.push(h('button', { type: 'button', onclick: () => act(() => api(`/jobs/${job.id}/cancel`, { method: 'POST', auth: 'admin' })) }, 'Cancel'));
+      buttons.push(h('button', { type: 'button', 'data-key': `${job.id}:cancel`, onclick: () => act(() => api(`/jobs/${job.id}/cancel`, { method: 'POST', auth: 'admin' })) }, 'Cancel'));
     }
     if ((job.state === 'failed' || job.state === 'cancelled') && job.media_id) {
-      buttons.push(h('button', { type: 'button', onclick: () => act(() => api('/jobs', { method: 'POST', auth: 'admin',
+      buttons.push(h('button', { type: 'button', 'data-key': `${job.id}:retry`, onclick: () => act(() => api('/jobs', { method: 'POST', auth: 'admin',
         body: { kind: job.kind, media_id: job.media_id, profiles: job.profiles.length ? job.profiles : null } })) }, 'Retry'));
     }
     return h('tr', {},
@@ -68,7 +68,7 @@ export async function show() {
 
   async function refresh() {
     const [healthResult, alertsResult, jobsResult, auditResult] = await Promise.allSettled([
-      api('//health', { auth: false }),
+      api('//health', { auth: false, accept: [503] }),
       api('/monitor/alerts?limit=20', { auth: false }),
       api(`/jobs${query({ state: stateFilter.value, limit: 50 })}`, { auth: 'admin' }),
       api('/audit?limit=50', { auth: 'admin' }),
@@ -92,10 +92,13 @@ export async function show() {
         h('tr', {}, h('td', {}, rule.name), h('td', {}, rule.level), h('td', {}, String(rule.value ?? '')), h('td', {}, when(rule.active_since)), h('td', {}, rule.summary)))));
     }
     if (jobsResult.status === 'fulfilled') {
-      jobs.querySelector('.jobs-body').replaceChildren(table('Jobs, newest first', ['Kind', 'Media', 'State', 'Progress', 'Created', 'Actions'], jobsResult.value.items.map(jobRow)));
+      // The table is rebuilt every refresh: a keyboard user's focus stays on the same button.
+      const focused = document.activeElement?.dataset?.key;
+      jobs.querySelector('.jobs-body').replaceChildren(table('Jobs, oldest first', ['Kind', 'Media', 'State', 'Progress', 'Created', 'Actions'], jobsResult.value.items.map(jobRow)));
+      if (focused) jobs.querySelector(`[data-key="${focused}"]`)?.focus();
     }
     if (auditResult.status === 'fulfilled') {
-      audit.querySelector('.audit-body').replaceChildren(table('Recent audit entries', ['When', 'Action', 'Actor', 'Target', 'Outcome'], auditResult.value.items.map((entry) =>
+      audit.querySelector('.audit-body').replaceChildren(table('Audit entries, oldest first', ['When', 'Action', 'Actor', 'Target', 'Outcome'], auditResult.value.items.map((entry) =>
         h('tr', {}, h('td', {}, when(entry.at)), h('td', {}, entry.action), h('td', {}, entry.actor), h('td', {}, entry.target || ''), h('td', {}, entry.outcome)))));
     }
     return true;
