@@ -240,6 +240,7 @@ test('the app is served at / with a self-only CSP; /api stays JSON', async () =>
   assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval|https?:/);
   const html = await page.text();
   assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/, 'no inline script');
+  assert.equal((await fetch(`${base}/`, { method: 'HEAD' })).status, 200);
   const api = await fetch(`${base}/api/v1/nothing`);
   assert.equal(api.status, 404);
   assert.match(api.headers.get('content-type'), /application\/json/);

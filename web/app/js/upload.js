@@ -71,9 +71,14 @@ export async function show() {
 
   page('Upload', unfinished, form, progressBox, status);
 
-  let sentAtStart = 0;
+  // Speed counts from the first progress report of this run (a resumed upload starts midway).
+  let sentAtStart = null;
   let startedAt = 0;
   function showProgress(sent, total) {
+    if (sentAtStart === null) {
+      sentAtStart = sent;
+      startedAt = performance.now();
+    }
     const percent = total ? Math.floor((sent / total) * 100) : 0;
     bar.value = percent;
     const elapsed = (performance.now() - startedAt) / 1000;
@@ -86,8 +91,7 @@ export async function show() {
 
   function run(resuming) {
     stopped = false;
-    startedAt = performance.now();
-    sentAtStart = bar.value ? (bar.value / 100) * (file.files[0]?.size || 0) : 0;
+    sentAtStart = null;
     pause.hidden = false;
     resume.hidden = true;
     status.replaceChildren(h('p', {}, resuming ? 'Resuming…' : 'Uploading…'));

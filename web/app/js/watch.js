@@ -52,7 +52,7 @@ function explainGate(media, gate, error) {
 }
 
 export async function show(id) {
-  const main = page('Loading…');
+  page('Loading…');
   let media;
   try {
     media = await api(`/media/${encodeURIComponent(id)}`, { auth: false });
@@ -76,7 +76,6 @@ export async function show(id) {
         try { await navigator.clipboard.writeText(shareUrl); toast('Link copied'); } catch { toast('Select the link and copy it'); }
       } }, 'Copy link'))));
   page(title, stage, controls, details);
-  main.querySelector('h1').textContent = title;
 
   if (media.state !== 'ready') {
     const waiting = media.state === 'failed'

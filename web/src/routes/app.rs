@@ -89,9 +89,17 @@ async fn file(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
 /// Registers the pages and `/app/{file}`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for pattern in PAGES {
-        cfg.service(web::resource(*pattern).route(web::get().to(page)));
+        cfg.service(
+            web::resource(*pattern)
+                .route(web::get().to(page))
+                .route(web::head().to(page)),
+        );
     }
-    cfg.service(web::resource("/app/{file:.*}").route(web::get().to(file)));
+    cfg.service(
+        web::resource("/app/{file:.*}")
+            .route(web::get().to(file))
+            .route(web::head().to(file)),
+    );
 }
 
 #[cfg(test)]
