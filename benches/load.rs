@@ -14,7 +14,8 @@
 //! whole upload in one PATCH),
 //! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
 //! (4), LOAD_BENCH_TRANSCODE_RUNS (9), LOAD_BENCH_ONLY (all; else a comma-separated subset of
-//! segments, small, onoff, mix, gated, flood, transcode, upload, idle, crowd), LOAD_BENCH_CROWD
+//! segments, small, onoff, mix, gated, flood, transcode, first_frame, upload, idle, crowd),
+//! LOAD_BENCH_CROWD
 //! (connections back to back, 1000), LOAD_BENCH_CROWD_SECONDS (15), LOAD_BENCH_CROWD_ROUNDS (3),
 //! LOAD_BENCH_VIEWERS (paced viewer counts, a row each: 1000,5000), LOAD_BENCH_PACED_SECONDS
 //! (40), LOAD_BENCH_FLOOD_ADDRS
@@ -1057,6 +1058,16 @@ fn main() {
             &settings,
         ));
     }
+    if settings.runs("first_frame") {
+        server.reset_peak();
+        rows.push(first_frame(
+            &runtime,
+            &client,
+            &server,
+            scratch.path(),
+            &settings,
+        ));
+    }
     if settings.runs("upload") {
         server.reset_peak();
         rows.extend(upload(
@@ -1641,6 +1652,80 @@ async fn jobs_idle(client: &reqwest::Client, server: &Server) {
             return;
         }
         assert!(Instant::now() < deadline, "jobs still busy after 600 s");
+    }
+}
+
+/// Runs of the first-frame measurement; the row shows their median.
+const FIRST_FRAME_RUNS: usize = 5;
+
+/// The watch page in headless Chromium (`tests/browser/first-frame.mjs`, Debian's chromium and
+/// playwright-core from target/ci-node): from navigation to the video's `playing` event, each
+/// run in a fresh browser context, on a clip uploaded and transcoded here.
+fn first_frame(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    server: &Server,
+    scratch: &Path,
+    settings: &Settings,
+) -> Row {
+    let clip = scratch.join("first-frame.mp4");
+    common::make_clip(&clip, settings.clip_seconds);
+    let media_id = runtime.block_on(async {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(std::fs::read(&clip).unwrap())
+                .file_name("first-frame.mp4"),
+        );
+        let receipt: Value = client
+            .post(server.url("/api/v1/upload"))
+            .bearer_auth(ADMIN_TOKEN)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let media_id = receipt["media_id"].as_str().unwrap().to_string();
+        let jobs: Value = common::get_json_as(
+            client,
+            server.url(&format!("/api/v1/jobs?media_id={media_id}")),
+            ADMIN_TOKEN,
+        )
+        .await;
+        let job_id = jobs["items"][0]["id"].as_str().unwrap();
+        job_done(client, &server.url(&format!("/api/v1/jobs/{job_id}"))).await;
+        media_id
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/first-frame.mjs");
+    let output = Command::new("node")
+        .arg(&script)
+        .arg(&server.base)
+        .arg(&media_id)
+        .arg(FIRST_FRAME_RUNS.to_string())
+        .output()
+        .expect("node is installed (bash .ci/test installs it with playwright-core and chromium)");
+    assert!(
+        output.status.success(),
+        "first-frame.mjs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    eprintln!("  first frame runs (ms): {}", report["runs_ms"]);
+    Row {
+        scenario: format!(
+            "watch page first frame (headless Chromium, median of {FIRST_FRAME_RUNS})"
+        ),
+        requests_per_s: None,
+        megabytes_per_s: None,
+        p50_ms: report["median_ms"].as_f64(),
+        p99_ms: None,
+        peak_rss_mb: server.peak_rss_mb(),
+        baseline: "—".into(),
+        ratio: None,
+        target: "< 1 s",
+        errors: 0,
+        held_mb: 0.0,
     }
 }
 

@@ -35,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         error::ApiError::bad_request("invalid_path", error.to_string()).into()
     }));
     routes::configure(cfg);
+    routes::app::configure(cfg);
 }
 
 /// The answer for any path no route matches.

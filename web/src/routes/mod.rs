@@ -1,5 +1,6 @@
 //! Route modules, one per area of the API.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cache;
