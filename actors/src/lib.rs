@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod blob_names;
 pub mod blobs;
 pub mod cache;
@@ -21,6 +22,8 @@ pub mod error;
 pub mod metadata;
 pub mod model;
 pub mod monitor;
+pub mod outbound;
+pub mod retention;
 pub mod search;
 pub mod sniff;
 pub mod store;
@@ -71,6 +74,8 @@ pub struct Actors {
     pub caches: Caches,
     /// Read handle on the search index; the MetadataActor keeps it current.
     pub search: SearchIndex,
+    /// Builds outbound HTTP clients (OTLP export is started by the binary).
+    pub outbound: outbound::Outbound,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,8 @@ pub enum StartError {
     Auth(#[from] auth::AuthError),
     #[error("cannot open the search index: {0}")]
     Search(#[from] search::SearchError),
+    #[error("cannot set up outbound HTTP: {0}")]
+    Outbound(#[from] outbound::OutboundError),
 }
 
 /// Opens storage under `storage.data_dir` and starts every actor, supervised. Must run inside an
@@ -100,6 +107,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
 /// [`start`] with the clock auth expiries are measured against (tests move it ahead).
 pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Actors, StartError> {
     config.validate().map_err(StartError::Config)?;
+    let outbound = outbound::Outbound::new(&config.tls)?;
     let data_dir = &config.storage.data_dir;
     let work_dir = data_dir.join("work");
     let partial_dir = data_dir.join("partials");
@@ -201,13 +209,14 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             .collect(),
         Duration::from_millis(config.auth.nft_cache_ttl_ms),
         config.auth.nft_cache_entries,
-        Duration::from_millis(config.auth.rpc_timeout_ms),
+        outbound.client(Duration::from_millis(config.auth.rpc_timeout_ms))?,
         NftMetrics {
             checks: metrics.nft_checks.clone(),
             rpc_duration: metrics.nft_rpc_duration.clone(),
         },
         clock.clone(),
     )?;
+    let retention_clock = clock.clone();
     let auth = supervise::start("auth", restarts("auth"), {
         let deps = AuthDeps {
             config: config.auth.clone(),
@@ -224,6 +233,15 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         };
         move |_| AuthActor::new(deps)
     });
+    if config.transcode.job_retention_days > 0 {
+        retention::start(
+            repo.clone(),
+            retention_clock,
+            Duration::from_secs(config.transcode.job_retention_days.saturating_mul(86_400)),
+            Duration::from_secs(config.transcode.job_prune_interval_s),
+            metrics.retention_pruned.with_label_values(&["job"]),
+        );
+    }
     let pinged: Vec<(&'static str, Recipient<Ping>)> = vec![
         ("upload", upload.clone().recipient()),
         ("transcode", transcode.clone().recipient()),
@@ -239,6 +257,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
             ffmpeg_path: config.transcode.ffmpeg_path.clone(),
             actors: pinged,
+            webhook: outbound.client(Duration::from_millis(config.monitor.webhook_timeout_ms))?,
             config: config.monitor.clone(),
         };
         move |_| MonitorActor::new(deps)
@@ -259,5 +278,6 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         playback,
         caches,
         search,
+        outbound,
     })
 }

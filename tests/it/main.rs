@@ -26,5 +26,6 @@ mod server;
 mod shutdown;
 mod storage;
 mod supervision;
+mod tls;
 mod trace_context;
 mod tus;
