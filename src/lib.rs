@@ -3,6 +3,7 @@
 //! [`run`]), so tests can bind port 0 and run the real thing.
 
 pub mod config;
+pub mod ops;
 
 use std::net::TcpListener;
 

@@ -221,12 +221,13 @@ pub fn is_empty_dir(dir: &Path) -> Result<bool, BackupError> {
     }
 }
 
-/// Restores `from` into the empty `data_dir`. Blobs in the backup go to `blobs` (the target
-/// install's blob store); a backup that references S3 blobs restores records only.
+/// Restores `from` into the empty `data_dir`. Blobs in the backup go to the store `blobs` opens
+/// (the target install's, opened only once the directory is known to be empty); a backup that
+/// references S3 blobs restores records only.
 pub async fn restore(
     from: &Path,
     data_dir: &Path,
-    blobs: &BlobStore,
+    blobs: impl FnOnce() -> Result<BlobStore, String>,
     progress: Progress,
 ) -> Result<Manifest, BackupError> {
     if !is_empty_dir(data_dir)? {
@@ -246,6 +247,10 @@ pub async fn restore(
     .await
     .map_err(|e| crate::store::StoreError::Join(e.to_string()))??;
     if manifest.blobs_included {
+        let blobs = blobs().map_err(|reason| BackupError::Io {
+            path: "the blob store".into(),
+            reason,
+        })?;
         let root = from.join("blobs");
         let files = files_under(&root)?;
         let total = files.len() as u64;
