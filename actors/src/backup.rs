@@ -15,6 +15,9 @@ use std::{
     sync::Arc,
 };
 
+use actix::{
+    Actor, ActorFutureExt, Context, Handler, Message, ResponseActFuture, Supervised, WrapFuture,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -29,6 +32,8 @@ const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    #[error("a backup is being taken already")]
+    Running,
     #[error("{0} is not empty: restore only into an empty data directory")]
     NotEmpty(String),
     #[error("{0} exists already: back up into a new directory")]
@@ -48,7 +53,7 @@ pub enum BackupError {
 impl DomainError for BackupError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::NotEmpty(_) | Self::Exists(_) => ErrorKind::Conflict,
+            Self::Running | Self::NotEmpty(_) | Self::Exists(_) => ErrorKind::Conflict,
             Self::NotABackup(_) | Self::Format(_) => ErrorKind::Invalid,
             Self::Store(_) | Self::Blobs(_) | Self::Io { .. } => ErrorKind::Unavailable,
         }
@@ -56,6 +61,7 @@ impl DomainError for BackupError {
 
     fn code(&self) -> &'static str {
         match self {
+            Self::Running => "backup_running",
             Self::NotEmpty(_) => "data_dir_not_empty",
             Self::Exists(_) => "backup_exists",
             Self::NotABackup(_) => "not_a_backup",
@@ -199,6 +205,96 @@ fn write_manifest(out: &Path, manifest: &Manifest) -> Result<(), BackupError> {
     let file = std::fs::File::create(&path).map_err(io_error(&path))?;
     std::io::Write::write_all(&mut &file, &text).map_err(io_error(&path))?;
     file.sync_all().map_err(io_error(&path))
+}
+
+/// What a running server needs to back itself up (`POST /api/v1/admin/backups`).
+#[derive(Clone)]
+pub struct BackupDeps {
+    pub repo: SharedRepo,
+    pub blobs: BlobStore,
+    pub backend: BlobBackend,
+    pub s3_bucket: String,
+    pub s3_endpoint: String,
+    pub data_dir: PathBuf,
+}
+
+/// Takes backups of the running server into `data_dir/backups/<name>`, one at a time.
+pub struct BackupActor {
+    deps: BackupDeps,
+    running: bool,
+}
+
+impl BackupActor {
+    pub fn new(deps: BackupDeps) -> Self {
+        Self {
+            deps,
+            running: false,
+        }
+    }
+}
+
+impl Actor for BackupActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for BackupActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.running = false;
+    }
+}
+
+crate::supervise::supervised_basics!(BackupActor);
+
+/// Answers the new backup's directory name (under `data_dir/backups`) and its manifest.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<(String, Manifest), BackupError>")]
+pub struct TakeBackup {
+    pub with_blobs: bool,
+}
+
+impl Handler<TakeBackup> for BackupActor {
+    type Result = ResponseActFuture<Self, Result<(String, Manifest), BackupError>>;
+
+    fn handle(&mut self, message: TakeBackup, _: &mut Self::Context) -> Self::Result {
+        if self.running {
+            return Box::pin(actix::fut::ready(Err(BackupError::Running)));
+        }
+        self.running = true;
+        let now = time::OffsetDateTime::now_utc();
+        let name = format!(
+            "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let deps = self.deps.clone();
+        let plan = BackupPlan {
+            repo: deps.repo,
+            blobs: deps.blobs,
+            backend: deps.backend,
+            s3_bucket: deps.s3_bucket,
+            s3_endpoint: deps.s3_endpoint,
+            out: deps.data_dir.join("backups").join(&name),
+            data_dir: deps.data_dir,
+            with_blobs: message.with_blobs,
+        };
+        Box::pin(
+            async move {
+                let manifest = backup(plan, Arc::new(|_: &str, _: u64, _: u64| {})).await?;
+                tracing::info!(%name, records = manifest.records, blobs = manifest.blob_files, "backup taken");
+                Ok((name, manifest))
+            }
+            .into_actor(self)
+            .map(|done, actor, _| {
+                actor.running = false;
+                done
+            }),
+        )
+    }
 }
 
 /// Reads and checks a backup's manifest.

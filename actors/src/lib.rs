@@ -61,6 +61,8 @@ pub struct Actors {
     pub metadata: Addr<MetadataActor>,
     pub auth: Addr<AuthActor>,
     pub monitor: Addr<MonitorActor>,
+    /// Takes backups of the running server (`streamgate backup` against it).
+    pub backup: Addr<backup::BackupActor>,
     /// Read handle for segment delivery; writes go through the actors.
     pub blobs: BlobStore,
     /// Hot-path metrics (request counters) are bumped directly, as atomics.
@@ -242,6 +244,17 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             metrics.retention_pruned.with_label_values(&["job"]),
         );
     }
+    let backup = supervise::start("backup", restarts("backup"), {
+        let deps = backup::BackupDeps {
+            repo: repo.clone(),
+            blobs: blobs.clone(),
+            backend: config.storage.blobs,
+            s3_bucket: config.s3.bucket.clone(),
+            s3_endpoint: config.s3.endpoint.clone(),
+            data_dir: data_dir.clone(),
+        };
+        move |_| backup::BackupActor::new(deps)
+    });
     let pinged: Vec<(&'static str, Recipient<Ping>)> = vec![
         ("upload", upload.clone().recipient()),
         ("transcode", transcode.clone().recipient()),
@@ -272,6 +285,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         metadata,
         auth,
         monitor,
+        backup,
         blobs,
         metrics,
         audit,

@@ -18,6 +18,7 @@ mod jobs;
 mod media;
 mod monitor;
 mod openapi;
+mod ops;
 mod otlp;
 mod playback_grants;
 mod rate_limits;

@@ -1,6 +1,7 @@
 //! The JSON shapes clients see. Model types are never serialised straight to clients.
 
 pub mod audit;
+pub mod backup;
 pub mod monitor;
 
 use serde::{Deserialize, Serialize};

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod cache;
 pub mod health;
 pub mod jobs;
