@@ -63,6 +63,13 @@ async fn ready_clip(server: &TestServer, scratch: &Path, name: &str) -> String {
     server
         .wait_for_media(&id, READY, |m| m["state"] == "ready")
         .await;
+    // The media turns ready just before its job is recorded as succeeded.
+    let jobs = format!("/api/v1/jobs?media_id={id}");
+    crate::harness::poll(READY, "the job to succeed", async || {
+        let (_, jobs) = server.get_json_as(ADMIN, &jobs).await;
+        jobs["items"][0]["state"] == "succeeded"
+    })
+    .await;
     id
 }
 
@@ -105,7 +112,15 @@ async fn backup_of_a_stopped_server_restores_into_an_empty_dir_only_and_every_me
         let server = TestServer::start_with(on(&original));
         ready_clip(&server, scratch.path(), "one.mp4").await;
         ready_clip(&server, scratch.path(), "two.mp4").await;
-        media_list(&server).await
+        // Pages come from the search index, which catches up within a group commit.
+        crate::harness::poll(READY, "both listed as ready", async || {
+            let listed = media_list(&server).await;
+            listed
+                .iter()
+                .all(|(_, state)| state == "ready")
+                .then_some(listed)
+        })
+        .await
     };
     assert_eq!(listed.len(), 2);
 
@@ -295,7 +310,11 @@ async fn reindex_rebuilds_a_deleted_search_index() {
             .await;
         assert_eq!(status, 201, "{body}");
     }
-    std::fs::remove_dir_all(dir.join("search")).unwrap();
+    // The index's merge threads may outlive the server by a moment.
+    crate::harness::poll(Duration::from_secs(10), "the index removed", async || {
+        std::fs::remove_dir_all(dir.join("search")).is_ok()
+    })
+    .await;
     let done = streamgate(&["reindex", "--data-dir", path(&dir)]).await;
     assert_eq!(done.status.code(), Some(0), "{}", text(&done));
     assert!(
