@@ -92,7 +92,11 @@ fn open_store(config: &Config) -> Result<SharedRepo, OpsError> {
 fn blob_store(config: &Config) -> Result<BlobStore, OpsError> {
     match config.storage.blobs {
         BlobBackend::Local => BlobStore::local(config.storage.data_dir.join("blobs")),
-        BlobBackend::S3 => BlobStore::s3(&config.s3),
+        BlobBackend::S3 => {
+            let outbound =
+                Outbound::new(&config.tls).map_err(|e| failed("tls.extra_ca_file")(&e))?;
+            BlobStore::s3(&config.s3, outbound.extra_ca_pem())
+        }
     }
     .map_err(|e| failed("cannot open the blob store")(&e))
 }
@@ -206,7 +210,8 @@ pub fn check(config: &Config) -> Result<(), OpsError> {
             reach_outside(config, outbound, &mut report).await;
         }
         if config.storage.blobs == BlobBackend::S3 {
-            let checked = match BlobStore::s3(&config.s3) {
+            let extra_ca = outbound.as_ref().and_then(Outbound::extra_ca_pem);
+            let checked = match BlobStore::s3(&config.s3, extra_ca) {
                 Ok(blobs) => blobs.check().await.map_err(|e| e.to_string()),
                 Err(error) => Err(error.to_string()),
             };

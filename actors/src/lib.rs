@@ -125,7 +125,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
     )?);
     let blobs = match config.storage.blobs {
         BlobBackend::Local => BlobStore::local(data_dir.join("blobs"))?,
-        BlobBackend::S3 => BlobStore::s3(&config.s3)?,
+        BlobBackend::S3 => BlobStore::s3(&config.s3, outbound.extra_ca_pem())?,
     };
     let metrics = Metrics::new()?;
     let audit = AuditLog::with_metrics(repo.clone(), &config.audit, &metrics);

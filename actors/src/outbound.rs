@@ -26,6 +26,8 @@ pub enum OutboundError {
 #[derive(Clone)]
 pub struct Outbound {
     tls: Arc<ClientConfig>,
+    /// The extra CA file's contents, for clients built elsewhere (the S3 blob store).
+    extra_ca_pem: Option<Arc<[u8]>>,
     /// How many roots the clients trust (reported by `streamgate check`).
     roots: usize,
 }
@@ -58,6 +60,7 @@ impl Outbound {
         }
         roots.add_parsable_certificates(native.certs);
         let path = config.extra_ca_file.trim();
+        let mut extra_ca_pem = None;
         if !path.is_empty() {
             let extra_error = |reason: String| OutboundError::ExtraCa {
                 path: path.to_string(),
@@ -70,6 +73,8 @@ impl Outbound {
             if certs.is_empty() {
                 return Err(extra_error("holds no PEM certificate".into()));
             }
+            let pem = std::fs::read(path).map_err(|e| extra_error(e.to_string()))?;
+            extra_ca_pem = Some(Arc::from(pem));
             for cert in certs {
                 roots
                     .add(cert)
@@ -87,6 +92,7 @@ impl Outbound {
             .with_no_client_auth();
         Ok(Self {
             tls: Arc::new(tls),
+            extra_ca_pem,
             roots: count,
         })
     }
@@ -98,6 +104,11 @@ impl Outbound {
             .timeout(timeout)
             .build()
             .map_err(|e| OutboundError::Client(e.to_string()))
+    }
+
+    /// `tls.extra_ca_file`'s PEM text, if one is configured.
+    pub fn extra_ca_pem(&self) -> Option<&[u8]> {
+        self.extra_ca_pem.as_deref()
     }
 
     pub fn trusted_roots(&self) -> usize {
