@@ -275,7 +275,14 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         };
         move |_| MonitorActor::new(deps)
     });
-    for name in ["upload", "transcode", "metadata", "auth", "monitor"] {
+    for name in [
+        "upload",
+        "transcode",
+        "metadata",
+        "auth",
+        "monitor",
+        "backup",
+    ] {
         // Export every series from the start, so rate() works before the first restart.
         restarts(name).inc_by(0);
     }
