@@ -79,6 +79,12 @@ fn progress_bar() -> (ProgressBar, Progress) {
 /// Opens the record store; a running server holds its lock, so this refuses then.
 fn open_store(config: &Config) -> Result<SharedRepo, OpsError> {
     let path = config.storage.data_dir.join("db");
+    if SledStore::in_use(&path) {
+        return Err(OpsError::Refused(format!(
+            "the record store {} is in use by a running server: stop it first",
+            path.display()
+        )));
+    }
     SledStore::open_with_cache(&path, config.storage.record_cache_mb.max(1) << 20)
         .map(|store| Arc::new(store) as SharedRepo)
         .map_err(|error| {
@@ -318,7 +324,8 @@ fn summary(manifest: &Manifest) -> String {
     )
 }
 
-/// Backs up into `out`: through the running server when one answers at `url`, else directly.
+/// Backs up into `out`: through the running server (at `url`) when one holds the data dir's
+/// store, else directly.
 pub fn backup(
     config: &Config,
     out: &Path,
@@ -334,11 +341,7 @@ pub fn backup(
     }
     let runtime = runtime()?;
     let base = server_url(config, url);
-    let running = runtime.block_on(async {
-        let probe = client(config, Duration::from_secs(2))?;
-        Ok::<_, OpsError>(probe.get(format!("{base}/health")).send().await.is_ok())
-    })?;
-    let manifest = if running {
+    let manifest = if SledStore::in_use(&config.storage.data_dir.join("db")) {
         eprintln!("the server at {base} is running: it takes the snapshot");
         runtime.block_on(backup_online(config, &base, out, with_blobs, token))?
     } else {

@@ -49,6 +49,24 @@ impl SledStore {
         Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
     }
 
+    /// Whether a process (a running server) holds the lock of the store at `path`.
+    pub fn in_use(path: &Path) -> bool {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path.join("db"))
+        else {
+            return false;
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Opens the store with sled's page cache bounded to about `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         wait_for_lock(path);
