@@ -275,7 +275,7 @@ impl CacheConfig {
     }
 }
 
-/// Trust for outbound TLS (RPC, webhooks, OTLP); see `outbound.rs`.
+/// Trust for outbound TLS (RPC, webhooks, OTLP, S3); see `outbound.rs`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
