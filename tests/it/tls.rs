@@ -254,3 +254,29 @@ async fn alert_webhooks_are_posted_over_https_to_a_private_ca() {
         "{fired}"
     );
 }
+
+#[tokio::test]
+async fn request_spans_are_exported_over_https_to_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path());
+    let (upstream, mut batches) = receiver().await;
+    let proxy = TlsProxy::start(&ca, &dir.path().join("nginx"), &upstream).await;
+    let ca_file = ca.ca.display().to_string();
+    let endpoint = proxy.url.clone();
+    let server = TestServer::start_with(|c| {
+        c.tls.extra_ca_file = ca_file;
+        c.monitor.otlp_endpoint = endpoint;
+        c.monitor.otlp_flush_interval_ms = 100;
+    });
+    assert!(server.get("/api/v1/media").await.status().is_success());
+    let batch = tokio::time::timeout(Duration::from_secs(30), batches.recv())
+        .await
+        .expect("a span batch arrives through the TLS proxy")
+        .unwrap();
+    assert!(
+        batch["resourceSpans"][0]["scopeSpans"][0]["spans"]
+            .as_array()
+            .is_some_and(|spans| !spans.is_empty()),
+        "{batch}"
+    );
+}
