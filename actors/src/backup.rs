@@ -53,8 +53,11 @@ pub enum BackupError {
 impl DomainError for BackupError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::Running | Self::NotEmpty(_) | Self::Exists(_) => ErrorKind::Conflict,
+            Self::Running | Self::NotEmpty(_) => ErrorKind::Conflict,
             Self::NotABackup(_) | Self::Format(_) => ErrorKind::Invalid,
+            // Internal: through the server's route it would be a name collision, and its
+            // message names a server path.
+            Self::Exists(_) => ErrorKind::Internal,
             Self::Store(_) | Self::Blobs(_) | Self::Io { .. } => ErrorKind::Unavailable,
         }
     }
