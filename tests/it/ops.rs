@@ -425,7 +425,18 @@ async fn check_reports_what_it_reaches_with_exit_codes_scripts_can_trust() {
     let dir = scratch.path().join("data");
     let chain = Anvil::start().await;
     let rpc = |url: &str| format!("auth.rpc=[{{ chain_id = {CHAIN_ID}, url = \"{url}\" }}]");
-    let good = streamgate(&["check", "--data-dir", path(&dir), "--set", &rpc(&chain.url)]).await;
+    // A nearly full test disk is not what this test is about.
+    let min_free = "storage.min_free_disk_mb=1";
+    let good = streamgate(&[
+        "check",
+        "--data-dir",
+        path(&dir),
+        "--set",
+        min_free,
+        "--set",
+        &rpc(&chain.url),
+    ])
+    .await;
     assert_eq!(good.status.code(), Some(0), "{}", text(&good));
     let report = String::from_utf8_lossy(&good.stdout);
     for line in [
@@ -442,6 +453,8 @@ async fn check_reports_what_it_reaches_with_exit_codes_scripts_can_trust() {
         "check",
         "--data-dir",
         path(&dir),
+        "--set",
+        min_free,
         "--set",
         &rpc(&dead),
         "--set",
