@@ -130,6 +130,7 @@ fn main() {
             .unwrap();
     });
 
+    streamgate_actors::outbound::install_default_provider();
     let fetched = |url: &str| {
         runtime.block_on(async { reqwest::get(url).await.unwrap().bytes().await.unwrap() })
     };

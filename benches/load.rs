@@ -729,6 +729,7 @@ fn main() {
         server.rss_mb(),
         server.memory_breakdown()
     );
+    streamgate_actors::outbound::install_default_provider();
     let client = reqwest::Client::new();
     let fetch = |url: &str, bearer: Option<&str>| -> Vec<u8> {
         runtime.block_on(async {
@@ -2094,6 +2095,7 @@ mod chain {
                 url: format!("http://127.0.0.1:{port}"),
                 child,
             };
+            streamgate_actors::outbound::install_default_provider();
             let client = reqwest::Client::new();
             let deadline = Instant::now() + Duration::from_secs(30);
             runtime.block_on(async {

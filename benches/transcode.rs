@@ -115,6 +115,7 @@ fn main() {
         .unwrap();
     // No idle pooling: a direct run outlasts the server's keep-alive, and a reused dead
     // connection would fail the next request.
+    streamgate_actors::outbound::install_default_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

@@ -50,6 +50,7 @@ fn main() {
         reqwest::header::AUTHORIZATION,
         reqwest::header::HeaderValue::from_str(&format!("Bearer {BENCH_ADMIN_TOKEN}")).unwrap(),
     );
+    streamgate_actors::outbound::install_default_provider();
     let client = reqwest::Client::builder()
         .default_headers(headers)
         .build()

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use streamgate_actors::config::{
     ActorsConfig, AuditConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, RateLimitConfig,
-    S3Config, StorageConfig, TranscodeConfig, UploadConfig,
+    S3Config, StorageConfig, TlsConfig, TranscodeConfig, UploadConfig,
 };
 use toml::{Table, Value};
 
@@ -52,6 +52,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub cache: CacheConfig,
     pub audit: AuditConfig,
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -65,6 +66,7 @@ impl Config {
             monitor: self.monitor.clone(),
             cache: self.cache.clone(),
             audit: self.audit.clone(),
+            tls: self.tls.clone(),
         }
     }
 }

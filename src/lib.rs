@@ -3,6 +3,7 @@
 //! [`run`]), so tests can bind port 0 and run the real thing.
 
 pub mod config;
+pub mod ops;
 
 use std::net::TcpListener;
 
@@ -75,7 +76,7 @@ pub fn start_with_clock(
             .clone()
             .sweep_every(Duration::from_secs(config.rate_limit.cleanup_interval_s)),
     );
-    let spans = SpanExporter::start(&config.monitor, &actors.metrics);
+    let spans = SpanExporter::start(&config.monitor, &actors.metrics, &actors.outbound);
     if let Some(exporter) = &spans {
         actors.metrics.install_span_exporter(exporter.clone());
     }

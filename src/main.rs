@@ -1,31 +1,102 @@
-//! The `streamgate` binary: command line → configuration → logging → [`streamgate::run`].
+//! The `streamgate` binary: command line → configuration → logging → [`streamgate::run`], or one
+//! of the operator subcommands ([`streamgate::ops`]).
 
 use std::{net::TcpListener, path::PathBuf, process::ExitCode};
 
-use clap::Parser;
-use streamgate::config::{self, LogFormat, Sources};
+use clap::{Parser, Subcommand};
+use streamgate::{
+    config::{self, LogFormat, Sources},
+    ops,
+};
 use streamgate_actors::monitor::logs::{level_from_str, LogRing, RequestTagged};
 use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 
 /// A self-hostable video platform: upload, transcode to HLS, stream.
+///
+/// Without a subcommand it serves. Exit codes: 0 done, 1 failed, 2 invalid configuration or
+/// command line, 3 refused (a precondition does not hold; nothing changed).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
     /// A TOML file layered over the built-in defaults (config/default.toml lists every key).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (server.bind).
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
     /// Where records and blobs live (storage.data_dir).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Any key as section.key=value; repeatable, applied last.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     overrides: Vec<String>,
     /// Print the effective configuration's validity and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// How to reach a running server (for the commands that work through it).
+#[derive(Debug, clap::Args)]
+struct ServerAccess {
+    /// Base URL of the running server; default: http:// and server.bind.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Admin bearer token; default: auth.admin_token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "STREAMGATE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration and report what it reaches: data dir, ffmpeg, RPC per chain,
+    /// S3, webhooks, OTLP. Exit 1 when a check fails.
+    Check,
+    /// Snapshot records and blobs into a new directory, from a running server (through its admin
+    /// API) or a stopped one. Blobs on S3 are referenced, not copied, unless --with-blobs.
+    Backup {
+        /// The directory to create.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Copy blobs from S3 too (local blobs are always copied).
+        #[arg(long)]
+        with_blobs: bool,
+        #[command(flatten)]
+        server: ServerAccess,
+    },
+    /// Restore a backup into the configured data dir, which must be empty (exit 3 otherwise).
+    Restore {
+        /// A directory `streamgate backup` made.
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+    },
+    /// Rebuild the search index from the records (server stopped).
+    Reindex,
+    /// Queue transcode jobs on the running server, e.g. after a ladder change.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["all", "media"])))]
+    Retranscode {
+        /// Every media item not being uploaded or processed.
+        #[arg(long)]
+        all: bool,
+        /// These media ids.
+        #[arg(long, value_name = "ID", num_args = 1..)]
+        media: Vec<String>,
+        #[command(flatten)]
+        server: ServerAccess,
+    },
+    /// Replace the generated session secret: every session and playback token dies (server
+    /// stopped). Warns and changes nothing without --yes.
+    RotateSecret {
+        /// Rotate for real.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,9 +123,12 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             eprintln!("streamgate: {error}");
-            return ExitCode::from(2);
+            return ExitCode::from(ops::EXIT_CONFIG);
         }
     };
+    if let Some(command) = cli.command {
+        return run_command(&config, command);
+    }
     if cli.check_config {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
@@ -76,6 +150,45 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("streamgate: {error}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn run_command(config: &config::Config, command: Command) -> ExitCode {
+    // Warnings from the domain (e.g. an unreadable index) go to stderr; stdout is the report.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .init();
+    let done = match command {
+        Command::Check => ops::check(config),
+        Command::Backup {
+            out,
+            with_blobs,
+            server,
+        } => ops::backup(
+            config,
+            &out,
+            with_blobs,
+            server.url.as_deref(),
+            server.admin_token.as_deref(),
+        ),
+        Command::Restore { from } => ops::restore(config, &from),
+        Command::Reindex => ops::reindex(config),
+        Command::Retranscode { all, media, server } => ops::retranscode(
+            config,
+            all,
+            &media,
+            server.url.as_deref(),
+            server.admin_token.as_deref(),
+        ),
+        Command::RotateSecret { yes } => ops::rotate_secret(config, yes),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("streamgate: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

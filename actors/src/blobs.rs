@@ -138,8 +138,19 @@ impl BlobStore {
     }
 
     /// An S3-compatible store; every object lives in `config.bucket`, path-style requests.
-    pub fn s3(config: &S3Config) -> Result<Self, BlobError> {
+    /// `extra_ca_pem` (`tls.extra_ca_file`'s contents) is trusted besides the system's roots.
+    pub fn s3(config: &S3Config, extra_ca_pem: Option<&[u8]>) -> Result<Self, BlobError> {
+        // Client options first: `with_allow_http` below writes into them.
+        let mut options = object_store::ClientOptions::new();
+        for certificate in extra_ca_pem
+            .map(object_store::Certificate::from_pem_bundle)
+            .transpose()?
+            .unwrap_or_default()
+        {
+            options = options.with_root_certificate(certificate);
+        }
         let mut builder = AmazonS3Builder::new()
+            .with_client_options(options)
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
             .with_allow_http(config.allow_http)

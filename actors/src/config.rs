@@ -95,6 +95,10 @@ pub struct TranscodeConfig {
     pub max_frame_rate: f64,
     /// Jobs one wallet may have queued or running at once; its uploads past it get 429.
     pub max_active_jobs_per_owner: usize,
+    /// Finished jobs are deleted this many days after they finished (0: kept forever).
+    pub job_retention_days: u64,
+    /// Seconds between job retention runs.
+    pub job_prune_interval_s: u64,
     pub ladder: Vec<Rung>,
 }
 
@@ -275,6 +279,14 @@ impl CacheConfig {
     }
 }
 
+/// Trust for outbound TLS (RPC, webhooks, OTLP, S3); see `outbound.rs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of extra CA certificates, trusted besides the system's roots; empty: none.
+    pub extra_ca_file: String,
+}
+
 /// Everything [`crate::start`] needs.
 #[derive(Debug, Clone)]
 pub struct ActorsConfig {
@@ -286,6 +298,7 @@ pub struct ActorsConfig {
     pub monitor: MonitorConfig,
     pub cache: CacheConfig,
     pub audit: AuditConfig,
+    pub tls: TlsConfig,
 }
 
 impl ActorsConfig {
@@ -395,10 +408,9 @@ impl ActorsConfig {
             );
         }
         for rpc in &auth.rpc {
-            // No TLS backend is compiled in: point this at your node or a local TLS proxy.
-            if !rpc.url.starts_with("http://") {
+            if !rpc.url.starts_with("http://") && !rpc.url.starts_with("https://") {
                 return Err(format!(
-                    "auth.rpc chain {}: url must be http:// (no TLS client is built in)",
+                    "auth.rpc chain {}: url must be http:// or https://",
                     rpc.chain_id
                 ));
             }

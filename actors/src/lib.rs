@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod blob_names;
 pub mod blobs;
 pub mod cache;
@@ -21,6 +22,8 @@ pub mod error;
 pub mod metadata;
 pub mod model;
 pub mod monitor;
+pub mod outbound;
+pub mod retention;
 pub mod search;
 pub mod sniff;
 pub mod store;
@@ -58,6 +61,8 @@ pub struct Actors {
     pub metadata: Addr<MetadataActor>,
     pub auth: Addr<AuthActor>,
     pub monitor: Addr<MonitorActor>,
+    /// Takes backups of the running server (`streamgate backup` against it).
+    pub backup: Addr<backup::BackupActor>,
     /// Read handle for segment delivery; writes go through the actors.
     pub blobs: BlobStore,
     /// Hot-path metrics (request counters) are bumped directly, as atomics.
@@ -71,6 +76,8 @@ pub struct Actors {
     pub caches: Caches,
     /// Read handle on the search index; the MetadataActor keeps it current.
     pub search: SearchIndex,
+    /// Builds outbound HTTP clients (OTLP export is started by the binary).
+    pub outbound: outbound::Outbound,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +96,8 @@ pub enum StartError {
     Auth(#[from] auth::AuthError),
     #[error("cannot open the search index: {0}")]
     Search(#[from] search::SearchError),
+    #[error("cannot set up outbound HTTP: {0}")]
+    Outbound(#[from] outbound::OutboundError),
 }
 
 /// Opens storage under `storage.data_dir` and starts every actor, supervised. Must run inside an
@@ -100,6 +109,7 @@ pub fn start(config: ActorsConfig) -> Result<Actors, StartError> {
 /// [`start`] with the clock auth expiries are measured against (tests move it ahead).
 pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Actors, StartError> {
     config.validate().map_err(StartError::Config)?;
+    let outbound = outbound::Outbound::new(&config.tls)?;
     let data_dir = &config.storage.data_dir;
     let work_dir = data_dir.join("work");
     let partial_dir = data_dir.join("partials");
@@ -115,7 +125,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
     )?);
     let blobs = match config.storage.blobs {
         BlobBackend::Local => BlobStore::local(data_dir.join("blobs"))?,
-        BlobBackend::S3 => BlobStore::s3(&config.s3)?,
+        BlobBackend::S3 => BlobStore::s3(&config.s3, outbound.extra_ca_pem())?,
     };
     let metrics = Metrics::new()?;
     let audit = AuditLog::with_metrics(repo.clone(), &config.audit, &metrics);
@@ -222,13 +232,14 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             .collect(),
         Duration::from_millis(config.auth.nft_cache_ttl_ms),
         config.auth.nft_cache_entries,
-        Duration::from_millis(config.auth.rpc_timeout_ms),
+        outbound.client(Duration::from_millis(config.auth.rpc_timeout_ms))?,
         NftMetrics {
             checks: metrics.nft_checks.clone(),
             rpc_duration: metrics.nft_rpc_duration.clone(),
         },
         clock.clone(),
     )?;
+    let retention_clock = clock.clone();
     let auth = supervise::start("auth", restarts("auth"), {
         let deps = AuthDeps {
             config: config.auth.clone(),
@@ -245,6 +256,26 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         };
         move |_| AuthActor::new(deps)
     });
+    if config.transcode.job_retention_days > 0 {
+        retention::start(
+            repo.clone(),
+            retention_clock,
+            Duration::from_secs(config.transcode.job_retention_days.saturating_mul(86_400)),
+            Duration::from_secs(config.transcode.job_prune_interval_s),
+            metrics.retention_pruned.with_label_values(&["job"]),
+        );
+    }
+    let backup = supervise::start("backup", restarts("backup"), {
+        let deps = backup::BackupDeps {
+            repo: repo.clone(),
+            blobs: blobs.clone(),
+            backend: config.storage.blobs,
+            s3_bucket: config.s3.bucket.clone(),
+            s3_endpoint: config.s3.endpoint.clone(),
+            data_dir: data_dir.clone(),
+        };
+        move |_| backup::BackupActor::new(deps)
+    });
     let pinged: Vec<(&'static str, Recipient<Ping>)> = vec![
         ("upload", upload.clone().recipient()),
         ("transcode", transcode.clone().recipient()),
@@ -260,11 +291,19 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
             ffmpeg_path: config.transcode.ffmpeg_path.clone(),
             actors: pinged,
+            webhook: outbound.client(Duration::from_millis(config.monitor.webhook_timeout_ms))?,
             config: config.monitor.clone(),
         };
         move |_| MonitorActor::new(deps)
     });
-    for name in ["upload", "transcode", "metadata", "auth", "monitor"] {
+    for name in [
+        "upload",
+        "transcode",
+        "metadata",
+        "auth",
+        "monitor",
+        "backup",
+    ] {
         // Export every series from the start, so rate() works before the first restart.
         restarts(name).inc_by(0);
     }
@@ -274,11 +313,13 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         metadata,
         auth,
         monitor,
+        backup,
         blobs,
         metrics,
         audit,
         playback,
         caches,
         search,
+        outbound,
     })
 }

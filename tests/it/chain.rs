@@ -103,7 +103,7 @@ impl Anvil {
             INSTALL,
         );
         let url = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = crate::server::client_builder().build().unwrap();
         let chain_id =
             serde_json::json!({"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]});
         poll_every(

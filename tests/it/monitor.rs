@@ -177,7 +177,7 @@ async fn error_rate_alert_fires_on_a_real_5xx_burst_resolves_and_calls_the_webho
 }
 
 fn client_from(address: &str) -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::server::client_builder()
         .local_address(address.parse::<IpAddr>().unwrap())
         .build()
         .unwrap()
@@ -730,7 +730,7 @@ async fn prometheus_scrapes_us_and_every_dashboard_and_rule_query_has_data() {
     }
 
     let prometheus = start_prometheus(target);
-    let client = reqwest::Client::new();
+    let client = crate::server::client_builder().build().unwrap();
     // 5xx answers in the gateway service while Prometheus scrapes, for the per-service panel.
     let obstacle = break_health(&server).await;
     poll(

@@ -36,7 +36,7 @@ impl Moto {
         );
         let endpoint = format!("http://127.0.0.1:{port}");
         // Creating the bucket doubles as the readiness probe; moto accepts unsigned requests.
-        let client = reqwest::Client::new();
+        let client = crate::server::client_builder().build().unwrap();
         poll(
             Duration::from_secs(30),
             "moto_server to come up",
@@ -68,7 +68,9 @@ impl Moto {
 
     /// Keys under `prefix` in the bucket, read straight from moto (not through StreamGate).
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        let listing = reqwest::Client::new()
+        let listing = crate::server::client_builder()
+            .build()
+            .unwrap()
             .get(format!(
                 "{}/{BUCKET}?list-type=2&prefix={prefix}",
                 self.endpoint
@@ -87,7 +89,9 @@ impl Moto {
     }
 
     pub async fn object(&self, key: &str) -> Vec<u8> {
-        let response = reqwest::Client::new()
+        let response = crate::server::client_builder()
+            .build()
+            .unwrap()
             .get(format!("{}/{BUCKET}/{key}", self.endpoint))
             .send()
             .await

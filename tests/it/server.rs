@@ -363,6 +363,7 @@ pub fn bearer_client(token: &str) -> reqwest::Client {
 /// are dropped well before the server's keep-alive timeout (5 s), so a request is never sent
 /// on a socket the server closes at the same moment (hyper's `IncompleteMessage`).
 pub fn client_builder() -> reqwest::ClientBuilder {
+    streamgate_actors::outbound::install_default_provider();
     reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(2))
 }
 

@@ -98,7 +98,7 @@ async fn sigterm_kills_ffmpeg_and_a_restart_finishes_the_job() {
     let data = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let clip = std::fs::read(make_clip(scratch.path(), "long.mp4", "1280x720", 20)).unwrap();
-    let client = reqwest::Client::new();
+    let client = crate::server::client_builder().build().unwrap();
 
     // A slow preset, so the transcode is surely still running when the signal arrives.
     let mut server = Binary::start(data.path(), "veryslow");
@@ -167,7 +167,7 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     let data = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let clip = std::fs::read(make_clip(scratch.path(), "short.mp4", "320x240", 1)).unwrap();
-    let client = reqwest::Client::new();
+    let client = crate::server::client_builder().build().unwrap();
     let mut server = Binary::start(data.path(), "ultrafast");
     server.wait_ready(&client).await;
 

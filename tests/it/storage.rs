@@ -247,6 +247,11 @@ async fn finished_tus_records_are_pruned_after_their_retention() {
     .await;
     let (status, media) = server.get_json(&format!("/api/v1/media/{media_id}")).await;
     assert_eq!(status, 200, "{media}");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"streamgate_retention_pruned_total{record="tus_upload"} 1"#),
+        "{metrics}"
+    );
 }
 
 /// A blob write that fails (the uploads folder replaced by a file, so every write under it fails

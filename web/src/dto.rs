@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod backup;
 pub mod monitor;
 
 use serde::{Deserialize, Serialize};

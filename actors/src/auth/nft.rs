@@ -75,14 +75,10 @@ impl NftChecker {
         rpc_urls: HashMap<u64, String>,
         ttl: Duration,
         capacity: usize,
-        timeout: Duration,
+        client: reqwest::Client,
         metrics: NftMetrics,
         clock: SharedClock,
     ) -> Result<Self, AuthError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|error| AuthError::Config(format!("RPC client: {error}")))?;
         let capacity = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             client,

@@ -64,6 +64,14 @@ impl Keys {
         Ok(Self::from_secret(&secret))
     }
 
+    /// Replaces the stored secret with a new random one (`streamgate rotate-secret`): every
+    /// session and playback token signed with the old one fails from the next start on.
+    pub fn rotate_stored(repo: &SharedRepo) -> Result<(), StoreError> {
+        let mut secret = [0u8; SECRET_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        repo.put_session_secret(&secret)
+    }
+
     // -----------------------------------------------------------------------------------------
     // Sessions
 

@@ -35,6 +35,7 @@ pub const GATE_CHANGES_TOTAL: &str = "streamgate_gate_changes_total";
 pub const PLAYBACK_REFUSED_TOTAL: &str = "streamgate_playback_refused_total";
 pub const AUDIT_REFUSALS_TOTAL: &str = "streamgate_audit_refusals_total";
 pub const AUDIT_PRUNED_TOTAL: &str = "streamgate_audit_pruned_total";
+pub const RETENTION_PRUNED_TOTAL: &str = "streamgate_retention_pruned_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "streamgate_cache_requests_total";
 pub const CACHE_EVICTIONS_TOTAL: &str = "streamgate_cache_evictions_total";
 pub const CACHE_ENTRIES: &str = "streamgate_cache_entries";
@@ -63,6 +64,9 @@ pub mod upload_outcome {
 
 /// Label values for [`TRANSCODE_JOBS_TOTAL`]'s `outcome` (final job states).
 pub const TRANSCODE_OUTCOMES: [&str; 3] = ["succeeded", "failed", "cancelled"];
+
+/// Label values for [`RETENTION_PRUNED_TOTAL`]'s `record`.
+pub const RETENTION_RECORDS: [&str; 2] = ["job", "tus_upload"];
 
 /// Label values for [`JOBS`]'s `state`.
 pub const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub audit_refusals: IntCounterVec,
     /// Audit entries removed by retention.
     pub audit_pruned: IntCounter,
+    /// Job and tus records removed by retention, by `record`.
+    pub retention_pruned: IntCounterVec,
     /// Filled by the caches (hit/miss per cache); exported at zero until they exist.
     pub cache_requests: IntCounterVec,
     pub cache_evictions: IntCounterVec,
@@ -299,6 +301,11 @@ impl Metrics {
             metric_names::AUDIT_PRUNED_TOTAL,
             "Audit entries removed by retention (age or count).",
         )?;
+        let retention_pruned = counter_vec(
+            metric_names::RETENTION_PRUNED_TOTAL,
+            "Finished records removed by retention, by record (job, tus_upload).",
+            &["record"],
+        )?;
         let cache_requests = counter_vec(
             metric_names::CACHE_REQUESTS_TOTAL,
             "Cache lookups by cache and result (hit or miss).",
@@ -379,8 +386,9 @@ impl Metrics {
             upload_bytes, upload_received_bytes, upload_checksum_failures, upload_duration,
             transcode_jobs, job_duration, ffmpeg_failures, transcode_speed, jobs, auth_logins,
             auth_session_events, nft_checks, nft_rpc_duration, gate_changes, playback_refused,
-            audit_refusals, audit_pruned, cache_requests, cache_evictions, cache_entries,
-            cache_warmed, process_cpu_seconds, process_resident_memory, process_virtual_memory,
+            audit_refusals, audit_pruned, retention_pruned, cache_requests, cache_evictions,
+            cache_entries, cache_warmed, process_cpu_seconds, process_resident_memory,
+            process_virtual_memory,
             process_start_time, process_open_fds, host_memory, host_cpu_cores, alerts_firing,
             alert_transitions,
         }
@@ -398,6 +406,9 @@ impl Metrics {
         }
         for state in metric_names::JOB_STATES {
             jobs.with_label_values(&[state]).add(0);
+        }
+        for record in metric_names::RETENTION_RECORDS {
+            retention_pruned.with_label_values(&[record]).inc_by(0);
         }
         for cache in metric_names::CACHES {
             for result in ["hit", "miss"] {
@@ -447,6 +458,7 @@ impl Metrics {
             playback_refused,
             audit_refusals,
             audit_pruned,
+            retention_pruned,
             cache_requests,
             cache_evictions,
             cache_entries,

@@ -233,6 +233,8 @@ pub struct MonitorDeps {
     pub min_free_disk_bytes: u64,
     pub ffmpeg_path: String,
     pub actors: Vec<(&'static str, Recipient<Ping>)>,
+    /// Posts alert webhooks (built by `outbound`, with `webhook_timeout_ms`).
+    pub webhook: reqwest::Client,
     pub config: MonitorConfig,
 }
 
@@ -268,10 +270,7 @@ impl MonitorActor {
     pub fn new(deps: MonitorDeps) -> Self {
         let engine = AlertEngine::new(deps.config.alert_rules.clone(), deps.config.alert_history);
         let logs = LogRing::global(deps.config.log_ring_capacity);
-        let webhook = reqwest::Client::builder()
-            .timeout(Duration::from_millis(deps.config.webhook_timeout_ms))
-            .build()
-            .unwrap_or_default();
+        let webhook = deps.webhook.clone();
         let host_memory = process::host_memory_bytes();
         let cores = process::cpu_cores();
         deps.metrics

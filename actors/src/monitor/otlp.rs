@@ -23,7 +23,7 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
 use super::Metrics;
-use crate::config::MonitorConfig;
+use crate::{config::MonitorConfig, outbound::Outbound};
 
 /// The span kinds we export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,17 +63,20 @@ pub struct SpanExporter {
 impl SpanExporter {
     /// `None` when `otlp_endpoint` is empty. Otherwise spawns the batching task on the
     /// current actix system (call it from inside one).
-    pub fn start(config: &MonitorConfig, metrics: &Metrics) -> Option<Self> {
+    pub fn start(config: &MonitorConfig, metrics: &Metrics, outbound: &Outbound) -> Option<Self> {
         let endpoint = config.otlp_endpoint.trim_end_matches('/');
         if endpoint.is_empty() {
             return None;
         }
         let (queue, received) = mpsc::channel(config.otlp_queue_capacity.max(1));
         let timeout = Duration::from_millis(config.otlp_timeout_ms);
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .unwrap_or_default();
+        let client = match outbound.client(timeout) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(%error, "cannot build the OTLP client; spans are not exported");
+                return None;
+            }
+        };
         let url = format!("{endpoint}/v1/traces");
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()

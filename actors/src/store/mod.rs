@@ -81,6 +81,8 @@ pub trait JobRepo: Send + Sync {
     fn put_job(&self, job: &Job) -> Result<(), StoreError>;
     /// Jobs in id (= submission) order.
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
+    /// Removes a job record (retention); true if it existed.
+    fn delete_job(&self, job_id: &JobId) -> Result<bool, StoreError>;
 }
 
 /// Which audit entries to list; every field narrows the result.
@@ -194,6 +196,16 @@ pub fn quota_owner(owner: Option<&str>) -> &str {
 pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo + QuotaRepo {
     /// A cheap read that proves the store answers (for `/health`).
     fn check(&self) -> Result<(), StoreError>;
+    /// Copies every record into a new store at `out` (which must not exist), record by record
+    /// while writers go on: each record is whole, relations between records are as recovery at
+    /// start-up expects them after a crash. Calls `progress` with the records copied so far.
+    fn copy_to(
+        &self,
+        out: &std::path::Path,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError>;
+    /// Every record in the store (an estimate for progress bars).
+    fn record_count(&self) -> u64;
 }
 
 pub type SharedRepo = Arc<dyn Repo>;

@@ -49,6 +49,24 @@ impl SledStore {
         Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
     }
 
+    /// Whether a process (a running server) holds the lock of the store at `path`.
+    pub fn in_use(path: &Path) -> bool {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path.join("db"))
+        else {
+            return false;
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Opens the store with sled's page cache bounded to about `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         wait_for_lock(path);
@@ -220,6 +238,12 @@ impl JobRepo for SledStore {
 
     fn put_job(&self, job: &Job) -> Result<(), StoreError> {
         self.put(&self.jobs, job.id.as_bytes(), job)
+    }
+
+    fn delete_job(&self, job_id: &JobId) -> Result<bool, StoreError> {
+        let existed = self.jobs.remove(job_id.as_bytes()).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(existed.is_some())
     }
 
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
@@ -583,6 +607,50 @@ impl Repo for SledStore {
     fn check(&self) -> Result<(), StoreError> {
         self.media.first().map_err(backend)?;
         Ok(())
+    }
+
+    fn copy_to(&self, out: &Path, progress: &mut dyn FnMut(u64)) -> Result<u64, StoreError> {
+        const BATCH: u64 = 1000;
+        if out.exists() {
+            return Err(StoreError::Backend(format!(
+                "{} exists already",
+                out.display()
+            )));
+        }
+        let target = sled::Config::new()
+            .path(out)
+            .flush_every_ms(None)
+            .open()
+            .map_err(backend)?;
+        let mut copied = 0;
+        for name in self.db.tree_names() {
+            let from = self.db.open_tree(&name).map_err(backend)?;
+            let to = target.open_tree(&name).map_err(backend)?;
+            let mut batch = sled::Batch::default();
+            for entry in from.iter() {
+                let (key, value) = entry.map_err(backend)?;
+                batch.insert(key, value);
+                copied += 1;
+                if copied % BATCH == 0 {
+                    to.apply_batch(std::mem::take(&mut batch))
+                        .map_err(backend)?;
+                    progress(copied);
+                }
+            }
+            to.apply_batch(batch).map_err(backend)?;
+        }
+        target.flush().map_err(backend)?;
+        progress(copied);
+        Ok(copied)
+    }
+
+    fn record_count(&self) -> u64 {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|name| self.db.open_tree(name).ok())
+            .map(|tree| tree.len() as u64)
+            .sum()
     }
 }
 

@@ -176,6 +176,8 @@ pub struct UploadActor {
     upload_received_bytes: IntCounter,
     upload_checksum_failures: IntCounter,
     upload_duration: Histogram,
+    /// Finished tus records dropped by the sweep.
+    tus_pruned: IntCounter,
     audit: AuditLog,
     tus: tus::TusDeps,
 }
@@ -213,6 +215,7 @@ impl UploadActor {
             upload_received_bytes: metrics.upload_received_bytes.clone(),
             upload_checksum_failures: metrics.upload_checksum_failures.clone(),
             upload_duration: metrics.upload_duration.clone(),
+            tus_pruned: metrics.retention_pruned.with_label_values(&["tus_upload"]),
             audit,
             tus,
         }

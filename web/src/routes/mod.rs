@@ -3,6 +3,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod cache;
 pub mod health;
 pub mod jobs;

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use actix_web::{dev::ResourceDef, http::Method, middleware::from_fn, web, Resource};
 use serde_json::{json, Value};
 
-use super::{audit, auth, cache, health, jobs, media, monitor, streaming, tus, uploads};
+use super::{audit, auth, backups, cache, health, jobs, media, monitor, streaming, tus, uploads};
 use crate::{middleware::rate_limit::ServiceId, openapi};
 
 /// Who may call a route.
@@ -240,6 +240,11 @@ fn gate_body() -> Value {
 }
 
 /// Transcode and thumbnail jobs work on one media item; cleanup on none.
+fn backup_body() -> Value {
+    json!({"type": "object", "additionalProperties": false,
+        "properties": {"with_blobs": {"type": "boolean"}}})
+}
+
 fn job_body() -> Value {
     let job = |kinds: &[&str], media_id: Value, required: &[&str]| {
         json!({"type": "object", "additionalProperties": false, "required": required,
@@ -428,6 +433,9 @@ pub const ROUTES: &[Route] = &[
         query = &[query("ttl_s", count)]),
     route!(Delete "/api/v1/cache/{key}" => cache::delete, CACHE, Admin, "cache",
         "Drop a cached value", 204 EMPTY),
+    route!(Post "/api/v1/admin/backups" => backups::create, MONITOR, Admin, "admin",
+        "Snapshot records and blobs under the data dir (streamgate backup)", 201 JSON,
+        body = Some(backup_body)),
 ];
 
 /// Scopes some routes are registered under instead of as full patterns.

@@ -10,6 +10,7 @@ impl Handler<SweepExpiredUploads> for UploadActor {
     fn handle(&mut self, _: SweepExpiredUploads, _: &mut Self::Context) -> Self::Result {
         let deps = self.tus.clone();
         let expired = self.uploads.with_label_values(&[upload_outcome::EXPIRED]);
+        let pruned_counter = self.tus_pruned.clone();
         let expiry = self.expiry_window();
         let retention = Duration::from_secs(self.config.finished_retention_s);
         let quota = self.config.quota_bytes;
@@ -27,6 +28,7 @@ impl Handler<SweepExpiredUploads> for UploadActor {
                         let id = upload.id.clone();
                         blocking(&deps.repo, move |repo| repo.delete_tus_upload(&id)).await?;
                         deps.records.remove(&upload.id);
+                        pruned_counter.inc();
                         pruned += 1;
                     }
                     continue;
