@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use streamgate_actors::config::{
-    ActorsConfig, AuditConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, RateLimitConfig,
-    S3Config, StorageConfig, TranscodeConfig, UploadConfig,
+    ActorsConfig, AuditConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, PostgresConfig,
+    RateLimitConfig, S3Config, StorageConfig, TranscodeConfig, UploadConfig,
 };
 use toml::{Table, Value};
 
@@ -44,6 +44,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub s3: S3Config,
+    pub postgres: PostgresConfig,
     pub upload: UploadConfig,
     pub transcode: TranscodeConfig,
     pub auth: AuthConfig,
@@ -59,6 +60,7 @@ impl Config {
         ActorsConfig {
             storage: self.storage.clone(),
             s3: self.s3.clone(),
+            postgres: self.postgres.clone(),
             upload: self.upload.clone(),
             transcode: self.transcode.clone(),
             auth: self.auth.clone(),

@@ -802,13 +802,18 @@ async fn ping_all(deps: &MonitorDeps) -> Vec<ActorStatus> {
 // `/health` is public: a failing check's detail (file paths, backend messages) goes to the
 // log, and the report says only what failed.
 async fn check_store(repo: &SharedRepo, timeout: Duration) -> CheckResult {
+    // Postgres mode names the check `postgres`, so an operator sees which service is down.
+    let (name, backend) = match repo.backend_name() {
+        "sled" => ("store", "sled"),
+        other => (other, other),
+    };
     match tokio::time::timeout(timeout, blocking(repo, |repo| repo.check())).await {
-        Ok(Ok(())) => ok("store", "sled answers".to_string()),
+        Ok(Ok(())) => ok(name, format!("{backend} answers")),
         Ok(Err(error)) => {
             tracing::warn!(%error, "health: record store check failed");
-            down("store", "record store unreadable".to_string())
+            down(name, format!("{backend} record store unreachable"))
         }
-        Err(_) => down("store", format!("no answer within {timeout:?}")),
+        Err(_) => down(name, format!("no answer within {timeout:?}")),
     }
 }
 

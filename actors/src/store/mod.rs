@@ -1,16 +1,23 @@
-//! Records: the narrow repository traits the actors use, and their sled implementation.
+//! Records: the narrow repository traits the actors use, and their sled (default) and Postgres
+//! (`storage.records = "postgres"`) implementations.
 //!
-//! Invariant: this module is the only code in the workspace that touches sled.
+//! Invariant: this module is the only code in the workspace that touches sled or Postgres.
 //! Invariant: a `put_*`/`delete_*` returns only after sled has flushed it to disk, so anything an
 //! actor acknowledges to a client survives `kill -9`.
 //!
 //! The traits are synchronous; callers run them through [`blocking`] so sled's disk I/O never
-//! stalls an async worker thread. A Postgres backend implements the same traits.
+//! stalls an async worker thread (nor a Postgres round trip).
 
+mod postgres_store;
 mod sled_store;
+#[doc(hidden)]
+pub mod test_postgres;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub use postgres_store::PostgresStore;
 pub(crate) use sled_store::wait_for_file_lock;
 pub use sled_store::SledStore;
 
@@ -194,6 +201,8 @@ pub fn quota_owner(owner: Option<&str>) -> &str {
 pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo + QuotaRepo {
     /// A cheap read that proves the store answers (for `/health`).
     fn check(&self) -> Result<(), StoreError>;
+    /// Which backend this is (`sled` or `postgres`), for `/health`.
+    fn backend_name(&self) -> &'static str;
 }
 
 pub type SharedRepo = Arc<dyn Repo>;
