@@ -389,4 +389,39 @@ mod tests {
         .to_string();
         assert!(error.contains("nosuch.key"), "{error}");
     }
+
+    #[test]
+    fn records_move_to_postgres_through_the_environment() {
+        use streamgate_actors::config::RecordBackend;
+        let url = "postgres://sg:hunter2@db.internal:5432/streamgate";
+        let env = |pairs: &[(&str, &str)]| Sources {
+            env: pairs
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            ..Sources::default()
+        };
+        assert_eq!(
+            load(&Sources::default()).unwrap().storage.records,
+            RecordBackend::Sled
+        );
+        let config = load(&env(&[
+            ("STREAMGATE__STORAGE__RECORDS", "postgres"),
+            ("STREAMGATE__POSTGRES__URL", url),
+            ("STREAMGATE__POSTGRES__POOL_SIZE", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(config.storage.records, RecordBackend::Postgres);
+        assert_eq!(config.postgres.url, url);
+        assert_eq!(config.postgres.pool_size, 3);
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let error = load(&env(&[("STREAMGATE__STORAGE__RECORDS", "postgres")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("postgres.url"), "{error}");
+        let error = load(&env(&[("STREAMGATE__STORAGE__RECORDS", "mysql")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("storage.records"), "{error}");
+    }
 }

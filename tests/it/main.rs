@@ -23,6 +23,7 @@ mod monitor;
 mod openapi;
 mod otlp;
 mod playback_grants;
+mod postgres;
 mod rate_limits;
 mod s3;
 mod server;

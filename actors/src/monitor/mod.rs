@@ -802,18 +802,15 @@ async fn ping_all(deps: &MonitorDeps) -> Vec<ActorStatus> {
 // `/health` is public: a failing check's detail (file paths, backend messages) goes to the
 // log, and the report says only what failed.
 async fn check_store(repo: &SharedRepo, timeout: Duration) -> CheckResult {
-    // Postgres mode names the check `postgres`, so an operator sees which service is down.
-    let (name, backend) = match repo.backend_name() {
-        "sled" => ("store", "sled"),
-        other => (other, other),
-    };
+    // The check keeps its name on either backend; the detail says which one answered (or not).
+    let backend = repo.backend_name();
     match tokio::time::timeout(timeout, blocking(repo, |repo| repo.check())).await {
-        Ok(Ok(())) => ok(name, format!("{backend} answers")),
+        Ok(Ok(())) => ok("store", format!("{backend} answers")),
         Ok(Err(error)) => {
             tracing::warn!(%error, "health: record store check failed");
-            down(name, format!("{backend} record store unreachable"))
+            down("store", format!("{backend} unreachable"))
         }
-        Err(_) => down(name, format!("no answer within {timeout:?}")),
+        Err(_) => down("store", format!("{backend}: no answer within {timeout:?}")),
     }
 }
 

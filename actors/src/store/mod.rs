@@ -57,7 +57,7 @@ pub trait MediaRepo: Send + Sync {
     fn recent_media(
         &self,
         limit: usize,
-        keep: &dyn Fn(&Media) -> bool,
+        keep: &(dyn Fn(&Media) -> bool + Sync),
     ) -> Result<Vec<Media>, StoreError>;
 }
 
@@ -214,7 +214,23 @@ where
     F: FnOnce(&dyn Repo) -> Result<T, StoreError> + Send + 'static,
 {
     let repo = Arc::clone(repo);
-    tokio::task::spawn_blocking(move || call(repo.as_ref()))
-        .await
-        .map_err(|join_error| StoreError::Join(join_error.to_string()))?
+    tokio::task::spawn_blocking(move || {
+        ON_BLOCKING_POOL.set(true);
+        let result = call(repo.as_ref());
+        ON_BLOCKING_POOL.set(false);
+        result
+    })
+    .await
+    .map_err(|join_error| StoreError::Join(join_error.to_string()))?
+}
+
+thread_local! {
+    /// Set while [`blocking`] runs a call: the thread is tokio's, yet free to block.
+    static ON_BLOCKING_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a blocking client may run here: on a plain thread or inside [`blocking`], not on a
+/// thread that drives async tasks.
+fn may_block_here() -> bool {
+    ON_BLOCKING_POOL.get() || tokio::runtime::Handle::try_current().is_err()
 }

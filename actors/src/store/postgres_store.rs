@@ -47,7 +47,13 @@ const SESSION_SECRET_KEY: &str = "session_secret";
 /// Rows fetched per round trip when a caller's filter runs in Rust (`recent_media`).
 const SCAN_BATCH: i64 = 256;
 
+/// The repositories on Postgres. Every call goes through [`Pg`] on a thread that may block.
 pub struct PostgresStore {
+    /// Always `Some` until dropped; see the `Drop` impl.
+    inner: Option<Pg>,
+}
+
+struct Pg {
     pool: Pool,
 }
 
@@ -70,11 +76,45 @@ impl PostgresStore {
             .connection_timeout(connect_timeout)
             .build(PostgresConnectionManager::new(config, NoTls))
             .map_err(pool_error)?;
-        let store = Self { pool };
-        store.migrate()?;
+        let store = Self {
+            inner: Some(Pg { pool }),
+        };
+        store.run(Pg::migrate)?;
         Ok(store)
     }
 
+    /// Runs `call` with the store. The sync client drives each query on a runtime of its own,
+    /// which tokio forbids on a thread already running async tasks; called from one (start-up,
+    /// outside [`super::blocking`]) the call moves to a short-lived thread.
+    fn run<T: Send>(
+        &self,
+        call: impl FnOnce(&Pg) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        let pg = self
+            .inner
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the store is closed".into()))?;
+        if super::may_block_here() {
+            call(pg)
+        } else {
+            std::thread::scope(|scope| scope.spawn(|| call(pg)).join())
+                .map_err(|_| StoreError::Join("a postgres call panicked".into()))?
+        }
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing a connection blocks on the client's runtime too: not on an async thread.
+        if let Some(pg) = self.inner.take() {
+            if !super::may_block_here() {
+                std::thread::spawn(move || drop(pg));
+            }
+        }
+    }
+}
+
+impl Pg {
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
         self.pool.get().map_err(pool_error)
     }
@@ -167,7 +207,7 @@ fn from_nanos(key: &str, ns: i64) -> Result<time::OffsetDateTime, StoreError> {
     })
 }
 
-impl PostgresStore {
+impl Pg {
     fn get_doc<T: DeserializeOwned>(&self, sql: &str, key: &[u8]) -> Result<Option<T>, StoreError> {
         let row = self.conn()?.query_opt(sql, &[&key]).map_err(backend)?;
         row.map(|row| decode(key, &row, 0)).transpose()
@@ -182,7 +222,7 @@ impl PostgresStore {
     }
 }
 
-impl MediaRepo for PostgresStore {
+impl MediaRepo for Pg {
     fn get_media(&self, media_id: &MediaId) -> Result<Option<Media>, StoreError> {
         self.get_doc("SELECT doc FROM media WHERE id = $1", media_id.as_bytes())
     }
@@ -230,7 +270,7 @@ impl MediaRepo for PostgresStore {
     fn recent_media(
         &self,
         limit: usize,
-        keep: &dyn Fn(&Media) -> bool,
+        keep: &(dyn Fn(&Media) -> bool + Sync),
     ) -> Result<Vec<Media>, StoreError> {
         let mut conn = self.conn()?;
         let mut found = Vec::new();
@@ -255,7 +295,7 @@ impl MediaRepo for PostgresStore {
     }
 }
 
-impl JobRepo for PostgresStore {
+impl JobRepo for Pg {
     fn get_job(&self, job_id: &JobId) -> Result<Option<Job>, StoreError> {
         self.get_doc("SELECT doc FROM jobs WHERE id = $1", job_id.as_bytes())
     }
@@ -318,7 +358,7 @@ fn append_audit_to(client: &mut impl GenericClient, entry: &AuditEntry) -> Resul
     Ok(())
 }
 
-impl AuditRepo for PostgresStore {
+impl AuditRepo for Pg {
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         append_audit_to(&mut *self.conn()?, entry)
     }
@@ -376,7 +416,7 @@ impl AuditRepo for PostgresStore {
     }
 }
 
-impl AuthRepo for PostgresStore {
+impl AuthRepo for Pg {
     fn put_nonce(&self, record: &NonceRecord) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO auth_nonces (nonce, expires_at_ns, used, doc) VALUES ($1, $2, $3, $4)
@@ -530,7 +570,7 @@ impl AuthRepo for PostgresStore {
     }
 }
 
-impl TusRepo for PostgresStore {
+impl TusRepo for Pg {
     fn get_tus_upload(&self, upload_id: &UploadId) -> Result<Option<TusUpload>, StoreError> {
         self.get_doc(
             "SELECT doc FROM tus_uploads WHERE id = $1",
@@ -596,7 +636,7 @@ fn counter(row: Option<Row>) -> Result<u64, StoreError> {
     Ok(u64::try_from(used).unwrap_or(0))
 }
 
-impl QuotaRepo for PostgresStore {
+impl QuotaRepo for Pg {
     fn reserve_quota(
         &self,
         owner: &str,
@@ -669,10 +709,73 @@ impl QuotaRepo for PostgresStore {
     }
 }
 
+/// Forwards each trait method to [`Pg`] through [`PostgresStore::run`].
+macro_rules! forward {
+    ($trait:ident { $(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)* }) => {
+        impl $trait for PostgresStore {
+            $(fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                self.run(|pg| pg.$name($($arg),*))
+            })*
+        }
+    };
+}
+
+forward!(MediaRepo {
+    fn get_media(media_id: &MediaId) -> Option<Media>;
+    fn put_media(media: &Media) -> ();
+    fn delete_media(media_id: &MediaId) -> bool;
+    fn list_media(after: Option<&MediaId>, limit: usize) -> Vec<Media>;
+    fn recent_media(limit: usize, keep: &(dyn Fn(&Media) -> bool + Sync)) -> Vec<Media>;
+});
+
+forward!(JobRepo {
+    fn get_job(job_id: &JobId) -> Option<Job>;
+    fn put_job(job: &Job) -> ();
+    fn list_jobs(filter: &JobFilter) -> Vec<Job>;
+});
+
+forward!(AuditRepo {
+    fn append_audit(entry: &AuditEntry) -> ();
+    fn append_audit_batch(entries: &[AuditEntry]) -> ();
+    fn prune_audit(older_than: time::OffsetDateTime, max_entries: usize) -> usize;
+    fn list_audit(filter: &AuditFilter) -> Vec<AuditEntry>;
+});
+
+forward!(AuthRepo {
+    fn put_nonce(record: &NonceRecord) -> ();
+    fn consume_nonce(nonce: &str) -> NonceUse;
+    fn sync_nonces() -> ();
+    fn prune_nonces(now: time::OffsetDateTime) -> usize;
+    fn put_revoked_session(session_id: &str, expires_at: time::OffsetDateTime) -> ();
+    fn list_revoked_sessions() -> Vec<(String, time::OffsetDateTime)>;
+    fn prune_revoked_sessions(now: time::OffsetDateTime) -> usize;
+    fn get_session_secret() -> Option<Vec<u8>>;
+    fn put_session_secret(secret: &[u8]) -> ();
+    fn put_gate(media_id: &MediaId, gate: &Gate) -> ();
+    fn delete_gate(media_id: &MediaId) -> bool;
+    fn list_gates() -> Vec<(MediaId, Gate)>;
+});
+
+forward!(TusRepo {
+    fn get_tus_upload(upload_id: &UploadId) -> Option<TusUpload>;
+    fn put_tus_upload(upload: &TusUpload) -> ();
+    fn delete_tus_upload(upload_id: &UploadId) -> bool;
+    fn list_tus_uploads(after: Option<&UploadId>, limit: usize) -> Vec<TusUpload>;
+});
+
+forward!(QuotaRepo {
+    fn reserve_quota(owner: &str, min: u64, max: u64, quota: u64) -> Option<u64>;
+    fn release_quota(owner: &str, amount: u64) -> ();
+    fn quota_used(owner: &str) -> u64;
+    fn reset_quota_usage(usage: &BTreeMap<String, u64>) -> ();
+});
+
 impl Repo for PostgresStore {
     fn check(&self) -> Result<(), StoreError> {
-        self.conn()?.simple_query("SELECT 1").map_err(backend)?;
-        Ok(())
+        self.run(|pg| {
+            pg.conn()?.simple_query("SELECT 1").map_err(backend)?;
+            Ok(())
+        })
     }
 
     fn backend_name(&self) -> &'static str {

@@ -196,7 +196,7 @@ impl MediaRepo for SledStore {
     fn recent_media(
         &self,
         limit: usize,
-        keep: &dyn Fn(&Media) -> bool,
+        keep: &(dyn Fn(&Media) -> bool + Sync),
     ) -> Result<Vec<Media>, StoreError> {
         let mut found = Vec::new();
         for entry in self.media.iter().rev() {

@@ -57,7 +57,31 @@ pub fn shared() -> Result<&'static TestPostgres, String> {
 
 /// A fresh, empty database on the process's test server: its connection URL.
 pub fn fresh_database() -> Result<String, String> {
-    shared()?.create_database()
+    off_runtime(|| shared()?.create_database())
+}
+
+/// Runs `work` on its own thread: the sync client must not block a thread driving async tasks
+/// (an async test's).
+fn off_runtime<T: Send>(work: impl FnOnce() -> Result<T, String> + Send) -> Result<T, String> {
+    std::thread::scope(|scope| scope.spawn(work).join())
+        .map_err(|_| "the test PostgreSQL helper panicked".to_string())?
+}
+
+/// Drops the database `url` names, cutting off its open connections: to its clients the
+/// database is gone, as if the server were unreachable.
+pub fn drop_database(url: &str) -> Result<(), String> {
+    off_runtime(|| drop_database_now(url))
+}
+
+fn drop_database_now(url: &str) -> Result<(), String> {
+    let config: postgres::Config = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let name = config.get_dbname().ok_or("the URL names no database")?;
+    let server = shared()?;
+    let mut admin = postgres::Client::connect(&server.url("postgres"), postgres::NoTls)
+        .map_err(|e| format!("cannot connect to the test PostgreSQL: {e}"))?;
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .map_err(|e| format!("cannot drop database {name}: {e}"))
 }
 
 fn bin_dir() -> Result<PathBuf, String> {
