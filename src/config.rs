@@ -422,6 +422,6 @@ mod tests {
         let error = load(&env(&[("STREAMGATE__STORAGE__RECORDS", "mysql")]))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("storage.records"), "{error}");
+        assert!(error.contains("mysql"), "{error}");
     }
 }
