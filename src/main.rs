@@ -12,7 +12,7 @@ use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 #[command(version)]
 struct Cli {
     /// A TOML file layered over the built-in defaults (config/default.toml lists every key).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (server.bind).
     #[arg(long, value_name = "ADDR")]
@@ -26,6 +26,24 @@ struct Cli {
     /// Print the effective configuration's validity and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Copy this install's records (storage.data_dir/db) into the configured [postgres]
+    /// database; safe to re-run, refused while a server holds the data directory.
+    Migrate {
+        /// The record backend to copy into.
+        #[arg(long, value_enum)]
+        to: MigrateTarget,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MigrateTarget {
+    Postgres,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +77,12 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Migrate {
+        to: MigrateTarget::Postgres,
+    }) = cli.command
+    {
+        return migrate_to_postgres(&config);
+    }
     init_logging(&config);
     let listener = match TcpListener::bind(&config.server.bind) {
         Ok(listener) => listener,
@@ -73,6 +97,47 @@ fn main() -> ExitCode {
     let outcome = actix_rt::System::new().block_on(streamgate::run(config, listener));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("streamgate: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Copies the sled records into Postgres, printing each relation's running count.
+fn migrate_to_postgres(config: &config::Config) -> ExitCode {
+    use std::io::Write;
+    if config.postgres.url.is_empty() {
+        eprintln!("streamgate: migrate --to postgres needs postgres.url");
+        return ExitCode::from(2);
+    }
+    let mut stderr = std::io::stderr();
+    let mut current = "";
+    let mut progress = |relation: &'static str, records: usize| {
+        // One line per relation, rewritten in place as its count grows.
+        let start = if current.is_empty() || current == relation {
+            "\r"
+        } else {
+            "\n"
+        };
+        current = relation;
+        let _ = write!(stderr, "{start}{relation}: {records} copied\x1b[K");
+        let _ = stderr.flush();
+    };
+    let outcome = streamgate_actors::store::copy_sled_to_postgres(
+        &config.storage.data_dir,
+        &config.postgres.url,
+        &mut progress,
+    );
+    eprintln!();
+    match outcome {
+        Ok(report) => {
+            for copied in report {
+                println!("{}: {}", copied.relation, copied.records);
+            }
+            println!("migrated; start with storage.records = \"postgres\"");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("streamgate: {error}");
             ExitCode::from(1)

@@ -8,6 +8,7 @@
 //! The traits are synchronous; callers run them through [`blocking`] so sled's disk I/O never
 //! stalls an async worker thread (nor a Postgres round trip).
 
+mod migrate;
 mod postgres_store;
 mod sled_store;
 #[doc(hidden)]
@@ -17,9 +18,10 @@ mod tests;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub use migrate::{copy_sled_to_postgres, Copied, MigrateError};
 pub use postgres_store::PostgresStore;
 pub(crate) use sled_store::wait_for_file_lock;
-pub use sled_store::SledStore;
+pub use sled_store::{sled_in_use, SledStore};
 
 use crate::model::{
     AuditEntry, AuditId, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord, TusUpload,

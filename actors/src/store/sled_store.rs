@@ -579,6 +579,41 @@ impl QuotaRepo for SledStore {
     }
 }
 
+impl SledStore {
+    /// Every login nonce, used or not (the migration copies them).
+    pub(crate) fn all_nonces(&self) -> Result<Vec<NonceRecord>, StoreError> {
+        Self::scan(&self.nonces, None, |_: &NonceRecord| true, usize::MAX)
+    }
+
+    /// Every quota counter (the migration copies them).
+    pub(crate) fn all_quota_counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut found = BTreeMap::new();
+        for entry in self.quota.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            found.insert(
+                String::from_utf8_lossy(&key).into_owned(),
+                counter(Some(&bytes)),
+            );
+        }
+        Ok(found)
+    }
+}
+
+/// Whether a live process (a running server) holds the sled store under `path`.
+pub fn sled_in_use(path: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path.join("db"))
+        .is_ok_and(|file| {
+            let free = file.try_lock().is_ok();
+            if free {
+                let _ = file.unlock();
+            }
+            !free
+        })
+}
+
 impl Repo for SledStore {
     fn check(&self) -> Result<(), StoreError> {
         self.media.first().map_err(backend)?;
