@@ -11,7 +11,7 @@
 mod migrate;
 mod postgres_store;
 mod sled_store;
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-postgres"))]
 pub mod test_postgres;
 #[cfg(test)]
 mod tests;
