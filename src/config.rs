@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use streamgate_actors::config::{
-    ActorsConfig, AuditConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, RateLimitConfig,
-    S3Config, StorageConfig, TlsConfig, TranscodeConfig, UploadConfig,
+    ActorsConfig, AuditConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, PostgresConfig,
+    RateLimitConfig, S3Config, StorageConfig, TlsConfig, TranscodeConfig, UploadConfig,
 };
 use toml::{Table, Value};
 
@@ -44,6 +44,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub s3: S3Config,
+    pub postgres: PostgresConfig,
     pub upload: UploadConfig,
     pub transcode: TranscodeConfig,
     pub auth: AuthConfig,
@@ -60,6 +61,7 @@ impl Config {
         ActorsConfig {
             storage: self.storage.clone(),
             s3: self.s3.clone(),
+            postgres: self.postgres.clone(),
             upload: self.upload.clone(),
             transcode: self.transcode.clone(),
             auth: self.auth.clone(),
@@ -388,5 +390,40 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("nosuch.key"), "{error}");
+    }
+
+    #[test]
+    fn records_move_to_postgres_through_the_environment() {
+        use streamgate_actors::config::RecordBackend;
+        let url = "postgres://sg:hunter2@db.internal:5432/streamgate";
+        let env = |pairs: &[(&str, &str)]| Sources {
+            env: pairs
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            ..Sources::default()
+        };
+        assert_eq!(
+            load(&Sources::default()).unwrap().storage.records,
+            RecordBackend::Sled
+        );
+        let config = load(&env(&[
+            ("STREAMGATE__STORAGE__RECORDS", "postgres"),
+            ("STREAMGATE__POSTGRES__URL", url),
+            ("STREAMGATE__POSTGRES__POOL_SIZE", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(config.storage.records, RecordBackend::Postgres);
+        assert_eq!(config.postgres.url, url);
+        assert_eq!(config.postgres.pool_size, 3);
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let error = load(&env(&[("STREAMGATE__STORAGE__RECORDS", "postgres")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("postgres.url"), "{error}");
+        let error = load(&env(&[("STREAMGATE__STORAGE__RECORDS", "mysql")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("mysql"), "{error}");
     }
 }

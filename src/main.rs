@@ -97,6 +97,18 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Copy this install's records (storage.data_dir/db) into the configured [postgres]
+    /// database; safe to re-run, refused while a server holds the data directory.
+    Migrate {
+        /// The record backend to copy into.
+        #[arg(long, value_enum)]
+        to: MigrateTarget,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MigrateTarget {
+    Postgres,
 }
 
 fn main() -> ExitCode {
@@ -183,12 +195,56 @@ fn run_command(config: &config::Config, command: Command) -> ExitCode {
             server.admin_token.as_deref(),
         ),
         Command::RotateSecret { yes } => ops::rotate_secret(config, yes),
+        Command::Migrate {
+            to: MigrateTarget::Postgres,
+        } => return migrate_to_postgres(config),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("streamgate: {error}");
             ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// Copies the sled records into Postgres, printing each relation's running count.
+fn migrate_to_postgres(config: &config::Config) -> ExitCode {
+    use std::io::Write;
+    if config.postgres.url.is_empty() {
+        eprintln!("streamgate: migrate --to postgres needs postgres.url");
+        return ExitCode::from(2);
+    }
+    let mut stderr = std::io::stderr();
+    let mut current = "";
+    let mut progress = |relation: &'static str, records: usize| {
+        // One line per relation, rewritten in place as its count grows.
+        let start = if current.is_empty() || current == relation {
+            "\r"
+        } else {
+            "\n"
+        };
+        current = relation;
+        let _ = write!(stderr, "{start}{relation}: {records} copied\x1b[K");
+        let _ = stderr.flush();
+    };
+    let outcome = streamgate_actors::store::copy_sled_to_postgres(
+        &config.storage.data_dir,
+        &config.postgres.url,
+        &mut progress,
+    );
+    eprintln!();
+    match outcome {
+        Ok(report) => {
+            for copied in report {
+                println!("{}: {}", copied.relation, copied.records);
+            }
+            println!("migrated; start with storage.records = \"postgres\"");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("streamgate: {error}");
+            ExitCode::from(1)
         }
     }
 }

@@ -16,6 +16,34 @@ pub struct StorageConfig {
     pub record_cache_mb: u64,
     /// Where blobs live: `local` (under `data_dir/blobs`) or `s3` (the `[s3]` section).
     pub blobs: BlobBackend,
+    /// Where records live: `sled` (under `data_dir/db`) or `postgres` (the `[postgres]` section).
+    pub records: RecordBackend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordBackend {
+    Sled,
+    Postgres,
+}
+
+/// The Postgres database records live in when `storage.records = "postgres"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: String,
+    pub pool_size: u32,
+    pub connect_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -292,6 +320,7 @@ pub struct TlsConfig {
 pub struct ActorsConfig {
     pub storage: StorageConfig,
     pub s3: S3Config,
+    pub postgres: PostgresConfig,
     pub upload: UploadConfig,
     pub transcode: TranscodeConfig,
     pub auth: AuthConfig,
@@ -347,6 +376,13 @@ impl ActorsConfig {
         }
         if self.storage.blobs == BlobBackend::S3 && self.s3.bucket.is_empty() {
             return Err("storage.blobs = \"s3\" needs s3.bucket".into());
+        }
+        if self.storage.records == RecordBackend::Postgres
+            && (self.postgres.url.is_empty() || self.postgres.pool_size == 0)
+        {
+            return Err(
+                "storage.records = \"postgres\" needs postgres.url and pool_size >= 1".into(),
+            );
         }
         self.cache.validate()?;
         if self.monitor.sample_interval_ms < 100 {

@@ -43,11 +43,11 @@ use crate::{
     blobs::BlobStore,
     cache::{CacheMetrics, Caches},
     clock::SharedClock,
-    config::{ActorsConfig, BlobBackend},
+    config::{ActorsConfig, BlobBackend, RecordBackend},
     metadata::{MetadataActor, MetadataDeps},
     monitor::{Metrics, MonitorActor, MonitorDeps},
     search::SearchIndex,
-    store::{SharedRepo, SledStore},
+    store::{PostgresStore, SharedRepo, SledStore},
     supervise::Ping,
     transcode::{TranscodeActor, TranscodeDeps},
     upload::{UploadActor, UploadDeps},
@@ -119,10 +119,17 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             reason: e.to_string(),
         })?;
     }
-    let repo: SharedRepo = Arc::new(SledStore::open_with_cache(
-        &data_dir.join("db"),
-        config.storage.record_cache_mb.max(1) * 1024 * 1024,
-    )?);
+    let repo: SharedRepo = match config.storage.records {
+        RecordBackend::Sled => Arc::new(SledStore::open_with_cache(
+            &data_dir.join("db"),
+            config.storage.record_cache_mb.max(1) * 1024 * 1024,
+        )?),
+        RecordBackend::Postgres => Arc::new(PostgresStore::connect(
+            &config.postgres.url,
+            config.postgres.pool_size,
+            Duration::from_millis(config.postgres.connect_timeout_ms.max(1)),
+        )?),
+    };
     let blobs = match config.storage.blobs {
         BlobBackend::Local => BlobStore::local(data_dir.join("blobs"))?,
         BlobBackend::S3 => BlobStore::s3(&config.s3, outbound.extra_ca_pem())?,

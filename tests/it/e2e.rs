@@ -13,7 +13,7 @@ use crate::{
 const READY_DEADLINE: Duration = Duration::from_secs(180);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Upload {
+pub(crate) enum Upload {
     OneShot,
     Tus,
 }
@@ -50,7 +50,7 @@ async fn tus_upload_on_s3_transcodes_to_a_playable_hls_ladder() {
 }
 
 /// Uploads a real clip, waits for the ladder and plays it back; returns the media id.
-async fn upload_transcode_stream(server: &TestServer, via: Upload) -> String {
+pub(crate) async fn upload_transcode_stream(server: &TestServer, via: Upload) -> String {
     let scratch = tempfile::tempdir().unwrap();
     let clip = make_clip(scratch.path(), "clip.mp4", "1280x720", 4);
     let bytes = std::fs::read(&clip).unwrap();

@@ -24,6 +24,7 @@ mod openapi;
 mod ops;
 mod otlp;
 mod playback_grants;
+mod postgres;
 mod rate_limits;
 mod s3;
 mod server;

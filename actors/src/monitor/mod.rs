@@ -801,13 +801,15 @@ async fn ping_all(deps: &MonitorDeps) -> Vec<ActorStatus> {
 // `/health` is public: a failing check's detail (file paths, backend messages) goes to the
 // log, and the report says only what failed.
 async fn check_store(repo: &SharedRepo, timeout: Duration) -> CheckResult {
+    // The check keeps its name on either backend; the detail says which one answered (or not).
+    let backend = repo.backend_name();
     match tokio::time::timeout(timeout, blocking(repo, |repo| repo.check())).await {
-        Ok(Ok(())) => ok("store", "sled answers".to_string()),
+        Ok(Ok(())) => ok("store", format!("{backend} answers")),
         Ok(Err(error)) => {
             tracing::warn!(%error, "health: record store check failed");
-            down("store", "record store unreadable".to_string())
+            down("store", format!("{backend} unreachable"))
         }
-        Err(_) => down("store", format!("no answer within {timeout:?}")),
+        Err(_) => down("store", format!("{backend}: no answer within {timeout:?}")),
     }
 }
 

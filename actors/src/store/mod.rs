@@ -1,18 +1,27 @@
-//! Records: the narrow repository traits the actors use, and their sled implementation.
+//! Records: the narrow repository traits the actors use, and their sled (default) and Postgres
+//! (`storage.records = "postgres"`) implementations.
 //!
-//! Invariant: this module is the only code in the workspace that touches sled.
+//! Invariant: this module is the only code in the workspace that touches sled or Postgres.
 //! Invariant: a `put_*`/`delete_*` returns only after sled has flushed it to disk, so anything an
 //! actor acknowledges to a client survives `kill -9`.
 //!
 //! The traits are synchronous; callers run them through [`blocking`] so sled's disk I/O never
-//! stalls an async worker thread. A Postgres backend implements the same traits.
+//! stalls an async worker thread (nor a Postgres round trip).
 
+mod migrate;
+mod postgres_store;
 mod sled_store;
+#[cfg(any(test, feature = "test-postgres"))]
+pub mod test_postgres;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub use migrate::{copy_sled_to_postgres, Copied, MigrateError};
+pub use postgres_store::PostgresStore;
 pub(crate) use sled_store::wait_for_file_lock;
-pub use sled_store::SledStore;
+pub use sled_store::{sled_in_use, SledStore};
 
 use crate::model::{
     AuditEntry, AuditId, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord, TusUpload,
@@ -50,7 +59,7 @@ pub trait MediaRepo: Send + Sync {
     fn recent_media(
         &self,
         limit: usize,
-        keep: &dyn Fn(&Media) -> bool,
+        keep: &(dyn Fn(&Media) -> bool + Sync),
     ) -> Result<Vec<Media>, StoreError>;
 }
 
@@ -206,6 +215,8 @@ pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo + QuotaRepo
     ) -> Result<u64, StoreError>;
     /// Every record in the store (an estimate for progress bars).
     fn record_count(&self) -> u64;
+    /// Which backend this is (`sled` or `postgres`), for `/health`.
+    fn backend_name(&self) -> &'static str;
 }
 
 pub type SharedRepo = Arc<dyn Repo>;
@@ -217,7 +228,23 @@ where
     F: FnOnce(&dyn Repo) -> Result<T, StoreError> + Send + 'static,
 {
     let repo = Arc::clone(repo);
-    tokio::task::spawn_blocking(move || call(repo.as_ref()))
-        .await
-        .map_err(|join_error| StoreError::Join(join_error.to_string()))?
+    tokio::task::spawn_blocking(move || {
+        ON_BLOCKING_POOL.set(true);
+        let result = call(repo.as_ref());
+        ON_BLOCKING_POOL.set(false);
+        result
+    })
+    .await
+    .map_err(|join_error| StoreError::Join(join_error.to_string()))?
+}
+
+thread_local! {
+    /// Set while [`blocking`] runs a call: the thread is tokio's, yet free to block.
+    static ON_BLOCKING_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a blocking client may run here: on a plain thread or inside [`blocking`], not on a
+/// thread that drives async tasks.
+fn may_block_here() -> bool {
+    ON_BLOCKING_POOL.get() || tokio::runtime::Handle::try_current().is_err()
 }

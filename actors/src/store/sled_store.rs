@@ -214,7 +214,7 @@ impl MediaRepo for SledStore {
     fn recent_media(
         &self,
         limit: usize,
-        keep: &dyn Fn(&Media) -> bool,
+        keep: &(dyn Fn(&Media) -> bool + Sync),
     ) -> Result<Vec<Media>, StoreError> {
         let mut found = Vec::new();
         for entry in self.media.iter().rev() {
@@ -603,6 +603,41 @@ impl QuotaRepo for SledStore {
     }
 }
 
+impl SledStore {
+    /// Every login nonce, used or not (the migration copies them).
+    pub(crate) fn all_nonces(&self) -> Result<Vec<NonceRecord>, StoreError> {
+        Self::scan(&self.nonces, None, |_: &NonceRecord| true, usize::MAX)
+    }
+
+    /// Every quota counter (the migration copies them).
+    pub(crate) fn all_quota_counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut found = BTreeMap::new();
+        for entry in self.quota.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            found.insert(
+                String::from_utf8_lossy(&key).into_owned(),
+                counter(Some(&bytes)),
+            );
+        }
+        Ok(found)
+    }
+}
+
+/// Whether a live process (a running server) holds the sled store under `path`.
+pub fn sled_in_use(path: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path.join("db"))
+        .is_ok_and(|file| {
+            let free = file.try_lock().is_ok();
+            if free {
+                let _ = file.unlock();
+            }
+            !free
+        })
+}
+
 impl Repo for SledStore {
     fn check(&self) -> Result<(), StoreError> {
         self.media.first().map_err(backend)?;
@@ -652,6 +687,10 @@ impl Repo for SledStore {
             .map(|tree| tree.len() as u64)
             .sum()
     }
+
+    fn backend_name(&self) -> &'static str {
+        "sled"
+    }
 }
 
 /// Waits, up to [`LOCK_WAIT`], until nothing holds the lock sled takes on `path/db`. A store
@@ -692,35 +731,8 @@ pub(crate) fn wait_for_file_lock(lock_file: &Path, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{JobKind, JobState, MediaState, UploadId};
+    use crate::store::tests::media;
     use time::OffsetDateTime;
-
-    fn media() -> Media {
-        let now = OffsetDateTime::now_utc();
-        Media {
-            id: MediaId::new(),
-            title: "t".into(),
-            description: String::new(),
-            tags: vec![],
-            owner: None,
-            state: MediaState::Processing,
-            failure: None,
-            failure_code: None,
-            container: None,
-            upload_id: UploadId::new(),
-            filename: None,
-            size: 1,
-            sha256: String::new(),
-            source_key: "k".into(),
-            duration_s: None,
-            width: None,
-            height: None,
-            video_codec: None,
-            renditions: vec![],
-            created_at: now,
-            updated_at: now,
-        }
-    }
 
     #[test]
     fn media_round_trips_and_survives_reopen() {
@@ -756,20 +768,6 @@ mod tests {
         let store = SledStore::open_with_cache(dir.path(), 1024 * 1024).unwrap();
         let listed = store.list_media(None, 2000).unwrap();
         assert_eq!(listed, all);
-    }
-
-    #[test]
-    fn list_pages_in_creation_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let all: Vec<Media> = (0..5).map(|_| media()).collect();
-        for m in &all {
-            store.put_media(m).unwrap();
-        }
-        let first = store.list_media(None, 2).unwrap();
-        let rest = store.list_media(Some(&first[1].id), 10).unwrap();
-        let ids: Vec<_> = first.iter().chain(&rest).map(|m| m.id.clone()).collect();
-        assert_eq!(ids, all.iter().map(|m| m.id.clone()).collect::<Vec<_>>());
     }
 
     #[test]
@@ -832,151 +830,6 @@ mod tests {
         assert_eq!(
             store.consume_nonce(&record.nonce).unwrap(),
             NonceUse::Unknown
-        );
-    }
-
-    #[test]
-    fn concurrent_reservations_never_overshoot_the_quota_and_deleting_media_frees_its_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
-        let (quota, each) = (1_000_000, 300_000);
-        let granted: Vec<Option<u64>> = std::thread::scope(|scope| {
-            let racers: Vec<_> = (0..8)
-                .map(|_| {
-                    let store = store.clone();
-                    scope.spawn(move || store.reserve_quota("0xabc", each, each, quota).unwrap())
-                })
-                .collect();
-            racers
-                .into_iter()
-                .map(|racer| racer.join().unwrap())
-                .collect()
-        });
-        // Three of 300,000 fit in 1,000,000; the other five are refused, whatever the order.
-        assert_eq!(granted.iter().filter(|g| **g == Some(each)).count(), 3);
-        assert_eq!(granted.iter().filter(|g| g.is_none()).count(), 5);
-        assert_eq!(store.quota_used("0xabc").unwrap(), 900_000);
-        // A growing reservation takes what is left, up to its maximum.
-        assert_eq!(
-            store.reserve_quota("0xabc", 1, 500_000, quota).unwrap(),
-            Some(100_000)
-        );
-        store.release_quota("0xabc", 400_000).unwrap();
-        assert_eq!(store.quota_used("0xabc").unwrap(), 600_000);
-
-        let mut owned = media();
-        owned.owner = Some("0xabc".into());
-        owned.size = 250_000;
-        store.put_media(&owned).unwrap();
-        assert!(store.delete_media(&owned.id).unwrap());
-        assert_eq!(store.quota_used("0xabc").unwrap(), 350_000);
-        assert!(!store.delete_media(&owned.id).unwrap());
-        assert_eq!(store.quota_used("0xabc").unwrap(), 350_000);
-
-        let usage = BTreeMap::from([("admin".to_string(), 7)]);
-        store.reset_quota_usage(&usage).unwrap();
-        assert_eq!(store.quota_used("0xabc").unwrap(), 0);
-        assert_eq!(store.quota_used("admin").unwrap(), 7);
-    }
-
-    #[test]
-    fn the_start_up_recount_drops_leaked_reservations_and_counts_what_is_held() {
-        use crate::model::{TusMetadata, TusState, TusUpload};
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(&dir.path().join("db")).unwrap();
-        let partials = dir.path().join("partials");
-        std::fs::create_dir_all(&partials).unwrap();
-        let mut owned = media();
-        owned.owner = Some("0xabc".into());
-        owned.size = 1000;
-        store.put_media(&owned).unwrap();
-        let now = OffsetDateTime::now_utc();
-        let upload = |length: Option<u64>, state: TusState| TusUpload {
-            id: UploadId::new(),
-            owner: "0xabc".into(),
-            length,
-            offset: 0,
-            metadata: TusMetadata::default(),
-            raw_metadata: None,
-            state,
-            container: None,
-            media_id: None,
-            sha256: None,
-            created_at: now,
-            expires_at: now,
-            unverified_from: None,
-        };
-        let known = upload(Some(200), TusState::Receiving);
-        let deferred = upload(None, TusState::Receiving);
-        std::fs::write(
-            crate::upload::tus::partial_path(&partials, &deferred.id),
-            [0u8; 30],
-        )
-        .unwrap();
-        let finished = upload(Some(1000), TusState::Finished);
-        for record in [&known, &deferred, &finished] {
-            store.put_tus_upload(record).unwrap();
-        }
-        // A reservation a crash left behind, and an owner with nothing at all.
-        store.reserve_quota("0xabc", 5000, 5000, 10_000).unwrap();
-        store.reserve_quota("0xdef", 70, 70, 10_000).unwrap();
-        crate::upload::quota::recount(&store, &partials).unwrap();
-        assert_eq!(store.quota_used("0xabc").unwrap(), 1000 + 200 + 30);
-        assert_eq!(store.quota_used("0xdef").unwrap(), 0);
-    }
-
-    #[test]
-    fn jobs_filter_by_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let now = OffsetDateTime::now_utc();
-        let media_id = MediaId::new();
-        for (state, media) in [
-            (JobState::Queued, Some(media_id.clone())),
-            (JobState::Running, Some(media_id.clone())),
-            (JobState::Queued, None),
-        ] {
-            store
-                .put_job(&Job {
-                    id: JobId::new(),
-                    kind: JobKind::Transcode,
-                    media_id: media,
-                    profiles: vec![],
-                    state,
-                    priority: 5,
-                    attempts: 0,
-                    last_error: None,
-                    error_code: None,
-                    owner: None,
-                    progress: 0,
-                    summary: None,
-                    run_at: None,
-                    started_at: None,
-                    finished_at: None,
-                    trace_id: None,
-                    created_at: now,
-                    updated_at: now,
-                })
-                .unwrap();
-        }
-        let count = |filter: JobFilter| store.list_jobs(&filter).unwrap().len();
-        assert_eq!(count(JobFilter::all_in(JobState::Queued)), 2);
-        let all = JobFilter {
-            limit: 10,
-            ..JobFilter::default()
-        };
-        assert_eq!(count(all.clone()), 3);
-        let of_media = JobFilter {
-            media_id: Some(media_id),
-            ..all
-        };
-        assert_eq!(count(of_media.clone()), 2);
-        assert_eq!(
-            count(JobFilter {
-                state: Some(JobState::Running),
-                ..of_media
-            }),
-            1
         );
     }
 }
