@@ -33,6 +33,7 @@ fn media() -> Media {
         height: Some(720),
         video_codec: Some("h264".into()),
         renditions: vec![],
+        playable_at: None,
         created_at: now,
         updated_at: now,
     }

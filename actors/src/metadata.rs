@@ -111,10 +111,18 @@ pub struct DeleteMedia {
 }
 
 /// A rerun is about to replace a ready media's output: until `RecordTranscode` it is
-/// `processing`, so no playlist (cached or not) points at a half-replaced ladder.
+/// `processing`, so no playlist (cached or not) points at a half-replaced ladder. A failed
+/// media being run again is `processing` again too.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), MetadataError>")]
 pub struct MarkRepublishing {
+    pub media_id: MediaId,
+}
+
+/// The first segments of every rung are out: the media plays while its job still runs.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetadataError>")]
+pub struct MarkPlayable {
     pub media_id: MediaId,
 }
 
@@ -424,11 +432,38 @@ impl Handler<MarkRepublishing> for MetadataActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
-                if media.state != MediaState::Ready {
+                if !matches!(media.state, MediaState::Ready | MediaState::Failed) {
                     return Ok(());
                 }
                 media.state = MediaState::Processing;
+                media.failure = None;
+                media.failure_code = None;
                 media.updated_at = OffsetDateTime::now_utc();
+                let stored = media.clone();
+                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                publish_change(&caches, &search, &media).await;
+                Ok(())
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<MarkPlayable> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<(), MetadataError>>;
+
+    fn handle(&mut self, msg: MarkPlayable, _: &mut Self::Context) -> Self::Result {
+        let repo = self.repo.clone();
+        let (caches, search) = (self.caches.clone(), self.search.clone());
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut media = load(&repo, msg.media_id).await?;
+                if media.playable_at.is_some() {
+                    return Ok(());
+                }
+                let now = OffsetDateTime::now_utc();
+                media.playable_at = Some(now);
+                media.updated_at = now;
                 let stored = media.clone();
                 blocking(&repo, move |repo| repo.put_media(&stored)).await?;
                 publish_change(&caches, &search, &media).await;

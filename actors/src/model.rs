@@ -104,6 +104,10 @@ pub struct Media {
     pub height: Option<u32>,
     pub video_codec: Option<String>,
     pub renditions: Vec<Rendition>,
+    /// When the first segments of every rung were out, so the media played while its job
+    /// still ran (`None`: not yet, or published only at the end).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub playable_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

@@ -118,6 +118,7 @@ mod tests {
             height: None,
             video_codec: None,
             renditions: vec![],
+            playable_at: None,
             created_at: now,
             updated_at: now,
         }

@@ -629,6 +629,7 @@ mod tests {
             height: None,
             video_codec: None,
             renditions: vec![],
+            playable_at: None,
             created_at: OffsetDateTime::now_utc(),
             updated_at: OffsetDateTime::now_utc(),
         }

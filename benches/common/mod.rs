@@ -50,6 +50,7 @@ pub fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -
             height: 720,
             video_bitrate_kbps: 2800,
         }],
+        playable_at: None,
         created_at: now,
         updated_at: now,
     }

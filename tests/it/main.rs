@@ -25,6 +25,7 @@ mod ops;
 mod otlp;
 mod playback_grants;
 mod postgres;
+mod progressive;
 mod rate_limits;
 mod s3;
 mod server;

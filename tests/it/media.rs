@@ -298,6 +298,7 @@ fn record(title: &str, description: &str, tags: &[&str], owner: &str) -> Media {
         height: None,
         video_codec: None,
         renditions: vec![],
+        playable_at: None,
         created_at: now,
         updated_at: now,
     }

@@ -1,8 +1,8 @@
 //! The JSON shapes clients see. Model types are never serialised straight to clients.
 
 pub mod audit;
-pub mod cache;
 pub mod backup;
+pub mod cache;
 pub mod monitor;
 
 use serde::{Deserialize, Serialize};
@@ -54,7 +54,12 @@ pub struct MediaDto {
     pub size: u64,
     pub sha256: String,
     pub renditions: Vec<RenditionDto>,
-    /// Where to play it, once `state` is `ready`.
+    /// Plays already: `ready`, or `processing` with every rung's first segments out.
+    pub playable: bool,
+    /// When it first played while its job still ran (absent when it was published at the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playable_at: Option<String>,
+    /// Where to play it, once `playable`.
     pub hls_url: Option<String>,
     pub thumbnail_url: Option<String>,
     /// Playback needs a session whose wallet passes the gate (`GET …/gate` for its terms).
@@ -66,6 +71,9 @@ pub struct MediaDto {
 impl From<&Media> for MediaDto {
     fn from(media: &Media) -> Self {
         let ready = media.state == streamgate_actors::model::MediaState::Ready;
+        let playable = ready
+            || (media.state == streamgate_actors::model::MediaState::Processing
+                && media.playable_at.is_some());
         Self {
             id: media.id.to_string(),
             title: media.title.clone(),
@@ -83,7 +91,9 @@ impl From<&Media> for MediaDto {
             size: media.size,
             sha256: media.sha256.clone(),
             renditions: media.renditions.iter().map(RenditionDto::from).collect(),
-            hls_url: ready.then(|| format!("/api/v1/media/{}/hls/master.m3u8", media.id)),
+            playable,
+            playable_at: media.playable_at.map(rfc3339),
+            hls_url: playable.then(|| format!("/api/v1/media/{}/hls/master.m3u8", media.id)),
             thumbnail_url: ready.then(|| format!("/api/v1/media/{}/thumbnail.jpg", media.id)),
             gated: false,
             created_at: rfc3339(media.created_at),

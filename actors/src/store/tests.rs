@@ -35,6 +35,7 @@ pub(crate) fn media() -> Media {
         height: None,
         video_codec: None,
         renditions: vec![],
+        playable_at: None,
         created_at: now,
         updated_at: now,
     }

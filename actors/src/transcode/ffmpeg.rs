@@ -552,12 +552,14 @@ pub fn hls_arguments(
             "hls",
             "-hls_time",
             &segment.to_string(),
+            // EVENT playlists, each renamed into place only once the segments it lists are
+            // closed: the ladder can be published while it is being written.
             "-hls_playlist_type",
-            "vod",
+            "event",
             "-hls_segment_type",
             "fmp4",
             "-hls_flags",
-            "independent_segments",
+            "independent_segments+temp_file",
             "-hls_fmp4_init_filename",
             "init.mp4",
             "-hls_segment_filename",

@@ -14,6 +14,7 @@ mod actor;
 pub mod cleanup;
 pub mod dash;
 pub mod ffmpeg;
+mod progressive;
 mod worker;
 
 use actix::Message;

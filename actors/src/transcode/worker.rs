@@ -1,10 +1,12 @@
 //! One job run, off the actor's context: ffmpeg on the blocking pool, blob writes on the async
 //! runtime. The actor owns the job's state; a worker only reports progress and its outcome.
 //!
-//! Invariant: output is built in the job's own work directory and published only after ffmpeg
-//! succeeded: the media's old output is deleted, every new file is written, playlists and the
-//! manifest last, then the media record turns `ready`. A failure after the old output was
-//! deleted marks the media `failed` at once, so a half-published ladder is never served.
+//! Invariant: output is built in the job's own work directory. A media that never played is
+//! published while ffmpeg writes it (see `progressive`): a playlist only ever lists durable
+//! segments. A ready media's rerun publishes only after ffmpeg succeeded: the old output is
+//! deleted, every new file is written, playlists and the manifest last, then the record turns
+//! `ready`; a failure after the old output was deleted marks the media `failed` at once, so a
+//! half-published ladder is never served.
 
 use std::{
     collections::HashSet,
@@ -21,20 +23,24 @@ use super::{
     cleanup::Cleanup,
     dash,
     ffmpeg::{self, KillSwitch, RunFailure, SourceLimits},
+    progressive::{self, Publisher},
     JobProgressed, TranscodeActor,
 };
 use crate::{
     blobs::BlobStore,
     config::TranscodeConfig,
     error::{DomainError, ErrorKind},
-    metadata::{GetMedia, MarkRepublishing, MetadataActor, RecordTranscode},
-    model::{Job, JobId, JobKind, Media, Probe, Rendition},
+    metadata::{GetMedia, MarkPlayable, MarkRepublishing, MetadataActor, RecordTranscode},
+    model::{Job, JobId, JobKind, Media, MediaState, Probe, Rendition},
     sniff::{sniff_container, Container, SNIFF_BYTES},
     store::SharedRepo,
 };
 
 /// Output files of one tier written at once when a run publishes.
 const PUBLISH_CONCURRENCY: usize = 8;
+
+/// How often a run that publishes as it encodes looks for closed segments.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 /// What a successful run reports back.
 #[derive(Debug, Default)]
@@ -125,13 +131,38 @@ impl Worker {
         let (input, container) = self.private_source(&media, work_dir).await?;
 
         let started = Instant::now();
-        let (probe, renditions) = self.encode(job, &input, container, &out_dir).await?;
+        // A media that never played is published as ffmpeg writes it; a ready one keeps its
+        // old ladder until the new one is complete.
+        let mut publisher = match media.state {
+            MediaState::Ready => None,
+            _ => {
+                Some(Publisher::resume(self.blobs.clone(), media.id.clone(), out_dir.clone()).await)
+            }
+        };
+        if media.state == MediaState::Failed {
+            // Run again (a new job after a cancel or a failure): processing, not failed.
+            self.metadata
+                .send(MarkRepublishing {
+                    media_id: media.id.clone(),
+                })
+                .await
+                .map_err(|e| RunFailure::transient(format!("metadata actor unavailable: {e}")))?
+                .map_err(|e| RunFailure::transient(e.to_string()))?;
+        }
+        let encode = self.encode(job, &input, container, &out_dir);
+        let (probe, renditions) = match publisher.as_mut() {
+            None => encode.await?,
+            Some(publisher) => self.encode_publishing(encode, publisher, &media).await?,
+        };
         let speed = probe.duration_s / started.elapsed().as_secs_f64().max(1e-3);
         if self.kill_switch.was_killed() {
             return Err(RunFailure::killed());
         }
 
-        let published = self.publish(&media, &out_dir).await;
+        let published = match &publisher {
+            None => self.publish(&media, &out_dir).await,
+            Some(publisher) => self.publish_rest(&media, &out_dir, publisher).await,
+        };
         if let Err(failure) = &published {
             // The old output may be gone already: make sure nothing half-written is served.
             let _ = self
@@ -208,6 +239,75 @@ impl Worker {
                 .try_collect::<()>()
                 .await?;
             start = end;
+        }
+        Ok(())
+    }
+
+    /// Runs `encode` while publishing what ffmpeg finishes, a pass every half second.
+    async fn encode_publishing(
+        &self,
+        encode: impl std::future::Future<Output = Result<(Probe, Vec<Rendition>), RunFailure>>,
+        publisher: &mut Publisher,
+        media: &Media,
+    ) -> Result<(Probe, Vec<Rendition>), RunFailure> {
+        tokio::pin!(encode);
+        let mut tick = tokio::time::interval(PUBLISH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                result = &mut encode => return result,
+                _ = tick.tick() => {}
+            }
+            match publisher.step().await {
+                Ok(pass) if pass.became_playable => {
+                    let marked = self
+                        .metadata
+                        .send(MarkPlayable {
+                            media_id: media.id.clone(),
+                        })
+                        .await;
+                    if !matches!(marked, Ok(Ok(()))) {
+                        tracing::warn!(media_id = %media.id, "cannot mark the media playable");
+                    }
+                }
+                Ok(_) => {}
+                // The final publish puts everything again and fails the run if it still can't.
+                Err(failure) => {
+                    tracing::warn!(media_id = %media.id, error = ?failure, "early publish failed")
+                }
+            }
+        }
+    }
+
+    /// The end of a run published while it encoded: segments not yet out, then the finished
+    /// (VOD) playlists, the DASH manifest and the thumbnail, the master last. Nothing is deleted:
+    /// players may be following the growing playlists.
+    async fn publish_rest(
+        &self,
+        media: &Media,
+        out_dir: &Path,
+        publisher: &Publisher,
+    ) -> Result<(), RunFailure> {
+        let prefix = BlobStore::media_prefix(&media.id);
+        let files =
+            ffmpeg::files_under(out_dir).map_err(|e| RunFailure::transient(e.to_string()))?;
+        let name = |file: &PathBuf| file.to_string_lossy().replace('\\', "/");
+        let (mut segments, mut pointers): (Vec<&PathBuf>, Vec<&PathBuf>) = files
+            .iter()
+            .filter(|file| !publisher.is_published(&name(file)))
+            .partition(|file| {
+                let name = name(file);
+                !(name.ends_with(".m3u8") || name.ends_with(".mpd"))
+            });
+        segments.sort();
+        pointers.sort_by_key(|file| name(file) == progressive::MASTER);
+        futures_util::stream::iter(segments)
+            .map(|relative| self.publish_file(media, &prefix, out_dir, relative))
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        for relative in pointers {
+            self.publish_file(media, &prefix, out_dir, relative).await?;
         }
         Ok(())
     }
@@ -369,6 +469,14 @@ impl Worker {
                     }
                 },
             )?;
+            // ffmpeg's playlists grew as EVENT playlists; finished, they are VOD.
+            for rung in &rungs {
+                let path = out_dir.join(&rung.name).join("index.m3u8");
+                let finished = std::fs::read_to_string(&path)
+                    .map_err(|e| RunFailure::transient(format!("cannot read a playlist: {e}")))?;
+                std::fs::write(&path, progressive::as_vod(&finished))
+                    .map_err(|e| RunFailure::transient(format!("cannot write a playlist: {e}")))?;
+            }
             let manifest = dash::manifest_from_hls(&out_dir).map_err(|e| {
                 RunFailure::transient(format!("cannot build the DASH manifest: {e}"))
             })?;

@@ -551,6 +551,7 @@ fn media_record(
         height: None,
         video_codec: None,
         renditions: Vec::new(),
+        playable_at: None,
         created_at: now,
         updated_at: now,
     }

@@ -56,6 +56,8 @@ use crate::{
 
 // Cache-Control values, spelled out once: no directive list is built or formatted per response.
 const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10");
+/// A playlist that still grows: a cache may keep it a second, and revalidates by ETag.
+const GROWING_PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=1");
 const SEGMENT_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 const THUMBNAIL_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=3600");
 const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
@@ -81,10 +83,10 @@ pub(super) async fn master(
     query: web::Query<PlaybackQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    let cached = ready_media(&actors, &path).await?;
+    let (cached, growth) = playable_media(&actors, &path).await?;
     let media = &cached.media;
     let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
-    playlist(&req, &actors, &media.id, "master.m3u8", &access).await
+    playlist(&req, &actors, &media.id, "master.m3u8", &access, growth).await
 }
 
 /// The DASH manifest: it points at the same CMAF segments as the HLS playlists
@@ -149,14 +151,14 @@ pub(super) async fn rendition_playlist(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, rendition) = path.into_inner();
-    let cached = ready_media(&actors, &media_id).await?;
+    let (cached, growth) = playable_media(&actors, &media_id).await?;
     let media = &cached.media;
     if !is_safe_name(&rendition) {
         return Err(not_found_name(&rendition));
     }
     let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
     let file = format!("{rendition}/index.m3u8");
-    playlist(&req, &actors, &media.id, &file, &access).await
+    playlist(&req, &actors, &media.id, &file, &access, growth).await
 }
 
 pub(super) async fn segment(
@@ -376,25 +378,54 @@ fn not_found_name(name: &str) -> ApiError {
 }
 
 /// The media, if it exists and is ready to play.
-async fn ready_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, ApiError> {
+/// Whether a media's playlists are final or still growing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    Final,
+    Growing,
+}
+
+async fn cached_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, ApiError> {
     let media_id = media_id(text)?;
-    let cached = match actors.caches.metadata.get(&media_id) {
+    Ok(match actors.caches.metadata.get(&media_id) {
         Some(cached) => cached,
         None => Arc::new(CachedMedia::new(
             actors.metadata.send(GetMedia { media_id }).await??,
         )),
-    };
+    })
+}
+
+/// A ready media, or one whose ladder is being published while its job runs.
+async fn playable_media(
+    actors: &Actors,
+    text: &str,
+) -> Result<(Arc<CachedMedia>, Growth), ApiError> {
+    let cached = cached_media(actors, text).await?;
+    let media = &cached.media;
+    match media.state {
+        MediaState::Ready => Ok((cached, Growth::Final)),
+        MediaState::Processing if media.playable_at.is_some() => Ok((cached, Growth::Growing)),
+        _ => Err(not_ready(media)),
+    }
+}
+
+fn not_ready(media: &streamgate_actors::model::Media) -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::CONFLICT,
+        "media_not_ready",
+        format!(
+            "media {} is {}; playlists exist once it is playable",
+            media.id,
+            media.state.as_str()
+        ),
+    )
+}
+
+async fn ready_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, ApiError> {
+    let cached = cached_media(actors, text).await?;
     let media = &cached.media;
     if media.state != MediaState::Ready {
-        return Err(ApiError::new(
-            actix_web::http::StatusCode::CONFLICT,
-            "media_not_ready",
-            format!(
-                "media {} is {}; playlists exist once it is ready",
-                media.id,
-                media.state.as_str()
-            ),
-        ));
+        return Err(not_ready(media));
     }
     Ok(cached)
 }
@@ -413,6 +444,7 @@ async fn playlist(
     media_id: &MediaId,
     file: &str,
     access: &Access,
+    growth: Growth,
 ) -> Result<HttpResponse, ApiError> {
     let content_type = (
         header::CONTENT_TYPE,
@@ -420,12 +452,23 @@ async fn playlist(
     );
     match access {
         Access::Public => {
-            let Playlist { bytes, etag } = actors
-                .caches
-                .playlist(&actors.blobs, media_id, file)
-                .await
-                .map_err(missing_as("playlist_not_found"))?;
-            let cache = (header::CACHE_CONTROL, PLAYLIST_CACHE);
+            // A growing playlist changes every few seconds: read, never cached here.
+            let (found, cache) = match growth {
+                Growth::Final => (
+                    actors.caches.playlist(&actors.blobs, media_id, file).await,
+                    PLAYLIST_CACHE,
+                ),
+                Growth::Growing => (
+                    actors
+                        .blobs
+                        .get(&BlobStore::hls_key(media_id, file))
+                        .await
+                        .map(Playlist::new),
+                    GROWING_PLAYLIST_CACHE,
+                ),
+            };
+            let Playlist { bytes, etag } = found.map_err(missing_as("playlist_not_found"))?;
+            let cache = (header::CACHE_CONTROL, cache);
             if none_match(req, &etag) {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((header::ETAG, &*etag))
@@ -440,13 +483,23 @@ async fn playlist(
         }
         // Tokens differ per viewer: no ETag, nothing kept by anyone in between.
         Access::Gated { token } => {
-            let bytes = actors
-                .caches
-                .tokenised_playlist(&actors.blobs, media_id, file, token, |bytes, token| {
-                    Bytes::from(with_token(&String::from_utf8_lossy(bytes), token))
-                })
-                .await
-                .map_err(missing_as("playlist_not_found"))?;
+            let rewrite = |bytes: &[u8], token: &str| {
+                Bytes::from(with_token(&String::from_utf8_lossy(bytes), token))
+            };
+            let bytes = match growth {
+                Growth::Final => {
+                    actors
+                        .caches
+                        .tokenised_playlist(&actors.blobs, media_id, file, token, rewrite)
+                        .await
+                }
+                Growth::Growing => actors
+                    .blobs
+                    .get(&BlobStore::hls_key(media_id, file))
+                    .await
+                    .map(|bytes| rewrite(&bytes, token)),
+            }
+            .map_err(missing_as("playlist_not_found"))?;
             Ok(HttpResponse::Ok()
                 .insert_header(content_type)
                 .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))
