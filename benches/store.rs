@@ -19,6 +19,8 @@ fn media() -> Media {
         description: "x".repeat(200),
         tags: vec!["bench".into(), "video".into()],
         owner: None,
+        visibility: Default::default(),
+        visibility_epoch: 0,
         state: MediaState::Ready,
         failure: None,
         failure_code: None,

@@ -64,6 +64,8 @@ pub struct UploadConfig {
     /// fsync every tus PATCH before acknowledging it (durable against power loss), instead of
     /// once when the upload completes (acknowledged bytes then survive `kill -9` only).
     pub sync_every_patch: bool,
+    /// Visibility of media whose upload does not say (`public`, `unlisted`, `private`).
+    pub default_visibility: crate::model::Visibility,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -130,6 +130,30 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         dropped = report.dropped,
         "search index ready"
     );
+    // Loaded before the server starts, so gated media are never served as public.
+    let keys = Keys::load_or_create(&config.auth.session_secret, &repo)?;
+    let grants = PlaybackGrants::new(
+        config.auth.playback_grant_entries,
+        CacheMetrics::of(&metrics, monitor::metric_names::PLAYBACK_GRANTS_CACHE),
+        clock.clone(),
+    );
+    let playback = PlaybackGuard::new(
+        keys.clone(),
+        repo.list_gates()?.into_iter().collect(),
+        grants,
+    );
+    // Likewise non-public media: they are never served as public after a restart.
+    let mut after: Option<model::MediaId> = None;
+    loop {
+        let page = repo.list_media(after.as_ref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for media in &page {
+            if media.visibility != model::Visibility::Public {
+                playback.set_visibility(&media.id, media.visibility, media.visibility_epoch);
+            }
+        }
+    }
     let metadata = supervise::start("metadata", restarts("metadata"), {
         let deps = MetadataDeps {
             repo: repo.clone(),
@@ -137,6 +161,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             audit: audit.clone(),
             caches: caches.clone(),
             search: search.clone(),
+            playback: playback.clone(),
             cache_purge_interval: Duration::from_secs(config.cache.purge_interval_s),
         };
         move |_| MetadataActor::new(deps)
@@ -181,18 +206,6 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         };
         move |_| UploadActor::new(deps.clone())
     });
-    // Loaded before the server starts, so gated media are never served as public.
-    let keys = Keys::load_or_create(&config.auth.session_secret, &repo)?;
-    let grants = PlaybackGrants::new(
-        config.auth.playback_grant_entries,
-        CacheMetrics::of(&metrics, monitor::metric_names::PLAYBACK_GRANTS_CACHE),
-        clock.clone(),
-    );
-    let playback = PlaybackGuard::new(
-        keys.clone(),
-        repo.list_gates()?.into_iter().collect(),
-        grants,
-    );
     if config.cache.warm_recent > 0 {
         // In the background: the server listens at once, and early requests fill as usual.
         let warming = metadata.send(metadata::WarmCaches {

@@ -23,7 +23,7 @@ use crate::{
     blobs::{BlobError, BlobStore},
     cache::Caches,
     error::{DomainError, ErrorKind},
-    model::{Media, MediaFailure, MediaId, MediaState, Probe, Rendition},
+    model::{Gate, Media, MediaFailure, MediaId, MediaState, Probe, Rendition, Visibility},
     search::SearchIndex,
     store::{blocking, SharedRepo, StoreError},
     supervise::supervised_basics,
@@ -75,6 +75,9 @@ impl DomainError for MetadataError {
 #[rtype(result = "Result<Media, MetadataError>")]
 pub struct CreateMedia {
     pub media: Media,
+    /// A validated gate given with the upload: in force before the record is readable, and
+    /// stored in the same transaction, so the media is never ungated for a moment.
+    pub gate: Option<Gate>,
 }
 
 #[derive(Debug, Message)]
@@ -98,6 +101,7 @@ pub struct UpdateMedia {
     pub title: Option<String>,
     pub description: Option<String>,
     pub tags: Option<Vec<String>>,
+    pub visibility: Option<Visibility>,
     /// Must own the media, or be an admin.
     pub principal: Principal,
 }
@@ -161,6 +165,8 @@ pub struct MetadataDeps {
     pub audit: AuditLog,
     pub caches: Caches,
     pub search: SearchIndex,
+    /// Which media are gated or not public; this actor keeps visibility current in it.
+    pub playback: PlaybackGuard,
     /// How often expired cache entries are swept.
     pub cache_purge_interval: Duration,
 }
@@ -172,6 +178,7 @@ pub struct MetadataActor {
     /// The read side (records, playlists) that `web` holds too; this actor invalidates it.
     caches: Caches,
     search: SearchIndex,
+    playback: PlaybackGuard,
     cache_purge_interval: Duration,
 }
 
@@ -183,6 +190,7 @@ impl MetadataActor {
             audit: deps.audit,
             caches: deps.caches,
             search: deps.search,
+            playback: deps.playback,
             cache_purge_interval: deps.cache_purge_interval,
         }
     }
@@ -207,6 +215,22 @@ async fn publish_change(caches: &Caches, search: &SearchIndex, media: &Media) {
     }
 }
 
+/// A visibility change is in the list and search at once: the index commits now (not with the
+/// next group commit) and cached pages go.
+async fn publish_visibility(caches: &Caches, search: &SearchIndex) {
+    let index = search.clone();
+    match tokio::task::spawn_blocking(move || index.commit()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "search index not committed"),
+        Err(error) => tracing::error!(%error, "search index commit not run"),
+    }
+    caches.search.clear();
+}
+
+fn now_nanos() -> u64 {
+    OffsetDateTime::now_utc().unix_timestamp_nanos().max(1) as u64
+}
+
 impl Supervised for MetadataActor {}
 
 supervised_basics!(MetadataActor);
@@ -217,12 +241,29 @@ impl Handler<CreateMedia> for MetadataActor {
     fn handle(&mut self, msg: CreateMedia, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
+        let playback = self.playback.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let media = msg.media;
+                let mut media = msg.media;
                 validate_text(&media.title, &media.description, &media.tags)?;
+                if media.visibility != Visibility::Public && media.visibility_epoch == 0 {
+                    media.visibility_epoch = now_nanos();
+                }
+                // Restrictions first: no reader finds the record without them. A failed write
+                // leaves them on an id nothing refers to, which is harmless (fail closed).
+                playback.set_visibility(&media.id, media.visibility, media.visibility_epoch);
+                if let Some(gate) = &msg.gate {
+                    playback.set(media.id.clone(), Some(gate.clone()));
+                }
                 let stored = media.clone();
-                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                let gate = msg.gate.clone();
+                blocking(&repo, move |repo| {
+                    repo.put_media_with_gate(&stored, gate.as_ref())
+                })
+                .await?;
+                if msg.gate.is_some() {
+                    caches.invalidate_gate(&media.id);
+                }
                 publish_change(&caches, &search, &media).await;
                 Ok(media)
             }
@@ -333,12 +374,23 @@ impl Handler<UpdateMedia> for MetadataActor {
         let repo = self.repo.clone();
         let audit = self.audit.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
+        let playback = self.playback.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
                 if !msg.principal.may_manage(media.owner.as_deref()) {
+                    // A private media item does not exist for anyone else.
+                    if media.visibility == Visibility::Private {
+                        return Err(MetadataError::NotFound(media.id));
+                    }
                     return Err(MetadataError::NotOwner);
                 }
+                let before = media.visibility;
+                if let Some(visibility) = msg.visibility.filter(|v| *v != before) {
+                    media.visibility = visibility;
+                    media.visibility_epoch = now_nanos();
+                }
+                let changed_visibility = media.visibility != before;
                 if let Some(title) = msg.title {
                     media.title = title.trim().to_string();
                 }
@@ -350,9 +402,21 @@ impl Handler<UpdateMedia> for MetadataActor {
                 }
                 validate_text(&media.title, &media.description, &media.tags)?;
                 media.updated_at = OffsetDateTime::now_utc();
+                // Tightening takes effect before the write, loosening after it: a racing read
+                // never sees the media less restricted than both the old and the new record.
+                let tightens = media.visibility != Visibility::Public && changed_visibility;
+                if tightens {
+                    playback.set_visibility(&media.id, media.visibility, media.visibility_epoch);
+                }
                 let stored = media.clone();
                 blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                if changed_visibility && !tightens {
+                    playback.set_visibility(&media.id, media.visibility, media.visibility_epoch);
+                }
                 publish_change(&caches, &search, &media).await;
+                if changed_visibility {
+                    publish_visibility(&caches, &search).await;
+                }
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_UPDATE,
@@ -375,10 +439,14 @@ impl Handler<DeleteMedia> for MetadataActor {
         let blobs = self.blobs.clone();
         let audit = self.audit.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
+        let playback = self.playback.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let media = load(&repo, msg.media_id).await?;
                 if !msg.principal.may_manage(media.owner.as_deref()) {
+                    if media.visibility == Visibility::Private {
+                        return Err(MetadataError::NotFound(media.id));
+                    }
                     return Err(MetadataError::NotOwner);
                 }
                 // Record first: once it is gone nothing serves the blobs, so a crash in between
@@ -401,6 +469,9 @@ impl Handler<DeleteMedia> for MetadataActor {
                         tracing::warn!(%error, media_id = %media.id, "source blob left for cleanup");
                     }
                 }
+                // Only now: segments are answered from blobs alone, so the entry guards them
+                // until they are gone.
+                playback.set_visibility(&media.id, Visibility::Public, 0);
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_DELETE,

@@ -31,6 +31,8 @@ pub fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -
         description: "A benchmark record with a few words of description.".into(),
         tags,
         owner: Some(owner.into()),
+        visibility: Default::default(),
+        visibility_epoch: 0,
         state,
         failure: None,
         failure_code: None,

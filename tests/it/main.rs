@@ -14,6 +14,7 @@ mod chain;
 mod checksum;
 mod config;
 mod connections;
+mod creators;
 mod e2e;
 mod harness;
 mod hostile;

@@ -58,6 +58,8 @@ pub struct MediaDto {
     pub thumbnail_url: Option<String>,
     /// Playback needs a session whose wallet passes the gate (`GET …/gate` for its terms).
     pub gated: bool,
+    /// `public`, `unlisted` (not listed, plays by link) or `private` (owner and admins only).
+    pub visibility: &'static str,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -85,6 +87,7 @@ impl From<&Media> for MediaDto {
             hls_url: ready.then(|| format!("/api/v1/media/{}/hls/master.m3u8", media.id)),
             thumbnail_url: ready.then(|| format!("/api/v1/media/{}/thumbnail.jpg", media.id)),
             gated: false,
+            visibility: media.visibility.as_str(),
             created_at: rfc3339(media.created_at),
             updated_at: rfc3339(media.updated_at),
         }
@@ -152,6 +155,7 @@ pub struct UpdateMediaBody {
     pub title: Option<String>,
     pub description: Option<String>,
     pub tags: Option<Vec<String>>,
+    pub visibility: Option<streamgate_actors::model::Visibility>,
 }
 
 #[derive(Serialize)]

@@ -10,7 +10,7 @@ use time::{Duration, OffsetDateTime};
 use super::{
     login, AuthActor, AuthError, Challenge, CheckOwnership, GateSpec, IssueChallenge, Login,
     Logout, NftChecker, Ownership, OwnershipQuery, Principal, RefreshSession, SessionGrant,
-    SessionInfo, SetGate, VerifySession,
+    SessionInfo, SetGate, ValidateGate, VerifySession,
 };
 use crate::{
     audit::{action, outcome, AuditEvent, AuditLog},
@@ -350,6 +350,14 @@ impl Handler<CheckOwnership> for AuthActor {
                 cached: checked.cached,
             })
         })
+    }
+}
+
+impl Handler<ValidateGate> for AuthActor {
+    type Result = Result<Gate, AuthError>;
+
+    fn handle(&mut self, msg: ValidateGate, _: &mut Self::Context) -> Self::Result {
+        validate_gate(&self.deps.nft, &msg.gate, &msg.principal)
     }
 }
 

@@ -41,6 +41,9 @@ impl crate::error::DomainError for StoreError {
 pub trait MediaRepo: Send + Sync {
     fn get_media(&self, media_id: &MediaId) -> Result<Option<Media>, StoreError>;
     fn put_media(&self, media: &Media) -> Result<(), StoreError>;
+    /// Stores the record and, when given, its gate in one transaction: a gate given with the
+    /// upload is never missing from a stored record.
+    fn put_media_with_gate(&self, media: &Media, gate: Option<&Gate>) -> Result<(), StoreError>;
     /// Removes the record and, in the same transaction, takes its size off its owner's quota
     /// counter (when there is one).
     fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError>;

@@ -149,6 +149,25 @@ impl MediaRepo for SledStore {
         self.put(&self.media, media.id.as_bytes(), media)
     }
 
+    fn put_media_with_gate(&self, media: &Media, gate: Option<&Gate>) -> Result<(), StoreError> {
+        use sled::{transaction::ConflictableTransactionResult, Transactional};
+        let Some(gate) = gate else {
+            return self.put_media(media);
+        };
+        let key = media.id.as_bytes();
+        let record = serde_json::to_vec(media).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let gate = serde_json::to_vec(gate).map_err(|e| StoreError::Backend(e.to_string()))?;
+        (&self.media, &self.gates)
+            .transaction(|(media, gates)| -> ConflictableTransactionResult<(), ()> {
+                gates.insert(key.as_slice(), gate.as_slice())?;
+                media.insert(key.as_slice(), record.as_slice())?;
+                Ok(())
+            })
+            .map_err(|error| StoreError::Backend(format!("{error:?}")))?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
     fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError> {
         use sled::{
             transaction::{ConflictableTransactionResult, TransactionError},
@@ -635,6 +654,8 @@ mod tests {
             description: String::new(),
             tags: vec![],
             owner: None,
+            visibility: Default::default(),
+            visibility_epoch: 0,
             state: MediaState::Processing,
             failure: None,
             failure_code: None,

@@ -42,8 +42,8 @@ use streamgate_actors::{
     blob_names::{is_safe_name, is_segment_name},
     blobs::{BlobError, BlobStore, ByteRange, MappedBlob},
     cache::{CachedMedia, Playlist},
-    metadata::GetMedia,
-    model::{Media, MediaId, MediaState},
+    metadata::{GetMedia, MetadataError},
+    model::{Media, MediaId, MediaState, Visibility},
     Actors,
 };
 
@@ -59,6 +59,11 @@ const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10
 const SEGMENT_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 const THUMBNAIL_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=3600");
 const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
+// Unlisted media: browsers may keep them, shared caches (CDNs) may not.
+const UNLISTED_PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("private, max-age=10");
+const UNLISTED_SEGMENT_CACHE: HeaderValue =
+    HeaderValue::from_static("private, max-age=31536000, immutable");
+const UNLISTED_THUMBNAIL_CACHE: HeaderValue = HeaderValue::from_static("private, max-age=3600");
 
 /// `?token=`: the playback token of a gated media item.
 #[derive(Deserialize)]
@@ -68,11 +73,42 @@ pub(super) struct PlaybackQuery {
 
 /// How a playlist or segment may be served.
 enum Access {
-    Public,
-    /// Gated, and this token (for this media) goes into every URI we hand out.
-    Gated {
-        token: Arc<str>,
-    },
+    /// Anyone may play it; `shared`: shared caches may keep it too (public, not unlisted).
+    Public { shared: bool },
+    /// Gated or private, and this token (for this media) goes into every URI we hand out, under
+    /// the version directory `version` (the media's access epoch): URLs no public cache saw.
+    Gated { token: Arc<str>, version: u64 },
+}
+
+/// A private media item refused to this caller: the answer a missing one gets.
+fn hidden(media_id: &MediaId) -> ApiError {
+    ApiError::domain(&MetadataError::NotFound(media_id.clone()))
+}
+
+/// Whether a media is private, per the guard's table (fails closed).
+fn is_private(actors: &Actors, media_id: &MediaId) -> Result<(Visibility, bool), ApiError> {
+    let (visibility, _) = actors
+        .playback
+        .visibility(media_id)
+        .map_err(|_| gate_table_error())?;
+    Ok((visibility, visibility == Visibility::Private))
+}
+
+/// The version directory of restricted media's URLs, e.g. `v18f3a…`.
+fn version_dir(version: u64) -> String {
+    format!("v{version:x}")
+}
+
+/// Whether `text` names the media's current version; anything else is not found.
+fn check_version(actors: &Actors, media_id: &MediaId, text: &str) -> Result<(), ApiError> {
+    let current = actors
+        .playback
+        .access_epoch(media_id)
+        .map_err(|_| gate_table_error())?;
+    if current == 0 || text != version_dir(current) {
+        return Err(not_found_name(text));
+    }
+    Ok(())
 }
 
 pub(super) async fn master(
@@ -84,6 +120,7 @@ pub(super) async fn master(
     let cached = ready_media(&actors, &path).await?;
     let media = &cached.media;
     let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
+    ensure_ready(media)?;
     playlist(&req, &actors, &media.id, "master.m3u8", &access).await
 }
 
@@ -98,6 +135,7 @@ pub(super) async fn dash_manifest(
     let cached = ready_media(&actors, &path).await?;
     let media = &cached.media;
     let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
+    ensure_ready(media)?;
     let key = streamgate_actors::transcode::dash::manifest_key(&media.id);
     let bytes = actors
         .blobs
@@ -107,11 +145,19 @@ pub(super) async fn dash_manifest(
     let mut response = HttpResponse::Ok();
     response.insert_header((header::CONTENT_TYPE, "application/dash+xml"));
     match access {
-        Access::Public => Ok(response
-            .insert_header((header::CACHE_CONTROL, PLAYLIST_CACHE))
+        Access::Public { shared } => Ok(response
+            .insert_header((
+                header::CACHE_CONTROL,
+                if shared {
+                    PLAYLIST_CACHE
+                } else {
+                    UNLISTED_PLAYLIST_CACHE
+                },
+            ))
             .body(bytes)),
-        Access::Gated { token } => {
-            let text = String::from_utf8_lossy(&bytes);
+        Access::Gated { token, version } => {
+            let text = String::from_utf8_lossy(&bytes)
+                .replace("\"../hls/", &format!("\"../hls/{}/", version_dir(version)));
             Ok(response
                 .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))
                 .body(mpd_with_token(&text, &token)))
@@ -149,14 +195,49 @@ pub(super) async fn rendition_playlist(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, rendition) = path.into_inner();
-    let cached = ready_media(&actors, &media_id).await?;
+    serve_rendition_playlist(
+        &req,
+        &actors,
+        &media_id,
+        None,
+        &rendition,
+        query.token.as_deref(),
+    )
+    .await
+}
+
+/// A rendition playlist of restricted media under its version directory.
+pub(super) async fn versioned_rendition_playlist(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    query: web::Query<PlaybackQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, version, rendition) = path.into_inner();
+    let token = query.token.as_deref();
+    serve_rendition_playlist(&req, &actors, &media_id, Some(&version), &rendition, token).await
+}
+
+async fn serve_rendition_playlist(
+    req: &HttpRequest,
+    actors: &Actors,
+    media_id: &str,
+    version: Option<&str>,
+    rendition: &str,
+    token: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let cached = ready_media(actors, media_id).await?;
     let media = &cached.media;
-    if !is_safe_name(&rendition) {
-        return Err(not_found_name(&rendition));
+    if !is_safe_name(rendition) {
+        return Err(not_found_name(rendition));
     }
-    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
+    let access = playlist_access(req, actors, media, token).await?;
+    ensure_ready(media)?;
+    if let Some(version) = version {
+        check_version(actors, &media.id, version)?;
+    }
     let file = format!("{rendition}/index.m3u8");
-    playlist(&req, &actors, &media.id, &file, &access).await
+    playlist(req, actors, &media.id, &file, &access).await
 }
 
 pub(super) async fn segment(
@@ -166,27 +247,76 @@ pub(super) async fn segment(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, rendition, segment) = path.into_inner();
-    let media_id = super::media_id(&media_id)?;
-    if !is_safe_name(&rendition) {
-        return Err(not_found_name(&rendition));
+    serve_segment(
+        &req,
+        &actors,
+        &media_id,
+        None,
+        &rendition,
+        &segment,
+        query.token.as_deref(),
+    )
+    .await
+}
+
+/// A segment of restricted media under its version directory.
+pub(super) async fn versioned_segment(
+    req: HttpRequest,
+    path: web::Path<(String, String, String, String)>,
+    query: web::Query<PlaybackQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, version, rendition, segment) = path.into_inner();
+    let token = query.token.as_deref();
+    serve_segment(
+        &req,
+        &actors,
+        &media_id,
+        Some(&version),
+        &rendition,
+        &segment,
+        token,
+    )
+    .await
+}
+
+async fn serve_segment(
+    req: &HttpRequest,
+    actors: &Actors,
+    media_id: &str,
+    version: Option<&str>,
+    rendition: &str,
+    segment: &str,
+    token: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let media_id = super::media_id(media_id)?;
+    if !is_safe_name(rendition) {
+        return Err(not_found_name(rendition));
     }
-    if !is_segment_name(&segment) {
-        return Err(not_found_name(&segment));
+    if !is_segment_name(segment) {
+        return Err(not_found_name(segment));
     }
-    let cache = match actors
+    let gated = actors
         .playback
         .is_gated(&media_id)
-        .map_err(|_| gate_table_error())?
-    {
-        false => SEGMENT_CACHE,
-        true => {
-            let token = query.token.as_deref();
-            if let Err(refused) = check_playback_token(&actors, &media_id, token) {
-                return Err(refuse(&req, &actors, &media_id, refused));
+        .map_err(|_| gate_table_error())?;
+    let (visibility, private) = is_private(actors, &media_id)?;
+    let cache = if gated || private {
+        if let Err(refused) = check_playback_token(actors, &media_id, token) {
+            if private {
+                return Err(ApiError::not_found("segment_not_found", "no such segment"));
             }
-            PRIVATE_NO_STORE
+            return Err(refuse(req, actors, &media_id, refused));
         }
+        PRIVATE_NO_STORE
+    } else if visibility == Visibility::Unlisted {
+        UNLISTED_SEGMENT_CACHE
+    } else {
+        SEGMENT_CACHE
     };
+    if let Some(version) = version {
+        check_version(actors, &media_id, version)?;
+    }
     let key = format!("{}/{rendition}/{segment}", BlobStore::hls_prefix(&media_id));
     let content_type = if segment.ends_with(".ts") {
         "video/mp2t"
@@ -195,7 +325,7 @@ pub(super) async fn segment(
     } else {
         "video/mp4"
     };
-    serve_blob(&req, &actors, &key, content_type, cache).await
+    serve_blob(req, actors, &key, content_type, cache).await
 }
 
 /// Public for ungated media. Gated media's thumbnail passes the same gate as its playlists: a
@@ -207,17 +337,30 @@ pub(super) async fn thumbnail(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
-    let gate = actors
+    let gated = actors
         .playback
-        .gate(&media_id)
+        .is_gated(&media_id)
         .map_err(|_| gate_table_error())?;
-    let cache = match gate {
-        None => THUMBNAIL_CACHE,
-        Some(_) => {
+    let (visibility, private) = is_private(&actors, &media_id)?;
+    let cache = if gated || private {
+        let allowed = async {
             let cached = ready_media(&actors, &path).await?;
             playlist_access(&req, &actors, &cached.media, query.token.as_deref()).await?;
-            PRIVATE_NO_STORE
+            ensure_ready(&cached.media)
         }
+        .await;
+        match allowed {
+            Ok(()) => PRIVATE_NO_STORE,
+            // What a thumbnail that does not exist gets.
+            Err(_) if private => {
+                return Err(ApiError::not_found("segment_not_found", "no such segment"))
+            }
+            Err(refused) => return Err(refused),
+        }
+    } else if visibility == Visibility::Unlisted {
+        UNLISTED_THUMBNAIL_CACHE
+    } else {
+        THUMBNAIL_CACHE
     };
     let key = format!("{}/thumbnail.jpg", BlobStore::media_prefix(&media_id));
     serve_blob(&req, &actors, &key, "image/jpeg", cache).await
@@ -295,15 +438,22 @@ async fn playlist_access(
         .playback
         .is_gated(&media.id)
         .map_err(|_| gate_table_error())?;
-    if !gated {
-        return Ok(Access::Public);
+    let (visibility, private) = is_private(actors, &media.id)?;
+    if !gated && !private {
+        return Ok(Access::Public {
+            shared: visibility == Visibility::Public,
+        });
     }
+    let version = actors
+        .playback
+        .access_epoch(&media.id)
+        .map_err(|_| gate_table_error())?;
     let decided = async {
         if let Some(bearer) = bearer_str(req) {
             // The gate was just read above: a remembered grant only stands in for the decision.
             let session = SessionDigest::of(bearer);
             if let Some(token) = actors.playback.granted(&session, &media.id) {
-                return Ok(Access::Gated { token });
+                return Ok(Access::Gated { token, version });
             }
             let grant = actors
                 .auth
@@ -313,7 +463,10 @@ async fn playlist_access(
                     owner: media.owner.clone(),
                 })
                 .await??;
-            return Ok(Access::Gated { token: grant.token });
+            return Ok(Access::Gated {
+                token: grant.token,
+                version,
+            });
         }
         if query_token.is_none() {
             return Err(ApiError::new(
@@ -325,18 +478,22 @@ async fn playlist_access(
         check_playback_token(actors, &media.id, query_token)?;
         Ok(Access::Gated {
             token: Arc::from(query_token.unwrap_or_default()),
+            version,
         })
     }
     .await;
-    decided.map_err(|error| refuse(req, actors, &media.id, error))
+    match decided {
+        Err(_) if private => Err(hidden(&media.id)),
+        decided => decided.map_err(|error| refuse(req, actors, &media.id, error)),
+    }
 }
 
 /// Appends `token` to every URI of a playlist: plain URI lines and `URI="…"` attributes
 /// (`#EXT-X-MAP`, `#EXT-X-MEDIA`, …). Relative URIs keep resolving against the playlist.
-fn with_token(playlist: &str, token: &str) -> String {
+fn with_token(playlist: &str, token: &str, prefix: &str) -> String {
     let add = |uri: &str| {
         let separator = if uri.contains('?') { '&' } else { '?' };
-        format!("{uri}{separator}token={token}")
+        format!("{prefix}{uri}{separator}token={token}")
     };
     let mut out = String::with_capacity(playlist.len() + 64);
     for line in playlist.lines() {
@@ -375,7 +532,8 @@ fn not_found_name(name: &str) -> ApiError {
     )
 }
 
-/// The media, if it exists and is ready to play.
+/// The media, if it exists and is ready to play (private media: if it exists; the caller
+/// checks readiness after access).
 async fn ready_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, ApiError> {
     let media_id = media_id(text)?;
     let cached = match actors.caches.metadata.get(&media_id) {
@@ -384,7 +542,14 @@ async fn ready_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, Ap
             actors.metadata.send(GetMedia { media_id }).await??,
         )),
     };
-    let media = &cached.media;
+    // Private media: who asks is checked first, so a stranger learns nothing of its state.
+    if cached.media.visibility != Visibility::Private {
+        ensure_ready(&cached.media)?;
+    }
+    Ok(cached)
+}
+
+fn ensure_ready(media: &Media) -> Result<(), ApiError> {
     if media.state != MediaState::Ready {
         return Err(ApiError::new(
             actix_web::http::StatusCode::CONFLICT,
@@ -396,7 +561,7 @@ async fn ready_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, Ap
             ),
         ));
     }
-    Ok(cached)
+    Ok(())
 }
 
 /// Maps a missing blob to a 404 with `code`; other blob errors keep their kind.
@@ -419,13 +584,16 @@ async fn playlist(
         HeaderValue::from_static("application/vnd.apple.mpegurl"),
     );
     match access {
-        Access::Public => {
+        Access::Public { shared } => {
             let Playlist { bytes, etag } = actors
                 .caches
                 .playlist(&actors.blobs, media_id, file)
                 .await
                 .map_err(missing_as("playlist_not_found"))?;
-            let cache = (header::CACHE_CONTROL, PLAYLIST_CACHE);
+            let cache = match shared {
+                true => (header::CACHE_CONTROL, PLAYLIST_CACHE),
+                false => (header::CACHE_CONTROL, UNLISTED_PLAYLIST_CACHE),
+            };
             if none_match(req, &etag) {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((header::ETAG, &*etag))
@@ -439,11 +607,17 @@ async fn playlist(
                 .body(bytes))
         }
         // Tokens differ per viewer: no ETag, nothing kept by anyone in between.
-        Access::Gated { token } => {
+        Access::Gated { token, version } => {
+            // Only the master names other playlists; the rest resolve under its directory.
+            let prefix = if file == "master.m3u8" {
+                format!("{}/", version_dir(*version))
+            } else {
+                String::new()
+            };
             let bytes = actors
                 .caches
                 .tokenised_playlist(&actors.blobs, media_id, file, token, |bytes, token| {
-                    Bytes::from(with_token(&String::from_utf8_lossy(bytes), token))
+                    Bytes::from(with_token(&String::from_utf8_lossy(bytes), token, &prefix))
                 })
                 .await
                 .map_err(missing_as("playlist_not_found"))?;
@@ -720,7 +894,7 @@ mod tests {
     #[test]
     fn every_uri_in_a_playlist_gets_the_token() {
         let playlist = "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:6.0,\nseg_000.m4s\n\n360p/index.m3u8?x=1\n";
-        let rewritten = with_token(playlist, "T");
+        let rewritten = with_token(playlist, "T", "");
         assert_eq!(
             rewritten,
             "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4?token=T\"\n#EXTINF:6.0,\nseg_000.m4s?token=T\n\n360p/index.m3u8?x=1&token=T\n"

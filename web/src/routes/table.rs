@@ -216,7 +216,12 @@ fn update_body() -> Value {
         "title": or_null(text()),
         "description": or_null(text()),
         "tags": or_null(json!({"type": "array", "items": {"type": "string"}})),
+        "visibility": or_null(visibility()),
     }})
+}
+
+fn visibility() -> Value {
+    json!({"type": "string", "enum": ["public", "unlisted", "private"]})
 }
 
 fn upload_body() -> Value {
@@ -225,6 +230,8 @@ fn upload_body() -> Value {
         "title": text(),
         "description": text(),
         "tags": text(),
+        "visibility": visibility(),
+        "gate": {"type": "string", "description": "a gate as JSON, as PUT …/gate takes it"},
     }})
 }
 
@@ -319,7 +326,8 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/monitor/health" => health::monitor_health, MONITOR, Public, "monitor",
         "Per-actor liveness and restarts", 200 JSON),
     route!(Post "/api/v1/upload" => uploads::upload, UPLOAD, Session, "uploads",
-        "One-shot multipart upload (field `file`, optional `title`, `description`, `tags`)",
+        "One-shot multipart upload (field `file`, optional `title`, `description`, `tags`, \
+        `visibility`, `gate`)",
         201 JSON, body = Some(upload_body), body_type = "multipart/form-data"),
     route!(Options "/api/v1/uploads" => tus::options, UPLOAD, Public, "uploads",
         "tus capabilities", 204 EMPTY),
@@ -347,7 +355,8 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/media/{media_id}" => media::get, METADATA, Public, "media",
         "One media record", 200 JSON),
     route!(Patch "/api/v1/media/{media_id}" => media::update, METADATA, Session, "media",
-        "Edit title, description, tags (owner or admin)", 200 JSON, body = Some(update_body)),
+        "Edit title, description, tags, visibility (owner or admin)", 200 JSON,
+        body = Some(update_body)),
     route!(Delete "/api/v1/media/{media_id}" => media::delete, METADATA, Session, "media",
         "Delete a media item and its blobs (owner or admin)", 204 EMPTY),
     route!(Get "/api/v1/media/{media_id}/gate" => media::get_gate, METADATA, Public, "media",
@@ -364,6 +373,14 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/media/{media_id}/hls/{rendition}/{segment}" => streaming::segment,
         STREAMING, Gated, "streaming", "CMAF segment (Range, ETag)", 200 "video/iso.segment",
         query = TOKEN),
+    route!(Get "/api/v1/media/{media_id}/hls/{version}/{rendition}/index.m3u8" =>
+        streaming::versioned_rendition_playlist, STREAMING, Gated, "streaming",
+        "HLS media playlist of gated or private media, under its current version", 200 HLS,
+        query = TOKEN),
+    route!(Get "/api/v1/media/{media_id}/hls/{version}/{rendition}/{segment}" =>
+        streaming::versioned_segment, STREAMING, Gated, "streaming",
+        "CMAF segment of gated or private media, under its current version", 200
+        "video/iso.segment", query = TOKEN),
     route!(Get "/api/v1/media/{media_id}/thumbnail.jpg" => streaming::thumbnail, STREAMING,
         Gated, "streaming", "Thumbnail", 200 "image/jpeg", query = TOKEN),
     route!(Get "/api/v1/media/{media_id}/dash/manifest.mpd" => streaming::dash_manifest,
