@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use streamgate_actors::config::{
     ActorsConfig, AuditConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, RateLimitConfig,
-    S3Config, StorageConfig, TranscodeConfig, UploadConfig,
+    S3Config, StorageConfig, TranscodeConfig, UploadConfig, WebhookConfig,
 };
 use toml::{Table, Value};
 
@@ -41,6 +41,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    pub webhooks: Vec<WebhookConfig>,
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub s3: S3Config,
@@ -57,6 +58,7 @@ pub struct Config {
 impl Config {
     pub fn actors(&self) -> ActorsConfig {
         ActorsConfig {
+            webhooks: self.webhooks.clone(),
             storage: self.storage.clone(),
             s3: self.s3.clone(),
             upload: self.upload.clone(),

@@ -27,6 +27,7 @@ pub mod store;
 pub mod supervise;
 pub mod transcode;
 pub mod upload;
+pub mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 
@@ -48,6 +49,7 @@ use crate::{
     supervise::Ping,
     transcode::{TranscodeActor, TranscodeDeps},
     upload::{UploadActor, UploadDeps},
+    webhooks::{WebhookActor, WebhookDeps},
 };
 
 /// Addresses of the running actors plus the read-only handles the hot paths use directly.
@@ -58,6 +60,7 @@ pub struct Actors {
     pub metadata: Addr<MetadataActor>,
     pub auth: Addr<AuthActor>,
     pub monitor: Addr<MonitorActor>,
+    pub webhooks: Addr<WebhookActor>,
     /// Read handle for segment delivery; writes go through the actors.
     pub blobs: BlobStore,
     /// Hot-path metrics (request counters) are bumped directly, as atomics.
@@ -154,6 +157,14 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             }
         }
     }
+    let webhooks = supervise::start("webhooks", restarts("webhooks"), {
+        let deps = WebhookDeps {
+            hooks: config.webhooks.clone(),
+            repo: repo.clone(),
+            clock: clock.clone(),
+        };
+        move |_| WebhookActor::new(deps.clone())
+    });
     let metadata = supervise::start("metadata", restarts("metadata"), {
         let deps = MetadataDeps {
             repo: repo.clone(),
@@ -162,6 +173,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             caches: caches.clone(),
             search: search.clone(),
             playback: playback.clone(),
+            webhooks: webhooks.clone(),
             cache_purge_interval: Duration::from_secs(config.cache.purge_interval_s),
         };
         move |_| MetadataActor::new(deps)
@@ -263,6 +275,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         ("transcode", transcode.clone().recipient()),
         ("metadata", metadata.clone().recipient()),
         ("auth", auth.clone().recipient()),
+        ("webhooks", webhooks.clone().recipient()),
     ];
     let monitor = supervise::start("monitor", restarts("monitor"), {
         let deps = MonitorDeps {
@@ -277,7 +290,14 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         };
         move |_| MonitorActor::new(deps)
     });
-    for name in ["upload", "transcode", "metadata", "auth", "monitor"] {
+    for name in [
+        "upload",
+        "transcode",
+        "metadata",
+        "auth",
+        "monitor",
+        "webhooks",
+    ] {
         // Export every series from the start, so rate() works before the first restart.
         restarts(name).inc_by(0);
     }
@@ -287,6 +307,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         metadata,
         auth,
         monitor,
+        webhooks,
         blobs,
         metrics,
         audit,

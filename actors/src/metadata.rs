@@ -12,8 +12,8 @@
 use std::{sync::Arc, time::Duration};
 
 use actix::{
-    Actor, AsyncContext, AtomicResponse, Context, Handler, Message, ResponseFuture, Supervised,
-    WrapFuture,
+    Actor, Addr, AsyncContext, AtomicResponse, Context, Handler, Message, ResponseFuture,
+    Supervised, WrapFuture,
 };
 use time::OffsetDateTime;
 
@@ -27,6 +27,7 @@ use crate::{
     search::SearchIndex,
     store::{blocking, SharedRepo, StoreError},
     supervise::supervised_basics,
+    webhooks::{Publish, WebhookActor},
 };
 
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -167,6 +168,8 @@ pub struct MetadataDeps {
     pub search: SearchIndex,
     /// Which media are gated or not public; this actor keeps visibility current in it.
     pub playback: PlaybackGuard,
+    /// Lifecycle events go here, stored before the change is acknowledged.
+    pub webhooks: Addr<WebhookActor>,
     /// How often expired cache entries are swept.
     pub cache_purge_interval: Duration,
 }
@@ -179,6 +182,7 @@ pub struct MetadataActor {
     caches: Caches,
     search: SearchIndex,
     playback: PlaybackGuard,
+    webhooks: Addr<WebhookActor>,
     cache_purge_interval: Duration,
 }
 
@@ -191,6 +195,7 @@ impl MetadataActor {
             caches: deps.caches,
             search: deps.search,
             playback: deps.playback,
+            webhooks: deps.webhooks,
             cache_purge_interval: deps.cache_purge_interval,
         }
     }
@@ -227,6 +232,26 @@ async fn publish_visibility(caches: &Caches, search: &SearchIndex) {
     caches.search.clear();
 }
 
+/// Queues a lifecycle event; answered once it is stored. A failure is logged, not the
+/// client's: the change itself is already stored.
+async fn publish_event(webhooks: &Addr<WebhookActor>, event_type: &'static str, media: &Media) {
+    let published = webhooks
+        .send(Publish {
+            event_type,
+            media: media.clone(),
+        })
+        .await;
+    match published {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, event_type, media_id = %media.id, "webhook event not queued")
+        }
+        Err(error) => {
+            tracing::error!(%error, event_type, media_id = %media.id, "webhook actor unavailable")
+        }
+    }
+}
+
 fn now_nanos() -> u64 {
     OffsetDateTime::now_utc().unix_timestamp_nanos().max(1) as u64
 }
@@ -242,6 +267,7 @@ impl Handler<CreateMedia> for MetadataActor {
         let repo = self.repo.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
         let playback = self.playback.clone();
+        let webhooks = self.webhooks.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = msg.media;
@@ -265,6 +291,7 @@ impl Handler<CreateMedia> for MetadataActor {
                     caches.invalidate_gate(&media.id);
                 }
                 publish_change(&caches, &search, &media).await;
+                publish_event(&webhooks, "upload.finished", &media).await;
                 Ok(media)
             }
             .into_actor(self),
@@ -375,6 +402,7 @@ impl Handler<UpdateMedia> for MetadataActor {
         let audit = self.audit.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
         let playback = self.playback.clone();
+        let webhooks = self.webhooks.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
@@ -417,6 +445,7 @@ impl Handler<UpdateMedia> for MetadataActor {
                 if changed_visibility {
                     publish_visibility(&caches, &search).await;
                 }
+                publish_event(&webhooks, "media.updated", &media).await;
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_UPDATE,
@@ -440,6 +469,7 @@ impl Handler<DeleteMedia> for MetadataActor {
         let audit = self.audit.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
         let playback = self.playback.clone();
+        let webhooks = self.webhooks.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let media = load(&repo, msg.media_id).await?;
@@ -472,6 +502,7 @@ impl Handler<DeleteMedia> for MetadataActor {
                 // Only now: segments are answered from blobs alone, so the entry guards them
                 // until they are gone.
                 playback.set_visibility(&media.id, Visibility::Public, 0);
+                publish_event(&webhooks, "media.deleted", &media).await;
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_DELETE,
@@ -516,6 +547,7 @@ impl Handler<RecordTranscode> for MetadataActor {
     fn handle(&mut self, msg: RecordTranscode, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
+        let webhooks = self.webhooks.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
@@ -541,6 +573,11 @@ impl Handler<RecordTranscode> for MetadataActor {
                 blocking(&repo, move |repo| repo.put_media(&stored)).await?;
                 // A rerun rewrote the playlists: cached copies of the old ones must go.
                 publish_change(&caches, &search, &media).await;
+                let event = match media.state {
+                    MediaState::Ready => "media.ready",
+                    _ => "media.failed",
+                };
+                publish_event(&webhooks, event, &media).await;
                 Ok(())
             }
             .into_actor(self),

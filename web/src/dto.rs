@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod cache;
 pub mod monitor;
+pub mod webhooks;
 
 use serde::{Deserialize, Serialize};
 use streamgate_actors::model::{Job, Media, Rendition};

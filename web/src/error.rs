@@ -152,6 +152,7 @@ from_domain!(
     streamgate_actors::auth::AuthError,
     streamgate_actors::monitor::MonitorError,
     streamgate_actors::store::StoreError,
+    streamgate_actors::webhooks::WebhookError,
 );
 
 impl From<actix::MailboxError> for ApiError {

@@ -193,8 +193,25 @@ pub fn quota_owner(owner: Option<&str>) -> &str {
     owner.unwrap_or(crate::auth::ADMIN)
 }
 
+/// Webhook deliveries: the durable queue and the delivery log.
+pub trait WebhookRepo: Send + Sync {
+    /// Stores (or replaces) the deliveries, flushed before it returns.
+    fn put_deliveries(
+        &self,
+        deliveries: &[crate::webhooks::WebhookDelivery],
+    ) -> Result<(), StoreError>;
+    fn delete_delivery(&self, id: &uuid::Uuid) -> Result<(), StoreError>;
+    /// The oldest `limit` deliveries, in creation order.
+    fn list_deliveries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::webhooks::WebhookDelivery>, StoreError>;
+}
+
 /// Everything the actors need from the record store.
-pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo + QuotaRepo {
+pub trait Repo:
+    MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo + QuotaRepo + WebhookRepo
+{
     /// A cheap read that proves the store answers (for `/health`).
     fn check(&self) -> Result<(), StoreError>;
 }

@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     quota_owner, AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo, MediaRepo, NonceUse,
-    QuotaRepo, Repo, StoreError, TusRepo,
+    QuotaRepo, Repo, StoreError, TusRepo, WebhookRepo,
 };
 use crate::model::{
     AuditEntry, Gate, Job, JobId, Media, MediaId, NonceRecord, TusUpload, UploadId,
@@ -23,6 +23,7 @@ const GATES_TREE: &str = "gates";
 const TUS_TREE: &str = "tus_uploads";
 /// Owner name → bytes held against the upload quota (big-endian u64).
 const QUOTA_TREE: &str = "quota_usage";
+const WEBHOOKS_TREE: &str = "webhook_deliveries";
 const SESSION_SECRET_KEY: &[u8] = b"session_secret";
 
 pub struct SledStore {
@@ -36,6 +37,7 @@ pub struct SledStore {
     gates: sled::Tree,
     tus: sled::Tree,
     quota: sled::Tree,
+    webhooks: sled::Tree,
 }
 
 /// How long [`SledStore::open`] waits for an earlier holder of the store's lock to let go.
@@ -69,6 +71,7 @@ impl SledStore {
         let gates = db.open_tree(GATES_TREE).map_err(backend)?;
         let tus = db.open_tree(TUS_TREE).map_err(backend)?;
         let quota = db.open_tree(QUOTA_TREE).map_err(backend)?;
+        let webhooks = db.open_tree(WEBHOOKS_TREE).map_err(backend)?;
         Ok(Self {
             db,
             media,
@@ -80,6 +83,7 @@ impl SledStore {
             gates,
             tus,
             quota,
+            webhooks,
         })
     }
 
@@ -595,6 +599,40 @@ impl QuotaRepo for SledStore {
         self.quota.apply_batch(batch).map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(())
+    }
+}
+
+impl WebhookRepo for SledStore {
+    fn put_deliveries(
+        &self,
+        deliveries: &[crate::webhooks::WebhookDelivery],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for delivery in deliveries {
+            let bytes =
+                serde_json::to_vec(delivery).map_err(|e| StoreError::Backend(e.to_string()))?;
+            batch.insert(delivery.id.as_bytes().as_slice(), bytes);
+        }
+        self.webhooks.apply_batch(batch).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_delivery(&self, id: &uuid::Uuid) -> Result<(), StoreError> {
+        self.webhooks.remove(id.as_bytes()).map_err(backend)?;
+        Ok(())
+    }
+
+    fn list_deliveries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::webhooks::WebhookDelivery>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.webhooks.iter().take(limit) {
+            let (key, bytes) = entry.map_err(backend)?;
+            found.push(decode(&key, &bytes)?);
+        }
+        Ok(found)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use actix_web::{dev::ResourceDef, http::Method, middleware::from_fn, web, Resource};
 use serde_json::{json, Value};
 
-use super::{audit, auth, cache, health, jobs, media, monitor, streaming, tus, uploads};
+use super::{audit, auth, cache, health, jobs, media, monitor, streaming, tus, uploads, webhooks};
 use crate::{middleware::rate_limit::ServiceId, openapi};
 
 /// Who may call a route.
@@ -404,6 +404,8 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/audit" => audit::list, MONITOR, Admin, "audit", "The audit log",
     200 JSON, query = &[
         query("action", text), query("actor", text), query("since", time), PAGE[0], PAGE[1]]),
+    route!(Get "/api/v1/webhooks/deliveries" => webhooks::deliveries, MONITOR, Admin, "webhooks",
+        "Lifecycle webhook deliveries, newest first", 200 JSON, query = &[query("limit", count)]),
     route!(Get "/api/v1/openapi.json" => openapi::document_handler, GATEWAY, Public, "gateway",
         "This document", 200 JSON),
     route!(Post "/api/v1/auth/challenge" => auth::challenge, AUTH, Public, "auth",
