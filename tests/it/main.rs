@@ -32,3 +32,4 @@ mod storage;
 mod supervision;
 mod trace_context;
 mod tus;
+mod webhooks;
