@@ -21,6 +21,7 @@ fn media() -> Media {
         owner: None,
         visibility: Default::default(),
         visibility_epoch: 0,
+        captions: Vec::new(),
         state: MediaState::Ready,
         failure: None,
         failure_code: None,

@@ -43,6 +43,10 @@ pub enum MetadataError {
     Invalid(String),
     #[error("only the media's owner (or an admin) may change it")]
     NotOwner,
+    #[error("{0}")]
+    InvalidCaption(String),
+    #[error("no {1:?} caption on media {0}")]
+    CaptionNotFound(MediaId, String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -52,8 +56,8 @@ pub enum MetadataError {
 impl DomainError for MetadataError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::NotFound(_) => ErrorKind::NotFound,
-            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::NotFound(_) | Self::CaptionNotFound(..) => ErrorKind::NotFound,
+            Self::Invalid(_) | Self::InvalidCaption(_) => ErrorKind::Invalid,
             Self::NotOwner => ErrorKind::Forbidden,
             Self::Store(_) | Self::Blobs(_) => ErrorKind::Unavailable,
         }
@@ -62,6 +66,8 @@ impl DomainError for MetadataError {
         match self {
             Self::NotFound(_) => "media_not_found",
             Self::Invalid(_) => "invalid_media",
+            Self::InvalidCaption(_) => "invalid_caption",
+            Self::CaptionNotFound(..) => "caption_not_found",
             Self::NotOwner => "not_media_owner",
             Self::Store(_) => "store_unavailable",
             Self::Blobs(_) => "blobs_unavailable",
@@ -113,6 +119,71 @@ pub struct DeleteMedia {
     pub media_id: MediaId,
     /// Must own the media, or be an admin.
     pub principal: Principal,
+}
+
+/// Adds or replaces the WebVTT caption track `lang` (owner or admin).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Media, MetadataError>")]
+pub struct PutCaption {
+    pub media_id: MediaId,
+    pub lang: String,
+    pub vtt: bytes::Bytes,
+    pub principal: Principal,
+}
+
+/// Removes the caption track `lang` (owner or admin).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Media, MetadataError>")]
+pub struct DeleteCaption {
+    pub media_id: MediaId,
+    pub lang: String,
+    pub principal: Principal,
+}
+
+/// Largest caption file accepted.
+pub const MAX_CAPTION_BYTES: usize = 512 * 1024;
+
+/// A BCP 47 tag as far as a caption needs: a 2–3 letter language, then up to five subtags of
+/// 1–8 letters or digits (`en`, `pt-BR`, `zh-Hant-TW`).
+pub fn is_caption_lang(lang: &str) -> bool {
+    let mut parts = lang.split('-');
+    let primary = parts.next().unwrap_or_default();
+    let subtags: Vec<&str> = parts.collect();
+    (2..=3).contains(&primary.len())
+        && primary.chars().all(|c| c.is_ascii_alphabetic())
+        && subtags.len() <= 5
+        && subtags.iter().all(|tag| {
+            (1..=8).contains(&tag.len()) && tag.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+}
+
+/// UTF-8, within the size cap, and the `WEBVTT` signature line (after an optional BOM).
+pub fn validate_caption(lang: &str, vtt: &[u8]) -> Result<(), MetadataError> {
+    let invalid = |message: String| Err(MetadataError::InvalidCaption(message));
+    if !is_caption_lang(lang) {
+        return invalid(format!(
+            "{lang:?} is not a BCP 47 language tag (e.g. en, pt-BR)"
+        ));
+    }
+    if vtt.len() > MAX_CAPTION_BYTES {
+        return invalid(format!("captions are limited to {MAX_CAPTION_BYTES} bytes"));
+    }
+    let Ok(text) = std::str::from_utf8(vtt) else {
+        return invalid("captions must be UTF-8".into());
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let signed = text
+        .strip_prefix("WEBVTT")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']));
+    if !signed {
+        return invalid("a WebVTT file starts with the line WEBVTT".into());
+    }
+    Ok(())
+}
+
+/// Blob key of a caption track.
+pub fn caption_key(media_id: &MediaId, lang: &str) -> String {
+    format!("{}/captions/{lang}.vtt", BlobStore::media_prefix(media_id))
 }
 
 /// A rerun is about to replace a ready media's output: until `RecordTranscode` it is
@@ -517,6 +588,79 @@ impl Handler<DeleteMedia> for MetadataActor {
     }
 }
 
+impl Handler<PutCaption> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<Media, MetadataError>>;
+
+    fn handle(&mut self, msg: PutCaption, _: &mut Self::Context) -> Self::Result {
+        let (repo, blobs) = (self.repo.clone(), self.blobs.clone());
+        let (caches, search) = (self.caches.clone(), self.search.clone());
+        let webhooks = self.webhooks.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut media = load(&repo, msg.media_id).await?;
+                if !msg.principal.may_manage(media.owner.as_deref()) {
+                    if media.visibility == Visibility::Private {
+                        return Err(MetadataError::NotFound(media.id));
+                    }
+                    return Err(MetadataError::NotOwner);
+                }
+                validate_caption(&msg.lang, &msg.vtt)?;
+                // The file first: a record never names a track that is not there.
+                blobs
+                    .put(&caption_key(&media.id, &msg.lang), msg.vtt)
+                    .await?;
+                if !media.captions.contains(&msg.lang) {
+                    media.captions.push(msg.lang);
+                    media.captions.sort();
+                }
+                media.updated_at = OffsetDateTime::now_utc();
+                let stored = media.clone();
+                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                publish_change(&caches, &search, &media).await;
+                publish_event(&webhooks, "media.updated", &media).await;
+                Ok(media)
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<DeleteCaption> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<Media, MetadataError>>;
+
+    fn handle(&mut self, msg: DeleteCaption, _: &mut Self::Context) -> Self::Result {
+        let (repo, blobs) = (self.repo.clone(), self.blobs.clone());
+        let (caches, search) = (self.caches.clone(), self.search.clone());
+        let webhooks = self.webhooks.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut media = load(&repo, msg.media_id).await?;
+                if !msg.principal.may_manage(media.owner.as_deref()) {
+                    if media.visibility == Visibility::Private {
+                        return Err(MetadataError::NotFound(media.id));
+                    }
+                    return Err(MetadataError::NotOwner);
+                }
+                if !media.captions.contains(&msg.lang) {
+                    return Err(MetadataError::CaptionNotFound(media.id, msg.lang));
+                }
+                // The record first: once it no longer names the track nothing serves it.
+                media.captions.retain(|lang| *lang != msg.lang);
+                media.updated_at = OffsetDateTime::now_utc();
+                let stored = media.clone();
+                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                publish_change(&caches, &search, &media).await;
+                if let Err(error) = blobs.delete(&caption_key(&media.id, &msg.lang)).await {
+                    tracing::warn!(%error, media_id = %media.id, "caption blob left for cleanup");
+                }
+                publish_event(&webhooks, "media.updated", &media).await;
+                Ok(media)
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
 impl Handler<MarkRepublishing> for MetadataActor {
     type Result = AtomicResponse<Self, Result<(), MetadataError>>;
 
@@ -644,6 +788,23 @@ pub(crate) fn validate_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_need_a_language_tag_utf8_and_the_webvtt_line() {
+        for lang in ["en", "pt-BR", "zh-Hant-TW", "gsw"] {
+            assert!(is_caption_lang(lang), "{lang}");
+        }
+        for lang in ["e", "english", "en_US", "en-", "../x", "en-toolongsubtag"] {
+            assert!(!is_caption_lang(lang), "{lang}");
+        }
+        assert!(validate_caption("en", b"WEBVTT\n\n00:00.000 --> 00:01.000\nHi\n").is_ok());
+        assert!(validate_caption("en", "\u{feff}WEBVTT - title\n".as_bytes()).is_ok());
+        assert!(validate_caption("en", b"WEBVTTX\n").is_err());
+        assert!(validate_caption("en", b"1\n00:00:00,000 --> 00:00:01,000\n").is_err());
+        assert!(validate_caption("en", b"WEBVTT\n\xff\n").is_err());
+        let big = [b"WEBVTT\n".as_slice(), &vec![b'a'; MAX_CAPTION_BYTES]].concat();
+        assert!(validate_caption("en", &big).is_err());
+    }
 
     #[test]
     fn tags_are_normalized_and_validated() {

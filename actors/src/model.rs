@@ -118,6 +118,9 @@ pub struct Media {
     /// versions the URLs of non-public media, so a tightening never reuses a URL seen before.
     #[serde(default)]
     pub visibility_epoch: u64,
+    /// Languages (BCP 47 tags) with a WebVTT caption track, sorted.
+    #[serde(default)]
+    pub captions: Vec<String>,
     pub state: MediaState,
     /// Why processing failed, when `state` is `Failed`: a message fit for the client.
     pub failure: Option<String>,

@@ -626,6 +626,7 @@ mod tests {
             owner: Some(owner.into()),
             visibility: Default::default(),
             visibility_epoch: 0,
+            captions: Vec::new(),
             state: MediaState::Ready,
             failure: None,
             failure_code: None,

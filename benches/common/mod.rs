@@ -33,6 +33,7 @@ pub fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -
         owner: Some(owner.into()),
         visibility: Default::default(),
         visibility_epoch: 0,
+        captions: Vec::new(),
         state,
         failure: None,
         failure_code: None,

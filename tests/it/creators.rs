@@ -455,3 +455,234 @@ async fn a_gated_upload_is_never_reachable_without_the_gate_from_the_moment_of_i
     assert_eq!(response.status(), 400);
     drop(chain);
 }
+
+const VTT: &str = "WEBVTT\n\n00:00.000 --> 00:01.500\nHello from the captions\n";
+
+async fn put_caption(
+    server: &TestServer,
+    media_id: &str,
+    lang: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let response = server
+        .client
+        .put(server.url(&format!("/api/v1/media/{media_id}/captions/{lang}")))
+        .bearer_auth(token)
+        .header("content-type", "text/vtt")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn captions_are_validated_play_in_hls_and_dash_and_follow_visibility() {
+    let server = TestServer::start_with(|c| c.auth.admin_token = ADMIN.into());
+    let alice = server.session().await.to_string();
+    let bob = server.login(&BOB).await;
+    let media_id = ready_upload(&server, "captioned.mp4", &[]).await;
+    let media = format!("/api/v1/media/{media_id}");
+
+    // Refused: not WebVTT, not a language tag, too large, not UTF-8, not the owner.
+    let refusals = [
+        (
+            "en",
+            b"1\n00:00:00,000 --> 00:00:01,000\nsrt\n".to_vec(),
+            alice.as_str(),
+            400,
+            "invalid_caption",
+        ),
+        (
+            "english_US",
+            VTT.as_bytes().to_vec(),
+            alice.as_str(),
+            400,
+            "invalid_caption",
+        ),
+        (
+            "en",
+            [VTT.as_bytes(), &vec![b'a'; 600 * 1024]].concat(),
+            alice.as_str(),
+            413,
+            "caption_too_large",
+        ),
+        (
+            "en",
+            b"WEBVTT\n\xff\xfe\n".to_vec(),
+            alice.as_str(),
+            400,
+            "invalid_caption",
+        ),
+        (
+            "en",
+            VTT.as_bytes().to_vec(),
+            bob.as_str(),
+            403,
+            "not_media_owner",
+        ),
+    ];
+    for (lang, body, token, status, code) in refusals {
+        let (got, body) = put_caption(&server, &media_id, lang, token, body).await;
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (status, Some(code)),
+            "{lang}: {body}"
+        );
+    }
+    let (status, body) =
+        put_caption(&server, &media_id, "en", &alice, VTT.as_bytes().to_vec()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = put_caption(
+        &server,
+        &media_id,
+        "fr",
+        ADMIN,
+        VTT.replace("Hello", "Bonjour").into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["captions"], json!(["en", "fr"]));
+
+    let response = bearer_get(&server, &server.url(&format!("{media}/captions/en")), None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/vtt");
+    assert_eq!(response.text().await.unwrap(), VTT);
+
+    // HLS: a SUBTITLES group every variant names, which ffmpeg reads as WebVTT streams.
+    let master = bearer_get(
+        &server,
+        &server.url(&format!("{media}/hls/master.m3u8")),
+        None,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        master.contains("TYPE=SUBTITLES") && master.contains("LANGUAGE=\"fr\""),
+        "{master}"
+    );
+    let variants = master
+        .lines()
+        .filter(|l| l.starts_with("#EXT-X-STREAM-INF"))
+        .count();
+    assert_eq!(
+        master.matches("SUBTITLES=\"subs\"").count(),
+        variants,
+        "{master}"
+    );
+    // ffmpeg reads HLS subtitle renditions only when told experimental features are fine.
+    let output = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-strict",
+            "experimental",
+            "-print_format",
+            "json",
+        ])
+        .args([
+            "-show_streams",
+            &server.url(&format!("{media}/hls/master.m3u8")),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let probe: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let subtitles: Vec<&Value> = probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["codec_type"] == "subtitle")
+        .collect();
+    assert_eq!(subtitles.len(), 2, "{probe}");
+    assert!(
+        subtitles.iter().all(|s| s["codec_name"] == "webvtt"),
+        "{probe}"
+    );
+    // DASH: a text AdaptationSet per track.
+    let mpd = bearer_get(
+        &server,
+        &server.url(&format!("{media}/dash/manifest.mpd")),
+        None,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(mpd.contains("mimeType=\"text/vtt\" lang=\"en\""), "{mpd}");
+
+    // Private: the captions are hidden like the rest; the owner's URLs carry her token.
+    let (status, _) =
+        patch_media(&server, &media_id, &alice, json!({"visibility": "private"})).await;
+    assert_eq!(status, 200);
+    for path in [
+        "captions/en",
+        "captions/en/index.m3u8",
+        "captions/en/captions.vtt",
+    ] {
+        let url = server.url(&format!("{media}/{path}"));
+        assert_eq!(
+            bearer_get(&server, &url, None).await.status(),
+            404,
+            "{path}"
+        );
+        assert_eq!(
+            bearer_get(&server, &url, Some(&bob)).await.status(),
+            404,
+            "{path}"
+        );
+    }
+    let master = bearer_get(
+        &server,
+        &server.url(&format!("{media}/hls/master.m3u8")),
+        Some(&alice),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    let uri = master
+        .split("URI=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    assert!(uri.contains("/captions/en/index.m3u8?token="), "{master}");
+    let playlist = bearer_get(&server, &server.url(&uri), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let file = uris(&playlist)[0].clone();
+    let response = bearer_get(&server, &server.url(&file), None).await;
+    assert_eq!(response.status(), 200, "{playlist}");
+    assert_eq!(cache_control(&response), "private, no-store");
+    assert_eq!(response.text().await.unwrap(), VTT);
+
+    // Deleting a track takes it out of the record and the playlists.
+    let response = server
+        .client
+        .delete(server.url(&format!("{media}/captions/fr")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, body) = server
+        .get_json_as(&alice, &format!("{media}/captions/fr"))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("caption_not_found"))
+    );
+    let (_, record) = server.get_json_as(&alice, &media).await;
+    assert_eq!(record["captions"], json!(["en"]));
+}

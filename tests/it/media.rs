@@ -286,6 +286,7 @@ fn record(title: &str, description: &str, tags: &[&str], owner: &str) -> Media {
         owner: Some(owner.into()),
         visibility: Default::default(),
         visibility_epoch: 0,
+        captions: Vec::new(),
         state: MediaState::Ready,
         failure: None,
         failure_code: None,

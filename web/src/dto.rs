@@ -61,6 +61,8 @@ pub struct MediaDto {
     pub gated: bool,
     /// `public`, `unlisted` (not listed, plays by link) or `private` (owner and admins only).
     pub visibility: &'static str,
+    /// Languages with a caption track (`…/captions/{lang}`).
+    pub captions: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -89,6 +91,7 @@ impl From<&Media> for MediaDto {
             thumbnail_url: ready.then(|| format!("/api/v1/media/{}/thumbnail.jpg", media.id)),
             gated: false,
             visibility: media.visibility.as_str(),
+            captions: media.captions.clone(),
             created_at: rfc3339(media.created_at),
             updated_at: rfc3339(media.updated_at),
         }

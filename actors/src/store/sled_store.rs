@@ -694,6 +694,7 @@ mod tests {
             owner: None,
             visibility: Default::default(),
             visibility_epoch: 0,
+            captions: Vec::new(),
             state: MediaState::Processing,
             failure: None,
             failure_code: None,

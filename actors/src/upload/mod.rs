@@ -545,6 +545,7 @@ fn media_record(
         owner,
         visibility: Visibility::Public,
         visibility_epoch: 0,
+        captions: Vec::new(),
         state: MediaState::Processing,
         failure: None,
         failure_code: None,

@@ -8,6 +8,11 @@ def offset_octet_stream(ctx, value):
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+@schemathesis.serializer("text/vtt")
+def web_vtt(ctx, value):
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 # OPTIONS answers with the server's capabilities (tus, CORS preflights) whatever the id, so it is
 # no use of a deleted resource (see schemathesis.toml). The per-operation exemption there does not
 # reach the checks of the stateful phase, so the check itself skips OPTIONS.

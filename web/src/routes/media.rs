@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use streamgate_actors::{
     auth::{Authenticate, GateSpec, SetGate},
     cache::{CachedMedia, SearchPageKey},
-    metadata::{DeleteMedia, GetMedia, MetadataError, UpdateMedia},
+    metadata::{
+        DeleteCaption, DeleteMedia, GetMedia, MetadataError, PutCaption, UpdateMedia,
+        MAX_CAPTION_BYTES,
+    },
     model::{Gate, Media, TokenStandard, Visibility},
     search::SearchQuery,
     Actors,
@@ -337,4 +340,61 @@ pub(super) async fn delete(
         })
         .await??;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `PUT …/captions/{lang}`: the body is the WebVTT file (the MetadataActor validates it).
+pub(super) async fn put_caption(
+    Authenticated(principal): Authenticated,
+    path: web::Path<(String, String)>,
+    mut payload: web::Payload,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    use futures_util::StreamExt;
+    let (media_id, lang) = path.into_inner();
+    let media_id = super::media_id(&media_id)?;
+    let mut vtt = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|error| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the body could not be read: {error}"),
+            )
+        })?;
+        if vtt.len() + chunk.len() > MAX_CAPTION_BYTES {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "caption_too_large",
+                format!("captions are limited to {MAX_CAPTION_BYTES} bytes"),
+            ));
+        }
+        vtt.extend_from_slice(&chunk);
+    }
+    let media = actors
+        .metadata
+        .send(PutCaption {
+            media_id,
+            lang,
+            vtt: vtt.freeze(),
+            principal,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
+}
+
+pub(super) async fn delete_caption(
+    Authenticated(principal): Authenticated,
+    path: web::Path<(String, String)>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, lang) = path.into_inner();
+    let media_id = super::media_id(&media_id)?;
+    let media = actors
+        .metadata
+        .send(DeleteCaption {
+            media_id,
+            lang,
+            principal,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
 }

@@ -42,7 +42,7 @@ use streamgate_actors::{
     blob_names::{is_safe_name, is_segment_name},
     blobs::{BlobError, BlobStore, ByteRange, MappedBlob},
     cache::{CachedMedia, Playlist},
-    metadata::{GetMedia, MetadataError},
+    metadata::{caption_key, GetMedia, MetadataError},
     model::{Media, MediaId, MediaState, Visibility},
     Actors,
 };
@@ -64,6 +64,9 @@ const UNLISTED_PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("private, 
 const UNLISTED_SEGMENT_CACHE: HeaderValue =
     HeaderValue::from_static("private, max-age=31536000, immutable");
 const UNLISTED_THUMBNAIL_CACHE: HeaderValue = HeaderValue::from_static("private, max-age=3600");
+// Captions can be replaced, so they are never immutable.
+const CAPTION_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=60");
+const UNLISTED_CAPTION_CACHE: HeaderValue = HeaderValue::from_static("private, max-age=60");
 
 /// `?token=`: the playback token of a gated media item.
 #[derive(Deserialize)]
@@ -121,7 +124,135 @@ pub(super) async fn master(
     let media = &cached.media;
     let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
     ensure_ready(media)?;
-    playlist(&req, &actors, &media.id, "master.m3u8", &access).await
+    let captions = (!media.captions.is_empty()).then_some(media);
+    playlist(&req, &actors, &media.id, "master.m3u8", &access, captions).await
+}
+
+/// A caption track's WebVTT file; it follows the media's gate and visibility.
+pub(super) async fn caption(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<PlaybackQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, lang) = path.into_inner();
+    let cached = ready_media(&actors, &media_id).await?;
+    let media = &cached.media;
+    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
+    ensure_ready(media)?;
+    if !media.captions.contains(&lang) {
+        return Err(ApiError::domain(&MetadataError::CaptionNotFound(
+            media.id.clone(),
+            lang,
+        )));
+    }
+    let cache = match access {
+        Access::Public { shared: true } => CAPTION_CACHE,
+        Access::Public { shared: false } => UNLISTED_CAPTION_CACHE,
+        Access::Gated { .. } => PRIVATE_NO_STORE,
+    };
+    let key = caption_key(&media.id, &lang);
+    serve_blob(&req, &actors, &key, "text/vtt", cache).await
+}
+
+/// The HLS subtitle playlist of a caption track: the whole WebVTT file as one segment.
+pub(super) async fn caption_playlist(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<PlaybackQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, lang) = path.into_inner();
+    let cached = ready_media(&actors, &media_id).await?;
+    let media = &cached.media;
+    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
+    ensure_ready(media)?;
+    if !media.captions.contains(&lang) {
+        return Err(ApiError::domain(&MetadataError::CaptionNotFound(
+            media.id.clone(),
+            lang,
+        )));
+    }
+    let (cache, token) = match &access {
+        Access::Public { shared: true } => (PLAYLIST_CACHE, None),
+        Access::Public { shared: false } => (UNLISTED_PLAYLIST_CACHE, None),
+        Access::Gated { token, .. } => (PRIVATE_NO_STORE, Some(&**token)),
+    };
+    let duration = media.duration_s.unwrap_or(1.0).max(0.001);
+    let body = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:0\n\
+         #EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:{duration:.3},\n{}\n#EXT-X-ENDLIST\n",
+        duration.ceil() as u64,
+        caption_url(&media.id, &lang, token)
+    );
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.apple.mpegurl"),
+        ))
+        .insert_header((header::CACHE_CONTROL, cache))
+        .body(body))
+}
+
+/// The absolute path of a caption file, with the viewer's token for restricted media. It ends
+/// in `.vtt`: players (ffmpeg among them) pick segment types by extension.
+fn caption_url(media_id: &MediaId, lang: &str, token: Option<&str>) -> String {
+    match token {
+        Some(token) => {
+            format!("/api/v1/media/{media_id}/captions/{lang}/captions.vtt?token={token}")
+        }
+        None => format!("/api/v1/media/{media_id}/captions/{lang}/captions.vtt"),
+    }
+}
+
+/// Adds a SUBTITLES group with the media's caption tracks to a master playlist, and names it
+/// on every variant. Absolute URIs: they are not under the (possibly versioned) HLS directory.
+fn with_captions(master: &str, media: &Media, token: Option<&str>) -> String {
+    let mut out = String::with_capacity(master.len() + 256 * media.captions.len());
+    let mut added = false;
+    for line in master.lines() {
+        if line.starts_with("#EXT-X-STREAM-INF:") {
+            if !added {
+                for lang in &media.captions {
+                    let playlist = match token {
+                        Some(token) => format!(
+                            "/api/v1/media/{}/captions/{lang}/index.m3u8?token={token}",
+                            media.id
+                        ),
+                        None => format!("/api/v1/media/{}/captions/{lang}/index.m3u8", media.id),
+                    };
+                    out.push_str(&format!(
+                        "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"{lang}\",\
+                         LANGUAGE=\"{lang}\",AUTOSELECT=YES,DEFAULT=NO,URI=\"{playlist}\"\n"
+                    ));
+                }
+                added = true;
+            }
+            out.push_str(line);
+            out.push_str(",SUBTITLES=\"subs\"\n");
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Adds a text AdaptationSet per caption track to a DASH manifest.
+fn mpd_with_captions(mpd: &str, media: &Media, token: Option<&str>) -> String {
+    let Some(end) = mpd.rfind("</Period>") else {
+        return mpd.to_string();
+    };
+    let mut sets = String::new();
+    for lang in &media.captions {
+        sets.push_str(&format!(
+            "<AdaptationSet contentType=\"text\" mimeType=\"text/vtt\" lang=\"{lang}\">\
+             <Representation id=\"caption-{lang}\" bandwidth=\"256\"><BaseURL>{}</BaseURL>\
+             </Representation></AdaptationSet>",
+            caption_url(&media.id, lang, token)
+        ));
+    }
+    format!("{}{sets}{}", &mpd[..end], &mpd[end..])
 }
 
 /// The DASH manifest: it points at the same CMAF segments as the HLS playlists
@@ -145,22 +276,33 @@ pub(super) async fn dash_manifest(
     let mut response = HttpResponse::Ok();
     response.insert_header((header::CONTENT_TYPE, "application/dash+xml"));
     match access {
-        Access::Public { shared } => Ok(response
-            .insert_header((
-                header::CACHE_CONTROL,
-                if shared {
-                    PLAYLIST_CACHE
-                } else {
-                    UNLISTED_PLAYLIST_CACHE
-                },
-            ))
-            .body(bytes)),
+        Access::Public { shared } => {
+            let body = match media.captions.is_empty() {
+                true => bytes,
+                false => Bytes::from(mpd_with_captions(
+                    &String::from_utf8_lossy(&bytes),
+                    media,
+                    None,
+                )),
+            };
+            Ok(response
+                .insert_header((
+                    header::CACHE_CONTROL,
+                    if shared {
+                        PLAYLIST_CACHE
+                    } else {
+                        UNLISTED_PLAYLIST_CACHE
+                    },
+                ))
+                .body(body))
+        }
         Access::Gated { token, version } => {
             let text = String::from_utf8_lossy(&bytes)
                 .replace("\"../hls/", &format!("\"../hls/{}/", version_dir(version)));
+            let text = mpd_with_token(&text, &token);
             Ok(response
                 .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))
-                .body(mpd_with_token(&text, &token)))
+                .body(mpd_with_captions(&text, media, Some(&token))))
         }
     }
 }
@@ -237,7 +379,7 @@ async fn serve_rendition_playlist(
         check_version(actors, &media.id, version)?;
     }
     let file = format!("{rendition}/index.m3u8");
-    playlist(req, actors, &media.id, &file, &access).await
+    playlist(req, actors, &media.id, &file, &access, None).await
 }
 
 pub(super) async fn segment(
@@ -578,6 +720,7 @@ async fn playlist(
     media_id: &MediaId,
     file: &str,
     access: &Access,
+    captions: Option<&Media>,
 ) -> Result<HttpResponse, ApiError> {
     let content_type = (
         header::CONTENT_TYPE,
@@ -593,6 +736,18 @@ async fn playlist(
             let cache = match shared {
                 true => (header::CACHE_CONTROL, PLAYLIST_CACHE),
                 false => (header::CACHE_CONTROL, UNLISTED_PLAYLIST_CACHE),
+            };
+            // Caption changes update the record: its time versions the amended playlist.
+            let (bytes, etag) = match captions {
+                None => (bytes, etag),
+                Some(media) => (
+                    Bytes::from(with_captions(&String::from_utf8_lossy(&bytes), media, None)),
+                    Arc::from(format!(
+                        "{}-c{:x}\"",
+                        etag.trim_end_matches('"'),
+                        media.updated_at.unix_timestamp_nanos()
+                    )),
+                ),
             };
             if none_match(req, &etag) {
                 return Ok(HttpResponse::NotModified()
@@ -621,6 +776,14 @@ async fn playlist(
                 })
                 .await
                 .map_err(missing_as("playlist_not_found"))?;
+            let bytes = match captions {
+                None => bytes,
+                Some(media) => Bytes::from(with_captions(
+                    &String::from_utf8_lossy(&bytes),
+                    media,
+                    Some(token),
+                )),
+            };
             Ok(HttpResponse::Ok()
                 .insert_header(content_type)
                 .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))

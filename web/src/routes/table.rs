@@ -386,6 +386,19 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/media/{media_id}/dash/manifest.mpd" => streaming::dash_manifest,
         STREAMING, Gated, "streaming", "DASH manifest over the same segments", 200
         "application/dash+xml", query = TOKEN),
+    route!(Put "/api/v1/media/{media_id}/captions/{lang}" => media::put_caption, METADATA, Session,
+        "media", "Add or replace a WebVTT caption track (owner or admin; BCP 47 tag, 512 KiB)",
+        200 JSON, body = Some(text), body_type = "text/vtt"),
+    route!(Get "/api/v1/media/{media_id}/captions/{lang}" => streaming::caption, STREAMING, Gated,
+        "streaming", "A caption track (WebVTT)", 200 "text/vtt", query = TOKEN),
+    route!(Delete "/api/v1/media/{media_id}/captions/{lang}" => media::delete_caption, METADATA,
+        Session, "media", "Remove a caption track (owner or admin)", 200 JSON),
+    route!(Get "/api/v1/media/{media_id}/captions/{lang}/captions.vtt" => streaming::caption,
+        STREAMING, Gated, "streaming", "A caption track (WebVTT), as HLS and DASH name it", 200
+        "text/vtt", query = TOKEN),
+    route!(Get "/api/v1/media/{media_id}/captions/{lang}/index.m3u8" => streaming::caption_playlist,
+        STREAMING, Gated, "streaming", "HLS subtitle playlist of a caption track", 200 HLS,
+        query = TOKEN),
     route!(Get "/api/v1/jobs" => jobs::list, WORKER, Session, "jobs", "List jobs", 200 JSON,
     query = &[
         query("state", || json!({"type": "string",
