@@ -238,9 +238,30 @@ async fn each_visibility_answers_anonymous_callers_other_wallets_the_owner_and_t
         let bare = segment.split('?').next().unwrap();
         assert_eq!(bearer_get(&server, bare, Some(&bob)).await.status(), 404);
     }
-    // BOB cannot change or delete it either, and learns nothing.
+    // BOB cannot change, gate or delete it either, and learns nothing.
     let (status, _) = patch_media(&server, &private, &bob, json!({"title": "mine"})).await;
     assert_eq!(status, 404);
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let url = server.url(&format!("/api/v1/media/{private}/gate"));
+        let response = server
+            .client
+            .request(method.clone(), url)
+            .bearer_auth(&bob)
+            .json(&Value::Null)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{method} gate");
+    }
+    let url = server.url(&format!("/api/v1/media/{private}"));
+    let response = server
+        .client
+        .delete(url)
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
 }
 
 #[tokio::test]

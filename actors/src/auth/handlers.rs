@@ -385,6 +385,10 @@ impl Handler<SetGate> for AuthActor {
                     .await
                     .map_err(|_| AuthError::Mailbox)??;
                 if !msg.principal.may_manage(media.owner.as_deref()) {
+                    // A private media item does not exist for anyone else.
+                    if media.visibility == crate::model::Visibility::Private {
+                        return Err(crate::metadata::MetadataError::NotFound(media.id).into());
+                    }
                     return Err(AuthError::NotOwner);
                 }
                 let gate = validated?;
