@@ -24,6 +24,9 @@ fn media() -> Media {
         description: "x".repeat(200),
         tags: vec!["bench".into()],
         owner: None,
+        visibility: Default::default(),
+        visibility_epoch: 0,
+        captions: Vec::new(),
         state: MediaState::Ready,
         failure: None,
         failure_code: None,
@@ -71,7 +74,10 @@ fn roundtrip(c: &mut Criterion) {
     let stored = runtime.block_on(async {
         actors
             .metadata
-            .send(CreateMedia { media: media() })
+            .send(CreateMedia {
+                media: media(),
+                gate: None,
+            })
             .await
             .unwrap()
             .unwrap()

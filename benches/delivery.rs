@@ -124,7 +124,10 @@ fn main() {
         server
             .actors
             .metadata
-            .send(CreateMedia { media: record })
+            .send(CreateMedia {
+                media: record,
+                gate: None,
+            })
             .await
             .unwrap()
             .unwrap();

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use streamgate_actors::config::{
     ActorsConfig, AuditConfig, AuthConfig, CacheConfig, HttpConfig, MonitorConfig, PostgresConfig,
     RateLimitConfig, S3Config, StorageConfig, TlsConfig, TranscodeConfig, UploadConfig,
+    WebhookConfig,
 };
 use toml::{Table, Value};
 
@@ -41,6 +42,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    pub webhooks: Vec<WebhookConfig>,
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub s3: S3Config,
@@ -59,6 +61,7 @@ pub struct Config {
 impl Config {
     pub fn actors(&self) -> ActorsConfig {
         ActorsConfig {
+            webhooks: self.webhooks.clone(),
             storage: self.storage.clone(),
             s3: self.s3.clone(),
             postgres: self.postgres.clone(),

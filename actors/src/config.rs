@@ -92,6 +92,18 @@ pub struct UploadConfig {
     /// fsync every tus PATCH before acknowledging it (durable against power loss), instead of
     /// once when the upload completes (acknowledged bytes then survive `kill -9` only).
     pub sync_every_patch: bool,
+    /// Visibility of media whose upload does not say (`public`, `unlisted`, `private`).
+    pub default_visibility: crate::model::Visibility,
+}
+
+/// One `[[webhooks]]` entry: where lifecycle events go, signed with `secret`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: String,
+    /// Event types from [`crate::webhooks::EVENTS`].
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +330,7 @@ pub struct TlsConfig {
 /// Everything [`crate::start`] needs.
 #[derive(Debug, Clone)]
 pub struct ActorsConfig {
+    pub webhooks: Vec<WebhookConfig>,
     pub storage: StorageConfig,
     pub s3: S3Config,
     pub postgres: PostgresConfig,
@@ -333,6 +346,24 @@ pub struct ActorsConfig {
 impl ActorsConfig {
     /// Checks what serde cannot: ranges and relations between keys.
     pub fn validate(&self) -> Result<(), String> {
+        for hook in &self.webhooks {
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                return Err(format!("webhooks: url {:?} must be http(s)://", hook.url));
+            }
+            if hook.secret.len() < 16 {
+                return Err(format!(
+                    "webhooks: the secret of {:?} needs 16+ characters",
+                    hook.url
+                ));
+            }
+            if let Some(unknown) = hook
+                .events
+                .iter()
+                .find(|event| !crate::webhooks::EVENTS.contains(&event.as_str()))
+            {
+                return Err(format!("webhooks: unknown event {unknown:?}"));
+            }
+        }
         if self.transcode.workers == 0 {
             return Err("transcode.workers must be at least 1".into());
         }

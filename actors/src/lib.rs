@@ -30,6 +30,7 @@ pub mod store;
 pub mod supervise;
 pub mod transcode;
 pub mod upload;
+pub mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 
@@ -51,6 +52,7 @@ use crate::{
     supervise::Ping,
     transcode::{TranscodeActor, TranscodeDeps},
     upload::{UploadActor, UploadDeps},
+    webhooks::{WebhookActor, WebhookDeps},
 };
 
 /// Addresses of the running actors plus the read-only handles the hot paths use directly.
@@ -63,6 +65,7 @@ pub struct Actors {
     pub monitor: Addr<MonitorActor>,
     /// Takes backups of the running server (`streamgate backup` against it).
     pub backup: Addr<backup::BackupActor>,
+    pub webhooks: Addr<WebhookActor>,
     /// Read handle for segment delivery; writes go through the actors.
     pub blobs: BlobStore,
     /// Hot-path metrics (request counters) are bumped directly, as atomics.
@@ -147,6 +150,39 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         dropped = report.dropped,
         "search index ready"
     );
+    // Loaded before the server starts, so gated media are never served as public.
+    let keys = Keys::load_or_create(&config.auth.session_secret, &repo)?;
+    let grants = PlaybackGrants::new(
+        config.auth.playback_grant_entries,
+        CacheMetrics::of(&metrics, monitor::metric_names::PLAYBACK_GRANTS_CACHE),
+        clock.clone(),
+    );
+    let playback = PlaybackGuard::new(
+        keys.clone(),
+        repo.list_gates()?.into_iter().collect(),
+        grants,
+    );
+    // Likewise non-public media: they are never served as public after a restart.
+    let mut after: Option<model::MediaId> = None;
+    loop {
+        let page = repo.list_media(after.as_ref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for media in &page {
+            if media.visibility != model::Visibility::Public {
+                playback.set_visibility(&media.id, media.visibility, media.visibility_epoch);
+            }
+        }
+    }
+    let webhooks = supervise::start("webhooks", restarts("webhooks"), {
+        let deps = WebhookDeps {
+            hooks: config.webhooks.clone(),
+            client: outbound.client(webhooks::REQUEST_TIMEOUT)?,
+            repo: repo.clone(),
+            clock: clock.clone(),
+        };
+        move |_| WebhookActor::new(deps.clone())
+    });
     let metadata = supervise::start("metadata", restarts("metadata"), {
         let deps = MetadataDeps {
             repo: repo.clone(),
@@ -154,6 +190,8 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             audit: audit.clone(),
             caches: caches.clone(),
             search: search.clone(),
+            playback: playback.clone(),
+            webhooks: webhooks.clone(),
             cache_purge_interval: Duration::from_secs(config.cache.purge_interval_s),
         };
         move |_| MetadataActor::new(deps)
@@ -198,18 +236,6 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         };
         move |_| UploadActor::new(deps.clone())
     });
-    // Loaded before the server starts, so gated media are never served as public.
-    let keys = Keys::load_or_create(&config.auth.session_secret, &repo)?;
-    let grants = PlaybackGrants::new(
-        config.auth.playback_grant_entries,
-        CacheMetrics::of(&metrics, monitor::metric_names::PLAYBACK_GRANTS_CACHE),
-        clock.clone(),
-    );
-    let playback = PlaybackGuard::new(
-        keys.clone(),
-        repo.list_gates()?.into_iter().collect(),
-        grants,
-    );
     if config.cache.warm_recent > 0 {
         // In the background: the server listens at once, and early requests fill as usual.
         let warming = metadata.send(metadata::WarmCaches {
@@ -288,6 +314,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         ("transcode", transcode.clone().recipient()),
         ("metadata", metadata.clone().recipient()),
         ("auth", auth.clone().recipient()),
+        ("webhooks", webhooks.clone().recipient()),
     ];
     let monitor = supervise::start("monitor", restarts("monitor"), {
         let deps = MonitorDeps {
@@ -310,6 +337,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         "auth",
         "monitor",
         "backup",
+        "webhooks",
     ] {
         // Export every series from the start, so rate() works before the first restart.
         restarts(name).inc_by(0);
@@ -321,6 +349,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         auth,
         monitor,
         backup,
+        webhooks,
         blobs,
         metrics,
         audit,

@@ -12,8 +12,8 @@
 use std::{sync::Arc, time::Duration};
 
 use actix::{
-    Actor, AsyncContext, AtomicResponse, Context, Handler, Message, ResponseFuture, Supervised,
-    WrapFuture,
+    Actor, Addr, AsyncContext, AtomicResponse, Context, Handler, Message, ResponseFuture,
+    Supervised, WrapFuture,
 };
 use time::OffsetDateTime;
 
@@ -23,10 +23,11 @@ use crate::{
     blobs::{BlobError, BlobStore},
     cache::Caches,
     error::{DomainError, ErrorKind},
-    model::{Media, MediaFailure, MediaId, MediaState, Probe, Rendition},
+    model::{Gate, Media, MediaFailure, MediaId, MediaState, Probe, Rendition, Visibility},
     search::SearchIndex,
     store::{blocking, SharedRepo, StoreError},
     supervise::supervised_basics,
+    webhooks::{Publish, WebhookActor},
 };
 
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -42,6 +43,10 @@ pub enum MetadataError {
     Invalid(String),
     #[error("only the media's owner (or an admin) may change it")]
     NotOwner,
+    #[error("{0}")]
+    InvalidCaption(String),
+    #[error("no {1:?} caption on media {0}")]
+    CaptionNotFound(MediaId, String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -51,8 +56,8 @@ pub enum MetadataError {
 impl DomainError for MetadataError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::NotFound(_) => ErrorKind::NotFound,
-            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::NotFound(_) | Self::CaptionNotFound(..) => ErrorKind::NotFound,
+            Self::Invalid(_) | Self::InvalidCaption(_) => ErrorKind::Invalid,
             Self::NotOwner => ErrorKind::Forbidden,
             Self::Store(_) | Self::Blobs(_) => ErrorKind::Unavailable,
         }
@@ -61,6 +66,8 @@ impl DomainError for MetadataError {
         match self {
             Self::NotFound(_) => "media_not_found",
             Self::Invalid(_) => "invalid_media",
+            Self::InvalidCaption(_) => "invalid_caption",
+            Self::CaptionNotFound(..) => "caption_not_found",
             Self::NotOwner => "not_media_owner",
             Self::Store(_) => "store_unavailable",
             Self::Blobs(_) => "blobs_unavailable",
@@ -75,6 +82,9 @@ impl DomainError for MetadataError {
 #[rtype(result = "Result<Media, MetadataError>")]
 pub struct CreateMedia {
     pub media: Media,
+    /// A validated gate given with the upload: in force before the record is readable, and
+    /// stored in the same transaction, so the media is never ungated for a moment.
+    pub gate: Option<Gate>,
 }
 
 #[derive(Debug, Message)]
@@ -98,6 +108,7 @@ pub struct UpdateMedia {
     pub title: Option<String>,
     pub description: Option<String>,
     pub tags: Option<Vec<String>>,
+    pub visibility: Option<Visibility>,
     /// Must own the media, or be an admin.
     pub principal: Principal,
 }
@@ -108,6 +119,71 @@ pub struct DeleteMedia {
     pub media_id: MediaId,
     /// Must own the media, or be an admin.
     pub principal: Principal,
+}
+
+/// Adds or replaces the WebVTT caption track `lang` (owner or admin).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Media, MetadataError>")]
+pub struct PutCaption {
+    pub media_id: MediaId,
+    pub lang: String,
+    pub vtt: bytes::Bytes,
+    pub principal: Principal,
+}
+
+/// Removes the caption track `lang` (owner or admin).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Media, MetadataError>")]
+pub struct DeleteCaption {
+    pub media_id: MediaId,
+    pub lang: String,
+    pub principal: Principal,
+}
+
+/// Largest caption file accepted.
+pub const MAX_CAPTION_BYTES: usize = 512 * 1024;
+
+/// A BCP 47 tag as far as a caption needs: a 2–3 letter language, then up to five subtags of
+/// 1–8 letters or digits (`en`, `pt-BR`, `zh-Hant-TW`).
+pub fn is_caption_lang(lang: &str) -> bool {
+    let mut parts = lang.split('-');
+    let primary = parts.next().unwrap_or_default();
+    let subtags: Vec<&str> = parts.collect();
+    (2..=3).contains(&primary.len())
+        && primary.chars().all(|c| c.is_ascii_alphabetic())
+        && subtags.len() <= 5
+        && subtags.iter().all(|tag| {
+            (1..=8).contains(&tag.len()) && tag.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+}
+
+/// UTF-8, within the size cap, and the `WEBVTT` signature line (after an optional BOM).
+pub fn validate_caption(lang: &str, vtt: &[u8]) -> Result<(), MetadataError> {
+    let invalid = |message: String| Err(MetadataError::InvalidCaption(message));
+    if !is_caption_lang(lang) {
+        return invalid(format!(
+            "{lang:?} is not a BCP 47 language tag (e.g. en, pt-BR)"
+        ));
+    }
+    if vtt.len() > MAX_CAPTION_BYTES {
+        return invalid(format!("captions are limited to {MAX_CAPTION_BYTES} bytes"));
+    }
+    let Ok(text) = std::str::from_utf8(vtt) else {
+        return invalid("captions must be UTF-8".into());
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let signed = text
+        .strip_prefix("WEBVTT")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']));
+    if !signed {
+        return invalid("a WebVTT file starts with the line WEBVTT".into());
+    }
+    Ok(())
+}
+
+/// Blob key of a caption track.
+pub fn caption_key(media_id: &MediaId, lang: &str) -> String {
+    format!("{}/captions/{lang}.vtt", BlobStore::media_prefix(media_id))
 }
 
 /// A rerun is about to replace a ready media's output: until `RecordTranscode` it is
@@ -169,6 +245,10 @@ pub struct MetadataDeps {
     pub audit: AuditLog,
     pub caches: Caches,
     pub search: SearchIndex,
+    /// Which media are gated or not public; this actor keeps visibility current in it.
+    pub playback: PlaybackGuard,
+    /// Lifecycle events go here, stored before the change is acknowledged.
+    pub webhooks: Addr<WebhookActor>,
     /// How often expired cache entries are swept.
     pub cache_purge_interval: Duration,
 }
@@ -180,6 +260,8 @@ pub struct MetadataActor {
     /// The read side (records, playlists) that `web` holds too; this actor invalidates it.
     caches: Caches,
     search: SearchIndex,
+    playback: PlaybackGuard,
+    webhooks: Addr<WebhookActor>,
     cache_purge_interval: Duration,
 }
 
@@ -191,6 +273,8 @@ impl MetadataActor {
             audit: deps.audit,
             caches: deps.caches,
             search: deps.search,
+            playback: deps.playback,
+            webhooks: deps.webhooks,
             cache_purge_interval: deps.cache_purge_interval,
         }
     }
@@ -215,6 +299,42 @@ async fn publish_change(caches: &Caches, search: &SearchIndex, media: &Media) {
     }
 }
 
+/// A visibility change is in the list and search at once: the index commits now (not with the
+/// next group commit) and cached pages go.
+async fn publish_visibility(caches: &Caches, search: &SearchIndex) {
+    let index = search.clone();
+    match tokio::task::spawn_blocking(move || index.commit()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "search index not committed"),
+        Err(error) => tracing::error!(%error, "search index commit not run"),
+    }
+    caches.search.clear();
+}
+
+/// Queues a lifecycle event; answered once it is stored. A failure is logged, not the
+/// client's: the change itself is already stored.
+async fn publish_event(webhooks: &Addr<WebhookActor>, event_type: &'static str, media: &Media) {
+    let published = webhooks
+        .send(Publish {
+            event_type,
+            media: media.clone(),
+        })
+        .await;
+    match published {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, event_type, media_id = %media.id, "webhook event not queued")
+        }
+        Err(error) => {
+            tracing::error!(%error, event_type, media_id = %media.id, "webhook actor unavailable")
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    OffsetDateTime::now_utc().unix_timestamp_nanos().max(1) as u64
+}
+
 impl Supervised for MetadataActor {}
 
 supervised_basics!(MetadataActor);
@@ -225,13 +345,32 @@ impl Handler<CreateMedia> for MetadataActor {
     fn handle(&mut self, msg: CreateMedia, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
+        let playback = self.playback.clone();
+        let webhooks = self.webhooks.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let media = msg.media;
+                let mut media = msg.media;
                 validate_text(&media.title, &media.description, &media.tags)?;
+                if media.visibility != Visibility::Public && media.visibility_epoch == 0 {
+                    media.visibility_epoch = now_nanos();
+                }
+                // Restrictions first: no reader finds the record without them. A failed write
+                // leaves them on an id nothing refers to, which is harmless (fail closed).
+                playback.set_visibility(&media.id, media.visibility, media.visibility_epoch);
+                if let Some(gate) = &msg.gate {
+                    playback.set(media.id.clone(), Some(gate.clone()));
+                }
                 let stored = media.clone();
-                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                let gate = msg.gate.clone();
+                blocking(&repo, move |repo| {
+                    repo.put_media_with_gate(&stored, gate.as_ref())
+                })
+                .await?;
+                if msg.gate.is_some() {
+                    caches.invalidate_gate(&media.id);
+                }
                 publish_change(&caches, &search, &media).await;
+                publish_event(&webhooks, "upload.finished", &media).await;
                 Ok(media)
             }
             .into_actor(self),
@@ -341,12 +480,24 @@ impl Handler<UpdateMedia> for MetadataActor {
         let repo = self.repo.clone();
         let audit = self.audit.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
+        let playback = self.playback.clone();
+        let webhooks = self.webhooks.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
                 if !msg.principal.may_manage(media.owner.as_deref()) {
+                    // A private media item does not exist for anyone else.
+                    if media.visibility == Visibility::Private {
+                        return Err(MetadataError::NotFound(media.id));
+                    }
                     return Err(MetadataError::NotOwner);
                 }
+                let before = media.visibility;
+                if let Some(visibility) = msg.visibility.filter(|v| *v != before) {
+                    media.visibility = visibility;
+                    media.visibility_epoch = now_nanos();
+                }
+                let changed_visibility = media.visibility != before;
                 if let Some(title) = msg.title {
                     media.title = title.trim().to_string();
                 }
@@ -358,9 +509,22 @@ impl Handler<UpdateMedia> for MetadataActor {
                 }
                 validate_text(&media.title, &media.description, &media.tags)?;
                 media.updated_at = OffsetDateTime::now_utc();
+                // Tightening takes effect before the write, loosening after it: a racing read
+                // never sees the media less restricted than both the old and the new record.
+                let tightens = media.visibility != Visibility::Public && changed_visibility;
+                if tightens {
+                    playback.set_visibility(&media.id, media.visibility, media.visibility_epoch);
+                }
                 let stored = media.clone();
                 blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                if changed_visibility && !tightens {
+                    playback.set_visibility(&media.id, media.visibility, media.visibility_epoch);
+                }
                 publish_change(&caches, &search, &media).await;
+                if changed_visibility {
+                    publish_visibility(&caches, &search).await;
+                }
+                publish_event(&webhooks, "media.updated", &media).await;
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_UPDATE,
@@ -383,10 +547,15 @@ impl Handler<DeleteMedia> for MetadataActor {
         let blobs = self.blobs.clone();
         let audit = self.audit.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
+        let playback = self.playback.clone();
+        let webhooks = self.webhooks.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let media = load(&repo, msg.media_id).await?;
                 if !msg.principal.may_manage(media.owner.as_deref()) {
+                    if media.visibility == Visibility::Private {
+                        return Err(MetadataError::NotFound(media.id));
+                    }
                     return Err(MetadataError::NotOwner);
                 }
                 // Record first: once it is gone nothing serves the blobs, so a crash in between
@@ -409,6 +578,10 @@ impl Handler<DeleteMedia> for MetadataActor {
                         tracing::warn!(%error, media_id = %media.id, "source blob left for cleanup");
                     }
                 }
+                // Only now: segments are answered from blobs alone, so the entry guards them
+                // until they are gone.
+                playback.set_visibility(&media.id, Visibility::Public, 0);
+                publish_event(&webhooks, "media.deleted", &media).await;
                 audit
                     .record(AuditEvent::ok(
                         action::MEDIA_DELETE,
@@ -417,6 +590,79 @@ impl Handler<DeleteMedia> for MetadataActor {
                     ))
                     .await;
                 Ok(())
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<PutCaption> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<Media, MetadataError>>;
+
+    fn handle(&mut self, msg: PutCaption, _: &mut Self::Context) -> Self::Result {
+        let (repo, blobs) = (self.repo.clone(), self.blobs.clone());
+        let (caches, search) = (self.caches.clone(), self.search.clone());
+        let webhooks = self.webhooks.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut media = load(&repo, msg.media_id).await?;
+                if !msg.principal.may_manage(media.owner.as_deref()) {
+                    if media.visibility == Visibility::Private {
+                        return Err(MetadataError::NotFound(media.id));
+                    }
+                    return Err(MetadataError::NotOwner);
+                }
+                validate_caption(&msg.lang, &msg.vtt)?;
+                // The file first: a record never names a track that is not there.
+                blobs
+                    .put(&caption_key(&media.id, &msg.lang), msg.vtt)
+                    .await?;
+                if !media.captions.contains(&msg.lang) {
+                    media.captions.push(msg.lang);
+                    media.captions.sort();
+                }
+                media.updated_at = OffsetDateTime::now_utc();
+                let stored = media.clone();
+                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                publish_change(&caches, &search, &media).await;
+                publish_event(&webhooks, "media.updated", &media).await;
+                Ok(media)
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<DeleteCaption> for MetadataActor {
+    type Result = AtomicResponse<Self, Result<Media, MetadataError>>;
+
+    fn handle(&mut self, msg: DeleteCaption, _: &mut Self::Context) -> Self::Result {
+        let (repo, blobs) = (self.repo.clone(), self.blobs.clone());
+        let (caches, search) = (self.caches.clone(), self.search.clone());
+        let webhooks = self.webhooks.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut media = load(&repo, msg.media_id).await?;
+                if !msg.principal.may_manage(media.owner.as_deref()) {
+                    if media.visibility == Visibility::Private {
+                        return Err(MetadataError::NotFound(media.id));
+                    }
+                    return Err(MetadataError::NotOwner);
+                }
+                if !media.captions.contains(&msg.lang) {
+                    return Err(MetadataError::CaptionNotFound(media.id, msg.lang));
+                }
+                // The record first: once it no longer names the track nothing serves it.
+                media.captions.retain(|lang| *lang != msg.lang);
+                media.updated_at = OffsetDateTime::now_utc();
+                let stored = media.clone();
+                blocking(&repo, move |repo| repo.put_media(&stored)).await?;
+                publish_change(&caches, &search, &media).await;
+                if let Err(error) = blobs.delete(&caption_key(&media.id, &msg.lang)).await {
+                    tracing::warn!(%error, media_id = %media.id, "caption blob left for cleanup");
+                }
+                publish_event(&webhooks, "media.updated", &media).await;
+                Ok(media)
             }
             .into_actor(self),
         ))
@@ -455,6 +701,7 @@ impl Handler<MarkPlayable> for MetadataActor {
     fn handle(&mut self, msg: MarkPlayable, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
+        let webhooks = self.webhooks.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
@@ -467,6 +714,7 @@ impl Handler<MarkPlayable> for MetadataActor {
                 let stored = media.clone();
                 blocking(&repo, move |repo| repo.put_media(&stored)).await?;
                 publish_change(&caches, &search, &media).await;
+                publish_event(&webhooks, "media.playable", &media).await;
                 Ok(())
             }
             .into_actor(self),
@@ -480,6 +728,7 @@ impl Handler<RecordTranscode> for MetadataActor {
     fn handle(&mut self, msg: RecordTranscode, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
         let (caches, search) = (self.caches.clone(), self.search.clone());
+        let webhooks = self.webhooks.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
@@ -505,6 +754,11 @@ impl Handler<RecordTranscode> for MetadataActor {
                 blocking(&repo, move |repo| repo.put_media(&stored)).await?;
                 // A rerun rewrote the playlists: cached copies of the old ones must go.
                 publish_change(&caches, &search, &media).await;
+                let event = match media.state {
+                    MediaState::Ready => "media.ready",
+                    _ => "media.failed",
+                };
+                publish_event(&webhooks, event, &media).await;
                 Ok(())
             }
             .into_actor(self),
@@ -571,6 +825,23 @@ pub(crate) fn validate_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_need_a_language_tag_utf8_and_the_webvtt_line() {
+        for lang in ["en", "pt-BR", "zh-Hant-TW", "gsw"] {
+            assert!(is_caption_lang(lang), "{lang}");
+        }
+        for lang in ["e", "english", "en_US", "en-", "../x", "en-toolongsubtag"] {
+            assert!(!is_caption_lang(lang), "{lang}");
+        }
+        assert!(validate_caption("en", b"WEBVTT\n\n00:00.000 --> 00:01.000\nHi\n").is_ok());
+        assert!(validate_caption("en", "\u{feff}WEBVTT - title\n".as_bytes()).is_ok());
+        assert!(validate_caption("en", b"WEBVTTX\n").is_err());
+        assert!(validate_caption("en", b"1\n00:00:00,000 --> 00:00:01,000\n").is_err());
+        assert!(validate_caption("en", b"WEBVTT\n\xff\n").is_err());
+        let big = [b"WEBVTT\n".as_slice(), &vec![b'a'; MAX_CAPTION_BYTES]].concat();
+        assert!(validate_caption("en", &big).is_err());
+    }
 
     #[test]
     fn tags_are_normalized_and_validated() {

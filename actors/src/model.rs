@@ -66,6 +66,35 @@ impl MediaState {
     }
 }
 
+/// Who finds and plays a media item. Records stored before it existed read as `Public`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// Listed, searchable, playable by anyone (subject to its gate).
+    #[default]
+    Public,
+    /// Not listed or searchable; plays for anyone with the link (subject to its gate).
+    Unlisted,
+    /// Only the owner and admins see or play it; everyone else gets 404.
+    Private,
+}
+
+impl Visibility {
+    pub const ALL: [Self; 3] = [Self::Public, Self::Unlisted, Self::Private];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Unlisted => "unlisted",
+            Self::Private => "private",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|level| level.as_str() == text)
+    }
+}
+
 /// One rung of the HLS ladder as it was actually produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rendition {
@@ -83,6 +112,15 @@ pub struct Media {
     pub tags: Vec<String>,
     /// Wallet address of the creator; `None` until sessions exist.
     pub owner: Option<String>,
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// Nanoseconds since the epoch of the last change to `visibility` (0: never changed). It
+    /// versions the URLs of non-public media, so a tightening never reuses a URL seen before.
+    #[serde(default)]
+    pub visibility_epoch: u64,
+    /// Languages (BCP 47 tags) with a WebVTT caption track, sorted.
+    #[serde(default)]
+    pub captions: Vec<String>,
     pub state: MediaState,
     /// Why processing failed, when `state` is `Failed`: a message fit for the client.
     pub failure: Option<String>,
@@ -343,6 +381,12 @@ pub struct TusMetadata {
     pub title: Option<String>,
     pub description: Option<String>,
     pub tags: Vec<String>,
+    /// `visibility` from `Upload-Metadata`; `None`: the server default.
+    #[serde(default)]
+    pub visibility: Option<Visibility>,
+    /// The validated `gate` from `Upload-Metadata`, stored with the media record.
+    #[serde(default)]
+    pub gate: Option<Gate>,
 }
 
 /// One resumable upload. While `receiving`, the partial file's length is the authority for the

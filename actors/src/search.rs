@@ -45,7 +45,7 @@ use tantivy::{
 
 use crate::{
     error::{DomainError, ErrorKind},
-    model::{Media, MediaId},
+    model::{Media, MediaId, Visibility},
     store::SharedRepo,
 };
 
@@ -420,16 +420,23 @@ impl SearchIndex {
         Term::from_field_text(self.inner.fields.id, &media_id.to_string())
     }
 
-    /// Stages adding or replacing the records (searchable after the next commit).
+    /// Stages adding or replacing the records (searchable after the next commit). Media that
+    /// are not public are only removed: list and search show public media alone.
     pub fn upsert(&self, media: &[Media]) -> Result<(), SearchError> {
         let documents = media
             .iter()
-            .map(|item| self.document(item))
+            .map(|item| {
+                (item.visibility == Visibility::Public)
+                    .then(|| self.document(item))
+                    .transpose()
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let writer = self.inner.writer();
         for (item, document) in media.iter().zip(documents) {
             writer.delete_term(self.id_term(&item.id));
-            writer.add_document(document)?;
+            if let Some(document) = document {
+                writer.add_document(document)?;
+            }
         }
         self.inner.dirty.store(true, Ordering::Release);
         Ok(())
@@ -487,7 +494,9 @@ impl SearchIndex {
             after = Some(last.id.clone());
             for media in page {
                 let id = u128::from_be_bytes(*media.id.as_bytes());
-                if indexed.remove(&id) != Some(updated_ns(&media)) {
+                let found = indexed.remove(&id);
+                let listed = media.visibility == Visibility::Public;
+                if (listed && found != Some(updated_ns(&media))) || (!listed && found.is_some()) {
                     stale.push(media);
                 }
             }
@@ -615,6 +624,9 @@ mod tests {
             description: String::new(),
             tags: tags.iter().map(|tag| tag.to_string()).collect(),
             owner: Some(owner.into()),
+            visibility: Default::default(),
+            visibility_epoch: 0,
+            captions: Vec::new(),
             state: MediaState::Ready,
             failure: None,
             failure_code: None,

@@ -400,7 +400,7 @@ pub(crate) async fn play(server: &TestServer, media_id: &str, session: &str) -> 
         media_playlist.contains("#EXT-X-MAP:URI=\"") && media_playlist.contains(".mp4?token="),
         "the init segment carries the token too: {media_playlist}"
     );
-    let rendition = variant.split('/').next().unwrap();
+    let rendition = variant.rsplit_once('/').unwrap().0;
     let segment = uris(&media_playlist)[0].clone();
     assert!(segment.contains("?token="), "{media_playlist}");
     let response = bearer_get(server, &format!("{base}{rendition}/{segment}"), None).await;

@@ -284,6 +284,9 @@ fn record(title: &str, description: &str, tags: &[&str], owner: &str) -> Media {
         description: description.into(),
         tags: tags.iter().map(|tag| tag.to_string()).collect(),
         owner: Some(owner.into()),
+        visibility: Default::default(),
+        visibility_epoch: 0,
+        captions: Vec::new(),
         state: MediaState::Ready,
         failure: None,
         failure_code: None,
@@ -309,7 +312,7 @@ async fn create(server: &TestServer, media: Media) -> String {
     let created = server
         .actors
         .metadata
-        .send(CreateMedia { media })
+        .send(CreateMedia { media, gate: None })
         .await
         .unwrap()
         .unwrap();

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod backup;
 pub mod cache;
 pub mod monitor;
+pub mod webhooks;
 
 use serde::{Deserialize, Serialize};
 use streamgate_actors::model::{Job, Media, Rendition};
@@ -64,6 +65,10 @@ pub struct MediaDto {
     pub thumbnail_url: Option<String>,
     /// Playback needs a session whose wallet passes the gate (`GET …/gate` for its terms).
     pub gated: bool,
+    /// `public`, `unlisted` (not listed, plays by link) or `private` (owner and admins only).
+    pub visibility: &'static str,
+    /// Languages with a caption track (`…/captions/{lang}`).
+    pub captions: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -96,6 +101,8 @@ impl From<&Media> for MediaDto {
             hls_url: playable.then(|| format!("/api/v1/media/{}/hls/master.m3u8", media.id)),
             thumbnail_url: ready.then(|| format!("/api/v1/media/{}/thumbnail.jpg", media.id)),
             gated: false,
+            visibility: media.visibility.as_str(),
+            captions: media.captions.clone(),
             created_at: rfc3339(media.created_at),
             updated_at: rfc3339(media.updated_at),
         }
@@ -163,6 +170,7 @@ pub struct UpdateMediaBody {
     pub title: Option<String>,
     pub description: Option<String>,
     pub tags: Option<Vec<String>>,
+    pub visibility: Option<streamgate_actors::model::Visibility>,
 }
 
 #[derive(Serialize)]

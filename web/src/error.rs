@@ -153,6 +153,7 @@ from_domain!(
     streamgate_actors::monitor::MonitorError,
     streamgate_actors::store::StoreError,
     streamgate_actors::backup::BackupError,
+    streamgate_actors::webhooks::WebhookError,
 );
 
 impl From<actix::MailboxError> for ApiError {

@@ -24,7 +24,7 @@ use super::{
     AuthActor, AuthError, AuthorizePlayback, AuthorizeSessionPlayback, PlaybackGrant,
     PlaybackGuard, Principal,
 };
-use crate::model::MediaId;
+use crate::model::{MediaId, Visibility};
 
 /// A decision and what bounds how long it may be reused.
 struct Decision {
@@ -49,9 +49,13 @@ impl AuthActor {
         let ttl = Duration::seconds(self.deps.config.playback_token_ttl_s as i64);
         let clock = self.deps.clock.clone();
         async move {
-            let gate = playback
-                .gate(&media_id)
-                .map_err(|_| AuthError::Config("gate table unavailable".into()))?;
+            let unavailable = |_| AuthError::Config("gate table unavailable".into());
+            let gate = playback.gate(&media_id).map_err(unavailable)?;
+            let visibility = playback.visibility(&media_id).map_err(unavailable)?;
+            // Private media do not exist for anyone else: not found, never "forbidden".
+            if visibility.0 == Visibility::Private && !principal.may_manage(owner.as_deref()) {
+                return Err(AuthError::MediaNotFound);
+            }
             let wallet = principal.name().to_string();
             let mut ownership_fresh_until = None;
             let may_play = match (&principal, &gate) {
@@ -81,7 +85,10 @@ impl AuthActor {
                 Principal::Wallet { session_id, .. } => Some(session_id.as_str()),
                 Principal::Admin => None,
             };
-            let binding = PlaybackGuard::binding(session_id, gate.as_ref());
+            let binding = PlaybackGuard::binding(
+                session_id,
+                PlaybackGuard::access_epoch_of(gate.as_ref(), visibility),
+            );
             let token = playback.keys().sign_playback(
                 &media_id,
                 &wallet,
@@ -93,7 +100,7 @@ impl AuthActor {
                     token: token.into(),
                     expires_at,
                 },
-                gated: gate.is_some(),
+                gated: gate.is_some() || visibility.0 == Visibility::Private,
                 ownership_fresh_until,
             })
         }

@@ -10,7 +10,7 @@ use time::{Duration, OffsetDateTime};
 use super::{
     login, AuthActor, AuthError, Challenge, CheckOwnership, GateSpec, IssueChallenge, Login,
     Logout, NftChecker, Ownership, OwnershipQuery, Principal, RefreshSession, SessionGrant,
-    SessionInfo, SetGate, VerifySession,
+    SessionInfo, SetGate, ValidateGate, VerifySession,
 };
 use crate::{
     audit::{action, outcome, AuditEvent, AuditLog},
@@ -353,6 +353,14 @@ impl Handler<CheckOwnership> for AuthActor {
     }
 }
 
+impl Handler<ValidateGate> for AuthActor {
+    type Result = Result<Gate, AuthError>;
+
+    fn handle(&mut self, msg: ValidateGate, _: &mut Self::Context) -> Self::Result {
+        validate_gate(&self.deps.nft, &msg.gate, &msg.principal)
+    }
+}
+
 impl Handler<SetGate> for AuthActor {
     type Result = AtomicResponse<Self, Result<Option<Gate>, AuthError>>;
 
@@ -377,6 +385,10 @@ impl Handler<SetGate> for AuthActor {
                     .await
                     .map_err(|_| AuthError::Mailbox)??;
                 if !msg.principal.may_manage(media.owner.as_deref()) {
+                    // A private media item does not exist for anyone else.
+                    if media.visibility == crate::model::Visibility::Private {
+                        return Err(crate::metadata::MetadataError::NotFound(media.id).into());
+                    }
                     return Err(AuthError::NotOwner);
                 }
                 let gate = validated?;

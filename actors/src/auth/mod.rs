@@ -105,6 +105,9 @@ pub enum AuthError {
     NotOwner,
     #[error("this media is gated and your wallet does not hold the required token")]
     GateNotPassed,
+    /// A private media item, asked for by someone who may not see it.
+    #[error("media not found")]
+    MediaNotFound,
     #[error("the contract did not answer as a token contract")]
     NotATokenContract,
     #[error("RPC node unavailable: {0}")]
@@ -141,6 +144,7 @@ impl DomainError for AuthError {
             | ChainNotConfigured(_)
             | NotATokenContract => ErrorKind::Invalid,
             NotOwner | GateNotPassed => ErrorKind::Forbidden,
+            MediaNotFound => ErrorKind::NotFound,
             RpcUnavailable(_) | Store(_) | Mailbox => ErrorKind::Unavailable,
             RpcBadResponse(_) => ErrorKind::Upstream,
             RpcBudgetExceeded { .. } => ErrorKind::TooManyRequests,
@@ -175,6 +179,7 @@ impl DomainError for AuthError {
             SignatureMismatch => "signature_mismatch",
             NotOwner => "not_media_owner",
             GateNotPassed => "gate_not_passed",
+            MediaNotFound => "media_not_found",
             NotATokenContract => "not_a_token_contract",
             RpcUnavailable(_) => "rpc_unavailable",
             RpcBadResponse(_) => "rpc_bad_response",
@@ -345,6 +350,15 @@ pub struct GateSpec {
 pub struct SetGate {
     pub media_id: MediaId,
     pub gate: Option<GateSpec>,
+    pub principal: Principal,
+}
+
+/// Validates a gate given with an upload exactly like [`SetGate`] does, without storing it:
+/// the upload stores it with the media record.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Gate, AuthError>")]
+pub struct ValidateGate {
+    pub gate: GateSpec,
     pub principal: Principal,
 }
 

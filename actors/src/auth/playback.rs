@@ -26,12 +26,14 @@ use super::{
     grants::{PlaybackGrants, SessionDigest},
     tokens::{Keys, PlaybackBinding, PlaybackClaims, PlaybackTokenError, SessionTag},
 };
-use crate::model::{Gate, MediaId};
+use crate::model::{Gate, MediaId, Visibility};
 
 #[derive(Clone)]
 pub struct PlaybackGuard {
     keys: Keys,
     gates: Arc<RwLock<HashMap<MediaId, Gate>>>,
+    /// Media that are not public, with their `visibility_epoch`; absent means public.
+    hidden: Arc<RwLock<HashMap<MediaId, (Visibility, u64)>>>,
     grants: PlaybackGrants,
     /// Revoked sessions (as tokens name them) until they would have expired (unix seconds).
     revoked: Arc<RwLock<HashMap<SessionTag, i64>>>,
@@ -46,6 +48,7 @@ impl PlaybackGuard {
         Self {
             keys,
             gates: Arc::new(RwLock::new(gates)),
+            hidden: Arc::default(),
             grants,
             revoked: Arc::default(),
         }
@@ -76,12 +79,60 @@ impl PlaybackGuard {
         revoked.retain(|_, expires_at| *expires_at >= now.unix_timestamp());
     }
 
-    /// What a token minted now for `session_id` and `gate` is bound to.
-    pub(super) fn binding(session_id: Option<&str>, gate: Option<&Gate>) -> PlaybackBinding {
+    /// What a token minted now for `session_id` under `access_epoch` is bound to.
+    pub(super) fn binding(session_id: Option<&str>, access_epoch: u64) -> PlaybackBinding {
         PlaybackBinding {
             session: session_id.map(SessionTag::of),
-            gate_epoch: Self::gate_epoch(gate),
+            gate_epoch: access_epoch,
         }
+    }
+
+    /// The gate's epoch combined with the epoch of a private visibility: 0 for media anyone
+    /// may play, and new whenever the gate changes or the media turns private. Tokens are bound
+    /// to it, and restricted media's playlists put it into their URLs (the version).
+    pub fn access_epoch_of(gate: Option<&Gate>, visibility: (Visibility, u64)) -> u64 {
+        let private = match visibility {
+            (Visibility::Private, epoch) => epoch.max(1),
+            _ => 0,
+        };
+        Self::gate_epoch(gate).wrapping_add(private.rotate_left(17))
+    }
+
+    /// [`Self::access_epoch_of`] for `media_id` as the tables say now.
+    pub fn access_epoch(&self, media_id: &MediaId) -> Result<u64, GateTableUnavailable> {
+        let gate = self.gate(media_id)?;
+        Ok(Self::access_epoch_of(
+            gate.as_ref(),
+            self.visibility(media_id)?,
+        ))
+    }
+
+    /// The media's visibility and its epoch (`Public`, 0 when the table has no entry). A
+    /// poisoned lock is an error, never "public".
+    pub fn visibility(
+        &self,
+        media_id: &MediaId,
+    ) -> Result<(Visibility, u64), GateTableUnavailable> {
+        let hidden = self.hidden.read().map_err(|_| GateTableUnavailable)?;
+        Ok(hidden
+            .get(media_id)
+            .copied()
+            .unwrap_or((Visibility::Public, 0)))
+    }
+
+    /// Records the media's visibility (deleted media: `Public`) and drops its remembered
+    /// grants, so no decision made under the old visibility is reused.
+    pub(crate) fn set_visibility(&self, media_id: &MediaId, visibility: Visibility, epoch: u64) {
+        let mut hidden = match self.hidden.write() {
+            Ok(hidden) => hidden,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match visibility {
+            Visibility::Public => hidden.remove(media_id),
+            other => hidden.insert(media_id.clone(), (other, epoch)),
+        };
+        drop(hidden);
+        self.grants.purge_media(media_id);
     }
 
     /// The playback token the AuthActor granted this bearer session for `media_id`, while that
@@ -131,11 +182,10 @@ impl PlaybackGuard {
                 return Err(PlaybackTokenError::SessionRevoked);
             }
         }
-        let gates = self
-            .gates
-            .read()
+        let epoch = self
+            .access_epoch(media_id)
             .map_err(|_| PlaybackTokenError::GateChanged)?;
-        if Self::gate_epoch(gates.get(media_id)) != claims.gate_epoch {
+        if epoch != claims.gate_epoch {
             return Err(PlaybackTokenError::GateChanged);
         }
         Ok(claims)
@@ -145,7 +195,7 @@ impl PlaybackGuard {
         &self.keys
     }
 
-    pub(super) fn set(&self, media_id: MediaId, gate: Option<Gate>) {
+    pub(crate) fn set(&self, media_id: MediaId, gate: Option<Gate>) {
         // A poisoned lock still holds a consistent map (inserts and removes cannot half-happen).
         let mut gates = match self.gates.write() {
             Ok(gates) => gates,

@@ -50,6 +50,9 @@ impl crate::error::DomainError for StoreError {
 pub trait MediaRepo: Send + Sync {
     fn get_media(&self, media_id: &MediaId) -> Result<Option<Media>, StoreError>;
     fn put_media(&self, media: &Media) -> Result<(), StoreError>;
+    /// Stores the record and, when given, its gate in one transaction: a gate given with the
+    /// upload is never missing from a stored record.
+    fn put_media_with_gate(&self, media: &Media, gate: Option<&Gate>) -> Result<(), StoreError>;
     /// Removes the record and, in the same transaction, takes its size off its owner's quota
     /// counter (when there is one).
     fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError>;
@@ -201,8 +204,25 @@ pub fn quota_owner(owner: Option<&str>) -> &str {
     owner.unwrap_or(crate::auth::ADMIN)
 }
 
+/// Webhook deliveries: the durable queue and the delivery log.
+pub trait WebhookRepo: Send + Sync {
+    /// Stores (or replaces) the deliveries, flushed before it returns.
+    fn put_deliveries(
+        &self,
+        deliveries: &[crate::webhooks::WebhookDelivery],
+    ) -> Result<(), StoreError>;
+    fn delete_delivery(&self, id: &uuid::Uuid) -> Result<(), StoreError>;
+    /// The oldest `limit` deliveries, in creation order.
+    fn list_deliveries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::webhooks::WebhookDelivery>, StoreError>;
+}
+
 /// Everything the actors need from the record store.
-pub trait Repo: MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo + QuotaRepo {
+pub trait Repo:
+    MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo + QuotaRepo + WebhookRepo
+{
     /// A cheap read that proves the store answers (for `/health`).
     fn check(&self) -> Result<(), StoreError>;
     /// Copies every record into a new store at `out` (which must not exist), record by record

@@ -13,19 +13,21 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     quota_owner, AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo, MediaRepo, NonceUse,
-    QuotaRepo, Repo, StoreError, TusRepo,
+    QuotaRepo, Repo, StoreError, TusRepo, WebhookRepo,
 };
 use crate::model::{
     AuditEntry, Gate, Job, JobId, Media, MediaId, NonceRecord, TusUpload, UploadId,
 };
+use crate::webhooks::WebhookDelivery;
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// Versioned schema steps, applied in order at start; an applied step is never edited, a change
 /// is a new step.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE media (id bytea PRIMARY KEY, doc text NOT NULL);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE media (id bytea PRIMARY KEY, doc text NOT NULL);
      CREATE TABLE jobs (id bytea PRIMARY KEY, state text NOT NULL, media_id bytea, owner text,
                         doc text NOT NULL);
      CREATE INDEX jobs_by_state ON jobs (state, id);
@@ -39,7 +41,12 @@ const MIGRATIONS: &[(i32, &str)] = &[(
      CREATE TABLE gates (media_id bytea PRIMARY KEY, doc text NOT NULL);
      CREATE TABLE tus_uploads (id bytea PRIMARY KEY, doc text NOT NULL);
      CREATE TABLE quota_usage (owner text PRIMARY KEY, bytes bigint NOT NULL);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE webhook_deliveries (id bytea PRIMARY KEY, doc text NOT NULL);",
+    ),
+];
 
 /// Serialises concurrent migrations of several nodes starting at once (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x5354_5247_4154_4531;
@@ -222,6 +229,46 @@ impl Pg {
     }
 }
 
+impl WebhookRepo for Pg {
+    fn put_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(backend)?;
+        for delivery in deliveries {
+            tx.execute(
+                "INSERT INTO webhook_deliveries (id, doc) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc",
+                &[&delivery.id.as_bytes().as_slice(), &encode(delivery)?],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn delete_delivery(&self, id: &uuid::Uuid) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM webhook_deliveries WHERE id = $1",
+            &[&id.as_bytes().as_slice()],
+        )?;
+        Ok(())
+    }
+
+    fn list_deliveries(&self, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT id, doc FROM webhook_deliveries ORDER BY id LIMIT $1",
+                &[&(limit.min(i64::MAX as usize) as i64)],
+            )
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let id: &[u8] = row.try_get(0).map_err(backend)?;
+                decode(id, row, 1)
+            })
+            .collect()
+    }
+}
+
 impl MediaRepo for Pg {
     fn get_media(&self, media_id: &MediaId) -> Result<Option<Media>, StoreError> {
         self.get_doc("SELECT doc FROM media WHERE id = $1", media_id.as_bytes())
@@ -234,6 +281,29 @@ impl MediaRepo for Pg {
             &[&media.id.as_bytes().as_slice(), &encode(media)?],
         )?;
         Ok(())
+    }
+
+    fn put_media_with_gate(&self, media: &Media, gate: Option<&Gate>) -> Result<(), StoreError> {
+        let Some(gate) = gate else {
+            return self.put_media(media);
+        };
+        let key = media.id.as_bytes().as_slice();
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(backend)?;
+        // The gate first, in the same transaction: no reader ever sees the record ungated.
+        tx.execute(
+            "INSERT INTO gates (media_id, doc) VALUES ($1, $2)
+             ON CONFLICT (media_id) DO UPDATE SET doc = EXCLUDED.doc",
+            &[&key, &encode(gate)?],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO media (id, doc) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc",
+            &[&key, &encode(media)?],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
     }
 
     fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError> {
@@ -731,6 +801,7 @@ macro_rules! forward {
 forward!(MediaRepo {
     fn get_media(media_id: &MediaId) -> Option<Media>;
     fn put_media(media: &Media) -> ();
+    fn put_media_with_gate(media: &Media, gate: Option<&Gate>) -> ();
     fn delete_media(media_id: &MediaId) -> bool;
     fn list_media(after: Option<&MediaId>, limit: usize) -> Vec<Media>;
     fn recent_media(limit: usize, keep: &(dyn Fn(&Media) -> bool + Sync)) -> Vec<Media>;
@@ -763,6 +834,12 @@ forward!(AuthRepo {
     fn put_gate(media_id: &MediaId, gate: &Gate) -> ();
     fn delete_gate(media_id: &MediaId) -> bool;
     fn list_gates() -> Vec<(MediaId, Gate)>;
+});
+
+forward!(WebhookRepo {
+    fn put_deliveries(deliveries: &[WebhookDelivery]) -> ();
+    fn delete_delivery(id: &uuid::Uuid) -> ();
+    fn list_deliveries(limit: usize) -> Vec<WebhookDelivery>;
 });
 
 forward!(TusRepo {

@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     quota_owner, AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo, MediaRepo, NonceUse,
-    QuotaRepo, Repo, StoreError, TusRepo,
+    QuotaRepo, Repo, StoreError, TusRepo, WebhookRepo,
 };
 use crate::model::{
     AuditEntry, Gate, Job, JobId, Media, MediaId, NonceRecord, TusUpload, UploadId,
@@ -23,6 +23,7 @@ const GATES_TREE: &str = "gates";
 const TUS_TREE: &str = "tus_uploads";
 /// Owner name → bytes held against the upload quota (big-endian u64).
 const QUOTA_TREE: &str = "quota_usage";
+const WEBHOOKS_TREE: &str = "webhook_deliveries";
 const SESSION_SECRET_KEY: &[u8] = b"session_secret";
 
 pub struct SledStore {
@@ -36,6 +37,7 @@ pub struct SledStore {
     gates: sled::Tree,
     tus: sled::Tree,
     quota: sled::Tree,
+    webhooks: sled::Tree,
 }
 
 /// How long [`SledStore::open`] waits for an earlier holder of the store's lock to let go.
@@ -87,6 +89,7 @@ impl SledStore {
         let gates = db.open_tree(GATES_TREE).map_err(backend)?;
         let tus = db.open_tree(TUS_TREE).map_err(backend)?;
         let quota = db.open_tree(QUOTA_TREE).map_err(backend)?;
+        let webhooks = db.open_tree(WEBHOOKS_TREE).map_err(backend)?;
         Ok(Self {
             db,
             media,
@@ -98,6 +101,7 @@ impl SledStore {
             gates,
             tus,
             quota,
+            webhooks,
         })
     }
 
@@ -165,6 +169,25 @@ impl MediaRepo for SledStore {
 
     fn put_media(&self, media: &Media) -> Result<(), StoreError> {
         self.put(&self.media, media.id.as_bytes(), media)
+    }
+
+    fn put_media_with_gate(&self, media: &Media, gate: Option<&Gate>) -> Result<(), StoreError> {
+        use sled::{transaction::ConflictableTransactionResult, Transactional};
+        let Some(gate) = gate else {
+            return self.put_media(media);
+        };
+        let key = media.id.as_bytes();
+        let record = serde_json::to_vec(media).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let gate = serde_json::to_vec(gate).map_err(|e| StoreError::Backend(e.to_string()))?;
+        (&self.media, &self.gates)
+            .transaction(|(media, gates)| -> ConflictableTransactionResult<(), ()> {
+                gates.insert(key.as_slice(), gate.as_slice())?;
+                media.insert(key.as_slice(), record.as_slice())?;
+                Ok(())
+            })
+            .map_err(|error| StoreError::Backend(format!("{error:?}")))?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
     }
 
     fn delete_media(&self, media_id: &MediaId) -> Result<bool, StoreError> {
@@ -623,6 +646,40 @@ impl SledStore {
     }
 }
 
+impl WebhookRepo for SledStore {
+    fn put_deliveries(
+        &self,
+        deliveries: &[crate::webhooks::WebhookDelivery],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for delivery in deliveries {
+            let bytes =
+                serde_json::to_vec(delivery).map_err(|e| StoreError::Backend(e.to_string()))?;
+            batch.insert(delivery.id.as_bytes().as_slice(), bytes);
+        }
+        self.webhooks.apply_batch(batch).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_delivery(&self, id: &uuid::Uuid) -> Result<(), StoreError> {
+        self.webhooks.remove(id.as_bytes()).map_err(backend)?;
+        Ok(())
+    }
+
+    fn list_deliveries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::webhooks::WebhookDelivery>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.webhooks.iter().take(limit) {
+            let (key, bytes) = entry.map_err(backend)?;
+            found.push(decode(&key, &bytes)?);
+        }
+        Ok(found)
+    }
+}
+
 /// Whether a live process (a running server) holds the sled store under `path`.
 pub fn sled_in_use(path: &Path) -> bool {
     std::fs::OpenOptions::new()
@@ -733,6 +790,36 @@ mod tests {
     use super::*;
     use crate::store::tests::media;
     use time::OffsetDateTime;
+
+    fn media() -> Media {
+        let now = OffsetDateTime::now_utc();
+        Media {
+            id: MediaId::new(),
+            title: "t".into(),
+            description: String::new(),
+            tags: vec![],
+            owner: None,
+            visibility: Default::default(),
+            visibility_epoch: 0,
+            captions: Vec::new(),
+            state: MediaState::Processing,
+            failure: None,
+            failure_code: None,
+            container: None,
+            upload_id: UploadId::new(),
+            filename: None,
+            size: 1,
+            sha256: String::new(),
+            source_key: "k".into(),
+            duration_s: None,
+            width: None,
+            height: None,
+            video_codec: None,
+            renditions: vec![],
+            created_at: now,
+            updated_at: now,
+        }
+    }
 
     #[test]
     fn media_round_trips_and_survives_reopen() {

@@ -23,7 +23,7 @@ use crate::{
     config::UploadConfig,
     error::{DomainError, ErrorKind},
     metadata::{normalize_tags, CreateMedia, DeleteMedia, MetadataActor, MetadataError},
-    model::{JobKind, Media, MediaId, MediaState, UploadId},
+    model::{Gate, JobKind, Media, MediaId, MediaState, UploadId, Visibility},
     monitor::{metric_names::upload_outcome, Metrics},
     sniff::{sniff_container, Container, SNIFF_BYTES},
     store::StoreError,
@@ -150,6 +150,10 @@ pub struct FinishUpload {
     pub description: Option<String>,
     pub tags: Vec<String>,
     pub owner: Option<String>,
+    /// `None`: `upload.default_visibility`.
+    pub visibility: Option<Visibility>,
+    /// A gate validated by the AuthActor (`ValidateGate`), stored with the record.
+    pub gate: Option<Gate>,
     pub caller: String,
     /// W3C trace id of the upload request, handed on to the transcode job.
     pub trace_id: Option<String>,
@@ -310,9 +314,10 @@ impl Handler<FinishUpload> for UploadActor {
         let upload_bytes = self.upload_bytes.clone();
         let audit = self.audit.clone();
         let (repo, quota) = (self.tus.repo.clone(), self.config.quota_bytes);
+        let default_visibility = self.config.default_visibility;
         Box::pin(async move {
             let file = msg.file;
-            let media = media_record(
+            let mut media = media_record(
                 MediaId::new(),
                 &file,
                 msg.title,
@@ -320,8 +325,12 @@ impl Handler<FinishUpload> for UploadActor {
                 msg.tags,
                 msg.owner,
             );
+            media.visibility = msg.visibility.unwrap_or(default_visibility);
             let created = metadata
-                .send(CreateMedia { media })
+                .send(CreateMedia {
+                    media,
+                    gate: msg.gate,
+                })
                 .await
                 .map_err(|_| UploadError::Mailbox("metadata"));
             let media = match created {
@@ -537,6 +546,9 @@ fn media_record(
         description: description.unwrap_or_default(),
         tags: normalize_tags(tags),
         owner,
+        visibility: Visibility::Public,
+        visibility_epoch: 0,
+        captions: Vec::new(),
         state: MediaState::Processing,
         failure: None,
         failure_code: None,

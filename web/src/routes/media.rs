@@ -7,14 +7,17 @@
 //! Edits, deletes and gates need a session (or the admin token); only the owner's session may
 //! change a media item (the MetadataActor / AuthActor decide, 403 otherwise).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
-    auth::{GateSpec, SetGate},
-    cache::SearchPageKey,
-    metadata::{DeleteMedia, GetMedia, UpdateMedia},
-    model::{Gate, Media, TokenStandard},
+    auth::{Authenticate, GateSpec, SetGate},
+    cache::{CachedMedia, SearchPageKey},
+    metadata::{
+        DeleteCaption, DeleteMedia, GetMedia, MetadataError, PutCaption, UpdateMedia,
+        MAX_CAPTION_BYTES,
+    },
+    model::{Gate, Media, TokenStandard, Visibility},
     search::SearchQuery,
     Actors,
 };
@@ -37,6 +40,38 @@ pub(super) struct GateBody {
     token_id: Option<TokenIdInput>,
     /// Defaults to 1.
     min_balance: Option<u64>,
+}
+
+impl GateBody {
+    pub(super) fn into_spec(self) -> GateSpec {
+        GateSpec {
+            chain_id: self.chain_id,
+            contract: self.contract,
+            standard: self.standard,
+            token_id: self.token_id.map(TokenIdInput::into_text),
+            min_balance: self.min_balance.unwrap_or(1),
+        }
+    }
+}
+
+/// Private media exist only for their owner and admins: anyone else (no bearer, another
+/// wallet, a refused token) gets the 404 of a media item that does not exist.
+pub(crate) async fn hide_private(
+    req: &HttpRequest,
+    actors: &Actors,
+    media: &Media,
+) -> Result<(), ApiError> {
+    if media.visibility != Visibility::Private {
+        return Ok(());
+    }
+    let hidden = || ApiError::domain(&MetadataError::NotFound(media.id.clone()));
+    let Some(token) = crate::extract::bearer_token(req) else {
+        return Err(hidden());
+    };
+    match actors.auth.send(Authenticate { token }).await? {
+        Ok(principal) if principal.may_manage(media.owner.as_deref()) => Ok(()),
+        _ => Err(hidden()),
+    }
 }
 
 #[derive(Serialize)]
@@ -78,11 +113,13 @@ fn gate_state(gate: Option<&Gate>) -> GateStateDto {
 }
 
 pub(super) async fn get_gate(
+    req: HttpRequest,
     path: web::Path<String>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
     let media = actors.metadata.send(GetMedia { media_id }).await??;
+    hide_private(&req, &actors, &media).await?;
     let gate = actors
         .playback
         .gate(&media.id)
@@ -98,13 +135,7 @@ pub(super) async fn put_gate(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
-    let gate = body.into_inner().map(|body| GateSpec {
-        chain_id: body.chain_id,
-        contract: body.contract,
-        standard: body.standard,
-        token_id: body.token_id.map(TokenIdInput::into_text),
-        min_balance: body.min_balance.unwrap_or(1),
-    });
+    let gate = body.into_inner().map(GateBody::into_spec);
     let gate = actors
         .auth
         .send(SetGate {
@@ -237,11 +268,23 @@ fn json_bytes(body: Bytes) -> HttpResponse {
 /// A cache hit is served from the JSON memoised on the cache entry (rendered once per entry
 /// and gate state); a miss asks the MetadataActor, which fills the cache, and renders once.
 pub(super) async fn get(
+    req: HttpRequest,
     path: web::Path<String>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
-    let cached = actors.caches.metadata.get(&media_id);
+    let cached = match actors.caches.metadata.get(&media_id) {
+        Some(cached) => cached,
+        None => std::sync::Arc::new(CachedMedia::new(
+            actors
+                .metadata
+                .send(GetMedia {
+                    media_id: media_id.clone(),
+                })
+                .await??,
+        )),
+    };
+    hide_private(&req, &actors, &cached.media).await?;
     let gated = actors
         .playback
         .is_gated(&media_id)
@@ -257,10 +300,7 @@ pub(super) async fn get(
             )
         })
     };
-    let body = match cached {
-        Some(cached) => cached.rendered(gated, render)?,
-        None => render(&actors.metadata.send(GetMedia { media_id }).await??)?,
-    };
+    let body = cached.rendered(gated, render)?;
     Ok(json_bytes(body))
 }
 
@@ -279,6 +319,7 @@ pub(super) async fn update(
             title: body.title,
             description: body.description,
             tags: body.tags,
+            visibility: body.visibility,
             principal,
         })
         .await??;
@@ -299,4 +340,61 @@ pub(super) async fn delete(
         })
         .await??;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `PUT …/captions/{lang}`: the body is the WebVTT file (the MetadataActor validates it).
+pub(super) async fn put_caption(
+    Authenticated(principal): Authenticated,
+    path: web::Path<(String, String)>,
+    mut payload: web::Payload,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    use futures_util::StreamExt;
+    let (media_id, lang) = path.into_inner();
+    let media_id = super::media_id(&media_id)?;
+    let mut vtt = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|error| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the body could not be read: {error}"),
+            )
+        })?;
+        if vtt.len() + chunk.len() > MAX_CAPTION_BYTES {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "caption_too_large",
+                format!("captions are limited to {MAX_CAPTION_BYTES} bytes"),
+            ));
+        }
+        vtt.extend_from_slice(&chunk);
+    }
+    let media = actors
+        .metadata
+        .send(PutCaption {
+            media_id,
+            lang,
+            vtt: vtt.freeze(),
+            principal,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
+}
+
+pub(super) async fn delete_caption(
+    Authenticated(principal): Authenticated,
+    path: web::Path<(String, String)>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, lang) = path.into_inner();
+    let media_id = super::media_id(&media_id)?;
+    let media = actors
+        .metadata
+        .send(DeleteCaption {
+            media_id,
+            lang,
+            principal,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(MediaDto::from(&media)))
 }

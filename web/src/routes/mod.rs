@@ -13,6 +13,7 @@ pub mod streaming;
 pub mod table;
 pub mod tus;
 pub mod uploads;
+pub mod webhooks;
 
 pub use table::{configure, MEDIA_ITEM_SCOPE};
 

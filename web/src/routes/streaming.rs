@@ -42,8 +42,8 @@ use streamgate_actors::{
     blob_names::{is_safe_name, is_segment_name},
     blobs::{BlobError, BlobStore, ByteRange, MappedBlob},
     cache::{CachedMedia, Playlist},
-    metadata::GetMedia,
-    model::{Media, MediaId, MediaState},
+    metadata::{caption_key, GetMedia, MetadataError},
+    model::{Media, MediaId, MediaState, Visibility},
     Actors,
 };
 
@@ -58,9 +58,18 @@ use crate::{
 const PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=10");
 /// A playlist that still grows: a cache may keep it a second, and revalidates by ETag.
 const GROWING_PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=1");
+const UNLISTED_GROWING_PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("private, max-age=1");
 const SEGMENT_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 const THUMBNAIL_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=3600");
 const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
+// Unlisted media: browsers may keep them, shared caches (CDNs) may not.
+const UNLISTED_PLAYLIST_CACHE: HeaderValue = HeaderValue::from_static("private, max-age=10");
+const UNLISTED_SEGMENT_CACHE: HeaderValue =
+    HeaderValue::from_static("private, max-age=31536000, immutable");
+const UNLISTED_THUMBNAIL_CACHE: HeaderValue = HeaderValue::from_static("private, max-age=3600");
+// Captions can be replaced, so they are never immutable.
+const CAPTION_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=60");
+const UNLISTED_CAPTION_CACHE: HeaderValue = HeaderValue::from_static("private, max-age=60");
 
 /// `?token=`: the playback token of a gated media item.
 #[derive(Deserialize)]
@@ -70,11 +79,42 @@ pub(super) struct PlaybackQuery {
 
 /// How a playlist or segment may be served.
 enum Access {
-    Public,
-    /// Gated, and this token (for this media) goes into every URI we hand out.
-    Gated {
-        token: Arc<str>,
-    },
+    /// Anyone may play it; `shared`: shared caches may keep it too (public, not unlisted).
+    Public { shared: bool },
+    /// Gated or private, and this token (for this media) goes into every URI we hand out, under
+    /// the version directory `version` (the media's access epoch): URLs no public cache saw.
+    Gated { token: Arc<str>, version: u64 },
+}
+
+/// A private media item refused to this caller: the answer a missing one gets.
+fn hidden(media_id: &MediaId) -> ApiError {
+    ApiError::domain(&MetadataError::NotFound(media_id.clone()))
+}
+
+/// Whether a media is private, per the guard's table (fails closed).
+fn is_private(actors: &Actors, media_id: &MediaId) -> Result<(Visibility, bool), ApiError> {
+    let (visibility, _) = actors
+        .playback
+        .visibility(media_id)
+        .map_err(|_| gate_table_error())?;
+    Ok((visibility, visibility == Visibility::Private))
+}
+
+/// The version directory of restricted media's URLs, e.g. `v18f3a…`.
+fn version_dir(version: u64) -> String {
+    format!("v{version:x}")
+}
+
+/// Whether `text` names the media's current version; anything else is not found.
+fn check_version(actors: &Actors, media_id: &MediaId, text: &str) -> Result<(), ApiError> {
+    let current = actors
+        .playback
+        .access_epoch(media_id)
+        .map_err(|_| gate_table_error())?;
+    if current == 0 || text != version_dir(current) {
+        return Err(not_found_name(text));
+    }
+    Ok(())
 }
 
 pub(super) async fn master(
@@ -83,10 +123,148 @@ pub(super) async fn master(
     query: web::Query<PlaybackQuery>,
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
-    let (cached, growth) = playable_media(&actors, &path).await?;
+    let cached = ready_media(&actors, &path).await?;
     let media = &cached.media;
     let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
-    playlist(&req, &actors, &media.id, "master.m3u8", &access, growth).await
+    let growth = ensure_playable(media)?;
+    let captions = (!media.captions.is_empty()).then_some(media);
+    playlist(
+        &req,
+        &actors,
+        &media.id,
+        "master.m3u8",
+        &access,
+        captions,
+        growth,
+    )
+    .await
+}
+
+/// A caption track's WebVTT file; it follows the media's gate and visibility.
+pub(super) async fn caption(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<PlaybackQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, lang) = path.into_inner();
+    let cached = ready_media(&actors, &media_id).await?;
+    let media = &cached.media;
+    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
+    ensure_ready(media)?;
+    if !media.captions.contains(&lang) {
+        return Err(ApiError::domain(&MetadataError::CaptionNotFound(
+            media.id.clone(),
+            lang,
+        )));
+    }
+    let cache = match access {
+        Access::Public { shared: true } => CAPTION_CACHE,
+        Access::Public { shared: false } => UNLISTED_CAPTION_CACHE,
+        Access::Gated { .. } => PRIVATE_NO_STORE,
+    };
+    let key = caption_key(&media.id, &lang);
+    serve_blob(&req, &actors, &key, "text/vtt", cache).await
+}
+
+/// The HLS subtitle playlist of a caption track: the whole WebVTT file as one segment.
+pub(super) async fn caption_playlist(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<PlaybackQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, lang) = path.into_inner();
+    let cached = ready_media(&actors, &media_id).await?;
+    let media = &cached.media;
+    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
+    ensure_ready(media)?;
+    if !media.captions.contains(&lang) {
+        return Err(ApiError::domain(&MetadataError::CaptionNotFound(
+            media.id.clone(),
+            lang,
+        )));
+    }
+    let (cache, token) = match &access {
+        Access::Public { shared: true } => (PLAYLIST_CACHE, None),
+        Access::Public { shared: false } => (UNLISTED_PLAYLIST_CACHE, None),
+        Access::Gated { token, .. } => (PRIVATE_NO_STORE, Some(&**token)),
+    };
+    let duration = media.duration_s.unwrap_or(1.0).max(0.001);
+    let body = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:0\n\
+         #EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:{duration:.3},\n{}\n#EXT-X-ENDLIST\n",
+        duration.ceil() as u64,
+        caption_url(&media.id, &lang, token)
+    );
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.apple.mpegurl"),
+        ))
+        .insert_header((header::CACHE_CONTROL, cache))
+        .body(body))
+}
+
+/// The absolute path of a caption file, with the viewer's token for restricted media. It ends
+/// in `.vtt`: players (ffmpeg among them) pick segment types by extension.
+fn caption_url(media_id: &MediaId, lang: &str, token: Option<&str>) -> String {
+    match token {
+        Some(token) => {
+            format!("/api/v1/media/{media_id}/captions/{lang}/captions.vtt?token={token}")
+        }
+        None => format!("/api/v1/media/{media_id}/captions/{lang}/captions.vtt"),
+    }
+}
+
+/// Adds a SUBTITLES group with the media's caption tracks to a master playlist, and names it
+/// on every variant. Absolute URIs: they are not under the (possibly versioned) HLS directory.
+fn with_captions(master: &str, media: &Media, token: Option<&str>) -> String {
+    let mut out = String::with_capacity(master.len() + 256 * media.captions.len());
+    let mut added = false;
+    for line in master.lines() {
+        if line.starts_with("#EXT-X-STREAM-INF:") {
+            if !added {
+                for lang in &media.captions {
+                    let playlist = match token {
+                        Some(token) => format!(
+                            "/api/v1/media/{}/captions/{lang}/index.m3u8?token={token}",
+                            media.id
+                        ),
+                        None => format!("/api/v1/media/{}/captions/{lang}/index.m3u8", media.id),
+                    };
+                    out.push_str(&format!(
+                        "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"{lang}\",\
+                         LANGUAGE=\"{lang}\",AUTOSELECT=YES,DEFAULT=NO,URI=\"{playlist}\"\n"
+                    ));
+                }
+                added = true;
+            }
+            out.push_str(line);
+            out.push_str(",SUBTITLES=\"subs\"\n");
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Adds a text AdaptationSet per caption track to a DASH manifest.
+fn mpd_with_captions(mpd: &str, media: &Media, token: Option<&str>) -> String {
+    let Some(end) = mpd.rfind("</Period>") else {
+        return mpd.to_string();
+    };
+    let mut sets = String::new();
+    for lang in &media.captions {
+        sets.push_str(&format!(
+            "<AdaptationSet contentType=\"text\" mimeType=\"text/vtt\" lang=\"{lang}\">\
+             <Representation id=\"caption-{lang}\" bandwidth=\"256\"><BaseURL>{}</BaseURL>\
+             </Representation></AdaptationSet>",
+            caption_url(&media.id, lang, token)
+        ));
+    }
+    format!("{}{sets}{}", &mpd[..end], &mpd[end..])
 }
 
 /// The DASH manifest: it points at the same CMAF segments as the HLS playlists
@@ -100,6 +278,7 @@ pub(super) async fn dash_manifest(
     let cached = ready_media(&actors, &path).await?;
     let media = &cached.media;
     let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
+    ensure_ready(media)?;
     let key = streamgate_actors::transcode::dash::manifest_key(&media.id);
     let bytes = actors
         .blobs
@@ -109,14 +288,33 @@ pub(super) async fn dash_manifest(
     let mut response = HttpResponse::Ok();
     response.insert_header((header::CONTENT_TYPE, "application/dash+xml"));
     match access {
-        Access::Public => Ok(response
-            .insert_header((header::CACHE_CONTROL, PLAYLIST_CACHE))
-            .body(bytes)),
-        Access::Gated { token } => {
-            let text = String::from_utf8_lossy(&bytes);
+        Access::Public { shared } => {
+            let body = match media.captions.is_empty() {
+                true => bytes,
+                false => Bytes::from(mpd_with_captions(
+                    &String::from_utf8_lossy(&bytes),
+                    media,
+                    None,
+                )),
+            };
+            Ok(response
+                .insert_header((
+                    header::CACHE_CONTROL,
+                    if shared {
+                        PLAYLIST_CACHE
+                    } else {
+                        UNLISTED_PLAYLIST_CACHE
+                    },
+                ))
+                .body(body))
+        }
+        Access::Gated { token, version } => {
+            let text = String::from_utf8_lossy(&bytes)
+                .replace("\"../hls/", &format!("\"../hls/{}/", version_dir(version)));
+            let text = mpd_with_token(&text, &token);
             Ok(response
                 .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))
-                .body(mpd_with_token(&text, &token)))
+                .body(mpd_with_captions(&text, media, Some(&token))))
         }
     }
 }
@@ -151,14 +349,49 @@ pub(super) async fn rendition_playlist(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, rendition) = path.into_inner();
-    let (cached, growth) = playable_media(&actors, &media_id).await?;
+    serve_rendition_playlist(
+        &req,
+        &actors,
+        &media_id,
+        None,
+        &rendition,
+        query.token.as_deref(),
+    )
+    .await
+}
+
+/// A rendition playlist of restricted media under its version directory.
+pub(super) async fn versioned_rendition_playlist(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    query: web::Query<PlaybackQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, version, rendition) = path.into_inner();
+    let token = query.token.as_deref();
+    serve_rendition_playlist(&req, &actors, &media_id, Some(&version), &rendition, token).await
+}
+
+async fn serve_rendition_playlist(
+    req: &HttpRequest,
+    actors: &Actors,
+    media_id: &str,
+    version: Option<&str>,
+    rendition: &str,
+    token: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let cached = ready_media(actors, media_id).await?;
     let media = &cached.media;
-    if !is_safe_name(&rendition) {
-        return Err(not_found_name(&rendition));
+    if !is_safe_name(rendition) {
+        return Err(not_found_name(rendition));
     }
-    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
+    let access = playlist_access(req, actors, media, token).await?;
+    let growth = ensure_playable(media)?;
+    if let Some(version) = version {
+        check_version(actors, &media.id, version)?;
+    }
     let file = format!("{rendition}/index.m3u8");
-    playlist(&req, &actors, &media.id, &file, &access, growth).await
+    playlist(req, actors, &media.id, &file, &access, None, growth).await
 }
 
 pub(super) async fn segment(
@@ -168,27 +401,76 @@ pub(super) async fn segment(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, rendition, segment) = path.into_inner();
-    let media_id = super::media_id(&media_id)?;
-    if !is_safe_name(&rendition) {
-        return Err(not_found_name(&rendition));
+    serve_segment(
+        &req,
+        &actors,
+        &media_id,
+        None,
+        &rendition,
+        &segment,
+        query.token.as_deref(),
+    )
+    .await
+}
+
+/// A segment of restricted media under its version directory.
+pub(super) async fn versioned_segment(
+    req: HttpRequest,
+    path: web::Path<(String, String, String, String)>,
+    query: web::Query<PlaybackQuery>,
+    actors: web::Data<Actors>,
+) -> Result<HttpResponse, ApiError> {
+    let (media_id, version, rendition, segment) = path.into_inner();
+    let token = query.token.as_deref();
+    serve_segment(
+        &req,
+        &actors,
+        &media_id,
+        Some(&version),
+        &rendition,
+        &segment,
+        token,
+    )
+    .await
+}
+
+async fn serve_segment(
+    req: &HttpRequest,
+    actors: &Actors,
+    media_id: &str,
+    version: Option<&str>,
+    rendition: &str,
+    segment: &str,
+    token: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let media_id = super::media_id(media_id)?;
+    if !is_safe_name(rendition) {
+        return Err(not_found_name(rendition));
     }
-    if !is_segment_name(&segment) {
-        return Err(not_found_name(&segment));
+    if !is_segment_name(segment) {
+        return Err(not_found_name(segment));
     }
-    let cache = match actors
+    let gated = actors
         .playback
         .is_gated(&media_id)
-        .map_err(|_| gate_table_error())?
-    {
-        false => SEGMENT_CACHE,
-        true => {
-            let token = query.token.as_deref();
-            if let Err(refused) = check_playback_token(&actors, &media_id, token) {
-                return Err(refuse(&req, &actors, &media_id, refused));
+        .map_err(|_| gate_table_error())?;
+    let (visibility, private) = is_private(actors, &media_id)?;
+    let cache = if gated || private {
+        if let Err(refused) = check_playback_token(actors, &media_id, token) {
+            if private {
+                return Err(ApiError::not_found("segment_not_found", "no such segment"));
             }
-            PRIVATE_NO_STORE
+            return Err(refuse(req, actors, &media_id, refused));
         }
+        PRIVATE_NO_STORE
+    } else if visibility == Visibility::Unlisted {
+        UNLISTED_SEGMENT_CACHE
+    } else {
+        SEGMENT_CACHE
     };
+    if let Some(version) = version {
+        check_version(actors, &media_id, version)?;
+    }
     let key = format!("{}/{rendition}/{segment}", BlobStore::hls_prefix(&media_id));
     let content_type = if segment.ends_with(".ts") {
         "video/mp2t"
@@ -197,7 +479,7 @@ pub(super) async fn segment(
     } else {
         "video/mp4"
     };
-    serve_blob(&req, &actors, &key, content_type, cache).await
+    serve_blob(req, actors, &key, content_type, cache).await
 }
 
 /// Public for ungated media. Gated media's thumbnail passes the same gate as its playlists: a
@@ -209,17 +491,30 @@ pub(super) async fn thumbnail(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let media_id = media_id(&path)?;
-    let gate = actors
+    let gated = actors
         .playback
-        .gate(&media_id)
+        .is_gated(&media_id)
         .map_err(|_| gate_table_error())?;
-    let cache = match gate {
-        None => THUMBNAIL_CACHE,
-        Some(_) => {
+    let (visibility, private) = is_private(&actors, &media_id)?;
+    let cache = if gated || private {
+        let allowed = async {
             let cached = ready_media(&actors, &path).await?;
             playlist_access(&req, &actors, &cached.media, query.token.as_deref()).await?;
-            PRIVATE_NO_STORE
+            ensure_ready(&cached.media)
         }
+        .await;
+        match allowed {
+            Ok(()) => PRIVATE_NO_STORE,
+            // What a thumbnail that does not exist gets.
+            Err(_) if private => {
+                return Err(ApiError::not_found("segment_not_found", "no such segment"))
+            }
+            Err(refused) => return Err(refused),
+        }
+    } else if visibility == Visibility::Unlisted {
+        UNLISTED_THUMBNAIL_CACHE
+    } else {
+        THUMBNAIL_CACHE
     };
     let key = format!("{}/thumbnail.jpg", BlobStore::media_prefix(&media_id));
     serve_blob(&req, &actors, &key, "image/jpeg", cache).await
@@ -297,15 +592,22 @@ async fn playlist_access(
         .playback
         .is_gated(&media.id)
         .map_err(|_| gate_table_error())?;
-    if !gated {
-        return Ok(Access::Public);
+    let (visibility, private) = is_private(actors, &media.id)?;
+    if !gated && !private {
+        return Ok(Access::Public {
+            shared: visibility == Visibility::Public,
+        });
     }
+    let version = actors
+        .playback
+        .access_epoch(&media.id)
+        .map_err(|_| gate_table_error())?;
     let decided = async {
         if let Some(bearer) = bearer_str(req) {
             // The gate was just read above: a remembered grant only stands in for the decision.
             let session = SessionDigest::of(bearer);
             if let Some(token) = actors.playback.granted(&session, &media.id) {
-                return Ok(Access::Gated { token });
+                return Ok(Access::Gated { token, version });
             }
             let grant = actors
                 .auth
@@ -315,7 +617,10 @@ async fn playlist_access(
                     owner: media.owner.clone(),
                 })
                 .await??;
-            return Ok(Access::Gated { token: grant.token });
+            return Ok(Access::Gated {
+                token: grant.token,
+                version,
+            });
         }
         if query_token.is_none() {
             return Err(ApiError::new(
@@ -327,18 +632,22 @@ async fn playlist_access(
         check_playback_token(actors, &media.id, query_token)?;
         Ok(Access::Gated {
             token: Arc::from(query_token.unwrap_or_default()),
+            version,
         })
     }
     .await;
-    decided.map_err(|error| refuse(req, actors, &media.id, error))
+    match decided {
+        Err(_) if private => Err(hidden(&media.id)),
+        decided => decided.map_err(|error| refuse(req, actors, &media.id, error)),
+    }
 }
 
 /// Appends `token` to every URI of a playlist: plain URI lines and `URI="…"` attributes
 /// (`#EXT-X-MAP`, `#EXT-X-MEDIA`, …). Relative URIs keep resolving against the playlist.
-fn with_token(playlist: &str, token: &str) -> String {
+fn with_token(playlist: &str, token: &str, prefix: &str) -> String {
     let add = |uri: &str| {
         let separator = if uri.contains('?') { '&' } else { '?' };
-        format!("{uri}{separator}token={token}")
+        format!("{prefix}{uri}{separator}token={token}")
     };
     let mut out = String::with_capacity(playlist.len() + 64);
     for line in playlist.lines() {
@@ -377,39 +686,47 @@ fn not_found_name(name: &str) -> ApiError {
     )
 }
 
-/// The media, if it exists and is ready to play.
-/// Whether a media's playlists are final or still growing.
+/// The media, if it exists and plays (private media: if it exists). Callers check readiness
+/// (or, for HLS playlists, playability) again after access.
+async fn ready_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, ApiError> {
+    let media_id = media_id(text)?;
+    let cached = match actors.caches.metadata.get(&media_id) {
+        Some(cached) => cached,
+        None => Arc::new(CachedMedia::new(
+            actors.metadata.send(GetMedia { media_id }).await??,
+        )),
+    };
+    // Private media: who asks is checked first, so a stranger learns nothing of its state.
+    if cached.media.visibility != Visibility::Private {
+        ensure_playable(&cached.media)?;
+    }
+    Ok(cached)
+}
+
+/// Whether a media's HLS playlists are final or still growing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Growth {
     Final,
     Growing,
 }
 
-async fn cached_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, ApiError> {
-    let media_id = media_id(text)?;
-    Ok(match actors.caches.metadata.get(&media_id) {
-        Some(cached) => cached,
-        None => Arc::new(CachedMedia::new(
-            actors.metadata.send(GetMedia { media_id }).await??,
-        )),
-    })
-}
-
-/// A ready media, or one whose ladder is being published while its job runs.
-async fn playable_media(
-    actors: &Actors,
-    text: &str,
-) -> Result<(Arc<CachedMedia>, Growth), ApiError> {
-    let cached = cached_media(actors, text).await?;
-    let media = &cached.media;
+/// A ready media, or one whose ladder is being published while its job runs (HLS only).
+fn ensure_playable(media: &Media) -> Result<Growth, ApiError> {
     match media.state {
-        MediaState::Ready => Ok((cached, Growth::Final)),
-        MediaState::Processing if media.playable_at.is_some() => Ok((cached, Growth::Growing)),
+        MediaState::Ready => Ok(Growth::Final),
+        MediaState::Processing if media.playable_at.is_some() => Ok(Growth::Growing),
         _ => Err(not_ready(media)),
     }
 }
 
-fn not_ready(media: &streamgate_actors::model::Media) -> ApiError {
+fn ensure_ready(media: &Media) -> Result<(), ApiError> {
+    if media.state != MediaState::Ready {
+        return Err(not_ready(media));
+    }
+    Ok(())
+}
+
+fn not_ready(media: &Media) -> ApiError {
     ApiError::new(
         actix_web::http::StatusCode::CONFLICT,
         "media_not_ready",
@@ -419,15 +736,6 @@ fn not_ready(media: &streamgate_actors::model::Media) -> ApiError {
             media.state.as_str()
         ),
     )
-}
-
-async fn ready_media(actors: &Actors, text: &str) -> Result<Arc<CachedMedia>, ApiError> {
-    let cached = cached_media(actors, text).await?;
-    let media = &cached.media;
-    if media.state != MediaState::Ready {
-        return Err(not_ready(media));
-    }
-    Ok(cached)
 }
 
 /// Maps a missing blob to a 404 with `code`; other blob errors keep their kind.
@@ -444,6 +752,7 @@ async fn playlist(
     media_id: &MediaId,
     file: &str,
     access: &Access,
+    captions: Option<&Media>,
     growth: Growth,
 ) -> Result<HttpResponse, ApiError> {
     let content_type = (
@@ -451,24 +760,37 @@ async fn playlist(
         HeaderValue::from_static("application/vnd.apple.mpegurl"),
     );
     match access {
-        Access::Public => {
-            // A growing playlist changes every few seconds: read, never cached here.
-            let (found, cache) = match growth {
-                Growth::Final => (
-                    actors.caches.playlist(&actors.blobs, media_id, file).await,
-                    PLAYLIST_CACHE,
-                ),
-                Growth::Growing => (
-                    actors
-                        .blobs
-                        .get(&BlobStore::hls_key(media_id, file))
-                        .await
-                        .map(Playlist::new),
-                    GROWING_PLAYLIST_CACHE,
+        Access::Public { shared } => {
+            let Playlist { bytes, etag } = match growth {
+                Growth::Final => actors.caches.playlist(&actors.blobs, media_id, file).await,
+                // A growing playlist changes every few seconds: read, never cached here.
+                Growth::Growing => actors
+                    .blobs
+                    .get(&BlobStore::hls_key(media_id, file))
+                    .await
+                    .map(Playlist::new),
+            }
+            .map_err(missing_as("playlist_not_found"))?;
+            let cache = match (growth, shared) {
+                (Growth::Growing, true) => (header::CACHE_CONTROL, GROWING_PLAYLIST_CACHE),
+                (Growth::Growing, false) => {
+                    (header::CACHE_CONTROL, UNLISTED_GROWING_PLAYLIST_CACHE)
+                }
+                (Growth::Final, true) => (header::CACHE_CONTROL, PLAYLIST_CACHE),
+                (Growth::Final, false) => (header::CACHE_CONTROL, UNLISTED_PLAYLIST_CACHE),
+            };
+            // Caption changes update the record: its time versions the amended playlist.
+            let (bytes, etag) = match captions {
+                None => (bytes, etag),
+                Some(media) => (
+                    Bytes::from(with_captions(&String::from_utf8_lossy(&bytes), media, None)),
+                    Arc::from(format!(
+                        "{}-c{:x}\"",
+                        etag.trim_end_matches('"'),
+                        media.updated_at.unix_timestamp_nanos()
+                    )),
                 ),
             };
-            let Playlist { bytes, etag } = found.map_err(missing_as("playlist_not_found"))?;
-            let cache = (header::CACHE_CONTROL, cache);
             if none_match(req, &etag) {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((header::ETAG, &*etag))
@@ -482,9 +804,15 @@ async fn playlist(
                 .body(bytes))
         }
         // Tokens differ per viewer: no ETag, nothing kept by anyone in between.
-        Access::Gated { token } => {
+        Access::Gated { token, version } => {
+            // Only the master names other playlists; the rest resolve under its directory.
+            let prefix = if file == "master.m3u8" {
+                format!("{}/", version_dir(*version))
+            } else {
+                String::new()
+            };
             let rewrite = |bytes: &[u8], token: &str| {
-                Bytes::from(with_token(&String::from_utf8_lossy(bytes), token))
+                Bytes::from(with_token(&String::from_utf8_lossy(bytes), token, &prefix))
             };
             let bytes = match growth {
                 Growth::Final => {
@@ -500,6 +828,14 @@ async fn playlist(
                     .map(|bytes| rewrite(&bytes, token)),
             }
             .map_err(missing_as("playlist_not_found"))?;
+            let bytes = match captions {
+                None => bytes,
+                Some(media) => Bytes::from(with_captions(
+                    &String::from_utf8_lossy(&bytes),
+                    media,
+                    Some(token),
+                )),
+            };
             Ok(HttpResponse::Ok()
                 .insert_header(content_type)
                 .insert_header((header::CACHE_CONTROL, PRIVATE_NO_STORE))
@@ -773,7 +1109,7 @@ mod tests {
     #[test]
     fn every_uri_in_a_playlist_gets_the_token() {
         let playlist = "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:6.0,\nseg_000.m4s\n\n360p/index.m3u8?x=1\n";
-        let rewritten = with_token(playlist, "T");
+        let rewritten = with_token(playlist, "T", "");
         assert_eq!(
             rewritten,
             "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4?token=T\"\n#EXTINF:6.0,\nseg_000.m4s?token=T\n\n360p/index.m3u8?x=1&token=T\n"

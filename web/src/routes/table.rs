@@ -7,7 +7,9 @@ use std::sync::LazyLock;
 use actix_web::{dev::ResourceDef, http::Method, middleware::from_fn, web, Resource};
 use serde_json::{json, Value};
 
-use super::{audit, auth, backups, cache, health, jobs, media, monitor, streaming, tus, uploads};
+use super::{
+    audit, auth, backups, cache, health, jobs, media, monitor, streaming, tus, uploads, webhooks,
+};
 use crate::{middleware::rate_limit::ServiceId, openapi};
 
 /// Who may call a route.
@@ -216,7 +218,12 @@ fn update_body() -> Value {
         "title": or_null(text()),
         "description": or_null(text()),
         "tags": or_null(json!({"type": "array", "items": {"type": "string"}})),
+        "visibility": or_null(visibility()),
     }})
+}
+
+fn visibility() -> Value {
+    json!({"type": "string", "enum": ["public", "unlisted", "private"]})
 }
 
 fn upload_body() -> Value {
@@ -225,6 +232,8 @@ fn upload_body() -> Value {
         "title": text(),
         "description": text(),
         "tags": text(),
+        "visibility": visibility(),
+        "gate": {"type": "string", "description": "a gate as JSON, as PUT …/gate takes it"},
     }})
 }
 
@@ -324,7 +333,8 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/monitor/health" => health::monitor_health, MONITOR, Public, "monitor",
         "Per-actor liveness and restarts", 200 JSON),
     route!(Post "/api/v1/upload" => uploads::upload, UPLOAD, Session, "uploads",
-        "One-shot multipart upload (field `file`, optional `title`, `description`, `tags`)",
+        "One-shot multipart upload (field `file`, optional `title`, `description`, `tags`, \
+        `visibility`, `gate`)",
         201 JSON, body = Some(upload_body), body_type = "multipart/form-data"),
     route!(Options "/api/v1/uploads" => tus::options, UPLOAD, Public, "uploads",
         "tus capabilities", 204 EMPTY),
@@ -352,7 +362,8 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/media/{media_id}" => media::get, METADATA, Public, "media",
         "One media record", 200 JSON),
     route!(Patch "/api/v1/media/{media_id}" => media::update, METADATA, Session, "media",
-        "Edit title, description, tags (owner or admin)", 200 JSON, body = Some(update_body)),
+        "Edit title, description, tags, visibility (owner or admin)", 200 JSON,
+        body = Some(update_body)),
     route!(Delete "/api/v1/media/{media_id}" => media::delete, METADATA, Session, "media",
         "Delete a media item and its blobs (owner or admin)", 204 EMPTY),
     route!(Get "/api/v1/media/{media_id}/gate" => media::get_gate, METADATA, Public, "media",
@@ -369,11 +380,32 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/media/{media_id}/hls/{rendition}/{segment}" => streaming::segment,
         STREAMING, Gated, "streaming", "CMAF segment (Range, ETag)", 200 "video/iso.segment",
         query = TOKEN),
+    route!(Get "/api/v1/media/{media_id}/hls/{version}/{rendition}/index.m3u8" =>
+        streaming::versioned_rendition_playlist, STREAMING, Gated, "streaming",
+        "HLS media playlist of gated or private media, under its current version", 200 HLS,
+        query = TOKEN),
+    route!(Get "/api/v1/media/{media_id}/hls/{version}/{rendition}/{segment}" =>
+        streaming::versioned_segment, STREAMING, Gated, "streaming",
+        "CMAF segment of gated or private media, under its current version", 200
+        "video/iso.segment", query = TOKEN),
     route!(Get "/api/v1/media/{media_id}/thumbnail.jpg" => streaming::thumbnail, STREAMING,
         Gated, "streaming", "Thumbnail", 200 "image/jpeg", query = TOKEN),
     route!(Get "/api/v1/media/{media_id}/dash/manifest.mpd" => streaming::dash_manifest,
         STREAMING, Gated, "streaming", "DASH manifest over the same segments", 200
         "application/dash+xml", query = TOKEN),
+    route!(Put "/api/v1/media/{media_id}/captions/{lang}" => media::put_caption, METADATA, Session,
+        "media", "Add or replace a WebVTT caption track (owner or admin; BCP 47 tag, 512 KiB)",
+        200 JSON, body = Some(text), body_type = "text/vtt"),
+    route!(Get "/api/v1/media/{media_id}/captions/{lang}" => streaming::caption, STREAMING, Gated,
+        "streaming", "A caption track (WebVTT)", 200 "text/vtt", query = TOKEN),
+    route!(Delete "/api/v1/media/{media_id}/captions/{lang}" => media::delete_caption, METADATA,
+        Session, "media", "Remove a caption track (owner or admin)", 200 JSON),
+    route!(Get "/api/v1/media/{media_id}/captions/{lang}/captions.vtt" => streaming::caption,
+        STREAMING, Gated, "streaming", "A caption track (WebVTT), as HLS and DASH name it", 200
+        "text/vtt", query = TOKEN),
+    route!(Get "/api/v1/media/{media_id}/captions/{lang}/index.m3u8" => streaming::caption_playlist,
+        STREAMING, Gated, "streaming", "HLS subtitle playlist of a caption track", 200 HLS,
+        query = TOKEN),
     route!(Get "/api/v1/jobs" => jobs::list, WORKER, Session, "jobs", "List jobs", 200 JSON,
     query = &[
         query("state", || json!({"type": "string",
@@ -392,6 +424,8 @@ pub const ROUTES: &[Route] = &[
     route!(Get "/api/v1/audit" => audit::list, MONITOR, Admin, "audit", "The audit log",
     200 JSON, query = &[
         query("action", text), query("actor", text), query("since", time), PAGE[0], PAGE[1]]),
+    route!(Get "/api/v1/webhooks/deliveries" => webhooks::deliveries, MONITOR, Admin, "webhooks",
+        "Lifecycle webhook deliveries, newest first", 200 JSON, query = &[query("limit", count)]),
     route!(Get "/api/v1/openapi.json" => openapi::document_handler, GATEWAY, Public, "gateway",
         "This document", 200 JSON),
     route!(Post "/api/v1/auth/challenge" => auth::challenge, AUTH, Public, "auth",

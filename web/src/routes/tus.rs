@@ -153,10 +153,11 @@ pub(super) async fn create(
             format!("Upload-Metadata is limited to {MAX_METADATA_BYTES} bytes"),
         ));
     }
-    let metadata = match &raw_metadata {
+    let (mut metadata, gate) = match &raw_metadata {
         Some(raw) => parse_metadata(raw)?,
-        None => TusMetadata::default(),
+        None => (TusMetadata::default(), None),
     };
+    metadata.gate = super::uploads::validate_gate(&actors, &principal, gate.as_deref()).await?;
     // Parsed before creating anything, so a malformed first chunk creates no upload.
     let checksum = checksum_header(&req)?;
     let with_upload = has_body(&req);
@@ -481,10 +482,12 @@ fn checksum_header(req: &HttpRequest) -> Result<Option<ChunkChecksum>, ApiError>
 }
 
 /// `Upload-Metadata: key base64value,key2 base64value2`; the keys we use become the media
-/// record, the others are kept only in the raw header.
-pub fn parse_metadata(raw: &str) -> Result<TusMetadata, ApiError> {
+/// record, the others are kept only in the raw header. The `gate` (JSON) comes back apart:
+/// the AuthActor validates it before it goes into the metadata.
+pub fn parse_metadata(raw: &str) -> Result<(TusMetadata, Option<String>), ApiError> {
     let invalid = |message: String| ApiError::bad_request("invalid_metadata", message);
     let mut metadata = TusMetadata::default();
+    let mut gate = None;
     for pair in raw
         .split(',')
         .map(str::trim)
@@ -503,10 +506,12 @@ pub fn parse_metadata(raw: &str) -> Result<TusMetadata, ApiError> {
             "title" => metadata.title = Some(text()?),
             "description" => metadata.description = Some(text()?),
             "tags" => metadata.tags = text()?.split(',').map(str::to_string).collect(),
+            "visibility" => metadata.visibility = Some(super::uploads::parse_visibility(&text()?)?),
+            "gate" => gate = Some(text()?),
             _ => {}
         }
     }
-    Ok(metadata)
+    Ok((metadata, gate))
 }
 
 fn expires_header(response: &mut actix_web::HttpResponseBuilder, upload: &TusUpload) {
@@ -522,9 +527,10 @@ mod tests {
 
     #[test]
     fn metadata_decodes_known_keys_and_rejects_bad_base64() {
-        let metadata =
+        let (metadata, gate) =
             parse_metadata("filename Y2xpcC5tcDQ=,title TXkgY2xpcA==,tags YSxi,is_confidential")
                 .unwrap();
+        assert_eq!(gate, None);
         assert_eq!(metadata.filename.as_deref(), Some("clip.mp4"));
         assert_eq!(metadata.title.as_deref(), Some("My clip"));
         assert_eq!(metadata.tags, vec!["a".to_string(), "b".to_string()]);

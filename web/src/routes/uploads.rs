@@ -1,11 +1,14 @@
 //! `POST /api/v1/upload`: the one-shot multipart upload (field `file`, optional `title`,
-//! `description`, `tags`). The body streams through an `UploadSink` into the blob store.
+//! `description`, `tags`, `visibility`, `gate`). The body streams through an `UploadSink` into
+//! the blob store. A `gate` (JSON, as `PUT …/gate` takes it) is validated by the AuthActor
+//! before the file is kept, and stored with the record.
 
 use actix_multipart::{Field, Multipart};
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
 use streamgate_actors::{
-    auth::Principal,
+    auth::{Principal, ValidateGate},
+    model::{Gate, Visibility},
     upload::{BeginUpload, FinishUpload, UploadSink},
     Actors,
 };
@@ -57,6 +60,8 @@ async fn receive(
     let mut title = None;
     let mut description = None;
     let mut tags = Vec::new();
+    let mut visibility = None;
+    let mut gate = None;
     let mut seen = std::collections::HashSet::new();
 
     while let Some(field) = multipart.try_next().await.map_err(bad_multipart)? {
@@ -88,7 +93,9 @@ async fn receive(
                 ))
             }
             // Each text field once: repeats would let a body carry unbounded text.
-            "title" | "description" | "tags" if !seen.insert(name.clone()) => {
+            "title" | "description" | "tags" | "visibility" | "gate"
+                if !seen.insert(name.clone()) =>
+            {
                 return Err(ApiError::bad_request(
                     "duplicate_field",
                     format!("form field {name:?} appears more than once"),
@@ -97,11 +104,14 @@ async fn receive(
             "title" => title = Some(text(field).await?),
             "description" => description = Some(text(field).await?),
             "tags" => tags = text(field).await?.split(',').map(str::to_string).collect(),
+            "visibility" => visibility = Some(parse_visibility(&text(field).await?)?),
+            "gate" => gate = Some(text(field).await?),
             other => {
                 return Err(ApiError::bad_request(
                     "unknown_field",
                     format!(
-                        "unknown form field {other:?}; expected file, title, description, tags"
+                        "unknown form field {other:?}; expected file, title, description, tags, \
+                         visibility, gate"
                     ),
                 ))
             }
@@ -109,6 +119,14 @@ async fn receive(
     }
     let (sink, filename) =
         file.ok_or_else(|| ApiError::bad_request("missing_file", "form field `file` is required"))?;
+    // Before the file is kept: an upload whose gate is refused leaves nothing behind.
+    let gate = match validate_gate(actors, principal, gate.as_deref()).await {
+        Ok(gate) => gate,
+        Err(error) => {
+            let _ = sink.abort().await;
+            return Err(error);
+        }
+    };
     let received = sink.finish(filename).await?;
     let receipt = actors
         .upload
@@ -118,6 +136,8 @@ async fn receive(
             description,
             tags,
             owner: principal.wallet().map(str::to_string),
+            visibility,
+            gate,
             caller: principal.name().to_string(),
             trace_id: crate::extract::trace_id(),
         })
@@ -132,6 +152,38 @@ async fn receive(
             sha256: receipt.sha256,
             media_url: location,
         }))
+}
+
+/// `public`, `unlisted` or `private`; anything else is a 400.
+pub(super) fn parse_visibility(text: &str) -> Result<Visibility, ApiError> {
+    Visibility::parse(text.trim()).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_visibility",
+            "visibility must be public, unlisted or private",
+        )
+    })
+}
+
+/// A gate given with an upload (the JSON `PUT …/gate` takes), validated exactly as that route
+/// validates it; `None` when none was given (`null` too).
+pub(super) async fn validate_gate(
+    actors: &Actors,
+    principal: &Principal,
+    json: Option<&str>,
+) -> Result<Option<Gate>, ApiError> {
+    let Some(json) = json else { return Ok(None) };
+    let body: Option<super::media::GateBody> = serde_json::from_str(json).map_err(|error| {
+        ApiError::bad_request("invalid_gate", format!("gate is not a valid gate: {error}"))
+    })?;
+    let Some(body) = body else { return Ok(None) };
+    let gate = actors
+        .auth
+        .send(ValidateGate {
+            gate: body.into_spec(),
+            principal: principal.clone(),
+        })
+        .await??;
+    Ok(Some(gate))
 }
 
 /// Discards what is left of the body, up to `limit` bytes; past that the connection is closed.

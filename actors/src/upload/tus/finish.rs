@@ -56,7 +56,7 @@ impl Finisher {
         let exists = resumed && self.media_exists(&media_id).await?;
         if !exists {
             let metadata = &upload.metadata;
-            let media = media_record(
+            let mut media = media_record(
                 media_id.clone(),
                 &crate::upload::ReceivedFile {
                     upload_id: upload.id.clone(),
@@ -75,8 +75,12 @@ impl Finisher {
                 metadata.tags.clone(),
                 owner_wallet(&upload.owner),
             );
+            media.visibility = metadata.visibility.unwrap_or_default();
             self.metadata
-                .send(CreateMedia { media })
+                .send(CreateMedia {
+                    media,
+                    gate: metadata.gate.clone(),
+                })
                 .await
                 .map_err(|_| UploadError::Mailbox("metadata"))??;
         }

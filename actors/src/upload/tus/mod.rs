@@ -301,6 +301,7 @@ impl Handler<CreateTusUpload> for UploadActor {
         let (max_size, quota) = (self.config.max_size_bytes, self.config.quota_bytes);
         let expires_at = self.expiry();
         let sync_every_patch = self.config.sync_every_patch;
+        let default_visibility = self.config.default_visibility;
         let created = self.uploads.with_label_values(&[upload_outcome::CREATED]);
         let audit = self.audit.clone();
         let transcode = self.transcode.clone();
@@ -318,8 +319,10 @@ impl Handler<CreateTusUpload> for UploadActor {
                 }
                 _ => {}
             }
+            // The default is fixed now: a later config change does not alter a started upload.
             let metadata = TusMetadata {
                 tags: normalize_tags(msg.metadata.tags),
+                visibility: Some(msg.metadata.visibility.unwrap_or(default_visibility)),
                 ..msg.metadata
             };
             // Checked now, so a finished upload cannot fail on its metadata.
