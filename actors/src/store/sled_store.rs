@@ -791,36 +791,6 @@ mod tests {
     use crate::store::tests::media;
     use time::OffsetDateTime;
 
-    fn media() -> Media {
-        let now = OffsetDateTime::now_utc();
-        Media {
-            id: MediaId::new(),
-            title: "t".into(),
-            description: String::new(),
-            tags: vec![],
-            owner: None,
-            visibility: Default::default(),
-            visibility_epoch: 0,
-            captions: Vec::new(),
-            state: MediaState::Processing,
-            failure: None,
-            failure_code: None,
-            container: None,
-            upload_id: UploadId::new(),
-            filename: None,
-            size: 1,
-            sha256: String::new(),
-            source_key: "k".into(),
-            duration_s: None,
-            width: None,
-            height: None,
-            video_codec: None,
-            renditions: vec![],
-            created_at: now,
-            updated_at: now,
-        }
-    }
-
     #[test]
     fn media_round_trips_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
