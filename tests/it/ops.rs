@@ -233,7 +233,12 @@ async fn backup_of_a_running_server_mid_upload_and_transcode_restores_and_everyt
         "{}",
         text(&made)
     );
-    let listed = media_list(&server).await;
+    // The search index commits in the background: wait until the new upload is listed.
+    let listed = crate::harness::poll(READY, "the upload to be listed", async || {
+        let listed = media_list(&server).await;
+        listed.iter().any(|(id, _)| *id == second).then_some(listed)
+    })
+    .await;
     drop(server);
 
     let done = streamgate(&[
