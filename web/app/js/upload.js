@@ -167,8 +167,13 @@ export async function show() {
         if (media.state === 'ready') {
           jobBar.value = 100;
           jobText.textContent = 'Ready.';
+          document.getElementById('watch-early-link')?.parentElement?.remove();
           status.append(h('p', {}, h('a', { href: `/watch/${mediaId}`, class: 'button primary', id: 'watch-link' }, `Watch “${media.title || 'your video'}”`)));
           return;
+        }
+        // Published while it encodes: it plays from the start already.
+        if (media.playable && !document.getElementById('watch-early-link')) {
+          status.append(h('p', {}, h('a', { href: `/watch/${mediaId}`, class: 'button', id: 'watch-early-link' }, 'Watch now (still processing)')));
         }
         if (media.state === 'failed') {
           jobText.replaceWith(notice(`Processing failed: ${media.failure || 'unknown error'}`, 'error'));

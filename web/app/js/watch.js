@@ -77,7 +77,7 @@ export async function show(id) {
       } }, 'Copy link'))));
   page(title, stage, controls, details);
 
-  if (media.state !== 'ready') {
+  if (media.state !== 'ready' && !media.playable) {
     const waiting = media.state === 'failed'
       ? notice(`Processing this video failed: ${media.failure || 'unknown error'}`, 'error')
       : notice(`This video is still being processed (${media.state}). This page refreshes when it is ready.`);
@@ -86,7 +86,7 @@ export async function show(id) {
     const timer = setInterval(async () => {
       try {
         const now = await api(`/media/${media.id}`, { auth: false });
-        if (now.state !== media.state) { clearInterval(timer); show(id); }
+        if (now.state !== media.state || now.playable) { clearInterval(timer); show(id); }
       } catch { /* keep waiting */ }
     }, 2000);
     return () => clearInterval(timer);
