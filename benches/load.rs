@@ -14,7 +14,8 @@
 //! whole upload in one PATCH),
 //! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
 //! (4), LOAD_BENCH_TRANSCODE_RUNS (9), LOAD_BENCH_ONLY (all; else a comma-separated subset of
-//! segments, small, onoff, mix, gated, flood, transcode, first_frame, upload, idle, crowd),
+//! segments, small, onoff, mix, gated, flood, transcode, playable, first_frame, upload, idle,
+//! crowd), LOAD_BENCH_PLAYABLE (clip lengths in s for the first-playable rows, 30,120,600),
 //! LOAD_BENCH_CROWD
 //! (connections back to back, 1000), LOAD_BENCH_CROWD_SECONDS (15), LOAD_BENCH_CROWD_ROUNDS (3),
 //! LOAD_BENCH_VIEWERS (paced viewer counts, a row each: 1000,5000), LOAD_BENCH_PACED_SECONDS
@@ -1059,6 +1060,10 @@ fn main() {
             &settings,
         ));
     }
+    if settings.runs("playable") {
+        server.reset_peak();
+        rows.extend(first_playable(&runtime, &client, &server, scratch.path()));
+    }
     if settings.runs("first_frame") {
         server.reset_peak();
         rows.push(first_frame(
@@ -1742,6 +1747,120 @@ async fn job_done(client: &reqwest::Client, url: &str) -> Value {
             _ => assert!(Instant::now() < deadline, "job too slow: {job}"),
         }
     }
+}
+
+/// From an upload's last byte (its 201) to the moment its record says `playable` and the first
+/// segment of the master's first rung is served, for clips of several lengths (720p, the default
+/// ladder); each job is cancelled once it plays. A row per length; the ratio is this length's
+/// time over the shortest clip's, so a flat line reads about 1.
+fn first_playable(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    server: &Server,
+    scratch: &Path,
+) -> Vec<Row> {
+    let lengths: Vec<u64> = std::env::var("LOAD_BENCH_PLAYABLE")
+        .unwrap_or_else(|_| "30,120,600".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("LOAD_BENCH_PLAYABLE: seconds"))
+        .collect();
+    let mut times = Vec::new();
+    for &seconds in &lengths {
+        let clip = scratch.join(format!("playable-{seconds}.mp4"));
+        common::make_clip(&clip, seconds);
+        let bytes = std::fs::read(&clip).unwrap();
+        let _ = std::fs::remove_file(&clip);
+        let elapsed = runtime.block_on(async {
+            let form = reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name("clip.mp4"),
+            );
+            let response = client
+                .post(server.url("/api/v1/upload"))
+                .bearer_auth(ADMIN_TOKEN)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            let started = Instant::now();
+            assert_eq!(response.status(), 201);
+            let receipt: Value = response.json().await.unwrap();
+            let media_id = receipt["media_id"].as_str().unwrap().to_string();
+            let record = server.url(&format!("/api/v1/media/{media_id}"));
+            let deadline = started + Duration::from_secs(300);
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tick.tick().await;
+                let media: Value = common::get_json_as(client, &record, ADMIN_TOKEN).await;
+                if media["playable"] == true {
+                    break;
+                }
+                assert_ne!(media["state"], "failed", "{media}");
+                assert!(Instant::now() < deadline, "never playable: {media}");
+            }
+            let master = client
+                .get(server.url(&format!("/api/v1/media/{media_id}/hls/master.m3u8")))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let rung = master
+                .lines()
+                .find(|line| line.ends_with("/index.m3u8"))
+                .and_then(|line| line.split('/').next())
+                .expect("the master names a rung")
+                .to_string();
+            let segment = client
+                .get(server.url(&format!(
+                    "/api/v1/media/{media_id}/hls/{rung}/seg_00000.m4s"
+                )))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(segment.status(), 200);
+            let _ = segment.bytes().await.unwrap();
+            let elapsed = started.elapsed().as_secs_f64();
+            // Playing is what was measured: the rest of the encode is not needed.
+            let jobs: Value = common::get_json_as(
+                client,
+                server.url(&format!("/api/v1/jobs?media_id={media_id}")),
+                ADMIN_TOKEN,
+            )
+            .await;
+            let job_id = jobs["items"][0]["id"].as_str().unwrap();
+            let _ = client
+                .post(server.url(&format!("/api/v1/jobs/{job_id}/cancel")))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            elapsed
+        });
+        eprintln!("  first playable: {seconds} s clip after {elapsed:.2} s");
+        times.push(elapsed);
+    }
+    let shortest = times.first().copied().unwrap_or(1.0);
+    lengths
+        .iter()
+        .zip(&times)
+        .map(|(seconds, time)| Row {
+            scenario: format!(
+                "first playable segment after the upload's last byte ({seconds} s 720p clip)"
+            ),
+            requests_per_s: None,
+            megabytes_per_s: None,
+            p50_ms: Some(time * 1e3),
+            p99_ms: None,
+            peak_rss_mb: server.peak_rss_mb(),
+            baseline: format!("{} s clip {shortest:.2} s", lengths[0]),
+            ratio: Some(time / shortest),
+            target: "≤ 10 s, flat with length",
+            errors: 0,
+            held_mb: 0.0,
+        })
+        .collect()
 }
 
 /// A transcode job through the server (submit → `succeeded` seen over HTTP) vs the same

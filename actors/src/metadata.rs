@@ -681,6 +681,11 @@ impl Handler<MarkRepublishing> for MetadataActor {
                 if !matches!(media.state, MediaState::Ready | MediaState::Failed) {
                     return Ok(());
                 }
+                // A ready media's ladder is replaced whole: it does not play until it is done.
+                // A failed one run again continues what it published (see `progressive`).
+                if media.state == MediaState::Ready {
+                    media.playable_at = None;
+                }
                 media.state = MediaState::Processing;
                 media.failure = None;
                 media.failure_code = None;
