@@ -361,6 +361,66 @@ test('upload a clip through the page, follow the transcode, watch it to the end'
   await context.close();
 });
 
+test('captions: the watch page offers the track and hls.js loads its cues', { timeout: 120_000 }, async () => {
+  assert.ok(state.mediaId, 'the upload test ran first');
+  const vtt = 'WEBVTT\n\n00:00:00.000 --> 00:00:03.000\nHello from the caption track\n';
+  const stored = await fetch(`${base}/api/v1/media/${state.mediaId}/captions/en`, {
+    method: 'PUT', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'text/vtt' }, body: vtt });
+  assert.equal(stored.status, 200, await stored.text());
+  const context = await walletContext(null);
+  const page = await newPage(context);
+  await page.goto(`${base}/watch/${state.mediaId}`);
+  const menu = page.locator('#captions');
+  await menu.waitFor({ timeout: 60_000 });
+  assert.deepEqual(await page.locator('#captions option').allTextContents(), ['Off', 'en']);
+  await menu.selectOption({ label: 'en' });
+  const cues = await until('hls.js to load the caption cues', () => page.evaluate(() =>
+    [...document.querySelector('video').textTracks].flatMap((track) => [...(track.cues || [])].map((cue) => cue.text))
+  ).then((texts) => (texts.includes('Hello from the caption track') ? texts : null)));
+  assert.ok(cues.length >= 1);
+  await accessible(page, 'watch-captions');
+  await context.close();
+});
+
+test('a video plays from its start while it is still encoding, and on to the end', { timeout: 300_000 }, async () => {
+  // A server of its own with a deliberately slow encoder and short segments.
+  const port = await freePort();
+  const slow = `http://127.0.0.1:${port}`;
+  start(BIN, ['--data-dir', path.join(work, 'slow-data'), '--bind', `127.0.0.1:${port}`,
+    '--set', `auth.admin_token="${ADMIN_TOKEN}"`,
+    '--set', 'transcode.x264_preset="veryslow"',
+    '--set', 'transcode.segment_seconds=2',
+    '--set', 'storage.min_free_disk_mb=1'], 'streamgate (slow encoder)');
+  await until('the slow server to be ready', async () => (await fetch(`${slow}/ready`)).ok);
+  const file = makeClip('growing.mp4', 'testsrc2=size=854x480:rate=30', 24);
+  const form = new FormData();
+  form.append('file', new Blob([readFileSync(file)]), 'growing.mp4');
+  form.append('title', 'Still encoding');
+  const uploaded = await fetch(`${slow}/api/v1/upload`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: form });
+  assert.equal(uploaded.status, 201);
+  const { media_id: id } = await uploaded.json();
+  const record = async () => (await fetch(`${slow}/api/v1/media/${id}`)).json();
+  const playable = await until('the media to play', async () => {
+    const media = await record();
+    return media.playable ? media : null;
+  }, 180_000);
+  assert.equal(playable.state, 'processing');
+
+  const context = await walletContext(null);
+  const page = await newPage(context);
+  await page.goto(`${slow}/watch/${id}`);
+  await page.locator('video').waitFor();
+  await page.waitForFunction(() => document.querySelector('video')?.currentTime > 0.5, null, { timeout: 60_000 });
+  const early = await page.evaluate(() => document.querySelector('video').currentTime);
+  assert.ok(early < 10, `started from the start: ${early}`);
+  assert.equal((await record()).state, 'processing', 'it played before its job finished');
+  await page.waitForFunction(() => document.querySelector('video').ended, null, { timeout: 240_000 });
+  const played = await page.evaluate(() => document.querySelector('video').currentTime);
+  assert.ok(played > 23, `played to the end: ${played}`);
+  assert.equal((await record()).state, 'ready');
+  await context.close();
+});
+
 test('pause an upload, reload the page and finish it', { timeout: 240_000 }, async () => {
   const size = statSync(bigClip).size;
   assert.ok(size > 9 * 1024 * 1024, `the clip spans three chunks (${size} bytes)`);

@@ -9,7 +9,7 @@ import { duration, h, notice, page, shortAddress, toast, when } from './ui.js';
 
 let hlsModule;
 async function loadHls() {
-  hlsModule ??= import('/app/vendor/hls.light.min.mjs');
+  hlsModule ??= import('/app/vendor/hls.min.mjs');
   return (await hlsModule).default;
 }
 
@@ -117,8 +117,12 @@ export async function show(id) {
   const source = withToken(media.hls_url, token);
   const Hls = await loadHls().catch(() => null);
   if (Hls?.isSupported()) {
-    const hls = new Hls({ enableWorker: false });
+    // From the start, also while the video is still being encoded (a growing EVENT playlist).
+    const hls = new Hls({ enableWorker: false, startPosition: 0 });
     const select = h('select', { id: 'quality' }, h('option', { value: '-1' }, 'Auto'));
+    const qualitySlot = h('div');
+    const captionSlot = h('div');
+    controls.replaceChildren(qualitySlot, captionSlot);
     select.addEventListener('change', () => { hls.currentLevel = Number(select.value); });
     hls.on(Hls.Events.MANIFEST_PARSED, (_, data) => {
       const options = data.levels
@@ -126,7 +130,17 @@ export async function show(id) {
         .sort((a, b) => b.height - a.height)
         .map((level) => h('option', { value: String(level.index) }, `${level.height}p (${level.kbps} kbps)`));
       select.append(...options);
-      controls.replaceChildren(h('div', { class: 'field inline' }, h('label', { for: 'quality' }, 'Quality'), select));
+      qualitySlot.replaceChildren(h('div', { class: 'field inline' }, h('label', { for: 'quality' }, 'Quality'), select));
+    });
+    hls.on(Hls.Events.SUBTITLE_TRACKS_UPDATED, (_, data) => {
+      if (!data.subtitleTracks.length) return;
+      const captions = h('select', { id: 'captions' }, h('option', { value: '-1' }, 'Off'),
+        ...data.subtitleTracks.map((track, index) => h('option', { value: String(index) }, track.name || track.lang)));
+      captions.addEventListener('change', () => {
+        hls.subtitleTrack = Number(captions.value);
+        hls.subtitleDisplay = hls.subtitleTrack >= 0;
+      });
+      captionSlot.replaceChildren(h('div', { class: 'field inline' }, h('label', { for: 'captions' }, 'Captions'), captions));
     });
     let recovered = false;
     hls.on(Hls.Events.ERROR, async (_, data) => {

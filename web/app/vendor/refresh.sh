@@ -8,8 +8,8 @@ TUS=4.3.1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && npm pack --silent "hls.js@$HLS" "tus-js-client@$TUS" >/dev/null)
-tar xzf "$work/hls.js-$HLS.tgz" -C "$work" package/dist/hls.light.min.mjs package/LICENSE
-cp "$work/package/dist/hls.light.min.mjs" .
+tar xzf "$work/hls.js-$HLS.tgz" -C "$work" package/dist/hls.min.mjs package/LICENSE
+cp "$work/package/dist/hls.min.mjs" .
 cp "$work/package/LICENSE" "$work/hls.LICENSE"
 rm -rf "$work/package"
 tar xzf "$work/tus-js-client-$TUS.tgz" -C "$work" package/dist/tus.min.js package/LICENSE

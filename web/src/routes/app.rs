@@ -7,7 +7,8 @@
 //!
 //! App responses carry their own content security policy (the default one forbids scripts):
 //! scripts, styles and connections to this origin only, no inline script; `blob:` media for
-//! hls.js's MediaSource (its worker is off, so no worker source is needed).
+//! hls.js's MediaSource (its worker is off, so no worker source is needed) and `data:` media
+//! for the empty `<track>` it adds before it renders caption cues.
 
 use actix_web::{
     http::header::{self, HeaderValue},
@@ -17,7 +18,7 @@ use actix_web::{
 use crate::error::ApiError;
 
 pub const APP_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-    img-src 'self'; media-src 'self' blob:; connect-src 'self'; object-src 'none'; \
+    img-src 'self'; media-src 'self' blob: data:; connect-src 'self'; object-src 'none'; \
     base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
 /// Client-side routes that render the app (`{tail}` pages take an id).
@@ -55,7 +56,7 @@ pub const ASSETS: &[Asset] = assets![
     "js/upload.js" => JS,
     "js/mine.js" => JS,
     "js/operator.js" => JS,
-    "vendor/hls.light.min.mjs" => JS,
+    "vendor/hls.min.mjs" => JS,
     "vendor/tus.min.js" => JS,
 ];
 
