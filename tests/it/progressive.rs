@@ -1,6 +1,6 @@
 //! A media plays while its ladder is still being encoded: EVENT playlists that list only
 //! published segments, VOD once the job is done, and cancel and a new run mid-encode leave
-//! playlists whose every segment is there and keeps its content.
+//! playlists whose every segment is there and keeps its content, and so does `kill -9`.
 
 use std::time::Duration;
 
@@ -207,4 +207,93 @@ async fn cancel_and_a_new_run_mid_encode_leave_valid_playlists_with_unchanged_se
     assert!(vod.trim_end().ends_with("#EXT-X-ENDLIST"), "{vod}");
     assert_eq!(get_bytes(&server, &first_segment).await, early);
     assert_every_listed_file_is_served(&server, &id, "360p").await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_encode_leaves_valid_playlists_and_a_restart_finishes_the_sequence() {
+    use crate::shutdown::{ffmpeg_children, is_alive, Binary, ADMIN_TOKEN};
+    let data = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let clip = std::fs::read(make_clip(
+        scratch.path(),
+        "killed.mp4",
+        "640x360",
+        CLIP_SECONDS,
+    ))
+    .unwrap();
+    let client = crate::server::client_builder().build().unwrap();
+    let slow = [
+        "transcode.x264_preset=\"veryslow\"",
+        "transcode.segment_seconds=2",
+    ];
+    let mut server = Binary::start_with(data.path(), &slow);
+    server.wait_ready(&client).await;
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(clip).file_name("killed.mp4"),
+    );
+    let response = client
+        .post(server.url("/api/v1/upload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let receipt: Value = response.json().await.unwrap();
+    let id = receipt["media_id"].as_str().unwrap().to_string();
+    let record = server.url(&format!("/api/v1/media/{id}"));
+    crate::harness::poll(DEADLINE, "the media to play", async || {
+        let media = crate::server::fetch_json(&client, &record).await;
+        media["playable"] == true
+    })
+    .await;
+    let playlist = format!("/api/v1/media/{id}/hls/360p/index.m3u8");
+    let segment = format!("/api/v1/media/{id}/hls/360p/seg_00000.m4s");
+    let growing = crate::server::fetch_text(&client, server.url(&playlist)).await;
+    let early = client.get(server.url(&segment)).send().await.unwrap();
+    let early = early.bytes().await.unwrap();
+
+    // kill -9: nothing gets to clean up. Its orphaned ffmpeg is stopped by hand.
+    let ffmpeg = ffmpeg_children(server.process.pid());
+    server.process.signal("KILL");
+    server
+        .process
+        .exited(Duration::from_secs(30), "the server to die")
+        .await;
+    for pid in ffmpeg.iter().filter(|pid| is_alive(**pid)) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    let stored = data.path().join(format!("blobs/media/{id}/hls/360p"));
+    let listed = std::fs::read_to_string(stored.join("index.m3u8")).unwrap();
+    assert!(!segment_names(&listed).is_empty(), "{listed}");
+    for name in segment_names(&listed) {
+        assert!(stored.join(name).is_file(), "{name} listed, not stored");
+    }
+
+    // The restart runs the job again; the sequence continues and ends as a VOD.
+    let server = Binary::start_with(data.path(), &slow[1..]);
+    server.wait_ready(&client).await;
+    crate::harness::poll(DEADLINE, "the media to be ready", async || {
+        let media =
+            crate::server::fetch_json(&client, server.url(&format!("/api/v1/media/{id}"))).await;
+        media["state"] == "ready"
+    })
+    .await;
+    let vod = crate::server::fetch_text(&client, server.url(&playlist)).await;
+    let (before, after) = (segment_names(&growing), segment_names(&vod));
+    assert_eq!(&after[..before.len()], &before[..], "{growing}\n{vod}");
+    assert!(vod.trim_end().ends_with("#EXT-X-ENDLIST"), "{vod}");
+    let late = client.get(server.url(&segment)).send().await.unwrap();
+    assert_eq!(late.bytes().await.unwrap(), early);
+    for name in after {
+        let url = server.url(&format!("/api/v1/media/{id}/hls/360p/{name}"));
+        assert_eq!(
+            client.get(url).send().await.unwrap().status(),
+            200,
+            "{name}"
+        );
+    }
 }
