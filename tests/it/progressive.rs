@@ -91,7 +91,9 @@ async fn an_upload_plays_while_it_encodes_and_ends_as_a_vod() {
         media["hls_url"],
         format!("/api/v1/media/{id}/hls/master.m3u8")
     );
-    assert_eq!(job_of(&server, &id).await["state"], "running");
+    let job = job_of(&server, &id).await;
+    assert_eq!(job["state"], "running");
+    assert_eq!(job["media_playable"], true, "{job}");
 
     // The master names only rungs with segments; each is a growing EVENT playlist.
     let (status, master, headers) =

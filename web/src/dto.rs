@@ -196,6 +196,9 @@ pub struct JobDto {
     /// The stable code of `last_error`.
     pub error_code: Option<String>,
     pub progress: u8,
+    /// For a transcode job: whether its media plays already (it can while the job runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_playable: Option<bool>,
     pub summary: Option<String>,
     pub run_at: Option<String>,
     pub started_at: Option<String>,
@@ -217,6 +220,7 @@ impl From<&Job> for JobDto {
             last_error: job.last_error.clone(),
             error_code: job.error_code.clone(),
             progress: job.progress,
+            media_playable: None,
             summary: job.summary.clone(),
             run_at: job.run_at.map(rfc3339),
             started_at: job.started_at.map(rfc3339),

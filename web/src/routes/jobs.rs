@@ -7,7 +7,8 @@
 use actix_web::{http::header, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use streamgate_actors::{
-    model::{JobId, JobKind, JobState, MediaId},
+    metadata::GetMedia,
+    model::{Job, JobId, JobKind, JobState, MediaId},
     transcode::{
         CancelJob, GetJob, GetJobStats, JobStats, ListJobs, ListProfiles, ScheduleJob,
         TranscodeProfiles,
@@ -17,7 +18,7 @@ use streamgate_actors::{
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
-    dto::{parse_cursor, JobDto, JobsQuery, Page},
+    dto::{parse_cursor, JobDto, JobsQuery, MediaDto, Page},
     error::ApiError,
     extract::{Admin, Authenticated},
 };
@@ -122,12 +123,34 @@ pub(super) async fn list(
             limit,
         })
         .await??;
-    Ok(HttpResponse::Ok().json(Page::of(
+    let mut page = Page::of(
         &items,
         limit,
         |job| job.id.to_string(),
         |job| JobDto::from(job),
-    )))
+    );
+    for (dto, job) in page.items.iter_mut().zip(&items) {
+        dto.media_playable = media_playable(&actors, job).await;
+    }
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// Whether a transcode job's media plays already: from the record cache, else its actor.
+async fn media_playable(actors: &Actors, job: &Job) -> Option<bool> {
+    let media_id = job
+        .media_id
+        .clone()
+        .filter(|_| job.kind == JobKind::Transcode)?;
+    let media = match actors.caches.metadata.get(&media_id) {
+        Some(cached) => cached.media.clone(),
+        None => actors
+            .metadata
+            .send(GetMedia { media_id })
+            .await
+            .ok()?
+            .ok()?,
+    };
+    Some(MediaDto::from(&media).playable)
 }
 
 pub(super) async fn get(
@@ -145,7 +168,9 @@ pub(super) async fn get(
             ));
         }
     }
-    Ok(HttpResponse::Ok().json(JobDto::from(&job)))
+    let mut dto = JobDto::from(&job);
+    dto.media_playable = media_playable(&actors, &job).await;
+    Ok(HttpResponse::Ok().json(dto))
 }
 
 pub(super) async fn cancel(
