@@ -1324,6 +1324,8 @@ fn login_flood(
             "rate_limit.enabled=true",
             "rate_limit.services.auth.capacity=20",
             "rate_limit.services.auth.refill_per_second=10",
+            // Production's worker count (one per core), not the one-worker nginx comparisons'.
+            "server.workers=0",
         ],
     );
     let gate =
@@ -1389,14 +1391,16 @@ fn login_flood(
                     read_response(stream)
                 };
                 let gap = Duration::from_secs_f64(1.0 / per_address as f64);
+                // Addresses out of phase, as independent clients are: not all in one burst.
+                let phase = gap.mul_f64(f64::from(n) / f64::from(addresses));
                 let deadline = Instant::now() + total;
                 let mut stream = None;
-                let mut next = Instant::now();
+                let mut next = Instant::now() + phase;
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     if !flooding.load(Ordering::Relaxed) {
                         stream = None;
                         std::thread::sleep(Duration::from_millis(5));
-                        next = Instant::now();
+                        next = Instant::now() + phase;
                         continue;
                     }
                     let open = stream.get_or_insert_with(|| connect_from(source, port));
