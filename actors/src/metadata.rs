@@ -195,6 +195,14 @@ pub struct MarkRepublishing {
     pub media_id: MediaId,
 }
 
+/// A change made elsewhere (a gate set or cleared) that lifecycle webhooks announce as
+/// `media.updated`, with the record as it is now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AnnounceUpdate {
+    pub media_id: MediaId,
+}
+
 /// The first segments of every rung are out: the media plays while its job still runs.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), MetadataError>")]
@@ -697,6 +705,20 @@ impl Handler<MarkRepublishing> for MetadataActor {
             }
             .into_actor(self),
         ))
+    }
+}
+
+impl Handler<AnnounceUpdate> for MetadataActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: AnnounceUpdate, _: &mut Self::Context) -> Self::Result {
+        let (repo, webhooks) = (self.repo.clone(), self.webhooks.clone());
+        Box::pin(async move {
+            match load(&repo, msg.media_id).await {
+                Ok(media) => publish_event(&webhooks, "media.updated", &media).await,
+                Err(error) => tracing::warn!(%error, "cannot announce a media update"),
+            }
+        })
     }
 }
 

@@ -58,6 +58,8 @@ fn receive(listener: tokio::net::TcpListener, failures: usize) -> Seen {
 fn configure(config: &mut Config, dir: &std::path::Path, port: u16) {
     config.storage.data_dir = dir.to_path_buf();
     config.auth.admin_token = ADMIN.into();
+    // Gates name a chain; setting one reads nothing from it.
+    crate::chain::read_chain(config, crate::chain::dead_rpc_url());
     config.webhooks = vec![streamgate_actors::config::WebhookConfig {
         url: format!("http://127.0.0.1:{port}/hook"),
         secret: SECRET.into(),
@@ -230,6 +232,24 @@ async fn webhooks_are_signed_and_reach_a_receiver_that_was_down_across_a_restart
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // A gate set through its own route is a change to the media as well.
+    let gate = json!({"chain_id": crate::chain::CHAIN_ID, "standard": "erc721", "min_balance": 1,
+        "contract": "0x5FbDB2315678afecb367f032d93F642f64180aa3"});
+    let response = server
+        .client
+        .put(server.url(&format!("/api/v1/media/{media_id}/gate")))
+        .bearer_auth(&alice)
+        .json(&gate)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    poll(
+        DEADLINE,
+        "the rename and the gate change announced",
+        async || of_type(&verified_events(&seen), "media.updated").len() >= 2,
+    )
+    .await;
     let response = server
         .client
         .delete(server.url(&format!("/api/v1/media/{media_id}")))

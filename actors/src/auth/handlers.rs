@@ -431,6 +431,14 @@ impl Handler<SetGate> for AuthActor {
                         .with_outcome(outcome::OK, detail),
                     )
                     .await;
+                // Lifecycle webhooks hear of it as of any other change to the media.
+                if metadata
+                    .send(crate::metadata::AnnounceUpdate { media_id })
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("metadata actor unavailable: gate change not announced");
+                }
                 Ok(gate)
             }
             .into_actor(self),
