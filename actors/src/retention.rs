@@ -92,38 +92,14 @@ pub fn start(
 mod tests {
     use super::*;
     use crate::{
-        model::{JobId, JobKind, Media, MediaId, UploadId},
+        model::{JobId, JobKind, Media},
         store::{JobRepo, MediaRepo, SledStore},
     };
 
     fn media(state: MediaState) -> Media {
-        let now = OffsetDateTime::now_utc();
         Media {
-            id: MediaId::new(),
-            title: "t".into(),
-            description: String::new(),
-            tags: vec![],
-            owner: None,
-            visibility: Default::default(),
-            visibility_epoch: 0,
-            captions: Vec::new(),
             state,
-            failure: None,
-            failure_code: None,
-            container: None,
-            upload_id: UploadId::new(),
-            filename: None,
-            size: 1,
-            sha256: String::new(),
-            source_key: "k".into(),
-            duration_s: None,
-            width: None,
-            height: None,
-            video_codec: None,
-            renditions: vec![],
-            playable_at: None,
-            created_at: now,
-            updated_at: now,
+            ..crate::store::tests::media()
         }
     }
 

@@ -14,7 +14,7 @@ mod sled_store;
 #[cfg(any(test, feature = "test-postgres"))]
 pub mod test_postgres;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{collections::BTreeMap, sync::Arc};
 
