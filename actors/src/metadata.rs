@@ -493,13 +493,7 @@ impl Handler<UpdateMedia> for MetadataActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
-                if !msg.principal.may_manage(media.owner.as_deref()) {
-                    // A private media item does not exist for anyone else.
-                    if media.visibility == Visibility::Private {
-                        return Err(MetadataError::NotFound(media.id));
-                    }
-                    return Err(MetadataError::NotOwner);
-                }
+                ensure_manager(&media, &msg.principal)?;
                 let before = media.visibility;
                 if let Some(visibility) = msg.visibility.filter(|v| *v != before) {
                     media.visibility = visibility;
@@ -560,12 +554,7 @@ impl Handler<DeleteMedia> for MetadataActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let media = load(&repo, msg.media_id).await?;
-                if !msg.principal.may_manage(media.owner.as_deref()) {
-                    if media.visibility == Visibility::Private {
-                        return Err(MetadataError::NotFound(media.id));
-                    }
-                    return Err(MetadataError::NotOwner);
-                }
+                ensure_manager(&media, &msg.principal)?;
                 // Record first: once it is gone nothing serves the blobs, so a crash in between
                 // leaves only orphans for the cleanup job, never a record pointing at nothing.
                 let media_id = media.id.clone();
@@ -614,12 +603,7 @@ impl Handler<PutCaption> for MetadataActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
-                if !msg.principal.may_manage(media.owner.as_deref()) {
-                    if media.visibility == Visibility::Private {
-                        return Err(MetadataError::NotFound(media.id));
-                    }
-                    return Err(MetadataError::NotOwner);
-                }
+                ensure_manager(&media, &msg.principal)?;
                 validate_caption(&msg.lang, &msg.vtt)?;
                 // The file first: a record never names a track that is not there.
                 blobs
@@ -651,12 +635,7 @@ impl Handler<DeleteCaption> for MetadataActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let mut media = load(&repo, msg.media_id).await?;
-                if !msg.principal.may_manage(media.owner.as_deref()) {
-                    if media.visibility == Visibility::Private {
-                        return Err(MetadataError::NotFound(media.id));
-                    }
-                    return Err(MetadataError::NotOwner);
-                }
+                ensure_manager(&media, &msg.principal)?;
                 if !media.captions.contains(&msg.lang) {
                     return Err(MetadataError::CaptionNotFound(media.id, msg.lang));
                 }
@@ -801,6 +780,18 @@ async fn load(repo: &SharedRepo, media_id: MediaId) -> Result<Media, MetadataErr
     blocking(repo, move |repo| repo.get_media(&id))
         .await?
         .ok_or(MetadataError::NotFound(media_id))
+}
+
+/// Only the owner or an admin may change a media item; to anyone else a private one does not
+/// exist.
+fn ensure_manager(media: &Media, principal: &Principal) -> Result<(), MetadataError> {
+    if principal.may_manage(media.owner.as_deref()) {
+        Ok(())
+    } else if media.visibility == Visibility::Private {
+        Err(MetadataError::NotFound(media.id.clone()))
+    } else {
+        Err(MetadataError::NotOwner)
+    }
 }
 
 /// Lower-cases, trims and de-duplicates tags, keeping their order.
