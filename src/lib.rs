@@ -9,11 +9,13 @@ use std::net::TcpListener;
 
 use std::time::Duration;
 
-use actix_web::{dev::ServerHandle, middleware::Condition, web, App, HttpServer};
+use actix_server::ServerBuilder;
+use actix_web::{dev::ServerHandle, middleware::Condition, web, App};
 use streamgate_actors::{monitor::otlp::SpanExporter, transcode::StopWorkers, Actors, StartError};
 use streamgate_web::{
     middleware::{self as mw, rate_limit::RateLimits},
     send_budget::SendBudget,
+    serve,
 };
 use tracing_actix_web::TracingLogger;
 
@@ -31,7 +33,7 @@ pub enum RunError {
 pub struct Running {
     pub handle: ServerHandle,
     pub actors: Actors,
-    server: actix_web::dev::Server,
+    server: actix_server::Server,
 }
 
 impl Running {
@@ -97,7 +99,7 @@ pub fn start_with_clock(
         config.server.send_budget_kib * 1024,
         config.server.write_chunk_max_kib * 1024,
     ));
-    let mut server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .app_data(data.clone())
             .app_data(send_budget.clone())
@@ -113,21 +115,26 @@ pub fn start_with_clock(
             .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))
             .configure(streamgate_web::configure)
             .default_service(web::to(streamgate_web::not_found))
-    })
-    .on_connect(move |_, extensions| {
+    };
+    let on_connect: serve::OnConnect = std::sync::Arc::new(move |extensions| {
         extensions.insert(mw::ConnectionGuard::open(&connection_metrics));
-    })
-    .shutdown_timeout(config.server.shutdown_timeout_s)
-    .max_connections(config.server.max_connections_per_worker)
-    .client_request_timeout(Duration::from_secs(config.server.first_request_timeout_s))
-    .keep_alive(match config.server.keep_alive_s {
-        0 => actix_web::http::KeepAlive::Disabled,
-        seconds => actix_web::http::KeepAlive::Timeout(Duration::from_secs(seconds)),
     });
+    let seconds = |seconds: u64| (seconds > 0).then(|| Duration::from_secs(seconds));
+    let settings = serve::Settings {
+        sendfile: config.server.sendfile,
+        sendfile_bytes: actors.metrics.http_sendfile_bytes.clone(),
+        timeouts: serve::Timeouts {
+            keep_alive: seconds(config.server.keep_alive_s),
+            first_request: seconds(config.server.first_request_timeout_s),
+        },
+    };
+    let mut builder = ServerBuilder::default()
+        .shutdown_timeout(config.server.shutdown_timeout_s)
+        .max_concurrent_connections(config.server.max_connections_per_worker);
     if config.server.workers > 0 {
-        server = server.workers(config.server.workers);
+        builder = builder.workers(config.server.workers);
     }
-    let server = server.listen(listener)?.run();
+    let server = serve::listen(builder, listener, settings, on_connect, app)?.run();
     tracing::info!(%address, data_dir = %config.storage.data_dir.display(), "streamgate listening");
     Ok(Running {
         handle: server.handle(),

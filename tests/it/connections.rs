@@ -33,3 +33,128 @@ async fn a_connection_opened_early_and_idle_between_segments_keeps_being_served(
         assert!(!body.is_empty());
     }
 }
+
+/// One response off a raw connection, leaving any pipelined bytes after it in `pending`:
+/// the lower-cased head and the body (none for a `HEAD`).
+async fn next_response(
+    socket: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+    head_only: bool,
+) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let length = if head_only { 0 } else { length };
+            if pending.len() >= end + 4 + length {
+                let body = pending[end + 4..end + 4 + length].to_vec();
+                pending.drain(..end + 4 + length);
+                return (head, body);
+            }
+        }
+        let mut chunk = vec![0u8; 256 * 1024];
+        let read = socket.read(&mut chunk).await.unwrap();
+        assert!(read > 0, "the server closed the connection");
+        pending.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Segments go out with sendfile (the counter moves by exactly the bytes sent) over a
+/// kept-alive connection with pipelined plain and ranged GETs, then a conditional one; a request with a body hands
+/// the connection to actix, which goes on serving the same bytes, copied.
+#[actix_rt::test]
+async fn segments_go_out_with_sendfile_until_a_request_with_a_body_hands_the_connection_over() {
+    let server = TestServer::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let clip = crate::server::make_clip(scratch.path(), "clip.mp4", "320x240", 2);
+    let (status, receipt) = server
+        .upload(std::fs::read(&clip).unwrap(), "clip.mp4", None)
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let media_id = receipt["media_id"].as_str().unwrap().to_string();
+    server
+        .wait_for_media(&media_id, Duration::from_secs(120), |m| {
+            m["state"] != "processing"
+        })
+        .await;
+    let base = format!("/api/v1/media/{media_id}/hls");
+    let master = server.get_text(&format!("{base}/master.m3u8")).await;
+    let variant = master.lines().find(|l| l.ends_with(".m3u8")).unwrap();
+    let variant_dir = variant.rsplit_once('/').unwrap().0.to_string();
+    let playlist = server.get_text(&format!("{base}/{variant}")).await;
+    let segment = playlist.lines().find(|l| l.ends_with(".m4s")).unwrap();
+    let on_disk = server
+        .blob_files(&format!("media/{media_id}"))
+        .into_iter()
+        .find(|p| p.ends_with(format!("{variant_dir}/{segment}")))
+        .unwrap();
+    let expected = std::fs::read(on_disk).unwrap();
+    let path = format!("{base}/{variant_dir}/{segment}");
+    let sent_before =
+        crate::auth_abuse::metric(&server, "streamgate_http_sendfile_bytes_total").await;
+
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut pending = Vec::new();
+    socket
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nhost: {address}\r\n\r\n\
+                 GET {path} HTTP/1.1\r\nhost: {address}\r\nrange: bytes=10-109\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (head, body) = next_response(&mut socket, &mut pending, false).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert_eq!(body, expected, "the whole segment, byte for byte");
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap()
+        .to_string();
+    let (head, body) = next_response(&mut socket, &mut pending, false).await;
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert_eq!(body, expected[10..110]);
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nif-none-match: {etag}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (head, body) = next_response(&mut socket, &mut pending, true).await;
+    assert!(head.starts_with("http/1.1 304"), "{head}");
+    assert!(body.is_empty());
+    let sent = crate::auth_abuse::metric(&server, "streamgate_http_sendfile_bytes_total").await;
+    assert_eq!(sent - sent_before, (expected.len() + 100) as f64);
+
+    socket
+        .write_all(
+            format!(
+                "POST /api/v1/no-such-thing HTTP/1.1\r\nhost: {address}\r\ncontent-length: 2\r\n\r\n{{}}\
+                 GET {path} HTTP/1.1\r\nhost: {address}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (head, body) = next_response(&mut socket, &mut pending, false).await;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("\"code\""));
+    let (head, body) = next_response(&mut socket, &mut pending, false).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, expected, "served by actix after the hand-over");
+    assert_eq!(
+        crate::auth_abuse::metric(&server, "streamgate_http_sendfile_bytes_total").await,
+        sent,
+        "actix copies; the front's counter stays"
+    );
+}

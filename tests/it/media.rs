@@ -101,11 +101,8 @@ async fn renditions_play_over_http_with_ranges_etags_and_invalidation() {
     // A segment: full, then the range edge cases.
     let name = renditions[0]["name"].as_str().unwrap();
     let playlist = server
-        .get(&format!("/api/v1/media/{id}/hls/{name}/index.m3u8"))
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("/api/v1/media/{id}/hls/{name}/index.m3u8"))
+        .await;
     let segment = playlist
         .lines()
         .find(|line| !line.starts_with('#') && !line.trim().is_empty())

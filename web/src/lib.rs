@@ -15,6 +15,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod routes;
 pub mod send_budget;
+pub mod serve;
 
 use actix_web::web;
 pub use streamgate_actors::Actors;

@@ -12,6 +12,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -24,6 +25,9 @@ use super::BlobError;
 pub struct MappedBlob {
     /// The file's bytes; slicing is free (the mapping is shared, never copied).
     pub bytes: Bytes,
+    /// The open file the mapping was made from (`None` for an empty blob), for senders that
+    /// hand the kernel a file range instead of the mapped bytes.
+    pub file: Option<Arc<std::fs::File>>,
     pub modified: Option<SystemTime>,
     /// Strong validator in actix-files' format (`ino:len:secs:nanos`, hex), so ETags handed out
     /// before this code served segments still revalidate.
@@ -74,13 +78,14 @@ fn map_now(path: &Path, key: &str) -> Result<MappedBlob, BlobError> {
             )
         });
     // A zero-length mapping is an error (EINVAL); an empty blob needs none.
-    let bytes = if metadata.len() == 0 {
-        Bytes::new()
+    let (bytes, file) = if metadata.len() == 0 {
+        (Bytes::new(), None)
     } else {
-        Bytes::from_owner(map_file(&file)?)
+        (Bytes::from_owner(map_file(&file)?), Some(Arc::new(file)))
     };
     Ok(MappedBlob {
         bytes,
+        file,
         modified,
         etag,
     })

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub http_response_bytes: IntCounterVec,
     pub http_connections_active: IntGauge,
     pub http_connections: IntCounter,
+    pub http_sendfile_bytes: IntCounter,
     pub rate_limited: IntCounterVec,
     pub rate_limit_tracked_clients: IntGauge,
     pub rate_limit_evictions: IntCounterVec,
@@ -146,6 +147,10 @@ impl Metrics {
         let http_connections = IntCounter::new(
             metric_names::HTTP_CONNECTIONS_TOTAL,
             "Client TCP connections accepted.",
+        )?;
+        let http_sendfile_bytes = IntCounter::new(
+            metric_names::HTTP_SENDFILE_BYTES_TOTAL,
+            "Response body bytes the kernel sent straight from a file (sendfile), never copied through a buffer.",
         )?;
         let rate_limited = counter_vec(
             metric_names::RATE_LIMITED_TOTAL,
@@ -381,7 +386,7 @@ impl Metrics {
         register! {registry:
             otlp_spans_exported, otlp_spans_dropped, otlp_spans_failed, http_requests,
             http_duration, http_response_bytes, http_duration_max, http_in_flight,
-            http_connections_active, http_connections, rate_limited, rate_limit_tracked_clients,
+            http_connections_active, http_connections, http_sendfile_bytes, rate_limited, rate_limit_tracked_clients,
             rate_limit_evictions, actor_up, actor_restarts, actor_ping, actor_heartbeat, uploads,
             upload_bytes, upload_received_bytes, upload_checksum_failures, upload_duration,
             transcode_jobs, job_duration, ffmpeg_failures, transcode_speed, jobs, auth_logins,
@@ -433,6 +438,7 @@ impl Metrics {
             http_response_bytes,
             http_connections_active,
             http_connections,
+            http_sendfile_bytes,
             rate_limited,
             rate_limit_tracked_clients,
             rate_limit_evictions,

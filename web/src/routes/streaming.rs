@@ -52,6 +52,7 @@ use crate::{
     error::ApiError,
     extract::{bearer_str, caller},
     send_budget::SendBudget,
+    serve::FileBody,
 };
 
 // Cache-Control values, spelled out once: no directive list is built or formatted per response.
@@ -925,6 +926,7 @@ fn serve_mapped(
     response.insert_header((header::CACHE_CONTROL, cache));
 
     let mut body = blob.bytes;
+    let mut offset = 0u64;
     if let Some(range) = req.headers().get(header::RANGE) {
         let Ok(range) = range.to_str() else {
             return response.status(StatusCode::BAD_REQUEST).finish();
@@ -957,6 +959,7 @@ fn serve_mapped(
                     .unwrap_or(usize::MAX)
                     .min(body.len());
                 body = body.slice(start..end);
+                offset = start as u64;
                 if !(precondition_failed || not_modified) && body.len() as u64 != size {
                     response.status(StatusCode::PARTIAL_CONTENT);
                 }
@@ -972,6 +975,14 @@ fn serve_mapped(
     }
     if not_modified {
         return response.status(StatusCode::NOT_MODIFIED).finish();
+    }
+    if let Some(file) = blob.file {
+        // The front sends these bytes with sendfile; actix's dispatcher streams `body`.
+        response.extensions_mut().insert(FileBody {
+            file,
+            offset,
+            len: body.len() as u64,
+        });
     }
     match req.app_data::<web::Data<SendBudget>>() {
         Some(budget) => response.body(budget.body(body)),

@@ -1,0 +1,225 @@
+//! Writing an app's response on a front connection: the head as actix-http writes it, then the
+//! body — a [`FileBody`] straight from the page cache with `sendfile(2)`, anything else chunk
+//! by chunk as the body yields it.
+
+use std::{fs::File, io, io::Write as _, time::SystemTime};
+
+use actix_http::{
+    body::{BodySize, BoxBody, MessageBody},
+    header, Response, StatusCode,
+};
+use actix_rt::net::TcpStream;
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::Interest;
+
+use super::FileBody;
+
+/// The most one `sendfile` call moves before the connection lets the worker's other
+/// connections take a turn (nginx's `sendfile_max_chunk` is 2 MiB).
+const SENDFILE_CHUNK: u64 = 512 * 1024;
+/// A body this small goes out in the same write as the head.
+const INLINE_BODY_BYTES: usize = 16 * 1024;
+
+/// How writing a response went.
+pub(super) struct Written {
+    pub result: io::Result<()>,
+    /// Body bytes the kernel sent from a file.
+    pub sendfile_bytes: u64,
+}
+
+/// Writes `response`; for a `HEAD` request (`head_only`) the head alone.
+pub(super) async fn write(
+    io: &TcpStream,
+    response: Response<BoxBody>,
+    head_only: bool,
+    keep_alive: bool,
+) -> Written {
+    let mut sendfile_bytes = 0;
+    let result = write_counting(io, response, head_only, keep_alive, &mut sendfile_bytes).await;
+    Written {
+        result,
+        sendfile_bytes,
+    }
+}
+
+async fn write_counting(
+    io: &TcpStream,
+    response: Response<BoxBody>,
+    head_only: bool,
+    keep_alive: bool,
+    sendfile_bytes: &mut u64,
+) -> io::Result<()> {
+    let status = response.status();
+    let bodiless = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let size = response.body().size();
+    let file = response.extensions().get::<FileBody>().cloned();
+    let out = head(&response, size, keep_alive);
+    let (_, body) = response.into_parts();
+    if bodiless {
+        return write_all(io, &out).await;
+    }
+    match (size, file) {
+        (BodySize::Sized(len), Some(file)) if file.len == len => {
+            write_all(io, &out).await?;
+            send_file(io, &file.file, file.offset, len, sendfile_bytes).await
+        }
+        (BodySize::None, _) => write_all(io, &out).await,
+        (BodySize::Sized(len), _) => match body.try_into_bytes() {
+            Ok(bytes) => write_with_head(io, out, &bytes).await,
+            Err(body) => {
+                write_all(io, &out).await?;
+                stream(io, body, Some(len)).await
+            }
+        },
+        (BodySize::Stream, _) => {
+            write_all(io, &out).await?;
+            stream(io, body, None).await
+        }
+    }
+}
+
+/// 408 and close, for a request head that did not arrive in time.
+pub(super) async fn request_timeout(io: &TcpStream) -> io::Result<()> {
+    let mut out = BytesMut::new();
+    let _ = write!(
+        (&mut out).writer(),
+        "HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\ndate: {}\r\n\r\n",
+        httpdate::fmt_http_date(SystemTime::now())
+    );
+    write_all(io, &out).await
+}
+
+/// The status line and headers; the framing headers (length, chunking, connection) are ours.
+fn head(response: &Response<BoxBody>, size: BodySize, keep_alive: bool) -> BytesMut {
+    let status = response.status();
+    let mut out = BytesMut::with_capacity(512);
+    let _ = write!(
+        (&mut out).writer(),
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let keep_length = status == StatusCode::NOT_MODIFIED;
+    let mut has_date = false;
+    for (name, value) in response.headers() {
+        if *name == header::TRANSFER_ENCODING
+            || *name == header::CONNECTION
+            || (*name == header::CONTENT_LENGTH && !keep_length)
+        {
+            continue;
+        }
+        has_date |= *name == header::DATE;
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if !(status.is_informational() || status == StatusCode::NO_CONTENT || keep_length) {
+        match size {
+            BodySize::Sized(len) => {
+                let _ = write!((&mut out).writer(), "content-length: {len}\r\n");
+            }
+            BodySize::Stream => out.put_slice(b"transfer-encoding: chunked\r\n"),
+            BodySize::None => {}
+        }
+    }
+    if !keep_alive {
+        out.put_slice(b"connection: close\r\n");
+    }
+    if !has_date {
+        let _ = write!(
+            (&mut out).writer(),
+            "date: {}\r\n",
+            httpdate::fmt_http_date(SystemTime::now())
+        );
+    }
+    out.put_slice(b"\r\n");
+    out
+}
+
+/// The head and a whole body in as few writes as possible.
+async fn write_with_head(io: &TcpStream, mut head: BytesMut, body: &Bytes) -> io::Result<()> {
+    if body.len() <= INLINE_BODY_BYTES {
+        head.put_slice(body);
+        return write_all(io, &head).await;
+    }
+    write_all(io, &head).await?;
+    write_all(io, body).await
+}
+
+/// A body as it yields chunks: exactly `len` bytes, or chunk-encoded when the length is unknown.
+async fn stream(io: &TcpStream, body: BoxBody, len: Option<u64>) -> io::Result<()> {
+    let mut body = std::pin::pin!(body);
+    let mut sent = 0u64;
+    while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+        let chunk = chunk.map_err(|error| io::Error::other(error.to_string()))?;
+        if chunk.is_empty() {
+            continue;
+        }
+        match len {
+            Some(len) => {
+                let room = usize::try_from(len - sent).unwrap_or(usize::MAX);
+                let part = &chunk[..chunk.len().min(room)];
+                write_all(io, part).await?;
+                sent += part.len() as u64;
+            }
+            None => {
+                let mut frame = BytesMut::with_capacity(16);
+                let _ = write!((&mut frame).writer(), "{:X}\r\n", chunk.len());
+                write_all(io, &frame).await?;
+                write_all(io, &chunk).await?;
+                write_all(io, b"\r\n").await?;
+            }
+        }
+    }
+    match len {
+        Some(len) if sent < len => Err(io::ErrorKind::UnexpectedEof.into()),
+        Some(_) => Ok(()),
+        None => write_all(io, b"0\r\n\r\n").await,
+    }
+}
+
+/// `len` bytes of `file` from `offset`, page cache to socket.
+async fn send_file(
+    io: &TcpStream,
+    file: &File,
+    mut offset: u64,
+    len: u64,
+    sent: &mut u64,
+) -> io::Result<()> {
+    let end = offset + len;
+    while offset < end {
+        let count = usize::try_from((end - offset).min(SENDFILE_CHUNK)).unwrap_or(usize::MAX);
+        io.writable().await?;
+        let moved = io.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(io, file, Some(&mut offset), count).map_err(io::Error::from)
+        });
+        match moved {
+            // The file is shorter than its response said: end the connection, not the framing.
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(count) => {
+                *sent += count as u64;
+                tokio::task::yield_now().await;
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        io.writable().await?;
+        match io.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
