@@ -1150,6 +1150,15 @@ fn crowd_rows(
     rows: &mut Vec<Row>,
 ) {
     std::fs::create_dir_all(scratch).unwrap();
+    // A second copy of the data for the copying server (no server holds it while it is copied).
+    let copying_dir = scratch.join("copying-data");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(data_dir)
+        .arg(&copying_dir)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp -a {}", data_dir.display());
     let server = Server::start(
         config_file,
         data_dir,
@@ -1174,7 +1183,19 @@ fn crowd_rows(
     crowd::count_stalls(&ours_script);
     crowd::count_stalls(&theirs_script);
     let seconds = settings.crowd_seconds;
+    // The same server with every connection left to actix-http (bodies copied through its
+    // write buffer): what the sendfile front is measured against.
+    let copying = Server::start(
+        config_file,
+        &copying_dir,
+        &[
+            "server.workers=0",
+            "server.keep_alive_s=75",
+            "server.sendfile=false",
+        ],
+    );
     let mut sg = Vec::new();
+    let mut cg = Vec::new();
     let mut ng = Vec::new();
     for _ in 0..settings.crowd_rounds {
         server.wait_quiet();
@@ -1184,6 +1205,14 @@ fn crowd_rows(
             connections,
             seconds,
             vec![server.child.id()],
+        ));
+        copying.wait_quiet();
+        cg.push(crowd::back_to_back(
+            &copying.base,
+            &ours_script,
+            connections,
+            seconds,
+            vec![copying.child.id()],
         ));
         ng.push(crowd::back_to_back(
             &nginx_base,
@@ -1212,27 +1241,30 @@ fn crowd_rows(
             runs.iter().map(|r| r.memory.rss_mb).fold(0.0, f64::max),
         )
     };
-    let (ours_load, ours_stalled, ours_anon, ours_rss) = pick(&sg);
+    drop(copying);
     let (theirs_load, theirs_stalled, theirs_anon, theirs_rss) = pick(&ng);
-    let mut row = Row::from_load(
-        &format!("segment GET, {connections} conn back to back"),
-        &ours_load,
-        ours_rss,
-    )
-    .versus(
-        "nginx",
-        &theirs_load,
-        "≥ 0.9; p99 ≤ 1.2×; stalls ≤ nginx + 1 %; RssAnon < 300 MB",
-    );
-    row.baseline = format!(
-        "nginx {:.0} req/s, p99 {}; p99 ratio {:.2}; over 2 s: {ours_stalled} vs {theirs_stalled} of ~{:.0}; \
-         RssAnon {ours_anon:.0} MB vs {theirs_anon:.0} MB (RSS {ours_rss:.0} vs {theirs_rss:.0})",
-        theirs_load.requests_per_s,
-        latency(Some(theirs_load.p99_ms)),
-        ours_load.p99_ms / theirs_load.p99_ms,
-        ours_load.requests_per_s * f64::from(seconds),
-    );
-    rows.push(row);
+    for (runs, how) in [(&sg, "sendfile"), (&cg, "copied by actix-http")] {
+        let (ours_load, ours_stalled, ours_anon, ours_rss) = pick(runs);
+        let mut row = Row::from_load(
+            &format!("segment GET, {connections} conn back to back, {how}"),
+            &ours_load,
+            ours_rss,
+        )
+        .versus(
+            "nginx",
+            &theirs_load,
+            "≥ 0.9; p99 ≤ 1.2×; stalls ≤ nginx + 1 %; RssAnon < 300 MB",
+        );
+        row.baseline = format!(
+            "nginx {:.0} req/s, p99 {}; p99 ratio {:.2}; over 2 s: {ours_stalled} vs {theirs_stalled} of ~{:.0}; \
+             RssAnon {ours_anon:.0} MB vs {theirs_anon:.0} MB (RSS {ours_rss:.0} vs {theirs_rss:.0})",
+            theirs_load.requests_per_s,
+            latency(Some(theirs_load.p99_ms)),
+            ours_load.p99_ms / theirs_load.p99_ms,
+            ours_load.requests_per_s * f64::from(seconds),
+        );
+        rows.push(row);
+    }
 
     let every = Duration::from_secs(6);
     let duration = Duration::from_secs(settings.crowd_paced_seconds);
