@@ -74,7 +74,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Two nodes with the test defaults (ultrafast preset, one transcode worker each).
+    /// Two nodes with the test defaults: one transcode worker each, ultrafast preset, a
+    /// two-rung ladder (240p, 180p) of 1 s segments, 3 s job leases.
     pub async fn start() -> Self {
         Self::start_with(&[]).await
     }
@@ -177,7 +178,10 @@ fn node_config(data_dir: &Path, port: u16, postgres_url: &str, moto: &Moto) -> S
          [postgres]\nurl = {url}\npool_size = 4\n\n\
          [s3]\nendpoint = {endpoint}\nbucket = {bucket}\nregion = \"us-east-1\"\n\
          access_key = \"testing\"\nsecret_key = \"testing\"\nallow_http = true\n\n\
-         [transcode]\nx264_preset = \"ultrafast\"\nworkers = 1\n\n\
+         [transcode]\nx264_preset = \"ultrafast\"\nworkers = 1\nsegment_seconds = 1\n\
+         lease_s = 3\nclaim_interval_ms = 300\n\
+         ladder = [{{ name = \"240p\", height = 240, video_bitrate_kbps = 400 }},\
+                   {{ name = \"180p\", height = 180, video_bitrate_kbps = 250 }}]\n\n\
          [auth]\nadmin_token = {admin}\nsession_secret = {secret}\nallowed_chain_ids = [{CHAIN_ID}]\n\n\
          [monitor]\nsample_interval_ms = 500\n\n\
          [rate_limit]\ntrusted_proxies = [\"127.0.0.1\"]\n",
@@ -401,4 +405,237 @@ async fn health_through_the_proxy_reaches_both_nodes_and_a_session_works_on_each
         },
     )
     .await;
+}
+
+const JOB_DEADLINE: Duration = Duration::from_secs(120);
+
+impl Cluster {
+    /// A client sending the admin token (jobs API, cancel).
+    pub fn admin(&self) -> reqwest::Client {
+        crate::server::bearer_client(ADMIN_TOKEN)
+    }
+
+    /// The media's jobs, through the proxy.
+    pub async fn jobs_of(&self, media_id: &str) -> Vec<Value> {
+        let (status, page) = get_json(
+            &self.client,
+            &self.proxy_base,
+            &format!("/api/v1/jobs?media_id={media_id}"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        page["items"].as_array().unwrap().clone()
+    }
+
+    /// Polls the media's only job through the proxy until `done` holds for it.
+    pub async fn wait_for_job(&self, media_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        poll(JOB_DEADLINE, "the media's job", async || {
+            let jobs = self.jobs_of(media_id).await;
+            match jobs.first() {
+                Some(job) if done(job) => Ok(job.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await
+    }
+
+    /// The node whose ffmpeg is running, and its ffmpeg pids, once one is.
+    pub async fn ffmpeg_node(&self) -> (usize, Vec<u32>) {
+        poll(JOB_DEADLINE, "ffmpeg to run on a node", async || {
+            self.nodes.iter().enumerate().find_map(|(index, node)| {
+                let pids = crate::shutdown::ffmpeg_children(node.pid()?);
+                (!pids.is_empty()).then_some((index, pids))
+            })
+        })
+        .await
+    }
+
+    /// Plays the media through the proxy, from each node at least once: the master playlist
+    /// lists every rung, each rung's VOD playlist adds up to `seconds`, and every segment it
+    /// names is served.
+    pub async fn assert_plays(&self, media_id: &str, seconds: f64) {
+        let hls = format!("{}/api/v1/media/{media_id}/hls", self.proxy_base);
+        let master_url = format!("{hls}/master.m3u8");
+        let live = self.live_nodes();
+        let master = poll(
+            Duration::from_secs(10),
+            "the master playlist from every live node",
+            async || {
+                let mut answered = std::collections::BTreeSet::new();
+                let mut master = String::new();
+                for _ in 0..live {
+                    let response = self.client.get(&master_url).send().await.unwrap();
+                    let node = answered_by(&response);
+                    let status = response.status();
+                    master = response.text().await.unwrap();
+                    if status != 200 {
+                        return Err(format!("{node}: {status} {master}"));
+                    }
+                    answered.insert(node);
+                }
+                Ok((answered.len() == live)
+                    .then_some(master)
+                    .ok_or("one node twice")?)
+            },
+        )
+        .await;
+        for rung in ["240p", "180p"] {
+            assert!(master.contains(&format!("{rung}/index.m3u8")), "{master}");
+            let playlist = self
+                .client
+                .get(format!("{hls}/{rung}/index.m3u8"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+            let total: f64 = playlist
+                .lines()
+                .filter_map(|line| line.strip_prefix("#EXTINF:"))
+                .map(|rest| rest.trim_end_matches(',').parse::<f64>().unwrap())
+                .sum();
+            assert!(
+                (total - seconds).abs() < 0.5,
+                "{rung}: {total}s of {seconds}s"
+            );
+            let init = playlist
+                .lines()
+                .find_map(|line| line.strip_prefix("#EXT-X-MAP:URI=\""))
+                .map(|rest| rest.trim_end_matches('"').to_string())
+                .expect("CMAF playlists name their init segment");
+            let segments = playlist
+                .lines()
+                .filter(|line| !line.starts_with('#') && !line.is_empty())
+                .map(str::to_string);
+            for file in std::iter::once(init).chain(segments) {
+                let response = self
+                    .client
+                    .get(format!("{hls}/{rung}/{file}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200, "{rung}/{file}");
+                assert!(!response.bytes().await.unwrap().is_empty(), "{rung}/{file}");
+            }
+        }
+    }
+
+    fn live_nodes(&self) -> usize {
+        self.nodes.iter().filter(|n| n.process.is_some()).count()
+    }
+
+    /// Uploads a `size` clip of `seconds` through the proxy as ALICE; returns the media id.
+    async fn upload_clip(&self, size: &str, seconds: u32) -> String {
+        let clip = crate::server::make_clip(self.scratch(), "clip.mp4", size, seconds);
+        let session = login(&self.client, &self.proxy_base, &crate::chain::ALICE).await;
+        let (status, receipt) = upload(
+            &self.client,
+            &self.proxy_base,
+            &session,
+            std::fs::read(clip).unwrap(),
+            "clip.mp4",
+        )
+        .await;
+        assert_eq!(status, 201, "{receipt}");
+        receipt["media_id"].as_str().unwrap().to_string()
+    }
+}
+
+#[tokio::test]
+async fn an_upload_through_the_proxy_transcodes_on_a_node_and_plays_through_either() {
+    // The node that did not run the job may hold the record as it was while processing (the
+    // jobs API reads it); here such entries expire within a second.
+    let cluster = Cluster::start_with(&["cache.metadata_ttl_s=1"]).await;
+    let media_id = cluster.upload_clip("320x240", 3).await;
+    let job = cluster
+        .wait_for_job(&media_id, |job| {
+            job["state"] != "queued" && job["state"] != "running"
+        })
+        .await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    // The lease went with the run.
+    assert!(job.get("node").is_none(), "{job}");
+    cluster.assert_plays(&media_id, 3.0).await;
+}
+
+#[tokio::test]
+async fn kill_9_of_the_node_running_ffmpeg_lets_the_other_node_finish_the_job() {
+    let mut cluster = Cluster::start().await;
+    let media_id = cluster.upload_clip("640x480", 20).await;
+    let (victim, ffmpeg) = cluster.ffmpeg_node().await;
+    let running = cluster
+        .wait_for_job(&media_id, |job| job["state"] == "running")
+        .await;
+    let first_node = running["node"].as_str().unwrap().to_string();
+    cluster.kill_node(victim);
+    // As the loss of its machine would, the node's ffmpeg goes with it.
+    for pid in &ffmpeg {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+
+    // Once the 3 s lease lapsed, the survivor claims the job and runs it to the end.
+    let survivor = 1 - victim;
+    let taken = cluster
+        .wait_for_job(&media_id, |job| {
+            job["state"] == "running" && job["node"].as_str() != Some(first_node.as_str())
+        })
+        .await;
+    assert_eq!(taken["attempts"], 2, "{taken}");
+    let survivor_pid = cluster.node(survivor).pid().unwrap();
+    let done = cluster
+        .wait_for_job(&media_id, |job| job["state"] != "running")
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        crate::shutdown::ffmpeg_children(survivor_pid).is_empty(),
+        "the survivor's ffmpeg ended with the job"
+    );
+    cluster.assert_plays(&media_id, 20.0).await;
+}
+
+#[tokio::test]
+async fn a_cancel_through_one_node_kills_ffmpeg_on_the_node_running_the_job() {
+    // A slow preset, so the transcode surely still runs when the cancel arrives.
+    let cluster = Cluster::start_with(&["transcode.x264_preset=\"veryslow\""]).await;
+    let media_id = cluster.upload_clip("640x480", 8).await;
+    let (runner, ffmpeg) = cluster.ffmpeg_node().await;
+    let job = cluster
+        .wait_for_job(&media_id, |job| job["state"] == "running")
+        .await;
+    let job_id = job["id"].as_str().unwrap();
+
+    let other = cluster.node(1 - runner);
+    let response = cluster
+        .admin()
+        .post(format!("{}/api/v1/jobs/{job_id}/cancel", other.base))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let cancelled: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    // The reply comes once the running node stored the end of its run: its ffmpeg is gone.
+    for pid in ffmpeg {
+        assert!(
+            !crate::shutdown::is_alive(pid),
+            "ffmpeg {pid} outlived the cancel"
+        );
+    }
+    let runner_pid = cluster.node(runner).pid().unwrap();
+    assert!(crate::shutdown::ffmpeg_children(runner_pid).is_empty());
+    let (status, stored) = get_json(
+        &cluster.client,
+        &cluster.node(runner).base,
+        &format!("/api/v1/jobs/{job_id}"),
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["state"], "cancelled", "{stored}");
+    assert_eq!(stored["error_code"], "cancelled", "{stored}");
 }
