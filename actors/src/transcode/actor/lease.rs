@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use actix::{ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, WrapFuture};
+use actix::{
+    ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, ResponseActFuture, WrapFuture,
+};
 use time::OffsetDateTime;
 
 use super::{Pump, TranscodeActor};
@@ -109,6 +111,10 @@ impl TranscodeActor {
                                 tracing::warn!(job_id = %job.id, attempt = job.attempts, "job claimed for another run");
                             }
                             let job_id = job.id.clone();
+                            if actor.running.contains_key(&job_id) {
+                                // Our own lease lapsed and we claimed it back: the run goes on.
+                                continue;
+                            }
                             actor.launch(job, ctx);
                             if let Some(caller) = cancel {
                                 actor.cancel_locally(&job_id, caller);
@@ -146,11 +152,12 @@ impl TranscodeActor {
 }
 
 impl Handler<Heartbeat> for TranscodeActor {
-    type Result = AtomicResponse<Self, ()>;
+    // Not atomic: the actor keeps answering while a renewal waits on the database.
+    type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Heartbeat, _: &mut Self::Context) -> Self::Result {
         let Some(leasing) = self.leasing.clone() else {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(())));
+            return Box::pin(actix::fut::ready(()));
         };
         let held: Vec<JobId> = self
             .running
@@ -160,7 +167,7 @@ impl Handler<Heartbeat> for TranscodeActor {
             .collect();
         let repo = self.repo.clone();
         let asked = held.clone();
-        AtomicResponse::new(Box::pin(
+        Box::pin(
             async move {
                 if asked.is_empty() {
                     return Ok(Vec::new());
@@ -197,7 +204,7 @@ impl Handler<Heartbeat> for TranscodeActor {
                     }
                 }
             }),
-        ))
+        )
     }
 }
 
