@@ -529,13 +529,24 @@ impl Cluster {
 
     /// Uploads a `size` clip of `seconds` through the proxy as ALICE; returns the media id.
     async fn upload_clip(&self, size: &str, seconds: u32) -> String {
-        let clip = crate::server::make_clip(self.scratch(), "clip.mp4", size, seconds);
-        let session = login(&self.client, &self.proxy_base, &crate::chain::ALICE).await;
+        self.upload_clip_to(&self.proxy_base, size, seconds).await
+    }
+
+    /// Uploads a `size` clip of `seconds` through `base` as ALICE; returns the media id.
+    async fn upload_clip_to(&self, base: &str, size: &str, seconds: u32) -> String {
+        let name = format!("clip-{size}-{seconds}.mp4");
+        let clip = crate::server::make_clip(self.scratch(), &name, size, seconds);
+        self.upload_file_to(base, &clip).await
+    }
+
+    /// Uploads the file at `path` through `base` as ALICE; returns the media id.
+    async fn upload_file_to(&self, base: &str, path: &Path) -> String {
+        let session = login(&self.client, base, &crate::chain::ALICE).await;
         let (status, receipt) = upload(
             &self.client,
-            &self.proxy_base,
+            base,
             &session,
-            std::fs::read(clip).unwrap(),
+            std::fs::read(path).unwrap(),
             "clip.mp4",
         )
         .await;
@@ -560,6 +571,37 @@ async fn an_upload_through_the_proxy_transcodes_on_a_node_and_plays_through_eith
     // The lease went with the run.
     assert!(job.get("node").is_none(), "{job}");
     cluster.assert_plays(&media_id, 3.0).await;
+}
+
+#[tokio::test]
+async fn a_job_queued_on_a_busy_node_runs_on_the_node_with_a_free_worker() {
+    let cluster = Cluster::start().await;
+    let long = crate::server::make_clip(cluster.scratch(), "long.mp4", "640x480", 30);
+    let short = crate::server::make_clip(cluster.scratch(), "short.mp4", "480x360", 10);
+    let busy = &cluster.node(0).base;
+    let long = cluster.upload_file_to(busy, &long).await;
+    let first = cluster
+        .wait_for_job(&long, |job| job["state"] == "running")
+        .await;
+    // Node 0's one worker is taken: the next job it queues is claimed by node 1's poll.
+    let short = cluster.upload_file_to(busy, &short).await;
+    let second = cluster
+        .wait_for_job(&short, |job| job["state"] != "queued")
+        .await;
+    assert_eq!(first["state"], "running", "{first}");
+    assert_eq!(second["state"], "running", "{second}");
+    let (first_node, second_node) = (first["node"].as_str(), second["node"].as_str());
+    assert!(
+        first_node.is_some() && second_node.is_some(),
+        "{first} {second}"
+    );
+    assert_ne!(first_node, second_node, "{first} {second}");
+    for media_id in [&long, &short] {
+        let done = cluster
+            .wait_for_job(media_id, |job| job["state"] != "running")
+            .await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
 }
 
 #[tokio::test]
