@@ -15,7 +15,7 @@
 //! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
 //! (4), LOAD_BENCH_TRANSCODE_RUNS (9), LOAD_BENCH_ONLY (all; else a comma-separated subset of
 //! segments, small, onoff, mix, gated, flood, transcode, playable, first_frame, upload, idle,
-//! crowd), LOAD_BENCH_PLAYABLE (clip lengths in s for the first-playable rows, 30,120,600),
+//! crowd, claims), LOAD_BENCH_PLAYABLE (clip lengths in s for the first-playable rows, 30,120,600),
 //! LOAD_BENCH_CROWD
 //! (connections back to back, 1000), LOAD_BENCH_CROWD_SECONDS (15), LOAD_BENCH_CROWD_ROUNDS (3),
 //! LOAD_BENCH_VIEWERS (paced viewer counts, a row each: 1000,5000), LOAD_BENCH_PACED_SECONDS
@@ -35,6 +35,8 @@
 // Bench code: a failed unwrap is a failed bench.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "load/claims.rs"]
+mod claims;
 mod common;
 #[path = "load/crowd.rs"]
 mod crowd;
@@ -1110,6 +1112,18 @@ fn main() {
         drop(fresh);
     } else {
         drop(server);
+    }
+    if settings.runs("claims") {
+        let one = claims::drain(1);
+        let two = claims::drain(2);
+        rows.push(
+            Row::from_load(
+                &format!("job claims (Postgres, 2 nodes, {} queued)", claims::QUEUED),
+                &two,
+                0.0,
+            )
+            .versus("1 node", &one, "—"),
+        );
     }
     if settings.runs("crowd") {
         crowd_rows(

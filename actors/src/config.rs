@@ -139,6 +139,10 @@ pub struct TranscodeConfig {
     pub job_retention_days: u64,
     /// Seconds between job retention runs.
     pub job_prune_interval_s: u64,
+    /// Records on Postgres: seconds a node's claim on a running job lasts unless renewed.
+    pub lease_s: u64,
+    /// Records on Postgres: how often a node with an idle worker looks for claimable jobs.
+    pub claim_interval_ms: u64,
     pub ladder: Vec<Rung>,
 }
 
@@ -366,6 +370,11 @@ impl ActorsConfig {
         }
         if self.transcode.workers == 0 {
             return Err("transcode.workers must be at least 1".into());
+        }
+        if self.transcode.lease_s == 0 || self.transcode.claim_interval_ms == 0 {
+            return Err(
+                "transcode.lease_s and transcode.claim_interval_ms must be at least 1".into(),
+            );
         }
         if self.transcode.ladder.is_empty() {
             return Err("transcode.ladder must have at least one rung".into());

@@ -50,7 +50,7 @@ use crate::{
     search::SearchIndex,
     store::{PostgresStore, SharedRepo, SledStore},
     supervise::Ping,
-    transcode::{TranscodeActor, TranscodeDeps},
+    transcode::{Leasing, TranscodeActor, TranscodeDeps},
     upload::{UploadActor, UploadDeps},
     webhooks::{WebhookActor, WebhookDeps},
 };
@@ -205,6 +205,11 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             metrics: metrics.clone(),
             audit: audit.clone(),
             work_dir,
+            leasing: (config.storage.records == RecordBackend::Postgres).then(|| Leasing {
+                node: Leasing::node_name(),
+                lease: Duration::from_secs(config.transcode.lease_s),
+                claim_every: Duration::from_millis(config.transcode.claim_interval_ms),
+            }),
         };
         move |_| TranscodeActor::new(deps.clone())
     });

@@ -272,6 +272,35 @@ pub struct Job {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Records on Postgres: the node running the job and until when (`None` while not
+    /// running, and always on sled, where one node runs everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<JobLease>,
+}
+
+/// A running job's lease: `node` runs it until `until` unless it renews the lease first; once it
+/// lapsed, any node may take the job over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLease {
+    pub node: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+    /// Who asked another node to cancel the run; the lease holder sees it when it renews.
+    #[serde(default)]
+    pub cancel_requested_by: Option<String>,
+}
+
+/// What the store did with a cancel request ([`crate::store::JobRepo::request_cancel`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelRequest {
+    /// No such job.
+    Unknown,
+    /// It had already ended; nothing changed.
+    Final(Job),
+    /// It was queued and is now cancelled.
+    Cancelled(Job),
+    /// It is running: the request is on its lease for the node running it.
+    Requested(Job),
 }
 
 /// What ffprobe told us about a source file.

@@ -123,6 +123,7 @@ mod tests {
             trace_id: None,
             created_at: finished,
             updated_at: finished,
+            lease: None,
         }
     }
 

@@ -196,6 +196,9 @@ pub struct JobDto {
     /// The stable code of `last_error`.
     pub error_code: Option<String>,
     pub progress: u8,
+    /// Records on Postgres: the node holding the job's lease (while it runs there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// For a transcode job: whether its media plays already (it can while the job runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub media_playable: Option<bool>,
@@ -220,6 +223,7 @@ impl From<&Job> for JobDto {
             last_error: job.last_error.clone(),
             error_code: job.error_code.clone(),
             progress: job.progress,
+            node: job.lease.as_ref().map(|lease| lease.node.clone()),
             media_playable: None,
             summary: job.summary.clone(),
             run_at: job.run_at.map(rfc3339),

@@ -24,8 +24,8 @@ pub(crate) use sled_store::wait_for_file_lock;
 pub use sled_store::{sled_in_use, SledStore};
 
 use crate::model::{
-    AuditEntry, AuditId, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord, TusUpload,
-    UploadId,
+    AuditEntry, AuditId, CancelRequest, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord,
+    TusUpload, UploadId,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,88 @@ pub trait JobRepo: Send + Sync {
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
     /// Removes a job record (retention); true if it existed.
     fn delete_job(&self, job_id: &JobId) -> Result<bool, StoreError>;
+    /// Claims the job `node` should run next and marks it `running` under a lease for `node`
+    /// until `until` (one more attempt, started now): the highest priority, then the oldest,
+    /// of the queued jobs whose `run_at` has come and the running jobs whose lease lapsed
+    /// before `now` (or that have none). Of concurrent claimers at most one gets a given job.
+    fn claim_job(
+        &self,
+        node: &str,
+        now: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+    ) -> Result<Option<Job>, StoreError>;
+    /// Extends `node`'s leases on `jobs` to `until`. Answers the jobs `node` still holds, each
+    /// with who asked to cancel it, if anyone; a job left out was taken over or ended.
+    fn renew_leases(
+        &self,
+        node: &str,
+        jobs: &[JobId],
+        until: time::OffsetDateTime,
+    ) -> Result<Vec<(JobId, Option<String>)>, StoreError>;
+    /// Stores the end of `node`'s run of `job` (its lease dropped) only if `node` still holds
+    /// the lease; false, and nothing written, if another node took the job over.
+    fn finish_leased(&self, node: &str, job: &Job) -> Result<bool, StoreError>;
+    /// Cancels a queued job at once (at `now`), or puts `caller`'s request on a running job's
+    /// lease for the node running it, in one atomic step.
+    fn request_cancel(
+        &self,
+        job_id: &JobId,
+        caller: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<CancelRequest, StoreError>;
+}
+
+/// Whether `job` may be claimed at `now` (see [`JobRepo::claim_job`]).
+pub(crate) fn claimable(job: &Job, now: time::OffsetDateTime) -> bool {
+    match job.state {
+        JobState::Queued => job.run_at.is_none_or(|at| at <= now),
+        JobState::Running => job.lease.as_ref().is_none_or(|lease| lease.until < now),
+        _ => false,
+    }
+}
+
+/// Marks a claimed job running under `node`'s lease: the one change every backend makes.
+pub(crate) fn mark_claimed(
+    job: &mut Job,
+    node: &str,
+    now: time::OffsetDateTime,
+    until: time::OffsetDateTime,
+) {
+    if job.state == JobState::Running {
+        job.last_error = Some("interrupted: its node stopped renewing the lease".into());
+    }
+    job.state = JobState::Running;
+    job.attempts += 1;
+    job.progress = 0;
+    job.started_at = Some(now);
+    job.updated_at = now;
+    // A cancel asked of a node that died is still owed: the new holder honours it at once.
+    let cancel_requested_by = job.lease.take().and_then(|lease| lease.cancel_requested_by);
+    job.lease = Some(crate::model::JobLease {
+        node: node.to_string(),
+        until,
+        cancel_requested_by,
+    });
+}
+
+/// What a cancel request does to a job as stored: the one decision every backend makes.
+pub(crate) fn apply_cancel(mut job: Job, caller: &str, now: time::OffsetDateTime) -> CancelRequest {
+    match job.state {
+        JobState::Queued => {
+            job.state = JobState::Cancelled;
+            job.finished_at = Some(now);
+            job.updated_at = now;
+            job.lease = None;
+            CancelRequest::Cancelled(job)
+        }
+        JobState::Running => {
+            if let Some(lease) = &mut job.lease {
+                lease.cancel_requested_by = Some(caller.to_string());
+            }
+            CancelRequest::Requested(job)
+        }
+        _ => CancelRequest::Final(job),
+    }
 }
 
 /// Which audit entries to list; every field narrows the result.

@@ -12,11 +12,12 @@ use r2d2_postgres::PostgresConnectionManager;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    quota_owner, AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo, MediaRepo, NonceUse,
-    QuotaRepo, Repo, StoreError, TusRepo, WebhookRepo,
+    apply_cancel, mark_claimed, quota_owner, AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo,
+    MediaRepo, NonceUse, QuotaRepo, Repo, StoreError, TusRepo, WebhookRepo,
 };
 use crate::model::{
-    AuditEntry, Gate, Job, JobId, Media, MediaId, NonceRecord, TusUpload, UploadId,
+    AuditEntry, CancelRequest, Gate, Job, JobId, JobLease, Media, MediaId, NonceRecord, TusUpload,
+    UploadId,
 };
 use crate::webhooks::WebhookDelivery;
 
@@ -45,6 +46,21 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         2,
         "CREATE TABLE webhook_deliveries (id bytea PRIMARY KEY, doc text NOT NULL);",
+    ),
+    (
+        3,
+        // Job leases: what a claim orders and filters by, and the lease itself, in columns so
+        // a heartbeat or a cancel request touches only its own.
+        "ALTER TABLE jobs ADD COLUMN priority smallint NOT NULL DEFAULT 0,
+                          ADD COLUMN run_at_ns bigint,
+                          ADD COLUMN lease_node text,
+                          ADD COLUMN lease_until_ns bigint,
+                          ADD COLUMN cancel_by text;
+     UPDATE jobs SET priority = coalesce((doc::jsonb->>'priority')::smallint, 0),
+         run_at_ns = (extract(epoch FROM (doc::jsonb->>'run_at')::timestamptz)
+                      * 1000000000)::bigint;
+     CREATE INDEX jobs_claimable ON jobs (priority DESC, id)
+         WHERE state IN ('queued', 'running');",
     ),
 ];
 
@@ -365,25 +381,72 @@ impl MediaRepo for Pg {
     }
 }
 
-impl JobRepo for Pg {
-    fn get_job(&self, job_id: &JobId) -> Result<Option<Job>, StoreError> {
-        self.get_doc("SELECT doc FROM jobs WHERE id = $1", job_id.as_bytes())
-    }
+/// The columns [`decode_job`] reads.
+const JOB_COLUMNS: &str = "id, doc, lease_node, lease_until_ns, cancel_by";
 
-    fn put_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO jobs (id, state, media_id, owner, doc) VALUES ($1, $2, $3, $4, $5)
+/// A job row: the document, with the lease from its columns (they are the truth for it).
+fn decode_job(row: &Row) -> Result<Job, StoreError> {
+    let key: &[u8] = row.try_get(0).map_err(backend)?;
+    let mut job: Job = decode(key, row, 1)?;
+    let node: Option<String> = row.try_get(2).map_err(backend)?;
+    job.lease = match node {
+        Some(node) => {
+            let until: Option<i64> = row.try_get(3).map_err(backend)?;
+            Some(JobLease {
+                node,
+                until: from_nanos(&hex::encode(key), until.unwrap_or(0))?,
+                cancel_requested_by: row.try_get(4).map_err(backend)?,
+            })
+        }
+        None => None,
+    };
+    Ok(job)
+}
+
+/// Inserts or replaces a job, its lease columns included.
+fn write_job(client: &mut impl GenericClient, job: &Job) -> Result<(), StoreError> {
+    let lease = job.lease.as_ref();
+    client
+        .execute(
+            "INSERT INTO jobs (id, state, media_id, owner, doc, priority, run_at_ns, lease_node,
+                               lease_until_ns, cancel_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
-                 media_id = EXCLUDED.media_id, owner = EXCLUDED.owner, doc = EXCLUDED.doc",
+                 media_id = EXCLUDED.media_id, owner = EXCLUDED.owner, doc = EXCLUDED.doc,
+                 priority = EXCLUDED.priority, run_at_ns = EXCLUDED.run_at_ns,
+                 lease_node = EXCLUDED.lease_node, lease_until_ns = EXCLUDED.lease_until_ns,
+                 cancel_by = EXCLUDED.cancel_by",
             &[
                 &job.id.as_bytes().as_slice(),
                 &job.state.as_str(),
                 &job.media_id.as_ref().map(|id| id.as_bytes().as_slice()),
                 &job.owner,
                 &encode(job)?,
+                &i16::from(job.priority),
+                &job.run_at.map(nanos),
+                &lease.map(|lease| lease.node.as_str()),
+                &lease.map(|lease| nanos(lease.until)),
+                &lease.and_then(|lease| lease.cancel_requested_by.as_deref()),
             ],
-        )?;
-        Ok(())
+        )
+        .map_err(backend)?;
+    Ok(())
+}
+
+impl JobRepo for Pg {
+    fn get_job(&self, job_id: &JobId) -> Result<Option<Job>, StoreError> {
+        let row = self
+            .conn()?
+            .query_opt(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
+                &[&job_id.as_bytes().as_slice()],
+            )
+            .map_err(backend)?;
+        row.as_ref().map(decode_job).transpose()
+    }
+
+    fn put_job(&self, job: &Job) -> Result<(), StoreError> {
+        write_job(&mut *self.conn()?, job)
     }
 
     fn delete_job(&self, job_id: &JobId) -> Result<bool, StoreError> {
@@ -398,12 +461,14 @@ impl JobRepo for Pg {
         let rows = self
             .conn()?
             .query(
-                "SELECT id, doc FROM jobs
-                 WHERE ($1::text IS NULL OR state = $1)
-                   AND ($2::bytea IS NULL OR media_id = $2)
-                   AND ($3::text IS NULL OR owner = $3)
-                   AND ($4::bytea IS NULL OR id > $4)
-                 ORDER BY id LIMIT $5",
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs
+                     WHERE ($1::text IS NULL OR state = $1)
+                       AND ($2::bytea IS NULL OR media_id = $2)
+                       AND ($3::text IS NULL OR owner = $3)
+                       AND ($4::bytea IS NULL OR id > $4)
+                     ORDER BY id LIMIT $5"
+                ),
                 &[
                     &filter.state.map(|state| state.as_str()),
                     &filter.media_id.as_ref().map(|id| id.as_bytes().as_slice()),
@@ -413,7 +478,125 @@ impl JobRepo for Pg {
                 ],
             )
             .map_err(backend)?;
-        decode_rows(&rows)
+        rows.iter().map(decode_job).collect()
+    }
+
+    fn claim_job(
+        &self,
+        node: &str,
+        now: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+    ) -> Result<Option<Job>, StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(backend)?;
+        // SKIP LOCKED: a row another node is claiming right now is passed over, not waited for.
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs
+                     WHERE (state = 'queued' AND (run_at_ns IS NULL OR run_at_ns <= $1))
+                        OR (state = 'running' AND (lease_until_ns IS NULL OR lease_until_ns < $1))
+                     ORDER BY priority DESC, id LIMIT 1
+                     FOR UPDATE SKIP LOCKED"
+                ),
+                &[&nanos(now)],
+            )
+            .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut job = decode_job(&row)?;
+        mark_claimed(&mut job, node, now, until);
+        write_job(&mut tx, &job)?;
+        tx.commit().map_err(backend)?;
+        Ok(Some(job))
+    }
+
+    fn renew_leases(
+        &self,
+        node: &str,
+        jobs: &[JobId],
+        until: time::OffsetDateTime,
+    ) -> Result<Vec<(JobId, Option<String>)>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&[u8]> = jobs.iter().map(|id| id.as_bytes().as_slice()).collect();
+        let rows = self
+            .conn()?
+            .query(
+                "UPDATE jobs SET lease_until_ns = $3
+                 WHERE id = ANY($2) AND state = 'running' AND lease_node = $1
+                 RETURNING id, cancel_by",
+                &[&node, &ids, &nanos(until)],
+            )
+            .map_err(backend)?;
+        let mut held = std::collections::HashMap::new();
+        for row in &rows {
+            let key: Vec<u8> = row.try_get(0).map_err(backend)?;
+            let cancel: Option<String> = row.try_get(1).map_err(backend)?;
+            held.insert(key, cancel);
+        }
+        // In the caller's order.
+        Ok(jobs
+            .iter()
+            .filter_map(|id| {
+                let cancel = held.remove(id.as_bytes().as_slice())?;
+                Some((id.clone(), cancel))
+            })
+            .collect())
+    }
+
+    fn finish_leased(&self, node: &str, job: &Job) -> Result<bool, StoreError> {
+        let mut ended = job.clone();
+        ended.lease = None;
+        let updated = self.execute(
+            "UPDATE jobs SET state = $2, doc = $3, priority = $4, run_at_ns = $5,
+                 lease_node = NULL, lease_until_ns = NULL, cancel_by = NULL
+             WHERE id = $1 AND state = 'running' AND lease_node = $6",
+            &[
+                &ended.id.as_bytes().as_slice(),
+                &ended.state.as_str(),
+                &encode(&ended)?,
+                &i16::from(ended.priority),
+                &ended.run_at.map(nanos),
+                &node,
+            ],
+        )?;
+        Ok(updated > 0)
+    }
+
+    fn request_cancel(
+        &self,
+        job_id: &JobId,
+        caller: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<CancelRequest, StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(backend)?;
+        let row = tx
+            .query_opt(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"),
+                &[&job_id.as_bytes().as_slice()],
+            )
+            .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(CancelRequest::Unknown);
+        };
+        let answer = apply_cancel(decode_job(&row)?, caller, now);
+        match &answer {
+            CancelRequest::Cancelled(job) => write_job(&mut tx, job)?,
+            CancelRequest::Requested(job) if job.lease.is_some() => {
+                tx.execute(
+                    "UPDATE jobs SET cancel_by = $2 WHERE id = $1",
+                    &[&job_id.as_bytes().as_slice(), &caller],
+                )
+                .map_err(backend)?;
+            }
+            _ => {}
+        }
+        tx.commit().map_err(backend)?;
+        Ok(answer)
     }
 }
 
@@ -812,6 +995,10 @@ forward!(JobRepo {
     fn put_job(job: &Job) -> ();
     fn delete_job(job_id: &JobId) -> bool;
     fn list_jobs(filter: &JobFilter) -> Vec<Job>;
+    fn claim_job(node: &str, now: time::OffsetDateTime, until: time::OffsetDateTime) -> Option<Job>;
+    fn renew_leases(node: &str, jobs: &[JobId], until: time::OffsetDateTime) -> Vec<(JobId, Option<String>)>;
+    fn finish_leased(node: &str, job: &Job) -> bool;
+    fn request_cancel(job_id: &JobId, caller: &str, now: time::OffsetDateTime) -> CancelRequest;
 });
 
 forward!(AuditRepo {

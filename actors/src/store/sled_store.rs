@@ -6,11 +6,12 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    quota_owner, AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo, MediaRepo, NonceUse,
-    QuotaRepo, Repo, StoreError, TusRepo, WebhookRepo,
+    apply_cancel, claimable, mark_claimed, quota_owner, AuditFilter, AuditRepo, AuthRepo,
+    JobFilter, JobRepo, MediaRepo, NonceUse, QuotaRepo, Repo, StoreError, TusRepo, WebhookRepo,
 };
 use crate::model::{
-    AuditEntry, Gate, Job, JobId, Media, MediaId, NonceRecord, TusUpload, UploadId,
+    AuditEntry, CancelRequest, Gate, Job, JobId, JobState, Media, MediaId, NonceRecord, TusUpload,
+    UploadId,
 };
 
 const MEDIA_TREE: &str = "media";
@@ -254,6 +255,38 @@ impl MediaRepo for SledStore {
     }
 }
 
+impl SledStore {
+    /// Rewrites one job by compare-and-swap: `change` gets the stored job and returns the new
+    /// one (or `None` to leave it) and an answer; it runs again if another writer came first.
+    /// `None` if there is no such job.
+    fn swap_job<R>(
+        &self,
+        job_id: &JobId,
+        mut change: impl FnMut(Job) -> (Option<Job>, R),
+    ) -> Result<Option<R>, StoreError> {
+        let key = job_id.as_bytes();
+        loop {
+            let Some(current) = self.jobs.get(key).map_err(backend)? else {
+                return Ok(None);
+            };
+            let (next, answer) = change(decode(key, &current)?);
+            let Some(next) = next else {
+                return Ok(Some(answer));
+            };
+            let bytes =
+                serde_json::to_vec(&next).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let swapped = self
+                .jobs
+                .compare_and_swap(key, Some(current), Some(bytes))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                self.db.flush().map_err(backend)?;
+                return Ok(Some(answer));
+            }
+        }
+    }
+}
+
 impl JobRepo for SledStore {
     fn get_job(&self, job_id: &JobId) -> Result<Option<Job>, StoreError> {
         Self::get(&self.jobs, job_id.as_bytes())
@@ -286,6 +319,104 @@ impl JobRepo for SledStore {
             },
             filter.limit,
         )
+    }
+
+    fn claim_job(
+        &self,
+        node: &str,
+        now: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+    ) -> Result<Option<Job>, StoreError> {
+        // One node on sled: a scan is enough; the swap still keeps concurrent claimers apart.
+        loop {
+            let mut candidates = Self::scan(
+                &self.jobs,
+                None,
+                |job: &Job| claimable(job, now),
+                usize::MAX,
+            )?;
+            candidates.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            for candidate in candidates {
+                let claimed = self.swap_job(&candidate.id, |mut job| {
+                    if !claimable(&job, now) {
+                        return (None, None);
+                    }
+                    mark_claimed(&mut job, node, now, until);
+                    (Some(job.clone()), Some(job))
+                })?;
+                if let Some(Some(job)) = claimed {
+                    return Ok(Some(job));
+                }
+            }
+        }
+    }
+
+    fn renew_leases(
+        &self,
+        node: &str,
+        jobs: &[JobId],
+        until: time::OffsetDateTime,
+    ) -> Result<Vec<(JobId, Option<String>)>, StoreError> {
+        let mut held = Vec::new();
+        for job_id in jobs {
+            let renewed = self.swap_job(job_id, |mut job| {
+                let Some(lease) = job
+                    .lease
+                    .as_mut()
+                    .filter(|lease| job.state == JobState::Running && lease.node == node)
+                else {
+                    return (None, None);
+                };
+                lease.until = until;
+                let cancel = lease.cancel_requested_by.clone();
+                (Some(job), Some(cancel))
+            })?;
+            if let Some(Some(cancel)) = renewed {
+                held.push((job_id.clone(), cancel));
+            }
+        }
+        Ok(held)
+    }
+
+    fn finish_leased(&self, node: &str, job: &Job) -> Result<bool, StoreError> {
+        let stored = self.swap_job(&job.id, |current| {
+            let holds = current.state == JobState::Running
+                && current
+                    .lease
+                    .as_ref()
+                    .is_some_and(|lease| lease.node == node);
+            if holds {
+                let mut ended = job.clone();
+                ended.lease = None;
+                (Some(ended), true)
+            } else {
+                (None, false)
+            }
+        })?;
+        Ok(stored == Some(true))
+    }
+
+    fn request_cancel(
+        &self,
+        job_id: &JobId,
+        caller: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<CancelRequest, StoreError> {
+        let answer = self.swap_job(job_id, |job| {
+            let before = job.clone();
+            let answer = apply_cancel(job, caller, now);
+            let next = match &answer {
+                CancelRequest::Cancelled(job) | CancelRequest::Requested(job) if *job != before => {
+                    Some(job.clone())
+                }
+                _ => None,
+            };
+            (next, answer)
+        })?;
+        Ok(answer.unwrap_or(CancelRequest::Unknown))
     }
 }
 

@@ -9,8 +9,8 @@ use super::{
     AuditFilter, JobFilter, MediaRepo, NonceUse, PostgresStore, Repo, SharedRepo, SledStore,
 };
 use crate::model::{
-    AuditEntry, AuditId, Gate, Job, JobId, JobKind, JobState, Media, MediaId, MediaState,
-    NonceRecord, TokenStandard, TusMetadata, TusState, TusUpload, UploadId,
+    AuditEntry, AuditId, CancelRequest, Gate, Job, JobId, JobKind, JobState, Media, MediaId,
+    MediaState, NonceRecord, TokenStandard, TusMetadata, TusState, TusUpload, UploadId,
 };
 
 pub(crate) fn media() -> Media {
@@ -407,6 +407,7 @@ pub(crate) fn jobs_filter_by_state_media_owner_and_page(fixture: Fixture) {
             trace_id: None,
             created_at: now,
             updated_at: now,
+            lease: None,
         };
         store.put_job(&job).unwrap();
         assert_eq!(store.get_job(&job.id).unwrap(), Some(job.clone()));
@@ -454,6 +455,211 @@ pub(crate) fn jobs_filter_by_state_media_owner_and_page(fixture: Fixture) {
     assert_eq!(count(JobFilter::all_in(JobState::Queued)), 1);
 }
 
+fn queued_job(priority: u8) -> Job {
+    let now = OffsetDateTime::now_utc();
+    Job {
+        id: JobId::new(),
+        kind: JobKind::Transcode,
+        media_id: Some(MediaId::new()),
+        profiles: vec![],
+        state: JobState::Queued,
+        priority,
+        attempts: 0,
+        last_error: None,
+        error_code: None,
+        owner: None,
+        progress: 0,
+        summary: None,
+        run_at: None,
+        started_at: None,
+        finished_at: None,
+        trace_id: None,
+        created_at: now,
+        updated_at: now,
+        lease: None,
+    }
+}
+
+pub(crate) fn concurrent_claimers_never_get_the_same_job(fixture: Fixture) {
+    let store = fixture.repo.as_ref();
+    let jobs: Vec<Job> = (0..24).map(|_| queued_job(5)).collect();
+    for job in &jobs {
+        store.put_job(job).unwrap();
+    }
+    let claimed: Vec<(String, Job)> = std::thread::scope(|scope| {
+        let claimers: Vec<_> = (0..4)
+            .map(|n| {
+                let repo = fixture.repo.clone();
+                scope.spawn(move || {
+                    let node = format!("node-{n}");
+                    let mut mine = Vec::new();
+                    loop {
+                        let now = OffsetDateTime::now_utc();
+                        let until = now + time::Duration::minutes(5);
+                        match repo.claim_job(&node, now, until).unwrap() {
+                            Some(job) => mine.push((node.clone(), job)),
+                            None => return mine,
+                        }
+                    }
+                })
+            })
+            .collect();
+        claimers
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let mut ids: Vec<JobId> = claimed.iter().map(|(_, job)| job.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        jobs.len(),
+        "a job was claimed twice or not at all"
+    );
+    assert_eq!(claimed.len(), jobs.len());
+    for (node, job) in &claimed {
+        let stored = store.get_job(&job.id).unwrap().unwrap();
+        assert_eq!(stored.state, JobState::Running);
+        assert_eq!(stored.attempts, 1);
+        assert_eq!(
+            stored.lease.as_ref().map(|l| l.node.as_str()),
+            Some(node.as_str())
+        );
+    }
+}
+
+pub(crate) fn claims_follow_priority_and_run_at_and_take_over_lapsed_leases(fixture: Fixture) {
+    let store = fixture.repo.as_ref();
+    let now = OffsetDateTime::now_utc();
+    let later = now + time::Duration::seconds(60);
+    let low = queued_job(2);
+    let high = queued_job(9);
+    let mut scheduled = queued_job(9);
+    scheduled.run_at = Some(later);
+    for job in [&low, &high, &scheduled] {
+        store.put_job(job).unwrap();
+    }
+    let claim = |node: &str, at: OffsetDateTime| {
+        store
+            .claim_job(node, at, at + time::Duration::seconds(3))
+            .unwrap()
+    };
+    assert_eq!(claim("a", now).unwrap().id, high.id);
+    let taken = claim("a", now).unwrap();
+    assert_eq!(taken.id, low.id);
+    assert_eq!(
+        claim("b", now),
+        None,
+        "held leases and future run_at are not claimable"
+    );
+
+    // Node a stops renewing: once its leases lapsed node b takes the jobs over, and a has
+    // lost them (no renewal, no outcome written).
+    let lapsed = now + time::Duration::seconds(10);
+    let first = claim("b", lapsed).unwrap();
+    assert_eq!(first.id, high.id);
+    assert_eq!(first.attempts, 2);
+    assert!(first.last_error.is_some());
+    assert_eq!(claim("b", lapsed).unwrap().id, low.id);
+    assert_eq!(claim("b", lapsed), None);
+    assert_eq!(
+        store
+            .renew_leases("a", std::slice::from_ref(&low.id), lapsed)
+            .unwrap(),
+        vec![]
+    );
+    let mut outcome = store.get_job(&low.id).unwrap().unwrap();
+    outcome.state = JobState::Succeeded;
+    assert!(!store.finish_leased("a", &outcome).unwrap());
+    assert_eq!(
+        store.get_job(&low.id).unwrap().unwrap().state,
+        JobState::Running
+    );
+    // Its run_at come, the scheduled job is claimable too (b keeps its leases renewed).
+    let held = vec![high.id.clone(), low.id.clone()];
+    let renewed = store
+        .renew_leases("b", &held, later + time::Duration::seconds(60))
+        .unwrap();
+    assert_eq!(
+        renewed,
+        held.into_iter().map(|id| (id, None)).collect::<Vec<_>>()
+    );
+    assert_eq!(claim("b", later).unwrap().id, scheduled.id);
+}
+
+pub(crate) fn leases_renew_for_their_holder_and_carry_a_cancel_request(fixture: Fixture) {
+    let store = fixture.repo.as_ref();
+    let now = OffsetDateTime::now_utc();
+    let job = queued_job(5);
+    let queued = queued_job(5);
+    store.put_job(&job).unwrap();
+    let claimed = store
+        .claim_job("a", now, now + time::Duration::seconds(3))
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, job.id);
+    store.put_job(&queued).unwrap();
+    let until = now + time::Duration::seconds(30);
+    assert_eq!(
+        store
+            .renew_leases("b", std::slice::from_ref(&job.id), until)
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        store
+            .renew_leases("a", std::slice::from_ref(&job.id), until)
+            .unwrap(),
+        vec![(job.id.clone(), None)]
+    );
+    let lease = store.get_job(&job.id).unwrap().unwrap().lease.unwrap();
+    assert_eq!((lease.node.as_str(), lease.until), ("a", until));
+    // Renewed, the lease no longer lapses where it first would have.
+    assert_eq!(
+        store
+            .claim_job("b", now + time::Duration::seconds(10), until)
+            .unwrap()
+            .map(|j| j.id),
+        Some(queued.id.clone())
+    );
+
+    // A cancel of a running job waits on its lease for the holder's next renewal.
+    let asked = store.request_cancel(&job.id, "admin", now).unwrap();
+    assert!(matches!(asked, CancelRequest::Requested(_)), "{asked:?}");
+    assert_eq!(
+        store
+            .renew_leases("a", std::slice::from_ref(&job.id), until)
+            .unwrap(),
+        vec![(job.id.clone(), Some("admin".to_string()))]
+    );
+    let mut ended = store.get_job(&job.id).unwrap().unwrap();
+    ended.state = JobState::Cancelled;
+    assert!(!store.finish_leased("b", &ended).unwrap());
+    assert!(store.finish_leased("a", &ended).unwrap());
+    let stored = store.get_job(&job.id).unwrap().unwrap();
+    assert_eq!((stored.state, stored.lease), (JobState::Cancelled, None));
+    assert!(matches!(
+        store.request_cancel(&job.id, "admin", now).unwrap(),
+        CancelRequest::Final(_)
+    ));
+
+    // A queued job is cancelled on the spot and never claimed.
+    let waiting = queued_job(5);
+    store.put_job(&waiting).unwrap();
+    let answer = store.request_cancel(&waiting.id, "admin", now).unwrap();
+    let CancelRequest::Cancelled(cancelled) = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(store.get_job(&waiting.id).unwrap(), Some(cancelled));
+    assert_eq!(store.claim_job("b", now, until).unwrap(), None);
+    assert_eq!(
+        store.request_cancel(&JobId::new(), "admin", now).unwrap(),
+        CancelRequest::Unknown
+    );
+}
+
 /// Instantiates every suite test for one backend.
 macro_rules! repo_suite {
     ($backend:ident) => {
@@ -468,6 +674,9 @@ macro_rules! repo_suite {
                 concurrent_reservations_never_overshoot_the_quota_and_deleting_media_frees_its_bytes,
                 the_start_up_recount_drops_leaked_reservations_and_counts_what_is_held,
                 jobs_filter_by_state_media_owner_and_page,
+                concurrent_claimers_never_get_the_same_job,
+                claims_follow_priority_and_run_at_and_take_over_lapsed_leases,
+                leases_renew_for_their_holder_and_carry_a_cancel_request,
             );
         }
     };

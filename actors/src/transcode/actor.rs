@@ -11,7 +11,13 @@
 //! re-queued after any ffmpeg still writing into its work directory is killed; its output is
 //! rebuilt from scratch, so a rerun never mixes renditions.
 //! Invariant: a retry's backoff is stored as the job's `run_at`, so it survives a restart.
+//!
+//! With records on Postgres (`Leasing`) the queue is the shared `jobs` table instead: the actor
+//! claims jobs there under a lease while it has idle workers, renews its leases by heartbeat,
+//! and leaves `running` jobs of other (or earlier) processes to lapse and be taken over
+//! (`lease.rs`).
 
+mod lease;
 mod queries;
 mod submit;
 
@@ -64,7 +70,11 @@ struct RunningJob {
     kill_switch: KillSwitch,
     /// Set by `CancelJob`: who asked, and who waits for the final state.
     cancel: Option<(String, Vec<oneshot::Sender<Job>>)>,
+    /// The lease went to another node: the run is killed and its outcome not stored.
+    lost: bool,
 }
+
+pub use lease::Leasing;
 
 pub struct TranscodeActor {
     config: TranscodeConfig,
@@ -81,6 +91,10 @@ pub struct TranscodeActor {
     running: HashMap<JobId, RunningJob>,
     /// Ends all work: set by `StopWorkers`, so nothing new starts during shutdown.
     stopping: bool,
+    /// Records on Postgres: jobs are claimed from the shared table under a lease.
+    leasing: Option<Leasing>,
+    /// When this node last renewed its leases (or started running without any).
+    renewed_at: Instant,
 }
 
 /// What the TranscodeActor works with.
@@ -94,6 +108,8 @@ pub struct TranscodeDeps {
     pub audit: AuditLog,
     /// Scratch space for running jobs.
     pub work_dir: PathBuf,
+    /// Several nodes share the job table (records on Postgres); `None` on sled.
+    pub leasing: Option<Leasing>,
 }
 
 impl TranscodeActor {
@@ -106,6 +122,7 @@ impl TranscodeActor {
             metrics,
             audit,
             work_dir,
+            leasing,
         } = deps;
         // Absolute, so ffmpeg command lines name it the same way in every run (see kill_strays).
         let work_dir = work_dir.canonicalize().unwrap_or(work_dir);
@@ -121,6 +138,8 @@ impl TranscodeActor {
             waiting: HashMap::new(),
             running: HashMap::new(),
             stopping: false,
+            leasing,
+            renewed_at: Instant::now(),
         }
     }
 
@@ -142,8 +161,13 @@ impl TranscodeActor {
         self.running.len()
     }
 
-    /// Puts a queued job in line: now, or by a timer at its `run_at`.
+    /// Puts a queued job in line: now, or by a timer at its `run_at`. With leases the table is
+    /// the line: a claim looks now, and the claim timer again later.
     fn enqueue(&mut self, job: &Job, ctx: &mut Context<Self>) {
+        if self.leasing.is_some() {
+            ctx.notify(Pump);
+            return;
+        }
         let delay = job
             .run_at
             .map(|at| at - OffsetDateTime::now_utc())
@@ -193,6 +217,7 @@ impl TranscodeActor {
                 job: job.clone(),
                 kill_switch: kill_switch.clone(),
                 cancel: None,
+                lost: false,
             },
         );
         let worker = Worker {
@@ -226,11 +251,20 @@ impl TranscodeActor {
         ctx: &mut Context<Self>,
     ) {
         let Some(RunningJob {
-            mut job, cancel, ..
+            mut job,
+            cancel,
+            lost,
+            ..
         }) = self.running.remove(&job_id)
         else {
             return;
         };
+        if lost {
+            tracing::warn!(job_id = %job.id, "job taken over by another node; this run's outcome is dropped");
+            self.publish_gauges();
+            ctx.notify(Pump);
+            return;
+        }
         let now = OffsetDateTime::now_utc();
         let (cancelled_by, waiters) = match cancel {
             Some((caller, waiters)) => (Some(caller), waiters),
@@ -342,11 +376,29 @@ impl TranscodeActor {
         let repo = self.repo.clone();
         let metadata = self.metadata.clone();
         let audit = self.audit.clone();
+        let node = self.leasing.as_ref().map(|leasing| leasing.node.clone());
         ctx.wait(
             async move {
                 let stored = job.clone();
-                if let Err(error) = blocking(&repo, move |repo| repo.put_job(&stored)).await {
-                    tracing::error!(job_id = %job.id, %error, "could not persist job outcome");
+                let written = blocking(&repo, move |repo| match node {
+                    Some(node) => repo.finish_leased(&node, &stored),
+                    None => repo.put_job(&stored).map(|()| true),
+                })
+                .await;
+                match written {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Another node took the job over after our lease lapsed: its run counts.
+                        tracing::warn!(job_id = %job.id, "lease lost before the outcome was stored; dropped");
+                        job.state = JobState::Running;
+                        for waiter in waiters {
+                            let _ = waiter.send(job.clone());
+                        }
+                        return job;
+                    }
+                    Err(error) => {
+                        tracing::error!(job_id = %job.id, %error, "could not persist job outcome")
+                    }
                 }
                 settle_media(&metadata, &job).await;
                 if let Some(caller) = cancelled_by {
@@ -443,6 +495,7 @@ impl Actor for TranscodeActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.notify(RecoverJobs);
+        self.start_leasing(ctx);
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> actix::Running {
@@ -470,10 +523,16 @@ impl Handler<RecoverJobs> for TranscodeActor {
     fn handle(&mut self, _: RecoverJobs, _: &mut Self::Context) -> Self::Result {
         let repo = self.repo.clone();
         let work_dir = self.work_dir.clone();
+        let shared = self.leasing.is_some();
         AtomicResponse::new(Box::pin(
             async move {
                 let loaded = blocking(&repo, move |repo| {
                     let strays = ffmpeg::kill_strays(&work_dir);
+                    if shared {
+                        // Running jobs may be other nodes' (or ours from before a crash): their
+                        // leases decide, and claims take over the lapsed ones.
+                        return Ok((strays, Vec::new(), Vec::new()));
+                    }
                     let mut recovered = Vec::new();
                     for mut job in repo.list_jobs(&JobFilter::all_in(JobState::Running))? {
                         job.state = JobState::Queued;
@@ -520,7 +579,10 @@ impl Handler<RecoverJobs> for TranscodeActor {
 impl Handler<Pump> for TranscodeActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, _: Pump, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Pump, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(leasing) = self.leasing.clone() {
+            return self.claim(leasing, ctx);
+        }
         let idle = self.config.workers.saturating_sub(self.running.len());
         let mut picked = Vec::new();
         while picked.len() < idle && !self.stopping {

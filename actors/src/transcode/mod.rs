@@ -20,7 +20,7 @@ mod worker;
 use actix::Message;
 use time::OffsetDateTime;
 
-pub use self::actor::{TranscodeActor, TranscodeDeps};
+pub use self::actor::{Leasing, TranscodeActor, TranscodeDeps};
 use crate::{
     config::Rung,
     error::{DomainError, ErrorKind},

@@ -94,8 +94,9 @@ impl Handler<GetJobStats> for TranscodeActor {
     fn handle(&mut self, _: GetJobStats, _: &mut Self::Context) -> Self::Result {
         let workers = self.config.workers;
         let busy = self.running.len();
-        let queued = self.queue.len();
-        let scheduled = self.waiting.len();
+        let (mut queued, mut scheduled) = (self.queue.len(), self.waiting.len());
+        // With leases the queue is the shared table, not this node's memory.
+        let shared = self.leasing.is_some();
         let repo = self.repo.clone();
         Box::pin(async move {
             let jobs = blocking(&repo, |repo| {
@@ -112,6 +113,15 @@ impl Handler<GetJobStats> for TranscodeActor {
                 .filter_map(|job| Some((job.finished_at? - job.started_at?).as_seconds_f64()))
                 .collect();
             let (succeeded, failed) = (count(JobState::Succeeded), count(JobState::Failed));
+            if shared {
+                let now = time::OffsetDateTime::now_utc();
+                let waiting = jobs.iter().filter(|j| j.state == JobState::Queued);
+                scheduled = waiting
+                    .clone()
+                    .filter(|j| j.run_at.is_some_and(|at| at > now))
+                    .count();
+                queued = waiting.count() - scheduled;
+            }
             Ok(JobStats {
                 workers,
                 busy,

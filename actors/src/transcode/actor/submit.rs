@@ -9,11 +9,11 @@ use actix::{ActorFutureExt, AtomicResponse, Handler, ResponseActFuture, WrapFutu
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use super::{outcome_event, settle_media, TranscodeActor};
+use super::{lease::cancel_through_store, outcome_event, settle_media, TranscodeActor};
 use crate::{
     audit::{action, outcome, AuditEvent},
     metadata::GetMedia,
-    model::{Job, JobId, JobKind, JobState},
+    model::{CancelRequest, Job, JobId, JobKind, JobState},
     store::{blocking, JobFilter},
     transcode::{CancelJob, ScheduleJob, SubmitJob, TranscodeError},
 };
@@ -118,6 +118,7 @@ impl Handler<ScheduleJob> for TranscodeActor {
                     trace_id: msg.trace_id.clone(),
                     created_at: now,
                     updated_at: now,
+                    lease: None,
                 };
                 let stored = job.clone();
                 blocking(&repo, move |repo| {
@@ -196,6 +197,9 @@ impl Handler<CancelJob> for TranscodeActor {
                 .into_actor(self),
             );
         }
+        if let Some(leasing) = &self.leasing {
+            return self.cancel_shared(msg, leasing.lease);
+        }
         // Out of line first, so no `Pump` can start it while the store is being updated.
         self.dequeue(&msg.job_id, ctx);
         let repo = self.repo.clone();
@@ -239,6 +243,59 @@ impl Handler<CancelJob> for TranscodeActor {
                     Err(_) => {}
                 }
                 cancelled
+            }
+            .into_actor(self)
+            .map(|cancelled, actor, _| {
+                actor.publish_gauges();
+                cancelled
+            }),
+        )
+    }
+}
+
+impl TranscodeActor {
+    /// `CancelJob` of a job this node does not run, with leases: through the store, reaching
+    /// whichever node runs it.
+    fn cancel_shared(
+        &mut self,
+        msg: CancelJob,
+        lease: std::time::Duration,
+    ) -> ResponseActFuture<Self, Result<Job, TranscodeError>> {
+        let repo = self.repo.clone();
+        let metadata = self.metadata.clone();
+        let audit = self.audit.clone();
+        // The holder sees the request within a heartbeat; a dead holder's lease lapses first.
+        let wait = lease * 2 + std::time::Duration::from_secs(10);
+        Box::pin(
+            async move {
+                let (answer, asked) =
+                    cancel_through_store(repo, msg.job_id.clone(), msg.caller.clone(), wait)
+                        .await?;
+                let event =
+                    AuditEvent::ok(action::JOB_CANCEL, msg.caller, Some(msg.job_id.to_string()));
+                match answer {
+                    CancelRequest::Unknown => Err(TranscodeError::NotFound(msg.job_id)),
+                    CancelRequest::Cancelled(job) => {
+                        settle_media(&metadata, &job).await;
+                        audit.record(event).await;
+                        audit.record(outcome_event(&job)).await;
+                        Ok(job)
+                    }
+                    // The node that ran it recorded the cancel and its outcome.
+                    CancelRequest::Final(job) if asked && job.state == JobState::Cancelled => {
+                        Ok(job)
+                    }
+                    CancelRequest::Final(job) | CancelRequest::Requested(job) => {
+                        let detail = format!("job {}", job.state.as_str());
+                        audit
+                            .record(event.with_outcome(outcome::FAILED, detail))
+                            .await;
+                        Err(TranscodeError::Finished {
+                            job_id: job.id,
+                            state: job.state,
+                        })
+                    }
+                }
             }
             .into_actor(self)
             .map(|cancelled, actor, _| {
