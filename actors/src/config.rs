@@ -94,6 +94,9 @@ pub struct UploadConfig {
     pub sync_every_patch: bool,
     /// Visibility of media whose upload does not say (`public`, `unlisted`, `private`).
     pub default_visibility: crate::model::Visibility,
+    /// Where partial resumable uploads live; empty means `data_dir/partials`. Nodes sharing one
+    /// Postgres point it at one shared directory, so any node can take any PATCH.
+    pub partial_dir: std::path::PathBuf,
 }
 
 /// One `[[webhooks]]` entry: where lifecycle events go, signed with `secret`.

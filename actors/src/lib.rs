@@ -17,6 +17,7 @@ pub mod blob_names;
 pub mod blobs;
 pub mod cache;
 pub mod clock;
+pub mod coherence;
 pub mod config;
 pub mod error;
 pub mod metadata;
@@ -115,7 +116,11 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
     let outbound = outbound::Outbound::new(&config.tls)?;
     let data_dir = &config.storage.data_dir;
     let work_dir = data_dir.join("work");
-    let partial_dir = data_dir.join("partials");
+    let partial_dir = if config.upload.partial_dir.as_os_str().is_empty() {
+        data_dir.join("partials")
+    } else {
+        config.upload.partial_dir.clone()
+    };
     for dir in [data_dir, &work_dir, &partial_dir] {
         std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir {
             path: dir.display().to_string(),
@@ -133,11 +138,14 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             Duration::from_millis(config.postgres.connect_timeout_ms.max(1)),
         )?),
     };
+    // Before anything is loaded from the store: other nodes' changes from here on are heard.
+    let feed = coherence::listen(&repo)?;
     let blobs = match config.storage.blobs {
         BlobBackend::Local => BlobStore::local(data_dir.join("blobs"))?,
         BlobBackend::S3 => BlobStore::s3(&config.s3, outbound.extra_ca_pem())?,
     };
     let metrics = Metrics::new()?;
+    repo.time_queries(metrics.store_query_duration.clone());
     let audit = AuditLog::with_metrics(repo.clone(), &config.audit, &metrics);
     let restarts = |name: &str| metrics.actor_restarts.with_label_values(&[name]);
 
@@ -289,6 +297,8 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         };
         move |_| AuthActor::new(deps)
     });
+    // Changes heard while the node loaded are applied now, after the loads.
+    feed.deliver(caches.clone(), metadata.clone(), auth.clone())?;
     if config.transcode.job_retention_days > 0 {
         retention::start(
             repo.clone(),

@@ -409,7 +409,7 @@ impl Handler<BeginTusPatch> for UploadActor {
         let (max_size, quota) = (self.config.max_size_bytes, self.config.quota_bytes);
         let expiry = self.expiry_window();
         // Taken before the first await, so two racing PATCHes cannot both pass.
-        let lock = deps.shared.lock(&msg.upload_id);
+        let lock = deps.lock(&msg.upload_id);
         Box::pin(async move {
             let lock = lock?;
             let mut upload = load_owned(&deps, &msg.upload_id, &msg.requester, expiry).await?;
@@ -623,7 +623,7 @@ impl Handler<TerminateTusUpload> for UploadActor {
             .with_label_values(&[upload_outcome::TERMINATED]);
         let audit = self.audit.clone();
         let (expiry, quota) = (self.expiry_window(), self.config.quota_bytes);
-        let lock = deps.shared.lock(&msg.upload_id);
+        let lock = deps.lock(&msg.upload_id);
         Box::pin(async move {
             let _lock = lock?;
             let upload = load_owned(&deps, &msg.upload_id, &msg.requester, expiry).await?;

@@ -78,6 +78,7 @@ impl TusShared {
         Ok(UploadLock {
             locks: self.locks.clone(),
             upload_id: upload_id.clone(),
+            _partial: None,
         })
     }
 
@@ -107,6 +108,28 @@ impl TusShared {
 pub(super) struct UploadLock {
     pub(super) locks: Arc<Mutex<HashSet<UploadId>>>,
     pub(super) upload_id: UploadId,
+    /// The partial file, `flock`ed: the lock across processes sharing `partial_dir`. Closing
+    /// it (or the process dying) releases it.
+    _partial: Option<std::fs::File>,
+}
+
+impl TusDeps {
+    /// The upload's lock, in this process and, through an exclusive `flock` on its partial
+    /// file, in every other node sharing `partial_dir`: a PATCH racing one on another node is
+    /// refused (`upload_locked`) instead of interleaving bytes. No file, no bytes to guard.
+    pub(super) fn lock(&self, upload_id: &UploadId) -> Result<UploadLock, UploadError> {
+        let mut lock = self.shared.lock(upload_id)?;
+        match std::fs::File::open(partial_path(&self.partial_dir, upload_id)) {
+            Ok(file) => {
+                rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .map_err(|_| UploadError::Locked)?;
+                lock._partial = Some(file);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(error)),
+        }
+        Ok(lock)
+    }
 }
 
 impl Drop for UploadLock {
