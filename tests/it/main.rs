@@ -12,6 +12,7 @@ mod bad_input;
 mod cache_ops;
 mod chain;
 mod checksum;
+mod cluster;
 mod cluster_coherence;
 mod config;
 mod connections;
