@@ -348,3 +348,171 @@ async fn a_postgres_restart_under_load_fails_requests_cleanly_and_the_nodes_reco
     let (status, health) = b.get_json("/health").await;
     assert_eq!(status, 200, "{health}");
 }
+
+/// One tus request through the proxy: which node answered, the status, `Upload-Offset`.
+async fn tus_request(request: reqwest::RequestBuilder) -> (String, u16, u64) {
+    let response = request
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    let node = crate::cluster::answered_by(&response);
+    let status = response.status().as_u16();
+    let offset = response
+        .headers()
+        .get("upload-offset")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    (node, status, offset)
+}
+
+#[tokio::test]
+async fn a_tus_upload_through_the_proxy_alternates_nodes_and_racing_patches_on_two_nodes_lock() {
+    let shared = tempfile::tempdir().unwrap();
+    let partial_dir = format!("upload.partial_dir={}", shared.path().display());
+    let cluster = crate::cluster::Cluster::start_with(&[&partial_dir]).await;
+    let session = crate::cluster::login(&cluster.client, &cluster.proxy_base, &ALICE).await;
+    let alice = crate::server::bearer_client(&session);
+    let clip = crate::server::make_clip(cluster.scratch(), "tus.mp4", "320x240", 2);
+    let video = std::fs::read(clip).unwrap();
+    let b64 = crate::tus::b64;
+    let response = alice
+        .post(cluster.url("/api/v1/uploads"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", video.len().to_string())
+        .header(
+            "Upload-Metadata",
+            format!("filename {},title {}", b64(b"tus.mp4"), b64(b"across")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let upload_url = cluster.url(&location);
+
+    // A PATCH held open on node 0 locks the upload on node 1 too (shared partial file).
+    let first = video.len() / 4;
+    let node_url = |index: usize| format!("{}{location}", cluster.node(index).base);
+    let (sender, pending) = crate::tus::held_patch_with(
+        &alice,
+        node_url(0),
+        0,
+        first as u64,
+        Some(crate::tus::sha256_header(&video[..first])),
+    );
+    sender.send(Ok(video[..first / 2].to_vec())).await.unwrap();
+    // Node 0 holds the lock once it stored where the checksummed PATCH started (it does that
+    // under the lock, before it reads the body): read that straight from the database.
+    let store = streamgate_actors::store::PostgresStore::connect(
+        &cluster.postgres_url,
+        1,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let upload_id =
+        streamgate_actors::model::UploadId::parse(location.rsplit('/').next().unwrap()).unwrap();
+    crate::harness::poll(
+        Duration::from_secs(10),
+        "node 0 to take the PATCH",
+        async || {
+            use streamgate_actors::store::TusRepo;
+            let upload = store.get_tus_upload(&upload_id).unwrap().unwrap();
+            if upload.unverified_from == Some(0) {
+                Ok(())
+            } else {
+                Err(format!("{upload:?}"))
+            }
+        },
+    )
+    .await;
+    let (_, status, _) = tus_request(
+        alice
+            .patch(node_url(1))
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", "0")
+            .body(Vec::new()),
+    )
+    .await;
+    assert_eq!(status, 423, "node 1 refuses a PATCH while node 0 writes");
+    sender
+        .send(Ok(video[first / 2..first].to_vec()))
+        .await
+        .unwrap();
+    drop(sender);
+    let response = pending.await.unwrap().unwrap();
+    assert_eq!(response.status(), 204);
+
+    // The rest through the proxy, checksummed, in chunks that alternate between the nodes.
+    let mut offset = first;
+    let mut answered = std::collections::BTreeSet::new();
+    for piece in video[first..].chunks(video.len() / 8 + 1) {
+        let (node, status, next) = tus_request(
+            alice
+                .patch(&upload_url)
+                .header("Content-Type", "application/offset+octet-stream")
+                .header("Upload-Offset", offset.to_string())
+                .header("Upload-Checksum", crate::tus::sha256_header(piece))
+                .body(piece.to_vec()),
+        )
+        .await;
+        assert_eq!(status, 204, "PATCH at {offset} on {node}");
+        assert_eq!(next as usize, offset + piece.len());
+        offset += piece.len();
+        answered.insert(node);
+        // Every node reports the same offset right away.
+        for index in 0..2 {
+            let (_, status, seen) = tus_request(alice.head(node_url(index))).await;
+            assert_eq!(
+                (status, seen as usize),
+                (200, offset),
+                "HEAD on node {index}"
+            );
+        }
+    }
+    assert_eq!(answered.len(), 2, "the PATCHes alternated: {answered:?}");
+
+    let (status, upload) = crate::cluster::get_json(
+        &cluster.client,
+        &cluster.proxy_base,
+        &location,
+        Some(&session),
+    )
+    .await;
+    assert_eq!(status, 200, "{upload}");
+    assert_eq!(upload["state"], "finished", "{upload}");
+    let media_id = upload["media_id"].as_str().unwrap().to_string();
+    let media = crate::harness::poll(
+        Duration::from_secs(120),
+        "the media to be ready",
+        async || {
+            let (_, media) = crate::cluster::get_json(
+                &cluster.client,
+                &cluster.proxy_base,
+                &format!("/api/v1/media/{media_id}"),
+                None,
+            )
+            .await;
+            if media["state"] == "processing" {
+                Err(media.to_string())
+            } else {
+                Ok(media)
+            }
+        },
+    )
+    .await;
+    assert_eq!(media["state"], "ready", "{media}");
+    assert_eq!(media["sha256"], crate::tus::sha256_hex(&video), "{media}");
+    for index in 0..2 {
+        let response = cluster
+            .client
+            .get(format!(
+                "{}/api/v1/media/{media_id}/hls/master.m3u8",
+                cluster.node(index).base
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "node {index} plays it");
+    }
+}
