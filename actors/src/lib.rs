@@ -117,6 +117,12 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
     let data_dir = &config.storage.data_dir;
     let work_dir = data_dir.join("work");
     let partial_dir = if config.upload.partial_dir.as_os_str().is_empty() {
+        if config.storage.records == RecordBackend::Postgres {
+            tracing::warn!(
+                "records on postgres with upload.partial_dir unset: a resumable upload continues \
+                 only on the node that took its first bytes unless every node shares one partial_dir"
+            );
+        }
         data_dir.join("partials")
     } else {
         config.upload.partial_dir.clone()

@@ -515,4 +515,39 @@ async fn a_tus_upload_through_the_proxy_alternates_nodes_and_racing_patches_on_t
             .unwrap();
         assert_eq!(response.status(), 200, "node {index} plays it");
     }
+
+    // A length declared on one node binds the next PATCH on the other at once.
+    let bytes = crate::tus::fake_video(90_000);
+    let response = alice
+        .post(format!("{}/api/v1/uploads", cluster.node(0).base))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Defer-Length", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let patch = |index: usize, offset: usize, end: usize, length: Option<usize>| {
+        let mut request = alice
+            .patch(format!("{}{location}", cluster.node(index).base))
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", offset.to_string())
+            .body(bytes[offset..end].to_vec());
+        if let Some(length) = length {
+            request = request.header("Upload-Length", length.to_string());
+        }
+        tus_request(request)
+    };
+    assert_eq!(patch(0, 0, 30_000, None).await.1, 204);
+    assert_eq!(patch(1, 30_000, 60_000, Some(bytes.len())).await.1, 204);
+    assert_eq!(patch(0, 60_000, 90_000, None).await.1, 204);
+    let (status, upload) = crate::cluster::get_json(
+        &cluster.client,
+        &cluster.node(1).base,
+        &location,
+        Some(&session),
+    )
+    .await;
+    assert_eq!(status, 200, "{upload}");
+    assert_eq!(upload["state"], "finished", "{upload}");
 }

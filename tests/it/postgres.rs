@@ -28,6 +28,41 @@ async fn on_postgres_an_upload_transcodes_and_plays_and_a_nonce_is_single_use() 
         health["checks"]["store"]["detail"], "postgres answers",
         "{health}"
     );
+    // Pool use (sampled on the monitor's timer) and the latency of every store call.
+    let metrics = crate::harness::poll(Duration::from_secs(10), "pool metrics", async || {
+        let text = server.get("/metrics").await.text().await.unwrap();
+        if text.contains("streamgate_store_pool_max_connections 4") {
+            Ok(text)
+        } else {
+            Err("no pool sample yet".to_string())
+        }
+    })
+    .await;
+    let value = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default();
+        line.rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(-1.0)
+    };
+    let (in_use, idle) = (
+        value("streamgate_store_pool_connections{state=\"in_use\"}"),
+        value("streamgate_store_pool_connections{state=\"idle\"}"),
+    );
+    assert!(
+        in_use >= 0.0 && idle >= 0.0 && in_use + idle <= 4.0,
+        "{in_use} {idle}"
+    );
+    assert!(
+        in_use + idle >= 1.0,
+        "the pool keeps a connection: {in_use} {idle}"
+    );
+    assert!(value("streamgate_store_query_duration_seconds_count") > 10.0);
+    crate::e2e::promtool_check_metrics(&metrics);
 
     let message = server.challenge(&ALICE).await;
     let signature = ALICE.sign(&message);

@@ -412,6 +412,11 @@ impl Handler<BeginTusPatch> for UploadActor {
         let lock = deps.lock(&msg.upload_id);
         Box::pin(async move {
             let lock = lock?;
+            if deps.repo.backend_name() == "postgres" {
+                // Another node may have written the record (a length, `finished`) a moment ago,
+                // faster than its change notice: under the lock, read the store itself.
+                deps.records.remove(&msg.upload_id);
+            }
             let mut upload = load_owned(&deps, &msg.upload_id, &msg.requester, expiry).await?;
             if upload.state != TusState::Receiving {
                 return Err(UploadError::Finished(upload.id));
