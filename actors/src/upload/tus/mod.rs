@@ -679,5 +679,7 @@ async fn remove_upload(deps: &TusDeps, upload_id: &UploadId) -> Result<(), Uploa
     let id = upload_id.clone();
     blocking(&deps.repo, move |repo| repo.delete_tus_upload(&id)).await?;
     deps.records.remove(upload_id);
+    let (dir, id) = (deps.partial_dir.clone(), upload_id.clone());
+    run_blocking(move || sink::remove_lock_file(&dir, &id)).await?;
     Ok(())
 }

@@ -28,6 +28,8 @@ impl Handler<SweepExpiredUploads> for UploadActor {
                         let id = upload.id.clone();
                         blocking(&deps.repo, move |repo| repo.delete_tus_upload(&id)).await?;
                         deps.records.remove(&upload.id);
+                        let (dir, id) = (deps.partial_dir.clone(), upload.id.clone());
+                        run_blocking(move || sink::remove_lock_file(&dir, &id)).await?;
                         pruned_counter.inc();
                         pruned += 1;
                     }
