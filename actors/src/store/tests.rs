@@ -583,3 +583,38 @@ fn postgres_changes_reach_the_other_nodes_listener_and_not_the_writer() {
         .recv_timeout(std::time::Duration::from_millis(300))
         .is_err());
 }
+
+/// Postgres only: the listener survives a database restart and says it may have missed
+/// changes (`Resync`), then hears changes again.
+#[test]
+fn postgres_listener_reconnects_after_a_restart_and_asks_for_a_resync() {
+    let server = super::test_postgres::TestPostgres::start_own().unwrap();
+    let url = server.fresh_database().unwrap();
+    let connect = || -> SharedRepo {
+        Arc::new(PostgresStore::connect(&url, 2, std::time::Duration::from_secs(2)).unwrap())
+    };
+    let (writer, reader) = (connect(), connect());
+    let (tell, heard) = std::sync::mpsc::channel();
+    reader
+        .follow_changes(Arc::new(move |change| {
+            let _ = tell.send(change);
+        }))
+        .unwrap();
+    server.stop().unwrap();
+    server.start_again().unwrap();
+    let within = std::time::Duration::from_secs(20);
+    assert_eq!(heard.recv_timeout(within).unwrap(), super::Change::Resync);
+    // The writer's pool replaces its broken connections on its own.
+    let record = media();
+    let deadline = std::time::Instant::now() + within;
+    while writer.put_media(&record).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool did not recover"
+        );
+    }
+    assert_eq!(
+        heard.recv_timeout(within).unwrap(),
+        super::Change::Media(record.id)
+    );
+}
