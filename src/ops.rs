@@ -352,7 +352,10 @@ pub fn backup(
             backend: config.storage.blobs,
             s3_bucket: config.s3.bucket.clone(),
             s3_endpoint: config.s3.endpoint.clone(),
-            data_dir: config.storage.data_dir.clone(),
+            partial_dir: streamgate_actors::config::partial_dir(
+                &config.storage.data_dir,
+                &config.upload.partial_dir,
+            ),
             out: out.to_path_buf(),
             with_blobs,
         };
@@ -450,9 +453,11 @@ pub fn restore(config: &Config, from: &Path) -> Result<(), OpsError> {
     }
     let runtime = runtime()?;
     let (bar, progress) = progress_bar();
+    let partial_dir = streamgate_actors::config::partial_dir(data_dir, &config.upload.partial_dir);
     let done = runtime.block_on(backup::restore(
         from,
         data_dir,
+        &partial_dir,
         || blob_store(config).map_err(|e| e.to_string()),
         progress,
     ));
@@ -625,9 +630,9 @@ async fn list_media(
 pub fn migrate_blobs(config: &Config) -> Result<(u64, u64), OpsError> {
     let data_dir = &config.storage.data_dir;
     let partials = data_dir.join("partials");
-    let shared = &config.upload.partial_dir;
-    if !shared.as_os_str().is_empty() && shared != &partials && partials.is_dir() {
-        copy_partials(&partials, shared)?;
+    let shared = streamgate_actors::config::partial_dir(data_dir, &config.upload.partial_dir);
+    if shared != partials && partials.is_dir() {
+        copy_partials(&partials, &shared)?;
     }
     if config.storage.blobs != BlobBackend::S3 {
         return Ok((0, 0));

@@ -99,6 +99,15 @@ pub struct UploadConfig {
     pub partial_dir: std::path::PathBuf,
 }
 
+/// Where partial resumable uploads live: `upload.partial_dir`, or `data_dir/partials`.
+pub fn partial_dir(data_dir: &std::path::Path, configured: &std::path::Path) -> std::path::PathBuf {
+    if configured.as_os_str().is_empty() {
+        data_dir.join("partials")
+    } else {
+        configured.to_path_buf()
+    }
+}
+
 /// One `[[webhooks]]` entry: where lifecycle events go, signed with `secret`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

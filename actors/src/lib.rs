@@ -116,17 +116,15 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
     let outbound = outbound::Outbound::new(&config.tls)?;
     let data_dir = &config.storage.data_dir;
     let work_dir = data_dir.join("work");
-    let partial_dir = if config.upload.partial_dir.as_os_str().is_empty() {
-        if config.storage.records == RecordBackend::Postgres {
-            tracing::warn!(
-                "records on postgres with upload.partial_dir unset: a resumable upload continues \
-                 only on the node that took its first bytes unless every node shares one partial_dir"
-            );
-        }
-        data_dir.join("partials")
-    } else {
-        config.upload.partial_dir.clone()
-    };
+    let partial_dir = config::partial_dir(data_dir, &config.upload.partial_dir);
+    if config.upload.partial_dir.as_os_str().is_empty()
+        && config.storage.records == RecordBackend::Postgres
+    {
+        tracing::warn!(
+            "records on postgres with upload.partial_dir unset: a resumable upload continues \
+             only on the node that took its first bytes unless every node shares one partial_dir"
+        );
+    }
     for dir in [data_dir, &work_dir, &partial_dir] {
         std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir {
             path: dir.display().to_string(),
@@ -233,7 +231,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
     }
     let tus = upload::tus::TusDeps {
         repo: repo.clone(),
-        partial_dir,
+        partial_dir: partial_dir.clone(),
         shared: upload::tus::TusShared::default(),
         records: caches.upload.clone(),
         min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
@@ -322,6 +320,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             s3_bucket: config.s3.bucket.clone(),
             s3_endpoint: config.s3.endpoint.clone(),
             data_dir: data_dir.clone(),
+            partial_dir: partial_dir.clone(),
         };
         move |_| backup::BackupActor::new(deps)
     });
