@@ -9,11 +9,11 @@ use streamgate::config::Config;
 use streamgate_actors::{config::RecordBackend, store::test_postgres};
 
 use crate::{
-    auth::{bearer_get, play, put_gate, upload_ready},
+    auth::{bearer_get, play, put_gate},
     chain::{Anvil, ALICE, BOB, CHAIN_ID},
     harness::poll_every,
     s3::Moto,
-    server::TestServer,
+    server::{make_clip, TestServer},
 };
 
 const ADMIN: &str = "admin-token";
@@ -74,8 +74,28 @@ async fn gates_logouts_edits_and_deletes_through_one_node_are_honoured_by_the_ot
     let a = node(chain.url.clone());
     let b = node(chain.url.clone());
 
-    let media = upload_ready(&a, "coherent.mp4").await;
-    let id = &media.media_id;
+    // Uploaded through A while B already holds the processing record: A's transcode marking
+    // it ready reaches B too.
+    let scratch = tempfile::tempdir().unwrap();
+    let clip = std::fs::read(make_clip(scratch.path(), "coherent.mp4", "320x240", 2)).unwrap();
+    let (status, receipt) = a.upload(clip, "coherent.mp4", Some("coherent")).await;
+    assert_eq!(status, 201, "{receipt}");
+    let id = &receipt["media_id"].as_str().unwrap().to_string();
+    let (status, early) = b.get_json(&format!("/api/v1/media/{id}")).await;
+    assert_eq!(status, 200, "{early}");
+    let ready = a
+        .wait_for_media(id, Duration::from_secs(120), |m| m["state"] != "processing")
+        .await;
+    assert_eq!(ready["state"], "ready", "{ready}");
+    within_a_second("B to show the media ready", async || {
+        let (_, record) = b.get_json(&format!("/api/v1/media/{id}")).await;
+        if record["state"] == "ready" {
+            Ok(())
+        } else {
+            Err(record.to_string())
+        }
+    })
+    .await;
     let master = |server: &TestServer| server.url(&format!("/api/v1/media/{id}/hls/master.m3u8"));
     // B has the record and the public playlist cached before anything changes.
     let (status, record) = b.get_json(&format!("/api/v1/media/{id}")).await;
@@ -159,9 +179,16 @@ async fn gates_logouts_edits_and_deletes_through_one_node_are_honoured_by_the_ot
         }
     })
     .await;
-    let (status, page) = b.get_json("/api/v1/media?q=zebra&tag=stripes").await;
-    assert_eq!(status, 200, "{page}");
-    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    for filter in ["q=zebra&tag=stripes", &format!("owner={}", ALICE.address)] {
+        let (status, page) = b.get_json(&format!("/api/v1/media?{filter}")).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            1,
+            "{filter}: {page}"
+        );
+        assert_eq!(page["items"][0]["title"], "zebra crossing", "{page}");
+    }
 
     // A delete through A: gone from B's record and search.
     let response = a
