@@ -349,7 +349,8 @@ impl Handler<ChangedElsewhere> for MetadataActor {
                         if let Err(error) = search.remove_async(media_id.clone()).await {
                             tracing::error!(%error, %media_id, "search index not updated");
                         }
-                        playback.set_visibility(&media_id, Visibility::Public, 0);
+                        // The visibility entry stays: the deleting node removes the blobs only
+                        // after the record, and until then restricted segments still need a token.
                     }
                 }
             }
