@@ -98,7 +98,9 @@ enum Command {
         yes: bool,
     },
     /// Copy this install's records (storage.data_dir/db) into the configured [postgres]
-    /// database; safe to re-run, refused while a server holds the data directory.
+    /// database, its local blobs into S3 (with storage.blobs = "s3") and partial uploads into
+    /// upload.partial_dir (when set); safe to re-run, refused while a server holds the data
+    /// directory.
     Migrate {
         /// The record backend to copy into.
         #[arg(long, value_enum)]
@@ -238,6 +240,15 @@ fn migrate_to_postgres(config: &config::Config) -> ExitCode {
         Ok(report) => {
             for copied in report {
                 println!("{}: {}", copied.relation, copied.records);
+            }
+            match ops::migrate_blobs(config) {
+                Ok((copied, present)) => {
+                    println!("blobs: {copied} copied, {present} already there");
+                }
+                Err(error) => {
+                    eprintln!("streamgate: {error}");
+                    return ExitCode::from(error.exit_code());
+                }
             }
             println!("migrated; start with storage.records = \"postgres\"");
             ExitCode::SUCCESS

@@ -1,5 +1,5 @@
 //! Operator subcommands of the one binary: `check`, `backup`, `restore`, `reindex`,
-//! `retranscode`, `rotate-secret`.
+//! `retranscode`, `rotate-secret`, and the blob half of `migrate`.
 //!
 //! Exit codes scripts can trust: 0 done; 1 failed (a check did not pass, I/O, the server
 //! refused); 2 the configuration or command line is invalid; 3 refused because a precondition
@@ -352,7 +352,10 @@ pub fn backup(
             backend: config.storage.blobs,
             s3_bucket: config.s3.bucket.clone(),
             s3_endpoint: config.s3.endpoint.clone(),
-            data_dir: config.storage.data_dir.clone(),
+            partial_dir: streamgate_actors::config::partial_dir(
+                &config.storage.data_dir,
+                &config.upload.partial_dir,
+            ),
             out: out.to_path_buf(),
             with_blobs,
         };
@@ -450,9 +453,11 @@ pub fn restore(config: &Config, from: &Path) -> Result<(), OpsError> {
     }
     let runtime = runtime()?;
     let (bar, progress) = progress_bar();
+    let partial_dir = streamgate_actors::config::partial_dir(data_dir, &config.upload.partial_dir);
     let done = runtime.block_on(backup::restore(
         from,
         data_dir,
+        &partial_dir,
         || blob_store(config).map_err(|e| e.to_string()),
         progress,
     ));
@@ -616,4 +621,54 @@ async fn list_media(
             None => return Ok(ids),
         }
     }
+}
+
+/// `migrate --to postgres`, after the records: copies the local blobs into the configured S3
+/// store (`storage.blobs = "s3"`) and partial resumable uploads into `upload.partial_dir` when
+/// that names another directory. Both skip what the target already holds, so a re-run after an
+/// interruption copies only the rest. Returns (blobs copied, blobs already there).
+pub fn migrate_blobs(config: &Config) -> Result<(u64, u64), OpsError> {
+    let data_dir = &config.storage.data_dir;
+    let partials = data_dir.join("partials");
+    let shared = streamgate_actors::config::partial_dir(data_dir, &config.upload.partial_dir);
+    if shared != partials && partials.is_dir() {
+        copy_partials(&partials, &shared)?;
+    }
+    if config.storage.blobs != BlobBackend::S3 {
+        return Ok((0, 0));
+    }
+    let source = BlobStore::local(data_dir.join("blobs"))
+        .map_err(|e| failed("cannot open the local blobs")(&e))?;
+    let target = blob_store(config)?;
+    let (bar, progress) = progress_bar();
+    let mut report = move |done: u64, total: u64| progress("blobs", done, total);
+    let copied = runtime()?
+        .block_on(source.copy_missing_to(&target, &mut report))
+        .map_err(|e| failed("copying blobs to S3")(&e));
+    bar.finish_and_clear();
+    let copied = copied?;
+    Ok((copied.copied, copied.present))
+}
+
+/// Copies each partial upload file missing (or shorter) in `to`; a longer one there is newer.
+fn copy_partials(from: &Path, to: &Path) -> Result<(), OpsError> {
+    std::fs::create_dir_all(to).map_err(|e| failed("upload.partial_dir")(&e))?;
+    let entries = std::fs::read_dir(from).map_err(|e| failed("partial uploads")(&e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| failed("partial uploads")(&e))?;
+        let target = to.join(entry.file_name());
+        let length = |path: &Path| std::fs::metadata(path).map(|m| m.len()).ok();
+        if length(&target) >= length(&entry.path()) {
+            continue;
+        }
+        // Whole or not at all: a copy under a temporary name, then a rename.
+        let staging = to.join(format!(
+            ".{}.migrating",
+            entry.file_name().to_string_lossy()
+        ));
+        std::fs::copy(entry.path(), &staging)
+            .and_then(|_| std::fs::rename(&staging, &target))
+            .map_err(|e| failed("copying a partial upload")(&e))?;
+    }
+    Ok(())
 }

@@ -113,8 +113,8 @@ pub struct BackupPlan {
     pub backend: BlobBackend,
     pub s3_bucket: String,
     pub s3_endpoint: String,
-    /// The install's data directory (for `partials/`).
-    pub data_dir: PathBuf,
+    /// The install's partial uploads (`upload.partial_dir`, else `data_dir/partials`).
+    pub partial_dir: PathBuf,
     pub out: PathBuf,
     /// Copy S3 blobs too (local blobs are always copied).
     pub with_blobs: bool,
@@ -137,7 +137,7 @@ pub async fn backup(plan: BackupPlan, progress: Progress) -> Result<Manifest, Ba
     .await
     .map_err(|e| crate::store::StoreError::Join(e.to_string()))??;
 
-    let partials_from = plan.data_dir.join("partials");
+    let partials_from = plan.partial_dir.clone();
     let partials_to = out.join("partials");
     let partial_files =
         tokio::task::spawn_blocking(move || copy_tree(&partials_from, &partials_to))
@@ -219,6 +219,8 @@ pub struct BackupDeps {
     pub s3_bucket: String,
     pub s3_endpoint: String,
     pub data_dir: PathBuf,
+    /// Where partial uploads live (`upload.partial_dir`).
+    pub partial_dir: PathBuf,
 }
 
 /// Takes backups of the running server into `data_dir/backups/<name>`, one at a time.
@@ -282,7 +284,7 @@ impl Handler<TakeBackup> for BackupActor {
             s3_bucket: deps.s3_bucket,
             s3_endpoint: deps.s3_endpoint,
             out: deps.data_dir.join("backups").join(&name),
-            data_dir: deps.data_dir,
+            partial_dir: deps.partial_dir,
             with_blobs: message.with_blobs,
         };
         Box::pin(
@@ -320,12 +322,14 @@ pub fn is_empty_dir(dir: &Path) -> Result<bool, BackupError> {
     }
 }
 
-/// Restores `from` into the empty `data_dir`. Blobs in the backup go to the store `blobs` opens
+/// Restores `from` into the empty `data_dir` (partial uploads into `partial_dir`). Blobs in the
+/// backup go to the store `blobs` opens
 /// (the target install's, opened only once the directory is known to be empty); a backup that
 /// references S3 blobs restores records only.
 pub async fn restore(
     from: &Path,
     data_dir: &Path,
+    partial_dir: &Path,
     blobs: impl FnOnce() -> Result<BlobStore, String>,
     progress: Progress,
 ) -> Result<Manifest, BackupError> {
@@ -334,13 +338,14 @@ pub async fn restore(
     }
     let manifest = read_manifest(from)?;
     let (source, target) = (from.to_path_buf(), data_dir.to_path_buf());
+    let partials = partial_dir.to_path_buf();
     let report = progress.clone();
     let records = manifest.records;
     tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
         report("records", 0, records);
         copy_tree(&source.join("db"), &target.join("db"))?;
         report("records", records, records);
-        copy_tree(&source.join("partials"), &target.join("partials"))?;
+        copy_tree(&source.join("partials"), &partials)?;
         Ok(())
     })
     .await

@@ -111,6 +111,17 @@ impl From<object_store::Error> for BlobError {
     }
 }
 
+/// What [`BlobStore::copy_missing_to`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobCopy {
+    /// Blobs written to the target.
+    pub copied: u64,
+    /// Blobs the target already held (a re-run).
+    pub present: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
 /// A cheap-to-clone handle on the blob store. Reads are safe from any thread; the web crate
 /// gets one at start-up for the segment hot path.
 #[derive(Clone, Debug)]
@@ -376,6 +387,43 @@ impl BlobStore {
             keys.push(meta?.location.to_string());
         }
         Ok(keys)
+    }
+
+    /// Copies every blob of this local store into `target`, skipping those `target` already
+    /// holds with the same size (a blob appears whole or not at all in either store, so a
+    /// re-run after an interruption copies only what is missing). `progress` hears (done, total).
+    pub async fn copy_missing_to(
+        &self,
+        target: &BlobStore,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<BlobCopy, BlobError> {
+        let mut listing = self.inner.list(None);
+        let mut found = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            found.push((meta.location.to_string(), meta.size));
+        }
+        let total = found.len() as u64;
+        let mut copy = BlobCopy::default();
+        for (done, (key, size)) in found.into_iter().enumerate() {
+            let held = match target.inner.head(&ObjectPath::from(key.as_str())).await {
+                Ok(meta) => Some(meta.size),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(other) => return Err(other.into()),
+            };
+            if held == Some(size) {
+                copy.present += 1;
+            } else {
+                let path = self
+                    .local_path(&key)
+                    .ok_or_else(|| BlobError::Backend("copying needs a local source".into()))?;
+                target.put_file(&key, &path).await?;
+                copy.copied += 1;
+                copy.bytes += size;
+            }
+            progress(done as u64 + 1, total);
+        }
+        Ok(copy)
     }
 
     /// Keys under `prefix` with their last-modified time (Unix seconds), for age-based cleanup.

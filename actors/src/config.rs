@@ -94,6 +94,18 @@ pub struct UploadConfig {
     pub sync_every_patch: bool,
     /// Visibility of media whose upload does not say (`public`, `unlisted`, `private`).
     pub default_visibility: crate::model::Visibility,
+    /// Where partial resumable uploads live; empty means `data_dir/partials`. Nodes sharing one
+    /// Postgres point it at one shared directory, so any node can take any PATCH.
+    pub partial_dir: std::path::PathBuf,
+}
+
+/// Where partial resumable uploads live: `upload.partial_dir`, or `data_dir/partials`.
+pub fn partial_dir(data_dir: &std::path::Path, configured: &std::path::Path) -> std::path::PathBuf {
+    if configured.as_os_str().is_empty() {
+        data_dir.join("partials")
+    } else {
+        configured.to_path_buf()
+    }
 }
 
 /// One `[[webhooks]]` entry: where lifecycle events go, signed with `secret`.

@@ -17,6 +17,7 @@ pub mod blob_names;
 pub mod blobs;
 pub mod cache;
 pub mod clock;
+pub mod coherence;
 pub mod config;
 pub mod error;
 pub mod metadata;
@@ -115,7 +116,15 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
     let outbound = outbound::Outbound::new(&config.tls)?;
     let data_dir = &config.storage.data_dir;
     let work_dir = data_dir.join("work");
-    let partial_dir = data_dir.join("partials");
+    let partial_dir = config::partial_dir(data_dir, &config.upload.partial_dir);
+    if config.upload.partial_dir.as_os_str().is_empty()
+        && config.storage.records == RecordBackend::Postgres
+    {
+        tracing::warn!(
+            "records on postgres with upload.partial_dir unset: a resumable upload continues \
+             only on the node that took its first bytes unless every node shares one partial_dir"
+        );
+    }
     for dir in [data_dir, &work_dir, &partial_dir] {
         std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir {
             path: dir.display().to_string(),
@@ -133,11 +142,14 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             Duration::from_millis(config.postgres.connect_timeout_ms.max(1)),
         )?),
     };
+    // Before anything is loaded from the store: other nodes' changes from here on are heard.
+    let feed = coherence::listen(&repo)?;
     let blobs = match config.storage.blobs {
         BlobBackend::Local => BlobStore::local(data_dir.join("blobs"))?,
         BlobBackend::S3 => BlobStore::s3(&config.s3, outbound.extra_ca_pem())?,
     };
     let metrics = Metrics::new()?;
+    repo.time_queries(metrics.store_query_duration.clone());
     let audit = AuditLog::with_metrics(repo.clone(), &config.audit, &metrics);
     let restarts = |name: &str| metrics.actor_restarts.with_label_values(&[name]);
 
@@ -224,7 +236,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
     }
     let tus = upload::tus::TusDeps {
         repo: repo.clone(),
-        partial_dir,
+        partial_dir: partial_dir.clone(),
         shared: upload::tus::TusShared::default(),
         records: caches.upload.clone(),
         min_free_disk_bytes: config.storage.min_free_disk_mb.saturating_mul(1024 * 1024),
@@ -294,6 +306,8 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
         };
         move |_| AuthActor::new(deps)
     });
+    // Changes heard while the node loaded are applied now, after the loads.
+    feed.deliver(caches.clone(), metadata.clone(), auth.clone())?;
     if config.transcode.job_retention_days > 0 {
         retention::start(
             repo.clone(),
@@ -311,6 +325,7 @@ pub fn start_with_clock(config: ActorsConfig, clock: SharedClock) -> Result<Acto
             s3_bucket: config.s3.bucket.clone(),
             s3_endpoint: config.s3.endpoint.clone(),
             data_dir: data_dir.clone(),
+            partial_dir: partial_dir.clone(),
         };
         move |_| backup::BackupActor::new(deps)
     });

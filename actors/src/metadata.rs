@@ -299,6 +299,101 @@ impl Actor for MetadataActor {
     }
 }
 
+/// Another node changed a media record (`Some`), or changes may have been missed (`None`: the
+/// change feed reconnected): brings this node's caches, search index and visibility table in
+/// line with the store.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ChangedElsewhere {
+    pub media_id: Option<MediaId>,
+}
+
+impl Handler<ChangedElsewhere> for MetadataActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: ChangedElsewhere, _: &mut Self::Context) -> Self::Result {
+        let repo = self.repo.clone();
+        let (caches, search) = (self.caches.clone(), self.search.clone());
+        let playback = self.playback.clone();
+        // Atomic: two changes to one record are applied in the order they were heard.
+        AtomicResponse::new(Box::pin(
+            async move {
+                let Some(media_id) = msg.media_id else {
+                    return resync(&repo, &caches, &search, &playback).await;
+                };
+                let id = media_id.clone();
+                let stored = match blocking(&repo, move |repo| repo.get_media(&id)).await {
+                    Ok(stored) => stored,
+                    Err(error) => {
+                        // Unreadable now: drop what we hold, so readers go to the store.
+                        tracing::warn!(%error, %media_id, "remote change not applied");
+                        caches.invalidate_media(&media_id);
+                        return;
+                    }
+                };
+                let was = playback.visibility(&media_id).ok().map(|(v, _)| v);
+                match stored {
+                    Some(media) => {
+                        playback.set_visibility(
+                            &media.id,
+                            media.visibility,
+                            media.visibility_epoch,
+                        );
+                        publish_change(&caches, &search, &media).await;
+                        if was != Some(media.visibility) {
+                            publish_visibility(&caches, &search).await;
+                        }
+                    }
+                    None => {
+                        caches.invalidate_media(&media_id);
+                        if let Err(error) = search.remove_async(media_id.clone()).await {
+                            tracing::error!(%error, %media_id, "search index not updated");
+                        }
+                        // The visibility entry stays: the deleting node removes the blobs only
+                        // after the record, and until then restricted segments still need a token.
+                    }
+                }
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+/// Reloads everything this node copies from media records: changes may have been missed.
+async fn resync(
+    repo: &SharedRepo,
+    caches: &Caches,
+    search: &SearchIndex,
+    playback: &PlaybackGuard,
+) {
+    caches.metadata.clear();
+    caches.streaming.clear();
+    caches.tokenised.clear();
+    let (repo, index, guard) = (repo.clone(), search.clone(), playback.clone());
+    let reloaded = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        index.reconcile(&repo).map_err(|e| e.to_string())?;
+        let mut after: Option<MediaId> = None;
+        loop {
+            let page = repo
+                .list_media(after.as_ref(), 1000)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for media in &page {
+                guard.set_visibility(&media.id, media.visibility, media.visibility_epoch);
+            }
+        }
+        index.commit().map_err(|e| e.to_string())
+    })
+    .await;
+    match reloaded {
+        Ok(Ok(())) => tracing::info!("media state reloaded after a change-feed gap"),
+        Ok(Err(error)) => tracing::error!(%error, "media state not reloaded"),
+        Err(error) => tracing::error!(%error, "media state reload not run"),
+    }
+    caches.search.clear();
+}
+
 /// Drops the media's cache entries and brings the index in line with the stored record.
 async fn publish_change(caches: &Caches, search: &SearchIndex, media: &Media) {
     caches.invalidate_media(&media.id);

@@ -469,8 +469,9 @@ impl SearchIndex {
         self.len() == 0
     }
 
-    /// Makes the index hold exactly the store's records; returns (indexed, dropped).
-    fn reconcile(&self, repo: &SharedRepo) -> Result<(usize, usize), SearchError> {
+    /// Makes the index hold exactly the store's records (start-up, and after a gap in the change
+    /// feed between nodes); returns (indexed, dropped). Blocking.
+    pub fn reconcile(&self, repo: &SharedRepo) -> Result<(usize, usize), SearchError> {
         let mut indexed: HashMap<u128, i64> = HashMap::new();
         let searcher = self.inner.reader.searcher();
         for segment in searcher.segment_readers() {

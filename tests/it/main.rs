@@ -13,6 +13,7 @@ mod cache_ops;
 mod chain;
 mod checksum;
 mod cluster;
+mod cluster_coherence;
 mod config;
 mod connections;
 mod creators;

@@ -29,7 +29,9 @@ pub mod tokens;
 
 use std::{collections::HashMap, time::Duration as StdDuration};
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, Supervised, WrapFuture};
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Supervised, WrapFuture,
+};
 use alloy_primitives::U256;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -523,6 +525,111 @@ impl AuthActor {
             .await?;
             Ok(())
         }
+    }
+}
+
+/// Another node set or cleared the gate on `media_id`: reload it from the store.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct GateChangedElsewhere {
+    pub media_id: MediaId,
+}
+
+/// Another node revoked a session (logout, refresh).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RevokedElsewhere {
+    pub session_id: String,
+    pub expires_at: OffsetDateTime,
+}
+
+/// The change feed had a gap: reload every gate and revocation from the store.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReloadAuthState;
+
+impl Handler<GateChangedElsewhere> for AuthActor {
+    type Result = actix::AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: GateChangedElsewhere, _: &mut Self::Context) -> Self::Result {
+        let (repo, playback, caches) = (
+            self.deps.repo.clone(),
+            self.deps.playback.clone(),
+            self.deps.caches.clone(),
+        );
+        // Atomic: two changes to one gate are applied in the order they were heard.
+        actix::AtomicResponse::new(Box::pin(
+            async move {
+                let id = msg.media_id.clone();
+                match blocking(&repo, move |repo| repo.get_gate(&id)).await {
+                    Ok(gate) => playback.set(msg.media_id.clone(), gate),
+                    Err(error) => {
+                        tracing::error!(%error, media_id = %msg.media_id, "remote gate change not applied");
+                    }
+                }
+                caches.invalidate_gate(&msg.media_id);
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<RevokedElsewhere> for AuthActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RevokedElsewhere, _: &mut Self::Context) {
+        self.deps
+            .revoked
+            .insert(msg.session_id.clone(), msg.expires_at);
+        self.deps
+            .playback
+            .revoke_session(&msg.session_id, msg.expires_at);
+        self.deps.playback.grants().purge_session(&msg.session_id);
+    }
+}
+
+impl Handler<ReloadAuthState> for AuthActor {
+    type Result = actix::AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: ReloadAuthState, _: &mut Self::Context) -> Self::Result {
+        let (repo, playback, caches) = (
+            self.deps.repo.clone(),
+            self.deps.playback.clone(),
+            self.deps.caches.clone(),
+        );
+        actix::AtomicResponse::new(Box::pin(
+            async move {
+                blocking(&repo, |repo| {
+                    Ok((repo.list_gates()?, repo.list_revoked_sessions()?))
+                })
+                .await
+            }
+            .into_actor(self)
+            .map(move |loaded, actor, _| match loaded {
+                Ok((gates, revoked)) => {
+                    let stored: HashMap<MediaId, Gate> = gates.into_iter().collect();
+                    for media_id in playback.gated_ids() {
+                        if !stored.contains_key(&media_id) {
+                            playback.set(media_id.clone(), None);
+                            caches.invalidate_gate(&media_id);
+                        }
+                    }
+                    for (media_id, gate) in stored {
+                        if playback.gate(&media_id).ok().flatten().as_ref() != Some(&gate) {
+                            caches.invalidate_gate(&media_id);
+                            playback.set(media_id, Some(gate));
+                        }
+                    }
+                    for (session_id, expires_at) in revoked {
+                        playback.revoke_session(&session_id, expires_at);
+                        playback.grants().purge_session(&session_id);
+                        actor.deps.revoked.insert(session_id, expires_at);
+                    }
+                    tracing::info!("gates and revocations reloaded after a change-feed gap");
+                }
+                Err(error) => tracing::error!(%error, "gates and revocations not reloaded"),
+            }),
+        ))
     }
 }
 

@@ -195,6 +195,15 @@ impl PlaybackGuard {
         &self.keys
     }
 
+    /// Every media item the table holds a gate for.
+    pub(crate) fn gated_ids(&self) -> Vec<MediaId> {
+        let gates = match self.gates.read() {
+            Ok(gates) => gates,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        gates.keys().cloned().collect()
+    }
+
     pub(crate) fn set(&self, media_id: MediaId, gate: Option<Gate>) {
         // A poisoned lock still holds a consistent map (inserts and removes cannot half-happen).
         let mut gates = match self.gates.write() {

@@ -60,8 +60,9 @@ impl Keys {
         }
         let mut secret = [0u8; SECRET_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut secret);
-        repo.put_session_secret(&secret)?;
-        Ok(Self::from_secret(&secret))
+        // Another node starting at the same moment may store its own first: use whichever won.
+        let stored = repo.create_session_secret(&secret)?;
+        Ok(Self::from_secret(&stored))
     }
 
     /// Replaces the stored secret with a new random one (`streamgate rotate-secret`): every

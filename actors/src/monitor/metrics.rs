@@ -54,6 +54,11 @@ pub struct Metrics {
     pub auth_session_events: IntCounterVec,
     pub nft_checks: IntCounterVec,
     pub nft_rpc_duration: HistogramVec,
+    /// Pooled record-store connections by `state` (in_use | idle); Postgres only.
+    pub store_pool_connections: IntGaugeVec,
+    pub store_pool_max_connections: IntGauge,
+    /// One repository call on Postgres, pool wait included.
+    pub store_query_duration: Histogram,
     /// `change`: set | clear.
     pub gate_changes: IntCounterVec,
     /// Gated playlist or segment requests refused, by `reason` (an error code).
@@ -283,6 +288,26 @@ impl Metrics {
             ]),
             &["method"],
         )?;
+        let store_pool_connections = IntGaugeVec::new(
+            Opts::new(
+                metric_names::STORE_POOL_CONNECTIONS,
+                "Postgres connections in the pool, by state (in_use|idle).",
+            ),
+            &["state"],
+        )?;
+        let store_pool_max_connections = IntGauge::new(
+            metric_names::STORE_POOL_MAX_CONNECTIONS,
+            "Most Postgres connections the pool opens (postgres.pool_size).",
+        )?;
+        let store_query_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                metric_names::STORE_QUERY_DURATION_SECONDS,
+                "Latency of one record-store call on Postgres (pool wait included).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
         let gate_changes = IntCounterVec::new(
             Opts::new(
                 metric_names::GATE_CHANGES_TOTAL,
@@ -390,7 +415,8 @@ impl Metrics {
             rate_limit_evictions, actor_up, actor_restarts, actor_ping, actor_heartbeat, uploads,
             upload_bytes, upload_received_bytes, upload_checksum_failures, upload_duration,
             transcode_jobs, job_duration, ffmpeg_failures, transcode_speed, jobs, auth_logins,
-            auth_session_events, nft_checks, nft_rpc_duration, gate_changes, playback_refused,
+            auth_session_events, nft_checks, nft_rpc_duration, store_pool_connections,
+            store_pool_max_connections, store_query_duration, gate_changes, playback_refused,
             audit_refusals, audit_pruned, retention_pruned, cache_requests, cache_evictions,
             cache_entries, cache_warmed, process_cpu_seconds, process_resident_memory,
             process_virtual_memory,
@@ -422,6 +448,9 @@ impl Metrics {
             cache_evictions.with_label_values(&[cache]).inc_by(0);
             cache_entries.with_label_values(&[cache]).set(0);
             cache_warmed.with_label_values(&[cache]).inc_by(0);
+        }
+        for state in ["in_use", "idle"] {
+            store_pool_connections.with_label_values(&[state]).set(0);
         }
         for service in metric_names::SERVICES {
             rate_limited.with_label_values(&[service]).inc_by(0);
@@ -460,6 +489,9 @@ impl Metrics {
             auth_session_events,
             nft_checks,
             nft_rpc_duration,
+            store_pool_connections,
+            store_pool_max_connections,
+            store_query_duration,
             gate_changes,
             playback_refused,
             audit_refusals,

@@ -399,6 +399,13 @@ impl MonitorActor {
         if let Some(fds) = sample.open_fds {
             metrics.process_open_fds.set(to_i64(fds));
         }
+        if let Some(pool) = self.deps.repo.pool_state() {
+            let (used, idle) = (pool.connections.saturating_sub(pool.idle), pool.idle);
+            let pooled = &metrics.store_pool_connections;
+            pooled.with_label_values(&["in_use"]).set(i64::from(used));
+            pooled.with_label_values(&["idle"]).set(i64::from(idle));
+            metrics.store_pool_max_connections.set(i64::from(pool.max));
+        }
         let cpu_ratio = self.previous_cpu.and_then(|(at, cpu)| {
             let wall = now.duration_since(at).as_secs_f64();
             (wall > 0.0).then(|| (sample.cpu_seconds - cpu).max(0.0) / wall / self.cores as f64)

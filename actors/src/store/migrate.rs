@@ -1,12 +1,12 @@
-//! `streamgate migrate --to postgres`: copies a single-node (sled) install's records into
-//! Postgres. Every write is an upsert of the same record, so a re-run copies the same state
+//! `streamgate migrate --to postgres`: copies a single-node (sled) install's records, webhook
+//! deliveries included, into Postgres (the binary then copies the blobs, see `src/ops.rs`). Every write is an upsert of the same record, so a re-run copies the same state
 //! again; it refuses while a server holds the sled store.
 
 use std::{path::Path, time::Duration};
 
 use super::{
     sled_in_use, AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo, MediaRepo, PostgresStore,
-    QuotaRepo, SledStore, StoreError, TusRepo,
+    QuotaRepo, SledStore, StoreError, TusRepo, WebhookRepo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +159,14 @@ pub fn copy_sled_to_postgres(
     report.push(Copied {
         relation: "session_secret",
         records: count("session_secret", usize::from(secret.is_some())),
+    });
+
+    // The pending queue is small (delivered ones are deleted); upserts by id make a re-run safe.
+    let deliveries = sled.list_deliveries(usize::MAX)?;
+    pg.put_deliveries(&deliveries)?;
+    report.push(Copied {
+        relation: "webhook_deliveries",
+        records: count("webhook_deliveries", deliveries.len()),
     });
 
     let counters = sled.all_quota_counters()?;

@@ -8,6 +8,7 @@
 //! The traits are synchronous; callers run them through [`blocking`] so sled's disk I/O never
 //! stalls an async worker thread (nor a Postgres round trip).
 
+mod listen;
 mod migrate;
 mod postgres_store;
 mod sled_store;
@@ -241,8 +242,12 @@ pub trait AuthRepo: Send + Sync {
     /// The generated session secret, if one was stored.
     fn get_session_secret(&self) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_session_secret(&self, secret: &[u8]) -> Result<(), StoreError>;
+    /// Stores `secret` unless a secret is stored already, and returns the stored one: nodes
+    /// starting together against an empty store all end up with the same secret.
+    fn create_session_secret(&self, secret: &[u8]) -> Result<Vec<u8>, StoreError>;
     fn put_gate(&self, media_id: &MediaId, gate: &Gate) -> Result<(), StoreError>;
     fn delete_gate(&self, media_id: &MediaId) -> Result<bool, StoreError>;
+    fn get_gate(&self, media_id: &MediaId) -> Result<Option<Gate>, StoreError>;
     fn list_gates(&self) -> Result<Vec<(MediaId, Gate)>, StoreError>;
 }
 
@@ -301,6 +306,29 @@ pub trait WebhookRepo: Send + Sync {
     ) -> Result<Vec<crate::webhooks::WebhookDelivery>, StoreError>;
 }
 
+/// A change another node made to state this node keeps copies of (caches, search index, gate
+/// table, revocations), as heard on the store's change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A media record was written or deleted.
+    Media(MediaId),
+    /// A gate was set or cleared.
+    Gate(MediaId),
+    /// A session was revoked (logout, refresh).
+    Revoked {
+        session_id: String,
+        expires_at: time::OffsetDateTime,
+    },
+    /// A tus upload record was written or deleted.
+    TusUpload(UploadId),
+    /// The feed was interrupted (the database restarted): changes may have been missed, so
+    /// every copy must be dropped or reloaded.
+    Resync,
+}
+
+/// Receives [`Change`]s on the feed's own thread: it must hand them on, not block.
+pub type ChangeSink = Arc<dyn Fn(Change) + Send + Sync>;
+
 /// Everything the actors need from the record store.
 pub trait Repo:
     MediaRepo + JobRepo + AuditRepo + AuthRepo + TusRepo + QuotaRepo + WebhookRepo
@@ -319,6 +347,29 @@ pub trait Repo:
     fn record_count(&self) -> u64;
     /// Which backend this is (`sled` or `postgres`), for `/health`.
     fn backend_name(&self) -> &'static str;
+    /// Follows the changes other nodes make, calling `sink` for each, for the life of the
+    /// process. A single-node store (sled) has no other writers: nothing to follow.
+    fn follow_changes(&self, sink: ChangeSink) -> Result<(), StoreError> {
+        let _ = sink;
+        Ok(())
+    }
+    /// Connection pool use, for `/metrics`: `None` for a store without a pool.
+    fn pool_state(&self) -> Option<PoolState> {
+        None
+    }
+    /// Observes how long each repository call takes into `histogram` (stores with a network
+    /// round trip; sled's calls are in-process).
+    fn time_queries(&self, histogram: prometheus::Histogram) {
+        let _ = histogram;
+    }
+}
+
+/// How many pooled connections exist and are idle, and the configured maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    pub connections: u32,
+    pub idle: u32,
+    pub max: u32,
 }
 
 pub type SharedRepo = Arc<dyn Repo>;

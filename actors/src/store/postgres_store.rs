@@ -12,8 +12,9 @@ use r2d2_postgres::PostgresConnectionManager;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    apply_cancel, mark_claimed, quota_owner, AuditFilter, AuditRepo, AuthRepo, JobFilter, JobRepo,
-    MediaRepo, NonceUse, QuotaRepo, Repo, StoreError, TusRepo, WebhookRepo,
+    apply_cancel, listen::Notice, mark_claimed, quota_owner, AuditFilter, AuditRepo, AuthRepo,
+    ChangeSink, JobFilter, JobRepo, MediaRepo, NonceUse, PoolState, QuotaRepo, Repo, StoreError,
+    TusRepo, WebhookRepo,
 };
 use crate::model::{
     AuditEntry, CancelRequest, Gate, Job, JobId, JobLease, Media, MediaId, NonceRecord, TusUpload,
@@ -74,10 +75,18 @@ const SCAN_BATCH: i64 = 256;
 pub struct PostgresStore {
     /// Always `Some` until dropped; see the `Drop` impl.
     inner: Option<Pg>,
+    /// Times every repository call (pool wait included), once the monitor hands it over.
+    query_timer: std::sync::OnceLock<prometheus::Histogram>,
+    /// Set when the store is dropped: the change listener stops.
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Pg {
     pool: Pool,
+    /// This node's id in change notices, so its listener skips its own writes.
+    node: String,
+    /// The connection settings, for the change listener's own connection.
+    config: postgres::Config,
 }
 
 impl PostgresStore {
@@ -97,10 +106,16 @@ impl PostgresStore {
             .max_size(pool_size.max(1))
             .min_idle(Some(1))
             .connection_timeout(connect_timeout)
-            .build(PostgresConnectionManager::new(config, NoTls))
+            .build(PostgresConnectionManager::new(config.clone(), NoTls))
             .map_err(pool_error)?;
         let store = Self {
-            inner: Some(Pg { pool }),
+            inner: Some(Pg {
+                pool,
+                node: uuid::Uuid::new_v4().simple().to_string(),
+                config,
+            }),
+            query_timer: std::sync::OnceLock::new(),
+            closed: std::sync::Arc::default(),
         };
         store.run(Pg::migrate)?;
         Ok(store)
@@ -117,6 +132,7 @@ impl PostgresStore {
             .inner
             .as_ref()
             .ok_or_else(|| StoreError::Backend("the store is closed".into()))?;
+        let _timer = self.query_timer.get().map(|timer| timer.start_timer());
         if super::may_block_here() {
             call(pg)
         } else {
@@ -128,6 +144,8 @@ impl PostgresStore {
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         // Closing a connection blocks on the client's runtime too: not on an async thread.
         if let Some(pg) = self.inner.take() {
             if !super::may_block_here() {
@@ -243,6 +261,28 @@ impl Pg {
     ) -> Result<u64, StoreError> {
         self.conn()?.execute(sql, params).map_err(backend)
     }
+
+    /// Runs one write (`INSERT`/`UPDATE`/`DELETE` without `RETURNING`) and, in the same
+    /// statement, notifies the other nodes once per affected row; returns the rows affected.
+    /// One statement is one transaction: the notice goes out exactly when the write commits.
+    fn write_and_notify(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+        notice: Notice<'_>,
+    ) -> Result<u64, StoreError> {
+        let payload = notice.payload(&self.node);
+        let statement = format!(
+            "WITH written AS ({sql} RETURNING 1) \
+             SELECT pg_notify('{}', ${}) FROM written",
+            super::listen::CHANNEL,
+            params.len() + 1
+        );
+        let mut all = params.to_vec();
+        all.push(&payload);
+        let rows = self.conn()?.query(&statement, &all).map_err(backend)?;
+        Ok(rows.len() as u64)
+    }
 }
 
 impl WebhookRepo for Pg {
@@ -291,10 +331,11 @@ impl MediaRepo for Pg {
     }
 
     fn put_media(&self, media: &Media) -> Result<(), StoreError> {
-        self.execute(
+        self.write_and_notify(
             "INSERT INTO media (id, doc) VALUES ($1, $2)
              ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc",
             &[&media.id.as_bytes().as_slice(), &encode(media)?],
+            Notice::Media(&media.id),
         )?;
         Ok(())
     }
@@ -319,6 +360,8 @@ impl MediaRepo for Pg {
             &[&key, &encode(media)?],
         )
         .map_err(backend)?;
+        Notice::Gate(&media.id).send(&mut tx, &self.node)?;
+        Notice::Media(&media.id).send(&mut tx, &self.node)?;
         tx.commit().map_err(backend)
     }
 
@@ -336,6 +379,7 @@ impl MediaRepo for Pg {
         if let Ok(record) = decode::<Media>(key, &row, 0) {
             release(&mut tx, quota_owner(record.owner.as_deref()), record.size)?;
         }
+        Notice::Media(media_id).send(&mut tx, &self.node)?;
         tx.commit().map_err(backend)?;
         Ok(true)
     }
@@ -743,10 +787,14 @@ impl AuthRepo for Pg {
         session_id: &str,
         expires_at: time::OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.execute(
+        self.write_and_notify(
             "INSERT INTO auth_revoked_sessions (session_id, expires_at_ns) VALUES ($1, $2)
              ON CONFLICT (session_id) DO UPDATE SET expires_at_ns = EXCLUDED.expires_at_ns",
             &[&session_id, &nanos(expires_at)],
+            Notice::Revoked {
+                session_id,
+                expires_at_ns: nanos(expires_at),
+            },
         )?;
         Ok(())
     }
@@ -796,19 +844,45 @@ impl AuthRepo for Pg {
         Ok(())
     }
 
+    fn create_session_secret(&self, secret: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut conn = self.conn()?;
+        // The first insert wins; every racer then reads the winner's secret back.
+        conn.execute(
+            "INSERT INTO auth_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&SESSION_SECRET_KEY, &secret],
+        )
+        .map_err(backend)?;
+        conn.query_one(
+            "SELECT value FROM auth_meta WHERE key = $1",
+            &[&SESSION_SECRET_KEY],
+        )
+        .map_err(backend)?
+        .try_get(0)
+        .map_err(backend)
+    }
+
+    fn get_gate(&self, media_id: &MediaId) -> Result<Option<Gate>, StoreError> {
+        self.get_doc(
+            "SELECT doc FROM gates WHERE media_id = $1",
+            media_id.as_bytes(),
+        )
+    }
+
     fn put_gate(&self, media_id: &MediaId, gate: &Gate) -> Result<(), StoreError> {
-        self.execute(
+        self.write_and_notify(
             "INSERT INTO gates (media_id, doc) VALUES ($1, $2)
              ON CONFLICT (media_id) DO UPDATE SET doc = EXCLUDED.doc",
             &[&media_id.as_bytes().as_slice(), &encode(gate)?],
+            Notice::Gate(media_id),
         )?;
         Ok(())
     }
 
     fn delete_gate(&self, media_id: &MediaId) -> Result<bool, StoreError> {
-        let removed = self.execute(
+        let removed = self.write_and_notify(
             "DELETE FROM gates WHERE media_id = $1",
             &[&media_id.as_bytes().as_slice()],
+            Notice::Gate(media_id),
         )?;
         Ok(removed > 0)
     }
@@ -840,18 +914,20 @@ impl TusRepo for Pg {
     }
 
     fn put_tus_upload(&self, upload: &TusUpload) -> Result<(), StoreError> {
-        self.execute(
+        self.write_and_notify(
             "INSERT INTO tus_uploads (id, doc) VALUES ($1, $2)
              ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc",
             &[&upload.id.as_bytes().as_slice(), &encode(upload)?],
+            Notice::TusUpload(&upload.id),
         )?;
         Ok(())
     }
 
     fn delete_tus_upload(&self, upload_id: &UploadId) -> Result<bool, StoreError> {
-        let removed = self.execute(
+        let removed = self.write_and_notify(
             "DELETE FROM tus_uploads WHERE id = $1",
             &[&upload_id.as_bytes().as_slice()],
+            Notice::TusUpload(upload_id),
         )?;
         Ok(removed > 0)
     }
@@ -1018,8 +1094,10 @@ forward!(AuthRepo {
     fn prune_revoked_sessions(now: time::OffsetDateTime) -> usize;
     fn get_session_secret() -> Option<Vec<u8>>;
     fn put_session_secret(secret: &[u8]) -> ();
+    fn create_session_secret(secret: &[u8]) -> Vec<u8>;
     fn put_gate(media_id: &MediaId, gate: &Gate) -> ();
     fn delete_gate(media_id: &MediaId) -> bool;
+    fn get_gate(media_id: &MediaId) -> Option<Gate>;
     fn list_gates() -> Vec<(MediaId, Gate)>;
 });
 
@@ -1053,6 +1131,31 @@ impl Repo for PostgresStore {
 
     fn backend_name(&self) -> &'static str {
         "postgres"
+    }
+
+    fn follow_changes(&self, sink: ChangeSink) -> Result<(), StoreError> {
+        let pg = self
+            .inner
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the store is closed".into()))?;
+        let (config, node) = (pg.config.clone(), pg.node.clone());
+        let closed = self.closed.clone();
+        // Connecting blocks on the client's runtime: off the async threads, as every call.
+        self.run(move |_| super::listen::start(config, node, sink, closed))
+    }
+
+    fn pool_state(&self) -> Option<PoolState> {
+        let pg = self.inner.as_ref()?;
+        let state = pg.pool.state();
+        Some(PoolState {
+            connections: state.connections,
+            idle: state.idle_connections,
+            max: pg.pool.max_size(),
+        })
+    }
+
+    fn time_queries(&self, histogram: prometheus::Histogram) {
+        let _ = self.query_timer.set(histogram);
     }
 
     fn copy_to(

@@ -613,6 +613,25 @@ impl AuthRepo for SledStore {
         Ok(())
     }
 
+    fn create_session_secret(&self, secret: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let stored = match self
+            .auth_meta
+            .compare_and_swap(SESSION_SECRET_KEY, None::<&[u8]>, Some(secret))
+            .map_err(backend)?
+        {
+            Ok(()) => secret.to_vec(),
+            Err(sled::CompareAndSwapError { current, .. }) => {
+                current.map(|bytes| bytes.to_vec()).unwrap_or_default()
+            }
+        };
+        self.db.flush().map_err(backend)?;
+        Ok(stored)
+    }
+
+    fn get_gate(&self, media_id: &MediaId) -> Result<Option<Gate>, StoreError> {
+        Self::get(&self.gates, media_id.as_bytes())
+    }
+
     fn put_gate(&self, media_id: &MediaId, gate: &Gate) -> Result<(), StoreError> {
         self.put(&self.gates, media_id.as_bytes(), gate)
     }

@@ -38,8 +38,21 @@ $run_as "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || tru
 rm -rf "$dir"
 "#;
 
+/// Stops (`$4` = stop) or starts again (`$4` = start) a cluster the keeper made.
+const PG_CTL: &str = r#"
+dir="$1"; bin="$2"; run_as="$3"
+if [ "$4" = stop ]; then
+  exec $run_as "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop
+fi
+exec $run_as "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 120 \
+    -o "-k '$dir/sock' -c listen_addresses='' -c fsync=off -c full_page_writes=off" start
+"#;
+
 pub struct TestPostgres {
     socket_dir: PathBuf,
+    dir: PathBuf,
+    bin: PathBuf,
+    run_as: &'static str,
     /// Held, never written: the keeper stops the server when this closes at process exit.
     _keeper: Mutex<(Child, ChildStdin)>,
     next_database: AtomicU32,
@@ -108,6 +121,49 @@ fn bin_dir() -> Result<PathBuf, String> {
 }
 
 impl TestPostgres {
+    /// A server of the caller's own, apart from the shared one: for a test that stops and
+    /// starts it ([`Self::stop`], [`Self::start_again`]).
+    pub fn start_own() -> Result<Self, String> {
+        off_runtime(Self::start)
+    }
+
+    /// Stops the server at once (as a crash would): clients lose their connections.
+    pub fn stop(&self) -> Result<(), String> {
+        self.pg_ctl("stop")
+    }
+
+    /// Starts the stopped server again on the same data and socket.
+    pub fn start_again(&self) -> Result<(), String> {
+        self.pg_ctl("start")
+    }
+
+    fn pg_ctl(&self, action: &str) -> Result<(), String> {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(PG_CTL)
+            .arg("sh")
+            .arg(&self.dir)
+            .arg(&self.bin)
+            .arg(self.run_as)
+            .arg(action)
+            .output()
+            .map_err(|e| format!("cannot run pg_ctl {action}: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl {action} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    /// A fresh, empty database on this server: its connection URL.
+    pub fn fresh_database(&self) -> Result<String, String> {
+        off_runtime(|| self.create_database())
+    }
+
     fn start() -> Result<Self, String> {
         let bin = bin_dir()?;
         static STARTED: AtomicU32 = AtomicU32::new(0);
@@ -153,6 +209,9 @@ impl TestPostgres {
         let stdin = child.stdin.take().ok_or("keeper has no stdin")?;
         Ok(Self {
             socket_dir: dir.join("sock"),
+            dir,
+            bin,
+            run_as,
             _keeper: Mutex::new((child, stdin)),
             next_database: AtomicU32::new(0),
         })

@@ -210,6 +210,19 @@ pub(crate) fn sessions_secret_and_gates_round_trip(fixture: Fixture) {
     assert_eq!(store.list_revoked_sessions().unwrap().len(), 1);
 
     assert_eq!(store.get_session_secret().unwrap(), None);
+    // Racing first starts: every one gets the secret that was stored first.
+    let secrets: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..4u8)
+            .map(|n| scope.spawn(move || store.create_session_secret(&[n; 8]).unwrap()))
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert!(secrets.iter().all(|s| s == &secrets[0]), "{secrets:?}");
+    assert_eq!(
+        store.get_session_secret().unwrap(),
+        Some(secrets[0].clone())
+    );
+    assert_eq!(store.create_session_secret(&[9; 8]).unwrap(), secrets[0]);
     store.put_session_secret(&[1, 2, 3, 0, 255]).unwrap();
     assert_eq!(
         store.get_session_secret().unwrap(),
@@ -226,7 +239,9 @@ pub(crate) fn sessions_secret_and_gates_round_trip(fixture: Fixture) {
         set_by: "admin".into(),
         set_at: now,
     };
+    assert_eq!(store.get_gate(&gated).unwrap(), None);
     store.put_gate(&gated, &gate).unwrap();
+    assert_eq!(store.get_gate(&gated).unwrap(), Some(gate.clone()));
     let gates = store.list_gates().unwrap();
     assert_eq!(gates.len(), 1);
     assert_eq!(gates[0].0, gated);
@@ -725,4 +740,90 @@ fn postgres_that_is_unreachable_fails_to_connect_with_a_store_error() {
     );
     let result = PostgresStore::connect(&url, 1, std::time::Duration::from_millis(300));
     assert!(matches!(result, Err(super::StoreError::Backend(_))));
+}
+
+/// Postgres only: a write one store makes is heard by another store on the same database (a
+/// second node), with what changed; the writer does not hear its own writes.
+#[test]
+fn postgres_changes_reach_the_other_nodes_listener_and_not_the_writer() {
+    let url = super::test_postgres::fresh_database().unwrap();
+    let connect = || -> SharedRepo {
+        Arc::new(PostgresStore::connect(&url, 2, std::time::Duration::from_secs(10)).unwrap())
+    };
+    let (writer, reader) = (connect(), connect());
+    let hear = |repo: &SharedRepo| {
+        let (tell, heard) = std::sync::mpsc::channel();
+        repo.follow_changes(Arc::new(move |change| {
+            let _ = tell.send(change);
+        }))
+        .unwrap();
+        heard
+    };
+    let (own, other) = (hear(&writer), hear(&reader));
+    let record = media();
+    writer.put_media(&record).unwrap();
+    writer
+        .put_revoked_session(
+            "gone",
+            OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
+        )
+        .unwrap();
+    assert!(writer.delete_media(&record.id).unwrap());
+    let within = std::time::Duration::from_secs(5);
+    assert_eq!(
+        other.recv_timeout(within).unwrap(),
+        super::Change::Media(record.id.clone())
+    );
+    assert_eq!(
+        other.recv_timeout(within).unwrap(),
+        super::Change::Revoked {
+            session_id: "gone".into(),
+            expires_at: OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
+        }
+    );
+    assert_eq!(
+        other.recv_timeout(within).unwrap(),
+        super::Change::Media(record.id)
+    );
+    // A delete of nothing changes nothing, and says nothing.
+    assert!(!writer.delete_gate(&MediaId::new()).unwrap());
+    assert!(own.try_recv().is_err(), "the writer heard itself");
+    assert!(other
+        .recv_timeout(std::time::Duration::from_millis(300))
+        .is_err());
+}
+
+/// Postgres only: the listener survives a database restart and says it may have missed
+/// changes (`Resync`), then hears changes again.
+#[test]
+fn postgres_listener_reconnects_after_a_restart_and_asks_for_a_resync() {
+    let server = super::test_postgres::TestPostgres::start_own().unwrap();
+    let url = server.fresh_database().unwrap();
+    let connect = || -> SharedRepo {
+        Arc::new(PostgresStore::connect(&url, 2, std::time::Duration::from_secs(2)).unwrap())
+    };
+    let (writer, reader) = (connect(), connect());
+    let (tell, heard) = std::sync::mpsc::channel();
+    reader
+        .follow_changes(Arc::new(move |change| {
+            let _ = tell.send(change);
+        }))
+        .unwrap();
+    server.stop().unwrap();
+    server.start_again().unwrap();
+    let within = std::time::Duration::from_secs(20);
+    assert_eq!(heard.recv_timeout(within).unwrap(), super::Change::Resync);
+    // The writer's pool replaces its broken connections on its own.
+    let record = media();
+    let deadline = std::time::Instant::now() + within;
+    while writer.put_media(&record).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool did not recover"
+        );
+    }
+    assert_eq!(
+        heard.recv_timeout(within).unwrap(),
+        super::Change::Media(record.id)
+    );
 }

@@ -618,6 +618,13 @@ async fn playlist_access(
                     owner: media.owner.clone(),
                 })
                 .await??;
+            // Read again: the decision waited for the AuthActor, which may have applied a gate
+            // change meanwhile (another node's, say), and the URLs must name the version the
+            // token was minted under, or a player following them finds nothing.
+            let version = actors
+                .playback
+                .access_epoch(&media.id)
+                .map_err(|_| gate_table_error())?;
             return Ok(Access::Gated {
                 token: grant.token,
                 version,

@@ -409,9 +409,14 @@ impl Handler<BeginTusPatch> for UploadActor {
         let (max_size, quota) = (self.config.max_size_bytes, self.config.quota_bytes);
         let expiry = self.expiry_window();
         // Taken before the first await, so two racing PATCHes cannot both pass.
-        let lock = deps.shared.lock(&msg.upload_id);
+        let lock = deps.lock(&msg.upload_id);
         Box::pin(async move {
             let lock = lock?;
+            if deps.repo.backend_name() == "postgres" {
+                // Another node may have written the record (a length, `finished`) a moment ago,
+                // faster than its change notice: under the lock, read the store itself.
+                deps.records.remove(&msg.upload_id);
+            }
             let mut upload = load_owned(&deps, &msg.upload_id, &msg.requester, expiry).await?;
             if upload.state != TusState::Receiving {
                 return Err(UploadError::Finished(upload.id));
@@ -623,7 +628,7 @@ impl Handler<TerminateTusUpload> for UploadActor {
             .with_label_values(&[upload_outcome::TERMINATED]);
         let audit = self.audit.clone();
         let (expiry, quota) = (self.expiry_window(), self.config.quota_bytes);
-        let lock = deps.shared.lock(&msg.upload_id);
+        let lock = deps.lock(&msg.upload_id);
         Box::pin(async move {
             let _lock = lock?;
             let upload = load_owned(&deps, &msg.upload_id, &msg.requester, expiry).await?;
@@ -674,5 +679,7 @@ async fn remove_upload(deps: &TusDeps, upload_id: &UploadId) -> Result<(), Uploa
     let id = upload_id.clone();
     blocking(&deps.repo, move |repo| repo.delete_tus_upload(&id)).await?;
     deps.records.remove(upload_id);
+    let (dir, id) = (deps.partial_dir.clone(), upload_id.clone());
+    run_blocking(move || sink::remove_lock_file(&dir, &id)).await?;
     Ok(())
 }

@@ -22,12 +22,14 @@ impl Handler<SweepExpiredUploads> for UploadActor {
                     // The PATCH that completed the upload renewed `expires_at`, so it finished
                     // about `expiry` before it. Its bytes are the media's now: only the record goes.
                     if upload.expires_at - expiry + retention <= now {
-                        let Ok(_lock) = deps.shared.lock(&upload.id) else {
+                        let Ok(_lock) = deps.lock(&upload.id) else {
                             continue;
                         };
                         let id = upload.id.clone();
                         blocking(&deps.repo, move |repo| repo.delete_tus_upload(&id)).await?;
                         deps.records.remove(&upload.id);
+                        let (dir, id) = (deps.partial_dir.clone(), upload.id.clone());
+                        run_blocking(move || sink::remove_lock_file(&dir, &id)).await?;
                         pruned_counter.inc();
                         pruned += 1;
                     }
@@ -37,9 +39,20 @@ impl Handler<SweepExpiredUploads> for UploadActor {
                     continue;
                 }
                 // A PATCH in progress renews the expiry as it writes.
-                let Ok(_lock) = deps.shared.lock(&upload.id) else {
+                let Ok(_lock) = deps.lock(&upload.id) else {
                     continue;
                 };
+                // Read again under the lock: another node sharing the partial directory may
+                // have renewed, finished or swept it since the listing.
+                let id = upload.id.clone();
+                let Some(upload) =
+                    blocking(&deps.repo, move |repo| repo.get_tus_upload(&id)).await?
+                else {
+                    continue;
+                };
+                if upload.state != TusState::Receiving {
+                    continue;
+                }
                 let upload = observe(&deps.partial_dir, upload, expiry).await?;
                 if upload.expires_at > now {
                     continue;
@@ -76,7 +89,7 @@ impl Handler<RecoverTusUploads> for UploadActor {
                 }
             };
             for upload in uploads {
-                let Ok(_lock) = deps.shared.lock(&upload.id) else {
+                let Ok(_lock) = deps.lock(&upload.id) else {
                     continue;
                 };
                 let upload_id = upload.id.clone();

@@ -78,6 +78,7 @@ impl TusShared {
         Ok(UploadLock {
             locks: self.locks.clone(),
             upload_id: upload_id.clone(),
+            _across_nodes: None,
         })
     }
 
@@ -107,6 +108,46 @@ impl TusShared {
 pub(super) struct UploadLock {
     pub(super) locks: Arc<Mutex<HashSet<UploadId>>>,
     pub(super) upload_id: UploadId,
+    /// The upload's lock file, `flock`ed: the lock across processes sharing `partial_dir`.
+    /// Closing it (or the process dying) releases it.
+    _across_nodes: Option<std::fs::File>,
+}
+
+impl TusDeps {
+    /// The upload's lock, in this process and, through an exclusive `flock` on its lock file,
+    /// in every other node sharing `partial_dir`: a PATCH racing one on another node is refused
+    /// (`upload_locked`) instead of interleaving bytes, and a node's start-up recovery leaves
+    /// alone what another node is finishing. The lock file outlives the partial file (which
+    /// finishing moves away) until the record goes ([`remove_lock_file`]); it is made by the
+    /// first lock of an upload whose partial file exists, never for an id nobody uploads to.
+    pub(super) fn lock(&self, upload_id: &UploadId) -> Result<UploadLock, UploadError> {
+        let mut lock = self.shared.lock(upload_id)?;
+        let path = lock_path(&self.partial_dir, upload_id);
+        let open = |create: bool| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .open(&path)
+        };
+        let file = match open(false) {
+            Ok(file) => Some(file),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if partial_path(&self.partial_dir, upload_id).exists() {
+                    Some(open(true).map_err(io_error)?)
+                } else {
+                    None
+                }
+            }
+            Err(error) => return Err(io_error(error)),
+        };
+        if let Some(file) = file {
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .map_err(|_| UploadError::Locked)?;
+            lock._across_nodes = Some(file);
+        }
+        Ok(lock)
+    }
 }
 
 impl Drop for UploadLock {
@@ -133,6 +174,19 @@ pub struct TusDeps {
 
 pub(crate) fn partial_path(dir: &Path, upload_id: &UploadId) -> PathBuf {
     dir.join(format!("{upload_id}.part"))
+}
+
+fn lock_path(dir: &Path, upload_id: &UploadId) -> PathBuf {
+    dir.join(format!("{upload_id}.lock"))
+}
+
+/// Removes the upload's lock file; only while holding the lock, once the record is gone, so a
+/// node that opens a new one finds no upload to work on.
+pub(super) fn remove_lock_file(dir: &Path, upload_id: &UploadId) -> std::io::Result<()> {
+    match std::fs::remove_file(lock_path(dir, upload_id)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn io_error(error: std::io::Error) -> UploadError {
