@@ -15,7 +15,7 @@
 //! LOAD_BENCH_RECORDS (search corpus, 5000), LOAD_BENCH_IDLE (10000), LOAD_BENCH_CLIP_SECONDS
 //! (4), LOAD_BENCH_TRANSCODE_RUNS (9), LOAD_BENCH_ONLY (all; else a comma-separated subset of
 //! segments, small, onoff, mix, gated, flood, transcode, playable, first_frame, upload, idle,
-//! crowd, claims), LOAD_BENCH_PLAYABLE (clip lengths in s for the first-playable rows, 30,120,600),
+//! crowd, claims, postgres), LOAD_BENCH_POSTGRES_RECORDS (100000), LOAD_BENCH_PLAYABLE (clip lengths in s for the first-playable rows, 30,120,600),
 //! LOAD_BENCH_CROWD
 //! (connections back to back, 1000), LOAD_BENCH_CROWD_SECONDS (15), LOAD_BENCH_CROWD_ROUNDS (3),
 //! LOAD_BENCH_VIEWERS (paced viewer counts, a row each: 1000,5000), LOAD_BENCH_PACED_SECONDS
@@ -40,6 +40,8 @@ mod claims;
 mod common;
 #[path = "load/crowd.rs"]
 mod crowd;
+#[path = "load/postgres.rs"]
+mod postgres;
 
 use std::{
     io::{Read, Write},
@@ -1123,6 +1125,15 @@ fn main() {
                 0.0,
             )
             .versus("1 node", &one, "—"),
+        );
+    }
+    if settings.runs("postgres") {
+        postgres::rows(
+            &scratch.path().join("postgres"),
+            &config_file,
+            rounds,
+            seconds,
+            &mut rows,
         );
     }
     if settings.runs("crowd") {

@@ -144,7 +144,7 @@ impl TlsProxy {
                 .arg(scratch)
                 .arg("-c")
                 .arg(&conf)
-                .args(["-g", "daemon off;"]),
+                .args(["-g", "daemon off; master_process off;"]),
             "apt-get install nginx-light",
         );
         poll(Duration::from_secs(30), "nginx to listen", async || {
