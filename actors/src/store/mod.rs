@@ -96,6 +96,10 @@ pub trait JobRepo: Send + Sync {
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
     /// Removes a job record (retention); true if it existed.
     fn delete_job(&self, job_id: &JobId) -> Result<bool, StoreError>;
+    /// How many jobs are in `state`: with leases, the shared queue's depth.
+    fn count_jobs(&self, state: JobState) -> Result<u64, StoreError> {
+        Ok(self.list_jobs(&JobFilter::all_in(state))?.len() as u64)
+    }
     /// Claims the job `node` should run next and marks it `running` under a lease for `node`
     /// until `until` (one more attempt, started now): the highest priority, then the oldest,
     /// of the queued jobs whose `run_at` has come and the running jobs whose lease lapsed

@@ -17,8 +17,8 @@ use super::{
     TusRepo, WebhookRepo,
 };
 use crate::model::{
-    AuditEntry, CancelRequest, Gate, Job, JobId, JobLease, Media, MediaId, NonceRecord, TusUpload,
-    UploadId,
+    AuditEntry, CancelRequest, Gate, Job, JobId, JobLease, JobState, Media, MediaId, NonceRecord,
+    TusUpload, UploadId,
 };
 use crate::webhooks::WebhookDelivery;
 
@@ -499,6 +499,18 @@ impl JobRepo for Pg {
             &[&job_id.as_bytes().as_slice()],
         )?;
         Ok(deleted > 0)
+    }
+
+    fn count_jobs(&self, state: JobState) -> Result<u64, StoreError> {
+        let row = self
+            .conn()?
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE state = $1",
+                &[&state.as_str()],
+            )
+            .map_err(backend)?;
+        let count: i64 = row.try_get(0).map_err(backend)?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
@@ -1070,6 +1082,7 @@ forward!(JobRepo {
     fn get_job(job_id: &JobId) -> Option<Job>;
     fn put_job(job: &Job) -> ();
     fn delete_job(job_id: &JobId) -> bool;
+    fn count_jobs(state: JobState) -> u64;
     fn list_jobs(filter: &JobFilter) -> Vec<Job>;
     fn claim_job(node: &str, now: time::OffsetDateTime, until: time::OffsetDateTime) -> Option<Job>;
     fn renew_leases(node: &str, jobs: &[JobId], until: time::OffsetDateTime) -> Vec<(JobId, Option<String>)>;

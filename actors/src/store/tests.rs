@@ -501,6 +501,7 @@ pub(crate) fn concurrent_claimers_never_get_the_same_job(fixture: Fixture) {
     for job in &jobs {
         store.put_job(job).unwrap();
     }
+    assert_eq!(store.count_jobs(JobState::Queued).unwrap(), 24);
     let claimed: Vec<(String, Job)> = std::thread::scope(|scope| {
         let claimers: Vec<_> = (0..4)
             .map(|n| {
@@ -533,6 +534,8 @@ pub(crate) fn concurrent_claimers_never_get_the_same_job(fixture: Fixture) {
         "a job was claimed twice or not at all"
     );
     assert_eq!(claimed.len(), jobs.len());
+    assert_eq!(store.count_jobs(JobState::Queued).unwrap(), 0);
+    assert_eq!(store.count_jobs(JobState::Running).unwrap(), 24);
     for (node, job) in &claimed {
         let stored = store.get_job(&job.id).unwrap().unwrap();
         assert_eq!(stored.state, JobState::Running);

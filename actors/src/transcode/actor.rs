@@ -95,6 +95,8 @@ pub struct TranscodeActor {
     leasing: Option<Leasing>,
     /// When this node last renewed its leases (or started running without any).
     renewed_at: Instant,
+    /// With leases: the shared queue's depth at the last claim (the local queue stays empty).
+    shared_queued: Option<u64>,
 }
 
 /// What the TranscodeActor works with.
@@ -140,6 +142,7 @@ impl TranscodeActor {
             stopping: false,
             leasing,
             renewed_at: Instant::now(),
+            shared_queued: None,
         }
     }
 
@@ -147,7 +150,12 @@ impl TranscodeActor {
         self.metrics
             .jobs
             .with_label_values(&[JobState::Queued.as_str()])
-            .set((self.queue.len() + self.waiting.len()) as i64);
+            .set(
+                self.shared_queued
+                    .map_or((self.queue.len() + self.waiting.len()) as i64, |queued| {
+                        i64::try_from(queued).unwrap_or(i64::MAX)
+                    }),
+            );
         self.metrics
             .jobs
             .with_label_values(&[JobState::Running.as_str()])

@@ -82,9 +82,6 @@ impl TranscodeActor {
         let repo = self.repo.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                if idle == 0 {
-                    return Ok(Vec::new());
-                }
                 blocking(&repo, move |repo| {
                     let mut claimed = Vec::new();
                     while claimed.len() < idle {
@@ -94,14 +91,15 @@ impl TranscodeActor {
                             None => break,
                         }
                     }
-                    Ok(claimed)
+                    Ok((claimed, repo.count_jobs(JobState::Queued)?))
                 })
                 .await
             }
             .into_actor(self)
-            .map(|claimed: Result<Vec<Job>, StoreError>, actor, ctx| {
+            .map(|claimed: Result<(Vec<Job>, u64), StoreError>, actor, ctx| {
                 match claimed {
-                    Ok(jobs) => {
+                    Ok((jobs, queued)) => {
+                        actor.shared_queued = Some(queued);
                         for job in jobs {
                             let cancel = job
                                 .lease
