@@ -25,7 +25,7 @@ use crate::{
 };
 
 pub mod mapped;
-pub use mapped::MappedBlob;
+pub use mapped::{Access, MappedBlob};
 
 /// The local backend names file paths in its errors: the messages of the variants a client can
 /// see (4xx) leave the path out; `Backend` and `Full` keep their detail for the log only.
@@ -207,11 +207,16 @@ impl BlobStore {
         self.local_root.as_ref().map(|root| root.join(key))
     }
 
-    /// The whole blob mapped into memory, for the local backend only (`None` elsewhere).
-    /// One blocking-pool round trip; see [`mapped`] for why mapping a blob is sound.
-    pub async fn map_local(&self, key: &str) -> Option<Result<MappedBlob, BlobError>> {
+    /// The whole blob opened (and with [`Access::Mapped`] mapped into memory), for the local
+    /// backend only (`None` elsewhere). One blocking-pool round trip; see [`mapped`] for why
+    /// mapping a blob is sound.
+    pub async fn map_local(
+        &self,
+        key: &str,
+        access: Access,
+    ) -> Option<Result<MappedBlob, BlobError>> {
         let path = self.local_path(key)?;
-        Some(mapped::map(path, key).await)
+        Some(mapped::map(path, key, access).await)
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {

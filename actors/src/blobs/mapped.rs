@@ -1,6 +1,7 @@
-//! Local blobs mapped into memory for the segment hot path: one blocking call opens, stats and
-//! maps the file (pages populated up front), and the response body is slices of that mapping,
-//! so no request waits on the blocking pool more than once and nothing is read into a buffer.
+//! Local blobs for the segment hot path: one blocking call opens and stats the file and, for a
+//! body actix copies through its buffer, maps it (pages populated up front), so no request
+//! waits on the blocking pool more than once and nothing is read into a buffer. A connection
+//! of the front sends the open file with `sendfile` and needs no mapping.
 //!
 //! Why mapping is sound here (`Invariant:` in ARCHITECTURE.md): under the local blob root a file
 //! is never written or truncated in place once it is visible under its key. Blobs appear by
@@ -20,14 +21,16 @@ use bytes::Bytes;
 
 use super::BlobError;
 
-/// A whole local blob, mapped, with what conditional and ranged GETs need.
+/// A whole local blob, opened, with what conditional and ranged GETs need; mapped when its
+/// bytes go through a buffer.
 #[derive(Debug, Clone)]
 pub struct MappedBlob {
-    /// The file's bytes; slicing is free (the mapping is shared, never copied).
-    pub bytes: Bytes,
-    /// The open file the mapping was made from (`None` for an empty blob), for senders that
-    /// hand the kernel a file range instead of the mapped bytes.
+    /// The file's bytes when mapped (slicing is free: the mapping is shared, never copied);
+    /// `None` when opened for `sendfile`, or an empty `Bytes` for an empty blob.
+    pub bytes: Option<Bytes>,
+    /// The open file (`None` for an empty blob), for senders that hand the kernel a file range.
     pub file: Option<Arc<std::fs::File>>,
+    pub len: u64,
     pub modified: Option<SystemTime>,
     /// Strong validator in actix-files' format (`ino:len:secs:nanos`, hex), so ETags handed out
     /// before this code served segments still revalidate.
@@ -36,23 +39,33 @@ pub struct MappedBlob {
 
 impl MappedBlob {
     pub fn len(&self) -> u64 {
-        self.bytes.len() as u64
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len == 0
     }
 }
 
-/// Opens and maps `path` on the blocking pool (one round trip for the whole blob).
-pub async fn map(path: PathBuf, key: &str) -> Result<MappedBlob, BlobError> {
+/// How a blob is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Mapped, pages populated: for bodies copied through a buffer.
+    Mapped,
+    /// Opened only: for bodies the kernel sends from the file.
+    File,
+}
+
+/// Opens (and with [`Access::Mapped`] maps) `path` on the blocking pool: one round trip for the
+/// whole blob.
+pub async fn map(path: PathBuf, key: &str, access: Access) -> Result<MappedBlob, BlobError> {
     let key = key.to_string();
-    tokio::task::spawn_blocking(move || map_now(&path, &key))
+    tokio::task::spawn_blocking(move || map_now(&path, &key, access))
         .await
         .map_err(|e| BlobError::Backend(e.to_string()))?
 }
 
-fn map_now(path: &Path, key: &str) -> Result<MappedBlob, BlobError> {
+fn map_now(path: &Path, key: &str, access: Access) -> Result<MappedBlob, BlobError> {
     use std::os::unix::fs::MetadataExt;
 
     let file = std::fs::File::open(path).map_err(|error| match error.kind() {
@@ -78,14 +91,18 @@ fn map_now(path: &Path, key: &str) -> Result<MappedBlob, BlobError> {
             )
         });
     // A zero-length mapping is an error (EINVAL); an empty blob needs none.
-    let (bytes, file) = if metadata.len() == 0 {
-        (Bytes::new(), None)
-    } else {
-        (Bytes::from_owner(map_file(&file)?), Some(Arc::new(file)))
+    let (bytes, file) = match (metadata.len(), access) {
+        (0, _) => (Some(Bytes::new()), None),
+        (_, Access::Mapped) => (
+            Some(Bytes::from_owner(map_file(&file)?)),
+            Some(Arc::new(file)),
+        ),
+        (_, Access::File) => (None, Some(Arc::new(file))),
     };
     Ok(MappedBlob {
         bytes,
         file,
+        len: metadata.len(),
         modified,
         etag,
     })
@@ -109,21 +126,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seg.m4s");
         std::fs::write(&path, b"first version").unwrap();
-        let first = map(path.clone(), "seg").await.unwrap();
+        let first = map(path.clone(), "seg", Access::Mapped).await.unwrap();
         let staged = dir.path().join("seg.m4s#1");
         std::fs::write(&staged, b"second").unwrap();
         std::fs::rename(&staged, &path).unwrap();
-        let second = map(path.clone(), "seg").await.unwrap();
+        let second = map(path.clone(), "seg", Access::Mapped).await.unwrap();
+        let opened = map(path.clone(), "seg", Access::File).await.unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(&first.bytes[..], b"first version");
-        assert_eq!(&second.bytes[..], b"second");
+        assert_eq!(&first.bytes.unwrap()[..], b"first version");
+        assert_eq!(&second.bytes.unwrap()[..], b"second");
+        assert!(opened.bytes.is_none());
+        assert_eq!(opened.len, 6);
+        assert_eq!(opened.etag, second.etag);
         assert_ne!(first.etag, second.etag);
         assert!(matches!(
-            map(path, "seg").await,
+            map(path, "seg", Access::File).await,
             Err(BlobError::NotFound(_))
         ));
         let empty = dir.path().join("empty");
         std::fs::write(&empty, b"").unwrap();
-        assert!(map(empty, "empty").await.unwrap().is_empty());
+        assert!(map(empty, "empty", Access::File).await.unwrap().is_empty());
     }
 }

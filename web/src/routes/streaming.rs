@@ -40,7 +40,7 @@ use streamgate_actors::{
     audit::{action, outcome, AuditEvent},
     auth::{tokens::PlaybackTokenError, AuthorizeSessionPlayback, SessionDigest},
     blob_names::{is_safe_name, is_segment_name},
-    blobs::{BlobError, BlobStore, ByteRange, MappedBlob},
+    blobs::{Access as BlobAccess, BlobError, BlobStore, ByteRange, MappedBlob},
     cache::{CachedMedia, Playlist},
     metadata::{caption_key, GetMedia, MetadataError},
     model::{Media, MediaId, MediaState, Visibility},
@@ -52,7 +52,7 @@ use crate::{
     error::ApiError,
     extract::{bearer_str, caller},
     send_budget::SendBudget,
-    serve::FileBody,
+    serve::{FileBody, SendsFiles, SentByFront},
 };
 
 // Cache-Control values, spelled out once: no directive list is built or formatted per response.
@@ -874,7 +874,13 @@ async fn serve_blob(
     content_type: &'static str,
     cache: HeaderValue,
 ) -> Result<HttpResponse, ApiError> {
-    match actors.blobs.map_local(key).await {
+    // A request the front took is answered with sendfile and needs no mapping.
+    let access = if req.extensions().contains::<SendsFiles>() {
+        BlobAccess::File
+    } else {
+        BlobAccess::Mapped
+    };
+    match actors.blobs.map_local(key, access).await {
         Some(Ok(blob)) => Ok(serve_mapped(req, blob, content_type, cache)),
         Some(Err(BlobError::NotFound(_))) => {
             Err(ApiError::not_found("segment_not_found", "no such segment"))
@@ -932,8 +938,7 @@ fn serve_mapped(
     response.insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
     response.insert_header((header::CACHE_CONTROL, cache));
 
-    let mut body = blob.bytes;
-    let mut offset = 0u64;
+    let (mut start, mut end) = (0u64, size);
     if let Some(range) = req.headers().get(header::RANGE) {
         let Ok(range) = range.to_str() else {
             return response.status(StatusCode::BAD_REQUEST).finish();
@@ -958,16 +963,10 @@ fn serve_mapped(
                         range.start + range.length - 1
                     ),
                 ));
-                // Within the mapping: `HttpRange::parse` clamps to `size`.
-                let start = usize::try_from(range.start)
-                    .unwrap_or(usize::MAX)
-                    .min(body.len());
-                let end = usize::try_from(range.start + range.length)
-                    .unwrap_or(usize::MAX)
-                    .min(body.len());
-                body = body.slice(start..end);
-                offset = start as u64;
-                if !(precondition_failed || not_modified) && body.len() as u64 != size {
+                // Within the blob: `HttpRange::parse` clamps to `size`.
+                start = range.start.min(size);
+                end = range.start.saturating_add(range.length).min(size);
+                if !(precondition_failed || not_modified) && end - start != size {
                     response.status(StatusCode::PARTIAL_CONTENT);
                 }
             }
@@ -983,18 +982,29 @@ fn serve_mapped(
     if not_modified {
         return response.status(StatusCode::NOT_MODIFIED).finish();
     }
-    if let Some(file) = blob.file {
-        // The front sends these bytes with sendfile; actix's dispatcher streams `body`.
-        response.extensions_mut().insert(FileBody {
-            file,
-            offset,
-            len: body.len() as u64,
-        });
-    }
-    match req.app_data::<web::Data<SendBudget>>() {
-        Some(budget) => response.body(budget.body(body)),
-        // Only an app built without `configure_send_budget`: the whole mapping in one chunk.
-        None => response.body(body),
+    match (blob.bytes, blob.file) {
+        (Some(bytes), _) => {
+            let range = usize::try_from(start)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len())
+                ..usize::try_from(end).unwrap_or(usize::MAX).min(bytes.len());
+            let body = bytes.slice(range);
+            match req.app_data::<web::Data<SendBudget>>() {
+                Some(budget) => response.body(budget.body(body)),
+                // Only an app built without `configure_send_budget`: the whole mapping at once.
+                None => response.body(body),
+            }
+        }
+        (None, Some(file)) => {
+            let len = end - start;
+            response.extensions_mut().insert(FileBody {
+                file,
+                offset: start,
+                len,
+            });
+            response.body(SentByFront::new(len))
+        }
+        (None, None) => response.finish(),
     }
 }
 

@@ -222,6 +222,7 @@ fn request(
     }
     let uri = Uri::try_from(parsed.path?).ok()?;
     let mut request = Request::new();
+    actix_web::HttpMessage::extensions_mut(&request).insert(super::SendsFiles);
     let head = request.head_mut();
     head.method = method;
     head.uri = uri;

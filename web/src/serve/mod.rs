@@ -36,6 +36,41 @@ pub struct FileBody {
     pub len: u64,
 }
 
+/// In the extensions of every request the front takes: its response may carry a [`FileBody`]
+/// with a [`SentByFront`] body.
+#[derive(Debug, Clone, Copy)]
+pub struct SendsFiles;
+
+/// The body of a response the front sends from its [`FileBody`]: the size, no bytes. Only a
+/// request with [`SendsFiles`] gets one; polled anyway, it fails rather than send nothing.
+#[derive(Debug)]
+pub struct SentByFront {
+    len: u64,
+}
+
+impl SentByFront {
+    pub fn new(len: u64) -> Self {
+        Self { len }
+    }
+}
+
+impl MessageBody for SentByFront {
+    type Error = std::io::Error;
+
+    fn size(&self) -> actix_http::body::BodySize {
+        actix_http::body::BodySize::Sized(self.len)
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<bytes::Bytes, Self::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::other(
+            "a body only the connection front sends was polled",
+        ))))
+    }
+}
+
 /// How the front treats connections.
 #[derive(Debug, Clone)]
 pub struct Settings {
