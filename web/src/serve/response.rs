@@ -10,13 +10,14 @@ use actix_http::{
 };
 use actix_rt::net::TcpStream;
 use bytes::{BufMut, Bytes, BytesMut};
+use rustix::net::SendFlags;
 use tokio::io::Interest;
 
 use super::FileBody;
 
 /// The most one `sendfile` call moves before the connection lets the worker's other
-/// connections take a turn (nginx's `sendfile_max_chunk` is 2 MiB).
-const SENDFILE_CHUNK: u64 = 512 * 1024;
+/// connections take a turn (as nginx's `sendfile_max_chunk`).
+const SENDFILE_CHUNK: u64 = 2 * 1024 * 1024;
 /// A body this small goes out in the same write as the head.
 const INLINE_BODY_BYTES: usize = 16 * 1024;
 
@@ -63,7 +64,8 @@ async fn write_counting(
     }
     match (size, file) {
         (BodySize::Sized(len), Some(file)) if file.len == len => {
-            write_all(io, &out).await?;
+            // MSG_MORE: the head goes out in the same packets as the file's first bytes.
+            write_all_more(io, &out).await?;
             send_file(io, &file.file, file.offset, len, sendfile_bytes).await
         }
         (BodySize::None, _) => write_all(io, &out).await,
@@ -211,10 +213,22 @@ async fn send_file(
     Ok(())
 }
 
-async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+async fn write_all(io: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    write_all_with(io, bytes, SendFlags::empty()).await
+}
+
+/// [`write_all`] with more to follow at once.
+async fn write_all_more(io: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    write_all_with(io, bytes, SendFlags::MORE).await
+}
+
+async fn write_all_with(io: &TcpStream, mut bytes: &[u8], flags: SendFlags) -> io::Result<()> {
     while !bytes.is_empty() {
         io.writable().await?;
-        match io.try_write(bytes) {
+        let sent = io.try_io(Interest::WRITABLE, || {
+            rustix::net::send(io, bytes, flags | SendFlags::NOSIGNAL).map_err(io::Error::from)
+        });
+        match sent {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => bytes = &bytes[written..],
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
