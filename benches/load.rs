@@ -587,6 +587,17 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// A copy of a data directory no server holds, for a second server on the same data.
+fn copy_data(from: &Path, to: &Path) {
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp -a {}", from.display());
+}
+
 /// Lets this process (and the server it starts afterwards) hold `count` sockets.
 fn raise_open_files(count: usize) {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
@@ -1177,13 +1188,7 @@ fn crowd_rows(
     std::fs::create_dir_all(scratch).unwrap();
     // A second copy of the data for the copying server (no server holds it while it is copied).
     let copying_dir = scratch.join("copying-data");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(data_dir)
-        .arg(&copying_dir)
-        .status()
-        .unwrap();
-    assert!(copied.success(), "cp -a {}", data_dir.display());
+    copy_data(data_dir, &copying_dir);
     let server = Server::start(
         config_file,
         data_dir,

@@ -7,8 +7,8 @@ use std::path::Path;
 use streamgate_actors::store::{copy_sled_to_postgres, test_postgres};
 
 use super::{
-    paired_rounds, paths_script, plain, read_response, scripted, search_paths, seed, Row, Server,
-    CONNECTIONS,
+    copy_data, paired_rounds, paths_script, plain, read_response, scripted, search_paths, seed,
+    Row, Server, CONNECTIONS,
 };
 
 /// The status and body of a GET on a fresh connection.
@@ -25,13 +25,7 @@ pub fn rows(scratch: &Path, config_file: &Path, rounds: usize, seconds: u32, row
     let sled_dir = scratch.join("sled");
     let data = seed(&sled_dir, records);
     let postgres_dir = scratch.join("postgres");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&sled_dir)
-        .arg(&postgres_dir)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    copy_data(&sled_dir, &postgres_dir);
     let url = test_postgres::fresh_database().unwrap();
     copy_sled_to_postgres(&sled_dir, &url, &mut |_, _| {}).unwrap();
     let sled = Server::start(config_file, &sled_dir, &[]);

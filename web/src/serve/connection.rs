@@ -106,9 +106,15 @@ where
                         }
                     };
                     let keep_alive = keep_alive && answer.head().keep_alive();
-                    let written = response::write(&io, answer, head_only, keep_alive).await;
-                    self.settings.sendfile_bytes.inc_by(written.sendfile_bytes);
-                    if written.result.is_err() || !keep_alive {
+                    let written = response::write(
+                        &io,
+                        answer,
+                        head_only,
+                        keep_alive,
+                        &self.settings.sendfile_bytes,
+                    )
+                    .await;
+                    if written.is_err() || !keep_alive {
                         return;
                     }
                     if buf.is_empty() {

@@ -10,6 +10,7 @@ use actix_http::{
 };
 use actix_rt::net::TcpStream;
 use bytes::{BufMut, Bytes, BytesMut};
+use prometheus::IntCounter;
 use rustix::net::SendFlags;
 use tokio::io::Interest;
 
@@ -21,34 +22,14 @@ const SENDFILE_CHUNK: u64 = 2 * 1024 * 1024;
 /// A body this small goes out in the same write as the head.
 const INLINE_BODY_BYTES: usize = 16 * 1024;
 
-/// How writing a response went.
-pub(super) struct Written {
-    pub result: io::Result<()>,
-    /// Body bytes the kernel sent from a file.
-    pub sendfile_bytes: u64,
-}
-
-/// Writes `response`; for a `HEAD` request (`head_only`) the head alone.
+/// Writes `response`; for a `HEAD` request (`head_only`) the head alone. Bytes sent from a file
+/// are counted in `sendfile_bytes` as they go.
 pub(super) async fn write(
     io: &TcpStream,
     response: Response<BoxBody>,
     head_only: bool,
     keep_alive: bool,
-) -> Written {
-    let mut sendfile_bytes = 0;
-    let result = write_counting(io, response, head_only, keep_alive, &mut sendfile_bytes).await;
-    Written {
-        result,
-        sendfile_bytes,
-    }
-}
-
-async fn write_counting(
-    io: &TcpStream,
-    response: Response<BoxBody>,
-    head_only: bool,
-    keep_alive: bool,
-    sendfile_bytes: &mut u64,
+    sendfile_bytes: &IntCounter,
 ) -> io::Result<()> {
     let status = response.status();
     let bodiless = head_only
@@ -190,7 +171,7 @@ async fn send_file(
     file: &File,
     mut offset: u64,
     len: u64,
-    sent: &mut u64,
+    sent: &IntCounter,
 ) -> io::Result<()> {
     let end = offset + len;
     while offset < end {
@@ -203,7 +184,7 @@ async fn send_file(
             // The file is shorter than its response said: end the connection, not the framing.
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(count) => {
-                *sent += count as u64;
+                sent.inc_by(count as u64);
                 tokio::task::yield_now().await;
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
