@@ -128,7 +128,15 @@ macro_rules! route {
         Route {
             verb: Verb::$verb,
             pattern: $pattern,
-            register: |resource| resource.route(web::method(Verb::$verb.method()).to($handler)),
+            register: |resource| {
+                let resource = resource.route(web::method(Verb::$verb.method()).to($handler));
+                // HEAD is GET without the body (RFC 9110 §9.3.2): players and caches probe
+                // segments and playlists with it. An explicit HEAD route registers first.
+                match Verb::$verb {
+                    Verb::Get => resource.route(web::method(Method::HEAD).to($handler)),
+                    _ => resource,
+                }
+            },
             service: ServiceId::$service,
             access: Access::$access,
             tag: $tag,
@@ -497,11 +505,13 @@ fn patterns() -> impl Iterator<Item = &'static str> {
         .map(|(_, route)| route.pattern)
 }
 
-/// The resource for `pattern` with every route of the table at it, registered as `path`.
+/// The resource for `pattern` with every route of the table at it, registered as `path`;
+/// explicit `HEAD` routes first, so they answer before a `GET` route's implied one.
 fn resource(pattern: &str, path: &str) -> Resource {
-    ROUTES
-        .iter()
-        .filter(|route| route.pattern == pattern)
+    let at_pattern = || ROUTES.iter().filter(|route| route.pattern == pattern);
+    at_pattern()
+        .filter(|route| route.verb == Verb::Head)
+        .chain(at_pattern().filter(|route| route.verb != Verb::Head))
         .fold(web::resource(path), |resource, route| {
             (route.register)((route.setup)(resource))
         })
