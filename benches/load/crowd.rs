@@ -133,17 +133,45 @@ pub fn back_to_back(
     }
 }
 
-/// Viewers paced like players.
+/// Viewers paced like players, over one or more runs.
 #[derive(Debug, Default)]
 pub struct Paced {
-    pub requests: u64,
+    /// Latencies of requests on a kept-alive connection: a player's steady state.
+    pub kept_alive_ms: Vec<f64>,
+    /// Latencies of each viewer's first request, which also opens its connection.
+    pub first_ms: Vec<f64>,
     /// Requests that got no complete 200 even on a fresh connection.
     pub errors: u64,
     /// Times a viewer found its kept-alive connection closed and had to open another.
     pub reconnects: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
+    /// Connection attempts the kernel dropped (accept queue full) while the runs lasted; each
+    /// costs its viewer a SYN retransmitted a second or more later.
+    pub listen_overflows: u64,
     pub memory: Memory,
+}
+
+impl Paced {
+    /// Adds another run's requests; memory at its peak over the runs.
+    pub fn add(&mut self, run: Paced) {
+        self.kept_alive_ms.extend(run.kept_alive_ms);
+        self.first_ms.extend(run.first_ms);
+        self.errors += run.errors;
+        self.reconnects += run.reconnects;
+        self.listen_overflows += run.listen_overflows;
+        self.memory.rss_anon_mb = self.memory.rss_anon_mb.max(run.memory.rss_anon_mb);
+        self.memory.rss_mb = self.memory.rss_mb.max(run.memory.rss_mb);
+    }
+
+    pub fn requests(&self) -> usize {
+        self.kept_alive_ms.len() + self.first_ms.len()
+    }
+}
+
+/// The `q` quantile of `latencies` (sorted in place), NaN when there are none.
+pub fn quantile(latencies: &mut [f64], q: f64) -> f64 {
+    latencies.sort_by(f64::total_cmp);
+    let at = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+    latencies.get(at).copied().unwrap_or(f64::NAN)
 }
 
 /// `viewers` connections to `port`, each asking for the next of `paths` every `every`
@@ -161,6 +189,7 @@ pub fn paced_viewers(
         .build()
         .unwrap();
     let sampler = Sampler::start(pids);
+    let overflows_before = listen_overflows();
     let paths = Arc::new(paths.to_vec());
     let start = tokio::time::Instant::now();
     let results: Vec<Viewer> = runtime.block_on(async {
@@ -173,25 +202,32 @@ pub fn paced_viewers(
         tasks.join_all().await
     });
     let memory = sampler.finish();
-    let mut latencies: Vec<f64> = results
-        .iter()
-        .flat_map(|v| v.latencies_ms.clone())
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    Paced {
-        requests: latencies.len() as u64,
-        errors: results.iter().map(|v| v.errors).sum(),
-        reconnects: results.iter().map(|v| v.reconnects).sum(),
-        p50_ms: at(0.5),
-        p99_ms: at(0.99),
+    let mut paced = Paced {
+        listen_overflows: listen_overflows() - overflows_before,
         memory,
+        ..Paced::default()
+    };
+    for viewer in results {
+        let mut latencies = viewer.latencies_ms.into_iter();
+        paced.first_ms.extend(latencies.next());
+        paced.kept_alive_ms.extend(latencies);
+        paced.errors += viewer.errors;
+        paced.reconnects += viewer.reconnects;
     }
+    paced
+}
+
+/// The kernel's count of connections dropped because a listener's accept queue was full.
+fn listen_overflows() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut lines = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .map(|(_, value)| value.parse().unwrap())
+        .unwrap()
 }
 
 #[derive(Default)]
