@@ -183,9 +183,14 @@ async fn send_file(
         match moved {
             // The file is shorter than its response said: end the connection, not the framing.
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(count) => {
-                sent.inc_by(count as u64);
-                tokio::task::yield_now().await;
+            Ok(moved) => {
+                sent.inc_by(moved as u64);
+                // After a whole turn the worker's other connections take theirs. A short one
+                // means the socket is full: the next call meets `WouldBlock` and waits for room
+                // at once, rather than queueing behind every ready connection first.
+                if moved == count && offset < end {
+                    tokio::task::yield_now().await;
+                }
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error),
