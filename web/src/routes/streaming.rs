@@ -141,7 +141,29 @@ pub(super) async fn master(
     .await
 }
 
-/// A caption track's WebVTT file; it follows the media's gate and visibility.
+/// Ready media with caption track `lang`, and the viewer's access to it: captions follow the
+/// media's gate and visibility.
+async fn caption_access(
+    req: &HttpRequest,
+    actors: &Actors,
+    media_id: &str,
+    lang: &str,
+    query: &PlaybackQuery,
+) -> Result<(Arc<CachedMedia>, Access), ApiError> {
+    let cached = ready_media(actors, media_id).await?;
+    let media = &cached.media;
+    let access = playlist_access(req, actors, media, query.token.as_deref()).await?;
+    ensure_ready(media)?;
+    if !media.captions.iter().any(|track| track == lang) {
+        return Err(ApiError::domain(&MetadataError::CaptionNotFound(
+            media.id.clone(),
+            lang.to_string(),
+        )));
+    }
+    Ok((cached, access))
+}
+
+/// A caption track's WebVTT file.
 pub(super) async fn caption(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -149,16 +171,8 @@ pub(super) async fn caption(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, lang) = path.into_inner();
-    let cached = ready_media(&actors, &media_id).await?;
+    let (cached, access) = caption_access(&req, &actors, &media_id, &lang, &query).await?;
     let media = &cached.media;
-    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
-    ensure_ready(media)?;
-    if !media.captions.contains(&lang) {
-        return Err(ApiError::domain(&MetadataError::CaptionNotFound(
-            media.id.clone(),
-            lang,
-        )));
-    }
     let cache = match access {
         Access::Public { shared: true } => CAPTION_CACHE,
         Access::Public { shared: false } => UNLISTED_CAPTION_CACHE,
@@ -176,16 +190,8 @@ pub(super) async fn caption_playlist(
     actors: web::Data<Actors>,
 ) -> Result<HttpResponse, ApiError> {
     let (media_id, lang) = path.into_inner();
-    let cached = ready_media(&actors, &media_id).await?;
+    let (cached, access) = caption_access(&req, &actors, &media_id, &lang, &query).await?;
     let media = &cached.media;
-    let access = playlist_access(&req, &actors, media, query.token.as_deref()).await?;
-    ensure_ready(media)?;
-    if !media.captions.contains(&lang) {
-        return Err(ApiError::domain(&MetadataError::CaptionNotFound(
-            media.id.clone(),
-            lang,
-        )));
-    }
     let (cache, token) = match &access {
         Access::Public { shared: true } => (PLAYLIST_CACHE, None),
         Access::Public { shared: false } => (UNLISTED_PLAYLIST_CACHE, None),
