@@ -19,7 +19,7 @@
 //! LOAD_BENCH_CROWD
 //! (connections back to back, 1000), LOAD_BENCH_CROWD_SECONDS (15), LOAD_BENCH_CROWD_ROUNDS (3),
 //! LOAD_BENCH_VIEWERS (paced viewer counts, a row each: 1000,5000), LOAD_BENCH_PACED_SECONDS
-//! (per run, 30), LOAD_BENCH_PACED_ROUNDS (runs of each side, alternating, 4), LOAD_BENCH_FLOOD_ADDRS
+//! (per run, 30), LOAD_BENCH_PACED_ROUNDS (runs of each side, alternating, odd, 3), LOAD_BENCH_FLOOD_ADDRS
 //! (client addresses flooding bogus logins, 32), LOAD_BENCH_FLOOD_RATE (challenge-and-bogus-login
 //! attempts/s from each, 40), LOAD_BENCH_FLOOD_SECONDS (per phase, 10), LOAD_BENCH_SMAPS_DIR (unset;
 //! else the server's /proc/<pid>/smaps before and while holding the idle connections are copied
@@ -143,7 +143,8 @@ impl Settings {
                 .map(|n| n.trim().parse().expect("LOAD_BENCH_VIEWERS: numbers"))
                 .collect(),
             crowd_paced_seconds: env_number("LOAD_BENCH_PACED_SECONDS", 30),
-            crowd_paced_rounds: env_number("LOAD_BENCH_PACED_ROUNDS", 4).max(1) as usize,
+            // Odd: the median of the rounds' ratios is then one round's.
+            crowd_paced_rounds: env_number("LOAD_BENCH_PACED_ROUNDS", 3).max(1) as usize | 1,
         }
     }
 
@@ -1301,61 +1302,75 @@ fn crowd_rows(
     let every = Duration::from_secs(6);
     let duration = Duration::from_secs(settings.crowd_paced_seconds);
     for &viewers in &settings.crowd_viewers {
+        // Per round and side: (kept-alive p50, kept-alive p99, first-request p99).
+        let (mut ours_rounds, mut theirs_rounds) = (Vec::new(), Vec::new());
         let (mut ours_runs, mut theirs_runs) = (crowd::Paced::default(), crowd::Paced::default());
-        // Rounds in ABBA order, so neither side always runs first or meets the same moment of
-        // whatever else the machine does: a paced tail is a few requests, and any wake-up of
-        // another process lands in it.
+        // Rounds in ABBA order, so neither side always runs first. A paced tail is a few
+        // requests, and any stall of the machine lands in it: each round is compared on its
+        // own and the median of those ratios is the row's, as for the other baselines.
         for round in 0..settings.crowd_paced_rounds {
             for ours_now in [round % 2 == 0, round % 2 == 1] {
                 server.wait_quiet();
-                if ours_now {
-                    ours_runs.add(crowd::paced_viewers(
-                        server.port,
-                        &ours,
-                        viewers,
-                        every,
-                        duration,
-                        vec![server.child.id()],
-                    ));
+                let (port, paths, pids, rounds, runs) = if ours_now {
+                    let pids = vec![server.child.id()];
+                    (server.port, &ours, pids, &mut ours_rounds, &mut ours_runs)
                 } else {
-                    theirs_runs.add(crowd::paced_viewers(
+                    let pids = crowd::with_children(nginx.pid());
+                    (
                         nginx_port,
                         &theirs,
-                        viewers,
-                        every,
-                        duration,
-                        crowd::with_children(nginx.pid()),
-                    ));
-                }
+                        pids,
+                        &mut theirs_rounds,
+                        &mut theirs_runs,
+                    )
+                };
+                let mut run = crowd::paced_viewers(port, paths, viewers, every, duration, pids);
+                rounds.push((
+                    crowd::quantile(&mut run.kept_alive_ms, 0.5),
+                    crowd::quantile(&mut run.kept_alive_ms, 0.99),
+                    crowd::quantile(&mut run.first_ms, 0.99),
+                ));
+                runs.add(run);
             }
         }
+        let of = |rounds: &[(f64, f64, f64)], pick: fn(&(f64, f64, f64)) -> f64| {
+            median(rounds.iter().map(pick).collect())
+        };
+        let ratios: Vec<f64> = ours_rounds
+            .iter()
+            .zip(&theirs_rounds)
+            .map(|(ours, theirs)| ours.1 / theirs.1)
+            .collect();
+        let (lowest, highest) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+            (lo.min(*r), hi.max(*r))
+        });
         let seconds = duration.as_secs_f64() * settings.crowd_paced_rounds as f64;
-        let p99 = |latencies: &mut Vec<f64>| crowd::quantile(latencies, 0.99);
-        let ours_p99 = p99(&mut ours_runs.kept_alive_ms);
-        let theirs_p99 = p99(&mut theirs_runs.kept_alive_ms);
         rows.push(Row {
             scenario: format!("{viewers} viewers, a segment every 6 s (kept alive)"),
             requests_per_s: Some(ours_runs.requests() as f64 / seconds),
             megabytes_per_s: None,
-            p50_ms: Some(crowd::quantile(&mut ours_runs.kept_alive_ms, 0.5)),
-            p99_ms: Some(ours_p99),
+            p50_ms: Some(of(&ours_rounds, |r| r.0)),
+            p99_ms: Some(of(&ours_rounds, |r| r.1)),
             peak_rss_mb: ours_runs.memory.rss_mb,
             baseline: format!(
-                "nginx p99 {} ({} errors, {} reconnects); ours {} reconnects; first request \
-                 (opens the connection) p99 {} vs {}, connects dropped by a full accept queue \
-                 {} vs {}; RssAnon {:.0} MB vs {:.0} MB",
-                latency(Some(theirs_p99)),
+                "nginx p99 {} ({} errors, {} reconnects); ours {} reconnects; rounds' ratios \
+                 {lowest:.2}–{highest:.2}; first request (opens the connection) p99 {} vs {}, \
+                 connects dropped by a full accept queue {} vs {}; CPU per request {:.2} ms vs \
+                 {:.2} ms; RssAnon {:.0} MB vs {:.0} MB",
+                latency(Some(of(&theirs_rounds, |r| r.1))),
                 theirs_runs.errors,
                 theirs_runs.reconnects,
                 ours_runs.reconnects,
-                latency(Some(p99(&mut ours_runs.first_ms))),
-                latency(Some(p99(&mut theirs_runs.first_ms))),
+                latency(Some(of(&ours_rounds, |r| r.2))),
+                latency(Some(of(&theirs_rounds, |r| r.2))),
                 ours_runs.listen_overflows,
                 theirs_runs.listen_overflows,
+                ours_runs.cpu_s * 1e3 / ours_runs.requests() as f64,
+                theirs_runs.cpu_s * 1e3 / theirs_runs.requests() as f64,
                 ours_runs.memory.rss_anon_mb,
                 theirs_runs.memory.rss_anon_mb,
             ),
-            ratio: Some(ours_p99 / theirs_p99),
+            ratio: Some(median(ratios)),
             target: "p99 ≤ 1.2× nginx (ratio: p99); 0 errors, 0 reconnects",
             errors: ours_runs.errors + ours_runs.reconnects,
             held_mb: 0.0,

@@ -92,6 +92,23 @@ fn status_kb(pid: u32, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// User and system time of `pids` (every thread of each) so far, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // Clock ticks: 100 per second on Linux.
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the parenthesised command name, which may hold spaces.
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+            fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+        })
+        .sum();
+    ticks as f64 / 100.0
+}
+
 /// A process and its children (nginx's master and workers).
 pub fn with_children(pid: u32) -> Vec<u32> {
     let children =
@@ -147,6 +164,8 @@ pub struct Paced {
     /// Connection attempts the kernel dropped (accept queue full) while the runs lasted; each
     /// costs its viewer a SYN retransmitted a second or more later.
     pub listen_overflows: u64,
+    /// CPU time the server's processes used while the runs lasted.
+    pub cpu_s: f64,
     pub memory: Memory,
 }
 
@@ -158,6 +177,7 @@ impl Paced {
         self.errors += run.errors;
         self.reconnects += run.reconnects;
         self.listen_overflows += run.listen_overflows;
+        self.cpu_s += run.cpu_s;
         self.memory.rss_anon_mb = self.memory.rss_anon_mb.max(run.memory.rss_anon_mb);
         self.memory.rss_mb = self.memory.rss_mb.max(run.memory.rss_mb);
     }
@@ -188,8 +208,9 @@ pub fn paced_viewers(
         .enable_all()
         .build()
         .unwrap();
-    let sampler = Sampler::start(pids);
+    let sampler = Sampler::start(pids.clone());
     let overflows_before = listen_overflows();
+    let cpu_before = cpu_seconds(&pids);
     let paths = Arc::new(paths.to_vec());
     let start = tokio::time::Instant::now();
     let results: Vec<Viewer> = runtime.block_on(async {
@@ -204,6 +225,7 @@ pub fn paced_viewers(
     let memory = sampler.finish();
     let mut paced = Paced {
         listen_overflows: listen_overflows() - overflows_before,
+        cpu_s: cpu_seconds(&pids) - cpu_before,
         memory,
         ..Paced::default()
     };
