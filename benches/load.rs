@@ -1780,33 +1780,12 @@ fn first_frame(
 ) -> Row {
     let clip = scratch.join("first-frame.mp4");
     common::make_clip(&clip, settings.clip_seconds);
-    let media_id = runtime.block_on(async {
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(std::fs::read(&clip).unwrap())
-                .file_name("first-frame.mp4"),
-        );
-        let receipt: Value = client
-            .post(server.url("/api/v1/upload"))
-            .bearer_auth(ADMIN_TOKEN)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let media_id = receipt["media_id"].as_str().unwrap().to_string();
-        let jobs: Value = common::get_json_as(
-            client,
-            server.url(&format!("/api/v1/jobs?media_id={media_id}")),
-            ADMIN_TOKEN,
-        )
-        .await;
-        let job_id = jobs["items"][0]["id"].as_str().unwrap();
-        job_done(client, &server.url(&format!("/api/v1/jobs/{job_id}"))).await;
-        media_id
-    });
+    let media_id = runtime.block_on(common::upload_transcoded(
+        client,
+        &server.base,
+        ADMIN_TOKEN,
+        &clip,
+    ));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/first-frame.mjs");
     let output = Command::new("node")
         .arg(&script)
@@ -1839,20 +1818,6 @@ fn first_frame(
     }
 }
 
-async fn job_done(client: &reqwest::Client, url: &str) -> Value {
-    let mut ticks = tokio::time::interval(Duration::from_millis(10));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        ticks.tick().await;
-        let job: Value = common::get_json_as(client, url, ADMIN_TOKEN).await;
-        match job["state"].as_str() {
-            Some("succeeded") => return job,
-            Some("failed" | "cancelled") => panic!("job ended badly: {job}"),
-            _ => assert!(Instant::now() < deadline, "job too slow: {job}"),
-        }
-    }
-}
-
 /// From an upload's last byte (its 201) to the moment its record says `playable` and the first
 /// segment of the master's first rung is served, for clips of several lengths (720p, the default
 /// ladder); each job is cancelled once it plays. A row per length; the ratio is this length's
@@ -1875,17 +1840,8 @@ fn first_playable(
         let bytes = std::fs::read(&clip).unwrap();
         let _ = std::fs::remove_file(&clip);
         let elapsed = runtime.block_on(async {
-            let form = reqwest::multipart::Form::new().part(
-                "file",
-                reqwest::multipart::Part::bytes(bytes).file_name("clip.mp4"),
-            );
-            let response = client
-                .post(server.url("/api/v1/upload"))
-                .bearer_auth(ADMIN_TOKEN)
-                .multipart(form)
-                .send()
-                .await
-                .unwrap();
+            let response =
+                common::post_upload(client, &server.base, ADMIN_TOKEN, bytes, "clip.mp4").await;
             let started = Instant::now();
             assert_eq!(response.status(), 201);
             let receipt: Value = response.json().await.unwrap();
@@ -1927,13 +1883,7 @@ fn first_playable(
             let _ = segment.bytes().await.unwrap();
             let elapsed = started.elapsed().as_secs_f64();
             // Playing is what was measured: the rest of the encode is not needed.
-            let jobs: Value = common::get_json_as(
-                client,
-                server.url(&format!("/api/v1/jobs?media_id={media_id}")),
-                ADMIN_TOKEN,
-            )
-            .await;
-            let job_id = jobs["items"][0]["id"].as_str().unwrap();
+            let job_id = common::media_job_id(client, &server.base, ADMIN_TOKEN, &media_id).await;
             let _ = client
                 .post(server.url(&format!("/api/v1/jobs/{job_id}/cancel")))
                 .bearer_auth(ADMIN_TOKEN)
@@ -1984,32 +1934,12 @@ fn transcode(
         ..Default::default()
     })
     .unwrap();
-    let media_id = runtime.block_on(async {
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(std::fs::read(&clip).unwrap()).file_name("clip.mp4"),
-        );
-        let receipt: Value = client
-            .post(server.url("/api/v1/upload"))
-            .bearer_auth(ADMIN_TOKEN)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let media_id = receipt["media_id"].as_str().unwrap().to_string();
-        let jobs: Value = common::get_json_as(
-            client,
-            server.url(&format!("/api/v1/jobs?media_id={media_id}")),
-            ADMIN_TOKEN,
-        )
-        .await;
-        let job_id = jobs["items"][0]["id"].as_str().unwrap();
-        job_done(client, &server.url(&format!("/api/v1/jobs/{job_id}"))).await;
-        media_id
-    });
+    let media_id = runtime.block_on(common::upload_transcoded(
+        client,
+        &server.base,
+        ADMIN_TOKEN,
+        &clip,
+    ));
     let out = scratch.join("bare-transcode");
     let (mut served, mut bare) = (Vec::new(), Vec::new());
     for run in 0..settings.transcode_runs {
@@ -2032,7 +1962,7 @@ fn transcode(
                     .await
                     .unwrap();
                 let url = server.url(&format!("/api/v1/jobs/{}", job["id"].as_str().unwrap()));
-                job_done(client, &url).await;
+                common::job_succeeded(client, &url, ADMIN_TOKEN).await;
                 started.elapsed().as_secs_f64()
             })
         };

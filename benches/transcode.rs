@@ -11,12 +11,7 @@
 
 mod common;
 
-use std::{
-    net::TcpListener,
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{net::TcpListener, path::Path, process::Command, time::Instant};
 
 use serde_json::Value;
 use streamgate::config::{self, Sources};
@@ -61,20 +56,6 @@ fn direct_run(
                 .status()
                 .unwrap();
             assert!(status.success());
-        }
-    }
-}
-
-async fn wait_succeeded(client: &reqwest::Client, url: &str) -> Value {
-    let mut ticks = tokio::time::interval(Duration::from_millis(10));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        ticks.tick().await;
-        let job: Value = common::get_json_as(client, url, TOKEN).await;
-        match job["state"].as_str() {
-            Some("succeeded") => return job,
-            Some("failed" | "cancelled") => panic!("job ended badly: {job}"),
-            _ => assert!(Instant::now() < deadline, "job too slow: {job}"),
         }
     }
 }
@@ -125,32 +106,7 @@ fn main() {
         transcode.x264_preset, runs
     );
     // The upload's own job doubles as the warm-up.
-    let media_id = runtime.block_on(async {
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(std::fs::read(&clip).unwrap()).file_name("clip.mp4"),
-        );
-        let receipt: Value = client
-            .post(format!("{base}/api/v1/upload"))
-            .bearer_auth(TOKEN)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let media_id = receipt["media_id"].as_str().unwrap().to_string();
-        let jobs: Value = common::get_json_as(
-            &client,
-            format!("{base}/api/v1/jobs?media_id={media_id}"),
-            TOKEN,
-        )
-        .await;
-        let job_id = jobs["items"][0]["id"].as_str().unwrap();
-        wait_succeeded(&client, &format!("{base}/api/v1/jobs/{job_id}")).await;
-        media_id
-    });
+    let media_id = runtime.block_on(common::upload_transcoded(&client, &base, TOKEN, &clip));
 
     let direct_out = scratch.path().join("direct");
     let (mut server_times, mut worker_times, mut direct_times) = (vec![], vec![], vec![]);
@@ -180,7 +136,7 @@ fn main() {
                     .await
                     .unwrap();
                 let url = format!("{base}/api/v1/jobs/{}", job["id"].as_str().unwrap());
-                let job = wait_succeeded(&client, &url).await;
+                let job = common::job_succeeded(&client, &url, TOKEN).await;
                 let wall = started.elapsed().as_secs_f64();
                 let parse = |v: &Value| {
                     time::OffsetDateTime::parse(

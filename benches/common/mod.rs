@@ -524,3 +524,76 @@ pub async fn get_json_as(
         .await
         .unwrap()
 }
+
+/// POST `bytes` to `{base}/api/v1/upload` as the multipart file `file_name`, with a bearer `token`.
+pub async fn post_upload(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    bytes: Vec<u8>,
+    file_name: &str,
+) -> reqwest::Response {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name(file_name.to_string()),
+    );
+    client
+        .post(format!("{base}/api/v1/upload"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The id of the first job listed for `media_id` (an upload's own transcode job).
+pub async fn media_job_id(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    media_id: &str,
+) -> String {
+    let jobs = get_json_as(
+        client,
+        format!("{base}/api/v1/jobs?media_id={media_id}"),
+        token,
+    )
+    .await;
+    jobs["items"][0]["id"].as_str().unwrap().to_string()
+}
+
+/// Polls the job at `url` until it succeeds; panics when it fails, is cancelled or takes 600 s.
+pub async fn job_succeeded(client: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        ticks.tick().await;
+        let job = get_json_as(client, url, token).await;
+        match job["state"].as_str() {
+            Some("succeeded") => return job,
+            Some("failed" | "cancelled") => panic!("job ended badly: {job}"),
+            _ => assert!(Instant::now() < deadline, "job too slow: {job}"),
+        }
+    }
+}
+
+/// Uploads the clip at `clip` (under its own file name) and waits for the transcode job it
+/// queues to succeed; returns the media id.
+pub async fn upload_transcoded(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    clip: &Path,
+) -> String {
+    let file_name = clip.file_name().unwrap().to_string_lossy();
+    let bytes = std::fs::read(clip).unwrap();
+    let receipt: serde_json::Value = post_upload(client, base, token, bytes, &file_name)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let media_id = receipt["media_id"].as_str().unwrap().to_string();
+    let job_id = media_job_id(client, base, token, &media_id).await;
+    job_succeeded(client, &format!("{base}/api/v1/jobs/{job_id}"), token).await;
+    media_id
+}
