@@ -395,7 +395,6 @@ pub(crate) fn the_start_up_recount_drops_leaked_reservations_and_counts_what_is_
 
 pub(crate) fn jobs_filter_by_state_media_owner_and_page(fixture: Fixture) {
     let store = fixture.repo.as_ref();
-    let now = OffsetDateTime::now_utc();
     let media_id = MediaId::new();
     let mut ids = Vec::new();
     for (state, media, owner) in [
@@ -404,25 +403,10 @@ pub(crate) fn jobs_filter_by_state_media_owner_and_page(fixture: Fixture) {
         (JobState::Queued, None, None),
     ] {
         let job = Job {
-            id: JobId::new(),
-            kind: JobKind::Transcode,
             media_id: media,
-            profiles: vec![],
             state,
-            priority: 5,
-            attempts: 0,
-            last_error: None,
-            error_code: None,
             owner: owner.map(String::from),
-            progress: 0,
-            summary: None,
-            run_at: None,
-            started_at: None,
-            finished_at: None,
-            trace_id: None,
-            created_at: now,
-            updated_at: now,
-            lease: None,
+            ..queued_job(5)
         };
         store.put_job(&job).unwrap();
         assert_eq!(store.get_job(&job.id).unwrap(), Some(job.clone()));
@@ -470,6 +454,7 @@ pub(crate) fn jobs_filter_by_state_media_owner_and_page(fixture: Fixture) {
     assert_eq!(count(JobFilter::all_in(JobState::Queued)), 1);
 }
 
+/// A fresh transcode job for a new media id, queued at `priority`.
 fn queued_job(priority: u8) -> Job {
     let now = OffsetDateTime::now_utc();
     Job {
