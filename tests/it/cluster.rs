@@ -18,6 +18,7 @@ use crate::{
     chain::{Wallet, CHAIN_ID},
     harness::{free_port, poll, ChildProcess},
     s3::{Moto, BUCKET},
+    server::{fetch_text, playlist_files, playlist_seconds},
 };
 
 /// Admin bearer token of every node.
@@ -161,6 +162,11 @@ impl Cluster {
     /// `proxy_base` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.proxy_base)
+    }
+
+    /// GET /health through the proxy (whichever node it picks answers).
+    pub async fn health(&self) -> reqwest::Response {
+        self.client.get(self.url("/health")).send().await.unwrap()
     }
 
     /// A scratch directory that lives as long as the cluster (for clips).
@@ -330,12 +336,7 @@ async fn health_through_the_proxy_reaches_both_nodes_and_a_session_works_on_each
     let mut seen = std::collections::BTreeSet::new();
     // Round-robin: a handful of requests reach every node.
     for _ in 0..6 {
-        let response = cluster
-            .client
-            .get(cluster.url("/health"))
-            .send()
-            .await
-            .unwrap();
+        let response = cluster.health().await;
         let node = answered_by(&response);
         let status = response.status();
         let health: Value = response.json().await.unwrap();
@@ -380,12 +381,7 @@ async fn health_through_the_proxy_reaches_both_nodes_and_a_session_works_on_each
     cluster.kill_node(1);
     assert_eq!(cluster.node(1).pid(), None);
     for _ in 0..4 {
-        let response = cluster
-            .client
-            .get(cluster.url("/health"))
-            .send()
-            .await
-            .unwrap();
+        let response = cluster.health().await;
         assert_eq!(answered_by(&response), cluster.node(0).upstream());
         assert_eq!(response.status(), 200);
     }
@@ -395,12 +391,7 @@ async fn health_through_the_proxy_reaches_both_nodes_and_a_session_works_on_each
         Duration::from_secs(10),
         "the proxy to reach the restarted node",
         async || {
-            let response = cluster
-                .client
-                .get(cluster.url("/health"))
-                .send()
-                .await
-                .unwrap();
+            let response = cluster.health().await;
             answered_by(&response) == back
         },
     )
@@ -482,35 +473,14 @@ impl Cluster {
         .await;
         for rung in ["240p", "180p"] {
             assert!(master.contains(&format!("{rung}/index.m3u8")), "{master}");
-            let playlist = self
-                .client
-                .get(format!("{hls}/{rung}/index.m3u8"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let playlist = fetch_text(&self.client, format!("{hls}/{rung}/index.m3u8")).await;
             assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
-            let total: f64 = playlist
-                .lines()
-                .filter_map(|line| line.strip_prefix("#EXTINF:"))
-                .map(|rest| rest.trim_end_matches(',').parse::<f64>().unwrap())
-                .sum();
+            let total = playlist_seconds(&playlist);
             assert!(
                 (total - seconds).abs() < 0.5,
                 "{rung}: {total}s of {seconds}s"
             );
-            let init = playlist
-                .lines()
-                .find_map(|line| line.strip_prefix("#EXT-X-MAP:URI=\""))
-                .map(|rest| rest.trim_end_matches('"').to_string())
-                .expect("CMAF playlists name their init segment");
-            let segments = playlist
-                .lines()
-                .filter(|line| !line.starts_with('#') && !line.is_empty())
-                .map(str::to_string);
-            for file in std::iter::once(init).chain(segments) {
+            for file in playlist_files(&playlist) {
                 let response = self
                     .client
                     .get(format!("{hls}/{rung}/{file}"))

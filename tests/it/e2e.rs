@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::{
     s3::Moto,
-    server::{ffprobe, make_clip, TestServer},
+    server::{ffprobe, make_clip, playlist_files, playlist_seconds, TestServer},
     tus::upload_via_tus,
 };
 
@@ -138,27 +138,12 @@ pub(crate) async fn upload_transcode_stream(server: &TestServer, via: Upload) ->
             .text()
             .await
             .unwrap();
-        let total: f64 = playlist
-            .lines()
-            .filter_map(|line| line.strip_prefix("#EXTINF:"))
-            .map(|rest| rest.trim_end_matches(',').parse::<f64>().unwrap())
-            .sum();
+        let total = playlist_seconds(&playlist);
         assert!(
             (total - duration).abs() < 0.2,
             "{name}: segments add up to {total}s"
         );
-        let init = playlist
-            .lines()
-            .find_map(|line| line.strip_prefix("#EXT-X-MAP:URI=\""))
-            .map(|rest| rest.trim_end_matches('"').to_string())
-            .expect("CMAF playlists name their init segment");
-        let files = std::iter::once(init).chain(
-            playlist
-                .lines()
-                .filter(|line| !line.starts_with('#') && !line.is_empty())
-                .map(str::to_string),
-        );
-        for file in files {
+        for file in playlist_files(&playlist) {
             let response = server
                 .get(&format!("/api/v1/media/{media_id}/hls/{name}/{file}"))
                 .await;

@@ -11,7 +11,7 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
     harness::{poll, poll_every},
-    server::{fetch_json, ffprobe, files_under, make_clip, TestServer},
+    server::{fetch_json, fetch_text, ffprobe, files_under, make_clip, TestServer},
     shutdown::{ffmpeg_children, is_alive, Binary},
 };
 
@@ -133,14 +133,7 @@ async fn assert_whole_ladder(client: &reqwest::Client, base: &str, data: &Path, 
     assert!(!renditions.is_empty(), "{master}");
     let hls_dir = data.join("blobs/media").join(media_id).join("hls");
     for name in &renditions {
-        let playlist = client
-            .get(url(&format!("hls/{name}/index.m3u8")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let playlist = fetch_text(client, url(&format!("hls/{name}/index.m3u8"))).await;
         let mut referenced: Vec<String> = playlist
             .lines()
             .filter(|line| !line.starts_with('#') && !line.is_empty())

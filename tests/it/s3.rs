@@ -6,7 +6,10 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use streamgate::config::Config;
 use streamgate_actors::config::BlobBackend;
 
-use crate::harness::{free_port, poll, ChildProcess};
+use crate::{
+    harness::{free_port, poll, ChildProcess},
+    server::fetch_text,
+};
 
 pub const BUCKET: &str = "streamgate-test";
 
@@ -68,19 +71,12 @@ impl Moto {
 
     /// Keys under `prefix` in the bucket, read straight from moto (not through StreamGate).
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        let listing = crate::server::client_builder()
-            .build()
-            .unwrap()
-            .get(format!(
-                "{}/{BUCKET}?list-type=2&prefix={prefix}",
-                self.endpoint
-            ))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let client = crate::server::client_builder().build().unwrap();
+        let listing = fetch_text(
+            &client,
+            format!("{}/{BUCKET}?list-type=2&prefix={prefix}", self.endpoint),
+        )
+        .await;
         listing
             .split("<Key>")
             .skip(1)

@@ -284,6 +284,29 @@ pub async fn fetch_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) ->
     client.get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// The summed `#EXTINF` durations of an HLS media playlist, in seconds.
+pub fn playlist_seconds(playlist: &str) -> f64 {
+    playlist
+        .lines()
+        .filter_map(|line| line.strip_prefix("#EXTINF:"))
+        .map(|rest| rest.trim_end_matches(',').parse::<f64>().unwrap())
+        .sum()
+}
+
+/// The files a CMAF media playlist names: its init segment (which it must name), then its segments.
+pub fn playlist_files(playlist: &str) -> Vec<String> {
+    let init = playlist
+        .lines()
+        .find_map(|line| line.strip_prefix("#EXT-X-MAP:URI=\""))
+        .map(|rest| rest.trim_end_matches('"').to_string())
+        .expect("CMAF playlists name their init segment");
+    let segments = playlist
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(str::to_string);
+    std::iter::once(init).chain(segments).collect()
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
