@@ -15,6 +15,20 @@ fn assert_error(status: u16, body: &Value, expected_status: u16, expected_code: 
     );
 }
 
+/// Sends `request` and checks [`assert_error`] on its answer; returns the answer's headers.
+async fn assert_error_reply(
+    request: reqwest::RequestBuilder,
+    expected_status: u16,
+    expected_code: &str,
+) -> reqwest::header::HeaderMap {
+    let response = request.send().await.unwrap();
+    let headers = response.headers().clone();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap();
+    assert_error(status, &body, expected_status, expected_code);
+    headers
+}
+
 /// Nothing stored: no source blobs (not even staging files), no records.
 async fn assert_nothing_stored(server: &TestServer) {
     assert!(
@@ -65,7 +79,7 @@ async fn an_upload_over_the_size_limit_is_refused() {
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         body.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
-    let response = server
+    let request = server
         .client
         .post(server.url("/api/v1/upload"))
         .bearer_auth(server.session().await)
@@ -75,13 +89,8 @@ async fn an_upload_over_the_size_limit_is_refused() {
         )
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    assert_error(status, &body, 413, "upload_too_large");
+        )));
+    assert_error_reply(request, 413, "upload_too_large").await;
 
     assert_nothing_stored(&server).await;
     let metrics = server.get("/metrics").await.text().await.unwrap();
@@ -95,16 +104,12 @@ async fn an_upload_over_the_size_limit_is_refused() {
 async fn malformed_upload_requests_get_400() {
     let server = TestServer::start();
     let form = reqwest::multipart::Form::new().text("title", "no file here");
-    let response = server
+    let request = server
         .client
         .post(server.url("/api/v1/upload"))
         .bearer_auth(server.session().await)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    assert_error(status, &response.json().await.unwrap(), 400, "missing_file");
+        .multipart(form);
+    assert_error_reply(request, 400, "missing_file").await;
 
     let response = server
         .client
@@ -156,15 +161,8 @@ async fn unknown_media_and_traversal_are_404() {
 
 /// Sends `request`: a 405 with our JSON error body and the request id every answer carries.
 async fn assert_method_not_allowed(request: reqwest::RequestBuilder) {
-    let response = request.send().await.unwrap();
-    assert!(response.headers().contains_key("x-request-id"));
-    let status = response.status().as_u16();
-    assert_error(
-        status,
-        &response.json().await.unwrap(),
-        405,
-        "method_not_allowed",
-    );
+    let headers = assert_error_reply(request, 405, "method_not_allowed").await;
+    assert!(headers.contains_key("x-request-id"));
 }
 
 #[tokio::test]
@@ -191,28 +189,9 @@ async fn edits_fail_closed_without_a_session_or_the_admin_token() {
     let server = TestServer::start_with(|config| config.auth.admin_token = "s3cret".into());
     let unknown = "01a201b6-5525-7120-9745-a4f5dcf83f70";
     let url = server.url(&format!("/api/v1/media/{unknown}"));
-    let response = server.client.delete(&url).send().await.unwrap();
-    let status = response.status().as_u16();
-    assert_error(
-        status,
-        &response.json().await.unwrap(),
-        401,
-        "session_required",
-    );
-    let response = server
-        .client
-        .delete(&url)
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    assert_error(
-        status,
-        &response.json().await.unwrap(),
-        401,
-        "session_invalid",
-    );
+    assert_error_reply(server.client.delete(&url), 401, "session_required").await;
+    let wrong_token = server.client.delete(&url).bearer_auth("wrong");
+    assert_error_reply(wrong_token, 401, "session_invalid").await;
     // An identity header a client can set to anything is not identity.
     let response = server
         .client
@@ -222,20 +201,8 @@ async fn edits_fail_closed_without_a_session_or_the_admin_token() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
-    let response = server
-        .client
-        .delete(&url)
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    assert_error(
-        status,
-        &response.json().await.unwrap(),
-        404,
-        "media_not_found",
-    );
+    let admin = server.client.delete(&url).bearer_auth("s3cret");
+    assert_error_reply(admin, 404, "media_not_found").await;
 }
 
 #[tokio::test]
