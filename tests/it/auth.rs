@@ -9,7 +9,7 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
     chain::{dead_rpc_url, Anvil, ALICE, BOB, CAROL, CHAIN_ID},
-    server::{make_clip, TestServer},
+    server::{make_clip, send_for_json, TestServer},
 };
 
 const READY_DEADLINE: Duration = Duration::from_secs(180);
@@ -71,30 +71,17 @@ pub(crate) async fn bearer_get(
 }
 
 async fn post_bearer(server: &TestServer, path: &str, token: &str) -> (u16, Value) {
-    let response = server
-        .client
-        .post(server.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    send_for_json(server.client.post(server.url(path)).bearer_auth(token)).await
 }
 
 /// `POST /api/v1/auth/nft/verify` with `session` as the bearer.
 pub(crate) async fn nft_verify(server: &TestServer, session: &str, query: &Value) -> (u16, Value) {
-    let response = server
+    let request = server
         .client
         .post(server.url("/api/v1/auth/nft/verify"))
         .bearer_auth(session)
-        .json(query)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+        .json(query);
+    send_for_json(request).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::{
     auth_abuse::metric,
     harness::poll,
-    server::{bearer_client, make_clip, TestServer},
+    server::{bearer_client, make_clip, send_for_json, TestServer},
 };
 
 const ADMIN: &str = "cache-admin";
@@ -39,14 +39,7 @@ async fn warmed(server: &TestServer, cache: &str) -> f64 {
 }
 
 async fn admin_post(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
-    let response = bearer_client(ADMIN)
-        .post(server.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    send_for_json(bearer_client(ADMIN).post(server.url(path)).json(body)).await
 }
 
 async fn audit(server: &TestServer, action: &str) -> Vec<Value> {

@@ -18,7 +18,7 @@ use crate::{
     chain::{Wallet, CHAIN_ID},
     harness::{free_port, poll, ChildProcess},
     s3::{Moto, BUCKET},
-    server::{fetch_text, playlist_files, playlist_seconds},
+    server::{fetch_text, playlist_files, playlist_seconds, send_for_json},
 };
 
 /// Admin bearer token of every node.
@@ -293,9 +293,7 @@ pub async fn get_json(
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    send_for_json(request).await
 }
 
 /// One-shot upload of `bytes` through `base` with `bearer`: status and receipt.
@@ -308,15 +306,11 @@ pub async fn upload(
 ) -> (u16, Value) {
     let part = reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string());
     let form = reqwest::multipart::Form::new().part("file", part);
-    let response = client
+    let request = client
         .post(format!("{base}/api/v1/upload"))
         .bearer_auth(bearer)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+        .multipart(form);
+    send_for_json(request).await
 }
 
 /// The node that answered a response through the proxy: the last address in `x-upstream`

@@ -10,7 +10,7 @@ use crate::{
     auth::{bearer_get, play, uris},
     chain::{Anvil, ALICE, BOB, CAROL, CHAIN_ID},
     harness::poll,
-    server::{make_clip, TestServer},
+    server::{make_clip, send_for_json, TestServer},
 };
 
 const READY: Duration = Duration::from_secs(180);
@@ -97,16 +97,12 @@ async fn patch_media(
     token: &str,
     body: Value,
 ) -> (u16, Value) {
-    let response = server
+    let request = server
         .client
         .patch(server.url(&format!("/api/v1/media/{media_id}")))
         .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+        .json(&body);
+    send_for_json(request).await
 }
 
 /// The first segment URL of a media's first variant, following the playlists as `token` gets
@@ -486,17 +482,13 @@ async fn put_caption(
     token: &str,
     body: Vec<u8>,
 ) -> (u16, Value) {
-    let response = server
+    let request = server
         .client
         .put(server.url(&format!("/api/v1/media/{media_id}/captions/{lang}")))
         .bearer_auth(token)
         .header("content-type", "text/vtt")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+        .body(body);
+    send_for_json(request).await
 }
 
 #[tokio::test]

@@ -110,15 +110,7 @@ impl TestServer {
     /// GET with `Authorization: Bearer <token>` (a session or the admin token); a body that is
     /// not JSON reads as `null`.
     pub async fn get_json_as(&self, token: &str, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        send_for_json(self.client.get(self.url(path)).bearer_auth(token)).await
     }
 
     /// GET as ALICE, who uploads in most tests (the jobs API shows a wallet its own jobs).
@@ -173,16 +165,7 @@ impl TestServer {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        send_for_json(self.client.post(self.url(path)).json(body)).await
     }
 
     /// Uploads a file through the one-shot endpoint, as ALICE.
@@ -272,6 +255,17 @@ fn init_logging() {
         );
         let _ = tracing::subscriber::set_global_default(subscriber);
     });
+}
+
+/// A response's status and JSON body (`null` when the body is not JSON).
+pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends `request`: the answer's status and JSON body (`null` when the body is not JSON).
+pub async fn send_for_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+    status_and_json(request.send().await.unwrap()).await
 }
 
 /// GETs `url` with `client` and parses the body as JSON, whatever the status.

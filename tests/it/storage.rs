@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     harness::poll,
-    server::{files_under, TestServer},
+    server::{files_under, status_and_json, TestServer},
     tus::{fake_video, upload_via_tus},
 };
 
@@ -30,11 +30,6 @@ async fn tus_create(
         .send()
         .await
         .unwrap()
-}
-
-async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// The disk is "full" because `storage.min_free_disk_mb` is set far above the free space of the
