@@ -28,29 +28,8 @@ fn repo_path(relative: &str) -> PathBuf {
 
 /// A one-endpoint HTTP server that hands every POSTed JSON body to the test.
 async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<Value>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let Some((_, body)) = crate::server::read_request(&mut socket).await else {
-                    return;
-                };
-                let _ = socket
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-                if let Ok(json) = serde_json::from_slice(&body) {
-                    let _ = tx.send(json);
-                }
-            });
-        }
-    });
-    (url, rx)
+    let (base, rx) = crate::server::json_receiver().await;
+    (format!("{base}/hook"), rx)
 }
 
 async fn next_webhook(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {

@@ -8,46 +8,34 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::{io::AsyncWriteExt, sync::mpsc};
+use tokio::sync::mpsc;
 
 use crate::server::{make_clip, TestServer};
 
 /// Accepts `POST /v1/traces` and hands each decoded body to the test; anything else is a 404
 /// (so a wrong path fails the test instead of passing silently).
 async fn otlp_receiver() -> (String, mpsc::UnboundedReceiver<(String, String, Value)>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let Some((head, body)) = crate::server::read_request(&mut socket).await else {
-                    return;
-                };
-                let request_line = head.lines().next().unwrap_or_default().to_string();
-                let content_type = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-type:"))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                let ok = request_line.starts_with("post /v1/traces ");
-                let reply: &[u8] = if ok {
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
-                } else {
-                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                };
-                let _ = socket.write_all(reply).await;
-                let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let _ = tx.send((request_line, content_type, json));
-            });
-        }
-    });
-    (endpoint, rx)
+    crate::server::http_receiver(
+        |head| {
+            if head.starts_with("post /v1/traces ") {
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+            } else {
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            }
+        },
+        |head, body| {
+            let request_line = head.lines().next().unwrap_or_default().to_string();
+            let content_type = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-type:"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            Some((request_line, content_type, json))
+        },
+    )
+    .await
 }
 
 /// Every span in an `ExportTraceServiceRequest`, with its resource's `service.name`.

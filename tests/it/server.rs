@@ -389,6 +389,42 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(2))
 }
 
+/// A loopback HTTP receiver standing in for an operator's service: answers each request with
+/// `reply(head)`, then hands `parse(head, body)`, when `Some`, to the test; returns its base URL.
+pub async fn http_receiver<T: Send + 'static>(
+    reply: fn(&str) -> &'static [u8],
+    parse: fn(&str, Vec<u8>) -> Option<T>,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<T>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Some((head, body)) = read_request(&mut socket).await else {
+                    return;
+                };
+                let _ = socket.write_all(reply(&head)).await;
+                if let Some(item) = parse(&head, body) {
+                    let _ = tx.send(item);
+                }
+            });
+        }
+    });
+    (base, rx)
+}
+
+/// An [`http_receiver`] that answers 200 and hands each JSON body to the test.
+pub async fn json_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    http_receiver(
+        |_| b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        |_, body| serde_json::from_slice(&body).ok(),
+    )
+    .await
+}
+
 /// Reads one HTTP/1.1 request from `socket`: its head (lower-cased) and its
 /// `content-length` body; `None` if the peer closes first. For the test receivers (webhooks,
 /// OTLP) that stand in for an operator's services.

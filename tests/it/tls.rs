@@ -8,9 +8,8 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{json, Value};
+use serde_json::json;
 use streamgate_actors::monitor::alerts::{AlertLevel, AlertRule, Condition, Signal};
-use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 use crate::{
     auth::nft_verify,
@@ -197,36 +196,11 @@ async fn ownership_checks_reach_an_https_rpc_trusted_through_the_extra_ca_and_fa
     assert_eq!(answer["code"], "rpc_unavailable", "{answer}");
 }
 
-/// An HTTP receiver that hands each POSTed JSON body to the test.
-async fn receiver() -> (String, mpsc::UnboundedReceiver<Value>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if let Some((_, body)) = crate::server::read_request(&mut socket).await {
-                    let _ = socket
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                    if let Ok(json) = serde_json::from_slice(&body) {
-                        let _ = tx.send(json);
-                    }
-                }
-            });
-        }
-    });
-    (url, rx)
-}
-
 #[tokio::test]
 async fn alert_webhooks_are_posted_over_https_to_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::create(dir.path());
-    let (upstream, mut hooks) = receiver().await;
+    let (upstream, mut hooks) = crate::server::json_receiver().await;
     let proxy = TlsProxy::start(&ca, &dir.path().join("nginx"), &upstream).await;
     let hook = format!("{}/hook", proxy.url);
     let ca_file = ca.ca.display().to_string();
@@ -259,7 +233,7 @@ async fn alert_webhooks_are_posted_over_https_to_a_private_ca() {
 async fn request_spans_are_exported_over_https_to_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::create(dir.path());
-    let (upstream, mut batches) = receiver().await;
+    let (upstream, mut batches) = crate::server::json_receiver().await;
     let proxy = TlsProxy::start(&ca, &dir.path().join("nginx"), &upstream).await;
     let ca_file = ca.ca.display().to_string();
     let endpoint = proxy.url.clone();
