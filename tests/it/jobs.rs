@@ -101,8 +101,22 @@ fn at(value: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(value.as_str().unwrap(), &Rfc3339).unwrap()
 }
 
-async fn metrics(server: &TestServer) -> String {
-    server.get("/metrics").await.text().await.unwrap()
+/// Asserts that `/metrics` contains each of `lines` (a series and its value).
+async fn assert_metrics_contain(server: &TestServer, lines: &[&str]) {
+    let text = server.get_text("/metrics").await;
+    for line in lines {
+        assert!(text.contains(line), "{line} missing: {text}");
+    }
+}
+
+/// The `name` of each item of a JSON array (profiles, renditions).
+fn item_names(items: &Value) -> Vec<&str> {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["name"].as_str().unwrap())
+        .collect()
 }
 
 /// Rendition names in a master playlist, in order (duplicates kept).
@@ -302,28 +316,17 @@ async fn transcode_with_profiles_serves_hls_and_dash_from_one_set_of_segments() 
     );
     assert!(stats["mean_duration_s"].as_f64().unwrap() > 0.0, "{stats}");
     let (_, profiles) = server.get_json("/api/v1/transcode/profiles").await;
-    let names: Vec<&str> = profiles["profiles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let names = item_names(&profiles["profiles"]);
     assert_eq!(names, ["240p", "180p"]);
-    let text = metrics(&server).await;
-    assert!(
-        text.contains(
-            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="succeeded"} 2"#
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains("streamgate_transcode_speed_ratio_count 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"streamgate_jobs{state="queued"} 0"#),
-        "{text}"
-    );
+    assert_metrics_contain(
+        &server,
+        &[
+            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="succeeded"} 2"#,
+            "streamgate_transcode_speed_ratio_count 2",
+            r#"streamgate_jobs{state="queued"} 0"#,
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -575,13 +578,11 @@ async fn cancelling_a_running_transcode_kills_ffmpeg_and_leaves_nothing() {
         (Some("failed"), Some("transcode cancelled")),
         "{media}"
     );
-    let text = metrics(&server).await;
-    assert!(
-        text.contains(
-            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="cancelled"} 1"#
-        ),
-        "{text}"
-    );
+    assert_metrics_contain(
+        &server,
+        &[r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="cancelled"} 1"#],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -652,19 +653,14 @@ async fn a_transient_failure_retries_with_backoff_and_keeps_the_reason() {
     let (_, media) = server.get_json(&format!("/api/v1/media/{media_id}")).await;
     assert_eq!(media["state"], "ready", "{media}");
     assert_whole_ladder(&server.client, &server.base, &server.data_dir, &media_id).await;
-    let text = metrics(&server).await;
-    assert!(
-        text.contains(
-            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="retrying"} 4"#
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains(
-            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="failed"} 1"#
-        ),
-        "{text}"
-    );
+    assert_metrics_contain(
+        &server,
+        &[
+            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="retrying"} 4"#,
+            r#"streamgate_job_duration_seconds_count{kind="transcode",outcome="failed"} 1"#,
+        ],
+    )
+    .await;
 
     // Undecodable input fails at once and counts as an ffmpeg failure.
     let mut corrupt = vec![0, 0, 0, 0x20];
@@ -680,9 +676,11 @@ async fn a_transient_failure_retries_with_backoff_and_keeps_the_reason() {
     .await;
     assert_eq!(job["attempts"], 1, "{job}");
     assert_eq!(job["error_code"], "undecodable", "{job}");
-    assert!(metrics(&server)
-        .await
-        .contains(r#"streamgate_ffmpeg_failures_total{reason="undecodable"} 1"#));
+    assert_metrics_contain(
+        &server,
+        &[r#"streamgate_ffmpeg_failures_total{reason="undecodable"} 1"#],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -814,12 +812,7 @@ async fn kill_9_mid_transcode_then_restart_finishes_the_job_with_a_whole_ladder(
         .await
         .unwrap();
     assert_eq!(media["state"], "ready", "{media}");
-    let names: Vec<&str> = media["renditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let names = item_names(&media["renditions"]);
     assert_eq!(names, ["480p", "360p"]);
     assert_whole_ladder(&client, &server.base, data.path(), &media_id).await;
     assert!(
