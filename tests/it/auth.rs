@@ -313,13 +313,9 @@ pub(crate) struct Playable {
 pub(crate) async fn upload_ready(server: &TestServer, name: &str) -> Playable {
     let scratch = tempfile::tempdir().unwrap();
     let clip = std::fs::read(make_clip(scratch.path(), name, "320x240", 2)).unwrap();
-    let (status, receipt) = server.upload(clip, name, Some(name)).await;
-    assert_eq!(status, 201, "{receipt}");
-    let media_id = receipt["media_id"].as_str().unwrap().to_string();
-    let media = server
-        .wait_for_media(&media_id, READY_DEADLINE, |m| m["state"] != "processing")
+    let (media_id, media) = server
+        .upload_ready(clip, name, Some(name), READY_DEADLINE)
         .await;
-    assert_eq!(media["state"], "ready", "{media}");
     assert_eq!(media["owner"], ALICE.address);
     Playable { media_id }
 }

@@ -67,13 +67,7 @@ async fn a_warm_start_serves_the_first_record_and_playlist_gets_from_the_caches(
         let server = start(0);
         let scratch = tempfile::tempdir().unwrap();
         let clip = std::fs::read(make_clip(scratch.path(), "w.mp4", "320x240", 1)).unwrap();
-        let (status, receipt) = server.upload(clip, "w.mp4", None).await;
-        assert_eq!(status, 201, "{receipt}");
-        let media_id = receipt["media_id"].as_str().unwrap().to_string();
-        let media = server
-            .wait_for_media(&media_id, DEADLINE, |m| m["state"] != "processing")
-            .await;
-        assert_eq!(media["state"], "ready", "{media}");
+        let (media_id, _) = server.upload_ready(clip, "w.mp4", None, DEADLINE).await;
         media_id
     };
     let record = format!("/api/v1/media/{media_id}");

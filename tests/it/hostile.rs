@@ -35,13 +35,9 @@ fn start(tweak: impl FnOnce(&mut streamgate::Config)) -> TestServer {
 async fn victim(server: &TestServer) -> String {
     let scratch = tempfile::tempdir().unwrap();
     let clip = std::fs::read(make_clip(scratch.path(), "v.mp4", "320x240", 2)).unwrap();
-    let (status, receipt) = server.upload(clip, "victim.mp4", None).await;
-    assert_eq!(status, 201, "{receipt}");
-    let media_id = receipt["media_id"].as_str().unwrap().to_string();
-    let media = server
-        .wait_for_media(&media_id, DEADLINE, |m| m["state"] != "processing")
+    let (media_id, _) = server
+        .upload_ready(clip, "victim.mp4", None, DEADLINE)
         .await;
-    assert_eq!(media["state"], "ready", "{media}");
     media_id
 }
 

@@ -29,19 +29,14 @@ async fn renditions_play_over_http_with_ranges_etags_and_invalidation() {
     let server = TestServer::start_with(with_admin);
     let scratch = tempfile::tempdir().unwrap();
     let clip = make_clip(scratch.path(), "clip.mp4", "854x480", 4);
-    let (status, receipt) = server
-        .upload(
+    let (id, media) = server
+        .upload_ready(
             std::fs::read(&clip).unwrap(),
             "clip.mp4",
             Some("Harbour at dawn"),
+            READY_DEADLINE,
         )
         .await;
-    assert_eq!(status, 201, "{receipt}");
-    let id = receipt["media_id"].as_str().unwrap().to_string();
-    let media = server
-        .wait_for_media(&id, READY_DEADLINE, |m| m["state"] != "processing")
-        .await;
-    assert_eq!(media["state"], "ready", "{media}");
     let renditions = media["renditions"].as_array().unwrap().clone();
     assert_eq!(renditions.len(), 2, "480p and 360p: {media}");
 

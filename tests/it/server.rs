@@ -201,6 +201,25 @@ impl TestServer {
         (status, response.json().await.unwrap())
     }
 
+    /// Uploads as ALICE and waits up to `deadline` for the media to turn ready; returns its id
+    /// and its ready record.
+    pub async fn upload_ready(
+        &self,
+        bytes: Vec<u8>,
+        filename: &str,
+        title: Option<&str>,
+        deadline: Duration,
+    ) -> (String, Value) {
+        let (status, receipt) = self.upload(bytes, filename, title).await;
+        assert_eq!(status, 201, "{receipt}");
+        let media_id = receipt["media_id"].as_str().unwrap().to_string();
+        let media = self
+            .wait_for_media(&media_id, deadline, |m| m["state"] != "processing")
+            .await;
+        assert_eq!(media["state"], "ready", "{media}");
+        (media_id, media)
+    }
+
     /// Polls a media record until `done` holds for it, failing after `deadline`.
     pub async fn wait_for_media(
         &self,
