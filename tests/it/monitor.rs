@@ -73,17 +73,8 @@ async fn error_rate_alert_fires_on_a_real_5xx_burst_resolves_and_calls_the_webho
             summary: "More than 10% of requests fail with a 5xx status.".into(),
         }];
     });
-    let probe_dir = server.data_dir.join("blobs").join(".health");
-    let _ = std::fs::remove_dir_all(&probe_dir);
-    std::fs::write(&probe_dir, b"in the way").unwrap();
-
     // /health reports the monitor's last sample, which sees the breakage within a tick.
-    poll(
-        Duration::from_secs(15),
-        "/health to see the broken blob store",
-        || async { server.get("/health").await.status() == 503 },
-    )
-    .await;
+    let probe_dir = break_health(&server).await;
     let firing = poll(
         Duration::from_secs(15),
         "HighErrorRate to fire",

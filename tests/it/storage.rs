@@ -20,6 +20,21 @@ fn tus(client: &reqwest::Client, method: Method, url: String) -> reqwest::Reques
     client.request(method, url).header("Tus-Resumable", TUS)
 }
 
+/// PATCHes `length` bytes of fake video at offset 0 of the tus upload at `url`.
+async fn patch_from_start(
+    client: &reqwest::Client,
+    url: String,
+    length: usize,
+) -> reqwest::Response {
+    tus(client, Method::PATCH, url)
+        .header("Content-Type", OCTETS)
+        .header("Upload-Offset", "0")
+        .body(fake_video(length))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn tus_create(
     server: &TestServer,
     client: &reqwest::Client,
@@ -69,13 +84,7 @@ async fn a_full_disk_refuses_both_upload_paths_with_507_and_health_says_full() {
         (507, &Value::from("insufficient_storage"))
     );
 
-    let patched = tus(&alice, Method::PATCH, server.url(&location))
-        .header("Content-Type", OCTETS)
-        .header("Upload-Offset", "0")
-        .body(fake_video(10_000))
-        .send()
-        .await
-        .unwrap();
+    let patched = patch_from_start(&alice, server.url(&location), 10_000).await;
     let (status, body) = status_and_json(patched).await;
     assert_eq!(
         (status, &body["code"]),
@@ -283,13 +292,7 @@ async fn blob_failures_reach_clients_without_server_paths() {
     // tus keeps its bytes outside the blob store until the last PATCH adopts them.
     let created = tus_create(&server, &alice, 10_000).await;
     let location = created.headers()["location"].to_str().unwrap().to_string();
-    let patched = tus(&alice, Method::PATCH, server.url(&location))
-        .header("Content-Type", OCTETS)
-        .header("Upload-Offset", "0")
-        .body(fake_video(10_000))
-        .send()
-        .await
-        .unwrap();
+    let patched = patch_from_start(&alice, server.url(&location), 10_000).await;
     assert!(patched.status().is_server_error(), "{patched:?}");
     let body = patched.text().await.unwrap();
     assert!(!leaks(&body), "{body}");
