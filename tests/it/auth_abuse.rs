@@ -208,14 +208,7 @@ async fn playback_tokens_end_with_their_session_and_their_gate() {
         .await
         .unwrap();
     let variant_url = format!("{base}{}", uris(&master)[0]);
-    let response = server
-        .client
-        .post(server.url("/api/v1/auth/logout"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    server.logout(&bob).await;
     let (status, body) = refused_within_deadline(&server, &segment_url).await;
     assert_refused(status, &body, 401, "playback_session_revoked");
     let (status, body) = refused_within_deadline(&server, &variant_url).await;

@@ -141,14 +141,7 @@ async fn gates_logouts_edits_and_deletes_through_one_node_are_honoured_by_the_ot
     play(&b, id, &bob).await;
 
     // Logout through A: B refuses the session, remembered grant or not.
-    let response = a
-        .client
-        .post(a.url("/api/v1/auth/logout"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    a.logout(&bob).await;
     within_a_second("B to refuse the session logged out through A", async || {
         let seen = status_and_code(bearer_get(&b, &master(&b), Some(&bob)).await).await;
         match seen {

@@ -60,14 +60,7 @@ async fn remembered_grants_play_and_end_at_logout_and_at_a_gate_change() {
     assert_eq!(grant_hits(&server), hits + 2);
 
     // Logout: refused at once, although the grant was remembered.
-    let response = server
-        .client
-        .post(server.url("/api/v1/auth/logout"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    server.logout(&bob).await;
     refused_with(
         bearer_get(&server, &master, Some(&bob)).await,
         401,

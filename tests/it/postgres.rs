@@ -225,14 +225,7 @@ async fn migrate_keeps_every_record_and_blob_of_a_populated_install_and_resumes_
     let (status, body) = crate::auth::put_gate(&on_sled, &media_id, "admin", &gate).await;
     assert_eq!(status, 200, "{body}");
     let gone = on_sled.login(&ALICE).await;
-    let response = on_sled
-        .client
-        .post(on_sled.url("/api/v1/auth/logout"))
-        .bearer_auth(&gone)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    on_sled.logout(&gone).await;
     let alice = on_sled.alice_client().await;
     let video = crate::tus::fake_video(200_000);
     let response = alice

@@ -141,6 +141,18 @@ impl TestServer {
         .await
     }
 
+    /// Logs `session` out (`POST /api/v1/auth/logout`) and asserts the 204.
+    pub async fn logout(&self, session: &str) {
+        let response = self
+            .client
+            .post(self.url("/api/v1/auth/logout"))
+            .bearer_auth(session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204);
+    }
+
     /// A fresh SIWE challenge message for `wallet` on the test chain.
     pub async fn challenge(&self, wallet: &Wallet) -> String {
         let (status, challenge) = self
