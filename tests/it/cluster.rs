@@ -235,20 +235,7 @@ async fn start_nginx(dir: &Path, ports: &[u16]) -> (ChildProcess, String) {
         ),
     )
     .unwrap();
-    let nginx = ChildProcess::spawn(
-        Command::new("nginx")
-            .args(["-e", &format!("{}/error.log", dir.display()), "-p"])
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf),
-        "apt-get install nginx-light",
-    );
-    poll(Duration::from_secs(30), "nginx to listen", async || {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let nginx = crate::harness::start_nginx(dir, &conf, &[], port).await;
     (nginx, format!("http://127.0.0.1:{port}"))
 }
 

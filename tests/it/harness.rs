@@ -2,6 +2,7 @@
 //! polling a condition up to a deadline (the tests never sleep to synchronise).
 
 use std::{
+    path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
@@ -103,6 +104,27 @@ impl<T> Found for Result<T, String> {
     fn found(self) -> Result<T, Option<String>> {
         self.map_err(Some)
     }
+}
+
+/// Starts nginx on `conf` (prefix and error log in `dir`, then the `extra` arguments) and waits
+/// until it listens on `port`.
+pub async fn start_nginx(dir: &Path, conf: &Path, extra: &[&str], port: u16) -> ChildProcess {
+    let nginx = ChildProcess::spawn(
+        Command::new("nginx")
+            .args(["-e", &format!("{}/error.log", dir.display()), "-p"])
+            .arg(dir)
+            .arg("-c")
+            .arg(conf)
+            .args(extra),
+        "apt-get install nginx-light",
+    );
+    poll(Duration::from_secs(30), "nginx to listen", async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    nginx
 }
 
 /// Runs `check` every 100 ms until it finds what it waits for and returns that, failing after

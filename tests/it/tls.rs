@@ -14,7 +14,7 @@ use streamgate_actors::monitor::alerts::{AlertLevel, AlertRule, Condition, Signa
 use crate::{
     auth::nft_verify,
     chain::{read_chain, Anvil, ALICE, BOB, CHAIN_ID},
-    harness::{free_port, poll, ChildProcess},
+    harness::{free_port, ChildProcess},
     server::TestServer,
 };
 
@@ -137,21 +137,8 @@ impl TlsProxy {
             ),
         )
         .unwrap();
-        let nginx = ChildProcess::spawn(
-            Command::new("nginx")
-                .args(["-e", &format!("{}/error.log", scratch.display()), "-p"])
-                .arg(scratch)
-                .arg("-c")
-                .arg(&conf)
-                .args(["-g", "daemon off; master_process off;"]),
-            "apt-get install nginx-light",
-        );
-        poll(Duration::from_secs(30), "nginx to listen", async || {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
+        let extra = ["-g", "daemon off; master_process off;"];
+        let nginx = crate::harness::start_nginx(scratch, &conf, &extra, port).await;
         Self {
             url: format!("https://127.0.0.1:{port}"),
             _nginx: nginx,
