@@ -849,3 +849,31 @@ async fn the_json_monitor_has_per_service_rates_and_duration_statistics() {
         assert!(stat(percentile) >= stat("min"), "{duration}");
     }
 }
+
+/// `/health` follows the ffmpeg binary on disk at the next sample, removed and back, rather
+/// than at a fixed `-version` interval.
+#[tokio::test]
+async fn health_notices_ffmpeg_going_and_coming_back() {
+    let bin = tempfile::tempdir().unwrap();
+    let link = bin.path().join("ffmpeg");
+    let real = Command::new("sh")
+        .args(["-c", "command -v ffmpeg"])
+        .output()
+        .unwrap();
+    let real = PathBuf::from(String::from_utf8(real.stdout).unwrap().trim());
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let path = link.to_str().unwrap().to_string();
+    let server = TestServer::start_with(|config| config.transcode.ffmpeg_path = path);
+    let ffmpeg_becomes = |wanted: &'static str| {
+        let server = &server;
+        poll(Duration::from_secs(10), wanted, move || async move {
+            let (_, health) = server.get_json("/health").await;
+            health["checks"]["ffmpeg"]["status"] == wanted
+        })
+    };
+    ffmpeg_becomes("ok").await;
+    std::fs::remove_file(&link).unwrap();
+    ffmpeg_becomes("degraded").await;
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    ffmpeg_becomes("ok").await;
+}

@@ -3,6 +3,7 @@
 //! `/health` and `/ready`, renders `/metrics`, and answers the `/api/v1/monitor/*` queries.
 
 pub mod alerts;
+mod ffmpeg_check;
 pub mod logs;
 pub mod metric_names;
 pub mod metrics;
@@ -238,14 +239,12 @@ pub struct MonitorDeps {
     pub config: MonitorConfig,
 }
 
-/// How often the sample timer runs `ffmpeg -version` again.
-const FFMPEG_RECHECK: Duration = Duration::from_secs(30);
-
 pub struct MonitorActor {
     deps: MonitorDeps,
-    /// Result of the last `ffmpeg -version` run; re-checked every [`FFMPEG_RECHECK`].
+    /// Result of the last `ffmpeg -version` run; run again when [`ffmpeg_check::Checked`]
+    /// says it is due.
     ffmpeg: Result<String, String>,
-    ffmpeg_checked: Option<Instant>,
+    ffmpeg_checked: ffmpeg_check::Checked,
     /// The store, blob and disk checks of the last sample: `/health` reports these, so a flood
     /// of anonymous requests never writes to the blob store.
     storage_checks: Option<(OffsetDateTime, Vec<CheckResult>)>,
@@ -288,7 +287,7 @@ impl MonitorActor {
         Self {
             deps,
             ffmpeg: Err("not checked yet".to_string()),
-            ffmpeg_checked: None,
+            ffmpeg_checked: ffmpeg_check::Checked::default(),
             storage_checks: None,
             storage_checking: false,
             engine,
@@ -343,19 +342,14 @@ impl MonitorActor {
                     }),
             );
         }
-        // Spawning ffmpeg on every sample would cost a process per tick; its presence rarely
-        // changes, so it is re-checked now and then.
         let check_ffmpeg_now = self
             .ffmpeg_checked
-            .is_none_or(|at| now.duration_since(at) >= FFMPEG_RECHECK);
-        if check_ffmpeg_now {
-            self.ffmpeg_checked = Some(now);
-        }
+            .due(now, ffmpeg_check::identity(&ffmpeg_path));
         ctx.spawn(
             async move {
                 let statuses = ping_all(&deps).await;
                 let ffmpeg = match check_ffmpeg_now {
-                    true => Some(check_ffmpeg(&ffmpeg_path).await),
+                    true => Some(ffmpeg_check::run(&ffmpeg_path).await),
                     false => None,
                 };
                 (statuses, ffmpeg)
@@ -623,6 +617,7 @@ impl Supervised for MonitorActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         // Alert state and history survive a restart: a panic must not silently resolve alerts.
         self.ffmpeg = Err("not checked yet".to_string());
+        self.ffmpeg_checked = ffmpeg_check::Checked::default();
         // A restart drops the running check with the old context.
         self.storage_checking = false;
         self.snapshots.clear();
@@ -869,21 +864,4 @@ fn check_disk(data_dir: &std::path::Path, min_free_bytes: u64) -> CheckResult {
             )
         }
     }
-}
-
-async fn check_ffmpeg(ffmpeg_path: &str) -> Result<String, String> {
-    let output = tokio::process::Command::new(ffmpeg_path)
-        .arg("-version")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {ffmpeg_path}: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{ffmpeg_path} -version exited with {}",
-            output.status
-        ));
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text.lines().next().unwrap_or("ffmpeg").to_string())
 }
