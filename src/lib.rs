@@ -95,6 +95,12 @@ pub fn start_with_clock(
     let http = config.http.clone();
     let connection_metrics = actors.metrics.clone();
     let address = listener.local_addr()?;
+    // std listens with a backlog of 128; Linux takes a second listen() as the new backlog.
+    rustix::net::listen(
+        &listener,
+        i32::try_from(config.server.listen_backlog).unwrap_or(i32::MAX),
+    )
+    .map_err(std::io::Error::from)?;
     let send_budget = web::Data::new(SendBudget::new(
         config.server.send_budget_kib * 1024,
         config.server.write_chunk_max_kib * 1024,

@@ -181,3 +181,28 @@ async fn segments_go_out_with_sendfile_until_a_request_with_a_body_hands_the_con
         "actix copies; the front's counter stays"
     );
 }
+
+/// The listener queues as many connections as `server.listen_backlog` asks (the kernel caps it
+/// at `net.core.somaxconn`), not std's 128: a crowd arriving at once is accepted, not retried.
+#[actix_rt::test]
+async fn the_listen_queue_holds_a_crowd_arriving_at_once() {
+    let server = TestServer::start();
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let listing = std::process::Command::new("ss")
+        .args(["-Hlnt", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) lists listening sockets");
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    // LISTEN, Recv-Q (waiting to be accepted), Send-Q (the backlog), local address, peer.
+    let backlog: u32 = listing
+        .split_whitespace()
+        .nth(2)
+        .and_then(|field| field.parse().ok())
+        .unwrap_or_else(|| panic!("no listener on {port}: {listing:?}"));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(backlog, 2048.min(somaxconn), "{listing}");
+}
