@@ -18,7 +18,8 @@
 //! crowd, claims, postgres), LOAD_BENCH_POSTGRES_RECORDS (100000), LOAD_BENCH_PLAYABLE (clip lengths in s for the first-playable rows, 30,120,600),
 //! LOAD_BENCH_CROWD
 //! (connections back to back, 1000), LOAD_BENCH_CROWD_SECONDS (15), LOAD_BENCH_CROWD_ROUNDS (3),
-//! LOAD_BENCH_VIEWERS (paced viewer counts, a row each: 1000,5000), LOAD_BENCH_PACED_SECONDS
+//! LOAD_BENCH_VIEWERS (paced viewer rows, `count` or `count@rung`, 720p by default:
+//! 1000,5000,5000@360p), LOAD_BENCH_PACED_SECONDS
 //! (per run, 30), LOAD_BENCH_PACED_ROUNDS (runs of each side, alternating, odd, 3), LOAD_BENCH_FLOOD_ADDRS
 //! (client addresses flooding bogus logins, 32), LOAD_BENCH_FLOOD_RATE (challenge-and-bogus-login
 //! attempts/s from each, 40), LOAD_BENCH_FLOOD_SECONDS (per phase, 10), LOAD_BENCH_SMAPS_DIR (unset;
@@ -101,7 +102,8 @@ struct Settings {
     crowd_connections: u32,
     crowd_seconds: u32,
     crowd_rounds: usize,
-    crowd_viewers: Vec<usize>,
+    /// Paced viewer rows: how many, and the rung they fetch.
+    crowd_viewers: Vec<(usize, &'static str)>,
     crowd_paced_seconds: u64,
     crowd_paced_rounds: usize,
 }
@@ -138,9 +140,17 @@ impl Settings {
             crowd_seconds: env_number("LOAD_BENCH_CROWD_SECONDS", 15) as u32,
             crowd_rounds: env_number("LOAD_BENCH_CROWD_ROUNDS", 3).max(1) as usize | 1,
             crowd_viewers: std::env::var("LOAD_BENCH_VIEWERS")
-                .unwrap_or_else(|_| "1000,5000".into())
+                .unwrap_or_else(|_| "1000,5000,5000@360p".into())
                 .split(',')
-                .map(|n| n.trim().parse().expect("LOAD_BENCH_VIEWERS: numbers"))
+                .map(|item| {
+                    let (count, rung) = item.trim().split_once('@').unwrap_or((item, "720p"));
+                    let rung = ["720p", "360p"]
+                        .into_iter()
+                        .find(|known| *known == rung)
+                        .expect("LOAD_BENCH_VIEWERS: a rung is 720p or 360p");
+                    let count = count.trim().parse().expect("LOAD_BENCH_VIEWERS: numbers");
+                    (count, rung)
+                })
                 .collect(),
             crowd_paced_seconds: env_number("LOAD_BENCH_PACED_SECONDS", 30),
             // Odd: the median of the rounds' ratios is then one round's.
@@ -1198,14 +1208,19 @@ fn crowd_rows(
         &["server.workers=0", "server.keep_alive_s=75"],
     );
     let (nginx_base, nginx) = start_nginx_with(&data.hls, scratch, "auto", 8192);
-    let segments: Vec<String> = (0..common::SEGMENTS)
-        .map(|n| format!("720p/seg_{n:03}.m4s"))
-        .collect();
-    let ours: Vec<String> = segments
-        .iter()
-        .map(|s| format!("/api/v1/media/{}/hls/{s}", data.clip))
-        .collect();
-    let theirs: Vec<String> = segments.iter().map(|s| format!("/{s}")).collect();
+    // A rung's segment paths on each server.
+    let paths = |rung: &str| -> (Vec<String>, Vec<String>) {
+        (0..common::SEGMENTS)
+            .map(|n| {
+                let segment = format!("{rung}/seg_{n:03}.m4s");
+                (
+                    format!("/api/v1/media/{}/hls/{segment}", data.clip),
+                    format!("/{segment}"),
+                )
+            })
+            .unzip()
+    };
+    let (ours, theirs) = paths("720p");
     let nginx_port: u16 = nginx_base.rsplit(':').next().unwrap().parse().unwrap();
 
     let connections = settings.crowd_connections;
@@ -1301,8 +1316,8 @@ fn crowd_rows(
 
     let every = Duration::from_secs(6);
     let duration = Duration::from_secs(settings.crowd_paced_seconds);
-    for &viewers in &settings.crowd_viewers {
-        // Per round and side: (kept-alive p50, kept-alive p99, first-request p99).
+    for &(viewers, rung) in &settings.crowd_viewers {
+        let (ours, theirs) = paths(rung);
         let (mut ours_rounds, mut theirs_rounds) = (Vec::new(), Vec::new());
         let (mut ours_runs, mut theirs_runs) = (crowd::Paced::default(), crowd::Paced::default());
         // Rounds in ABBA order, so neither side always runs first. A paced tail is a few
@@ -1324,45 +1339,48 @@ fn crowd_rows(
                         &mut theirs_runs,
                     )
                 };
-                let mut run = crowd::paced_viewers(port, paths, viewers, every, duration, pids);
-                rounds.push((
-                    crowd::quantile(&mut run.kept_alive_ms, 0.5),
-                    crowd::quantile(&mut run.kept_alive_ms, 0.99),
-                    crowd::quantile(&mut run.first_ms, 0.99),
-                ));
+                let run = crowd::paced_viewers(port, paths, viewers, every, duration, pids);
+                rounds.push(crowd::Tails::of(&run));
                 runs.add(run);
             }
         }
-        let of = |rounds: &[(f64, f64, f64)], pick: fn(&(f64, f64, f64)) -> f64| {
+        let of = |rounds: &[crowd::Tails], pick: fn(&crowd::Tails) -> f64| {
             median(rounds.iter().map(pick).collect())
         };
-        let ratios: Vec<f64> = ours_rounds
-            .iter()
-            .zip(&theirs_rounds)
-            .map(|(ours, theirs)| ours.1 / theirs.1)
-            .collect();
+        let ratio_of = |pick: fn(&crowd::Tails) -> f64| -> Vec<f64> {
+            ours_rounds
+                .iter()
+                .zip(&theirs_rounds)
+                .map(|(ours, theirs)| pick(ours) / pick(theirs))
+                .collect()
+        };
+        let ratios = ratio_of(|r| r.kept_alive_p99);
+        let all_ratio = median(ratio_of(|r| r.all_p99));
         let (lowest, highest) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
             (lo.min(*r), hi.max(*r))
         });
         let seconds = duration.as_secs_f64() * settings.crowd_paced_rounds as f64;
         rows.push(Row {
-            scenario: format!("{viewers} viewers, a segment every 6 s (kept alive)"),
+            scenario: format!("{viewers} viewers, a {rung} segment every 6 s (kept alive)"),
             requests_per_s: Some(ours_runs.requests() as f64 / seconds),
             megabytes_per_s: None,
-            p50_ms: Some(of(&ours_rounds, |r| r.0)),
-            p99_ms: Some(of(&ours_rounds, |r| r.1)),
+            p50_ms: Some(of(&ours_rounds, |r| r.kept_alive_p50)),
+            p99_ms: Some(of(&ours_rounds, |r| r.kept_alive_p99)),
             peak_rss_mb: ours_runs.memory.rss_mb,
             baseline: format!(
                 "nginx p99 {} ({} errors, {} reconnects); ours {} reconnects; rounds' ratios \
-                 {lowest:.2}–{highest:.2}; first request (opens the connection) p99 {} vs {}, \
+                 {lowest:.2}–{highest:.2}; first request (opens the connection) p99 {} vs {}; \
+                 all requests p99 {} vs {} ({all_ratio:.2}×); \
                  connects dropped by a full accept queue {} vs {}; CPU per request {:.2} ms vs \
                  {:.2} ms; RssAnon {:.0} MB vs {:.0} MB",
-                latency(Some(of(&theirs_rounds, |r| r.1))),
+                latency(Some(of(&theirs_rounds, |r| r.kept_alive_p99))),
                 theirs_runs.errors,
                 theirs_runs.reconnects,
                 ours_runs.reconnects,
-                latency(Some(of(&ours_rounds, |r| r.2))),
-                latency(Some(of(&theirs_rounds, |r| r.2))),
+                latency(Some(of(&ours_rounds, |r| r.first_p99))),
+                latency(Some(of(&theirs_rounds, |r| r.first_p99))),
+                latency(Some(of(&ours_rounds, |r| r.all_p99))),
+                latency(Some(of(&theirs_rounds, |r| r.all_p99))),
                 ours_runs.listen_overflows,
                 theirs_runs.listen_overflows,
                 ours_runs.cpu_s * 1e3 / ours_runs.requests() as f64,

@@ -19,10 +19,12 @@ use time::OffsetDateTime;
 
 /// A 6 s segment at ~2.8 Mbit/s, the 720p rung's size.
 pub const SEGMENT_BYTES: usize = 2 * 1024 * 1024;
-/// Segments written per media item by [`write_hls`].
+/// A 6 s segment at ~0.7 Mbit/s, the 360p rung's size.
+pub const SEGMENT_BYTES_360P: usize = 512 * 1024;
+/// Segments written per media item and rung by [`write_hls`].
 pub const SEGMENTS: usize = 4;
 
-/// A ready media record of the shape the transcoder leaves behind (one 720p rendition).
+/// A ready media record of the shape the transcoder leaves behind (720p and 360p renditions).
 pub fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -> Media {
     let now = OffsetDateTime::now_utc();
     Media {
@@ -47,12 +49,20 @@ pub fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -
         width: Some(1280),
         height: Some(720),
         video_codec: Some("h264".into()),
-        renditions: vec![Rendition {
-            name: "720p".into(),
-            width: 1280,
-            height: 720,
-            video_bitrate_kbps: 2800,
-        }],
+        renditions: vec![
+            Rendition {
+                name: "720p".into(),
+                width: 1280,
+                height: 720,
+                video_bitrate_kbps: 2800,
+            },
+            Rendition {
+                name: "360p".into(),
+                width: 640,
+                height: 360,
+                video_bitrate_kbps: 600,
+            },
+        ],
         playable_at: None,
         created_at: now,
         updated_at: now,
@@ -60,31 +70,34 @@ pub fn media(title: String, tags: Vec<String>, owner: &str, state: MediaState) -
 }
 
 /// Writes the HLS files of `media_id` where the transcoder would put them under `data_dir`
-/// (master, 720p playlist, [`SEGMENTS`] segments of [`SEGMENT_BYTES`] incompressible bytes) and
-/// returns the `hls` directory, which nginx can serve as its root.
+/// (master; 720p and 360p playlists of [`SEGMENTS`] segments each, of [`SEGMENT_BYTES`] and
+/// [`SEGMENT_BYTES_360P`] incompressible bytes) and returns the `hls` directory, which nginx can
+/// serve as its root.
 pub fn write_hls(data_dir: &Path, media_id: &MediaId) -> std::path::PathBuf {
     let hls = data_dir.join(format!("blobs/media/{media_id}/hls"));
-    std::fs::create_dir_all(hls.join("720p")).unwrap();
-    let mut segment = vec![0u8; SEGMENT_BYTES];
-    for (n, byte) in segment.iter_mut().enumerate() {
-        *byte = (n.wrapping_mul(2_654_435_761) >> 13) as u8;
-    }
-    for n in 0..SEGMENTS {
-        std::fs::write(hls.join(format!("720p/seg_{n:03}.m4s")), &segment).unwrap();
+    for (rung, bytes) in [("720p", SEGMENT_BYTES), ("360p", SEGMENT_BYTES_360P)] {
+        std::fs::create_dir_all(hls.join(rung)).unwrap();
+        let mut segment = vec![0u8; bytes];
+        for (n, byte) in segment.iter_mut().enumerate() {
+            *byte = (n.wrapping_mul(2_654_435_761) >> 13) as u8;
+        }
+        let mut playlist = String::from(
+            "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:6\n#EXT-X-MAP:URI=\"init.mp4\"\n",
+        );
+        for n in 0..SEGMENTS {
+            std::fs::write(hls.join(format!("{rung}/seg_{n:03}.m4s")), &segment).unwrap();
+            playlist.push_str(&format!("#EXTINF:6.000,\nseg_{n:03}.m4s\n"));
+        }
+        playlist.push_str("#EXT-X-ENDLIST\n");
+        std::fs::write(hls.join(format!("{rung}/index.m3u8")), &playlist).unwrap();
     }
     std::fs::write(
         hls.join("master.m3u8"),
-        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=2928000,RESOLUTION=1280x720,CODECS=\"avc1.64001f,mp4a.40.2\"\n720p/index.m3u8\n",
+        "#EXTM3U\n#EXT-X-VERSION:7\n\
+         #EXT-X-STREAM-INF:BANDWIDTH=2928000,RESOLUTION=1280x720,CODECS=\"avc1.64001f,mp4a.40.2\"\n720p/index.m3u8\n\
+         #EXT-X-STREAM-INF:BANDWIDTH=728000,RESOLUTION=640x360,CODECS=\"avc1.64001e,mp4a.40.2\"\n360p/index.m3u8\n",
     )
     .unwrap();
-    let mut playlist = String::from(
-        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:6\n#EXT-X-MAP:URI=\"init.mp4\"\n",
-    );
-    for n in 0..SEGMENTS {
-        playlist.push_str(&format!("#EXTINF:6.000,\nseg_{n:03}.m4s\n"));
-    }
-    playlist.push_str("#EXT-X-ENDLIST\n");
-    std::fs::write(hls.join("720p/index.m3u8"), &playlist).unwrap();
     hls
 }
 

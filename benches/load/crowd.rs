@@ -187,6 +187,30 @@ impl Paced {
     }
 }
 
+/// One paced run's latency tails, in ms.
+#[derive(Debug, Clone, Copy)]
+pub struct Tails {
+    pub kept_alive_p50: f64,
+    pub kept_alive_p99: f64,
+    pub first_p99: f64,
+    /// Over every request, first ones included.
+    pub all_p99: f64,
+}
+
+impl Tails {
+    pub fn of(run: &Paced) -> Self {
+        let mut kept_alive = run.kept_alive_ms.clone();
+        let mut first = run.first_ms.clone();
+        let mut all = [kept_alive.as_slice(), first.as_slice()].concat();
+        Self {
+            kept_alive_p50: quantile(&mut kept_alive, 0.5),
+            kept_alive_p99: quantile(&mut kept_alive, 0.99),
+            first_p99: quantile(&mut first, 0.99),
+            all_p99: quantile(&mut all, 0.99),
+        }
+    }
+}
+
 /// The `q` quantile of `latencies` (sorted in place), NaN when there are none.
 pub fn quantile(latencies: &mut [f64], q: f64) -> f64 {
     latencies.sort_by(f64::total_cmp);
