@@ -401,8 +401,8 @@ async fn request_ids_are_unique_uuids_and_never_outlive_their_response() {
     assert!(ids.insert(request_id().await));
 }
 
-/// Requests are counted under the pattern of the resource that answered (`match_pattern` of the
-/// answered request): also inside a scope with its own middleware (tus), for a method the
+/// Requests are counted under the pattern of the resource that answered (the pattern it
+/// carries as app data): also inside a scope with its own middleware (tus), for a method the
 /// resource lacks (405), and as "unmatched" when no resource matched.
 #[tokio::test]
 async fn requests_are_counted_under_the_route_that_answered() {

@@ -2,7 +2,7 @@
 //! and W3C trace context from the root span (`super::span`), checks the client's token bucket,
 //! and when the answer is ready counts it (metrics, trace stats, OTLP span) and sets
 //! `x-request-id` (and `traceparent` when the caller sent one). It wraps actix's router directly, so the route
-//! label is the pattern of the resource that answered (`HttpRequest::match_pattern`). Handlers
+//! label is the pattern of the resource that answered (`routes::table::route_pattern`). Handlers
 //! find the request's trace in the thread's [`RequestScope`] while the request is polled.
 //! Turned off (no metrics, no rate limits) it only forwards.
 
@@ -228,7 +228,7 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
     // the answer; an error answer has no request and counts as unmatched.
     let (pattern, status, response_bytes) = match &*result {
         Ok(response) => (
-            response.request().match_pattern(),
+            crate::routes::table::route_pattern(response.request()),
             response.status(),
             match response.response().body().size() {
                 BodySize::Sized(bytes) => Some(bytes),
@@ -237,7 +237,7 @@ fn finish<B: MessageBody>(observed: Observed, result: &mut Result<ServiceRespons
         ),
         Err(error) => (None, error.as_response_error().status_code(), None),
     };
-    let route = pattern.as_deref().unwrap_or(UNMATCHED_ROUTE);
+    let route = pattern.unwrap_or(UNMATCHED_ROUTE);
     let method = observed.method;
     let trace = observed.scope.trace;
     let request_id = observed.scope.request_id.hyphenated().to_string();

@@ -64,12 +64,12 @@ impl RootSpanBuilder for RequestSpan {
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
         let (route, status) = match outcome {
             Ok(response) => (
-                response.request().match_pattern(),
+                crate::routes::table::route_pattern(response.request()),
                 response.response().status(),
             ),
             Err(error) => (None, error.as_response_error().status_code()),
         };
-        span.record("route", route.as_deref().unwrap_or(UNMATCHED_ROUTE));
+        span.record("route", route.unwrap_or(UNMATCHED_ROUTE));
         span.record("status", status.as_u16());
     }
 }

@@ -91,13 +91,14 @@ async fn file(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for pattern in PAGES {
         cfg.service(
-            web::resource(*pattern)
+            super::table::routed(web::resource(*pattern), pattern)
                 .route(web::get().to(page))
                 .route(web::head().to(page)),
         );
     }
+    const FILES: &str = "/app/{file:.*}";
     cfg.service(
-        web::resource("/app/{file:.*}")
+        super::table::routed(web::resource(FILES), FILES)
             .route(web::get().to(file))
             .route(web::head().to(file)),
     );

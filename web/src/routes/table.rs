@@ -507,14 +507,29 @@ fn patterns() -> impl Iterator<Item = &'static str> {
 
 /// The resource for `pattern` with every route of the table at it, registered as `path`;
 /// explicit `HEAD` routes first, so they answer before a `GET` route's implied one.
-fn resource(pattern: &str, path: &str) -> Resource {
+fn resource(pattern: &'static str, path: &str) -> Resource {
     let at_pattern = || ROUTES.iter().filter(|route| route.pattern == pattern);
     at_pattern()
         .filter(|route| route.verb == Verb::Head)
         .chain(at_pattern().filter(|route| route.verb != Verb::Head))
-        .fold(web::resource(path), |resource, route| {
+        .fold(routed(web::resource(path), pattern), |resource, route| {
             (route.register)((route.setup)(resource))
         })
+}
+
+/// The full pattern of the resource that took a request, kept in the resource's app data.
+#[derive(Debug, Clone, Copy)]
+struct RoutePattern(&'static str);
+
+/// `resource`, which answers at the full `pattern`, tagged for [`route_pattern`].
+pub fn routed(resource: Resource, pattern: &'static str) -> Resource {
+    resource.app_data(RoutePattern(pattern))
+}
+
+/// The full pattern of the resource that answered `req`, `None` when none did. What
+/// `HttpRequest::match_pattern` says, without matching the path against every resource again.
+pub fn route_pattern(req: &actix_web::HttpRequest) -> Option<&'static str> {
+    req.app_data::<RoutePattern>().map(|pattern| pattern.0)
 }
 
 /// Registers every route of [`ROUTES`]; a scope goes where its first route stands.

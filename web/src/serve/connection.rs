@@ -19,7 +19,7 @@ use actix_server::GracefulShutdownSignal;
 use actix_service::Service;
 use actix_web::dev::Extensions;
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use super::{response, OnConnect, Settings};
 
@@ -172,8 +172,16 @@ where
                 _ = self.shutdown.notified(), if idle => return Next::Closed,
             }
             buf.reserve(READ_BYTES);
+            let room = buf.capacity() - buf.len();
             match io.try_read_buf(buf) {
                 Ok(0) => return Next::Closed,
+                // A short read drained the socket: its readiness is forgotten now (as tokio's
+                // own `poll_read` does) instead of by one more read that would block.
+                Ok(read) if read < room => {
+                    let _ = io.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Next::Closed,

@@ -52,13 +52,20 @@ pub(super) async fn write(
         (BodySize::None, _) => write_all(io, &out).await,
         (BodySize::Sized(len), _) => match body.try_into_bytes() {
             Ok(bytes) => write_with_head(io, out, &bytes).await,
+            // A small body behind a middleware's wrapper: gathered after the head, so the
+            // answer leaves in one packet as actix-http's would (two cost the client a wakeup).
+            Err(body) if len <= INLINE_BODY_BYTES as u64 => {
+                let mut out = out;
+                gather(body, len, &mut out).await?;
+                write_all(io, &out).await
+            }
             Err(body) => {
-                write_all(io, &out).await?;
+                write_all_more(io, &out).await?;
                 stream(io, body, Some(len)).await
             }
         },
         (BodySize::Stream, _) => {
-            write_all(io, &out).await?;
+            write_all_more(io, &out).await?;
             stream(io, body, None).await
         }
     }
@@ -133,6 +140,21 @@ async fn write_with_head(io: &TcpStream, mut head: BytesMut, body: &Bytes) -> io
     write_all(io, body).await
 }
 
+/// Appends all of a body of `len` bytes to `out`.
+async fn gather(body: BoxBody, len: u64, out: &mut BytesMut) -> io::Result<()> {
+    let mut body = std::pin::pin!(body);
+    let end = out.len() + usize::try_from(len).unwrap_or(usize::MAX);
+    while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+        let chunk = chunk.map_err(|error| io::Error::other(error.to_string()))?;
+        let room = end.saturating_sub(out.len());
+        out.put_slice(&chunk[..chunk.len().min(room)]);
+    }
+    if out.len() < end {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
 /// A body as it yields chunks: exactly `len` bytes, or chunk-encoded when the length is unknown.
 async fn stream(io: &TcpStream, body: BoxBody, len: Option<u64>) -> io::Result<()> {
     let mut body = std::pin::pin!(body);
@@ -150,10 +172,11 @@ async fn stream(io: &TcpStream, body: BoxBody, len: Option<u64>) -> io::Result<(
                 sent += part.len() as u64;
             }
             None => {
+                // One packet per chunk: its size line and data wait for the closing CRLF.
                 let mut frame = BytesMut::with_capacity(16);
                 let _ = write!((&mut frame).writer(), "{:X}\r\n", chunk.len());
-                write_all(io, &frame).await?;
-                write_all(io, &chunk).await?;
+                write_all_more(io, &frame).await?;
+                write_all_more(io, &chunk).await?;
                 write_all(io, b"\r\n").await?;
             }
         }
