@@ -1250,24 +1250,19 @@ fn crowd_rows(
     for round in 0..settings.crowd_rounds {
         for side in (0..3).map(|n| (n + round) % 3) {
             match side {
-                0 => {
-                    server.wait_quiet();
-                    sg.push(crowd::back_to_back(
-                        &server.base,
+                0 | 1 => {
+                    let (ours, runs) = if side == 0 {
+                        (&server, &mut sg)
+                    } else {
+                        (&copying, &mut cg)
+                    };
+                    ours.wait_quiet();
+                    runs.push(crowd::back_to_back(
+                        &ours.base,
                         &ours_script,
                         connections,
                         seconds,
-                        vec![server.child.id()],
-                    ));
-                }
-                1 => {
-                    copying.wait_quiet();
-                    cg.push(crowd::back_to_back(
-                        &copying.base,
-                        &ours_script,
-                        connections,
-                        seconds,
-                        vec![copying.child.id()],
+                        vec![ours.child.id()],
                     ));
                 }
                 _ => ng.push(crowd::back_to_back(
