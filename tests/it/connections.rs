@@ -184,6 +184,24 @@ async fn segments_go_out_with_sendfile_until_a_request_with_a_body_hands_the_con
         sent,
         "actix copies; the front's counter stays"
     );
+
+    // A head arriving in pieces: each short read leaves the socket drained and its readiness
+    // forgotten, and the next piece must still wake the connection.
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    socket.set_nodelay(true).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {address}\r\n\r\n");
+    for piece in request.as_bytes().chunks(5) {
+        socket.write_all(piece).await.unwrap();
+        socket.flush().await.unwrap();
+    }
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        next_response(&mut socket, &mut Vec::new(), false),
+    )
+    .await
+    .expect("a head sent in pieces is answered");
+    assert!(answered.0.starts_with("http/1.1 200"), "{}", answered.0);
+    assert_eq!(answered.1, expected);
 }
 
 /// The listener queues as many connections as `server.listen_backlog` asks (the kernel caps it

@@ -200,23 +200,31 @@ async fn send_file(
     while offset < end {
         let count = usize::try_from((end - offset).min(SENDFILE_CHUNK)).unwrap_or(usize::MAX);
         io.writable().await?;
-        let moved = io.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(io, file, Some(&mut offset), count).map_err(io::Error::from)
+        let mut moved = None;
+        let outcome = io.try_io(Interest::WRITABLE, || {
+            let done = rustix::fs::sendfile(io, file, Some(&mut offset), count)?;
+            moved = Some(done);
+            // A short call means the socket is full: its readiness (as seen before the call,
+            // so room freed meanwhile still wakes us) is forgotten rather than found out by
+            // one more call that would block, as nginx does.
+            if done > 0 && done < count {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
         });
-        match moved {
+        match (moved, outcome) {
             // The file is shorter than its response said: end the connection, not the framing.
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(moved) => {
+            (Some(0), _) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            (Some(moved), _) => {
                 sent.inc_by(moved as u64);
-                // After a whole turn the worker's other connections take theirs. A short one
-                // means the socket is full: the next call meets `WouldBlock` and waits for room
-                // at once, rather than queueing behind every ready connection first.
+                // After a whole turn the worker's other connections take theirs.
                 if moved == count && offset < end {
                     tokio::task::yield_now().await;
                 }
             }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error),
+            (None, Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {}
+            (None, Err(error)) => return Err(error),
+            (None, Ok(())) => {}
         }
     }
     Ok(())
@@ -245,4 +253,51 @@ async fn write_all_with(io: &TcpStream, mut bytes: &[u8], flags: SendFlags) -> i
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A file much larger than the socket's buffers goes out in many short `sendfile` calls,
+    /// each woken by room freed after the last one filled the socket.
+    #[actix_rt::test]
+    async fn a_file_larger_than_the_socket_goes_out_whole_in_short_calls() {
+        let content: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&content).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let reader = tokio::net::TcpSocket::new_v4().unwrap();
+        reader.set_recv_buffer_size(4096).unwrap();
+        let mut reader = reader
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (writer, _) = listener.accept().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&writer, 4096).unwrap();
+        writer.set_nonblocking(true).unwrap();
+        let writer = TcpStream::from_std(writer).unwrap();
+        let sent = IntCounter::new("sent", "bytes").unwrap();
+        let len = content.len() as u64;
+        let mut received = Vec::new();
+        let (written, read) = tokio::join!(send_file(&writer, &file, 1, len - 1, &sent), async {
+            let mut chunk = [0u8; 1024];
+            while (received.len() as u64) < len - 1 {
+                let n = reader.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&chunk[..n]);
+            }
+            io::Result::Ok(())
+        });
+        written.unwrap();
+        read.unwrap();
+        assert_eq!(sent.get(), len - 1);
+        assert!(
+            received == content[1..],
+            "the bytes from the offset, in order"
+        );
+    }
 }
