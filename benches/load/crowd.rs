@@ -192,6 +192,7 @@ impl Paced {
 pub struct Tails {
     pub kept_alive_p50: f64,
     pub kept_alive_p99: f64,
+    pub first_p50: f64,
     pub first_p99: f64,
     /// Over every request, first ones included.
     pub all_p99: f64,
@@ -205,6 +206,7 @@ impl Tails {
         Self {
             kept_alive_p50: quantile(&mut kept_alive, 0.5),
             kept_alive_p99: quantile(&mut kept_alive, 0.99),
+            first_p50: quantile(&mut first, 0.5),
             first_p99: quantile(&mut first, 0.99),
             all_p99: quantile(&mut all, 0.99),
         }

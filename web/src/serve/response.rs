@@ -45,9 +45,17 @@ pub(super) async fn write(
     }
     match (size, file) {
         (BodySize::Sized(len), Some(file)) if file.len == len => {
-            // MSG_MORE: the head goes out in the same packets as the file's first bytes.
-            write_all_more(io, &out).await?;
-            send_file(io, &file.file, file.offset, len, sendfile_bytes).await
+            // Corked, as nginx's `tcp_nopush`: the head and the file leave in full-sized
+            // packets, the last when the cork lifts. Uncorked, this no-delay socket sent each
+            // piece as `sendfile` queued it: 1.7 times nginx's packets for the same bytes.
+            let _ = rustix::net::sockopt::set_tcp_cork(io, true);
+            let sent = async {
+                write_all(io, &out).await?;
+                send_file(io, &file.file, file.offset, len, sendfile_bytes).await
+            }
+            .await;
+            let _ = rustix::net::sockopt::set_tcp_cork(io, false);
+            sent
         }
         (BodySize::None, _) => write_all(io, &out).await,
         (BodySize::Sized(len), _) => match body.try_into_bytes() {
