@@ -132,6 +132,7 @@ pub fn start_with_clock(
         timeouts: serve::Timeouts {
             keep_alive: seconds(config.server.keep_alive_s),
             first_request: seconds(config.server.first_request_timeout_s),
+            send: seconds(config.server.send_timeout_s),
         },
     };
     let mut builder = ServerBuilder::default()

@@ -107,7 +107,7 @@ where
                     };
                     let keep_alive = keep_alive && answer.head().keep_alive();
                     let written = response::write(
-                        &io,
+                        &response::Out::new(&io, timeouts.send),
                         answer,
                         head_only,
                         keep_alive,
@@ -125,7 +125,8 @@ where
                 Next::HandOff => break,
                 Next::Closed => return,
                 Next::TimedOut => {
-                    let _ = response::request_timeout(&io).await;
+                    let _ =
+                        response::request_timeout(&response::Out::new(&io, timeouts.send)).await;
                     return;
                 }
             }

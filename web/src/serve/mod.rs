@@ -88,6 +88,8 @@ pub struct Timeouts {
     pub keep_alive: Option<Duration>,
     /// Time a new connection may take to send its first request; `None` is no limit.
     pub first_request: Option<Duration>,
+    /// Time a response may wait for the client to take more of it; `None` is no limit.
+    pub send: Option<Duration>,
 }
 
 /// Called with each new connection's extensions (e.g. a guard counting open connections).

@@ -2,7 +2,14 @@
 //! body — a [`FileBody`] straight from the page cache with `sendfile(2)`, anything else chunk
 //! by chunk as the body yields it.
 
-use std::{fs::File, io, io::Write as _, time::SystemTime};
+use std::{
+    fs::File,
+    io,
+    io::Write as _,
+    ops::Deref,
+    os::fd::{AsFd, BorrowedFd},
+    time::{Duration, SystemTime},
+};
 
 use actix_http::{
     body::{BodySize, BoxBody, MessageBody},
@@ -22,10 +29,48 @@ const SENDFILE_CHUNK: u64 = 2 * 1024 * 1024;
 /// A body this small goes out in the same write as the head.
 const INLINE_BODY_BYTES: usize = 16 * 1024;
 
+/// A front connection as responses write to it. Waiting for room gives up after `stall`
+/// (nginx's `send_timeout`): a viewer that stops reading does not hold its connection, its file
+/// and a share of the worker forever.
+pub(super) struct Out<'a> {
+    io: &'a TcpStream,
+    stall: Option<Duration>,
+}
+
+impl<'a> Out<'a> {
+    pub(super) fn new(io: &'a TcpStream, stall: Option<Duration>) -> Self {
+        Self { io, stall }
+    }
+
+    /// Room to write, or `TimedOut` when none came for `stall`.
+    async fn writable(&self) -> io::Result<()> {
+        match self.stall {
+            Some(stall) => tokio::time::timeout(stall, self.io.writable())
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?,
+            None => self.io.writable().await,
+        }
+    }
+}
+
+impl Deref for Out<'_> {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        self.io
+    }
+}
+
+impl AsFd for Out<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.as_fd()
+    }
+}
+
 /// Writes `response`; for a `HEAD` request (`head_only`) the head alone. Bytes sent from a file
 /// are counted in `sendfile_bytes` as they go.
 pub(super) async fn write(
-    io: &TcpStream,
+    io: &Out<'_>,
     response: Response<BoxBody>,
     head_only: bool,
     keep_alive: bool,
@@ -80,7 +125,7 @@ pub(super) async fn write(
 }
 
 /// 408 and close, for a request head that did not arrive in time.
-pub(super) async fn request_timeout(io: &TcpStream) -> io::Result<()> {
+pub(super) async fn request_timeout(io: &Out<'_>) -> io::Result<()> {
     let mut out = BytesMut::new();
     let _ = write!(
         (&mut out).writer(),
@@ -139,7 +184,7 @@ fn head(response: &Response<BoxBody>, size: BodySize, keep_alive: bool) -> Bytes
 }
 
 /// The head and a whole body in as few writes as possible.
-async fn write_with_head(io: &TcpStream, mut head: BytesMut, body: &Bytes) -> io::Result<()> {
+async fn write_with_head(io: &Out<'_>, mut head: BytesMut, body: &Bytes) -> io::Result<()> {
     if body.len() <= INLINE_BODY_BYTES {
         head.put_slice(body);
         return write_all(io, &head).await;
@@ -164,7 +209,7 @@ async fn gather(body: BoxBody, len: u64, out: &mut BytesMut) -> io::Result<()> {
 }
 
 /// A body as it yields chunks: exactly `len` bytes, or chunk-encoded when the length is unknown.
-async fn stream(io: &TcpStream, body: BoxBody, len: Option<u64>) -> io::Result<()> {
+async fn stream(io: &Out<'_>, body: BoxBody, len: Option<u64>) -> io::Result<()> {
     let mut body = std::pin::pin!(body);
     let mut sent = 0u64;
     while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
@@ -198,7 +243,7 @@ async fn stream(io: &TcpStream, body: BoxBody, len: Option<u64>) -> io::Result<(
 
 /// `len` bytes of `file` from `offset`, page cache to socket.
 async fn send_file(
-    io: &TcpStream,
+    io: &Out<'_>,
     file: &File,
     mut offset: u64,
     len: u64,
@@ -238,16 +283,16 @@ async fn send_file(
     Ok(())
 }
 
-async fn write_all(io: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+async fn write_all(io: &Out<'_>, bytes: &[u8]) -> io::Result<()> {
     write_all_with(io, bytes, SendFlags::empty()).await
 }
 
 /// [`write_all`] with more to follow at once.
-async fn write_all_more(io: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+async fn write_all_more(io: &Out<'_>, bytes: &[u8]) -> io::Result<()> {
     write_all_with(io, bytes, SendFlags::MORE).await
 }
 
-async fn write_all_with(io: &TcpStream, mut bytes: &[u8], flags: SendFlags) -> io::Result<()> {
+async fn write_all_with(io: &Out<'_>, mut bytes: &[u8], flags: SendFlags) -> io::Result<()> {
     while !bytes.is_empty() {
         io.writable().await?;
         let sent = io.try_io(Interest::WRITABLE, || {
@@ -268,6 +313,21 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    /// A loopback connection with small buffers on both ends: a few KiB fill it.
+    async fn narrow_connection() -> (tokio::net::TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let reader = tokio::net::TcpSocket::new_v4().unwrap();
+        reader.set_recv_buffer_size(4096).unwrap();
+        let reader = reader
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (writer, _) = listener.accept().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&writer, 4096).unwrap();
+        writer.set_nonblocking(true).unwrap();
+        (reader, TcpStream::from_std(writer).unwrap())
+    }
+
     /// A file much larger than the socket's buffers goes out in many short `sendfile` calls,
     /// each woken by room freed after the last one filled the socket.
     #[actix_rt::test]
@@ -275,21 +335,12 @@ mod tests {
         let content: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&content).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let reader = tokio::net::TcpSocket::new_v4().unwrap();
-        reader.set_recv_buffer_size(4096).unwrap();
-        let mut reader = reader
-            .connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (writer, _) = listener.accept().unwrap();
-        rustix::net::sockopt::set_socket_send_buffer_size(&writer, 4096).unwrap();
-        writer.set_nonblocking(true).unwrap();
-        let writer = TcpStream::from_std(writer).unwrap();
+        let (mut reader, writer) = narrow_connection().await;
         let sent = IntCounter::new("sent", "bytes").unwrap();
         let len = content.len() as u64;
         let mut received = Vec::new();
-        let (written, read) = tokio::join!(send_file(&writer, &file, 1, len - 1, &sent), async {
+        let out = Out::new(&writer, Some(Duration::from_secs(60)));
+        let (written, read) = tokio::join!(send_file(&out, &file, 1, len - 1, &sent), async {
             let mut chunk = [0u8; 1024];
             while (received.len() as u64) < len - 1 {
                 let n = reader.read(&mut chunk).await?;
@@ -306,6 +357,26 @@ mod tests {
         assert!(
             received == content[1..],
             "the bytes from the offset, in order"
+        );
+    }
+
+    /// A reader that stops reading: waiting for room ends in `TimedOut` after the stall, and the
+    /// bytes counted are those the socket took.
+    #[actix_rt::test]
+    async fn a_reader_that_stops_reading_times_the_send_out() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&vec![7u8; 8 * 1024 * 1024]).unwrap();
+        let (_reader, writer) = narrow_connection().await;
+        let sent = IntCounter::new("sent", "bytes").unwrap();
+        let out = Out::new(&writer, Some(Duration::from_millis(200)));
+        let error = send_file(&out, &file, 0, 8 * 1024 * 1024, &sent)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            sent.get() > 0 && sent.get() < 8 * 1024 * 1024,
+            "{}",
+            sent.get()
         );
     }
 }
