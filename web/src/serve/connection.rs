@@ -174,24 +174,9 @@ where
             }
             buf.reserve(READ_BYTES);
             let room = buf.capacity() - buf.len();
-            let mut read = None;
-            let outcome = io.try_io(Interest::READABLE, || {
-                let count = io.try_read_buf(buf)?;
-                read = Some(count);
-                // A short read drained the socket: its readiness is forgotten now (as tokio's
-                // own `poll_read` does) instead of by one more read that would block. Inside
-                // `try_io` the forgetting is of the readiness seen before the read, so bytes
-                // arriving meanwhile still wake the connection.
-                if count > 0 && count < room {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(())
-            });
-            match (read, outcome) {
-                (Some(0), _) => return Next::Closed,
-                (Some(_), _) => {}
-                (None, Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {}
-                (None, _) => return Next::Closed,
+            match super::move_once(io, Interest::READABLE, room, || io.try_read_buf(buf)) {
+                Ok(Some(0)) | Err(_) => return Next::Closed,
+                Ok(_) => {}
             }
         }
     }

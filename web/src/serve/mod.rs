@@ -15,7 +15,7 @@
 mod connection;
 mod response;
 
-use std::{fs::File, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
+use std::{fs::File, io, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
 
 use actix_http::{body::MessageBody, HttpService, Request, Response};
 use actix_server::ServerBuilder;
@@ -25,6 +25,34 @@ use actix_service::{
 use actix_web::dev::{AppConfig, Extensions};
 
 pub use connection::PrefixedIo;
+
+/// One non-blocking call on `io` that moves at most `want` bytes: `Ok(None)` when the socket
+/// was not ready. A short move means the socket is drained (or full): its readiness is forgotten
+/// at once, as tokio's own `poll_read` does, rather than found out by one more call that would
+/// block. Inside `try_io` what is forgotten is the readiness seen before the call, so bytes or
+/// room arriving meanwhile still wake the connection.
+fn move_once(
+    io: &actix_rt::net::TcpStream,
+    interest: tokio::io::Interest,
+    want: usize,
+    call: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<Option<usize>> {
+    let mut moved = None;
+    let outcome = io.try_io(interest, || {
+        let count = call()?;
+        moved = Some(count);
+        if count > 0 && count < want {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    match (moved, outcome) {
+        (Some(count), _) => Ok(Some(count)),
+        (None, Err(error)) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        (None, Err(error)) => Err(error),
+        (None, Ok(())) => Ok(None),
+    }
+}
 
 /// A response body that is a range of a local file: a connection of the front sends it with
 /// `sendfile(2)`; actix's dispatcher ignores it and streams the response's own body, which must

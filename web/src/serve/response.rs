@@ -253,31 +253,20 @@ async fn send_file(
     while offset < end {
         let count = usize::try_from((end - offset).min(SENDFILE_CHUNK)).unwrap_or(usize::MAX);
         io.writable().await?;
-        let mut moved = None;
-        let outcome = io.try_io(Interest::WRITABLE, || {
-            let done = rustix::fs::sendfile(io, file, Some(&mut offset), count)?;
-            moved = Some(done);
-            // A short call means the socket is full: its readiness (as seen before the call,
-            // so room freed meanwhile still wakes us) is forgotten rather than found out by
-            // one more call that would block, as nginx does.
-            if done > 0 && done < count {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(())
-        });
-        match (moved, outcome) {
+        let moved = super::move_once(io, Interest::WRITABLE, count, || {
+            Ok(rustix::fs::sendfile(io, file, Some(&mut offset), count)?)
+        })?;
+        match moved {
             // The file is shorter than its response said: end the connection, not the framing.
-            (Some(0), _) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            (Some(moved), _) => {
+            Some(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Some(moved) => {
                 sent.inc_by(moved as u64);
                 // After a whole turn the worker's other connections take theirs.
                 if moved == count && offset < end {
                     tokio::task::yield_now().await;
                 }
             }
-            (None, Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {}
-            (None, Err(error)) => return Err(error),
-            (None, Ok(())) => {}
+            None => {}
         }
     }
     Ok(())
@@ -295,14 +284,13 @@ async fn write_all_more(io: &Out<'_>, bytes: &[u8]) -> io::Result<()> {
 async fn write_all_with(io: &Out<'_>, mut bytes: &[u8], flags: SendFlags) -> io::Result<()> {
     while !bytes.is_empty() {
         io.writable().await?;
-        let sent = io.try_io(Interest::WRITABLE, || {
-            rustix::net::send(io, bytes, flags | SendFlags::NOSIGNAL).map_err(io::Error::from)
-        });
+        let sent = super::move_once(io, Interest::WRITABLE, bytes.len(), || {
+            Ok(rustix::net::send(io, bytes, flags | SendFlags::NOSIGNAL)?)
+        })?;
         match sent {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => bytes = &bytes[written..],
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error),
+            Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Some(written) => bytes = &bytes[written..],
+            None => {}
         }
     }
     Ok(())
