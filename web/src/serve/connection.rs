@@ -2,6 +2,7 @@
 //! the connection to actix-http at the first request the front does not take.
 
 use std::{
+    future::Future as _,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -69,10 +70,11 @@ where
         B: MessageBody + 'static,
     {
         let peer = io.peer_addr().ok();
+        let stall = self.settings.timeouts.send;
         if !self.settings.sendfile {
             let _ = self
                 .handoff
-                .call((PrefixedIo::new(BytesMut::new(), io), peer))
+                .call((PrefixedIo::new(BytesMut::new(), io, stall), peer))
                 .await;
             return;
         }
@@ -134,7 +136,10 @@ where
         }
         // actix-http counts the connection from here on.
         drop(extensions);
-        let _ = self.handoff.call((PrefixedIo::new(buf, io), peer)).await;
+        let _ = self
+            .handoff
+            .call((PrefixedIo::new(buf, io, stall), peer))
+            .await;
     }
 
     /// Reads until `buf` holds a whole request head, then decides who answers it.
@@ -258,14 +263,53 @@ fn request(
 }
 
 /// A connection handed to actix-http: the bytes the front already read, then the socket.
+/// actix-http has no limit on how long a response waits for the client to take it, so a write
+/// that finds no room for `stall` fails here (`server.send_timeout_s`, as on the front).
 pub struct PrefixedIo {
     prefix: BytesMut,
     io: TcpStream,
+    stall: Option<Duration>,
+    /// Running while writes find no room; dropped by any write that gets through.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl PrefixedIo {
-    fn new(prefix: BytesMut, io: TcpStream) -> Self {
-        Self { prefix, io }
+    fn new(prefix: BytesMut, io: TcpStream, stall: Option<Duration>) -> Self {
+        Self {
+            prefix,
+            io,
+            stall,
+            waiting: None,
+        }
+    }
+
+    /// What a write that found no room returns: pending until `stall` has passed since the
+    /// first such write, then `TimedOut`.
+    fn no_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(stall) = self.stall else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Pending => self.no_room(cx),
+            done => {
+                self.waiting = None;
+                done
+            }
+        }
     }
 }
 
@@ -294,7 +338,8 @@ impl AsyncWrite for PrefixedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(cx, written)
     }
 
     fn poll_write_vectored(
@@ -302,7 +347,8 @@ impl AsyncWrite for PrefixedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -321,6 +367,51 @@ impl AsyncWrite for PrefixedIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::narrow_connection;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A handed-off connection whose client stops reading: the write fails with `TimedOut`
+    /// once no room came for the stall, as a front answer would.
+    #[actix_rt::test]
+    async fn a_handed_off_write_that_finds_no_room_times_out() {
+        let (_reader, writer) = narrow_connection().await;
+        let mut io = PrefixedIo::new(BytesMut::new(), writer, Some(Duration::from_millis(200)));
+        let bytes = vec![7u8; 8 * 1024 * 1024];
+        let write = io.write_all(&bytes);
+        let error = tokio::time::timeout(Duration::from_secs(30), write)
+            .await
+            .expect("the write gave up on its own")
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// A slow reader that keeps taking bytes is never cut off: the stall counts from the last
+    /// write that got through, not from the first that waited.
+    #[actix_rt::test]
+    async fn a_slow_reader_that_keeps_reading_gets_everything() {
+        let (mut reader, writer) = narrow_connection().await;
+        let mut io = PrefixedIo::new(BytesMut::new(), writer, Some(Duration::from_millis(300)));
+        let len = 512 * 1024;
+        let (written, read) = tokio::join!(
+            async {
+                io.write_all(&vec![7u8; len]).await?;
+                io.shutdown().await
+            },
+            async {
+                let (mut total, mut chunk) = (0, vec![0u8; 64 * 1024]);
+                loop {
+                    // Slower than the writer, well within the stall.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    match reader.read(&mut chunk).await? {
+                        0 => return io::Result::Ok(total),
+                        n => total += n,
+                    }
+                }
+            }
+        );
+        written.unwrap();
+        assert_eq!(read.unwrap(), len);
+    }
 
     fn next(head: &str) -> Option<Next> {
         take(&BytesMut::from(head.as_bytes()), None)

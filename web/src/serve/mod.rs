@@ -54,6 +54,22 @@ fn move_once(
     }
 }
 
+/// A loopback connection with small buffers on both ends: a few KiB fill it.
+#[cfg(test)]
+pub(crate) async fn narrow_connection() -> (tokio::net::TcpStream, actix_rt::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reader = tokio::net::TcpSocket::new_v4().unwrap();
+    reader.set_recv_buffer_size(4096).unwrap();
+    let reader = reader
+        .connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (writer, _) = listener.accept().unwrap();
+    rustix::net::sockopt::set_socket_send_buffer_size(&writer, 4096).unwrap();
+    writer.set_nonblocking(true).unwrap();
+    (reader, actix_rt::net::TcpStream::from_std(writer).unwrap())
+}
+
 /// A response body that is a range of a local file: a connection of the front sends it with
 /// `sendfile(2)`; actix's dispatcher ignores it and streams the response's own body, which must
 /// hold the same bytes.

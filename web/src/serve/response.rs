@@ -299,22 +299,8 @@ async fn write_all_with(io: &Out<'_>, mut bytes: &[u8], flags: SendFlags) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::narrow_connection;
     use tokio::io::AsyncReadExt;
-
-    /// A loopback connection with small buffers on both ends: a few KiB fill it.
-    async fn narrow_connection() -> (tokio::net::TcpStream, TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let reader = tokio::net::TcpSocket::new_v4().unwrap();
-        reader.set_recv_buffer_size(4096).unwrap();
-        let reader = reader
-            .connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (writer, _) = listener.accept().unwrap();
-        rustix::net::sockopt::set_socket_send_buffer_size(&writer, 4096).unwrap();
-        writer.set_nonblocking(true).unwrap();
-        (reader, TcpStream::from_std(writer).unwrap())
-    }
 
     /// A file much larger than the socket's buffers goes out in many short `sendfile` calls,
     /// each woken by room freed after the last one filled the socket.
