@@ -33,6 +33,7 @@ pub struct ServerConfig {
     pub keep_alive_s: u64,
     pub first_request_timeout_s: u64,
     pub send_timeout_s: u64,
+    pub body_timeout_s: u64,
     pub max_connections_per_worker: usize,
     pub listen_backlog: u32,
     pub sendfile: bool,

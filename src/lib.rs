@@ -105,6 +105,10 @@ pub fn start_with_clock(
         config.server.send_budget_kib * 1024,
         config.server.write_chunk_max_kib * 1024,
     ));
+    let body_stall = mw::BodyStall::new(
+        (config.server.body_timeout_s > 0)
+            .then(|| Duration::from_secs(config.server.body_timeout_s)),
+    );
     let app = move || {
         App::new()
             .app_data(data.clone())
@@ -119,6 +123,7 @@ pub fn start_with_clock(
             .wrap(mw::json_errors())
             .wrap(mw::security_headers())
             .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))
+            .wrap(body_stall)
             .configure(streamgate_web::configure)
             .default_service(web::to(streamgate_web::not_found))
     };

@@ -89,6 +89,66 @@ impl Raw<'_> {
             .unwrap()
     }
 
+    /// A PATCH of `length` bytes that holds the upload's lock, having sent at most `sent` (the
+    /// test feeds or ends the rest through the sender). Until the lock shows, the body keeps
+    /// trickling, so no body timeout ends it first.
+    async fn hold(
+        &self,
+        location: &str,
+        sent: &[u8],
+        length: u64,
+    ) -> (BodySender, PendingResponse) {
+        let (sender, pending) =
+            held_patch(self.client, format!("{}{location}", self.base), 0, length);
+        let (first, rest) = sent.split_at(sent.len() / 2);
+        sender.send(Ok(first.to_vec())).await.unwrap();
+        let mut rest = rest.chunks(1024);
+        crate::harness::poll(
+            Duration::from_secs(10),
+            "the PATCH to hold the lock",
+            async || {
+                if let Some(piece) = rest.next() {
+                    sender.send(Ok(piece.to_vec())).await.unwrap();
+                }
+                // Offset 1 is wrong, so this probe can never take the upload itself: 409 until the
+                // PATCH holds the lock, 423 after.
+                self.patch(location, 1, vec![0; 10]).await.status() == 423
+            },
+        )
+        .await;
+        (sender, pending)
+    }
+
+    /// Once nothing holds the upload's lock, sends the rest of `bytes` from its offset and
+    /// checks the upload finished; returns the offset it resumed at.
+    async fn resume_once_free(&self, location: &str, bytes: &[u8]) -> u64 {
+        let resumed_at = self.offset_once_free(location).await;
+        let rest = bytes[resumed_at as usize..].to_vec();
+        assert_eq!(self.patch(location, resumed_at, rest).await.status(), 204);
+        let (_, json) = get_json_as(self.client, &format!("{}{location}", self.base)).await;
+        assert_eq!(json["state"], "finished", "{json}");
+        resumed_at
+    }
+
+    /// The upload's offset once nothing holds its lock any more.
+    async fn offset_once_free(&self, location: &str) -> u64 {
+        let offset = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+        crate::harness::poll(Duration::from_secs(10), "the lock to be released", || {
+            let offset = offset.clone();
+            async move {
+                let (status, now) = self.offset(location).await;
+                assert_eq!(status, 200);
+                // A zero-byte PATCH at the right offset proves the lock is free.
+                let probe = self.patch(location, now, Vec::new()).await.status();
+                *offset.lock().unwrap() = now;
+                probe == 204
+            }
+        })
+        .await;
+        let now = *offset.lock().unwrap();
+        now
+    }
+
     async fn offset(&self, location: &str) -> (u16, u64) {
         let response = self.request(Method::HEAD, location).send().await.unwrap();
         let offset = header(&response, "upload-offset").parse().unwrap_or(0);
@@ -548,18 +608,7 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
     let other = raw.create(video.len() as u64, "").await;
 
     // The first PATCH holds the upload while its body trickles in.
-    let (sender, first) = held_patch(&alice, server.url(&location), 0, 200_000);
-    sender.send(Ok(video[..50_000].to_vec())).await.unwrap();
-    crate::harness::poll(
-        Duration::from_secs(10),
-        "the first PATCH to hold the lock",
-        || async {
-            // Offset 1 is wrong, so this probe can never take the upload itself: 409 until the
-            // first PATCH holds the lock, 423 after.
-            raw.patch(&location, 1, video[..10].to_vec()).await.status() == 423
-        },
-    )
-    .await;
+    let (sender, first) = raw.hold(&location, &video[..50_000], 200_000).await;
     let response = raw.patch(&location, 0, video[..100].to_vec()).await;
     assert_eq!(response.status(), 423);
     assert_eq!(
@@ -581,38 +630,40 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
         .unwrap();
     drop(sender);
     let _ = first.await.unwrap();
-    let offset = std::sync::Arc::new(std::sync::Mutex::new(0u64));
-    crate::harness::poll(Duration::from_secs(10), "the lock to be released", || {
-        let offset = offset.clone();
-        let raw = &raw;
-        let location = &location;
-        async move {
-            let (status, now) = raw.offset(location).await;
-            assert_eq!(status, 200);
-            // A zero-byte PATCH at the right offset proves the lock is free.
-            let probe = raw.patch(location, now, Vec::new()).await.status();
-            *offset.lock().unwrap() = now;
-            probe == 204
-        }
-    })
-    .await;
-    let resumed_at = *offset.lock().unwrap();
+    let resumed_at = raw.resume_once_free(&location, &video).await;
     assert!(
         resumed_at <= 50_000,
         "only bytes that arrived count: {resumed_at}"
     );
-    let response = raw
-        .patch(&location, resumed_at, video[resumed_at as usize..].to_vec())
-        .await;
-    assert_eq!(response.status(), 204);
-    let (_, json) = get_json_as(&alice, &server.url(&location)).await;
-    assert_eq!(json["state"], "finished");
     let stored = std::fs::read(server.data_dir.join(format!(
         "blobs/uploads/{}/source",
         location.rsplit('/').next().unwrap()
     )))
     .unwrap();
     assert_eq!(sha256_hex(&stored), sha256_hex(&video));
+}
+
+/// A client that goes silent mid-PATCH without closing (a phone that lost its network): after
+/// `server.body_timeout_s` the PATCH ends, keeps what arrived and frees the upload, so the
+/// same client resumes at once instead of meeting 423 until the server restarts.
+#[tokio::test]
+async fn a_client_silent_mid_patch_frees_its_upload_after_the_body_timeout() {
+    let server = TestServer::start_with(|config| config.server.body_timeout_s = 2);
+    let alice = server.alice_client().await;
+    let raw = Raw {
+        client: &alice,
+        base: &server.base,
+    };
+    let video = fake_video(300_000);
+    let location = raw.create(video.len() as u64, "").await;
+    let (silent, _first) = raw.hold(&location, &video[..50_000], 200_000).await;
+    // The sender stays open and sends nothing more.
+    let resumed_at = raw.resume_once_free(&location, &video).await;
+    assert!(
+        resumed_at > 0 && resumed_at <= 50_000,
+        "what arrived is kept, nothing more: {resumed_at}"
+    );
+    drop(silent);
 }
 
 #[tokio::test]

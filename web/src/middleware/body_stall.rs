@@ -1,0 +1,185 @@
+//! A request body that stops arriving ends in an error after `server.body_timeout_s` (nginx's
+//! `client_body_timeout`, tusd's network timeout). actix-http waits for body bytes forever, so a
+//! client that goes silent mid-upload would hold its connection and, for a tus `PATCH`, the
+//! upload's lock: its own resume would be refused until the server restarts. With the limit
+//! the handler sees the body end in an error, keeps what arrived and lets go.
+
+use std::{
+    future::Future as _,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use actix_web::{
+    dev::{Payload, Service, ServiceRequest, Transform},
+    error::PayloadError,
+    http::header,
+    web::Bytes,
+    HttpMessage as _,
+};
+use futures_util::{
+    future::{ready, Ready},
+    Stream,
+};
+
+/// Wraps the body of every request that has one in a [`Stalling`] stream.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyStall {
+    limit: Option<Duration>,
+}
+
+impl BodyStall {
+    /// `None`: bodies may pause for as long as they like.
+    pub fn new(limit: Option<Duration>) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> Transform<S, ServiceRequest> for BodyStall
+where
+    S: Service<ServiceRequest>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Transform = BodyStallService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(BodyStallService {
+            service,
+            limit: self.limit,
+        }))
+    }
+}
+
+pub struct BodyStallService<S> {
+    service: S,
+    limit: Option<Duration>,
+}
+
+impl<S> Service<ServiceRequest> for BodyStallService<S>
+where
+    S: Service<ServiceRequest>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
+            || req.headers().contains_key(header::TRANSFER_ENCODING);
+        if let (Some(limit), true) = (self.limit, has_body) {
+            let body = Stalling::new(req.take_payload(), limit);
+            req.set_payload(Payload::from(
+                Box::pin(body) as actix_http::BoxedPayloadStream
+            ));
+        }
+        self.service.call(req)
+    }
+}
+
+/// A body that fails with `TimedOut` once a read has waited `limit` for its next bytes.
+pub struct Stalling<S> {
+    body: S,
+    limit: Duration,
+    /// Running while a read waits; dropped by every chunk that arrives.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: bool,
+}
+
+impl<S> Stalling<S> {
+    pub fn new(body: S, limit: Duration) -> Self {
+        Self {
+            body,
+            limit,
+            waiting: None,
+            timed_out: false,
+        }
+    }
+}
+
+impl<S> Stream for Stalling<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.timed_out {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = Pin::new(&mut this.body).poll_next(cx) {
+            this.waiting = None;
+            return Poll::Ready(item);
+        }
+        let limit = this.limit;
+        let timer = this
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                this.timed_out = true;
+                Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no body bytes arrived for {} s", limit.as_secs()),
+                )))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt as _;
+
+    /// A body that sends one chunk and then nothing: the chunk, then `TimedOut`, then the end.
+    #[actix_rt::test]
+    async fn a_body_that_goes_silent_ends_in_timed_out_after_what_arrived() {
+        let (mut sender, body) = actix_http::h1::Payload::create(false);
+        sender.feed_data(Bytes::from_static(b"first"));
+        let mut body = Stalling::new(body, Duration::from_millis(100));
+        assert_eq!(body.next().await.unwrap().unwrap(), "first");
+        let waited = tokio::time::timeout(Duration::from_secs(30), body.next())
+            .await
+            .expect("the body gave up on its own");
+        match waited {
+            Some(Err(PayloadError::Io(error))) => {
+                assert_eq!(error.kind(), io::ErrorKind::TimedOut)
+            }
+            other => panic!("expected TimedOut, got {other:?}"),
+        }
+        assert!(body.next().await.is_none());
+        drop(sender);
+    }
+
+    /// Chunks arriving more often than the limit never trip it, however long the body lasts.
+    #[actix_rt::test]
+    async fn a_slow_body_that_keeps_coming_is_read_whole() {
+        let (mut sender, body) = actix_http::h1::Payload::create(false);
+        let feed = async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                sender.feed_data(Bytes::from_static(b"x"));
+            }
+            sender.feed_eof();
+        };
+        let read = async {
+            let mut body = Stalling::new(body, Duration::from_millis(150));
+            let mut total = 0;
+            while let Some(chunk) = body.next().await {
+                total += chunk.unwrap().len();
+            }
+            total
+        };
+        let ((), total) = tokio::join!(feed, read);
+        assert_eq!(total, 20);
+    }
+}
