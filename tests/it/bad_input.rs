@@ -40,6 +40,40 @@ async fn assert_nothing_stored(server: &TestServer) {
     assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
 }
 
+/// A one-shot upload whose body goes silent mid-file (the client neither sends nor closes) is
+/// answered 408 `body_timeout` after `server.body_timeout_s`, and nothing of it is kept.
+#[tokio::test]
+async fn an_upload_whose_body_goes_silent_is_answered_408_and_keeps_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(|config| config.server.body_timeout_s = 1);
+    let session = server.session().await.to_string();
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let part = "--cut\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n\
+                content-type: video/mp4\r\n\r\n";
+    let head = format!(
+        "POST /api/v1/upload HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {session}\r\n\
+         content-type: multipart/form-data; boundary=cut\r\ncontent-length: 10000000\r\n\r\n{part}"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket
+        .write_all(&crate::tus::fake_video(200_000))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        crate::server::read_request(&mut socket),
+    )
+    .await
+    .expect("the server answered a silent body on its own")
+    .expect("an answer before the connection closed");
+    let (head, body) = answer;
+    assert!(head.starts_with("http/1.1 408"), "{head}");
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], "body_timeout", "{body}");
+    assert_nothing_stored(&server).await;
+}
+
 #[tokio::test]
 async fn a_file_that_is_not_a_video_is_refused() {
     let server = TestServer::start();

@@ -11,6 +11,9 @@ use actix_web::{
 use serde::Serialize;
 use streamgate_actors::{DomainError, ErrorKind};
 
+/// The code of [`ApiError::body_timeout`].
+pub const BODY_TIMEOUT: &str = "body_timeout";
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -66,6 +69,29 @@ impl ApiError {
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// A request body that sent nothing for `server.body_timeout_s`
+    /// ([`crate::middleware::body_stall`]).
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            BODY_TIMEOUT,
+            "the request body sent nothing for too long; send the request again \
+             (a tus upload continues from its Upload-Offset)",
+        )
+    }
+
+    /// A JSON body that could not be read or parsed.
+    pub fn from_json(error: &actix_web::error::JsonPayloadError) -> Self {
+        match error {
+            actix_web::error::JsonPayloadError::Payload(payload)
+                if crate::middleware::body_stall::timed_out(payload) =>
+            {
+                Self::body_timeout()
+            }
+            other => Self::bad_request("invalid_json", other.to_string()),
+        }
     }
 
     /// An actor's mailbox is closed or full: the service is briefly unable to answer.

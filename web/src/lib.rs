@@ -25,9 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(64 * 1024)
-            .error_handler(|error, _| {
-                error::ApiError::bad_request("invalid_json", error.to_string()).into()
-            }),
+            .error_handler(|error, _| error::ApiError::from_json(&error).into()),
     )
     .app_data(web::QueryConfig::default().error_handler(|error, _| {
         error::ApiError::bad_request("invalid_query", error.to_string()).into()

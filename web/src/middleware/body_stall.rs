@@ -83,6 +83,11 @@ where
     }
 }
 
+/// Whether `error` is how a [`Stalling`] body ends: no bytes within the limit.
+pub fn timed_out(error: &PayloadError) -> bool {
+    matches!(error, PayloadError::Io(error) if error.kind() == io::ErrorKind::TimedOut)
+}
+
 /// A body that fails with `TimedOut` once a read has waited `limit` for its next bytes.
 pub struct Stalling<S> {
     body: S,
@@ -151,9 +156,7 @@ mod tests {
             .await
             .expect("the body gave up on its own");
         match waited {
-            Some(Err(PayloadError::Io(error))) => {
-                assert_eq!(error.kind(), io::ErrorKind::TimedOut)
-            }
+            Some(Err(error)) => assert!(timed_out(&error), "{error:?}"),
             other => panic!("expected TimedOut, got {other:?}"),
         }
         assert!(body.next().await.is_none());
@@ -165,14 +168,15 @@ mod tests {
     async fn a_slow_body_that_keeps_coming_is_read_whole() {
         let (mut sender, body) = actix_http::h1::Payload::create(false);
         let feed = async move {
-            for _ in 0..20 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            // 1.2 s in all, longer than the limit; each pause far shorter.
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 sender.feed_data(Bytes::from_static(b"x"));
             }
             sender.feed_eof();
         };
         let read = async {
-            let mut body = Stalling::new(body, Duration::from_millis(150));
+            let mut body = Stalling::new(body, Duration::from_millis(500));
             let mut total = 0;
             while let Some(chunk) = body.next().await {
                 total += chunk.unwrap().len();
@@ -180,6 +184,6 @@ mod tests {
             total
         };
         let ((), total) = tokio::join!(feed, read);
-        assert_eq!(total, 20);
+        assert_eq!(total, 40);
     }
 }

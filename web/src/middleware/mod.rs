@@ -1,14 +1,15 @@
-//! Middleware: [`BodyStall`] (a limit on silent request bodies), [`RequestSpan`] (the root span `tracing_actix_web::TracingLogger` opens per
-//! request), [`Observe`] (request log scope, `x-request-id`, `traceparent`, request metrics and
-//! trace stats, per-client rate limits from [`rate_limit`]), security headers, CORS,
-//! connection counting, and JSON bodies for the 404/405 responses actix produces on its own.
+//! Middleware: [`BodyStall`] (a limit on silent request bodies), [`RequestSpan`] (the root
+//! span `tracing_actix_web::TracingLogger` opens per request), [`Observe`] (request log scope,
+//! `x-request-id`, `traceparent`, request metrics and trace stats, per-client rate limits from
+//! [`rate_limit`]), security headers, CORS, connection counting, and JSON bodies for the 404/405
+//! responses actix produces on its own.
 //!
-//! Order in the app (outermost first): body stall → CORS → security headers → JSON 404/405 → root span →
-//! observe → routes. Observe sits directly on the router; rate-limited requests are observed
-//! (their 429s are counted and carry the request id) and still get the security and CORS
-//! headers.
+//! Order in the app (outermost first): body stall → CORS → security headers → JSON 404/405 →
+//! root span → observe → routes. Observe sits directly on the router; rate-limited requests are
+//! observed (their 429s are counted and carry the request id) and still get the security and
+//! CORS headers.
 
-mod body_stall;
+pub mod body_stall;
 mod buckets;
 mod observe;
 pub mod rate_limit;

@@ -179,7 +179,7 @@ pub(super) fn batch_limit(resource: Resource) -> Resource {
                         "batch_too_large",
                         format!("a batch body is at most {MAX_BATCH_BYTES} bytes"),
                     ),
-                    other => ApiError::bad_request("invalid_json", other.to_string()),
+                    other => ApiError::from_json(&other),
                 }
                 .into()
             }),

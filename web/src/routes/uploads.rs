@@ -40,6 +40,7 @@ pub(super) async fn upload(
         (error.status.is_client_error()
             || error.status == actix_web::http::StatusCode::INSUFFICIENT_STORAGE)
             && error.code != INVALID_MULTIPART
+            && error.code != crate::error::BODY_TIMEOUT
     }) {
         // Many HTTP clients (hyper/reqwest among them) report a reset instead of our answer when
         // the server stops reading mid-body; read a bounded remainder so they see the 4xx.
@@ -231,6 +232,11 @@ fn content_length(req: &HttpRequest) -> Option<u64> {
 }
 
 fn bad_multipart(error: actix_multipart::MultipartError) -> ApiError {
+    if let actix_multipart::MultipartError::Payload(payload) = &error {
+        if crate::middleware::body_stall::timed_out(payload) {
+            return ApiError::body_timeout();
+        }
+    }
     ApiError::bad_request(
         INVALID_MULTIPART,
         format!("malformed multipart body: {error}"),
