@@ -90,32 +90,47 @@ impl Raw<'_> {
     }
 
     /// A PATCH of `length` bytes that holds the upload's lock, having sent at most `sent` (the
-    /// test feeds or ends the rest through the sender). Until the lock shows, the body keeps
-    /// trickling, so no body timeout ends it first.
+    /// test feeds or ends the rest through the sender). Until the lock shows, the rest of `sent`
+    /// trickles in from a task of its own, however slow the probes are, so no body timeout ends
+    /// the PATCH first.
     async fn hold(
         &self,
         location: &str,
         sent: &[u8],
         length: u64,
     ) -> (BodySender, PendingResponse) {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let (sender, pending) =
             held_patch(self.client, format!("{}{location}", self.base), 0, length);
         let (first, rest) = sent.split_at(sent.len() / 2);
         sender.send(Ok(first.to_vec())).await.unwrap();
-        let mut rest = rest.chunks(1024);
+        let feeding = std::sync::Arc::new(AtomicBool::new(true));
+        let feeder = tokio::spawn({
+            let (sender, feeding, rest) = (sender.clone(), feeding.clone(), rest.to_vec());
+            async move {
+                let mut ticks = tokio::time::interval(Duration::from_millis(100));
+                for piece in rest.chunks(256) {
+                    ticks.tick().await;
+                    if !feeding.load(Ordering::Relaxed)
+                        || sender.send(Ok(piece.to_vec())).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
         crate::harness::poll(
             Duration::from_secs(10),
             "the PATCH to hold the lock",
             async || {
-                if let Some(piece) = rest.next() {
-                    sender.send(Ok(piece.to_vec())).await.unwrap();
-                }
                 // Offset 1 is wrong, so this probe can never take the upload itself: 409 until the
                 // PATCH holds the lock, 423 after.
                 self.patch(location, 1, vec![0; 10]).await.status() == 423
             },
         )
         .await;
+        feeding.store(false, Ordering::Relaxed);
+        feeder.await.unwrap();
         (sender, pending)
     }
 
@@ -648,7 +663,7 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
 /// same client resumes at once instead of meeting 423 until the server restarts.
 #[tokio::test]
 async fn a_client_silent_mid_patch_frees_its_upload_after_the_body_timeout() {
-    let server = TestServer::start_with(|config| config.server.body_timeout_s = 2);
+    let server = TestServer::start_with(|config| config.server.body_timeout_s = 3);
     let alice = server.alice_client().await;
     let raw = Raw {
         client: &alice,
