@@ -108,6 +108,7 @@ pub fn start_with_clock(
     let body_stall = mw::BodyStall::new(
         (config.server.body_timeout_s > 0)
             .then(|| Duration::from_secs(config.server.body_timeout_s)),
+        actors.metrics.http_timeouts.with_label_values(&["body"]),
     );
     let app = move || {
         App::new()
@@ -123,7 +124,7 @@ pub fn start_with_clock(
             .wrap(mw::json_errors())
             .wrap(mw::security_headers())
             .wrap(Condition::new(mw::cors_enabled(&http), mw::cors(&http)))
-            .wrap(body_stall)
+            .wrap(body_stall.clone())
             .configure(streamgate_web::configure)
             .default_service(web::to(streamgate_web::not_found))
     };
@@ -134,6 +135,7 @@ pub fn start_with_clock(
     let settings = serve::Settings {
         sendfile: config.server.sendfile,
         sendfile_bytes: actors.metrics.http_sendfile_bytes.clone(),
+        send_timeouts: actors.metrics.http_timeouts.with_label_values(&["send"]),
         timeouts: serve::Timeouts {
             keep_alive: seconds(config.server.keep_alive_s),
             first_request: seconds(config.server.first_request_timeout_s),

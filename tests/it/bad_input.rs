@@ -72,6 +72,8 @@ async fn an_upload_whose_body_goes_silent_is_answered_408_and_keeps_nothing() {
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["code"], "body_timeout", "{body}");
     assert_nothing_stored(&server).await;
+    let counted = r#"streamgate_http_timeouts_total{wait="body"}"#;
+    assert_eq!(crate::auth_abuse::metric(&server, counted).await, 1.0);
 }
 
 #[tokio::test]

@@ -678,6 +678,8 @@ async fn a_client_silent_mid_patch_frees_its_upload_after_the_body_timeout() {
         resumed_at > 0 && resumed_at <= 50_000,
         "what arrived is kept, nothing more: {resumed_at}"
     );
+    let counted = r#"streamgate_http_timeouts_total{wait="body"}"#;
+    assert_eq!(crate::auth_abuse::metric(&server, counted).await, 1.0);
     drop(silent);
 }
 

@@ -8,6 +8,7 @@ pub const HTTP_RESPONSE_BYTES_TOTAL: &str = "streamgate_http_response_bytes_tota
 pub const HTTP_CONNECTIONS_ACTIVE: &str = "streamgate_http_connections_active";
 pub const HTTP_CONNECTIONS_TOTAL: &str = "streamgate_http_connections_total";
 pub const HTTP_SENDFILE_BYTES_TOTAL: &str = "streamgate_http_sendfile_bytes_total";
+pub const HTTP_TIMEOUTS_TOTAL: &str = "streamgate_http_timeouts_total";
 pub const OTLP_SPANS_EXPORTED_TOTAL: &str = "streamgate_otlp_spans_exported_total";
 pub const OTLP_SPANS_DROPPED_TOTAL: &str = "streamgate_otlp_spans_dropped_total";
 pub const OTLP_SPANS_FAILED_TOTAL: &str = "streamgate_otlp_spans_failed_total";

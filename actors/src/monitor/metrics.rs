@@ -31,6 +31,9 @@ pub struct Metrics {
     pub http_connections_active: IntGauge,
     pub http_connections: IntCounter,
     pub http_sendfile_bytes: IntCounter,
+    /// Requests ended because the client stopped: `wait` is `body` (`server.body_timeout_s`) or
+    /// `send` (`server.send_timeout_s`).
+    pub http_timeouts: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_tracked_clients: IntGauge,
     pub rate_limit_evictions: IntCounterVec,
@@ -156,6 +159,12 @@ impl Metrics {
         let http_sendfile_bytes = IntCounter::new(
             metric_names::HTTP_SENDFILE_BYTES_TOTAL,
             "Response body bytes the kernel sent straight from a file (sendfile), never copied through a buffer.",
+        )?;
+        let http_timeouts = counter_vec(
+            metric_names::HTTP_TIMEOUTS_TOTAL,
+            "Requests ended because the client went silent: wait=body (its body stopped coming), \
+             wait=send (it stopped taking the response).",
+            &["wait"],
         )?;
         let rate_limited = counter_vec(
             metric_names::RATE_LIMITED_TOTAL,
@@ -411,7 +420,7 @@ impl Metrics {
         register! {registry:
             otlp_spans_exported, otlp_spans_dropped, otlp_spans_failed, http_requests,
             http_duration, http_response_bytes, http_duration_max, http_in_flight,
-            http_connections_active, http_connections, http_sendfile_bytes, rate_limited, rate_limit_tracked_clients,
+            http_connections_active, http_connections, http_sendfile_bytes, http_timeouts, rate_limited, rate_limit_tracked_clients,
             rate_limit_evictions, actor_up, actor_restarts, actor_ping, actor_heartbeat, uploads,
             upload_bytes, upload_received_bytes, upload_checksum_failures, upload_duration,
             transcode_jobs, job_duration, ffmpeg_failures, transcode_speed, jobs, auth_logins,
@@ -468,6 +477,7 @@ impl Metrics {
             http_connections_active,
             http_connections,
             http_sendfile_bytes,
+            http_timeouts,
             rate_limited,
             rate_limit_tracked_clients,
             rate_limit_evictions,

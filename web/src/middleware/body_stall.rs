@@ -23,17 +23,20 @@ use futures_util::{
     future::{ready, Ready},
     Stream,
 };
+use prometheus::IntCounter;
 
 /// Wraps the body of every request that has one in a [`Stalling`] stream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BodyStall {
     limit: Option<Duration>,
+    timed_out: IntCounter,
 }
 
 impl BodyStall {
-    /// `None`: bodies may pause for as long as they like.
-    pub fn new(limit: Option<Duration>) -> Self {
-        Self { limit }
+    /// `None`: bodies may pause for as long as they like. `timed_out` counts the bodies that
+    /// went silent for `limit`.
+    pub fn new(limit: Option<Duration>, timed_out: IntCounter) -> Self {
+        Self { limit, timed_out }
     }
 }
 
@@ -51,6 +54,7 @@ where
         ready(Ok(BodyStallService {
             service,
             limit: self.limit,
+            timed_out: self.timed_out.clone(),
         }))
     }
 }
@@ -58,6 +62,7 @@ where
 pub struct BodyStallService<S> {
     service: S,
     limit: Option<Duration>,
+    timed_out: IntCounter,
 }
 
 impl<S> Service<ServiceRequest> for BodyStallService<S>
@@ -74,7 +79,7 @@ where
         let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
             || req.headers().contains_key(header::TRANSFER_ENCODING);
         if let (Some(limit), true) = (self.limit, has_body) {
-            let body = Stalling::new(req.take_payload(), limit);
+            let body = Stalling::new(req.take_payload(), limit, self.timed_out.clone());
             req.set_payload(Payload::from(
                 Box::pin(body) as actix_http::BoxedPayloadStream
             ));
@@ -94,15 +99,18 @@ pub struct Stalling<S> {
     limit: Duration,
     /// Running while a read waits; dropped by every chunk that arrives.
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Counts the bodies that went silent.
+    counted: IntCounter,
     timed_out: bool,
 }
 
 impl<S> Stalling<S> {
-    pub fn new(body: S, limit: Duration) -> Self {
+    pub fn new(body: S, limit: Duration, counted: IntCounter) -> Self {
         Self {
             body,
             limit,
             waiting: None,
+            counted,
             timed_out: false,
         }
     }
@@ -130,6 +138,7 @@ where
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 this.timed_out = true;
+                this.counted.inc();
                 Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("no body bytes arrived for {} s", limit.as_secs()),
@@ -150,7 +159,8 @@ mod tests {
     async fn a_body_that_goes_silent_ends_in_timed_out_after_what_arrived() {
         let (mut sender, body) = actix_http::h1::Payload::create(false);
         sender.feed_data(Bytes::from_static(b"first"));
-        let mut body = Stalling::new(body, Duration::from_millis(100));
+        let counted = IntCounter::new("timed_out", "bodies").unwrap();
+        let mut body = Stalling::new(body, Duration::from_millis(100), counted.clone());
         assert_eq!(body.next().await.unwrap().unwrap(), "first");
         let waited = tokio::time::timeout(Duration::from_secs(30), body.next())
             .await
@@ -160,6 +170,7 @@ mod tests {
             other => panic!("expected TimedOut, got {other:?}"),
         }
         assert!(body.next().await.is_none());
+        assert_eq!(counted.get(), 1);
         drop(sender);
     }
 
@@ -176,7 +187,8 @@ mod tests {
             sender.feed_eof();
         };
         let read = async {
-            let mut body = Stalling::new(body, Duration::from_millis(500));
+            let counted = IntCounter::new("timed_out", "bodies").unwrap();
+            let mut body = Stalling::new(body, Duration::from_millis(500), counted);
             let mut total = 0;
             while let Some(chunk) = body.next().await {
                 total += chunk.unwrap().len();

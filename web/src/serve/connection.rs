@@ -71,11 +71,10 @@ where
     {
         let peer = io.peer_addr().ok();
         let stall = self.settings.timeouts.send;
+        let send_timeouts = &self.settings.send_timeouts;
         if !self.settings.sendfile {
-            let _ = self
-                .handoff
-                .call((PrefixedIo::new(BytesMut::new(), io, stall), peer))
-                .await;
+            let io = PrefixedIo::new(BytesMut::new(), io, stall, send_timeouts.clone());
+            let _ = self.handoff.call((io, peer)).await;
             return;
         }
         // Small responses go out at once; large ones are written in large pieces anyway.
@@ -109,7 +108,7 @@ where
                     };
                     let keep_alive = keep_alive && answer.head().keep_alive();
                     let written = response::write(
-                        &response::Out::new(&io, timeouts.send),
+                        &response::Out::new(&io, timeouts.send, send_timeouts),
                         answer,
                         head_only,
                         keep_alive,
@@ -127,8 +126,12 @@ where
                 Next::HandOff => break,
                 Next::Closed => return,
                 Next::TimedOut => {
-                    let _ =
-                        response::request_timeout(&response::Out::new(&io, timeouts.send)).await;
+                    let _ = response::request_timeout(&response::Out::new(
+                        &io,
+                        timeouts.send,
+                        send_timeouts,
+                    ))
+                    .await;
                     return;
                 }
             }
@@ -138,7 +141,7 @@ where
         drop(extensions);
         let _ = self
             .handoff
-            .call((PrefixedIo::new(buf, io, stall), peer))
+            .call((PrefixedIo::new(buf, io, stall, send_timeouts.clone()), peer))
             .await;
     }
 
@@ -271,15 +274,25 @@ pub struct PrefixedIo {
     stall: Option<Duration>,
     /// Running while writes find no room; dropped by any write that gets through.
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Counts the connections whose `stall` ran out, once each.
+    timed_out: prometheus::IntCounter,
+    gave_up: bool,
 }
 
 impl PrefixedIo {
-    fn new(prefix: BytesMut, io: TcpStream, stall: Option<Duration>) -> Self {
+    fn new(
+        prefix: BytesMut,
+        io: TcpStream,
+        stall: Option<Duration>,
+        timed_out: prometheus::IntCounter,
+    ) -> Self {
         Self {
             prefix,
             io,
             stall,
             waiting: None,
+            timed_out,
+            gave_up: false,
         }
     }
 
@@ -293,7 +306,13 @@ impl PrefixedIo {
             .waiting
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
         match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Ready(()) => {
+                if !self.gave_up {
+                    self.gave_up = true;
+                    self.timed_out.inc();
+                }
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -375,7 +394,13 @@ mod tests {
     #[actix_rt::test]
     async fn a_handed_off_write_that_finds_no_room_times_out() {
         let (_reader, writer) = narrow_connection().await;
-        let mut io = PrefixedIo::new(BytesMut::new(), writer, Some(Duration::from_millis(200)));
+        let timed_out = prometheus::IntCounter::new("timed_out", "sends").unwrap();
+        let mut io = PrefixedIo::new(
+            BytesMut::new(),
+            writer,
+            Some(Duration::from_millis(200)),
+            timed_out.clone(),
+        );
         let bytes = vec![7u8; 8 * 1024 * 1024];
         let write = io.write_all(&bytes);
         let error = tokio::time::timeout(Duration::from_secs(30), write)
@@ -383,6 +408,7 @@ mod tests {
             .expect("the write gave up on its own")
             .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(timed_out.get(), 1, "counted once");
     }
 
     /// A slow reader that keeps taking bytes is never cut off: the stall counts from the last
@@ -390,7 +416,13 @@ mod tests {
     #[actix_rt::test]
     async fn a_slow_reader_that_keeps_reading_gets_everything() {
         let (mut reader, writer) = narrow_connection().await;
-        let mut io = PrefixedIo::new(BytesMut::new(), writer, Some(Duration::from_millis(300)));
+        let timed_out = prometheus::IntCounter::new("timed_out", "sends").unwrap();
+        let mut io = PrefixedIo::new(
+            BytesMut::new(),
+            writer,
+            Some(Duration::from_millis(300)),
+            timed_out.clone(),
+        );
         let len = 512 * 1024;
         let (written, read) = tokio::join!(
             async {
@@ -411,6 +443,7 @@ mod tests {
         );
         written.unwrap();
         assert_eq!(read.unwrap(), len);
+        assert_eq!(timed_out.get(), 0);
     }
 
     fn next(head: &str) -> Option<Next> {

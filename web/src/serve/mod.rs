@@ -122,6 +122,8 @@ pub struct Settings {
     pub sendfile: bool,
     /// Counts the body bytes sent with `sendfile`.
     pub sendfile_bytes: prometheus::IntCounter,
+    /// Counts responses given up because the client took nothing for `timeouts.send`.
+    pub send_timeouts: prometheus::IntCounter,
     pub timeouts: Timeouts,
 }
 

@@ -35,19 +35,33 @@ const INLINE_BODY_BYTES: usize = 16 * 1024;
 pub(super) struct Out<'a> {
     io: &'a TcpStream,
     stall: Option<Duration>,
+    /// Counts the times `stall` ran out.
+    timed_out: &'a IntCounter,
 }
 
 impl<'a> Out<'a> {
-    pub(super) fn new(io: &'a TcpStream, stall: Option<Duration>) -> Self {
-        Self { io, stall }
+    pub(super) fn new(
+        io: &'a TcpStream,
+        stall: Option<Duration>,
+        timed_out: &'a IntCounter,
+    ) -> Self {
+        Self {
+            io,
+            stall,
+            timed_out,
+        }
     }
 
     /// Room to write, or `TimedOut` when none came for `stall`.
     async fn writable(&self) -> io::Result<()> {
         match self.stall {
-            Some(stall) => tokio::time::timeout(stall, self.io.writable())
-                .await
-                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?,
+            Some(stall) => match tokio::time::timeout(stall, self.io.writable()).await {
+                Ok(ready) => ready,
+                Err(_) => {
+                    self.timed_out.inc();
+                    Err(io::ErrorKind::TimedOut.into())
+                }
+            },
             None => self.io.writable().await,
         }
     }
@@ -313,7 +327,8 @@ mod tests {
         let sent = IntCounter::new("sent", "bytes").unwrap();
         let len = content.len() as u64;
         let mut received = Vec::new();
-        let out = Out::new(&writer, Some(Duration::from_secs(60)));
+        let timed_out = IntCounter::new("timed_out", "sends").unwrap();
+        let out = Out::new(&writer, Some(Duration::from_secs(60)), &timed_out);
         let (written, read) = tokio::join!(send_file(&out, &file, 1, len - 1, &sent), async {
             let mut chunk = [0u8; 1024];
             while (received.len() as u64) < len - 1 {
@@ -342,11 +357,13 @@ mod tests {
         file.write_all(&vec![7u8; 8 * 1024 * 1024]).unwrap();
         let (_reader, writer) = narrow_connection().await;
         let sent = IntCounter::new("sent", "bytes").unwrap();
-        let out = Out::new(&writer, Some(Duration::from_millis(200)));
+        let timed_out = IntCounter::new("timed_out", "sends").unwrap();
+        let out = Out::new(&writer, Some(Duration::from_millis(200)), &timed_out);
         let error = send_file(&out, &file, 0, 8 * 1024 * 1024, &sent)
             .await
             .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(timed_out.get(), 1, "counted once");
         assert!(
             sent.get() > 0 && sent.get() < 8 * 1024 * 1024,
             "{}",
