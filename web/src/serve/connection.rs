@@ -389,18 +389,20 @@ mod tests {
     use crate::serve::narrow_connection;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+    /// `writer` as actix-http gets it, giving up after `stall_ms`, and its timeout count.
+    fn handed_off(writer: TcpStream, stall_ms: u64) -> (PrefixedIo, prometheus::IntCounter) {
+        let timed_out = prometheus::IntCounter::new("timed_out", "sends").unwrap();
+        let stall = Some(Duration::from_millis(stall_ms));
+        let io = PrefixedIo::new(BytesMut::new(), writer, stall, timed_out.clone());
+        (io, timed_out)
+    }
+
     /// A handed-off connection whose client stops reading: the write fails with `TimedOut`
     /// once no room came for the stall, as a front answer would.
     #[actix_rt::test]
     async fn a_handed_off_write_that_finds_no_room_times_out() {
         let (_reader, writer) = narrow_connection().await;
-        let timed_out = prometheus::IntCounter::new("timed_out", "sends").unwrap();
-        let mut io = PrefixedIo::new(
-            BytesMut::new(),
-            writer,
-            Some(Duration::from_millis(200)),
-            timed_out.clone(),
-        );
+        let (mut io, timed_out) = handed_off(writer, 200);
         let bytes = vec![7u8; 8 * 1024 * 1024];
         let write = io.write_all(&bytes);
         let error = tokio::time::timeout(Duration::from_secs(30), write)
@@ -416,13 +418,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_slow_reader_that_keeps_reading_gets_everything() {
         let (mut reader, writer) = narrow_connection().await;
-        let timed_out = prometheus::IntCounter::new("timed_out", "sends").unwrap();
-        let mut io = PrefixedIo::new(
-            BytesMut::new(),
-            writer,
-            Some(Duration::from_millis(300)),
-            timed_out.clone(),
-        );
+        let (mut io, timed_out) = handed_off(writer, 300);
         let len = 512 * 1024;
         let (written, read) = tokio::join!(
             async {
