@@ -341,7 +341,7 @@ impl Handler<ChangedElsewhere> for MetadataActor {
                         );
                         publish_change(&caches, &search, &media).await;
                         if was != Some(media.visibility) {
-                            publish_visibility(&caches, &search).await;
+                            publish_at_once(&caches, &search).await;
                         }
                     }
                     None => {
@@ -402,9 +402,10 @@ async fn publish_change(caches: &Caches, search: &SearchIndex, media: &Media) {
     }
 }
 
-/// A visibility change is in the list and search at once: the index commits now (not with the
-/// next group commit) and cached pages go.
-async fn publish_visibility(caches: &Caches, search: &SearchIndex) {
+/// A visibility change or a deletion is in the list and search at once: the index commits now
+/// (not with the next group commit) and cached pages go. Otherwise a group commit falling between
+/// a record's upsert and its removal (a refused upload's record) lists it until the next one.
+async fn publish_at_once(caches: &Caches, search: &SearchIndex) {
     let index = search.clone();
     match tokio::task::spawn_blocking(move || index.commit()).await {
         Ok(Ok(())) => {}
@@ -619,7 +620,7 @@ impl Handler<UpdateMedia> for MetadataActor {
                 }
                 publish_change(&caches, &search, &media).await;
                 if changed_visibility {
-                    publish_visibility(&caches, &search).await;
+                    publish_at_once(&caches, &search).await;
                 }
                 publish_event(&webhooks, "media.updated", &media).await;
                 audit
@@ -658,6 +659,7 @@ impl Handler<DeleteMedia> for MetadataActor {
                 if let Err(error) = search.remove_async(media.id.clone()).await {
                     tracing::error!(%error, media_id = %media.id, "search index not updated");
                 }
+                publish_at_once(&caches, &search).await;
                 // The record is gone and the answer is "deleted" either way: blobs a failure leaves
                 // behind are orphans, which the cleanup job removes, so a retry (a 404 now) is
                 // not what the client needs. A record made without a source has no key to delete.

@@ -439,6 +439,28 @@ fn as_set(ids: &[String]) -> HashSet<&str> {
     ids.iter().map(String::as_str).collect()
 }
 
+/// A deletion leaves the list and search on the very next request, as a visibility change does,
+/// not with the next group commit: a refused upload's record (made, then deleted) is never
+/// listed, and a deleted video is not offered to anyone meanwhile.
+#[tokio::test]
+async fn a_deleted_media_leaves_the_list_and_search_at_once() {
+    let server = TestServer::start_with(with_admin);
+    let id = create(&server, record("Narwhal tusk", "", &[], ALICE.address)).await;
+    commit_index(&server).await;
+    assert_eq!(walk(&server, "q=narwhal").await, [id.as_str()]);
+    assert!(walk(&server, "limit=100").await.contains(&id));
+    let deleted = server
+        .client
+        .delete(server.url(&format!("/api/v1/media/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(walk(&server, "q=narwhal").await.is_empty());
+    assert!(!walk(&server, "limit=100").await.contains(&id));
+}
+
 #[tokio::test]
 async fn cached_search_pages_are_never_served_after_a_change() {
     let server = TestServer::start_with(with_admin);
