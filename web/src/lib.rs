@@ -6,7 +6,8 @@
 //! - [`dto`] — the JSON shapes clients see.
 //! - [`error`] — `ApiError`, the one kind → status table.
 //! - [`middleware`] — request metrics, trace context and request ids, security headers, CORS,
-//!   per-client rate limits, JSON 404/405.
+//!   per-client rate limits, JSON 404/405, a limit on silent request bodies.
+//! - [`serve`] — the connection front; [`stall`] — the limit on a client's silent waits.
 
 pub mod dto;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod openapi;
 pub mod routes;
 pub mod send_budget;
 pub mod serve;
+pub mod stall;
 
 use actix_web::web;
 pub use streamgate_actors::Actors;

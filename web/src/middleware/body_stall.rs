@@ -5,7 +5,6 @@
 //! the handler sees the body end in an error, keeps what arrived and lets go.
 
 use std::{
-    future::Future as _,
     io,
     pin::Pin,
     task::{Context, Poll},
@@ -24,6 +23,8 @@ use futures_util::{
     Stream,
 };
 use prometheus::IntCounter;
+
+use crate::stall::Stall;
 
 /// Wraps the body of every request that has one in a [`Stalling`] stream.
 #[derive(Debug, Clone)]
@@ -96,22 +97,15 @@ pub fn timed_out(error: &PayloadError) -> bool {
 /// A body that fails with `TimedOut` once a read has waited `limit` for its next bytes.
 pub struct Stalling<S> {
     body: S,
-    limit: Duration,
-    /// Running while a read waits; dropped by every chunk that arrives.
-    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Counts the bodies that went silent.
-    counted: IntCounter,
-    timed_out: bool,
+    /// Counts from a read that found nothing; every chunk resets it.
+    stall: Stall,
 }
 
 impl<S> Stalling<S> {
     pub fn new(body: S, limit: Duration, counted: IntCounter) -> Self {
         Self {
             body,
-            limit,
-            waiting: None,
-            counted,
-            timed_out: false,
+            stall: Stall::new(Some(limit), counted),
         }
     }
 }
@@ -124,28 +118,20 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.timed_out {
+        if this.stall.expired() {
             return Poll::Ready(None);
         }
         if let Poll::Ready(item) = Pin::new(&mut this.body).poll_next(cx) {
-            this.waiting = None;
+            this.stall.progressed();
             return Poll::Ready(item);
         }
-        let limit = this.limit;
-        let timer = this
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                this.timed_out = true;
-                this.counted.inc();
-                Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no body bytes arrived for {} s", limit.as_secs()),
-                )))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let seconds = this.stall.limit().unwrap_or_default().as_secs();
+        this.stall.poll_expired(cx).map(|()| {
+            Some(Err(PayloadError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no body bytes arrived for {seconds} s"),
+            ))))
+        })
     }
 }
 

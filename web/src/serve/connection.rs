@@ -2,7 +2,6 @@
 //! the connection to actix-http at the first request the front does not take.
 
 use std::{
-    future::Future as _,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -23,6 +22,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use super::{response, OnConnect, Settings};
+use crate::stall::Stall;
 
 /// A head longer than this goes to actix-http, which answers it 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -271,12 +271,8 @@ fn request(
 pub struct PrefixedIo {
     prefix: BytesMut,
     io: TcpStream,
-    stall: Option<Duration>,
-    /// Running while writes find no room; dropped by any write that gets through.
-    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Counts the connections whose `stall` ran out, once each.
-    timed_out: prometheus::IntCounter,
-    gave_up: bool,
+    /// Counts from the first write that finds no room; any write that gets through resets it.
+    stall: Stall,
 }
 
 impl PrefixedIo {
@@ -289,31 +285,7 @@ impl PrefixedIo {
         Self {
             prefix,
             io,
-            stall,
-            waiting: None,
-            timed_out,
-            gave_up: false,
-        }
-    }
-
-    /// What a write that found no room returns: pending until `stall` has passed since the
-    /// first such write, then `TimedOut`.
-    fn no_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let Some(stall) = self.stall else {
-            return Poll::Pending;
-        };
-        let timer = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                if !self.gave_up {
-                    self.gave_up = true;
-                    self.timed_out.inc();
-                }
-                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
-            }
-            Poll::Pending => Poll::Pending,
+            stall: Stall::new(stall, timed_out),
         }
     }
 
@@ -323,9 +295,12 @@ impl PrefixedIo {
         written: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         match written {
-            Poll::Pending => self.no_room(cx),
+            Poll::Pending => self
+                .stall
+                .poll_expired(cx)
+                .map(|()| Err(io::ErrorKind::TimedOut.into())),
             done => {
-                self.waiting = None;
+                self.stall.progressed();
                 done
             }
         }
