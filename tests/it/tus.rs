@@ -89,19 +89,51 @@ impl Raw<'_> {
             .unwrap()
     }
 
-    /// A PATCH of `length` bytes that holds the upload's lock, having sent at most `sent` (the
-    /// test feeds or ends the rest through the sender). Until the lock shows, the rest of `sent`
-    /// trickles in from a task of its own, however slow the probes are, so no body timeout ends
-    /// the PATCH first.
+    /// A PATCH of `length` bytes that holds the upload's lock, having sent at most `sent` from
+    /// the start of the upload (the test feeds or ends the rest through the sender).
+    ///
+    /// The probes that look for the lock take it themselves for a moment (the offset is checked
+    /// under it), so the PATCH can arrive in that moment and be refused 423; it then waits for
+    /// the rest of its body before it answers, which the probes cannot tell from a PATCH still
+    /// on its way. So an attempt the probes do not see holding is abandoned and made again, from
+    /// the offset it left, with more patience each time.
     async fn hold(
         &self,
         location: &str,
         sent: &[u8],
         length: u64,
     ) -> (BodySender, PendingResponse) {
+        let mut patience = Duration::from_secs(2);
+        for _ in 0..5 {
+            let offset = self.offset_once_free(location).await;
+            let from = (offset as usize).min(sent.len());
+            let attempt = self.try_hold(location, offset, &sent[from..], length, patience);
+            if let Some(held) = attempt.await {
+                return held;
+            }
+            patience *= 2;
+        }
+        panic!("a PATCH never held the lock in five attempts");
+    }
+
+    /// One attempt of [`Raw::hold`]: `None`, with the PATCH ended, if no probe saw it hold the
+    /// lock within `patience`. Until one does, the rest of `sent` trickles in from a task of its
+    /// own, however slow the probes are, so no body timeout ends the PATCH first.
+    async fn try_hold(
+        &self,
+        location: &str,
+        offset: u64,
+        sent: &[u8],
+        length: u64,
+        patience: Duration,
+    ) -> Option<(BodySender, PendingResponse)> {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let (sender, pending) =
-            held_patch(self.client, format!("{}{location}", self.base), 0, length);
+        let (sender, pending) = held_patch(
+            self.client,
+            format!("{}{location}", self.base),
+            offset,
+            length,
+        );
         let (first, rest) = sent.split_at(sent.len() / 2);
         sender.send(Ok(first.to_vec())).await.unwrap();
         let feeding = std::sync::Arc::new(AtomicBool::new(true));
@@ -109,7 +141,7 @@ impl Raw<'_> {
             let (sender, feeding, rest) = (sender.clone(), feeding.clone(), rest.to_vec());
             async move {
                 let mut ticks = tokio::time::interval(Duration::from_millis(100));
-                for piece in rest.chunks(256) {
+                for piece in rest.chunks(64) {
                     ticks.tick().await;
                     if !feeding.load(Ordering::Relaxed)
                         || sender.send(Ok(piece.to_vec())).await.is_err()
@@ -119,19 +151,28 @@ impl Raw<'_> {
                 }
             }
         });
-        crate::harness::poll(
-            Duration::from_secs(10),
-            "the PATCH to hold the lock",
-            async || {
-                // Offset 1 is wrong, so this probe can never take the upload itself: 409 until the
-                // PATCH holds the lock, 423 after.
-                self.patch(location, 1, vec![0; 10]).await.status() == 423
-            },
-        )
-        .await;
+        let started = tokio::time::Instant::now();
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        let held = loop {
+            ticks.tick().await;
+            // A wrong offset, so a probe never takes the upload for good: 409 until the PATCH
+            // holds the lock, 423 after.
+            if self.patch(location, offset + 1, vec![0; 10]).await.status() == 423 {
+                break true;
+            }
+            if started.elapsed() > patience {
+                break false;
+            }
+        };
         feeding.store(false, Ordering::Relaxed);
         feeder.await.unwrap();
-        (sender, pending)
+        if held {
+            return Some((sender, pending));
+        }
+        let _ = sender.send(Err(std::io::Error::other("abandoned"))).await;
+        drop(sender);
+        let _ = pending.await.unwrap();
+        None
     }
 
     /// Once nothing holds the upload's lock, sends the rest of `bytes` from its offset and
