@@ -13,7 +13,8 @@ import { spawn, execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
+import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -176,6 +177,22 @@ async function uploadThroughPage(page, file, title, tags) {
   await page.getByLabel('Title').fill(title);
   await page.getByLabel('Tags').fill(tags);
   await page.getByRole('button', { name: 'Upload' }).click();
+}
+
+/** Holds the page's second tus PATCH in the browser: `route` resolves to it, for the test to end. */
+async function holdSecondChunk(page) {
+  let patches = 0;
+  let held;
+  const heldChunk = new Promise((resolve) => { held = resolve; });
+  await page.route('**/api/v1/uploads/*', async (route) => {
+    if (route.request().method() === 'PATCH' && ++patches === 2) {
+      held(route);
+      return;
+    }
+    await route.continue();
+  });
+  // Wrapped: an async function's returned promise would be awaited along with it.
+  return { route: heldChunk };
 }
 
 async function watchToTheEnd(page) {
@@ -429,18 +446,9 @@ test('pause an upload, reload the page and finish it', { timeout: 240_000 }, asy
   await page.goto(base);
   await signIn(page);
   // Hold the second chunk in flight, so the pause lands mid-upload.
-  let patches = 0;
-  let held;
-  const heldChunk = new Promise((resolve) => { held = resolve; });
-  await page.route('**/api/v1/uploads/*', async (route) => {
-    if (route.request().method() === 'PATCH' && ++patches === 2) {
-      held(route);
-      return;
-    }
-    await route.continue();
-  });
+  const secondChunk = await holdSecondChunk(page);
   await uploadThroughPage(page, bigClip, 'Paused and resumed', 'resume');
-  const route = await heldChunk;
+  const route = await secondChunk.route;
   await page.getByRole('button', { name: 'Pause' }).click();
   await page.getByText(/^Paused\./).waitFor();
   await route.abort().catch(() => {});
@@ -461,6 +469,71 @@ test('pause an upload, reload the page and finish it', { timeout: 240_000 }, asy
   assert.equal(media.body.size, size);
   assert.equal(media.body.title, 'Paused and resumed');
   assert.equal(await page.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith('tus::')).length), 0);
+  await context.close();
+});
+
+/**
+ * Holds a tus upload's lock on the server the way a chunk the network cut off does: a PATCH at
+ * `offset` whose body never comes. A wrong-offset probe shows the lock (423) but takes it for a
+ * moment itself, so a PATCH arriving then is refused and waits for its body; an attempt no probe
+ * sees holding is dropped and made again. Returns the socket: destroying it frees the upload.
+ */
+async function holdUploadLock(location, token, offset) {
+  const url = new URL(location, base);
+  const headers = { authorization: `Bearer ${token}`, 'tus-resumable': '1.0.0', 'content-type': 'application/offset+octet-stream' };
+  for (let attempt = 0; attempt < 5; attempt += 1) {
+    const socket = connect(Number(url.port), url.hostname);
+    await once(socket, 'connect');
+    socket.write([`PATCH ${url.pathname} HTTP/1.1`, `host: ${url.host}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+      `upload-offset: ${offset}`, 'content-length: 1000', '', ''].join('\r\n'));
+    const held = await until('the PATCH to hold the lock', async () => {
+      const probe = await fetch(url, { method: 'PATCH', headers: { ...headers, 'upload-offset': String(offset + 1) }, body: new Uint8Array(10) });
+      return probe.status === 423;
+    }, 2000 * 2 ** attempt).catch(() => false);
+    if (held) return socket;
+    socket.destroy();
+  }
+  throw new Error('no PATCH held the upload in five attempts');
+}
+
+test('an upload goes on by itself when the network comes back, waiting while the server frees the cut chunk', { timeout: 240_000 }, async () => {
+  const context = await walletContext(ALICE);
+  const page = await newPage(context);
+  await page.goto(base);
+  await signIn(page);
+  let location;
+  let locked = 0;
+  let lockedFiveTimes;
+  const fiveLocked = new Promise((resolve) => { lockedFiveTimes = resolve; });
+  page.on('response', (response) => {
+    const method = response.request().method();
+    if (method === 'POST' && response.url().endsWith('/api/v1/uploads')) location = response.headers().location;
+    if (method === 'PATCH' && response.status() === 423 && ++locked === 5) lockedFiveTimes();
+  });
+  // The second chunk fails as the network goes away.
+  const secondChunk = await holdSecondChunk(page);
+  await uploadThroughPage(page, bigClip, 'Through a tunnel', 'offline');
+  const route = await secondChunk.route;
+  await context.setOffline(true);
+  await route.abort('internetdisconnected').catch(() => {});
+  await page.unroute('**/api/v1/uploads/*');
+  await page.getByText(/You are offline\. The upload goes on by itself/).waitFor();
+
+  // On the server the cut chunk still holds the upload, as it does until its body timeout.
+  const token = await page.evaluate(() => JSON.parse(localStorage.getItem('streamgate.session')).token);
+  const holder = await holdUploadLock(location, token, 4 * 1024 * 1024);
+  await context.setOffline(false);
+  // tus-js-client's default retries would have given up after five 423s.
+  await fiveLocked;
+  await page.getByText(/The server is still finishing the interrupted part; retrying/).waitFor();
+  holder.destroy();
+  await page.locator('#watch-link').waitFor({ timeout: 180_000 });
+  const mediaId = (await page.locator('#watch-link').getAttribute('href')).split('/').pop();
+  const media = await api(`/api/v1/media/${mediaId}`);
+  assert.equal(media.body.size, statSync(bigClip).size);
+  assert.equal(media.body.title, 'Through a tunnel');
+  // The library test after this one counts its cards.
+  assert.equal((await api(`/api/v1/media/${mediaId}`, { method: 'DELETE', token })).status, 204);
   await context.close();
 });
 

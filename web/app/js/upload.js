@@ -7,6 +7,9 @@ import { signInButton } from './main.js';
 import { bytes, duration, field, h, notice, page, progress } from './ui.js';
 
 const CHUNK = 4 * 1024 * 1024;
+// Retries span a minute: a chunk the network cut off mid-way keeps the upload locked (423) on
+// the server until its body timeout (server.body_timeout_s, 60 s by default) frees it.
+const RETRY_DELAYS = [0, 1000, 2000, 3000, 5000, 5000, 5000, 10000, 10000, 10000, 10000];
 
 let tusModule;
 async function loadTus() {
@@ -24,6 +27,8 @@ export async function show() {
   let upload = null;
   let stopped = false;
   let timer = null;
+  let waitingForNetwork = null;
+  let retrying = false;
 
   const [titleField, title] = field('Title', { name: 'title', maxlength: 200, required: true });
   const [descField, description] = field('Description', { name: 'description', rows: 3 }, 'textarea');
@@ -91,6 +96,7 @@ export async function show() {
 
   function run(resuming) {
     stopped = false;
+    forgetNetwork();
     sentAtStart = null;
     pause.hidden = false;
     resume.hidden = true;
@@ -98,8 +104,33 @@ export async function show() {
     upload.start();
   }
 
+  // Offline, the client does not retry; it goes on by itself once the browser is back online.
+  function resumeWhenOnline() {
+    forgetNetwork();
+    waitingForNetwork = () => { if (!stopped) run(true); };
+    window.addEventListener('online', waitingForNetwork, { once: true });
+  }
+  function forgetNetwork() {
+    if (waitingForNetwork) window.removeEventListener('online', waitingForNetwork);
+    waitingForNetwork = null;
+  }
+
+  // tus-js-client's own rule (network errors, 5xx, 409 and 423 while online), saying so.
+  function shouldRetry(error, attempt) {
+    const code = error.originalResponse?.getStatus?.() ?? 0;
+    const retry = navigator.onLine && (code < 400 || code >= 500 || code === 409 || code === 423);
+    if (retry && !stopped) {
+      retrying = true;
+      const wait = RETRY_DELAYS[attempt] / 1000;
+      const why = code === 423 ? 'The server is still finishing the interrupted part' : 'The connection was interrupted';
+      status.replaceChildren(h('p', {}, `${why}; retrying${wait ? ` in ${wait} s` : ''}…`));
+    }
+    return retry;
+  }
+
   pause.addEventListener('click', async () => {
     stopped = true;
+    forgetNetwork();
     await upload.abort();
     pause.hidden = true;
     resume.hidden = false;
@@ -119,20 +150,31 @@ export async function show() {
     upload = new tus.Upload(f, {
       endpoint: '/api/v1/uploads',
       chunkSize: CHUNK,
-      retryDelays: [0, 1000, 3000, 5000],
+      retryDelays: RETRY_DELAYS,
+      onShouldRetry: shouldRetry,
       headers: { authorization: `Bearer ${bearer()}` },
       metadata: { filename: f.name, filetype: f.type, title: title.value.trim(), description: description.value.trim(), tags: tags.value.split(',').map((t) => t.trim()).filter(Boolean).join(',') },
       storeFingerprintForResuming: true,
       removeFingerprintOnSuccess: true,
       onProgress: showProgress,
+      onChunkComplete: () => {
+        if (!retrying) return;
+        retrying = false;
+        status.replaceChildren(h('p', {}, 'Uploading…'));
+      },
       onError: (error) => {
         if (stopped) return;
+        pause.hidden = true;
+        resume.hidden = false;
+        if (!navigator.onLine) {
+          status.replaceChildren(notice('You are offline. The upload goes on by itself when the connection is back.', 'info'));
+          resumeWhenOnline();
+          return;
+        }
         const body = error.originalResponse?.getBody?.();
         let message = error.message;
         try { message = JSON.parse(body).message || message; } catch { /* not JSON */ }
         status.replaceChildren(notice(`The upload failed: ${message}`, 'error'));
-        pause.hidden = true;
-        resume.hidden = false;
       },
       onSuccess: () => finished(),
     });
@@ -193,6 +235,7 @@ export async function show() {
 
   return () => {
     clearTimeout(timer);
+    forgetNetwork();
     if (upload && !stopped) {
       stopped = true;
       upload.abort();
