@@ -399,6 +399,42 @@ test('captions: the watch page offers the track and hls.js loads its cues', { ti
   await context.close();
 });
 
+test('playback that lost the network goes on by itself when it is back; a failed load can be tried again', { timeout: 120_000 }, async () => {
+  assert.ok(state.mediaId, 'the upload test ran first');
+  const context = await browser.newContext();
+  const page = await newPage(context);
+  const playlist = '**/hls/master.m3u8*';
+  // The playlist request fails as the network goes away.
+  let held;
+  const heldPlaylist = new Promise((resolve) => { held = resolve; });
+  await page.route(playlist, (route) => held(route));
+  await page.goto(`${base}/watch/${state.mediaId}`);
+  const route = await heldPlaylist;
+  await context.setOffline(true);
+  await route.abort('internetdisconnected');
+  await page.unroute(playlist);
+  await page.getByText('You are offline. Playback goes on by itself when the connection is back.').waitFor();
+  await context.setOffline(false);
+  const watched = await watchToTheEnd(page);
+  assert.ok(watched.ended && watched.currentTime > 3, JSON.stringify(watched));
+  assert.equal(await page.locator('.notice').count(), 0, 'the notice is gone once playing');
+  const qualities = await page.locator('#quality option').allTextContents();
+  assert.ok(qualities.length > 1 && qualities[0] === 'Auto', qualities.join());
+  assert.equal(new Set(qualities).size, qualities.length, `each rung once: ${qualities}`);
+
+  // Online, a load that keeps failing stops with a way to try again.
+  await page.route(playlist, (failing) => failing.abort('connectionrefused'));
+  await page.reload();
+  const again = page.getByRole('button', { name: 'Try again' });
+  await again.waitFor();
+  await page.getByText(/Playback stopped: the video could not be loaded/).waitFor();
+  await page.unroute(playlist);
+  await again.click();
+  const replayed = await watchToTheEnd(page);
+  assert.ok(replayed.ended, JSON.stringify(replayed));
+  await context.close();
+});
+
 test('a video plays from its start while it is still encoding, and on to the end', { timeout: 300_000 }, async () => {
   // A server of its own with a deliberately slow encoder and short segments.
   const port = await freePort();

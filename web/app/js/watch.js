@@ -129,7 +129,8 @@ export async function show(id) {
         .map((level, index) => ({ index, height: level.height, kbps: Math.round(level.bitrate / 1000) }))
         .sort((a, b) => b.height - a.height)
         .map((level) => h('option', { value: String(level.index) }, `${level.height}p (${level.kbps} kbps)`));
-      select.append(...options);
+      // Parsed again after a reload: the menu is rebuilt, not extended.
+      select.replaceChildren(h('option', { value: '-1' }, 'Auto'), ...options);
       qualitySlot.replaceChildren(h('div', { class: 'field inline' }, h('label', { for: 'quality' }, 'Quality'), select));
     });
     hls.on(Hls.Events.SUBTITLE_TRACKS_UPDATED, (_, data) => {
@@ -143,6 +144,24 @@ export async function show(id) {
       captionSlot.replaceChildren(h('div', { class: 'field inline' }, h('label', { for: 'captions' }, 'Captions'), captions));
     });
     let recovered = false;
+    let current = source;
+    // Loads again from where playback stands: after a fresh token or a network failure.
+    const reload = () => {
+      hls.loadSource(current);
+      hls.startLoad(video.currentTime);
+    };
+    let problem = null;
+    const report = (element) => {
+      problem?.remove();
+      problem = element;
+      stage.append(element);
+    };
+    const retry = () => {
+      problem?.remove();
+      problem = null;
+      reload();
+    };
+    let waitingForNetwork = null;
     hls.on(Hls.Events.ERROR, async (_, data) => {
       if (!data.fatal) return;
       const status = data.response?.code;
@@ -150,10 +169,9 @@ export async function show(id) {
       if (media.gated && (status === 401 || status === 403) && !recovered) {
         recovered = true;
         try {
-          const at = video.currentTime;
           token = await playbackToken(media);
-          hls.loadSource(withToken(media.hls_url, token));
-          hls.startLoad(at);
+          current = withToken(media.hls_url, token);
+          reload();
           return;
         } catch { /* reported below */ }
       }
@@ -162,11 +180,25 @@ export async function show(id) {
         hls.recoverMediaError();
         return;
       }
-      stage.append(notice(`Playback failed (${data.details}).`, 'error'));
+      if (data.type === Hls.ErrorTypes.NETWORK_ERROR && !navigator.onLine) {
+        report(notice('You are offline. Playback goes on by itself when the connection is back.'));
+        waitingForNetwork = retry;
+        window.addEventListener('online', retry, { once: true });
+        return;
+      }
+      if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
+        const again = h('button', { type: 'button', onclick: retry }, 'Try again');
+        report(notice(`Playback stopped: the video could not be loaded (${data.details}).`, 'error', again));
+        return;
+      }
+      report(notice(`Playback failed (${data.details}).`, 'error'));
     });
     hls.loadSource(source);
     hls.attachMedia(video);
-    return () => hls.destroy();
+    return () => {
+      if (waitingForNetwork) window.removeEventListener('online', waitingForNetwork);
+      hls.destroy();
+    };
   }
   if (video.canPlayType('application/vnd.apple.mpegurl')) {
     video.src = source;
