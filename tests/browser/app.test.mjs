@@ -509,30 +509,36 @@ test('pause an upload, reload the page and finish it', { timeout: 240_000 }, asy
 });
 
 /**
- * Holds a tus upload's lock on the server the way a chunk the network cut off does: a PATCH at
- * `offset` whose body never comes. A wrong-offset probe shows the lock (423) but takes it for a
- * moment itself, so a PATCH arriving then is refused and waits for its body; an attempt no probe
- * sees holding is dropped and made again. Returns the socket: destroying it frees the upload.
+ * Holds a tus upload's lock on the server the way another connection still sending to it does
+ * (a second tab, or another node): a PATCH at `offset` that trickles the file's own bytes, so
+ * the server neither times it out nor lets a new request take it over as silent. A wrong-offset
+ * probe shows the lock (423) but takes it for a moment itself, so a PATCH arriving then is
+ * refused and waits for its body; an attempt no probe sees holding is dropped and made again.
+ * Returns `release()`, which ends the PATCH (the server keeps the bytes that arrived).
  */
-async function holdUploadLock(location, token, offset) {
+async function holdUploadLock(location, token, file, offset) {
   const url = new URL(location, base);
   const headers = { authorization: `Bearer ${token}`, 'tus-resumable': '1.0.0', 'content-type': 'application/offset+octet-stream' };
+  const bytes = readFileSync(file).subarray(offset, offset + 1000);
   for (let attempt = 0; attempt < 5; attempt += 1) {
     const socket = connect(Number(url.port), url.hostname);
     await once(socket, 'connect');
     socket.write([`PATCH ${url.pathname} HTTP/1.1`, `host: ${url.host}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
-      `upload-offset: ${offset}`, 'content-length: 1000', '', ''].join('\r\n'));
+      `upload-offset: ${offset}`, `content-length: ${bytes.length}`, '', ''].join('\r\n'));
+    let sent = 0;
+    const trickle = setInterval(() => { if (sent < bytes.length) socket.write(bytes.subarray(sent, ++sent)); }, 200);
+    const release = () => { clearInterval(trickle); socket.destroy(); };
     const held = await until('the PATCH to hold the lock', async () => {
       const probe = await fetch(url, { method: 'PATCH', headers: { ...headers, 'upload-offset': String(offset + 1) }, body: new Uint8Array(10) });
       return probe.status === 423;
     }, 2000 * 2 ** attempt).catch(() => false);
-    if (held) return socket;
-    socket.destroy();
+    if (held) return release;
+    release();
   }
   throw new Error('no PATCH held the upload in five attempts');
 }
 
-test('an upload goes on by itself when the network comes back, waiting while the server frees the cut chunk', { timeout: 240_000 }, async () => {
+test('an upload goes on by itself when the network comes back, and waits while another connection holds it', { timeout: 240_000 }, async () => {
   const context = await walletContext(ALICE);
   const page = await newPage(context);
   await page.goto(base);
@@ -555,14 +561,14 @@ test('an upload goes on by itself when the network comes back, waiting while the
   await page.unroute('**/api/v1/uploads/*');
   await page.getByText(/You are offline\. The upload goes on by itself/).waitFor();
 
-  // On the server the cut chunk still holds the upload, as it does until its body timeout.
+  // Meanwhile another connection is still sending to the upload (the server answers 423).
   const token = await page.evaluate(() => JSON.parse(localStorage.getItem('streamgate.session')).token);
-  const holder = await holdUploadLock(location, token, 4 * 1024 * 1024);
+  const release = await holdUploadLock(location, token, bigClip, 4 * 1024 * 1024);
   await context.setOffline(false);
   // tus-js-client's default retries would have given up after five 423s.
   await fiveLocked;
-  await page.getByText(/The server is still finishing the interrupted part; retrying/).waitFor();
-  holder.destroy();
+  await page.getByText(/Another connection is still sending this upload; retrying/).waitFor();
+  release();
   await page.locator('#watch-link').waitFor({ timeout: 180_000 });
   const mediaId = (await page.locator('#watch-link').getAttribute('href')).split('/').pop();
   const media = await api(`/api/v1/media/${mediaId}`);

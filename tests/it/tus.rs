@@ -189,7 +189,7 @@ impl Raw<'_> {
     /// The upload's offset once nothing holds its lock any more.
     async fn offset_once_free(&self, location: &str) -> u64 {
         let offset = std::sync::Arc::new(std::sync::Mutex::new(0u64));
-        crate::harness::poll(Duration::from_secs(10), "the lock to be released", || {
+        crate::harness::poll(Duration::from_secs(20), "the lock to be released", || {
             let offset = offset.clone();
             async move {
                 let (status, now) = self.offset(location).await;
@@ -699,12 +699,14 @@ async fn racing_patches_one_proceeds_and_a_vanished_client_releases_the_lock() {
     assert_eq!(sha256_hex(&stored), sha256_hex(&video));
 }
 
-/// A client that goes silent mid-PATCH without closing (a phone that lost its network): after
-/// `server.body_timeout_s` the PATCH ends, keeps what arrived and frees the upload, so the
-/// same client resumes at once instead of meeting 423 until the server restarts.
-#[tokio::test]
-async fn a_client_silent_mid_patch_frees_its_upload_after_the_body_timeout() {
-    let server = TestServer::start_with(|config| config.server.body_timeout_s = 3);
+/// ALICE's PATCH sends 50,000 bytes and goes silent with its connection open (a phone that lost
+/// its network); the same client then resumes on a new connection once the upload is free.
+/// Returns the server, the offset it resumed at (checked: what arrived, nothing more), the
+/// silent PATCH's response and its still open body.
+async fn resume_after_a_silent_patch(
+    body_timeout_s: u64,
+) -> (TestServer, u64, PendingResponse, BodySender) {
+    let server = TestServer::start_with(|config| config.server.body_timeout_s = body_timeout_s);
     let alice = server.alice_client().await;
     let raw = Raw {
         client: &alice,
@@ -712,15 +714,37 @@ async fn a_client_silent_mid_patch_frees_its_upload_after_the_body_timeout() {
     };
     let video = fake_video(300_000);
     let location = raw.create(video.len() as u64, "").await;
-    let (silent, _first) = raw.hold(&location, &video[..50_000], 200_000).await;
-    // The sender stays open and sends nothing more.
+    let (silent, first) = raw.hold(&location, &video[..50_000], 200_000).await;
     let resumed_at = raw.resume_once_free(&location, &video).await;
     assert!(
         resumed_at > 0 && resumed_at <= 50_000,
         "what arrived is kept, nothing more: {resumed_at}"
     );
-    let counted = r#"streamgate_http_timeouts_total{wait="body"}"#;
-    assert_eq!(crate::auth_abuse::metric(&server, counted).await, 1.0);
+    (server, resumed_at, first, silent)
+}
+
+const BODY_TIMEOUTS: &str = r#"streamgate_http_timeouts_total{wait="body"}"#;
+
+/// A client silent mid-PATCH: after `server.body_timeout_s` (here shorter than the takeover's
+/// 5 s) the PATCH ends, keeps what arrived and frees the upload, instead of holding it until
+/// the server restarts.
+#[tokio::test]
+async fn a_client_silent_mid_patch_frees_its_upload_after_the_body_timeout() {
+    let (server, _, _, silent) = resume_after_a_silent_patch(3).await;
+    assert_eq!(crate::auth_abuse::metric(&server, BODY_TIMEOUTS).await, 1.0);
+    drop(silent);
+}
+
+/// A client back on a new connection does not wait for the body timeout: once the old PATCH
+/// has sent nothing for 5 s, the owner's request takes the upload over and the old PATCH ends
+/// with what it kept. A PATCH still sending is never taken over (`racing_patches_one_proceeds_…`).
+#[tokio::test]
+async fn a_client_back_on_a_new_connection_takes_its_silent_upload_over() {
+    let (server, resumed_at, first, silent) = resume_after_a_silent_patch(600).await;
+    let ended = first.await.unwrap().unwrap();
+    assert_eq!(ended.status(), 204);
+    assert_eq!(header(&ended, "upload-offset"), resumed_at.to_string());
+    assert_eq!(crate::auth_abuse::metric(&server, BODY_TIMEOUTS).await, 0.0);
     drop(silent);
 }
 

@@ -7,8 +7,8 @@ import { signInButton } from './main.js';
 import { bytes, duration, field, h, notice, page, progress } from './ui.js';
 
 const CHUNK = 4 * 1024 * 1024;
-// Retries span a minute: a chunk the network cut off mid-way keeps the upload locked (423) on
-// the server until its body timeout (server.body_timeout_s, 60 s by default) frees it.
+// Retries span a minute: while another connection (a second tab, another node) is still sending
+// to the upload, the server answers 423. A connection that died silently is taken over after 5 s.
 const RETRY_DELAYS = [0, 1000, 2000, 3000, 5000, 5000, 5000, 10000, 10000, 10000, 10000];
 
 let tusModule;
@@ -122,7 +122,7 @@ export async function show() {
     if (retry && !stopped) {
       retrying = true;
       const wait = RETRY_DELAYS[attempt] / 1000;
-      const why = code === 423 ? 'The server is still finishing the interrupted part' : 'The connection was interrupted';
+      const why = code === 423 ? 'Another connection is still sending this upload' : 'The connection was interrupted';
       status.replaceChildren(h('p', {}, `${why}; retrying${wait ? ` in ${wait} s` : ''}…`));
     }
     return retry;

@@ -314,7 +314,15 @@ async fn receive(
 }
 
 async fn pump(payload: &mut web::Payload, sink: &mut TusSink) -> PatchEnding {
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = tokio::select! {
+            next = payload.next() => next,
+            // The owner's next request took the upload over: this body went silent.
+            () = sink.release_requested() => return PatchEnding::Interrupted,
+        };
+        let Some(chunk) = next else {
+            return PatchEnding::Complete;
+        };
         let Ok(chunk) = chunk else {
             return PatchEnding::Interrupted;
         };
@@ -322,7 +330,6 @@ async fn pump(payload: &mut web::Payload, sink: &mut TusSink) -> PatchEnding {
             return PatchEnding::Refused(error);
         }
     }
-    PatchEnding::Complete
 }
 
 /// Reads and drops up to [`DRAIN_LIMIT`] more bytes of a refused body.

@@ -22,12 +22,14 @@
 //! Expiry: every write renews an upload, so it expires `expiry_s` after the later of the stored
 //! `expires_at` and the partial file's mtime.
 //! Invariant: at most one PATCH (or termination, or finishing) works on an upload at a time;
-//! the lock is released when the sink is dropped, even if the client vanished mid-body.
+//! the lock is released when the sink is dropped, even if the client vanished mid-body. A PATCH
+//! whose body has been silent for `TAKE_OVER_AFTER` (5 s) is asked to stop by its owner's next
+//! request, which then takes the lock; a PATCH still receiving is never interrupted.
 //! Invariant: a finished upload creates its media record and queues its job exactly once: the
 //! `finishing` state is persisted first, and a restart that finds it checks what exists.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     io::{IoSlice, Read, Write},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -411,7 +413,10 @@ impl Handler<BeginTusPatch> for UploadActor {
         // Taken before the first await, so two racing PATCHes cannot both pass.
         let lock = deps.lock(&msg.upload_id);
         Box::pin(async move {
-            let lock = lock?;
+            let lock = match lock {
+                Err(UploadError::Locked) => take_over(&deps, &msg, expiry).await?,
+                lock => lock?,
+            };
             if deps.repo.backend_name() == "postgres" {
                 // Another node may have written the record (a length, `finished`) a moment ago,
                 // faster than its change notice: under the lock, read the store itself.
@@ -504,6 +509,8 @@ impl Handler<BeginTusPatch> for UploadActor {
             }
             declared.keep();
             let whole = deps.shared.take_hash(&upload.id, upload.offset);
+            // From here the PATCH counts as receiving, so its silence can be measured.
+            lock.holder.received();
             Ok(TusSink {
                 start: upload.offset,
                 upload,
@@ -526,6 +533,41 @@ impl Handler<BeginTusPatch> for UploadActor {
                 lock: Arc::new(lock),
             })
         })
+    }
+}
+
+/// A PATCH whose body has sent nothing for this long is taken over by its owner's next request.
+/// Such a PATCH is almost always from a client whose network went away without closing the
+/// connection (a phone that changed networks); without this its upload stays locked (423)
+/// until the body timeout, longer than common tus clients keep retrying.
+pub(super) const TAKE_OVER_AFTER: Duration = Duration::from_secs(5);
+/// How long a request taking an upload over waits for the silent PATCH to commit and let go.
+const TAKE_OVER_WAIT: Duration = Duration::from_secs(10);
+
+/// The lock of an upload held by a silent PATCH in this process, once that PATCH has kept what
+/// arrived and let go; `Locked` for anything else (a live PATCH, finishing, another node).
+async fn take_over(
+    deps: &TusDeps,
+    msg: &BeginTusPatch,
+    expiry: Duration,
+) -> Result<sink::UploadLock, UploadError> {
+    let holder = deps
+        .shared
+        .silent_holder(&msg.upload_id, TAKE_OVER_AFTER)
+        .ok_or(UploadError::Locked)?;
+    // Only the owner may end the PATCH; anyone else learns nothing from the attempt.
+    load_owned(deps, &msg.upload_id, &msg.requester, expiry).await?;
+    holder.ask_to_release();
+    let deadline = tokio::time::Instant::now() + TAKE_OVER_WAIT;
+    loop {
+        let freed = deps.shared.freed.notified();
+        match deps.lock(&msg.upload_id) {
+            Err(UploadError::Locked) => {}
+            lock => return lock,
+        }
+        if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            return Err(UploadError::Locked);
+        }
     }
 }
 

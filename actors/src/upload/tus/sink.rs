@@ -63,7 +63,9 @@ impl ChunkHasher {
 /// restarted actor still sees which uploads are busy.
 #[derive(Clone, Default)]
 pub struct TusShared {
-    pub(super) locks: Arc<Mutex<HashSet<UploadId>>>,
+    pub(super) locks: Arc<Mutex<HashMap<UploadId, Arc<Holder>>>>,
+    /// Woken whenever a lock is released, for a request waiting to take an upload over.
+    pub(super) freed: Arc<tokio::sync::Notify>,
     /// The running whole-file SHA-256 of uploads between PATCHes, with the offset it covers.
     /// Lost on restart; finishing then hashes the file from disk.
     pub(super) hashes: Arc<Mutex<HashMap<UploadId, (u64, Hashed)>>>,
@@ -72,14 +74,30 @@ pub struct TusShared {
 impl TusShared {
     pub(super) fn lock(&self, upload_id: &UploadId) -> Result<UploadLock, UploadError> {
         let mut locks = self.locks.lock().map_err(|_| UploadError::Locked)?;
-        if !locks.insert(upload_id.clone()) {
+        if locks.contains_key(upload_id) {
             return Err(UploadError::Locked);
         }
+        let holder = Arc::new(Holder::default());
+        locks.insert(upload_id.clone(), holder.clone());
         Ok(UploadLock {
             locks: self.locks.clone(),
+            freed: self.freed.clone(),
             upload_id: upload_id.clone(),
+            holder,
             _across_nodes: None,
         })
+    }
+
+    /// The PATCH holding the upload's lock in this process, if its body has sent nothing for
+    /// `silent`.
+    pub(super) fn silent_holder(
+        &self,
+        upload_id: &UploadId,
+        silent: Duration,
+    ) -> Option<Arc<Holder>> {
+        let locks = self.locks.lock().ok()?;
+        let holder = locks.get(upload_id)?;
+        holder.silent_for(silent).then(|| holder.clone())
     }
 
     pub(super) fn take_hash(&self, upload_id: &UploadId, offset: u64) -> Option<Hashed> {
@@ -104,10 +122,44 @@ impl TusShared {
     }
 }
 
+/// What a request waiting for an upload knows of the one holding its lock.
+#[derive(Default)]
+pub(super) struct Holder {
+    /// When the holding PATCH last received body bytes; `None` for any other work under the
+    /// lock (finishing, termination, an offset check), which is never taken over.
+    last_received: Mutex<Option<std::time::Instant>>,
+    /// Asks the holding PATCH to stop reading and keep what arrived.
+    release: tokio::sync::Notify,
+}
+
+impl Holder {
+    pub(super) fn received(&self) {
+        if let Ok(mut last) = self.last_received.lock() {
+            *last = Some(std::time::Instant::now());
+        }
+    }
+
+    fn silent_for(&self, silent: Duration) -> bool {
+        self.last_received
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .is_some_and(|last| last.elapsed() >= silent)
+    }
+
+    /// The holder's PATCH ends; it may be waiting for a chunk or writing one (then it stops
+    /// at the next).
+    pub(super) fn ask_to_release(&self) {
+        self.release.notify_one();
+    }
+}
+
 /// Held while something works on an upload; dropping it unlocks.
 pub(super) struct UploadLock {
-    pub(super) locks: Arc<Mutex<HashSet<UploadId>>>,
+    pub(super) locks: Arc<Mutex<HashMap<UploadId, Arc<Holder>>>>,
+    pub(super) freed: Arc<tokio::sync::Notify>,
     pub(super) upload_id: UploadId,
+    pub(super) holder: Arc<Holder>,
     /// The upload's lock file, `flock`ed: the lock across processes sharing `partial_dir`.
     /// Closing it (or the process dying) releases it.
     _across_nodes: Option<std::fs::File>,
@@ -155,6 +207,7 @@ impl Drop for UploadLock {
         if let Ok(mut locks) = self.locks.lock() {
             locks.remove(&self.upload_id);
         }
+        self.freed.notify_waiters();
     }
 }
 
@@ -260,7 +313,14 @@ impl TusSink {
         &self.upload.id
     }
 
+    /// Completes when another request of the upload's owner takes it over (after
+    /// `TAKE_OVER_AFTER` of silence): the PATCH should stop reading and commit what arrived.
+    pub async fn release_requested(&self) {
+        self.lock.holder.release.notified().await
+    }
+
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), UploadError> {
+        self.lock.holder.received();
         let received = self.received + chunk.len() as u64;
         if received > self.room {
             return Err(UploadError::TooLarge { limit: self.limit });
