@@ -57,7 +57,7 @@ pub enum UploadError {
     NotOwner(UploadId),
     #[error("Upload-Offset does not match the upload's offset {expected}")]
     OffsetMismatch { expected: u64 },
-    #[error("another request is writing to this upload")]
+    #[error("another request is writing to this upload; retry in a few seconds")]
     Locked,
     #[error("the chunk does not match its Upload-Checksum; it was discarded")]
     ChecksumMismatch,
