@@ -17,9 +17,9 @@
 //! commit fsyncs several files (≈ 100 ms on a busy disk), so one per write would cap writes at
 //! ~10/s. Search is therefore near real time: a change is searchable within about
 //! [`COMMIT_INTERVAL`] plus one commit. A visibility change or a deletion commits at once
-//! (the MetadataActor's `publish_at_once`): what must not be listed any more is not. Staged writes are committed when the last handle drops;
-//! after a crash the start-up reconciliation re-indexes them. Readers: any thread, through
-//! [`SearchIndex::search`].
+//! (the MetadataActor's `publish_at_once`): what must not be listed any more is not. Staged
+//! writes are committed when the last handle drops; after a crash the start-up reconciliation
+//! re-indexes them. Readers: any thread, through [`SearchIndex::search`].
 //!
 //! Invariant: at start-up the index matches the store. [`SearchIndex::open`] rebuilds it when it
 //! is missing or unreadable and reconciles (re-indexes or drops) every record whose stored

@@ -82,15 +82,27 @@ impl ApiError {
         )
     }
 
+    /// [`ApiError::body_timeout`] if reading the body failed because it went silent, else
+    /// `otherwise` (the route's own error for a body it could not read).
+    pub fn unless_body_timeout(
+        error: &actix_web::error::PayloadError,
+        otherwise: impl FnOnce() -> Self,
+    ) -> Self {
+        if crate::middleware::body_stall::timed_out(error) {
+            Self::body_timeout()
+        } else {
+            otherwise()
+        }
+    }
+
     /// A JSON body that could not be read or parsed.
     pub fn from_json(error: &actix_web::error::JsonPayloadError) -> Self {
+        let invalid = || Self::bad_request("invalid_json", error.to_string());
         match error {
-            actix_web::error::JsonPayloadError::Payload(payload)
-                if crate::middleware::body_stall::timed_out(payload) =>
-            {
-                Self::body_timeout()
+            actix_web::error::JsonPayloadError::Payload(payload) => {
+                Self::unless_body_timeout(payload, invalid)
             }
-            other => Self::bad_request("invalid_json", other.to_string()),
+            _ => invalid(),
         }
     }
 

@@ -420,8 +420,8 @@ impl Metrics {
         register! {registry:
             otlp_spans_exported, otlp_spans_dropped, otlp_spans_failed, http_requests,
             http_duration, http_response_bytes, http_duration_max, http_in_flight,
-            http_connections_active, http_connections, http_sendfile_bytes, http_timeouts, rate_limited, rate_limit_tracked_clients,
-            rate_limit_evictions, actor_up, actor_restarts, actor_ping, actor_heartbeat, uploads,
+            http_connections_active, http_connections, http_sendfile_bytes, http_timeouts,
+            rate_limited, rate_limit_tracked_clients, rate_limit_evictions, actor_up, actor_restarts, actor_ping, actor_heartbeat, uploads,
             upload_bytes, upload_received_bytes, upload_checksum_failures, upload_duration,
             transcode_jobs, job_duration, ffmpeg_failures, transcode_speed, jobs, auth_logins,
             auth_session_events, nft_checks, nft_rpc_duration, store_pool_connections,

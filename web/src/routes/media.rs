@@ -355,13 +355,12 @@ pub(super) async fn put_caption(
     let mut vtt = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|error| {
-            if crate::middleware::body_stall::timed_out(&error) {
-                return ApiError::body_timeout();
-            }
-            ApiError::bad_request(
-                "invalid_body",
-                format!("the body could not be read: {error}"),
-            )
+            ApiError::unless_body_timeout(&error, || {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("the body could not be read: {error}"),
+                )
+            })
         })?;
         if vtt.len() + chunk.len() > MAX_CAPTION_BYTES {
             return Err(ApiError::new(

@@ -232,13 +232,16 @@ fn content_length(req: &HttpRequest) -> Option<u64> {
 }
 
 fn bad_multipart(error: actix_multipart::MultipartError) -> ApiError {
-    if let actix_multipart::MultipartError::Payload(payload) = &error {
-        if crate::middleware::body_stall::timed_out(payload) {
-            return ApiError::body_timeout();
+    let malformed = || {
+        ApiError::bad_request(
+            INVALID_MULTIPART,
+            format!("malformed multipart body: {error}"),
+        )
+    };
+    match &error {
+        actix_multipart::MultipartError::Payload(payload) => {
+            ApiError::unless_body_timeout(payload, malformed)
         }
+        _ => malformed(),
     }
-    ApiError::bad_request(
-        INVALID_MULTIPART,
-        format!("malformed multipart body: {error}"),
-    )
 }
