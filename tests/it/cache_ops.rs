@@ -133,7 +133,9 @@ async fn a_warm_start_serves_the_first_record_and_playlist_gets_from_the_caches(
     assert_eq!(report["missing"], json!([missing]));
     assert_eq!(warmed(&server, "metadata").await, 1.0);
     assert_eq!(server.get(&record).await.status(), 200);
-    assert_eq!(hits(&server, "metadata").await, (before.0 + 1.0, before.1));
+    // Only the hits: work the restart resumed (the upload's job) may read the record too, and
+    // that read missed once in CI.
+    assert_eq!(hits(&server, "metadata").await.0, before.0 + 1.0);
     let entries = audit(&server, "cache.warm").await;
     assert_eq!(entries.len(), 1, "{entries:?}");
     let detail = format!("1 records, {} playlists, 1 missing", report["playlists"]);
